@@ -1,0 +1,75 @@
+"""edgeserve: convert, quantise, verify and serve models on CPU edge machines.
+
+    import edgeserve
+    pkg = edgeserve.convert("model.onnx", "model-int8", quantize="dynamic")
+    with edgeserve.load(pkg.path) as model:
+        outputs = model.predict(x)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import QuantizeConfig as QuantizeConfig
+from .config import SessionConfig as SessionConfig
+from .errors import ClosedError as ClosedError
+from .errors import ConfigError as ConfigError
+from .errors import ConversionError as ConversionError
+from .errors import DataError as DataError
+from .errors import EdgeserveError as EdgeserveError
+from .errors import FidelityError as FidelityError
+from .errors import GoldenMismatchError as GoldenMismatchError
+from .errors import InferenceError as InferenceError
+from .errors import InputError as InputError
+from .errors import IntegrityError as IntegrityError
+from .errors import ModelFileError as ModelFileError
+from .errors import PackageError as PackageError
+from .package import Manifest as Manifest
+from .package import Package as Package
+from .tensors import TensorSpec as TensorSpec
+
+if TYPE_CHECKING:
+    from .convert.api import convert as convert
+    from .runtime.model import Model as Model
+    from .runtime.model import load as load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "ConfigError",
+    "ConversionError",
+    "DataError",
+    "EdgeserveError",
+    "FidelityError",
+    "GoldenMismatchError",
+    "InferenceError",
+    "InputError",
+    "IntegrityError",
+    "Manifest",
+    "Model",
+    "ModelFileError",
+    "Package",
+    "PackageError",
+    "QuantizeConfig",
+    "SessionConfig",
+    "TensorSpec",
+    "convert",
+    "load",
+]
+
+# NOTE: the runtime imports onnxruntime and the converter imports its quantisation tools; both are loaded on
+# first use so that `import edgeserve` (and the CLI's start-up) stays cheap.
+_LAZY = {"convert": ("edgeserve.convert.api", "convert"), "load": ("edgeserve.runtime.model", "load"),
+         "Model": ("edgeserve.runtime.model", "Model")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgeserve' has no attribute {name!r}")

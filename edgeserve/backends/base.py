@@ -1,0 +1,46 @@
+"""The interface every inference engine implements: load, describe, run, close."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from ..config import SessionConfig
+from ..errors import ConfigError
+from ..tensors import TensorSpec
+
+
+class Session(Protocol):
+    """One loaded model in one engine."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run once; ``feed`` already satisfies the input contract. Engine errors become InferenceError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "") -> Session:
+        """Load a model file (already checked by :mod:`edgeserve.modelfile`). Load errors become ModelFileError."""
+        ...
+
+
+_BACKENDS = {"onnxruntime": "edgeserve.backends.onnxruntime"}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        module = importlib.import_module(_BACKENDS[name])
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(sorted(_BACKENDS))}") from None
+    return module.BACKEND

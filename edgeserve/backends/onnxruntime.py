@@ -1,0 +1,98 @@
+"""onnxruntime behind the backend seam. Its exceptions never travel past this module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import SessionConfig
+from ..errors import InferenceError, ModelFileError
+from ..tensors import TensorSpec, dtype_from_ort, guess_batch_axis, normalise_dims
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(config: SessionConfig, optimized_model_path: str | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.threads
+    opts.inter_op_num_threads = config.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if config.inter_op_threads == 1 else ort.ExecutionMode.ORT_PARALLEL
+    opts.graph_optimization_level = _LEVELS[config.optimization_level]
+    opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise for users
+    if optimized_model_path:
+        opts.optimized_model_filepath = optimized_model_path
+    return opts
+
+
+class OrtSession:
+    """An ``InferenceSession`` with edgeserve's signature and error mapping."""
+
+    def __init__(self, session: ort.InferenceSession, label: str) -> None:
+        self._session = session
+        self._label = label
+        self.inputs = tuple(_spec(a) for a in session.get_inputs())
+        self.outputs = tuple(_spec(a) for a in session.get_outputs())
+        self._run = session.run
+
+    def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        try:
+            return self._run(output_names, feed)
+        except Exception as exc:  # NOTE: onnxruntime's pybind exceptions share no public base class
+            raise InferenceError(f"onnxruntime failed running {self._label}: {_message(exc)}") from exc
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+        self._run = _closed_run
+
+
+def _closed_run(*_args, **_kwargs):
+    raise InferenceError("the session is closed")
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "") -> OrtSession:
+        label = label or (str(model) if not isinstance(model, bytes) else "model")
+        try:
+            session = ort.InferenceSession(
+                model if isinstance(model, bytes) else os.fspath(model),
+                sess_options=session_options(config),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:
+            raise ModelFileError(f"onnxruntime cannot load {label}: {_message(exc)}") from exc
+        return OrtSession(session, label)
+
+
+def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], level: str = "basic") -> None:
+    """Write the graph onnxruntime produces at ``level``. ``basic`` stays portable across CPUs and engines."""
+    config = SessionConfig(optimization_level=level, intra_op_threads=1)  # type: ignore[arg-type]
+    try:
+        ort.InferenceSession(os.fspath(src), sess_options=session_options(config, os.fspath(dst)), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelFileError(f"onnxruntime cannot optimise {src}: {_message(exc)}") from exc
+
+
+def _spec(arg) -> TensorSpec:
+    shape = normalise_dims(arg.shape)
+    return TensorSpec(arg.name, dtype_from_ort(arg.type), shape, guess_batch_axis(shape))
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # onnxruntime prefixes messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "; keep the part a user can act on
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+BACKEND = OrtBackend()

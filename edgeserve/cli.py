@@ -1,0 +1,167 @@
+"""The ``edgeserve`` command: a thin layer of click over the public API. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import CALIBRATION_METHODS, QUANTIZE_MODES
+
+EXIT_RUNTIME_ERROR = 1
+
+
+class _Group(click.Group):
+    """Turns edgeserve errors into one line and exit code 1; usage errors stay click's (exit code 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import EdgeserveError
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except EdgeserveError as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_RUNTIME_ERROR)
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                       "(run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_RUNTIME_ERROR)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().params.get("debug")) or os.environ.get("EDGESERVE_DEBUG") == "1"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress and info logs.")
+@click.version_option(package_name="edgeserve", prog_name="edgeserve")
+def main(debug: bool, verbose: bool) -> None:
+    """edgeserve: convert, quantise, verify, benchmark and serve models on CPU."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _progress_printer() -> Callable[[str, int, int], None]:
+    last: dict[str, Any] = {"stage": None, "pct": -1}
+    tty = sys.stderr.isatty()
+
+    def show(stage: str, done: int, total: int) -> None:
+        if stage != last["stage"]:
+            if tty and last["stage"] == "calibrating":
+                click.echo("", err=True)
+            last["stage"], last["pct"] = stage, -1
+            if stage != "calibrating":
+                click.echo(f"  {stage}…", err=True)
+        if stage == "calibrating" and total:
+            pct = int(100 * done / total)
+            if tty:
+                click.echo(f"\r  calibrating {done}/{total} rows ({pct}%)", err=True, nl=False)
+            elif pct // 25 != last["pct"] // 25 or done == total:
+                click.echo(f"  calibrating {done}/{total} rows ({pct}%)", err=True)
+            last["pct"] = pct
+
+    return show
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Package folder to write.")
+@click.option("-q", "--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
+              help="none (optimised fp32), dynamic int8, static int8 (needs --calibration) or fp16.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path),
+              help="Calibration data: .npz with one array per input, or a folder of NAME.npy.")
+@click.option("--data", "eval_data", type=click.Path(exists=True, path_type=Path),
+              help="Held-out evaluation data (.npz) for measuring fidelity and accuracy.")
+@click.option("--labels", help="Name of the labels array inside --data, for task accuracy.")
+@click.option("--name", help="Model name recorded in the manifest (default: the file name).")
+@click.option("--version", "version", default="1", show_default=True, help="Version recorded in the manifest.")
+@click.option("--per-channel", is_flag=True, help="Quantise weights per channel.")
+@click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
+@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Fail unless every row's cosine to fp32 is at least this.")
+@click.option("--min-top1-agreement", type=click.FloatRange(0, 1), help="Fail unless top-1 agreement with fp32 is at least this.")
+@click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
+            labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
+            min_cosine: float | None, min_top1_agreement: float | None, allow_domain: tuple[str, ...], force: bool) -> None:
+    """Convert an ONNX model SRC into a verified package."""
+    from .config import QuantizeConfig
+    from .convert.api import convert as do_convert
+
+    qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
+    click.echo(f"converting {src} ({quantize}) → {output}", err=True)
+    pkg = do_convert(
+        src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
+        version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, allowed_domains=allow_domain,
+        overwrite=force, progress=_progress_printer(),
+    )
+    from .summary import fidelity_lines
+
+    m = pkg.manifest
+    size = sum(f.stat().st_size for f in pkg.path.iterdir())
+    click.echo(f"wrote {pkg.path} ({m.name}@{m.version}, {quantize}, {size / 1024:.1f} KiB)")
+    for line in fidelity_lines(m.fidelity):
+        click.echo(f"  {line}")
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checking file digests.")
+def inspect(package: Path, as_json: bool, no_verify: bool) -> None:
+    """Summarise a package's manifest: signature, recipe, fidelity, envelope, environment."""
+    import json
+
+    from .package import Package
+    from .summary import manifest_lines
+
+    pkg = Package.open(package, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(pkg.manifest.to_dict(), indent=2))
+        return
+    for line in manifest_lines(pkg):
+        click.echo(line)
+    if not no_verify:
+        click.echo("digests: ok")
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@click.option("-i", "--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=".npz with one array per model input.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the outputs to this .npz.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: all cores).")
+@click.option("--golden", type=click.Choice(["error", "warn", "off"]), default="error", show_default=True,
+              help="What a golden-sample mismatch at load does.")
+def run(package: Path, input_file: Path, output: Path | None, threads: int | None, golden: str) -> None:
+    """Run PACKAGE (or an .onnx file) on the arrays in an .npz file."""
+    import numpy as np
+
+    from .config import SessionConfig
+    from .convert.data import read_arrays
+    from .runtime.model import load
+
+    arrays = read_arrays(input_file, what="input file")
+    with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
+        outputs = model.predict(arrays)
+    if output:
+        tmp = output.with_name(output.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+        os.replace(tmp, output)
+        click.echo(f"wrote {len(outputs)} outputs to {output}")
+    for name, value in outputs.items():
+        preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ", threshold=6)
+        click.echo(f"{name}: {value.dtype} {list(value.shape)} {preview}{' …' if value.size > 6 else ''}")

@@ -1,0 +1,88 @@
+"""Settings as frozen dataclasses, validated when they are made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+OptimizationLevel = Literal["disable", "basic", "extended", "all"]
+GoldenPolicy = Literal["error", "warn", "off"]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (honours taskset/cgroup affinity where the OS exposes it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How a backend session is created."""
+
+    intra_op_threads: int | None = None
+    """Threads used inside one operator. ``None`` means one per available core."""
+    inter_op_threads: int = 1
+    """Threads running independent operators in parallel; 1 (sequential) is fastest for most CPU models."""
+    optimization_level: OptimizationLevel = "all"
+    """Graph optimisation the backend applies when it loads the model."""
+    backend: str = "onnxruntime"
+    """Which inference engine runs the model."""
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads is not None and not (1 <= self.intra_op_threads <= 1024):
+            raise ConfigError(f"intra_op_threads must be between 1 and 1024 (or None for all cores), got {self.intra_op_threads}")
+        if not (1 <= self.inter_op_threads <= 1024):
+            raise ConfigError(f"inter_op_threads must be between 1 and 1024, got {self.inter_op_threads}")
+        if self.optimization_level not in ("disable", "basic", "extended", "all"):
+            raise ConfigError(
+                f"optimization_level must be one of disable, basic, extended, all; got {self.optimization_level!r}"
+            )
+
+    @property
+    def threads(self) -> int:
+        """The intra-op thread count actually used."""
+        return self.intra_op_threads or available_cores()
+
+
+QuantizeMode = Literal["none", "dynamic", "static", "fp16"]
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+QUANTIZE_MODES = ("none", "dynamic", "static", "fp16")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What the converter does to the fp32 graph."""
+
+    mode: QuantizeMode = "none"
+    """``none`` (optimised fp32), ``dynamic`` int8, ``static`` int8 QDQ with calibration, or ``fp16``."""
+    per_channel: bool = False
+    """Quantise weights per output channel: better accuracy on convolutions, a little slower."""
+    calibration_method: CalibrationMethod = "minmax"
+    """How static quantisation picks activation ranges from the calibration data."""
+    activation_type: Literal["uint8", "int8"] | None = None
+    """Activation type for static int8; ``None`` follows the CPU (uint8 on x86, int8 on ARM)."""
+    reduce_range: bool | None = None
+    """Quantise weights to 7 bits; ``None`` turns it on only where the CPU lacks VNNI (avoids saturation)."""
+    nodes_to_exclude: tuple[str, ...] = ()
+    """Node names kept in floating point."""
+    calibration_batch_size: int = 16
+    """Rows per calibration run: bounds the memory the calibrator's intermediate outputs take."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in QUANTIZE_MODES:
+            raise ConfigError(f"quantize mode must be one of {', '.join(QUANTIZE_MODES)}; got {self.mode!r}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"calibration_method must be one of {', '.join(CALIBRATION_METHODS)}; got {self.calibration_method!r}"
+            )
+        if self.activation_type not in (None, "uint8", "int8"):
+            raise ConfigError(f"activation_type must be 'uint8', 'int8' or None; got {self.activation_type!r}")
+        if not (1 <= self.calibration_batch_size <= 4096):
+            raise ConfigError(f"calibration_batch_size must be between 1 and 4096, got {self.calibration_batch_size}")
+        object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))

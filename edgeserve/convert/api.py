@@ -1,0 +1,259 @@
+"""``convert``: frontend → prepare → quantise → verify → write package, all or nothing.
+
+Everything is built in a staging folder beside the destination and renamed into place only once the result
+loads, answers its golden inputs and stays inside the fidelity budget. A failure leaves nothing at the destination.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import get_backend
+from ..config import QuantizeConfig, SessionConfig
+from ..environment import environment
+from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError
+from ..fidelity import accuracy, compare_outputs
+from ..golden import tolerance_for
+from ..guard.envelope import envelope
+from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
+from ..tensors import TensorSpec
+from .data import DataSource, Samples, check_samples, read_arrays, synthetic_samples
+from .frontends import load_source
+from .prepare import fill_missing_types, optimize_fp32, preprocess_for_quantization, upgrade_opset
+from .quantize import Progress, quantize
+
+log = logging.getLogger(__name__)
+
+GOLDEN_ROWS = 8
+HOLDOUT_FRACTION = 0.2
+
+
+def convert(
+    source: Any,
+    output: str | os.PathLike[str],
+    *,
+    quantize: str | QuantizeConfig = "none",
+    calibration: DataSource | None = None,
+    eval_data: DataSource | None = None,
+    labels: str | None = None,
+    name: str | None = None,
+    version: str = "1",
+    example_inputs: Any = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    opset: int | None = None,
+    min_cosine: float | None = None,
+    min_top1_agreement: float | None = None,
+    allowed_domains: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Package:
+    """Convert a model into a verified package at ``output`` and return it.
+
+    ``source`` is a path to an ONNX file, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
+    ``example_inputs``) or a fitted scikit-learn estimator (with a few rows of X as ``example_inputs``).
+    ``calibration`` feeds static quantisation and the envelope statistics; ``eval_data`` (held out, with
+    an optional ``labels`` array) measures fidelity to the fp32 model; without it a held-out tail of the
+    calibration data is used, and without either, seeded synthetic inputs. ``min_cosine`` and
+    ``min_top1_agreement`` make fidelity a hard budget: a result outside it raises :class:`FidelityError`.
+    """
+    qconfig = quantize if isinstance(quantize, QuantizeConfig) else QuantizeConfig(mode=quantize)  # type: ignore[arg-type]
+    for label, value in (("min_cosine", min_cosine), ("min_top1_agreement", min_top1_agreement)):
+        if value is not None and not (0.0 <= value <= 1.0):
+            raise ConfigError(f"{label} must be between 0 and 1, got {value}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp:
+            manifest = _build(
+                source, staging, Path(tmp), qconfig, calibration=calibration, eval_data=eval_data, labels=labels,
+                name=name or _default_name(source, output), version=version, example_inputs=example_inputs,
+                input_names=input_names, output_names=output_names, opset=opset, min_cosine=min_cosine,
+                min_top1_agreement=min_top1_agreement, allowed_domains=allowed_domains, progress=progress,
+            )
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Package(output, manifest)
+
+
+def _default_name(source: Any, output: Path) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stem
+    return output.name
+
+
+def _publish(staging: Path, output: Path) -> None:
+    if output.exists():
+        trash = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, calibration: DataSource | None,
+           eval_data: DataSource | None, labels: str | None, name: str, version: str, example_inputs: Any,
+           input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int | None,
+           min_cosine: float | None, min_top1_agreement: float | None, allowed_domains: Sequence[str],
+           progress: Progress | None) -> Manifest:
+    step = progress or (lambda stage, done, total: None)
+    step("loading source", 0, 1)
+    src = load_source(
+        source, work, example_inputs=example_inputs, input_names=input_names, output_names=output_names,
+        opset=opset, allowed_domains=allowed_domains,
+    )
+    backend = get_backend("onnxruntime")
+    config = SessionConfig()
+    reference = backend.open(src.path, config, label="the source model")
+    in_specs, out_specs = reference.inputs, reference.outputs
+
+    cal = _samples(calibration, in_specs, "calibration data") if calibration is not None else None
+    held_out, label_values, fidelity_data = _held_out(eval_data, labels, cal, in_specs)
+    if cal is not None and eval_data is None and cal.rows >= 2:
+        cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
+    if qconfig.mode == "static" and cal is None:
+        raise DataError("static quantisation needs calibration data: pass calibration= (or --calibration FILE.npz)")
+
+    step("preparing graph", 0, 1)
+    recipe: dict[str, Any] = {}
+    fp32 = work / "fp32.onnx"
+    recipe.update(optimize_fp32(src.path, fp32))
+    if qconfig.mode in ("dynamic", "static"):
+        pre = work / "pre.onnx"
+        recipe.update(preprocess_for_quantization(src.path, pre))
+        upgraded = work / "pre13.onnx"
+        recipe.update(upgrade_opset(pre, upgraded))
+        to_quantize = work / "typed.onnx"
+        recipe.update(fill_missing_types(upgraded, to_quantize))
+    elif qconfig.mode == "fp16":
+        to_quantize = work / "typed.onnx"
+        recipe.update(fill_missing_types(fp32, to_quantize))
+    else:
+        to_quantize = fp32
+    step(f"quantising ({qconfig.mode})", 0, 1)
+    recipe.update(quantize(to_quantize, staging / MODEL_FILE, qconfig, calibration=cal, progress=progress))
+
+    step("verifying", 0, 1)
+    candidate = backend.open(staging / MODEL_FILE, config, label=f"the {qconfig.mode} model")
+    try:
+        if [(s.name, s.dtype) for s in candidate.inputs] != [(s.name, s.dtype) for s in in_specs]:
+            raise ConversionError("the converted model's inputs differ from the source model's; this is a bug, please report it")
+        ref_out = _run_all(reference, held_out, out_specs)
+        cand_out = _run_all(candidate, held_out, out_specs)
+        golden_in = _golden_inputs(held_out, in_specs, out_specs)
+        golden_out = dict(zip([o.name for o in out_specs], candidate.run(golden_in))) if golden_in else None
+    finally:
+        candidate.close()
+        reference.close()
+    fidelity = compare_outputs(cand_out, ref_out)
+    fidelity.update(reference="fp32 source", data=fidelity_data, rows=held_out.rows)
+    if label_values is not None:
+        fidelity["accuracy"] = {"fp32": accuracy(ref_out, label_values), "converted": accuracy(cand_out, label_values)}
+    _check_budget(fidelity["summary"], min_cosine, min_top1_agreement)
+    fidelity["budget"] = {"min_cosine": min_cosine, "min_top1_agreement": min_top1_agreement}
+
+    if golden_in and golden_out:
+        write_golden(staging / GOLDEN_FILE, golden_in, golden_out, (tuple(in_specs), tuple(out_specs)))
+        golden = {"file": GOLDEN_FILE, "count": len(next(iter(golden_in.values()))) if held_out.stacked else 1,
+                  "rel_tolerance": tolerance_for(qconfig.mode)}
+    else:
+        golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
+    env_source = cal if cal is not None else (held_out if fidelity_data != "synthetic" else None)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        inputs=in_specs,
+        outputs=out_specs,
+        source={**src.info, "options": {"opset": opset, "input_names": input_names, "output_names": output_names}},
+        recipe=recipe,
+        fidelity=fidelity,
+        envelope=envelope(env_source.arrays, source="calibration" if env_source is cal else "evaluation") if env_source else {},
+        environment=environment(),
+        golden=golden,
+    )
+    return write_manifest(staging, manifest)
+
+
+def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str, *, drop: str | None = None) -> Samples:
+    arrays = read_arrays(source, what=what)
+    if drop is not None:
+        arrays.pop(drop, None)
+    return check_samples(arrays, specs, what=what)
+
+
+def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | None,
+              specs: Sequence[TensorSpec]) -> tuple[Samples, np.ndarray | None, str]:
+    if eval_data is not None:
+        arrays = read_arrays(eval_data, what="evaluation data")
+        label_values = None
+        if labels is not None:
+            if labels not in arrays:
+                raise DataError(f"evaluation data has no array named '{labels}' for the labels; it has {', '.join(sorted(arrays))}")
+            label_values = arrays.pop(labels)
+        samples = check_samples(arrays, specs, what="evaluation data")
+        if label_values is not None and len(label_values) != samples.rows:
+            raise DataError(f"evaluation data: {len(label_values)} labels for {samples.rows} rows")
+        return samples, label_values, "evaluation"
+    if labels is not None:
+        raise DataError("labels name an array in the evaluation data; pass eval_data= (--data) too")
+    if cal is not None:
+        return cal.split(HOLDOUT_FRACTION)[1], None, "calibration hold-out"
+    log.warning("no calibration or evaluation data given: fidelity is measured on synthetic inputs")
+    return synthetic_samples(specs), None, "synthetic"
+
+
+def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    names = [o.name for o in out_specs]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    try:
+        for feed in samples.feeds(64):
+            for n, value in zip(names, session.run(feed, names)):
+                parts[n].append(value if samples.stacked else np.asarray(value)[np.newaxis])
+    except EdgeserveError as exc:
+        raise ConversionError(f"verification run failed: {exc}") from exc
+    try:
+        return {n: np.concatenate(v) for n, v in parts.items()}
+    except ValueError:  # outputs whose shape varies per batch cannot be stacked: keep the first batch
+        return {n: v[0] for n, v in parts.items()}
+
+
+def _check_budget(summary: dict[str, float], min_cosine: float | None, min_top1: float | None) -> None:
+    if min_cosine is not None:
+        cos = summary.get("cosine_min")
+        if cos is None or cos < min_cosine:
+            raise FidelityError(
+                f"fidelity budget missed: worst per-row cosine to fp32 is {cos if cos is None else round(cos, 5)}, "
+                f"below --min-cosine {min_cosine}; try --per-channel, static calibration, or a lighter mode"
+            )
+    if min_top1 is not None:
+        agree = summary.get("top1_agreement", summary.get("agreement"))
+        if agree is None or agree < min_top1:
+            raise FidelityError(
+                f"fidelity budget missed: top-1 agreement with fp32 is {agree}, below --min-top1-agreement {min_top1}"
+            )
+
+
+def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],
+                   out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray] | None:
+    """The first few held-out rows (one sample without a batch axis); None where strings make npz need pickles."""
+    if any(s.dtype == "str" for s in (*in_specs, *out_specs)):
+        return None
+    if held_out.stacked:
+        return {k: v[:GOLDEN_ROWS] for k, v in held_out.arrays.items()}
+    return {k: v[0] for k, v in held_out.arrays.items()}

@@ -1,0 +1,149 @@
+"""Sample data for calibration and verification: loaded from .npz, a folder of .npy, or a dict of arrays.
+
+Rows are stacked along the model's batch axis; for a model without one, arrays carry an extra leading
+sample axis. Data that does not match the model is refused with the input, what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from ..tensors import TensorSpec, format_shape
+
+DataSource = str | os.PathLike[str] | Mapping[str, Any]
+
+
+def read_arrays(source: DataSource, *, what: str) -> dict[str, np.ndarray]:
+    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, or a mapping. No pickles are loaded."""
+    if isinstance(source, Mapping):
+        return {str(k): np.asarray(v) for k, v in source.items()}
+    path = Path(source)
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise DataError(f"{what} folder {path} holds no .npy files (one per input, named after the input)")
+            return {f.stem: np.load(f, allow_pickle=False) for f in files}
+        if not path.exists():
+            raise DataError(f"{what} file not found: {path}")
+        if path.suffix == ".npy":
+            raise DataError(f"{what} {path}: give an .npz with one array per input, or a folder of NAME.npy files")
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise DataError(f"{what} {path} is not an .npz archive")
+            return {k: npz[k] for k in npz.files}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        # numpy refuses object arrays without pickles, which we never allow
+        raise DataError(f"{what} {path} cannot be read as numpy arrays ({str(exc).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Rows of model inputs, checked against the model's signature."""
+
+    specs: tuple[TensorSpec, ...]
+    arrays: dict[str, np.ndarray]
+    rows: int
+
+    @property
+    def stacked(self) -> bool:
+        """True when rows are stacked on the model's batch axis (so a batch is one slice)."""
+        return all(s.batch_axis == 0 for s in self.specs)
+
+    def take(self, start: int, stop: int) -> Samples:
+        return Samples(self.specs, {k: v[start:stop] for k, v in self.arrays.items()}, max(0, min(stop, self.rows) - start))
+
+    def split(self, holdout_fraction: float, *, max_holdout: int = 256) -> tuple[Samples, Samples]:
+        """(first part, held-out tail); the tail has at least one row when there are two or more."""
+        if self.rows < 2:
+            return self, self
+        n_hold = min(max_holdout, max(1, int(round(self.rows * holdout_fraction))))
+        cut = self.rows - n_hold
+        return self.take(0, cut), self.take(cut, self.rows)
+
+    def feeds(self, batch_size: int = 32) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds for the model: slices of ``batch_size`` rows, or one sample at a time without a batch axis."""
+        if self.stacked:
+            for start in range(0, self.rows, batch_size):
+                yield {k: v[start:start + batch_size] for k, v in self.arrays.items()}
+        else:
+            for i in range(self.rows):
+                yield {k: v[i] for k, v in self.arrays.items()}
+
+
+def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str) -> Samples:
+    """Check names, dtypes, ranks, fixed dims and row counts; returns the data as :class:`Samples`."""
+    expected = {s.name for s in specs}
+    given = set(arrays)
+    if given != expected:
+        parts = []
+        if expected - given:
+            parts.append("missing " + ", ".join(sorted(expected - given)))
+        if given - expected:
+            parts.append("unexpected " + ", ".join(sorted(given - expected)))
+        raise DataError(
+            f"{what}: arrays do not match the model's inputs ({'; '.join(parts)}); "
+            f"expected one array per input: {', '.join(f'{s.name} {s.describe()}' for s in specs)}"
+        )
+    out: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    stacked = all(s.batch_axis == 0 for s in specs)
+    for spec in specs:
+        arr = np.asarray(arrays[spec.name])
+        if arr.dtype != spec.np_dtype:
+            raise DataError(
+                f"{what}: input '{spec.name}' expected {spec.dtype}, got {arr.dtype} {list(arr.shape)}; "
+                f"save it as {spec.dtype} (arr.astype(np.{spec.dtype}))"
+            )
+        rank = len(spec.shape)
+        if not stacked and arr.ndim == rank:
+            arr = arr[np.newaxis]  # one sample for a model without a batch axis
+        want_rank = rank if stacked else rank + 1
+        if arr.ndim != want_rank:
+            layout = format_shape(spec.shape) if stacked else "[samples] + " + format_shape(spec.shape)
+            raise DataError(f"{what}: input '{spec.name}' expected rank {want_rank} {layout}, got {list(arr.shape)}")
+        offset = 0 if stacked else 1
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int) and arr.shape[axis + offset] != dim:
+                raise DataError(
+                    f"{what}: input '{spec.name}' expected {spec.describe()}, got {list(arr.shape)} "
+                    f"(dimension {axis} must be {dim})"
+                )
+        n = arr.shape[0]
+        if rows is not None and n != rows:
+            raise DataError(f"{what}: inputs have different row counts ({rows} and {n} for '{spec.name}')")
+        rows = n
+        out[spec.name] = arr
+    if not rows:
+        raise DataError(f"{what}: holds no rows")
+    return Samples(tuple(specs), out, rows)
+
+
+def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0) -> Samples:
+    """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8."""
+    rng = np.random.default_rng(seed)
+    stacked = all(s.batch_axis == 0 for s in specs)
+    arrays = {}
+    for spec in specs:
+        dims = [d if isinstance(d, int) else 8 for d in spec.shape]
+        shape = [rows, *dims[1:]] if stacked else [rows, *dims]
+        dtype = spec.np_dtype
+        if np.issubdtype(dtype, np.floating):
+            arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == bool:
+            arrays[spec.name] = np.ones(shape, dtype=bool)
+        elif np.issubdtype(dtype, np.integer):
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            raise DataError(f"input '{spec.name}' is {spec.dtype}: give sample data, edgeserve cannot invent it")
+    return Samples(tuple(specs), arrays, rows)

@@ -1,0 +1,178 @@
+"""Front ends: turn what the user has (an ONNX file, a torch module, a scikit-learn model) into an ONNX file.
+
+torch and skl2onnx are optional extras, imported only when such a model is given. Nothing here ever
+unpickles a file: torch and scikit-learn models arrive as live Python objects.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError, DataError, ModelFileError
+from ..modelfile import load_model, sha256_file, uses_external_data
+
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class SourceModel:
+    """The fp32 ONNX file the rest of the converter works from, and what it came from."""
+
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def is_sklearn_model(obj: Any) -> bool:
+    return type(obj).__module__.startswith("sklearn.") or (hasattr(obj, "fit") and hasattr(obj, "get_params"))
+
+
+def load_source(
+    source: Any,
+    workdir: Path,
+    *,
+    example_inputs: Any = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    opset: int | None = None,
+    allowed_domains: Sequence[str] = (),
+) -> SourceModel:
+    """Write the source model as ONNX into ``workdir`` and describe where it came from."""
+    if isinstance(source, (str, os.PathLike)):
+        return _from_onnx_file(Path(source), workdir, allowed_domains)
+    if type(source).__name__ == "ModelProto" and type(source).__module__.startswith("onnx"):
+        return _from_onnx_proto(source, workdir, allowed_domains)
+    if is_torch_module(source):
+        return _from_torch(source, workdir, example_inputs, input_names, output_names, opset or DEFAULT_OPSET)
+    if is_sklearn_model(source):
+        return _from_sklearn(source, workdir, example_inputs, opset)
+    raise ConversionError(
+        f"cannot convert a {type(source).__module__}.{type(source).__name__}: give a path to an .onnx file, an "
+        "onnx.ModelProto, a torch.nn.Module with example_inputs, or a fitted scikit-learn estimator or pipeline"
+    )
+
+
+def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -> SourceModel:
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give the .onnx file (or edgeserve.load() a package folder)")
+    model = load_model(path, allowed_domains=allowed_domains, load_external_data=False)
+    dst = workdir / "source.onnx"
+    if uses_external_data(model):
+        import onnx
+
+        model = load_model(path, allowed_domains=allowed_domains)  # checked, then loaded from beside the model
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
+    else:
+        shutil.copyfile(path, dst)
+    return SourceModel(dst, {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)})
+
+
+def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) -> SourceModel:
+    from ..modelfile import check_model
+
+    check_model(model, base_dir=None, allowed_domains=allowed_domains)
+    dst = workdir / "source.onnx"
+    data = model.SerializeToString()
+    dst.write_bytes(data)
+    import hashlib
+
+    return SourceModel(dst, {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, Mapping):
+        return tuple(example_inputs.values())
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Sequence[str] | None,
+                output_names: Sequence[str] | None, opset: int) -> SourceModel:
+    import torch
+
+    if example_inputs is None:
+        raise ConversionError("a torch model needs example_inputs (a tensor or a tuple of tensors shaped like one batch)")
+    args = tuple(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in _as_tuple(example_inputs))
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise ConversionError("example_inputs must be torch tensors or numpy arrays")
+    if input_names is None:
+        input_names = list(example_inputs.keys()) if isinstance(example_inputs, Mapping) else (
+            ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+        )
+    if len(input_names) != len(args):
+        raise ConversionError(f"{len(input_names)} input_names given for {len(args)} example inputs")
+    module = module.eval()
+    with torch.no_grad():
+        sample_out = module(*args)
+    n_out = len(sample_out) if isinstance(sample_out, (tuple, list)) else 1
+    if output_names is None:
+        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    # every input and output gets a dynamic batch axis 0 (scalars excepted)
+    outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
+    dynamic_axes = {n: {0: "batch"} for n, a in zip(input_names, args) if a.dim() > 0}
+    dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
+    dst = workdir / "source.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter is not the user's concern
+            torch.onnx.export(
+                module, args, str(dst), input_names=list(input_names), output_names=list(output_names),
+                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+    except Exception as exc:
+        raise ConversionError(f"torch.onnx.export failed for {type(module).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    return SourceModel(dst, {
+        "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "sha256": sha256_file(dst), "opset": opset,
+    })
+
+
+def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | None) -> SourceModel:
+    try:
+        import sklearn
+        from skl2onnx import to_onnx
+    except ImportError:
+        raise ConversionError("converting scikit-learn models needs the extra: pip install 'edgeserve[sklearn]'") from None
+    if example_inputs is None:
+        raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array)")
+    x = np.asarray(example_inputs)
+    if x.ndim != 2:
+        raise DataError(f"example_inputs for a scikit-learn model must be 2-D [rows, features], got {list(x.shape)}")
+    if x.dtype == np.float64:
+        x = x.astype(np.float32)  # float32 runs on every ONNX kernel; sklearn trains in float64 either way
+    options = {id(est): {"zipmap": False} for est in _estimators(model) if hasattr(est, "predict_proba")}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
+    except Exception as exc:
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    dst = workdir / "source.onnx"
+    dst.write_bytes(onx.SerializeToString())
+    return SourceModel(dst, {
+        "framework": "sklearn", "sklearn": sklearn.__version__, "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "sha256": sha256_file(dst),
+    })
+
+
+def _estimators(model: Any) -> list[Any]:
+    """The estimator and every step nested in pipelines, unions and column transformers."""
+    found = [model]
+    for attr in ("steps", "transformer_list", "transformers"):
+        for item in getattr(model, attr, None) or ():
+            found.extend(_estimators(item[1]))
+    return found

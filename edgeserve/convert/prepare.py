@@ -1,0 +1,134 @@
+"""Prepare an fp32 ONNX graph: offline optimisation, shape inference, opset upgrade where quantisation needs it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..backends.onnxruntime import optimize_offline
+from ..errors import ConversionError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+MIN_QDQ_OPSET = 13
+"""Per-channel QDQ (and the quantiser's axis attributes) need opset 13 or newer."""
+
+
+def model_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def optimize_fp32(src: Path, dst: Path) -> dict[str, Any]:
+    """onnxruntime's basic offline optimisation (constant folding, redundant-node removal): portable across CPUs."""
+    try:
+        optimize_offline(src, dst, level="basic")
+        return {"optimization": "basic"}
+    except ModelFileError as exc:
+        # NOTE: some graphs load but cannot be re-serialised after optimisation; the runtime optimises them at load
+        log.warning("offline optimisation skipped: %s", exc)
+        shutil.copyfile(src, dst)
+        return {"optimization": "none", "optimization_skipped": str(exc)}
+
+
+def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str, Any]:
+    """Convert the default domain to ``target`` when it is older; onnx's version converter does the work."""
+    import onnx
+    from onnx import version_converter
+
+    current = model_opset(src)
+    if current >= target:
+        if src != dst:
+            shutil.copyfile(src, dst)
+        return {"opset": current}
+    model = onnx.load(str(src))
+    try:
+        upgraded = version_converter.convert_version(model, target)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:
+        raise ConversionError(
+            f"the model is at opset {current}; quantisation needs opset {target} or newer and onnx's version "
+            f"converter failed ({str(exc).splitlines()[0][:200]}). Re-export the model at opset >= {target}"
+        ) from exc
+    onnx.save_model(upgraded, str(dst))
+    return {"opset": target, "opset_upgraded_from": current}
+
+
+def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
+    """onnxruntime's ``quant_pre_process`` (optimise + shape inference), falling back step by step.
+
+    Symbolic shape inference fails on many real graphs with dynamic dims ("Incomplete symbolic shape
+    inference"); quantisation still works from onnx's own shape inference, so it is skipped, not fatal.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    attempts = (
+        ("full", {}),
+        ("without symbolic shape inference", {"skip_symbolic_shape": True}),
+        ("shape inference only", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    )
+    errors = []
+    for label, kwargs in attempts:
+        try:
+            quant_pre_process(str(src), str(dst), **kwargs)
+            return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
+        except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next step tried
+            errors.append(f"{label}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+            log.info("quant_pre_process (%s) failed: %s", label, exc)
+    shutil.copyfile(src, dst)
+    return {"preprocess": "skipped", "preprocess_errors": errors}
+
+
+def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:
+    """Record the element type of every intermediate tensor onnx's inference left untyped.
+
+    The quantisers and the fp16 converter need a type for each tensor they touch, and onnx's shape inference
+    stops at operators it cannot type (``ai.onnx.ml`` ops, custom domains): the quantiser then fails with
+    "Unable to find data type for weight_name". onnxruntime types every tensor when it loads a graph, so the
+    missing ones are read from a session over the graph with those tensors exposed as outputs.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    known = {v.name for v in (*graph.value_info, *graph.input, *graph.output)} | {i.name for i in graph.initializer}
+    missing = [o for n in graph.node for o in n.output if o and o not in known]
+    if not missing:
+        if src != dst:
+            shutil.copyfile(src, dst)
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in missing:
+        probe.graph.output.add().name = name  # typeless outputs: onnxruntime infers them
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        log.info("could not type intermediate tensors: %s", exc)
+        if src != dst:
+            shutil.copyfile(src, dst)
+        return {"typed_by_onnxruntime": 0}
+    elem = {v: k for k, v in {
+        onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.FLOAT16: "tensor(float16)",
+        onnx.TensorProto.DOUBLE: "tensor(double)", onnx.TensorProto.INT64: "tensor(int64)",
+        onnx.TensorProto.INT32: "tensor(int32)", onnx.TensorProto.INT8: "tensor(int8)",
+        onnx.TensorProto.UINT8: "tensor(uint8)", onnx.TensorProto.BOOL: "tensor(bool)",
+        onnx.TensorProto.STRING: "tensor(string)",
+    }.items()}
+    added = 0
+    for out in sess.get_outputs():
+        if out.name in missing and out.type in elem:
+            # NOTE: onnxruntime reports an unknown shape as [], the same as a scalar's: record the type only then
+            dims = [d if isinstance(d, int) and d >= 0 else None for d in out.shape] if out.shape else None
+            graph.value_info.append(onnx.helper.make_tensor_value_info(out.name, elem[out.type], dims))
+            added += 1
+    onnx.save_model(model, str(dst))
+    return {"typed_by_onnxruntime": added}

@@ -1,0 +1,149 @@
+"""Quantisation recipes over onnxruntime.quantization: dynamic int8, static int8 QDQ, fp16."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import QuantizeConfig
+from ..environment import has_vnni, is_arm
+from ..errors import ConversionError
+from .data import Samples
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: the converter's only way of telling a UI how far it is."""
+
+
+def cpu_defaults(config: QuantizeConfig) -> dict[str, Any]:
+    """Signedness and ``reduce_range`` as onnxruntime's guidance advises for this CPU, unless set explicitly.
+
+    x86 with VNNI: uint8 activations, int8 weights, full range. x86 without VNNI: the same with 7-bit weights
+    (``reduce_range``) so 8-bit products cannot saturate. ARM: symmetric int8 activations.
+    """
+    vnni = has_vnni()
+    activation = config.activation_type or ("int8" if is_arm() else "uint8")
+    reduce_range = config.reduce_range if config.reduce_range is not None else (not vnni and not is_arm())
+    return {"activation_type": activation, "weight_type": "int8", "reduce_range": reduce_range, "cpu_vnni": vnni}
+
+
+class _Reader:
+    """Feeds calibration batches to onnxruntime's calibrator, reporting progress."""
+
+    def __init__(self, samples: Samples, batch_size: int, progress: Progress | None) -> None:
+        self._samples = samples
+        self._batch_size = batch_size
+        self._progress = progress
+        self._iter: Iterator[dict[str, np.ndarray]] | None = None
+        self._done = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iter is None:
+            self._iter = self._samples.feeds(self._batch_size)
+        feed = next(self._iter, None)
+        if feed is not None:
+            rows = len(next(iter(feed.values()))) if self._samples.stacked else 1
+            self._done = min(self._samples.rows, self._done + rows)
+            if self._progress:
+                self._progress("calibrating", self._done, self._samples.rows)
+        return feed
+
+    def rewind(self) -> None:
+        self._iter = None
+        self._done = 0
+
+
+def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Samples | None,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Write the quantised model to ``dst`` and return the recipe actually applied."""
+    if config.mode == "none":
+        shutil.copyfile(src, dst)
+        return {"mode": "none"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if config.mode == "dynamic":
+                return _dynamic(src, dst, config)
+            if config.mode == "static":
+                if calibration is None:
+                    raise ConversionError("static quantisation needs calibration data (--calibration FILE.npz)")
+                return _static(src, dst, config, calibration, progress)
+            return _fp16(src, dst)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{config.mode} quantisation failed in onnxruntime.quantization: {_first_line(exc)}"
+        ) from exc
+
+
+def _dynamic(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    defaults = cpu_defaults(config)
+    # NOTE: onnxruntime's ConvInteger kernel only takes uint8 weights, so a graph with convolutions gets uint8
+    # weights; MatMul-only graphs keep int8 weights, which are faster and more accurate.
+    has_conv = _has_op(src, "Conv")
+    weight = QuantType.QUInt8 if has_conv else QuantType.QInt8
+    quantize_dynamic(
+        str(src), str(dst), per_channel=config.per_channel, reduce_range=defaults["reduce_range"], weight_type=weight,
+        nodes_to_exclude=list(config.nodes_to_exclude) or None,
+    )
+    return {
+        "mode": "dynamic", "per_channel": config.per_channel, "reduce_range": defaults["reduce_range"],
+        "activation_type": "uint8", "weight_type": "uint8" if has_conv else "int8",
+        "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
+    }
+
+
+def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, progress: Progress | None) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    defaults = cpu_defaults(config)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    reader = _Reader(calibration, config.calibration_batch_size, progress)
+    quantize_static(
+        str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+        reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
+        weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration_method],
+        nodes_to_exclude=list(config.nodes_to_exclude) or None,
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8"},
+    )
+    return {
+        "mode": "static", "format": "QDQ", "per_channel": config.per_channel, "reduce_range": defaults["reduce_range"],
+        "activation_type": defaults["activation_type"], "weight_type": "int8",
+        "calibration": {"method": config.calibration_method, "samples": calibration.rows,
+                        "batch_size": config.calibration_batch_size},
+        "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
+    }
+
+
+def _fp16(src: Path, dst: Path) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # keep_io_types: callers still send and receive float32; the casts sit inside the graph
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    onnx.save_model(converted, str(dst))
+    return {"mode": "fp16", "keep_io_types": True}
+
+
+def _has_op(path: Path, op_type: str) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type == op_type for n in model.graph.node)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

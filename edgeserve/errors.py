@@ -1,0 +1,69 @@
+"""The one error tree of edgeserve.
+
+Every error edgeserve raises on purpose is an :class:`EdgeserveError`. Engine errors (onnxruntime, onnx,
+the quantisation tools) are mapped to these once, at the boundary, with ``raise ... from``; nothing above
+the backend seam ever sees a library's own exception type. No error here knows about HTTP or the CLI.
+
+    EdgeserveError
+    ├── ConfigError               a setting is out of range or contradicts another
+    ├── ModelFileError            a model file is unreadable, malformed or unsafe
+    ├── PackageError              a package folder or its manifest is invalid
+    │   ├── IntegrityError        a file does not match the digest the manifest records
+    │   └── GoldenMismatchError   this machine computes different answers than the converter recorded
+    ├── ConversionError           the converter could not produce a verified package
+    │   ├── DataError             calibration or evaluation data does not match the model
+    │   └── FidelityError         the result is outside the requested fidelity budget
+    ├── InputError                a request does not satisfy the model's input contract
+    ├── InferenceError            the backend failed while running a request
+    └── ClosedError               the model or runtime was used after close()
+"""
+
+from __future__ import annotations
+
+
+class EdgeserveError(Exception):
+    """Base class of every error edgeserve raises on purpose."""
+
+
+class ConfigError(EdgeserveError, ValueError):
+    """A setting is out of range or contradicts another setting."""
+
+
+class ModelFileError(EdgeserveError):
+    """A model file is unreadable, malformed, too large or unsafe (external data, custom ops)."""
+
+
+class PackageError(EdgeserveError):
+    """A package folder or its manifest is missing, malformed or of an unknown schema version."""
+
+
+class IntegrityError(PackageError):
+    """A file in a package does not match the sha256 digest its manifest records."""
+
+
+class GoldenMismatchError(PackageError):
+    """Re-running the golden inputs at load time gave outputs different from the recorded ones."""
+
+
+class ConversionError(EdgeserveError):
+    """The converter could not produce a verified package; nothing was written."""
+
+
+class DataError(ConversionError, ValueError):
+    """Calibration or evaluation data does not match the model's inputs (names, dtypes, shapes)."""
+
+
+class FidelityError(ConversionError):
+    """The converted model is outside the requested fidelity budget against the fp32 reference."""
+
+
+class InputError(EdgeserveError, ValueError):
+    """A request does not satisfy the model's input contract (names, dtypes, ranks, dimensions)."""
+
+
+class InferenceError(EdgeserveError):
+    """The inference backend failed while running a request that passed the input contract."""
+
+
+class ClosedError(EdgeserveError, RuntimeError):
+    """A model or runtime was used after ``close()``."""

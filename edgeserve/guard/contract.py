@@ -1,0 +1,94 @@
+"""The input contract: names, dtypes, ranks and dimensions are checked before any engine sees the data.
+
+This runs on every request, so the checks are plain comparisons against values computed once per model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..tensors import TensorSpec, format_shape
+
+
+class InputContract:
+    """Turns what a caller passed into the feed a backend runs, or raises :class:`InputError`."""
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self.specs = tuple(specs)
+        self._names = frozenset(s.name for s in self.specs)
+        # (name, dtype, rank, fixed dims as (axis, size)) per input, computed once
+        self._checks = [
+            (s.name, s.np_dtype, len(s.shape), tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)), s)
+            for s in self.specs
+        ]
+        self._single = self.specs[0].name if len(self.specs) == 1 else None
+
+    def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Check ``inputs`` (one array for a single-input model, or a mapping of name to array)."""
+        if named:
+            if inputs is not None:
+                raise InputError("pass inputs either as one mapping or as keyword arguments, not both")
+            inputs = named
+        if not isinstance(inputs, Mapping):
+            if inputs is None:
+                raise InputError(f"no inputs given; the model expects {self._expected()}")
+            if self._single is None:
+                raise InputError(
+                    f"this model has {len(self.specs)} inputs, so pass a dict of name to array: {self._expected()}"
+                )
+            inputs = {self._single: inputs}
+        if inputs.keys() != self._names:
+            self._names_error(inputs)
+        feed = {}
+        for name, dtype, rank, fixed, spec in self._checks:
+            value = inputs[name]
+            if type(value) is not np.ndarray:
+                value = self._coerce(name, value, spec)
+            if value.dtype != dtype:
+                raise InputError(
+                    f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)}; "
+                    f"convert it with .astype(np.{dtype})" if spec.dtype != "str" else
+                    f"input '{name}': expected an array of strings (dtype object), got {value.dtype}"
+                )
+            if value.ndim != rank:
+                raise InputError(
+                    f"input '{name}': expected {rank} dimensions {format_shape(spec.shape)}, "
+                    f"got {value.ndim} {list(value.shape)}"
+                )
+            for axis, size in fixed:
+                if value.shape[axis] != size:
+                    raise InputError(
+                        f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)} "
+                        f"(dimension {axis} must be {size})"
+                    )
+            feed[name] = value
+        return feed
+
+    def _coerce(self, name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+        if isinstance(value, np.ndarray):  # a subclass such as a masked array: plain data only
+            return np.asarray(value)
+        if isinstance(value, (list, tuple, int, float, bool, np.generic)):
+            # Python data carries no dtype of its own, so it takes the model's.
+            try:
+                return np.asarray(value, dtype=spec.np_dtype)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise InputError(f"input '{name}': cannot be read as {spec.describe()} ({exc})") from None
+        raise InputError(f"input '{name}': expected a numpy array, got {type(value).__name__}")
+
+    def _expected(self) -> str:
+        return ", ".join(f"'{s.name}' {s.describe()}" for s in self.specs)
+
+    def _names_error(self, inputs: Mapping[str, Any]) -> None:
+        given = set(inputs)
+        missing = sorted(self._names - given)
+        unknown = sorted(str(k) for k in given - self._names)
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"'{m}'" for m in missing))
+        if unknown:
+            parts.append("unknown " + ", ".join(f"'{u}'" for u in unknown))
+        raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model expects {self._expected()}")

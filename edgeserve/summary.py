@@ -1,0 +1,62 @@
+"""Human-readable summaries of manifests and fidelity, as lines of text (the CLI prints them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .package import Package
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
+    if not fidelity:
+        return
+    summary = fidelity.get("summary", {})
+    keys = ("cosine_min", "cosine_mean", "top1_agreement", "agreement", "max_rel_error", "mean_rel_error")
+    shown = ", ".join(f"{k}={_fmt(summary[k])}" for k in keys if k in summary)
+    yield f"fidelity to fp32 on {fidelity.get('rows', '?')} rows of {fidelity.get('data', '?')} data: {shown}"
+    acc = fidelity.get("accuracy")
+    if acc and acc.get("fp32") is not None:
+        drop = acc["fp32"] - acc["converted"]
+        yield f"accuracy: fp32 {acc['fp32']:.4f}, converted {acc['converted']:.4f} (drop {drop * 100:+.2f} points)"
+
+
+def manifest_lines(pkg: Package) -> Iterator[str]:
+    m = pkg.manifest
+    yield f"{m.name}@{m.version}  ({pkg.path})"
+    yield f"  created {m.created_at}, schema {m.schema_version}, backend {m.backend}"
+    yield "inputs:"
+    for s in m.inputs:
+        yield f"  {s.name}: {s.describe()}" + (f"  batch axis {s.batch_axis}" if s.batch_axis is not None else "  no batch axis")
+    yield "outputs:"
+    for s in m.outputs:
+        yield f"  {s.name}: {s.describe()}"
+    src = m.source
+    yield f"source: {src.get('framework', '?')} {src.get('class') or src.get('file') or ''} sha256 {str(src.get('sha256', ''))[:16]}…"
+    yield "recipe:"
+    for key, value in m.recipe.items():
+        yield f"  {key}: {_fmt(value)}"
+    yield from fidelity_lines(m.fidelity)
+    if m.envelope.get("inputs"):
+        yield f"envelope ({m.envelope.get('source')}, {m.envelope.get('rows')} rows):"
+        for name, st in m.envelope["inputs"].items():
+            if "min" in st:
+                feats = f", {len(st['features'])} features" if "features" in st else ""
+                yield (f"  {name}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
+                       f"std {_fmt(st['std'])}{feats}")
+    env = m.environment
+    cpu = env.get("cpu", {})
+    yield (f"environment: python {env.get('python')}, onnx {env.get('onnx')}, onnxruntime {env.get('onnxruntime')}, "
+           f"numpy {env.get('numpy')}; {cpu.get('model', '?')} ({cpu.get('arch', '?')}, {cpu.get('cores', '?')} cores)")
+    yield f"golden samples: {m.golden.get('count', 0)}" + (f" (tolerance {m.golden['rel_tolerance']})" if "rel_tolerance" in m.golden else "")
+    yield "files:"
+    for name in sorted(m.digests):
+        path = pkg.path / name
+        size = path.stat().st_size if path.exists() else 0
+        yield f"  {name}  {size / 1024:.1f} KiB  sha256 {m.digests[name][:16]}…"

@@ -1,0 +1,87 @@
+"""Tensor signatures: what a model takes and gives, independent of any inference engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Dim = int | str | None
+"""A dimension: a fixed size, a symbolic name (``"batch"``), or ``None`` when unknown."""
+
+# ONNX TensorProto element types to numpy dtype names. Kept here so that describing a model never needs onnx.
+ONNX_TO_NUMPY: dict[int, str] = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "str",
+    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+}
+_ORT_TYPE_PREFIX = "tensor("
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model."""
+
+    name: str
+    """The tensor's name in the graph."""
+    dtype: str
+    """The numpy dtype name (``"float32"``, ``"int64"``, ``"str"`` for ONNX strings)."""
+    shape: tuple[Dim, ...]
+    """Dimensions: ints are fixed, strings are symbolic, ``None`` is unknown."""
+    batch_axis: int | None = None
+    """The axis requests may be stacked along, or ``None`` when the model has no batch axis."""
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return np.dtype(object) if self.dtype == "str" else np.dtype(self.dtype)
+
+    def describe(self) -> str:
+        """``float32 [batch, 64]``: the form error messages and ``inspect`` use."""
+        return f"{self.dtype} {format_shape(self.shape)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "batch_axis": self.batch_axis}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(data["name"]),
+            dtype=str(data["dtype"]),
+            shape=tuple(data["shape"]),
+            batch_axis=data.get("batch_axis"),
+        )
+
+
+def format_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def dtype_from_ort(type_str: str) -> str:
+    """``"tensor(float)"`` (onnxruntime's spelling) to ``"float32"``."""
+    if not type_str.startswith(_ORT_TYPE_PREFIX):
+        return type_str  # sequences and maps are described as they are
+    inner = type_str[len(_ORT_TYPE_PREFIX):-1]
+    return {
+        "float": "float32", "double": "float64", "float16": "float16", "string": "str", "bool": "bool",
+    }.get(inner, inner)
+
+
+def guess_batch_axis(shape: Sequence[Dim]) -> int | None:
+    """Axis 0 is the batch axis when it is symbolic or unknown; a model with a fixed first dim has none."""
+    if shape and not isinstance(shape[0], int):
+        return 0
+    return None
+
+
+def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
+    """onnxruntime reports unknown dims as None or strings, and sometimes negative ints: make them uniform."""
+    out: list[Dim] = []
+    for d in shape or ():
+        if isinstance(d, (int, np.integer)) and d >= 0:
+            out.append(int(d))
+        elif isinstance(d, str) and d:
+            out.append(d)
+        else:
+            out.append(None)
+    return tuple(out)
