@@ -29,7 +29,7 @@ from .package import Package as Package
 from .tensors import TensorSpec as TensorSpec
 
 if TYPE_CHECKING:
-    from .convert.api import convert as convert
+    from .converter.api import convert as convert
     from .runtime.model import Model as Model
     from .runtime.model import load as load
 
@@ -60,7 +60,7 @@ __all__ = [
 
 # NOTE: the runtime imports onnxruntime and the converter imports its quantisation tools; both are loaded on
 # first use so that `import edgeserve` (and the CLI's start-up) stays cheap.
-_LAZY = {"convert": ("edgeserve.convert.api", "convert"), "load": ("edgeserve.runtime.model", "load"),
+_LAZY = {"convert": ("edgeserve.converter.api", "convert"), "load": ("edgeserve.runtime.model", "load"),
          "Model": ("edgeserve.runtime.model", "Model")}
 
 

@@ -98,7 +98,7 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
             min_cosine: float | None, min_top1_agreement: float | None, allow_domain: tuple[str, ...], force: bool) -> None:
     """Convert an ONNX model SRC into a verified package."""
     from .config import QuantizeConfig
-    from .convert.api import convert as do_convert
+    from .converter.api import convert as do_convert
 
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
@@ -150,7 +150,7 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
     import numpy as np
 
     from .config import SessionConfig
-    from .convert.data import read_arrays
+    from .converter.data import read_arrays
     from .runtime.model import load
 
     arrays = read_arrays(input_file, what="input file")

@@ -19,7 +19,7 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.
 """Operator domains every model may use; anything else must be allow-listed by the caller."""
 MAX_MODEL_BYTES = 2 * 1024**3
 """Protobuf cannot hold more than 2 GiB; larger weights must be in external data."""
-MAX_SUBGRAPH_DEPTH = 32
+MAX_SUBGRAPH_DEPTH = 16
 """Deeper If/Loop/Scan nesting than this is refused (real exporters stay below 5)."""
 
 _ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}

@@ -132,20 +132,20 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
 
     step("preparing graph", 0, 1)
     recipe: dict[str, Any] = {}
-    fp32 = work / "fp32.onnx"
-    recipe.update(optimize_fp32(src.path, fp32))
     if qconfig.mode in ("dynamic", "static"):
-        pre = work / "pre.onnx"
+        # quant_pre_process optimises and infers shapes itself; the quantisers then need opset >= 13
+        pre, upgraded = work / "pre.onnx", work / "pre13.onnx"
         recipe.update(preprocess_for_quantization(src.path, pre))
-        upgraded = work / "pre13.onnx"
         recipe.update(upgrade_opset(pre, upgraded))
         to_quantize = work / "typed.onnx"
         recipe.update(fill_missing_types(upgraded, to_quantize))
-    elif qconfig.mode == "fp16":
-        to_quantize = work / "typed.onnx"
-        recipe.update(fill_missing_types(fp32, to_quantize))
     else:
+        fp32 = work / "fp32.onnx"
+        recipe.update(optimize_fp32(src.path, fp32))
         to_quantize = fp32
+        if qconfig.mode == "fp16":
+            to_quantize = work / "typed.onnx"
+            recipe.update(fill_missing_types(fp32, to_quantize))
     step(f"quantising ({qconfig.mode})", 0, 1)
     recipe.update(quantize(to_quantize, staging / MODEL_FILE, qconfig, calibration=cal, progress=progress))
 

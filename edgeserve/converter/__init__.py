@@ -1,5 +1,5 @@
 """The converter: frontends, graph preparation, quantisation and verification into a package.
 
-The entry point is :func:`edgeserve.convert` (``edgeserve.convert.api.convert``); modules load lazily so that
+The entry point is :func:`edgeserve.convert` (``edgeserve.converter.api.convert``); modules load lazily so that
 reading sample data does not pull in the quantisation tools.
 """

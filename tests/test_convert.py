@@ -1,0 +1,222 @@
+"""convert → load → predict on every example and mode, and every way a conversion can be refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgeserve
+from edgeserve import ConversionError, DataError, FidelityError, QuantizeConfig
+from edgeserve.converter.data import read_arrays
+from edgeserve.fidelity import compare_outputs
+from tests.factories import EXAMPLES, example, mlp_model, rows, save
+
+MODES = ["none", "dynamic", "static", "fp16"]
+
+
+def _plain(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("examples")
+    out = {}
+    for name in EXAMPLES:
+        model, cal, ev = example(name)
+        labels = "labels" if name.startswith("digits") else None
+        for mode in MODES:
+            out[name, mode] = edgeserve.convert(model, root / f"{name}-{mode}", quantize=mode, calibration=cal,
+                                                eval_data=ev, labels=labels).path
+    return out
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+@pytest.mark.parametrize("mode", MODES)
+def test_example_round_trip(converted, name: str, mode: str) -> None:
+    pkg = converted[name, mode]
+    source, _, ev = example(name)
+    arrays = read_arrays(ev, what="eval")
+    arrays.pop("labels", None)
+    feed = {k: v[:16] for k, v in arrays.items()}
+    with edgeserve.load(pkg) as model:
+        got = model.predict(feed)
+        manifest = model.manifest
+    assert manifest.recipe["mode"] == mode
+    # the runtime adds nothing: it answers exactly what plain onnxruntime answers on the package's model
+    for k, v in _plain(pkg / "model.onnx", feed).items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6)
+    reference = _plain(source, feed)
+    fidelity = compare_outputs(got, reference)["summary"]
+    if mode == "none":
+        for k, v in reference.items():
+            np.testing.assert_allclose(got[k], v, rtol=1e-4, atol=1e-5)
+    else:
+        # within what the manifest records for the whole held-out set (16 of its rows here), with some slack
+        recorded = manifest.fidelity["summary"]
+        assert fidelity["cosine_min"] >= recorded["cosine_min"] - 1e-3
+        assert fidelity["cosine_mean"] > 0.95
+    acc = manifest.fidelity.get("accuracy")
+    if name.startswith("digits"):
+        assert acc["fp32"] > 0.9 and abs(acc["fp32"] - acc["converted"]) < 0.03
+    assert manifest.fidelity["data"] == "evaluation"
+
+
+def test_quantised_models_are_smaller(converted) -> None:
+    for name in EXAMPLES:
+        fp32 = (converted[name, "none"] / "model.onnx").stat().st_size
+        assert (converted[name, "dynamic"] / "model.onnx").stat().st_size < 0.5 * fp32
+        assert (converted[name, "static"] / "model.onnx").stat().st_size < 0.5 * fp32
+
+
+def test_static_recipe_records_calibration(converted) -> None:
+    with edgeserve.load(converted["digits-cnn", "static"]) as model:
+        recipe = model.manifest.recipe
+    assert recipe["calibration"]["method"] == "minmax" and recipe["calibration"]["samples"] == 359
+    assert recipe["format"] == "QDQ" and recipe["activation_type"] in ("uint8", "int8")
+    assert isinstance(recipe["reduce_range"], bool) and "cpu_vnni" in recipe
+
+
+def test_without_eval_data_the_calibration_tail_is_held_out(tmp_path: Path, mlp_path: Path) -> None:
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rows(50))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "out", quantize="static", calibration=cal)
+    m = pkg.manifest
+    assert m.fidelity["data"] == "calibration hold-out" and m.fidelity["rows"] == 10
+    assert m.recipe["calibration"]["samples"] == 40
+
+
+def test_without_any_data_synthetic_inputs_are_used(tmp_path: Path, mlp_path: Path) -> None:
+    pkg = edgeserve.convert(mlp_path, tmp_path / "out", quantize="dynamic")
+    assert pkg.manifest.fidelity["data"] == "synthetic"
+    assert pkg.manifest.envelope == {}
+
+
+def test_opset_11_model_is_upgraded_for_static(tmp_path: Path) -> None:
+    path = save(mlp_model(opset=11), tmp_path / "old.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rows(40))
+    pkg = edgeserve.convert(path, tmp_path / "out", quantize=QuantizeConfig(mode="static", per_channel=True), calibration=cal)
+    assert pkg.manifest.recipe["opset_upgraded_from"] == 11 and pkg.manifest.recipe["opset"] == 13
+    edgeserve.load(pkg.path).close()
+
+
+def test_model_without_batch_axis(tmp_path: Path) -> None:
+    path = save(mlp_model(batch=1), tmp_path / "fixed.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rows(20)[:, None, :])  # 20 samples, each shaped [1, 16]
+    pkg = edgeserve.convert(path, tmp_path / "out", quantize="static", calibration=cal)
+    assert pkg.manifest.inputs[0].batch_axis is None and pkg.manifest.golden["count"] == 1
+    with edgeserve.load(pkg.path) as model:
+        assert model.predict(rows(1))["logits"].shape == (1, 4)
+
+
+# --- refusals: a clear error, and nothing left behind -------------------------------------------------------------
+
+def _nothing_left(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "staging folder left behind"
+
+
+def test_unreadable_model(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 50)
+    out = tmp_path / "out"
+    with pytest.raises(edgeserve.ModelFileError):
+        edgeserve.convert(bad, out)
+    _nothing_left(out)
+    with pytest.raises(edgeserve.ModelFileError, match="not found"):
+        edgeserve.convert(tmp_path / "missing.onnx", out)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y": rows(10)}, "missing x; unexpected y"),
+    ({"x": rows(10).astype(np.float64)}, "input 'x' expected float32, got float64"),
+    ({"x": rows(10, n_in=8)}, r"dimension 1 must be 16"),
+    ({"x": rows(10)[0]}, r"expected rank 2"),
+])
+def test_calibration_data_that_does_not_match(tmp_path: Path, mlp_path: Path, arrays, message: str) -> None:
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, **arrays)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=message):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=cal)
+    _nothing_left(out)
+
+
+def test_calibration_file_problems(tmp_path: Path, mlp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="not found"):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=tmp_path / "nope.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot be read"):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=junk)
+    objects = tmp_path / "obj.npz"
+    np.savez(objects, x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="cannot be read"):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=objects)
+    with pytest.raises(DataError, match="needs calibration data"):
+        edgeserve.convert(mlp_path, out, quantize="static")
+    _nothing_left(out)
+
+
+def test_calibration_from_a_folder_of_npy(tmp_path: Path, mlp_path: Path) -> None:
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    np.save(folder / "x.npy", rows(30))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "out", quantize="static", calibration=folder)
+    assert pkg.manifest.recipe["calibration"]["samples"] == 24
+
+
+def test_labels_must_exist(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
+    _, ev = mlp_data
+    with pytest.raises(DataError, match="no array named 'labels'"):
+        edgeserve.convert(mlp_path, tmp_path / "out", eval_data=ev, labels="labels")
+
+
+def test_fidelity_budget_missed_writes_nothing(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
+    cal, ev = mlp_data
+    out = tmp_path / "out"
+    with pytest.raises(FidelityError, match="below --min-cosine"):
+        edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=1.0)
+    _nothing_left(out)
+    pkg = edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=0.9)
+    assert pkg.manifest.fidelity["budget"]["min_cosine"] == 0.9
+
+
+def test_existing_output_is_not_clobbered(tmp_path: Path, mlp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="already exists"):
+        edgeserve.convert(mlp_path, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    edgeserve.convert(mlp_path, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "edgeserve.json").exists()
+
+
+def test_quantisation_failure_is_wrapped(tmp_path: Path, mlp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime.quantization as q
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure inside the quantiser")
+
+    monkeypatch.setattr(q, "quantize_dynamic", boom)
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError, match="dynamic quantisation failed.*simulated failure"):
+        edgeserve.convert(mlp_path, out, quantize="dynamic")
+    _nothing_left(out)
+
+
+def test_bad_settings(tmp_path: Path, mlp_path: Path) -> None:
+    with pytest.raises(edgeserve.ConfigError, match="quantize mode must be one of"):
+        edgeserve.convert(mlp_path, tmp_path / "out", quantize="int3")
+    with pytest.raises(edgeserve.ConfigError, match="min_cosine must be between 0 and 1"):
+        edgeserve.convert(mlp_path, tmp_path / "out", min_cosine=2)
+    with pytest.raises(ConversionError, match="cannot convert a builtins.int"):
+        edgeserve.convert(42, tmp_path / "out")

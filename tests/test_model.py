@@ -1,0 +1,123 @@
+"""The embedded runtime: predict against plain onnxruntime, the input contract, lifecycle, golden checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgeserve
+from edgeserve import ClosedError, GoldenMismatchError, InputError, SessionConfig
+from edgeserve.package import MANIFEST, compute_digests
+from tests.factories import rows, save, two_input_model
+
+
+def test_predict_matches_plain_onnxruntime(mlp_path: Path) -> None:
+    x = rows(5)
+    expected = ort.InferenceSession(str(mlp_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with edgeserve.load(mlp_path) as model:
+        np.testing.assert_allclose(model.predict(x)["logits"], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(model.predict({"x": x})["logits"], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(model.predict(x=x)["logits"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_signature(mlp_package: Path) -> None:
+    with edgeserve.load(mlp_package) as model:
+        assert model.name == "mlp" and model.version == "1"
+        assert [(s.name, s.dtype, s.shape) for s in model.inputs] == [("x", "float32", ("batch", 16))]
+        assert [(s.name, s.dtype, s.shape) for s in model.outputs] == [("logits", "float32", ("batch", 4))]
+        assert "mlp@1" in repr(model)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (rows(2).astype(np.float64), r"input 'x': expected float32 \[batch, 16\], got float64 \[2, 16\]"),
+    (rows(2)[0], r"input 'x': expected 2 dimensions \[batch, 16\], got 1 \[16\]"),
+    (rows(2, n_in=15), r"input 'x': expected float32 \[batch, 16\], got float32 \[2, 15\] \(dimension 1 must be 16\)"),
+    ({"y": rows(2)}, "missing 'x'; unknown 'y'"),
+    ({"x": rows(2), "extra": rows(2)}, "unknown 'extra'"),
+    ("text", "expected a numpy array, got str"),
+    (None, "no inputs given"),
+])
+def test_input_contract_names_what_is_wrong(mlp_path: Path, bad, message: str) -> None:
+    with edgeserve.load(mlp_path) as model, pytest.raises(InputError, match=message):
+        model.predict(bad)
+
+
+def test_python_lists_take_the_model_dtype(mlp_path: Path) -> None:
+    with edgeserve.load(mlp_path) as model:
+        out = model.predict(rows(1).tolist())["logits"]
+        np.testing.assert_allclose(out, model.predict(rows(1))["logits"], rtol=1e-6)
+
+
+def test_multi_input_model_needs_a_mapping(tmp_path: Path) -> None:
+    path = save(two_input_model(), tmp_path / "two.onnx")
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    scale = np.array([[2.0], [3.0]], dtype=np.float32)
+    with edgeserve.load(path) as model:
+        out = model.predict({"ids": ids, "scale": scale})["out"]
+        np.testing.assert_array_equal(out, ids * scale)
+        with pytest.raises(InputError, match="has 2 inputs, so pass a dict"):
+            model.predict(ids)
+        with pytest.raises(InputError, match=r"input 'scale'.*dimension 1 must be 1"):
+            model.predict({"ids": ids, "scale": np.ones((2, 2), np.float32)})
+
+
+def test_engine_errors_are_wrapped(tmp_path: Path) -> None:
+    # Mul of ids [batch, seq] by scale [batch, 1] with mismatched batch sizes passes the contract but not the engine
+    path = save(two_input_model(), tmp_path / "two.onnx")
+    with edgeserve.load(path) as model, pytest.raises(edgeserve.InferenceError, match="onnxruntime failed running"):
+        model.predict({"ids": np.ones((2, 3), np.int64), "scale": np.ones((3, 1), np.float32)})
+
+
+def test_use_after_close(mlp_path: Path) -> None:
+    model = edgeserve.load(mlp_path)
+    model.close()
+    model.close()  # idempotent
+    assert model.closed
+    with pytest.raises(ClosedError, match="closed"):
+        model.predict(rows(1))
+
+
+def test_thread_settings_are_explicit(mlp_path: Path) -> None:
+    assert SessionConfig().threads >= 1
+    assert SessionConfig(intra_op_threads=1).threads == 1
+    with pytest.raises(edgeserve.ConfigError, match="intra_op_threads"):
+        SessionConfig(intra_op_threads=0)
+    with edgeserve.load(mlp_path, config=SessionConfig(intra_op_threads=1)) as model:
+        assert model.predict(rows(1))["logits"].shape == (1, 4)
+
+
+def _rewrite_golden(pkg: Path, factor: float) -> None:
+    with np.load(pkg / "golden.npz") as g:
+        arrays = {k: g[k] for k in g.files}
+    arrays["output_0"] = arrays["output_0"] * factor
+    with open(pkg / "golden.npz", "wb") as f:
+        np.savez(f, **arrays)
+    manifest = json.loads((pkg / MANIFEST).read_text())
+    manifest["digests"] = compute_digests(pkg)  # a consistent package whose recorded answers differ
+    (pkg / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_golden_mismatch_is_reported(mlp_package: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _rewrite_golden(mlp_package, 1.5)
+    with pytest.raises(GoldenMismatchError, match="output 'logits': differs by up to"):
+        edgeserve.load(mlp_package)
+    with edgeserve.load(mlp_package, golden="warn") as model:
+        assert model.predict(rows(1))["logits"].shape == (1, 4)
+    assert "answers differ" in caplog.text
+    edgeserve.load(mlp_package, golden="off").close()
+
+
+def test_golden_within_tolerance_passes(mlp_package: Path) -> None:
+    _rewrite_golden(mlp_package, 1.0 + 1e-6)
+    edgeserve.load(mlp_package).close()
+
+
+def test_nothing_to_load(tmp_path: Path) -> None:
+    with pytest.raises(edgeserve.PackageError, match="nothing to load"):
+        edgeserve.load(tmp_path / "missing.onnx")
+    with pytest.raises(edgeserve.ConfigError, match="golden must be"):
+        edgeserve.load(tmp_path, golden="maybe")  # type: ignore[arg-type]
