@@ -161,6 +161,9 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
             onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    from .prepare import dedupe_opset_imports
+
+    dedupe_opset_imports(onx)
     dst = workdir / "source.onnx"
     dst.write_bytes(onx.SerializeToString())
     return SourceModel(dst, {

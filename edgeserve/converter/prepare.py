@@ -35,17 +35,40 @@ def optimize_fp32(src: Path, dst: Path) -> dict[str, Any]:
         return {"optimization": "none", "optimization_skipped": str(exc)}
 
 
+def dedupe_opset_imports(model: Any) -> bool:
+    """Keep one opset import per domain (the newest). Some exporters (skl2onnx) declare a domain twice, which
+    onnxruntime accepts but its quantiser refuses ("Failed to find proper ai.onnx domain")."""
+    newest: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        newest[domain] = max(newest.get(domain, 0), entry.version)
+    if len(newest) == len(model.opset_import):
+        return False
+    del model.opset_import[:]
+    for domain, version in newest.items():
+        model.opset_import.add(domain=domain, version=version)
+    return True
+
+
 def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str, Any]:
     """Convert the default domain to ``target`` when it is older; onnx's version converter does the work."""
     import onnx
     from onnx import version_converter
 
+    model = onnx.load(str(src))
+    if dedupe_opset_imports(model):
+        onnx.save_model(model, str(src))
     current = model_opset(src)
+    if current == 0:
+        # graphs of ai.onnx.ml operators only (scikit-learn linear models, trees) import no default domain; the
+        # quantiser insists on one, and declaring it changes nothing else
+        model.opset_import.append(onnx.helper.make_opsetid("", target))
+        onnx.save_model(model, str(dst))
+        return {"opset": target, "opset_added": True}
     if current >= target:
         if src != dst:
             shutil.copyfile(src, dst)
         return {"opset": current}
-    model = onnx.load(str(src))
     try:
         upgraded = version_converter.convert_version(model, target)
         onnx.checker.check_model(upgraded)

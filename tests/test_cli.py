@@ -1,0 +1,108 @@
+"""The command line, through click's CliRunner and (for start-up imports) a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from edgeserve.cli import main
+from tests.factories import rows
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_convert_inspect_run(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
+    cal, ev = mlp_data
+    out = tmp_path / "pkg"
+    result = invoke("convert", mlp_path, "-o", out, "-q", "static", "--calibration", cal, "--data", ev)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout and "fidelity to fp32 on 32 rows of evaluation data" in result.stdout
+    assert "calibrating" in result.stderr
+
+    result = invoke("inspect", out)
+    assert result.exit_code == 0
+    for expected in ("mlp@1", "x: float32 [batch, 16]", "mode: static", "envelope (calibration", "digests: ok"):
+        assert expected in result.stdout
+    manifest = json.loads(invoke("inspect", out, "--json").stdout)
+    assert manifest["recipe"]["mode"] == "static"
+
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=rows(3))
+    result = invoke("run", out, "-i", inputs, "-o", tmp_path / "out.npz")
+    assert result.exit_code == 0, result.output
+    assert "logits: float32 [3, 4]" in result.stdout
+    with np.load(tmp_path / "out.npz") as saved:
+        assert saved["logits"].shape == (3, 4)
+
+
+def test_runtime_errors_are_one_line_and_exit_1(tmp_path: Path, mlp_path: Path) -> None:
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=rows(3).astype(np.float64))
+    result = invoke("run", mlp_path, "-i", inputs)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: input 'x': expected float32 [batch, 16], got float64 [3, 16]; convert it with .astype(np.float32)"
+    )
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"nope")
+    result = invoke("convert", bad, "-o", tmp_path / "out")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert "bad.onnx is not a readable ONNX model" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, mlp_path: Path) -> None:
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, wrong=rows(1))
+    proc = subprocess.run([sys.executable, "-m", "edgeserve", "--debug", "run", str(mlp_path), "-i", str(inputs)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "InputError" in proc.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path, mlp_path: Path) -> None:
+    assert invoke("convert", mlp_path).exit_code == 2  # missing -o
+    assert invoke("convert", mlp_path, "-o", tmp_path / "x", "-q", "int3").exit_code == 2
+    assert invoke("run", tmp_path / "missing", "-i", tmp_path / "x.npz").exit_code == 2
+    assert invoke("frobnicate").exit_code == 2
+
+
+def test_inspect_refuses_a_tampered_package(mlp_package: Path) -> None:
+    (mlp_package / "golden.npz").write_bytes(b"changed")
+    result = invoke("inspect", mlp_package)
+    assert result.exit_code == 1 and "does not match its manifest digest" in result.stderr
+    assert invoke("inspect", mlp_package, "--no-verify").exit_code == 0
+
+
+def test_run_imports_no_converter_tools(mlp_package: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=rows(2))
+    code = (
+        "import sys\n"
+        "from edgeserve.cli import main\n"
+        f"try:\n    main(['run', {str(mlp_package)!r}, '-i', {str(inputs)!r}])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'skl2onnx', 'sklearn', 'onnxruntime.quantization', 'onnxruntime.transformers')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_import_prints_nothing_and_stays_light() -> None:
+    code = "import sys, edgeserve; print(sorted(m for m in ('onnxruntime', 'onnx', 'torch') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]" and proc.stderr == ""
+
+
+def test_module_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "edgeserve", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "edgeserve" in proc.stdout

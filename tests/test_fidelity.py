@@ -1,0 +1,54 @@
+"""Fidelity and accuracy measures on constructed cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeserve.fidelity import accuracy, compare_output, compare_outputs, cosine_per_row, percentiles
+
+
+def test_cosine_known_values() -> None:
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    b = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [-2.0, 0.0]])
+    np.testing.assert_allclose(cosine_per_row(a, b), [1.0, np.sqrt(0.5), 1.0, -1.0])
+
+
+def test_non_finite_rows_never_look_close() -> None:
+    a = np.array([[np.nan, 1.0], [1.0, 1.0]])
+    b = np.array([[1.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(cosine_per_row(a, b), [-1.0, 1.0])
+    assert compare_output(a, b)["non_finite"] == 0.25
+
+
+def test_top1_agreement_and_errors() -> None:
+    ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], dtype=np.float32)
+    cand = ref.copy()
+    cand[0] = [0.9, 0.1]
+    m = compare_output(cand, ref)
+    assert m["top1_agreement"] == 0.75
+    assert m["max_abs_error"] == pytest.approx(0.8)
+    assert m["max_rel_error"] == pytest.approx(0.8 / 0.9)
+
+
+def test_integer_outputs_measure_agreement() -> None:
+    assert compare_output(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == {"agreement": 0.75}
+
+
+def test_summary_takes_the_worst_case() -> None:
+    ref = {"a": np.ones((2, 3), np.float32), "b": np.eye(2, dtype=np.float32)}
+    cand = {"a": np.ones((2, 3), np.float32), "b": np.array([[1, 0], [1, 0]], np.float32)}
+    s = compare_outputs(cand, ref)["summary"]
+    assert s["cosine_min"] == pytest.approx(0.0) and s["top1_agreement"] == 0.5
+
+
+def test_accuracy_from_labels_or_scores() -> None:
+    labels = np.array([0, 1, 1, 0])
+    assert accuracy({"label": np.array([0, 1, 0, 0])}, labels) == 0.75
+    assert accuracy({"scores": np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)}, labels) == 0.75
+    assert accuracy({"embedding": np.ones((4, 1, 3), np.float32)}, labels) is None
+
+
+def test_percentiles() -> None:
+    p = percentiles(list(range(1, 101)))
+    assert p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1) and p["p99"] == pytest.approx(99.01)

@@ -1,0 +1,87 @@
+"""The torch and scikit-learn front ends, checked against the framework's own predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeserve
+from edgeserve import ConversionError
+
+torch = pytest.importorskip("torch")
+sklearn = pytest.importorskip("sklearn")
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
+        self.cls = torch.nn.Linear(16, 3)
+        self.reg = torch.nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.cls(h), self.reg(h)
+
+
+def test_torch_module_with_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _TwoHeads().eval()
+    example = torch.randn(2, 8)
+    pkg = edgeserve.convert(net, tmp_path / "pkg", example_inputs=example, output_names=["scores", "value"])
+    m = pkg.manifest
+    assert m.source["framework"] == "torch" and m.source["class"].endswith("_TwoHeads")
+    assert [o.name for o in m.outputs] == ["scores", "value"]
+    assert m.inputs[0].name == "input" and m.inputs[0].batch_axis == 0
+    x = np.random.default_rng(0).standard_normal((7, 8)).astype(np.float32)  # another batch size than exported
+    with torch.no_grad():
+        scores, value = (t.numpy() for t in net(torch.from_numpy(x)))
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x)
+    np.testing.assert_allclose(out["scores"], scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["value"], value, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_needs_example_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="needs example_inputs"):
+        edgeserve.convert(_TwoHeads(), tmp_path / "pkg")
+
+
+def test_torch_export_failure_is_clear(tmp_path: Path) -> None:
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x[x > 0].reshape(1, -1).numpy()  # leaves torch: not exportable
+
+    with pytest.raises(ConversionError, match="torch.onnx.export failed for DataDependent"):
+        edgeserve.convert(DataDependent(), tmp_path / "pkg", example_inputs=torch.randn(2, 3))
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_sklearn_pipeline(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_iris(return_X_y=True)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+    pkg = edgeserve.convert(clf, tmp_path / "pkg", example_inputs=x[:4], quantize="dynamic")
+    assert pkg.manifest.source["framework"] == "sklearn"
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x.astype(np.float32))
+    labels = next(v for v in out.values() if v.dtype == np.int64)
+    probs = next(v for v in out.values() if v.dtype == np.float32)
+    assert np.mean(labels == clf.predict(x)) > 0.97
+    np.testing.assert_allclose(probs, clf.predict_proba(x), atol=0.05)
+
+
+def test_sklearn_needs_2d_examples(tmp_path: Path) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    reg = LinearRegression().fit(np.ones((4, 2)), np.ones(4))
+    with pytest.raises(edgeserve.DataError, match="must be 2-D"):
+        edgeserve.convert(reg, tmp_path / "pkg", example_inputs=np.ones(2))
+    with pytest.raises(ConversionError, match="needs example_inputs"):
+        edgeserve.convert(reg, tmp_path / "pkg")
