@@ -73,6 +73,9 @@ class QuantizeConfig:
     """Node names kept in floating point."""
     calibration_batch_size: int = 16
     """Rows per calibration run: bounds the memory the calibrator's intermediate outputs take."""
+    optimization: Literal["none", "basic", "extended"] = "basic"
+    """Offline graph optimisation for ``none`` and ``fp16``: ``basic`` is portable, ``extended`` adds onnxruntime's
+    CPU fusions, ``none`` keeps the graph as exported. (int8 modes use the quantiser's own pre-processing.)"""
 
     def __post_init__(self) -> None:
         if self.mode not in QUANTIZE_MODES:
@@ -85,4 +88,6 @@ class QuantizeConfig:
             raise ConfigError(f"activation_type must be 'uint8', 'int8' or None; got {self.activation_type!r}")
         if not (1 <= self.calibration_batch_size <= 4096):
             raise ConfigError(f"calibration_batch_size must be between 1 and 4096, got {self.calibration_batch_size}")
+        if self.optimization not in ("none", "basic", "extended"):
+            raise ConfigError(f"optimization must be one of none, basic, extended; got {self.optimization!r}")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))

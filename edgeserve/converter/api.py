@@ -141,7 +141,7 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         recipe.update(fill_missing_types(upgraded, to_quantize))
     else:
         fp32 = work / "fp32.onnx"
-        recipe.update(optimize_fp32(src.path, fp32))
+        recipe.update(optimize_fp32(src.path, fp32, qconfig.optimization))
         to_quantize = fp32
         if qconfig.mode == "fp16":
             to_quantize = work / "typed.onnx"

@@ -23,11 +23,15 @@ def model_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def optimize_fp32(src: Path, dst: Path) -> dict[str, Any]:
-    """onnxruntime's basic offline optimisation (constant folding, redundant-node removal): portable across CPUs."""
+def optimize_fp32(src: Path, dst: Path, level: str = "basic") -> dict[str, Any]:
+    """onnxruntime's offline optimisation. ``basic`` (constant folding, redundant-node removal) is portable across
+    CPUs and engines; ``extended`` adds onnxruntime's CPU fusions (com.microsoft ops); ``none`` keeps the graph."""
+    if level == "none":
+        shutil.copyfile(src, dst)
+        return {"optimization": "none"}
     try:
-        optimize_offline(src, dst, level="basic")
-        return {"optimization": "basic"}
+        optimize_offline(src, dst, level=level)
+        return {"optimization": level}
     except ModelFileError as exc:
         # NOTE: some graphs load but cannot be re-serialised after optimisation; the runtime optimises them at load
         log.warning("offline optimisation skipped: %s", exc)

@@ -1,0 +1,393 @@
+"""``bench``: build every variant of a model with the converter, then measure them all on the same data.
+
+Per model: variants are converted (a failure is recorded with its reason and the rest carry on), loaded in
+this process, measured interleaved round by round, and started cold in fresh processes. The accuracy side
+comes from the converter's verification on the held-out evaluation data, against the fp32 source.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import SessionConfig, available_cores
+from ..converter.api import convert
+from ..converter.data import Samples, check_samples, read_arrays, synthetic_samples
+from ..environment import environment
+from ..errors import ConfigError, EdgeserveError
+from ..examples import example_names, get_example
+from ..package import is_package, read_manifest
+from . import measure
+from .variants import BASELINE, Variant, parse_variants
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How a benchmark run measures."""
+
+    variants: tuple[str, ...] | None = None
+    """Variant names; ``None`` means all of fp32, fp32-optimised, int8-dynamic, int8-static, fp16."""
+    threads: int | None = None
+    """Intra-op threads for every variant (``None``: all cores)."""
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    """Batch sizes for the throughput measurement."""
+    concurrency: tuple[int, ...] = (4,)
+    """Numbers of concurrent callers (batch 1 each) for the concurrency measurement."""
+    rounds: int = 5
+    """Interleaved rounds per measurement; the median and spread are over rounds."""
+    time_budget: float = 40.0
+    """Seconds of in-process measurement per model, shared by latency, throughput and concurrency."""
+    cold_start_repeats: int = 3
+    """Fresh processes per variant for cold start and peak memory (0 turns it off)."""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if any(c < 1 for c in self.concurrency):
+            raise ConfigError(f"concurrency must be positive integers, got {self.concurrency}")
+        if not (1 <= self.rounds <= 100):
+            raise ConfigError(f"rounds must be between 1 and 100, got {self.rounds}")
+        if self.time_budget <= 0:
+            raise ConfigError(f"time_budget must be positive seconds, got {self.time_budget}")
+        if self.cold_start_repeats < 0:
+            raise ConfigError(f"cold_start_repeats must be 0 or more, got {self.cold_start_repeats}")
+        parse_variants(self.variants)  # validates names
+
+
+@dataclass
+class ModelSource:
+    name: str
+    model: Path
+    calibration: Path | None
+    evaluation: Path | None
+    labels: str | None
+
+
+def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: str | None,
+                   calibration: Path | None) -> ModelSource:
+    """An example name, an .onnx file, or a package folder (its model file is the source)."""
+    if isinstance(src, str) and src in example_names():
+        ex = get_example(src)
+        return ModelSource(ex.name, ex.model, calibration or ex.calibration, data or ex.evaluation,
+                           labels if data else (labels or ex.labels))
+    path = Path(src)
+    if path.is_dir():
+        if not is_package(path):
+            raise ConfigError(f"{path} is a folder but not an edgeserve package")
+        manifest = read_manifest(path)
+        return ModelSource(manifest.name, path / manifest.model_file, calibration, data, labels)
+    if path.is_file():
+        return ModelSource(path.stem, path, calibration, data, labels)
+    raise ConfigError(f"{src} is neither a bundled example ({', '.join(example_names())}), an .onnx file nor a package")
+
+
+@dataclass
+class VariantResult:
+    name: str
+    status: str = "ok"
+    error: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    build_s: float | None = None
+    size_bytes: int | None = None
+    latency: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    concurrency: dict[str, Any] = field(default_factory=dict)
+    cold_start: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    accuracy: float | None = None
+    accuracy_loss: float | None = None
+    speedup: float | None = None
+
+    def fail(self, stage: str, exc: BaseException) -> None:
+        self.status = "failed"
+        self.error = f"{stage}: {exc}".splitlines()[0][:400]
+
+
+def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, data: Path | None = None,
+                labels: str | None = None, calibration: Path | None = None,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Build and measure every variant of one model; returns the model's section of results.json."""
+    say = progress or (lambda message: None)
+    source = resolve_source(src, data=data, labels=labels, calibration=calibration)
+    variants = parse_variants(config.variants)
+    threads = config.threads or available_cores()
+    work = out / source.name
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "variants").mkdir(parents=True)
+    results = {v.name: VariantResult(v.name) for v in variants}
+
+    packages = _build_all(source, variants, work, results, say)
+    models = _load_all(packages, threads, results)
+    try:
+        samples = _samples(source, models)
+        if samples is not None and models:
+            _measure_in_process(models, samples, config, results, say)
+            if config.cold_start_repeats:
+                _measure_cold_start(packages, models, samples, work, threads, config, results, say)
+    finally:
+        for m in models.values():
+            m.close()
+    _relate_to_baseline(results)
+    return {
+        "model": source.name,
+        "source": str(source.model),
+        "data": str(source.evaluation) if source.evaluation else "synthetic",
+        "labels": source.labels,
+        "threads": threads,
+        "variants": [asdict(r) for r in results.values()],
+    }
+
+
+def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, results: dict[str, VariantResult],
+               say: Progress) -> dict[str, Path]:
+    packages = {}
+    for v in variants:
+        r = results[v.name]
+        if v.needs_calibration and source.calibration is None:
+            r.fail("build", ConfigError("needs calibration data (--calibration CAL.npz)"))
+            say(f"{source.name}: {v.name} skipped (no calibration data)")
+            continue
+        say(f"{source.name}: building {v.name}")
+        t0 = time.perf_counter()
+        try:
+            pkg = convert(source.model, work / "variants" / v.name, quantize=v.recipe, calibration=source.calibration,
+                          eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True)
+        except EdgeserveError as exc:
+            r.fail("build", exc)
+            say(f"{source.name}: {v.name} failed to build: {r.error}")
+            continue
+        r.build_s = time.perf_counter() - t0
+        r.recipe = pkg.manifest.recipe
+        r.size_bytes = sum(f.stat().st_size for f in pkg.path.iterdir() if f.name.startswith(pkg.manifest.model_file))
+        r.fidelity = pkg.manifest.fidelity.get("summary", {})
+        acc = pkg.manifest.fidelity.get("accuracy") or {}
+        r.accuracy = acc.get("converted")
+        if acc.get("fp32") is not None and acc.get("converted") is not None:
+            r.accuracy_loss = acc["fp32"] - acc["converted"]
+        packages[v.name] = pkg.path
+    return packages
+
+
+def _load_all(packages: dict[str, Path], threads: int, results: dict[str, VariantResult]) -> dict[str, Any]:
+    from ..runtime.model import load
+
+    models = {}
+    for name, path in packages.items():
+        try:
+            models[name] = load(path, config=SessionConfig(intra_op_threads=threads))
+        except EdgeserveError as exc:
+            results[name].fail("load", exc)
+    return models
+
+
+def _samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
+    if not models:
+        return None
+    specs = next(iter(models.values())).inputs
+    if source.evaluation is not None:
+        arrays = read_arrays(source.evaluation, what="evaluation data")
+        if source.labels:
+            arrays.pop(source.labels, None)
+        return check_samples(arrays, specs, what="evaluation data")
+    return synthetic_samples(specs, rows=64)
+
+
+def _rows(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
+    """``size`` consecutive rows starting at ``start`` (wrapping, repeating the data when it is short)."""
+    idx = np.arange(start, start + size) % samples.rows
+    return {k: np.ascontiguousarray(v[idx]) for k, v in samples.arrays.items()}
+
+
+def _feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:
+    if samples.stacked:
+        return [_rows(samples, i * size, size) for i in range(count)]
+    return [{k: v[i % samples.rows] for k, v in samples.arrays.items()} for i in range(count)]
+
+
+def _cycling(model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
+    """A call that walks through several inputs, so no cache anywhere sees the same row twice in a row."""
+    state = {"i": 0}
+    predict = model.predict
+
+    def call() -> object:
+        i = state["i"]
+        state["i"] = i + 1
+        return predict(feeds[i % len(feeds)])
+
+    return call
+
+
+def _guarded(names: Sequence[str], results: dict[str, VariantResult], stage: str,
+             fn: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
+    """Run a measurement over the variants; a variant that raises is marked failed and the others re-measured."""
+    alive = [n for n in names if results[n].status == "ok"]
+    while alive:
+        try:
+            return fn(alive)
+        except EdgeserveError as exc:
+            culprit = _find_failing(alive, exc)
+            results[culprit].fail(stage, exc)
+            alive.remove(culprit)
+    return {}
+
+
+def _find_failing(names: list[str], exc: EdgeserveError) -> str:
+    text = str(exc)
+    return next((n for n in names if n in text), names[-1])
+
+
+def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchConfig,
+                        results: dict[str, VariantResult], say: Progress) -> None:
+    names = list(models)
+    budget = config.time_budget
+    say(f"latency at batch 1 ({config.rounds} interleaved rounds)")
+    feeds1 = _feeds(samples, 1)
+    lat = _guarded(names, results, "latency", lambda alive: measure.latency(
+        {n: _safe_call(n, models[n], feeds1) for n in alive}, rounds=config.rounds, budget_s=0.45 * budget))
+    for n, stats in lat.items():
+        results[n].latency = stats
+    sizes = [b for b in config.batch_sizes if samples.stacked or b == 1]
+    for bs in sizes:
+        say(f"throughput at batch {bs}")
+        feeds = _feeds(samples, bs, count=4)
+        thr = _guarded(names, results, "throughput", lambda alive, feeds=feeds, bs=bs: measure.throughput(
+            {n: _safe_call(n, models[n], feeds) for n in alive}, bs, rounds=config.rounds,
+            budget_s=0.35 * budget / len(sizes)))
+        for n, stats in thr.items():
+            results[n].throughput[str(bs)] = stats
+    for callers in config.concurrency:
+        say(f"{callers} concurrent callers")
+        for n in names:
+            if results[n].status != "ok":
+                continue
+            try:
+                stats = measure.concurrent(_cycling(models[n], feeds1), callers=callers,
+                                           duration_s=0.2 * budget / (len(names) * len(config.concurrency)))
+            except EdgeserveError as exc:
+                results[n].fail("concurrency", exc)
+                continue
+            results[n].concurrency[str(callers)] = stats
+
+
+def _safe_call(name: str, model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
+    call = _cycling(model, feeds)
+
+    def wrapped() -> object:
+        try:
+            return call()
+        except EdgeserveError as exc:
+            raise type(exc)(f"{name}: {exc}") from exc
+
+    return wrapped
+
+
+def _measure_cold_start(packages: dict[str, Path], models: dict[str, Any], samples: Samples, work: Path, threads: int,
+                        config: BenchConfig, results: dict[str, VariantResult], say: Progress) -> None:
+    say(f"cold start and peak memory ({config.cold_start_repeats} fresh processes per variant)")
+    inputs = work / "first_request.npz"
+    np.savez(inputs, **_feeds(samples, 1, count=1)[0])
+    alive = {n: packages[n] for n in models if results[n].status == "ok"}
+    while alive:
+        try:
+            cold = measure.cold_start(alive, {n: inputs for n in alive}, threads, repeats=config.cold_start_repeats)
+        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+            # find which variant fails in a single probe, record it, measure the rest
+            culprit = next((n for n in alive if not _probe_ok(alive[n], inputs, threads)), None)
+            if culprit is None:
+                for n in alive:
+                    results[n].cold_start = {"error": str(exc)[:300]}
+                return
+            results[culprit].fail("cold start", exc)
+            del alive[culprit]
+            continue
+        for n, stats in cold.items():
+            results[n].cold_start = stats
+        return
+
+
+def _probe_ok(package: Path, inputs: Path, threads: int) -> bool:
+    try:
+        measure.run_probe(package, inputs, threads)
+        return True
+    except (RuntimeError, subprocess.SubprocessError, OSError):
+        return False
+
+
+def _relate_to_baseline(results: dict[str, VariantResult]) -> None:
+    base = results.get(BASELINE)
+    base_p50 = base.latency.get("p50") if base and base.status == "ok" else None
+    for r in results.values():
+        if base_p50 and r.latency.get("p50"):
+            r.speedup = base_p50 / r.latency["p50"]
+
+
+def bench(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], config: BenchConfig | None = None, *,
+          data: Path | None = None, labels: str | None = None, calibration: Path | None = None,
+          compare_with: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Benchmark each source (default: every bundled example) and write results.json, report.md and pareto.png.
+
+    ``compare_with`` names an earlier results.json: every metric's change is reported, and regressions beyond the
+    measured noise are flagged.
+    """
+    from .report import compare, write_reports
+
+    old = _read_results(Path(compare_with)) if compare_with else None
+
+    config = config or BenchConfig()
+    sources = list(sources) or list(example_names())
+    if len(sources) > 1 and (data or calibration):
+        raise ConfigError("--data and --calibration apply to one model; benchmark one source at a time with them")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    models = [bench_model(s, out, config, data=data, labels=labels, calibration=calibration, progress=progress)
+              for s in sources]
+    results = {
+        "edgeserve_bench": 1,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": time.time() - started,
+        "environment": {**environment(), "git_revision": _git_revision()},
+        "settings": {**asdict(config), "variants": [v.name for v in parse_variants(config.variants)],
+                     "threads": config.threads or available_cores(), "inter_op_threads": 1},
+        "models": models,
+    }
+    if old is not None:
+        results["comparison"] = compare(results, old)
+    write_reports(results, out)
+    return results
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the results to compare with, {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("edgeserve_bench") != 1 or not isinstance(data.get("models"), list):
+        raise ConfigError(f"{path} is not an edgeserve bench results.json")
+    return data
+
+
+def _git_revision() -> str | None:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None

@@ -1,0 +1,183 @@
+"""Measurements: latency, throughput, concurrency (in process) and cold start, memory (in a fresh process).
+
+Variants are always measured round by round, interleaved (A B C, C B A, …), so that a machine that slows
+down or speeds up during the run favours none of them. Every function returns plain numbers in seconds/bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fidelity import percentiles
+
+Call = Callable[[], object]
+NOISY_SPREAD = 0.10
+"""A metric whose per-round medians spread by more than this fraction of their median is flagged as noisy."""
+
+
+def _order(names: Sequence[str], round_index: int) -> list[str]:
+    """Forward on even rounds, backward on odd ones: each variant sits early and late equally often."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
+
+
+def estimate_call_time(call: Call, *, warmup: int = 3, probes: int = 5) -> float:
+    for _ in range(warmup):
+        call()
+    start = time.perf_counter()
+    for _ in range(probes):
+        call()
+    return (time.perf_counter() - start) / probes
+
+
+def calls_for(budget_s: float, per_call_s: float, *, low: int = 10, high: int = 5000) -> int:
+    return int(min(high, max(low, budget_s / max(per_call_s, 1e-7))))
+
+
+def summarise_rounds(samples_by_round: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Percentiles over all samples, the median per round, and how much those round medians spread."""
+    flat = [s for r in samples_by_round for s in r]
+    per_round = [float(np.median(r)) for r in samples_by_round if len(r)]
+    median = float(np.median(per_round)) if per_round else float("nan")
+    spread = (max(per_round) - min(per_round)) / median if per_round and median > 0 else 0.0
+    return {
+        **percentiles(flat),
+        "mean": float(np.mean(flat)) if flat else float("nan"),
+        "samples": len(flat),
+        "round_medians": per_round,
+        "spread": spread,
+        "noisy": spread > NOISY_SPREAD,
+    }
+
+
+def latency(calls: Mapping[str, Call], *, rounds: int, budget_s: float) -> dict[str, dict[str, Any]]:
+    """Per-call latency of each variant, interleaved by round, after an uncounted warm-up."""
+    names = list(calls)
+    per_call = {n: estimate_call_time(calls[n]) for n in names}
+    n_calls = {n: calls_for(budget_s / (rounds * len(names)), per_call[n]) for n in names}
+    samples: dict[str, list[list[float]]] = {n: [] for n in names}
+    clock = time.perf_counter
+    for r in range(rounds):
+        for n in _order(names, r):
+            call, times = calls[n], []
+            for _ in range(n_calls[n]):
+                t0 = clock()
+                call()
+                times.append(clock() - t0)
+            samples[n].append(times)
+    return {n: summarise_rounds(samples[n]) for n in names}
+
+
+def throughput(calls: Mapping[str, Call], rows_per_call: int, *, rounds: int, budget_s: float) -> dict[str, dict[str, Any]]:
+    """Rows per second calling back to back, median over interleaved rounds."""
+    names = list(calls)
+    per_call = {n: estimate_call_time(calls[n], warmup=2, probes=3) for n in names}
+    n_calls = {n: calls_for(budget_s / (rounds * len(names)), per_call[n], low=3) for n in names}
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in _order(names, r):
+            call = calls[n]
+            t0 = time.perf_counter()
+            for _ in range(n_calls[n]):
+                call()
+            rates[n].append(rows_per_call * n_calls[n] / (time.perf_counter() - t0))
+    out = {}
+    for n in names:
+        med = float(np.median(rates[n]))
+        spread = (max(rates[n]) - min(rates[n])) / med if med > 0 else 0.0
+        out[n] = {"rows_per_s": med, "round_values": rates[n], "spread": spread, "noisy": spread > NOISY_SPREAD}
+    return out
+
+
+def concurrent(call: Call, *, callers: int, duration_s: float, rows_per_call: int = 1) -> dict[str, Any]:
+    """``callers`` threads calling back to back for ``duration_s``: rows/s and per-call latency percentiles."""
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(callers)]
+    errors: list[BaseException] = []
+
+    def worker(slot: list[float]) -> None:
+        clock = time.perf_counter
+        try:
+            while not stop.is_set():
+                t0 = clock()
+                call()
+                slot.append(clock() - t0)
+        except BaseException as exc:  # reported, never swallowed
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(latencies[i],), daemon=True) for i in range(callers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(duration_s)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    flat = [x for slot in latencies for x in slot]
+    return {"callers": callers, "rows_per_s": rows_per_call * len(flat) / elapsed, "calls": len(flat), **percentiles(flat)}
+
+
+def _probe_command(package: Path | None, inputs: Path | None, threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "edgeserve.bench.probe", "--threads", str(threads)]
+    if package is not None and inputs is not None:
+        cmd += [str(package), str(inputs)]
+    return cmd
+
+
+def run_probe(package: Path | None, inputs: Path | None, threads: int, *, timeout: float = 300) -> dict[str, Any]:
+    """Start a fresh Python process that loads the package and answers once; time it from spawn to answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    start = time.perf_counter()
+    proc = subprocess.Popen(_probe_command(package, inputs, threads), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        answered = time.perf_counter() - start
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RuntimeError(f"cold-start probe did not answer within {timeout} s") from None
+    if proc.returncode != 0 or not line.strip():
+        last = (err or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"cold-start probe failed: {last[0][:300]}")
+    result = json.loads(line)
+    result["process_to_first_answer_s"] = answered
+    return result
+
+
+def cold_start(packages: Mapping[str, Path], inputs: Mapping[str, Path], threads: int, *, repeats: int) -> dict[str, dict[str, Any]]:
+    """Median over ``repeats`` interleaved fresh processes, plus the peak RSS of each and of a bare-import baseline."""
+    names = list(packages)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    baseline = [run_probe(None, None, threads) for _ in range(max(1, repeats // 2))]
+    base_rss = float(np.median([b["peak_rss_bytes"] for b in baseline]))
+    for r in range(repeats):
+        for n in _order(names, r):
+            runs[n].append(run_probe(packages[n], inputs[n], threads))
+    out = {}
+    for n in names:
+        def med(key: str, rs: list[dict[str, Any]] = runs[n]) -> float:
+            return float(np.median([x[key] for x in rs]))
+
+        out[n] = {
+            "process_to_first_answer_s": med("process_to_first_answer_s"),
+            "load_s": med("load_s"),
+            "first_predict_s": med("first_predict_s"),
+            "peak_rss_bytes": med("peak_rss_bytes"),
+            "rss_over_baseline_bytes": med("peak_rss_bytes") - base_rss,
+            "repeats": repeats,
+        }
+    return out

@@ -1,0 +1,233 @@
+"""Benchmark output: the terminal table, results.json, report.md, pareto.png and the comparison with an old run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("variant", "size KiB", "p50 ms", "p99 ms", "speedup", "rows/s", "conc rows/s", "cold ms", "RSS MiB",
+           "accuracy", "loss pts", "cos min")
+
+
+def _f(value: Any, fmt: str, scale: float = 1.0) -> str:
+    if value is None:
+        return "-"
+    try:
+        return format(float(value) * scale, fmt)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _ms(seconds: Any) -> str:
+    """Milliseconds with three significant digits: 0.0152, 1.27, 48.3."""
+    if seconds is None:
+        return "-"
+    ms = float(seconds) * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _largest(mapping: Mapping[str, Any]) -> tuple[str, Any] | tuple[None, None]:
+    if not mapping:
+        return None, None
+    key = max(mapping, key=lambda k: int(k))
+    return key, mapping[key]
+
+
+def rows(model: Mapping[str, Any]) -> list[list[str]]:
+    out = []
+    for v in model["variants"]:
+        if v["status"] != "ok":
+            out.append([v["name"], f"FAILED: {v['error']}"])
+            continue
+        lat, cold = v["latency"], v["cold_start"]
+        _, thr = _largest(v["throughput"])
+        _, conc = _largest(v["concurrency"])
+        p50 = _ms(lat.get("p50")) + ("~" if lat.get("noisy") else "")
+        out.append([
+            v["name"], _f(v["size_bytes"], ".0f", 1 / 1024), p50, _ms(lat.get("p99")),
+            _f(v["speedup"], ".2f") + ("x" if v["speedup"] else ""), _f(thr and thr["rows_per_s"], ".0f"),
+            _f(conc and conc["rows_per_s"], ".0f"), _f(cold.get("process_to_first_answer_s"), ".0f", 1e3),
+            _f(cold.get("peak_rss_bytes"), ".0f", 1 / 2**20), _f(v["accuracy"], ".4f"),
+            _f(v["accuracy_loss"], "+.2f", 100), _f(v["fidelity"].get("cosine_min"), ".4f"),
+        ])
+    return out
+
+
+def _headers(model: Mapping[str, Any]) -> list[str]:
+    ok = [v for v in model["variants"] if v["status"] == "ok"]
+    bs = _largest(ok[0]["throughput"])[0] if ok else None
+    callers = _largest(ok[0]["concurrency"])[0] if ok else None
+    headers = list(COLUMNS)
+    headers[5] = f"rows/s@{bs}" if bs else "rows/s"
+    headers[6] = f"rows/s x{callers}" if callers else "conc rows/s"
+    return headers
+
+
+def table(model: Mapping[str, Any]) -> str:
+    """A fixed-width table for the terminal."""
+    headers, body = _headers(model), rows(model)
+    widths = [max(len(h), *(len(r[i]) for r in body if len(r) > 2)) if any(len(r) > 2 for r in body) else len(h)
+              for i, h in enumerate(headers)]
+    lines = [f"{model['model']}  (threads {model['threads']}, data: {Path(model['data']).name})",
+             "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    for r in body:
+        if len(r) == 2:
+            lines.append(f"{r[0].ljust(widths[0])}  {r[1]}")
+        else:
+            lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread by more than 10%. speedup: fp32 p50 "
+          "over the variant's p50. rows/s@N: throughput at batch N; rows/s xC: C concurrent callers at batch 1. cold: "
+          "fresh process to first answer; RSS: its peak memory. accuracy and loss (points, fp32 minus variant) on the "
+          "held-out labels; cos min: worst per-row cosine to the fp32 outputs.")
+
+
+def markdown(results: Mapping[str, Any], *, has_plot: bool = True) -> str:
+    env = results["environment"]
+    cpu = env["cpu"]
+    out = [
+        "# edgeserve bench",
+        "",
+        f"{results['started_at']}, {results['duration_s']:.0f} s. {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores; "
+        f"{', '.join(cpu['flags']) or 'no notable flags'}). Python {env['python']}, onnx {env['onnx']}, onnxruntime "
+        f"{env['onnxruntime']}, numpy {env['numpy']}, edgeserve {env['edgeserve']} (git {env.get('git_revision') or '-'}).",
+        "",
+        f"Settings: {json.dumps(results['settings'])}",
+        "",
+    ]
+    for model in results["models"]:
+        headers, body = _headers(model), rows(model)
+        out += [f"## {model['model']}", "", f"Data: `{model['data']}`, threads {model['threads']}.", "",
+                "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for r in body:
+            out.append("| " + " | ".join(r + [""] * (len(headers) - len(r))) + " |")
+        out.append("")
+    out += [LEGEND, ""]
+    if results.get("comparison"):
+        out += ["## Compared with the previous run", ""] + [f"- {line}" for line in comparison_lines(results["comparison"])]
+    out += ["", "![latency vs accuracy loss](pareto.png)" if has_plot else "(no plot: matplotlib is not installed)", ""]
+    return "\n".join(out)
+
+
+def loss_axis(model: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
+    """Accuracy loss in points where labels exist, otherwise 1 - worst cosine to fp32 (per mille)."""
+    ok = [v for v in model["variants"] if v["status"] == "ok" and v["latency"].get("p50")]
+    if ok and all(v["accuracy_loss"] is not None for v in ok):
+        return "accuracy loss (points)", {v["name"]: 100 * v["accuracy_loss"] for v in ok}
+    return "1 - min cosine to fp32 (x1000)", {v["name"]: 1000 * (1 - v["fidelity"].get("cosine_min", 0.0)) for v in ok}
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
+    """Names no other point beats on both axes (lower is better on both)."""
+    front = set()
+    for name, (x, y) in points.items():
+        dominated = any(
+            (ox <= x and oy <= y) and (ox < x or oy < y) for other, (ox, oy) in points.items() if other != name
+        )
+        if not dominated:
+            front.add(name)
+    return front
+
+
+def plot(results: Mapping[str, Any], path: Path) -> bool:
+    """Latency against accuracy loss per model, Pareto-optimal variants filled. False when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'edgeserve[plot]'): no pareto.png")
+        return False
+    models = results["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        label, losses = loss_axis(model)
+        points = {v["name"]: (v["latency"]["p50"] * 1e3, losses[v["name"]]) for v in model["variants"] if v["name"] in losses}
+        front = pareto_front(points)
+        for name, (x, y) in points.items():
+            on = name in front
+            ax.scatter([x], [y], s=60, marker="o", facecolors="tab:blue" if on else "none", edgecolors="tab:blue")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if len(front) > 1:
+            xs, ys = zip(*sorted(points[n] for n in front))
+            ax.step(xs, ys, where="post", color="tab:blue", alpha=0.4, linewidth=1)
+        ax.set_title(model["model"])
+        ax.set_xlabel("p50 latency at batch 1 (ms)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("edgeserve bench: latency vs accuracy loss (filled: Pareto-optimal)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+METRICS = (
+    # (name, getter, higher is better, is a timing with a measured spread)
+    ("p50 latency", lambda v: v["latency"].get("p50"), False, lambda v: v["latency"].get("spread", 0.0)),
+    ("throughput", lambda v: (_largest(v["throughput"])[1] or {}).get("rows_per_s"), True,
+     lambda v: (_largest(v["throughput"])[1] or {}).get("spread", 0.0)),
+    ("cold start", lambda v: v["cold_start"].get("process_to_first_answer_s"), False, lambda v: 0.10),
+    ("peak RSS", lambda v: v["cold_start"].get("peak_rss_bytes"), False, lambda v: 0.05),
+    ("accuracy loss", lambda v: v["accuracy_loss"], False, None),
+)
+MIN_NOISE = 0.05
+ACCURACY_TOLERANCE = 0.005
+
+
+def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per model, variant and metric: old, new, relative change, and whether it is a regression beyond the noise."""
+    old_models = {m["model"]: {v["name"]: v for v in m["variants"] if v["status"] == "ok"} for m in old.get("models", [])}
+    changes = []
+    for model in new["models"]:
+        before = old_models.get(model["model"], {})
+        for v in model["variants"]:
+            if v["status"] != "ok" or v["name"] not in before:
+                continue
+            o = before[v["name"]]
+            for metric, get, higher_better, noise in METRICS:
+                a, b = get(o), get(v)
+                if a is None or b is None:
+                    continue
+                if noise is None:  # accuracy: absolute points
+                    worse = (b - a) > ACCURACY_TOLERANCE
+                    rel = b - a
+                    threshold = ACCURACY_TOLERANCE
+                else:
+                    rel = (b - a) / a if a else 0.0
+                    threshold = max(MIN_NOISE, noise(o) or 0.0, noise(v) or 0.0)
+                    worse = (-rel if higher_better else rel) > threshold
+                changes.append({"model": model["model"], "variant": v["name"], "metric": metric, "old": a, "new": b,
+                                "change": rel, "threshold": threshold, "regression": bool(worse)})
+    return changes
+
+
+def comparison_lines(changes: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    for c in changes:
+        if c["metric"] == "accuracy loss":
+            delta = f"{c['change'] * 100:+.2f} points"
+        else:
+            delta = f"{c['change'] * 100:+.1f}% (noise {c['threshold'] * 100:.0f}%)"
+        flag = "  REGRESSION" if c["regression"] else ""
+        yield f"{c['model']} {c['variant']} {c['metric']}: {delta}{flag}"
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    """results.json, report.md and pareto.png into ``out``; each written whole, then renamed into place."""
+    has_plot = plot(results, out / "pareto.png.tmp.png")
+    if has_plot:
+        (out / "pareto.png.tmp.png").replace(out / "pareto.png")
+    results["files"] = {"json": "results.json", "markdown": "report.md", "plot": "pareto.png" if has_plot else None}
+    for name, text in (("results.json", json.dumps(results, indent=2, default=float) + "\n"),
+                       ("report.md", markdown(results, has_plot=has_plot))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)

@@ -1,0 +1,47 @@
+"""The variants a benchmark compares, each a converter recipe applied to the same source model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import QuantizeConfig
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    recipe: QuantizeConfig
+    needs_calibration: bool = False
+    description: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("fp32", QuantizeConfig(mode="none", optimization="none"), description="the source graph as exported"),
+        Variant("fp32-optimised", QuantizeConfig(mode="none", optimization="extended"),
+                description="onnxruntime offline optimisation with CPU fusions"),
+        Variant("int8-dynamic", QuantizeConfig(mode="dynamic"), description="dynamic int8 (weights int8, activations at run time)"),
+        Variant("int8-static", QuantizeConfig(mode="static"), needs_calibration=True,
+                description="static int8 QDQ, MinMax calibration"),
+        Variant("fp16", QuantizeConfig(mode="fp16"), description="fp16 weights and compute, fp32 inputs and outputs"),
+    )
+}
+DEFAULT_VARIANTS = tuple(VARIANTS)
+BASELINE = "fp32"
+
+
+def parse_variants(names: str | tuple[str, ...] | list[str] | None) -> tuple[Variant, ...]:
+    """``"fp32,int8-dynamic"`` or a sequence of names; the fp32 baseline is always included, first."""
+    if names is None:
+        wanted = list(DEFAULT_VARIANTS)
+    elif isinstance(names, str):
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+    else:
+        wanted = list(names)
+    unknown = [n for n in wanted if n not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    ordered = [BASELINE] + [n for n in dict.fromkeys(wanted) if n != BASELINE]
+    return tuple(VARIANTS[n] for n in ordered)
