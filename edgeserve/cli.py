@@ -149,18 +149,15 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
     """Run PACKAGE (or an .onnx file) on the arrays in an .npz file."""
     import numpy as np
 
+    from .arrays import read_arrays, write_npz
     from .config import SessionConfig
-    from .converter.data import read_arrays
     from .runtime.model import load
 
     arrays = read_arrays(input_file, what="input file")
     with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
         outputs = model.predict(arrays)
     if output:
-        tmp = output.with_name(output.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **outputs)
-        os.replace(tmp, output)
+        write_npz(output, outputs)
         click.echo(f"wrote {len(outputs)} outputs to {output}")
     for name, value in outputs.items():
         preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ", threshold=6)

@@ -12,7 +12,6 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-
 from .errors import ModelFileError
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import write_npz
 from .errors import IntegrityError, PackageError
 from .modelfile import sha256_file
 from .tensors import TensorSpec
@@ -204,8 +205,7 @@ def write_golden(path: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[
     in_specs, out_specs = manifest_specs
     arrays = {f"input_{i}": np.asarray(inputs[s.name]) for i, s in enumerate(in_specs)}
     arrays.update({f"output_{i}": np.asarray(outputs[s.name]) for i, s in enumerate(out_specs)})
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz(path, arrays)
 
 
 def read_golden(folder: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

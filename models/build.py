@@ -36,11 +36,11 @@ def digits_splits():
 def build_digits_mlp(out: Path) -> None:
     import warnings
 
+    from skl2onnx import to_onnx
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from skl2onnx import to_onnx
 
     (x_train, y_train), (x_cal, _), (x_eval, y_eval) = digits_splits()
     model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=200, random_state=SEED))

@@ -10,7 +10,7 @@ import pytest
 
 import edgeserve
 from edgeserve import ConversionError, DataError, FidelityError, QuantizeConfig
-from edgeserve.converter.data import read_arrays
+from edgeserve.arrays import read_arrays
 from edgeserve.fidelity import compare_outputs
 from tests.factories import EXAMPLES, example, mlp_model, rows, save
 

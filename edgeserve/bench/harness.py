@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import read_arrays, write_npz
 from ..config import SessionConfig, available_cores
 from ..converter.api import convert
-from ..converter.data import Samples, check_samples, read_arrays, synthetic_samples
+from ..converter.data import Samples, check_samples, synthetic_samples
 from ..environment import environment
 from ..errors import ConfigError, EdgeserveError
 from ..examples import example_names, get_example
@@ -265,9 +266,12 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
     for bs in sizes:
         say(f"throughput at batch {bs}")
         feeds = _feeds(samples, bs, count=4)
-        thr = _guarded(names, results, "throughput", lambda alive, feeds=feeds, bs=bs: measure.throughput(
-            {n: _safe_call(n, models[n], feeds) for n in alive}, bs, rounds=config.rounds,
-            budget_s=0.35 * budget / len(sizes)))
+
+        def run(alive: list[str], feeds: list[dict[str, np.ndarray]] = feeds, bs: int = bs) -> dict[str, Any]:
+            return measure.throughput({n: _safe_call(n, models[n], feeds) for n in alive}, bs, rounds=config.rounds,
+                                      budget_s=0.35 * budget / len(sizes))
+
+        thr = _guarded(names, results, "throughput", run)
         for n, stats in thr.items():
             results[n].throughput[str(bs)] = stats
     for callers in config.concurrency:
@@ -300,7 +304,7 @@ def _measure_cold_start(packages: dict[str, Path], models: dict[str, Any], sampl
                         config: BenchConfig, results: dict[str, VariantResult], say: Progress) -> None:
     say(f"cold start and peak memory ({config.cold_start_repeats} fresh processes per variant)")
     inputs = work / "first_request.npz"
-    np.savez(inputs, **_feeds(samples, 1, count=1)[0])
+    write_npz(inputs, _feeds(samples, 1, count=1)[0])
     alive = {n: packages[n] for n in models if results[n].status == "ok"}
     while alive:
         try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import DataSource, read_arrays
 from ..backends import get_backend
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
@@ -26,7 +27,7 @@ from ..golden import tolerance_for
 from ..guard.envelope import envelope
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
-from .data import DataSource, Samples, check_samples, read_arrays, synthetic_samples
+from .data import Samples, check_samples, synthetic_samples
 from .frontends import load_source
 from .prepare import fill_missing_types, optimize_fp32, preprocess_for_quantization, upgrade_opset
 from .quantize import Progress, quantize

@@ -6,45 +6,13 @@ sample axis. Data that does not match the model is refused with the input, what 
 
 from __future__ import annotations
 
-import os
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from ..tensors import TensorSpec, format_shape
-
-DataSource = str | os.PathLike[str] | Mapping[str, Any]
-
-
-def read_arrays(source: DataSource, *, what: str) -> dict[str, np.ndarray]:
-    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, or a mapping. No pickles are loaded."""
-    if isinstance(source, Mapping):
-        return {str(k): np.asarray(v) for k, v in source.items()}
-    path = Path(source)
-    try:
-        if path.is_dir():
-            files = sorted(path.glob("*.npy"))
-            if not files:
-                raise DataError(f"{what} folder {path} holds no .npy files (one per input, named after the input)")
-            return {f.stem: np.load(f, allow_pickle=False) for f in files}
-        if not path.exists():
-            raise DataError(f"{what} file not found: {path}")
-        if path.suffix == ".npy":
-            raise DataError(f"{what} {path}: give an .npz with one array per input, or a folder of NAME.npy files")
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DataError(f"{what} {path} is not an .npz archive")
-            return {k: npz[k] for k in npz.files}
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        # numpy refuses object arrays without pickles, which we never allow
-        raise DataError(f"{what} {path} cannot be read as numpy arrays ({str(exc).splitlines()[0]})") from None
 
 
 @dataclass(frozen=True)
@@ -140,7 +108,7 @@ def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0
         dtype = spec.np_dtype
         if np.issubdtype(dtype, np.floating):
             arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == bool:
+        elif dtype == np.dtype(bool):
             arrays[spec.name] = np.ones(shape, dtype=bool)
         elif np.issubdtype(dtype, np.integer):
             arrays[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)

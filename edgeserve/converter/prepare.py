@@ -93,12 +93,12 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    attempts = (
+    attempts: tuple[tuple[str, dict[str, bool]], ...] = (
         ("full", {}),
         ("without symbolic shape inference", {"skip_symbolic_shape": True}),
         ("shape inference only", {"skip_symbolic_shape": True, "skip_optimization": True}),
     )
-    errors = []
+    errors: list[str] = []
     for label, kwargs in attempts:
         try:
             quant_pre_process(str(src), str(dst), **kwargs)

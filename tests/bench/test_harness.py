@@ -1,0 +1,104 @@
+"""End-to-end benchmark runs on tiny models: every file is written and well formed, failures are contained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeserve.bench import harness
+from edgeserve.bench.harness import BenchConfig, bench
+from edgeserve.cli import main
+from edgeserve.errors import ConfigError, ConversionError
+
+QUICK = BenchConfig(variants=("fp32", "int8-dynamic", "int8-static"), batch_sizes=(1, 4), concurrency=(2,), rounds=2,
+                    time_budget=1.0, cold_start_repeats=1)
+
+
+@pytest.fixture
+def labelled(tmp_path: Path, mlp_path: Path) -> tuple[Path, Path, Path]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x, y=rng.integers(0, 4, 40))
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((40, 16)).astype(np.float32))
+    return mlp_path, tmp_path / "eval.npz", tmp_path / "cal.npz"
+
+
+def test_bench_writes_every_report(tmp_path: Path, labelled) -> None:
+    model, ev, cal = labelled
+    out = tmp_path / "out"
+    results = bench([model], out, QUICK, data=ev, labels="y", calibration=cal)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"][0]["model"] == "mlp"
+    env = saved["environment"]
+    assert env["onnxruntime"] and env["cpu"]["cores"] >= 1 and "flags" in env["cpu"] and "git_revision" in env
+    assert saved["settings"]["threads"] >= 1 and saved["settings"]["rounds"] == 2
+    variants = {v["name"]: v for v in results["models"][0]["variants"]}
+    assert set(variants) == {"fp32", "int8-dynamic", "int8-static"}
+    for v in variants.values():
+        assert v["status"] == "ok", v["error"]
+        assert v["latency"]["p50"] > 0 and v["latency"]["p99"] >= v["latency"]["p50"]
+        assert set(v["throughput"]) == {"1", "4"} and v["throughput"]["4"]["rows_per_s"] > 0
+        assert v["concurrency"]["2"]["calls"] > 0
+        assert v["cold_start"]["process_to_first_answer_s"] > v["cold_start"]["load_s"] > 0
+        assert v["cold_start"]["peak_rss_bytes"] > 10 * 2**20
+        assert v["size_bytes"] > 0 and v["accuracy"] is not None and v["accuracy_loss"] is not None
+    assert variants["fp32"]["speedup"] == pytest.approx(1.0)
+    assert variants["int8-dynamic"]["size_bytes"] < variants["fp32"]["size_bytes"]
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    report = (out / "report.md").read_text()
+    assert "| variant |" in report and "int8-static" in report and "pareto.png" in report
+
+
+def test_failing_variant_does_not_stop_the_run(tmp_path: Path, labelled, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, ev, _ = labelled
+    real_convert = harness.convert
+
+    def flaky(source, output, **kwargs):
+        if Path(output).name == "int8-dynamic":
+            raise ConversionError("simulated quantiser crash")
+        return real_convert(source, output, **kwargs)
+
+    monkeypatch.setattr(harness, "convert", flaky)
+    results = bench([model], tmp_path / "out", QUICK, data=ev, labels="y")  # no calibration: static cannot build
+    variants = {v["name"]: v for v in results["models"][0]["variants"]}
+    assert variants["int8-dynamic"]["status"] == "failed"
+    assert "simulated quantiser crash" in variants["int8-dynamic"]["error"]
+    assert variants["int8-static"]["status"] == "failed" and "calibration" in variants["int8-static"]["error"]
+    assert variants["fp32"]["status"] == "ok" and variants["fp32"]["latency"]["p50"] > 0
+    assert "FAILED: build: simulated quantiser crash" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_bench_and_compare(tmp_path: Path, labelled) -> None:
+    model, ev, cal = labelled
+    args = ["bench", str(model), "--variants", "fp32,int8-dynamic", "--data", str(ev), "--labels", "y",
+            "--batch-sizes", "1,2", "--concurrency", "2", "--rounds", "2", "--time-budget", "1",
+            "--cold-start-repeats", "0"]
+    first = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "int8-dynamic" in first.stdout and "speedup" in first.stdout and "results.json" in first.stdout
+    second = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--compare", str(tmp_path / "a" / "results.json")],
+                                catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert "changes against" in second.stdout and "p50 latency" in second.stdout
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert {c["variant"] for c in saved["comparison"]} == {"fp32", "int8-dynamic"}
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown variant"):
+        BenchConfig(variants=("int3",))
+    with pytest.raises(ConfigError, match="batch sizes"):
+        BenchConfig(batch_sizes=(0,))
+    with pytest.raises(ConfigError, match="neither a bundled example"):
+        bench(["no-such-model"], tmp_path / "out", QUICK)
+    result = CliRunner().invoke(main, ["bench", "--batch-sizes", "a,b", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    bad = tmp_path / "old.json"
+    bad.write_text("{}")
+    with pytest.raises(ConfigError, match="not an edgeserve bench results.json"):
+        bench(["digits-mlp"], tmp_path / "out", QUICK, compare_with=bad)

@@ -1,0 +1,70 @@
+"""Benchmark statistics on constructed cases with known answers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeserve.bench import measure
+from edgeserve.bench.report import compare, pareto_front
+
+
+def test_summarise_rounds_known_values() -> None:
+    rounds = [[1.0, 2.0, 3.0], [2.0, 3.0, 4.0], [3.0, 4.0, 5.0]]
+    s = measure.summarise_rounds(rounds)
+    assert s["round_medians"] == [2.0, 3.0, 4.0]
+    assert s["p50"] == pytest.approx(3.0) and s["mean"] == pytest.approx(3.0) and s["samples"] == 9
+    assert s["spread"] == pytest.approx((4.0 - 2.0) / 3.0) and s["noisy"] is True
+    steady = measure.summarise_rounds([[1.0, 1.0], [1.0, 1.02]])
+    assert steady["noisy"] is False
+
+
+def test_interleaved_order_alternates() -> None:
+    assert measure._order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert measure._order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+def test_latency_measures_each_variant_separately() -> None:
+    calls = {"fast": lambda: None, "slow": lambda: time.sleep(0.002)}
+    result = measure.latency(calls, rounds=2, budget_s=0.2)
+    assert result["slow"]["p50"] >= 0.0015 > result["fast"]["p50"]
+    assert len(result["fast"]["round_medians"]) == 2
+
+
+def test_concurrency_counts_every_call() -> None:
+    result = measure.concurrent(lambda: time.sleep(0.001), callers=3, duration_s=0.1)
+    assert result["callers"] == 3 and result["calls"] > 30 and result["rows_per_s"] > 300
+
+
+def test_concurrency_reports_errors() -> None:
+    def boom() -> None:
+        raise ValueError("broken call")
+
+    with pytest.raises(ValueError, match="broken call"):
+        measure.concurrent(boom, callers=2, duration_s=0.05)
+
+
+def test_pareto_front() -> None:
+    points = {"a": (1.0, 5.0), "b": (2.0, 1.0), "c": (3.0, 3.0), "d": (1.0, 5.0), "e": (0.5, 9.0)}
+    assert pareto_front(points) == {"a", "b", "d", "e"}  # c is beaten by b on both axes
+
+
+def _results(p50: float, spread: float, loss: float, rows: float = 1000.0) -> dict:
+    return {"models": [{"model": "m", "variants": [{
+        "name": "fp32", "status": "ok", "latency": {"p50": p50, "spread": spread},
+        "throughput": {"8": {"rows_per_s": rows, "spread": spread}}, "cold_start": {}, "accuracy_loss": loss}]}]}
+
+
+def test_compare_flags_only_changes_beyond_the_noise() -> None:
+    old = _results(1.0, 0.02, 0.0)
+    within = {c["metric"]: c for c in compare(_results(1.04, 0.02, 0.0), old)}
+    assert within["p50 latency"]["regression"] is False
+    slower = {c["metric"]: c for c in compare(_results(1.30, 0.02, 0.0), old)}
+    assert slower["p50 latency"]["regression"] is True and slower["p50 latency"]["change"] == pytest.approx(0.30)
+    noisy = {c["metric"]: c for c in compare(_results(1.30, 0.40, 0.0), old)}
+    assert noisy["p50 latency"]["regression"] is False  # 30% inside a 40% spread is not a finding
+    faster = {c["metric"]: c for c in compare(_results(0.5, 0.02, 0.0, rows=2000), old)}
+    assert not any(c["regression"] for c in faster.values())
+    worse_acc = {c["metric"]: c for c in compare(_results(1.0, 0.02, 0.02), old)}
+    assert worse_acc["accuracy loss"]["regression"] is True
