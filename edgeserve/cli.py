@@ -91,29 +91,59 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
 @click.option("--min-cosine", type=click.FloatRange(0, 1), help="Fail unless every row's cosine to fp32 is at least this.")
 @click.option("--min-top1-agreement", type=click.FloatRange(0, 1), help="Fail unless top-1 agreement with fp32 is at least this.")
+@click.option("--max-accuracy-drop", help="Fail unless task accuracy drops at most this much: 0.01 (one point) or 1% "
+              "(relative to fp32). Needs --data and --labels.")
+@click.option("--time-budget", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="auto: seconds after which no new candidate is started.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="auto: intra-op threads to time candidates with "
+              "(default: all cores; use what you will deploy with).")
 @click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
             labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
-            min_cosine: float | None, min_top1_agreement: float | None, allow_domain: tuple[str, ...], force: bool) -> None:
-    """Convert an ONNX model SRC into a verified package."""
+            min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
+            time_budget: float, threads: int | None, allow_domain: tuple[str, ...], force: bool) -> None:
+    """Convert an ONNX model SRC into a verified package.
+
+    --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
+    fastest inside the budget (--max-accuracy-drop, --min-cosine, --min-top1-agreement).
+    """
     from .config import QuantizeConfig
     from .converter.api import convert as do_convert
 
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
+    drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
     pkg = do_convert(
         src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
-        version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, allowed_domains=allow_domain,
+        version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
+        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, allowed_domains=allow_domain,
         overwrite=force, progress=_progress_printer(),
     )
-    from .summary import fidelity_lines
+    from .summary import auto_lines, fidelity_lines
 
     m = pkg.manifest
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
     click.echo(f"wrote {pkg.path} ({m.name}@{m.version}, {quantize}, {size / 1024:.1f} KiB)")
+    for line in auto_lines(m.recipe):
+        click.echo(f"  {line}")
     for line in fidelity_lines(m.fidelity):
         click.echo(f"  {line}")
+
+
+def _parse_drop(text: str | None) -> tuple[float | None, str]:
+    """``0.01`` is an absolute drop (one point); ``1%`` is relative to the fp32 accuracy."""
+    if text is None:
+        return None, "absolute"
+    relative = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"expected a number such as 0.01 or 1%, got {text!r}", param_hint="--max-accuracy-drop") from None
+    value = value / 100 if relative else value
+    if not 0 <= value <= 1:
+        raise click.BadParameter(f"must be between 0 and 1 (or 0% and 100%), got {text!r}", param_hint="--max-accuracy-drop")
+    return value, "relative" if relative else "absolute"
 
 
 @main.command()
@@ -180,7 +210,8 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
 @click.argument("sources", nargs=-1)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"),
               show_default=True, help="Folder for results.json, report.md, pareto.png and the built variants.")
-@click.option("--variants", help="Comma-separated: fp32, fp32-optimised, int8-dynamic, int8-static, fp16 (default: all).")
+@click.option("--variants", help="Comma-separated from fp32, fp32-optimised, int8-dynamic, int8-static, fp16, int4, "
+              "auto (default: all but int4).")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), help="Evaluation data (.npz) for one SRC.")
 @click.option("--labels", help="Name of the labels array in --data, for task accuracy.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="Calibration data for static int8.")

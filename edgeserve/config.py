@@ -49,9 +49,9 @@ class SessionConfig:
         return self.intra_op_threads or available_cores()
 
 
-QuantizeMode = Literal["none", "dynamic", "static", "fp16"]
+QuantizeMode = Literal["none", "dynamic", "static", "fp16", "int4", "auto"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-QUANTIZE_MODES = ("none", "dynamic", "static", "fp16")
+QUANTIZE_MODES = ("none", "dynamic", "static", "fp16", "int4", "auto")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -60,7 +60,8 @@ class QuantizeConfig:
     """What the converter does to the fp32 graph."""
 
     mode: QuantizeMode = "none"
-    """``none`` (optimised fp32), ``dynamic`` int8, ``static`` int8 QDQ with calibration, or ``fp16``."""
+    """``none`` (optimised fp32), ``dynamic`` int8, ``static`` int8 QDQ with calibration, ``fp16``, ``int4``
+    weight-only (MatMulNBits), or ``auto``: the fastest measured recipe inside the fidelity budget."""
     per_channel: bool = False
     """Quantise weights per output channel: better accuracy on convolutions, a little slower."""
     calibration_method: CalibrationMethod = "minmax"
@@ -73,6 +74,8 @@ class QuantizeConfig:
     """Node names kept in floating point."""
     calibration_batch_size: int = 16
     """Rows per calibration run: bounds the memory the calibrator's intermediate outputs take."""
+    int4_block_size: int = 32
+    """Weights per scale for int4 (a power of two, 16 to 256)."""
     optimization: Literal["none", "basic", "extended"] = "basic"
     """Offline graph optimisation for ``none`` and ``fp16``: ``basic`` is portable, ``extended`` adds onnxruntime's
     CPU fusions, ``none`` keeps the graph as exported. (int8 modes use the quantiser's own pre-processing.)"""
@@ -88,6 +91,8 @@ class QuantizeConfig:
             raise ConfigError(f"activation_type must be 'uint8', 'int8' or None; got {self.activation_type!r}")
         if not (1 <= self.calibration_batch_size <= 4096):
             raise ConfigError(f"calibration_batch_size must be between 1 and 4096, got {self.calibration_batch_size}")
+        if self.int4_block_size not in (16, 32, 64, 128, 256):
+            raise ConfigError(f"int4_block_size must be 16, 32, 64, 128 or 256; got {self.int4_block_size}")
         if self.optimization not in ("none", "basic", "extended"):
             raise ConfigError(f"optimization must be one of none, basic, extended; got {self.optimization!r}")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))

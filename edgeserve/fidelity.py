@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -109,3 +110,53 @@ def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 90, 99)) ->
     if arr.size == 0:
         return {f"p{q:g}": float("nan") for q in qs}
     return {f"p{q:g}": float(np.percentile(arr, q)) for q in qs}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How far from the fp32 model a result may be."""
+
+    max_accuracy_drop: float | None = None
+    """Largest allowed drop in task accuracy (0.01 = one point); needs labelled evaluation data."""
+    relative: bool = False
+    """Read ``max_accuracy_drop`` as a fraction of the fp32 accuracy instead of absolute."""
+    min_cosine: float | None = None
+    """Smallest allowed per-row cosine similarity to the fp32 outputs (worst row, worst output)."""
+    min_top1_agreement: float | None = None
+    """Smallest allowed fraction of rows whose top-1 class matches fp32."""
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        for name in ("max_accuracy_drop", "min_cosine", "min_top1_agreement"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+
+    @property
+    def empty(self) -> bool:
+        return self.max_accuracy_drop is None and self.min_cosine is None and self.min_top1_agreement is None
+
+    def violations(self, summary: dict[str, float], acc_fp32: float | None, acc: float | None) -> list[str]:
+        """What misses the budget, one phrase each; empty when everything holds."""
+        missed = []
+        if self.min_cosine is not None:
+            cos = summary.get("cosine_min")
+            if cos is None or cos < self.min_cosine:
+                missed.append(f"cosine {_r(cos)} < {self.min_cosine}")
+        if self.min_top1_agreement is not None:
+            agree = summary.get("top1_agreement", summary.get("agreement"))
+            if agree is None or agree < self.min_top1_agreement:
+                missed.append(f"top-1 agreement {_r(agree)} < {self.min_top1_agreement}")
+        if self.max_accuracy_drop is not None:
+            if acc_fp32 is None or acc is None:
+                missed.append("accuracy unknown (no labels)")
+            else:
+                allowed = self.max_accuracy_drop * (acc_fp32 if self.relative else 1.0)
+                if acc_fp32 - acc > allowed + 1e-12:
+                    missed.append(f"accuracy drop {acc_fp32 - acc:.4f} > {allowed:.4f}")
+        return missed
+
+
+def _r(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5f}"

@@ -27,6 +27,24 @@ def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
         yield f"accuracy: fp32 {acc['fp32']:.4f}, converted {acc['converted']:.4f} (drop {drop * 100:+.2f} points)"
 
 
+def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
+    """The auto search as a small table: every candidate with its speed, fidelity and verdict."""
+    auto = recipe.get("auto")
+    if not auto:
+        return
+    budget = ", ".join(f"{k}={v}" for k, v in auto.get("budget", {}).items() if v not in (None, False))
+    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget or 'none'}, {auto.get('threads')} threads, " \
+          f"{auto.get('search_s')} s)"
+    yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {'cos min':>8} {'accuracy':>8}  note"
+    for c in auto.get("candidates", []):
+        speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"
+        cos = f"{c['fidelity']['cosine_min']:.4f}" if c.get("fidelity", {}).get("cosine_min") is not None else "-"
+        acc = f"{c['accuracy']:.4f}" if c.get("accuracy") is not None else "-"
+        verdict = "in budget" if c.get("within_budget") else (c.get("reason") or "")
+        kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
+        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {cos:>8} {acc:>8}  {verdict[:70]}{kept}"
+
+
 def manifest_lines(pkg: Package) -> Iterator[str]:
     m = pkg.manifest
     yield f"{m.name}@{m.version}  ({pkg.path})"
@@ -41,7 +59,9 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield f"source: {src.get('framework', '?')} {src.get('class') or src.get('file') or ''} sha256 {str(src.get('sha256', ''))[:16]}…"
     yield "recipe:"
     for key, value in m.recipe.items():
-        yield f"  {key}: {_fmt(value)}"
+        if key != "auto":
+            yield f"  {key}: {_fmt(value)}"
+    yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
     if m.envelope.get("inputs"):
         yield f"envelope ({m.envelope.get('source')}, {m.envelope.get('rows')} rows):"

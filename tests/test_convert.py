@@ -182,7 +182,7 @@ def test_labels_must_exist(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
 def test_fidelity_budget_missed_writes_nothing(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
     cal, ev = mlp_data
     out = tmp_path / "out"
-    with pytest.raises(FidelityError, match="below --min-cosine"):
+    with pytest.raises(FidelityError, match=r"fidelity budget missed \(cosine 0\.\d+ < 1\.0\)"):
         edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=1.0)
     _nothing_left(out)
     pkg = edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=0.9)

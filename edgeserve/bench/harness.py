@@ -39,7 +39,7 @@ class BenchConfig:
     """How a benchmark run measures."""
 
     variants: tuple[str, ...] | None = None
-    """Variant names; ``None`` means all of fp32, fp32-optimised, int8-dynamic, int8-static, fp16."""
+    """Variant names; ``None`` means fp32, fp32-optimised, int8-dynamic, int8-static, fp16 and auto."""
     threads: int | None = None
     """Intra-op threads for every variant (``None``: all cores)."""
     batch_sizes: tuple[int, ...] = (1, 8, 32)
@@ -52,6 +52,8 @@ class BenchConfig:
     """Seconds of in-process measurement per model, shared by latency, throughput and concurrency."""
     cold_start_repeats: int = 3
     """Fresh processes per variant for cold start and peak memory (0 turns it off)."""
+    auto_time_budget: float = 90.0
+    """Seconds the ``auto`` variant's search may start new candidates for."""
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -132,7 +134,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     (work / "variants").mkdir(parents=True)
     results = {v.name: VariantResult(v.name) for v in variants}
 
-    packages = _build_all(source, variants, work, results, say)
+    packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget)
     models = _load_all(packages, threads, results)
     try:
         samples = _samples(source, models)
@@ -155,7 +157,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
 
 
 def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, results: dict[str, VariantResult],
-               say: Progress) -> dict[str, Path]:
+               say: Progress, *, threads: int, auto_budget: float) -> dict[str, Path]:
     packages = {}
     for v in variants:
         r = results[v.name]
@@ -167,13 +169,16 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
         t0 = time.perf_counter()
         try:
             pkg = convert(source.model, work / "variants" / v.name, quantize=v.recipe, calibration=source.calibration,
-                          eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True)
+                          eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True,
+                          threads=threads, time_budget=auto_budget)
         except EdgeserveError as exc:
             r.fail("build", exc)
             say(f"{source.name}: {v.name} failed to build: {r.error}")
             continue
         r.build_s = time.perf_counter() - t0
         r.recipe = pkg.manifest.recipe
+        if "auto" in r.recipe:
+            say(f"{source.name}: auto chose {r.recipe['auto']['chosen']} ({r.recipe['auto']['reason']})")
         r.size_bytes = sum(f.stat().st_size for f in pkg.path.iterdir() if f.name.startswith(pkg.manifest.model_file))
         r.fidelity = pkg.manifest.fidelity.get("summary", {})
         acc = pkg.manifest.fidelity.get("accuracy") or {}

@@ -12,79 +12,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..fidelity import percentiles
+from ..timing import NOISY_SPREAD, Call, calls_for, estimate_call_time, latency, order, summarise_rounds
 
-Call = Callable[[], object]
-NOISY_SPREAD = 0.10
-"""A metric whose per-round medians spread by more than this fraction of their median is flagged as noisy."""
-
-
-def _order(names: Sequence[str], round_index: int) -> list[str]:
-    """Forward on even rounds, backward on odd ones: each variant sits early and late equally often."""
-    return list(names) if round_index % 2 == 0 else list(reversed(names))
-
-
-def estimate_call_time(call: Call, *, warmup: int = 3, probes: int = 5) -> float:
-    for _ in range(warmup):
-        call()
-    start = time.perf_counter()
-    for _ in range(probes):
-        call()
-    return (time.perf_counter() - start) / probes
-
-
-def calls_for(budget_s: float, per_call_s: float, *, low: int = 10, high: int = 5000) -> int:
-    return int(min(high, max(low, budget_s / max(per_call_s, 1e-7))))
-
-
-def summarise_rounds(samples_by_round: Sequence[Sequence[float]]) -> dict[str, Any]:
-    """Percentiles over all samples, the median per round, and how much those round medians spread."""
-    flat = [s for r in samples_by_round for s in r]
-    per_round = [float(np.median(r)) for r in samples_by_round if len(r)]
-    median = float(np.median(per_round)) if per_round else float("nan")
-    spread = (max(per_round) - min(per_round)) / median if per_round and median > 0 else 0.0
-    return {
-        **percentiles(flat),
-        "mean": float(np.mean(flat)) if flat else float("nan"),
-        "samples": len(flat),
-        "round_medians": per_round,
-        "spread": spread,
-        "noisy": spread > NOISY_SPREAD,
-    }
-
-
-def latency(calls: Mapping[str, Call], *, rounds: int, budget_s: float) -> dict[str, dict[str, Any]]:
-    """Per-call latency of each variant, interleaved by round, after an uncounted warm-up."""
-    names = list(calls)
-    per_call = {n: estimate_call_time(calls[n]) for n in names}
-    n_calls = {n: calls_for(budget_s / (rounds * len(names)), per_call[n]) for n in names}
-    samples: dict[str, list[list[float]]] = {n: [] for n in names}
-    clock = time.perf_counter
-    for r in range(rounds):
-        for n in _order(names, r):
-            call, times = calls[n], []
-            for _ in range(n_calls[n]):
-                t0 = clock()
-                call()
-                times.append(clock() - t0)
-            samples[n].append(times)
-    return {n: summarise_rounds(samples[n]) for n in names}
+__all__ = ["calls_for", "cold_start", "concurrent", "estimate_call_time", "latency", "order", "run_probe",
+           "summarise_rounds", "throughput"]
 
 
 def throughput(calls: Mapping[str, Call], rows_per_call: int, *, rounds: int, budget_s: float) -> dict[str, dict[str, Any]]:
     """Rows per second calling back to back, median over interleaved rounds."""
     names = list(calls)
-    per_call = {n: estimate_call_time(calls[n], warmup=2, probes=3) for n in names}
+    per_call = {n: estimate_call_time(calls[n], warmup_s=0.05, min_warmup=2, probes=3) for n in names}
     n_calls = {n: calls_for(budget_s / (rounds * len(names)), per_call[n], low=3) for n in names}
     rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for n in _order(names, r):
+        for n in order(names, r):
             call = calls[n]
             t0 = time.perf_counter()
             for _ in range(n_calls[n]):
@@ -165,7 +113,7 @@ def cold_start(packages: Mapping[str, Path], inputs: Mapping[str, Path], threads
     baseline = [run_probe(None, None, threads) for _ in range(max(1, repeats // 2))]
     base_rss = float(np.median([b["peak_rss_bytes"] for b in baseline]))
     for r in range(repeats):
-        for n in _order(names, r):
+        for n in order(names, r):
             runs[n].append(run_probe(packages[n], inputs[n], threads))
     out = {}
     for n in names:

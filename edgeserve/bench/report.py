@@ -48,8 +48,10 @@ def rows(model: Mapping[str, Any]) -> list[list[str]]:
         _, thr = _largest(v["throughput"])
         _, conc = _largest(v["concurrency"])
         p50 = _ms(lat.get("p50")) + ("~" if lat.get("noisy") else "")
+        auto = (v.get("recipe") or {}).get("auto")
+        label = f"{v['name']} ({auto['chosen']})" if auto else v["name"]
         out.append([
-            v["name"], _f(v["size_bytes"], ".0f", 1 / 1024), p50, _ms(lat.get("p99")),
+            label, _f(v["size_bytes"], ".0f", 1 / 1024), p50, _ms(lat.get("p99")),
             _f(v["speedup"], ".2f") + ("x" if v["speedup"] else ""), _f(thr and thr["rows_per_s"], ".0f"),
             _f(conc and conc["rows_per_s"], ".0f"), _f(cold.get("process_to_first_answer_s"), ".0f", 1e3),
             _f(cold.get("peak_rss_bytes"), ".0f", 1 / 2**20), _f(v["accuracy"], ".4f"),

@@ -26,9 +26,11 @@ VARIANTS: dict[str, Variant] = {
         Variant("int8-static", QuantizeConfig(mode="static"), needs_calibration=True,
                 description="static int8 QDQ, MinMax calibration"),
         Variant("fp16", QuantizeConfig(mode="fp16"), description="fp16 weights and compute, fp32 inputs and outputs"),
+        Variant("int4", QuantizeConfig(mode="int4"), description="int4 weight-only MatMul (MatMulNBits)"),
+        Variant("auto", QuantizeConfig(mode="auto"), description="the fastest recipe inside the default budget"),
     )
 }
-DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_VARIANTS = ("fp32", "fp32-optimised", "int8-dynamic", "int8-static", "fp16", "auto")
 BASELINE = "fp32"
 
 

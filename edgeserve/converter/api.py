@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from ..backends import get_backend
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
 from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError
-from ..fidelity import accuracy, compare_outputs
+from ..fidelity import Budget, accuracy, compare_outputs
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
+from .autotune import search
 from .data import Samples, check_samples, synthetic_samples
 from .frontends import load_source
 from .prepare import fill_missing_types, optimize_fp32, preprocess_for_quantization, upgrade_opset
@@ -54,6 +56,10 @@ def convert(
     opset: int | None = None,
     min_cosine: float | None = None,
     min_top1_agreement: float | None = None,
+    max_accuracy_drop: float | None = None,
+    accuracy_drop: str = "absolute",
+    time_budget: float = 300.0,
+    threads: int | None = None,
     allowed_domains: Sequence[str] = (),
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -64,13 +70,21 @@ def convert(
     ``example_inputs``) or a fitted scikit-learn estimator (with a few rows of X as ``example_inputs``).
     ``calibration`` feeds static quantisation and the envelope statistics; ``eval_data`` (held out, with
     an optional ``labels`` array) measures fidelity to the fp32 model; without it a held-out tail of the
-    calibration data is used, and without either, seeded synthetic inputs. ``min_cosine`` and
-    ``min_top1_agreement`` make fidelity a hard budget: a result outside it raises :class:`FidelityError`.
+    calibration data is used, and without either, seeded synthetic inputs.
+
+    The budget — ``min_cosine``, ``min_top1_agreement`` and ``max_accuracy_drop`` (``accuracy_drop="absolute"``
+    points as a fraction, or ``"relative"`` to the fp32 accuracy; needs labels) — is a hard limit: a result
+    outside it raises :class:`FidelityError`. With ``quantize="auto"`` it steers the search (default: one point
+    of accuracy with labels, else cosine 0.99), which stops starting new candidates after ``time_budget`` seconds
+    and times candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with).
     """
     qconfig = quantize if isinstance(quantize, QuantizeConfig) else QuantizeConfig(mode=quantize)  # type: ignore[arg-type]
-    for label, value in (("min_cosine", min_cosine), ("min_top1_agreement", min_top1_agreement)):
-        if value is not None and not (0.0 <= value <= 1.0):
-            raise ConfigError(f"{label} must be between 0 and 1, got {value}")
+    if accuracy_drop not in ("absolute", "relative"):
+        raise ConfigError(f"accuracy_drop must be 'absolute' or 'relative', got {accuracy_drop!r}")
+    if time_budget <= 0:
+        raise ConfigError(f"time_budget must be positive seconds, got {time_budget}")
+    budget = Budget(max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative",
+                    min_cosine=min_cosine, min_top1_agreement=min_top1_agreement)
     output = Path(output)
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
@@ -82,8 +96,8 @@ def convert(
             manifest = _build(
                 source, staging, Path(tmp), qconfig, calibration=calibration, eval_data=eval_data, labels=labels,
                 name=name or _default_name(source, output), version=version, example_inputs=example_inputs,
-                input_names=input_names, output_names=output_names, opset=opset, min_cosine=min_cosine,
-                min_top1_agreement=min_top1_agreement, allowed_domains=allowed_domains, progress=progress,
+                input_names=input_names, output_names=output_names, opset=opset, budget=budget,
+                time_budget=time_budget, threads=threads, allowed_domains=allowed_domains, progress=progress,
             )
         _publish(staging, output)
     except BaseException:
@@ -111,7 +125,7 @@ def _publish(staging: Path, output: Path) -> None:
 def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, calibration: DataSource | None,
            eval_data: DataSource | None, labels: str | None, name: str, version: str, example_inputs: Any,
            input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int | None,
-           min_cosine: float | None, min_top1_agreement: float | None, allowed_domains: Sequence[str],
+           budget: Budget, time_budget: float, threads: int | None, allowed_domains: Sequence[str],
            progress: Progress | None) -> Manifest:
     step = progress or (lambda stage, done, total: None)
     step("loading source", 0, 1)
@@ -133,22 +147,35 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
 
     step("preparing graph", 0, 1)
     recipe: dict[str, Any] = {}
-    if qconfig.mode in ("dynamic", "static"):
+    int8_source = fp32 = None
+    if qconfig.mode in ("dynamic", "static", "auto"):
         # quant_pre_process optimises and infers shapes itself; the quantisers then need opset >= 13
-        pre, upgraded = work / "pre.onnx", work / "pre13.onnx"
+        pre, upgraded, int8_source = work / "pre.onnx", work / "pre13.onnx", work / "typed.onnx"
         recipe.update(preprocess_for_quantization(src.path, pre))
         recipe.update(upgrade_opset(pre, upgraded))
-        to_quantize = work / "typed.onnx"
-        recipe.update(fill_missing_types(upgraded, to_quantize))
-    else:
+        recipe.update(fill_missing_types(upgraded, int8_source))
+    if qconfig.mode not in ("dynamic", "static"):
         fp32 = work / "fp32.onnx"
         recipe.update(optimize_fp32(src.path, fp32, qconfig.optimization))
-        to_quantize = fp32
-        if qconfig.mode == "fp16":
+    if qconfig.mode == "auto":
+        assert fp32 is not None and int8_source is not None
+        if label_values is None and budget.max_accuracy_drop is not None:
+            raise DataError("max_accuracy_drop needs labelled evaluation data: pass eval_data= and labels=")
+        step("searching (auto)", 0, 1)
+        chosen, auto_recipe = search(fp32, int8_source, work, held_out=held_out, labels=label_values, calibration=cal,
+                                     budget=budget, time_budget=time_budget, threads=threads, progress=progress)
+        shutil.copyfile(chosen, staging / MODEL_FILE)
+        recipe.update(auto_recipe)
+        recipe["mode"] = "auto"
+        recipe["auto_choice"] = auto_recipe.get("mode", "none")
+    else:
+        to_quantize = int8_source if qconfig.mode in ("dynamic", "static") else fp32
+        if qconfig.mode in ("fp16", "int4"):
             to_quantize = work / "typed.onnx"
-            recipe.update(fill_missing_types(fp32, to_quantize))
-    step(f"quantising ({qconfig.mode})", 0, 1)
-    recipe.update(quantize(to_quantize, staging / MODEL_FILE, qconfig, calibration=cal, progress=progress))
+            recipe.update(fill_missing_types(fp32, to_quantize))  # type: ignore[arg-type]
+        step(f"quantising ({qconfig.mode})", 0, 1)
+        assert to_quantize is not None
+        recipe.update(quantize(to_quantize, staging / MODEL_FILE, qconfig, calibration=cal, progress=progress))
 
     step("verifying", 0, 1)
     candidate = backend.open(staging / MODEL_FILE, config, label=f"the {qconfig.mode} model")
@@ -166,13 +193,19 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
     fidelity.update(reference="fp32 source", data=fidelity_data, rows=held_out.rows)
     if label_values is not None:
         fidelity["accuracy"] = {"fp32": accuracy(ref_out, label_values), "converted": accuracy(cand_out, label_values)}
-    _check_budget(fidelity["summary"], min_cosine, min_top1_agreement)
-    fidelity["budget"] = {"min_cosine": min_cosine, "min_top1_agreement": min_top1_agreement}
+    acc = fidelity.get("accuracy") or {}
+    missed = budget.violations(fidelity["summary"], acc.get("fp32"), acc.get("converted"))
+    if missed:
+        raise FidelityError(
+            f"fidelity budget missed ({'; '.join(missed)}); try --per-channel, static calibration, "
+            "--quantize auto, or a lighter mode"
+        )
+    fidelity["budget"] = asdict(budget)
 
     if golden_in and golden_out:
         write_golden(staging / GOLDEN_FILE, golden_in, golden_out, (tuple(in_specs), tuple(out_specs)))
         golden = {"file": GOLDEN_FILE, "count": len(next(iter(golden_in.values()))) if held_out.stacked else 1,
-                  "rel_tolerance": tolerance_for(qconfig.mode)}
+                  "rel_tolerance": tolerance_for(recipe.get("auto_choice", qconfig.mode))}
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
     env_source = cal if cal is not None else (held_out if fidelity_data != "synthetic" else None)
@@ -232,22 +265,6 @@ def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict
         return {n: np.concatenate(v) for n, v in parts.items()}
     except ValueError:  # outputs whose shape varies per batch cannot be stacked: keep the first batch
         return {n: v[0] for n, v in parts.items()}
-
-
-def _check_budget(summary: dict[str, float], min_cosine: float | None, min_top1: float | None) -> None:
-    if min_cosine is not None:
-        cos = summary.get("cosine_min")
-        if cos is None or cos < min_cosine:
-            raise FidelityError(
-                f"fidelity budget missed: worst per-row cosine to fp32 is {cos if cos is None else round(cos, 5)}, "
-                f"below --min-cosine {min_cosine}; try --per-channel, static calibration, or a lighter mode"
-            )
-    if min_top1 is not None:
-        agree = summary.get("top1_agreement", summary.get("agreement"))
-        if agree is None or agree < min_top1:
-            raise FidelityError(
-                f"fidelity budget missed: top-1 agreement with fp32 is {agree}, below --min-top1-agreement {min_top1}"
-            )
 
 
 def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],

@@ -59,6 +59,8 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
             parts.append("missing " + ", ".join(sorted(expected - given)))
         if given - expected:
             parts.append("unexpected " + ", ".join(sorted(given - expected)))
+            if what == "evaluation data":
+                parts[-1] += " (name the labels array with labels= / --labels)"
         raise DataError(
             f"{what}: arrays do not match the model's inputs ({'; '.join(parts)}); "
             f"expected one array per input: {', '.join(f'{s.name} {s.describe()}' for s in specs)}"

@@ -93,6 +93,8 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from .quantize import quiet_tools
+
     attempts: tuple[tuple[str, dict[str, bool]], ...] = (
         ("full", {}),
         ("without symbolic shape inference", {"skip_symbolic_shape": True}),
@@ -101,7 +103,8 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
     errors: list[str] = []
     for label, kwargs in attempts:
         try:
-            quant_pre_process(str(src), str(dst), **kwargs)
+            with quiet_tools():
+                quant_pre_process(str(src), str(dst), **kwargs)
             return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
         except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next step tried
             errors.append(f"{label}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import warnings
@@ -22,6 +24,26 @@ Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: the converter's only way of telling a UI how far it is."""
 
 
+@contextlib.contextmanager
+def quiet_tools() -> Iterator[None]:
+    """Silence onnxruntime's quantisation tools while they run: they print progress to stdout and log through the
+    root logger, which (with no handler set) would install one on the caller's process behind its back."""
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard:
+        root.addHandler(guard)
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+        if guard:
+            root.removeHandler(guard)
+
+
 def cpu_defaults(config: QuantizeConfig) -> dict[str, Any]:
     """Signedness and ``reduce_range`` as onnxruntime's guidance advises for this CPU, unless set explicitly.
 
@@ -35,46 +57,71 @@ def cpu_defaults(config: QuantizeConfig) -> dict[str, Any]:
 
 
 class _Reader:
-    """Feeds calibration batches to onnxruntime's calibrator, reporting progress."""
+    """Feeds calibration batches to onnxruntime's calibrator in shards, reporting progress.
+
+    onnxruntime's calibrators keep every intermediate output of every batch they are given until they reduce
+    them; handing them one shard at a time (``CalibStridedMinMax`` with ``set_range``) keeps memory at one
+    shard's activations whatever the number of samples, for MinMax and the histogram methods alike.
+    """
 
     def __init__(self, samples: Samples, batch_size: int, progress: Progress | None) -> None:
         self._samples = samples
         self._batch_size = batch_size
         self._progress = progress
-        self._iter: Iterator[dict[str, np.ndarray]] | None = None
+        self._n_batches = -(-samples.rows // batch_size) if samples.stacked else samples.rows
+        self._start, self._end = 0, self._n_batches
+        self._next = 0
         self._done = 0
 
+    def __len__(self) -> int:
+        return self._n_batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end = start_index, min(end_index, self._n_batches)
+        self._next = start_index
+
+    def _batch(self, i: int) -> dict[str, np.ndarray]:
+        if self._samples.stacked:
+            lo = i * self._batch_size
+            return {k: v[lo:lo + self._batch_size] for k, v in self._samples.arrays.items()}
+        return {k: v[i] for k, v in self._samples.arrays.items()}
+
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._iter is None:
-            self._iter = self._samples.feeds(self._batch_size)
-        feed = next(self._iter, None)
-        if feed is not None:
-            rows = len(next(iter(feed.values()))) if self._samples.stacked else 1
-            self._done = min(self._samples.rows, self._done + rows)
-            if self._progress:
-                self._progress("calibrating", self._done, self._samples.rows)
+        if self._next >= self._end:
+            return None
+        feed = self._batch(self._next)
+        self._next += 1
+        rows = len(next(iter(feed.values()))) if self._samples.stacked else 1
+        self._done = min(self._samples.rows, self._done + rows)
+        if self._progress:
+            self._progress("calibrating", self._done, self._samples.rows)
         return feed
 
     def rewind(self) -> None:
-        self._iter = None
+        self.set_range(0, self._n_batches)
         self._done = 0
 
 
 def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Samples | None,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """Write the quantised model to ``dst`` and return the recipe actually applied."""
+             progress: Progress | None = None, calibration_cache: Path | None = None) -> dict[str, Any]:
+    """Write the quantised model to ``dst`` and return the recipe actually applied.
+
+    ``calibration_cache`` (static only): a file of activation ranges; computed and written there when it does not
+    exist, reused when it does, so several recipes over one model calibrate once.
+    """
     if config.mode == "none":
         shutil.copyfile(src, dst)
         return {"mode": "none"}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_tools():
             if config.mode == "dynamic":
                 return _dynamic(src, dst, config)
             if config.mode == "static":
                 if calibration is None:
                     raise ConversionError("static quantisation needs calibration data (--calibration FILE.npz)")
-                return _static(src, dst, config, calibration, progress)
+                return _static(src, dst, config, calibration, progress, calibration_cache)
+            if config.mode == "int4":
+                return _int4(src, dst, config)
             return _fp16(src, dst)
     except ConversionError:
         raise
@@ -103,7 +150,8 @@ def _dynamic(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
     }
 
 
-def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, progress: Progress | None) -> dict[str, Any]:
+def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, progress: Progress | None,
+            calibration_cache: Path | None) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     defaults = cpu_defaults(config)
@@ -115,7 +163,9 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
         reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
         weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration_method],
         nodes_to_exclude=list(config.nodes_to_exclude) or None,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8"},
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8",
+                       "CalibStridedMinMax": 1},  # one batch per calibrator pass: bounded memory (see _Reader)
+        calibration_cache_path=str(calibration_cache) if calibration_cache else None,
     )
     return {
         "mode": "static", "format": "QDQ", "per_channel": config.per_channel, "reduce_range": defaults["reduce_range"],
@@ -124,6 +174,25 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
                         "batch_size": config.calibration_batch_size},
         "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
     }
+
+
+def _int4(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
+    """Weight-only 4-bit MatMul (com.microsoft MatMulNBits); activations stay float. Pays on MatMul-heavy models."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=config.int4_block_size, is_symmetric=True, accuracy_level=4,
+        nodes_to_exclude=list(config.nodes_to_exclude),
+    )
+    quantizer.process()
+    quantized = quantizer.model.model
+    if not any(n.op_type == "MatMulNBits" for n in quantized.graph.node):
+        raise ConversionError("int4 weight-only quantisation found no MatMul with constant weights to quantise")
+    onnx.save_model(quantized, str(dst))
+    return {"mode": "int4", "bits": 4, "block_size": config.int4_block_size, "symmetric": True,
+            "accuracy_level": 4, "nodes_excluded": list(config.nodes_to_exclude)}
 
 
 def _fp16(src: Path, dst: Path) -> dict[str, Any]:

@@ -21,8 +21,8 @@ def test_summarise_rounds_known_values() -> None:
 
 
 def test_interleaved_order_alternates() -> None:
-    assert measure._order(["a", "b", "c"], 0) == ["a", "b", "c"]
-    assert measure._order(["a", "b", "c"], 1) == ["c", "b", "a"]
+    assert measure.order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert measure.order(["a", "b", "c"], 1) == ["c", "b", "a"]
 
 
 def test_latency_measures_each_variant_separately() -> None:

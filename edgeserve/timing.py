@@ -1,0 +1,81 @@
+"""Timing variants against each other, interleaved round by round, as the converter's auto search and the
+benchmark harness both do. Lives below both so that neither imports the other."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .fidelity import percentiles
+
+Call = Callable[[], object]
+NOISY_SPREAD = 0.10
+"""A metric whose per-round medians spread by more than this fraction of their median is flagged as noisy."""
+
+
+def order(names: Sequence[str], round_index: int) -> list[str]:
+    """Forward on even rounds, backward on odd ones: each variant sits early and late equally often."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
+
+
+def estimate_call_time(call: Call, *, warmup_s: float = 0.2, min_warmup: int = 5, probes: int = 5) -> float:
+    """Warm up (at least ``min_warmup`` calls and ``warmup_s`` seconds: caches, allocator, thread pool, clocks),
+    then time a few calls. Without a real warm-up the first variant measured pays for everyone's start-up."""
+    start = time.perf_counter()
+    n = 0
+    while n < min_warmup or time.perf_counter() - start < warmup_s:
+        call()
+        n += 1
+        if n >= 10_000:
+            break
+    start = time.perf_counter()
+    for _ in range(probes):
+        call()
+    return (time.perf_counter() - start) / probes
+
+
+def calls_for(budget_s: float, per_call_s: float, *, low: int = 10, high: int = 5000) -> int:
+    return int(min(high, max(low, budget_s / max(per_call_s, 1e-7))))
+
+
+def summarise_rounds(samples_by_round: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Percentiles over all samples, the median per round, and how much those round medians spread."""
+    flat = [s for r in samples_by_round for s in r]
+    per_round = [float(np.median(r)) for r in samples_by_round if len(r)]
+    median = float(np.median(per_round)) if per_round else float("nan")
+    spread = (max(per_round) - min(per_round)) / median if per_round and median > 0 else 0.0
+    return {
+        **percentiles(flat),
+        "mean": float(np.mean(flat)) if flat else float("nan"),
+        "samples": len(flat),
+        "round_medians": per_round,
+        "spread": spread,
+        "noisy": spread > NOISY_SPREAD,
+    }
+
+
+def latency(calls: Mapping[str, Call], *, rounds: int, budget_s: float) -> dict[str, dict[str, Any]]:
+    """Per-call latency of each variant, interleaved by round, after an uncounted warm-up."""
+    names = list(calls)
+    per_call = {n: estimate_call_time(calls[n]) for n in names}
+    n_calls = {n: calls_for(budget_s / (rounds * len(names)), per_call[n]) for n in names}
+    samples: dict[str, list[list[float]]] = {n: [] for n in names}
+    clock = time.perf_counter
+    for r in range(rounds):
+        for n in order(names, r):
+            call, times = calls[n], []
+            for _ in range(n_calls[n]):
+                t0 = clock()
+                call()
+                times.append(clock() - t0)
+            samples[n].append(times)
+    return {n: summarise_rounds(samples[n]) for n in names}
+
+
+def speedups(stats: Mapping[str, Mapping[str, Any]], baseline: str) -> dict[str, float]:
+    """Baseline p50 over each variant's p50, from one interleaved measurement."""
+    base = stats[baseline]["p50"]
+    return {name: base / s["p50"] for name, s in stats.items() if s.get("p50")}
