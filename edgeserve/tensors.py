@@ -74,6 +74,31 @@ def guess_batch_axis(shape: Sequence[Dim]) -> int | None:
     return None
 
 
+def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Find the batch axis of every input and output from the names exporters give dimensions.
+
+    A symbolic dimension name that every input carries is the batch: the state of a recurrent model is shaped
+    [layers, batch, hidden], so its batch axis is 1, not 0. Without a shared name, a symbolic or unknown first
+    dimension is the batch axis, and a fixed one means the tensor has none.
+    """
+    named = [{d for d in s.shape if isinstance(d, str)} for s in inputs]
+    common = set.intersection(*named) if named else set()
+    batch_name = None
+    if common:
+        first = inputs[0].shape
+        batch_name = next((d for d in first if d in common), None)
+
+    def axis(spec: TensorSpec) -> int | None:
+        if batch_name is not None and batch_name in spec.shape:
+            return list(spec.shape).index(batch_name)
+        return guess_batch_axis(spec.shape)
+
+    def fix(specs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(s.name, s.dtype, s.shape, axis(s)) for s in specs)
+
+    return fix(inputs), fix(outputs)
+
+
 def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
     """onnxruntime reports unknown dims as None or strings, and sometimes negative ints: make them uniform."""
     out: list[Dim] = []

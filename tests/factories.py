@@ -73,3 +73,119 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 def rows(n: int, n_in: int = 16, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, n_in)).astype(np.float32)
+
+
+def cnn_opset11(seed: int = 0, size: int = 16) -> onnx.ModelProto:
+    """An opset-11 CNN made with onnx.helper: Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → Gemm."""
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn11",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 16, 8, 3, 3), init("b2", 16), init("w3", 5, 16), init("b3", 5)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    onnx.checker.check_model(model)
+    return model
+
+
+def control_flow_model(seed: int = 0) -> onnx.ModelProto:
+    """x[batch, 8] → If(sum(x) > 0: x @ A, else: x @ B) → Loop (2 iterations of Relu(h @ C)) → y."""
+    rng = np.random.default_rng(seed)
+    a, b, c = (numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.3).astype(np.float32), n) for n in "ABC")
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "A"], ["t_out"])], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", 8])])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "B"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", 8])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "C"], ["hc"]),
+         helper.make_node("Relu", ["hc"], ["h_out"])],
+        "body",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", 8])],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["pos"]),
+        helper.make_node("If", ["pos"], ["h0"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("Loop", ["trips", "true", "h0"], ["y"], body=body),
+    ]
+    graph = helper.make_graph(
+        nodes, "control",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [a, b, c, numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(2, np.int64), "trips"), numpy_helper.from_array(np.array(True), "true")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+    return path
+
+
+def torch_yolo_like():
+    """A YOLO-like detector: strided conv backbone, upsample + concat neck, two heads with Sigmoid."""
+    import torch
+    from torch import nn
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.SiLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.SiLU())
+            self.down = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.SiLU())
+            self.up = nn.Upsample(scale_factor=2, mode="nearest")
+            self.fuse = nn.Sequential(nn.Conv2d(96, 32, 1), nn.SiLU())
+            self.box = nn.Conv2d(32, 4 * 3, 1)
+            self.obj = nn.Conv2d(64, 3 * 5, 1)
+
+        def forward(self, x):
+            p3 = self.stem(x)
+            p4 = self.down(p3)
+            f = self.fuse(torch.cat([p3, self.up(p4)], dim=1))
+            return self.box(f).sigmoid(), self.obj(p4).sigmoid()
+
+    torch.manual_seed(0)
+    return Detector().eval()
+
+
+def torch_lstm():
+    """A recurrent model with explicit state in and out: (x, h0, c0) → (y, hn, cn)."""
+    import torch
+    from torch import nn
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(12, 32, batch_first=True)
+            self.head = nn.Linear(32, 6)
+
+        def forward(self, x, h0, c0):
+            out, (hn, cn) = self.lstm(x, (h0, c0))
+            return self.head(out), hn, cn
+
+    torch.manual_seed(0)
+    return Tagger().eval()

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from ..config import SessionConfig
 from ..errors import InferenceError, ModelFileError
-from ..tensors import TensorSpec, dtype_from_ort, guess_batch_axis, normalise_dims
+from ..tensors import TensorSpec, assign_batch_axes, dtype_from_ort, guess_batch_axis, normalise_dims
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -38,8 +38,8 @@ class OrtSession:
     def __init__(self, session: ort.InferenceSession, label: str) -> None:
         self._session = session
         self._label = label
-        self.inputs = tuple(_spec(a) for a in session.get_inputs())
-        self.outputs = tuple(_spec(a) for a in session.get_outputs())
+        self.inputs, self.outputs = assign_batch_axes([_spec(a) for a in session.get_inputs()],
+                                                      [_spec(a) for a in session.get_outputs()])
         self._run = session.run
 
     def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:

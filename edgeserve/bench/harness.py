@@ -216,7 +216,7 @@ def _samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
 def _rows(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
     """``size`` consecutive rows starting at ``start`` (wrapping, repeating the data when it is short)."""
     idx = np.arange(start, start + size) % samples.rows
-    return {k: np.ascontiguousarray(v[idx]) for k, v in samples.arrays.items()}
+    return {k: np.ascontiguousarray(v) for k, v in samples.select(idx).items()}
 
 
 def _feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from ..guard.envelope import envelope
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
 from .autotune import search
-from .data import Samples, check_samples, synthetic_samples
+from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
-from .prepare import fill_missing_types, optimize_fp32, preprocess_for_quantization, upgrade_opset
+from .prepare import fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
 from .quantize import Progress, quantize
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def convert(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     min_cosine: float | None = None,
     min_top1_agreement: float | None = None,
     max_accuracy_drop: float | None = None,
@@ -67,7 +68,8 @@ def convert(
     """Convert a model into a verified package at ``output`` and return it.
 
     ``source`` is a path to an ONNX file, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
-    ``example_inputs``) or a fitted scikit-learn estimator (with a few rows of X as ``example_inputs``).
+    ``example_inputs``; every input and output gets a dynamic batch axis 0 unless ``dynamic_axes`` says otherwise,
+    in torch's ``{name: {axis: "dim_name"}}`` form) or a fitted scikit-learn estimator (with a few rows of X as ``example_inputs``).
     ``calibration`` feeds static quantisation and the envelope statistics; ``eval_data`` (held out, with
     an optional ``labels`` array) measures fidelity to the fp32 model; without it a held-out tail of the
     calibration data is used, and without either, seeded synthetic inputs.
@@ -96,7 +98,7 @@ def convert(
             manifest = _build(
                 source, staging, Path(tmp), qconfig, calibration=calibration, eval_data=eval_data, labels=labels,
                 name=name or _default_name(source, output), version=version, example_inputs=example_inputs,
-                input_names=input_names, output_names=output_names, opset=opset, budget=budget,
+                input_names=input_names, output_names=output_names, opset=opset, dynamic_axes=dynamic_axes, budget=budget,
                 time_budget=time_budget, threads=threads, allowed_domains=allowed_domains, progress=progress,
             )
         _publish(staging, output)
@@ -125,13 +127,14 @@ def _publish(staging: Path, output: Path) -> None:
 def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, calibration: DataSource | None,
            eval_data: DataSource | None, labels: str | None, name: str, version: str, example_inputs: Any,
            input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int | None,
+           dynamic_axes: Mapping[str, Mapping[int, str]] | None,
            budget: Budget, time_budget: float, threads: int | None, allowed_domains: Sequence[str],
            progress: Progress | None) -> Manifest:
     step = progress or (lambda stage, done, total: None)
     step("loading source", 0, 1)
     src = load_source(
         source, work, example_inputs=example_inputs, input_names=input_names, output_names=output_names,
-        opset=opset, allowed_domains=allowed_domains,
+        opset=opset, dynamic_axes=dynamic_axes, allowed_domains=allowed_domains,
     )
     backend = get_backend("onnxruntime")
     config = SessionConfig()
@@ -164,7 +167,7 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         step("searching (auto)", 0, 1)
         chosen, auto_recipe = search(fp32, int8_source, work, held_out=held_out, labels=label_values, calibration=cal,
                                      budget=budget, time_budget=time_budget, threads=threads, progress=progress)
-        shutil.copyfile(chosen, staging / MODEL_FILE)
+        recipe.update(finalize_model(chosen, staging / MODEL_FILE))
         recipe.update(auto_recipe)
         recipe["mode"] = "auto"
         recipe["auto_choice"] = auto_recipe.get("mode", "none")
@@ -175,7 +178,9 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
             recipe.update(fill_missing_types(fp32, to_quantize))  # type: ignore[arg-type]
         step(f"quantising ({qconfig.mode})", 0, 1)
         assert to_quantize is not None
-        recipe.update(quantize(to_quantize, staging / MODEL_FILE, qconfig, calibration=cal, progress=progress))
+        quantized = work / "quantized.onnx"
+        recipe.update(quantize(to_quantize, quantized, qconfig, calibration=cal, progress=progress))
+        recipe.update(finalize_model(quantized, staging / MODEL_FILE))
 
     step("verifying", 0, 1)
     candidate = backend.open(staging / MODEL_FILE, config, label=f"the {qconfig.mode} model")
@@ -204,7 +209,7 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
 
     if golden_in and golden_out:
         write_golden(staging / GOLDEN_FILE, golden_in, golden_out, (tuple(in_specs), tuple(out_specs)))
-        golden = {"file": GOLDEN_FILE, "count": len(next(iter(golden_in.values()))) if held_out.stacked else 1,
+        golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, held_out.rows) if held_out.stacked else 1,
                   "rel_tolerance": tolerance_for(recipe.get("auto_choice", qconfig.mode))}
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
@@ -253,18 +258,10 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
 
 
 def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    names = [o.name for o in out_specs]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     try:
-        for feed in samples.feeds(64):
-            for n, value in zip(names, session.run(feed, names)):
-                parts[n].append(value if samples.stacked else np.asarray(value)[np.newaxis])
+        return run_samples(session, samples, out_specs)
     except EdgeserveError as exc:
         raise ConversionError(f"verification run failed: {exc}") from exc
-    try:
-        return {n: np.concatenate(v) for n, v in parts.items()}
-    except ValueError:  # outputs whose shape varies per batch cannot be stacked: keep the first batch
-        return {n: v[0] for n, v in parts.items()}
 
 
 def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],
@@ -273,5 +270,5 @@ def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],
     if any(s.dtype == "str" for s in (*in_specs, *out_specs)):
         return None
     if held_out.stacked:
-        return {k: v[:GOLDEN_ROWS] for k, v in held_out.arrays.items()}
+        return held_out.take(0, GOLDEN_ROWS).arrays
     return {k: v[0] for k, v in held_out.arrays.items()}

@@ -22,7 +22,7 @@ from ..config import QuantizeConfig, SessionConfig
 from ..errors import ConfigError, EdgeserveError
 from ..fidelity import Budget, accuracy, compare_outputs
 from ..timing import latency, speedups
-from .data import Samples
+from .data import Samples, run_samples
 from .quantize import Progress, quantize
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,6 @@ class _Evaluator:
         self.held_out = held_out
         self.labels = labels
         session = self.open(reference)
-        self.output_names = [o.name for o in session.outputs]
         self.reference = self.outputs(session)
         self.acc_fp32 = accuracy(self.reference, labels) if labels is not None else None
         self._reference_session = session
@@ -105,14 +104,7 @@ class _Evaluator:
         return self._backend.open(path, self._config, label=path.name)
 
     def outputs(self, session) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
-        for feed in self.held_out.feeds(64):
-            for n, v in zip(self.output_names, session.run(feed, self.output_names)):
-                parts[n].append(v if self.held_out.stacked else np.asarray(v)[np.newaxis])
-        try:
-            return {n: np.concatenate(v) for n, v in parts.items()}
-        except ValueError:
-            return {n: v[0] for n, v in parts.items()}
+        return run_samples(session, self.held_out, session.outputs)
 
     def judge(self, session) -> tuple[dict[str, float], float | None]:
         out = self.outputs(session)

@@ -1,7 +1,7 @@
 """Sample data for calibration and verification: loaded from .npz, a folder of .npy, or a dict of arrays.
 
-Rows are stacked along the model's batch axis; for a model without one, arrays carry an extra leading
-sample axis. Data that does not match the model is refused with the input, what was expected and what arrived.
+Rows are stacked along each input's batch axis (axis 0 for most models; axis 1 for the state of a recurrent
+model, [layers, batch, hidden]); for a model without one, arrays carry an extra leading sample axis. Data that does not match the model is refused with the input, what was expected and what arrived.
 """
 
 from __future__ import annotations
@@ -25,11 +25,27 @@ class Samples:
 
     @property
     def stacked(self) -> bool:
-        """True when rows are stacked on the model's batch axis (so a batch is one slice)."""
-        return all(s.batch_axis == 0 for s in self.specs)
+        """True when every input has a batch axis, so rows are slices along it (else one sample per feed)."""
+        return all(s.batch_axis is not None for s in self.specs)
+
+    def _axis(self, name: str) -> int:
+        spec = next(s for s in self.specs if s.name == name)
+        return spec.batch_axis if self.stacked and spec.batch_axis is not None else 0
+
+    def select(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """The given rows of every input, taken along each input's own batch axis."""
+        out = {}
+        for k, v in self.arrays.items():
+            axis = self._axis(k)
+            if isinstance(index, slice):
+                key = (slice(None),) * axis + (index,)
+                out[k] = v[key]
+            else:
+                out[k] = np.take(v, index, axis=axis)
+        return out
 
     def take(self, start: int, stop: int) -> Samples:
-        return Samples(self.specs, {k: v[start:stop] for k, v in self.arrays.items()}, max(0, min(stop, self.rows) - start))
+        return Samples(self.specs, self.select(slice(start, stop)), max(0, min(stop, self.rows) - start))
 
     def split(self, holdout_fraction: float, *, max_holdout: int = 256) -> tuple[Samples, Samples]:
         """(first part, held-out tail); the tail has at least one row when there are two or more."""
@@ -43,10 +59,30 @@ class Samples:
         """Feeds for the model: slices of ``batch_size`` rows, or one sample at a time without a batch axis."""
         if self.stacked:
             for start in range(0, self.rows, batch_size):
-                yield {k: v[start:start + batch_size] for k, v in self.arrays.items()}
+                yield self.select(slice(start, start + batch_size))
         else:
             for i in range(self.rows):
                 yield {k: v[i] for k, v in self.arrays.items()}
+
+    def batch_count(self, batch_size: int) -> int:
+        return -(-self.rows // batch_size) if self.stacked else self.rows
+
+
+def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample)."""
+    names = [o.name for o in out_specs]
+    axes = {o.name: (o.batch_axis if o.batch_axis is not None else 0) for o in out_specs}
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in samples.feeds(batch_size):
+        for n, value in zip(names, session.run(feed, names)):
+            parts[n].append(np.asarray(value) if samples.stacked else np.asarray(value)[np.newaxis])
+    joined = {}
+    for n, chunks in parts.items():
+        try:
+            joined[n] = np.concatenate(chunks, axis=axes[n] if samples.stacked else 0)
+        except ValueError:  # an output whose shape varies per batch cannot be joined: keep the first batch
+            joined[n] = chunks[0]
+    return joined
 
 
 def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str) -> Samples:
@@ -67,7 +103,7 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
         )
     out: dict[str, np.ndarray] = {}
     rows: int | None = None
-    stacked = all(s.batch_axis == 0 for s in specs)
+    stacked = all(s.batch_axis is not None for s in specs)
     for spec in specs:
         arr = np.asarray(arrays[spec.name])
         if arr.dtype != spec.np_dtype:
@@ -89,7 +125,7 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
                     f"{what}: input '{spec.name}' expected {spec.describe()}, got {list(arr.shape)} "
                     f"(dimension {axis} must be {dim})"
                 )
-        n = arr.shape[0]
+        n = arr.shape[spec.batch_axis] if stacked and spec.batch_axis is not None else arr.shape[0]
         if rows is not None and n != rows:
             raise DataError(f"{what}: inputs have different row counts ({rows} and {n} for '{spec.name}')")
         rows = n
@@ -102,11 +138,15 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
 def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0) -> Samples:
     """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8."""
     rng = np.random.default_rng(seed)
-    stacked = all(s.batch_axis == 0 for s in specs)
+    stacked = all(s.batch_axis is not None for s in specs)
     arrays = {}
     for spec in specs:
         dims = [d if isinstance(d, int) else 8 for d in spec.shape]
-        shape = [rows, *dims[1:]] if stacked else [rows, *dims]
+        if stacked and spec.batch_axis is not None:
+            dims[spec.batch_axis] = rows
+            shape = dims
+        else:
+            shape = [rows, *dims]
         dtype = spec.np_dtype
         if np.issubdtype(dtype, np.floating):
             arrays[spec.name] = rng.standard_normal(shape).astype(dtype)

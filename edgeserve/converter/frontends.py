@@ -48,6 +48,7 @@ def load_source(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     allowed_domains: Sequence[str] = (),
 ) -> SourceModel:
     """Write the source model as ONNX into ``workdir`` and describe where it came from."""
@@ -56,7 +57,7 @@ def load_source(
     if type(source).__name__ == "ModelProto" and type(source).__module__.startswith("onnx"):
         return _from_onnx_proto(source, workdir, allowed_domains)
     if is_torch_module(source):
-        return _from_torch(source, workdir, example_inputs, input_names, output_names, opset or DEFAULT_OPSET)
+        return _from_torch(source, workdir, example_inputs, input_names, output_names, opset or DEFAULT_OPSET, dynamic_axes)
     if is_sklearn_model(source):
         return _from_sklearn(source, workdir, example_inputs, opset)
     raise ConversionError(
@@ -101,7 +102,8 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 
 def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Sequence[str] | None,
-                output_names: Sequence[str] | None, opset: int) -> SourceModel:
+                output_names: Sequence[str] | None, opset: int,
+                dynamic_axes: Mapping[str, Mapping[int, str]] | None) -> SourceModel:
     import torch
 
     if example_inputs is None:
@@ -121,17 +123,19 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
     n_out = len(sample_out) if isinstance(sample_out, (tuple, list)) else 1
     if output_names is None:
         output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    # every input and output gets a dynamic batch axis 0 (scalars excepted)
-    outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
-    dynamic_axes = {n: {0: "batch"} for n, a in zip(input_names, args) if a.dim() > 0}
-    dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
+    if dynamic_axes is None:
+        # by default every input and output gets a dynamic batch axis 0 (scalars excepted); models whose batch sits
+        # elsewhere (recurrent state [layers, batch, hidden]) or that take variable lengths pass dynamic_axes
+        outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
+        dynamic_axes = {n: {0: "batch"} for n, a in zip(input_names, args) if a.dim() > 0}
+        dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
     dst = workdir / "source.onnx"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter is not the user's concern
             torch.onnx.export(
                 module, args, str(dst), input_names=list(input_names), output_names=list(output_names),
-                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
     except Exception as exc:
         raise ConversionError(f"torch.onnx.export failed for {type(module).__name__}: {str(exc).splitlines()[0][:300]}") from exc

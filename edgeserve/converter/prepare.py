@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +103,32 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
         ("shape inference only", {"skip_symbolic_shape": True, "skip_optimization": True}),
     )
     errors: list[str] = []
-    for label, kwargs in attempts:
-        try:
-            with quiet_tools():
-                quant_pre_process(str(src), str(dst), **kwargs)
-            return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
-        except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next step tried
-            errors.append(f"{label}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
-            log.info("quant_pre_process (%s) failed: %s", label, exc)
+    with _no_litter():
+        for label, kwargs in attempts:
+            try:
+                with quiet_tools():
+                    quant_pre_process(str(src), str(dst), **kwargs)
+                return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
+            except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next tried
+                errors.append(f"{label}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+                log.info("quant_pre_process (%s) failed: %s", label, exc)
     shutil.copyfile(src, dst)
     return {"preprocess": "skipped", "preprocess_errors": errors}
+
+
+_LITTER = ("sym_shape_infer_temp.onnx", "sym_shape_infer_temp.onnx.data")
+
+
+@contextlib.contextmanager
+def _no_litter() -> Iterator[None]:
+    """onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` into the current directory when it
+    fails; remove what it leaves in the user's folder (and only what was not there before)."""
+    before = {name for name in _LITTER if Path(name).exists()}
+    try:
+        yield
+    finally:
+        for name in set(_LITTER) - before:
+            Path(name).unlink(missing_ok=True)
 
 
 def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:
@@ -162,3 +180,20 @@ def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:
             added += 1
     onnx.save_model(model, str(dst))
     return {"typed_by_onnxruntime": added}
+
+
+SINGLE_FILE_LIMIT = 1_800_000_000
+"""Below this many bytes a package's model is one self-contained file; above, weights go to model.onnx.data."""
+
+
+def finalize_model(src: Path, dst: Path) -> dict[str, Any]:
+    """Write ``src`` (and any external data it refers to, wherever a tool put it) as the package's model file."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    if model.ByteSize() < SINGLE_FILE_LIMIT:
+        onnx.save_model(model, str(dst))
+        return {}
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data")
+    return {"external_data": dst.name + ".data"}

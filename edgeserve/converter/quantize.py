@@ -68,7 +68,7 @@ class _Reader:
         self._samples = samples
         self._batch_size = batch_size
         self._progress = progress
-        self._n_batches = -(-samples.rows // batch_size) if samples.stacked else samples.rows
+        self._n_batches = samples.batch_count(batch_size)
         self._start, self._end = 0, self._n_batches
         self._next = 0
         self._done = 0
@@ -82,8 +82,7 @@ class _Reader:
 
     def _batch(self, i: int) -> dict[str, np.ndarray]:
         if self._samples.stacked:
-            lo = i * self._batch_size
-            return {k: v[lo:lo + self._batch_size] for k, v in self._samples.arrays.items()}
+            return self._samples.select(slice(i * self._batch_size, (i + 1) * self._batch_size))
         return {k: v[i] for k, v in self._samples.arrays.items()}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -91,8 +90,7 @@ class _Reader:
             return None
         feed = self._batch(self._next)
         self._next += 1
-        rows = len(next(iter(feed.values()))) if self._samples.stacked else 1
-        self._done = min(self._samples.rows, self._done + rows)
+        self._done = min(self._samples.rows, self._done + (self._batch_size if self._samples.stacked else 1))
         if self._progress:
             self._progress("calibrating", self._done, self._samples.rows)
         return feed
