@@ -10,6 +10,7 @@ candidate inside the budget that beats fp32; otherwise the optimised fp32 model,
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -312,8 +313,9 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     config = SessionConfig(intra_op_threads=threads)
     acts = []
     for path in (fp32, quantised):
-        exposed = _expose(path, wanted, onnx)
-        session = BACKEND.open(exposed, config, label=path.name)
+        with tempfile.TemporaryDirectory(prefix="edgeserve-probe-") as tmp:
+            exposed = _expose(path, wanted, onnx, Path(tmp))
+            session = BACKEND.open(exposed, config, label=path.name)
         names = [o.name for o in session.outputs]
         values: dict[str, list[np.ndarray]] = {}
         for feed in rows.feeds(SENSITIVITY_ROWS):
@@ -332,7 +334,7 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     return sorted(scores, key=lambda s: -s[1])
 
 
-def _expose(path: Path, tensors: Sequence[str], onnx: Any) -> Path:
+def _expose(path: Path, tensors: Sequence[str], onnx: Any, folder: Path) -> Path:
     """A copy of the model with ``tensors`` added as outputs (those that exist and are float)."""
     model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
@@ -340,6 +342,6 @@ def _expose(path: Path, tensors: Sequence[str], onnx: Any) -> Path:
     for t in tensors:
         if t in produced and t not in existing:
             model.graph.output.add().name = t
-    dst = path.with_name(path.stem + ".probe.onnx")
+    dst = folder / (path.stem + ".probe.onnx")
     onnx.save_model(model, str(dst))
     return dst

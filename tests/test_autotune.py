@@ -1,0 +1,147 @@
+"""quantize="auto": the fastest candidate inside the budget, measured; fp32 when nothing fits; the search recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgeserve
+from edgeserve.cli import main
+from edgeserve.config import QuantizeConfig
+from edgeserve.converter.autotune import MIN_SPEEDUP, rank_sensitivity
+from edgeserve.converter.data import check_samples
+from edgeserve.converter.prepare import preprocess_for_quantization
+from edgeserve.converter.quantize import quantize
+from edgeserve.fidelity import Budget
+from tests.factories import cnn_opset11, example, mlp_model, rows, save
+
+
+@pytest.fixture(scope="module")
+def cnn_auto(tmp_path_factory: pytest.TempPathFactory):
+    model, cal, ev = example("digits-cnn")
+    out = tmp_path_factory.mktemp("auto") / "cnn"
+    return edgeserve.convert(model, out, quantize="auto", calibration=cal, eval_data=ev, labels="labels",
+                             max_accuracy_drop=0.01, time_budget=40)
+
+
+def test_auto_records_the_whole_search(cnn_auto) -> None:
+    recipe = cnn_auto.manifest.recipe
+    auto = recipe["auto"]
+    assert recipe["mode"] == "auto" and auto["budget"]["max_accuracy_drop"] == 0.01
+    names = [c["name"] for c in auto["candidates"]]
+    for expected in ("int8-dynamic", "int8-static-minmax", "int8-static-entropy", "int8-static-percentile", "fp16"):
+        assert expected in names
+    for c in auto["candidates"]:
+        if c["status"] == "ok":
+            assert c["speedup"] > 0 and c["latency_p50_ms"] > 0 and "cosine_min" in c["fidelity"]
+            assert c["accuracy"] is not None
+    assert auto["fp32_accuracy"] > 0.9 and auto["held_out_rows"] == 360
+
+
+def test_auto_picks_a_measured_winner_inside_the_budget(cnn_auto) -> None:
+    auto = cnn_auto.manifest.recipe["auto"]
+    by_name = {c["name"]: c for c in auto["candidates"]}
+    if auto["chosen"] == "fp32":
+        assert "keeping the optimised fp32 model" in auto["reason"]
+        return
+    chosen = by_name[auto["chosen"]]
+    assert chosen["within_budget"] and chosen["speedup"] >= MIN_SPEEDUP
+    # whatever dynamic int8 measured on this convolutional network, it is only chosen if it won the race
+    faster = [c for c in auto["candidates"] if c["status"] == "ok" and c["within_budget"] and c["speedup"] > chosen["speedup"]]
+    assert not faster
+    acc = cnn_auto.manifest.fidelity["accuracy"]
+    assert acc["fp32"] - acc["converted"] <= 0.01
+
+
+def test_impossible_budget_falls_back_to_fp32(tmp_path: Path, mlp_path: Path) -> None:
+    np.savez(tmp_path / "cal.npz", x=rows(60))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", calibration=tmp_path / "cal.npz",
+                            min_cosine=1.0, time_budget=20)
+    auto = pkg.manifest.recipe["auto"]
+    assert auto["chosen"] == "fp32" and "no candidate met the budget" in auto["reason"]
+    assert "budget_missed_by_fp32_fallback" in pkg.manifest.fidelity or pkg.manifest.fidelity["summary"]["cosine_min"] >= 1.0
+    assert pkg.manifest.recipe["auto_choice"] == "none"
+    with edgeserve.load(pkg.path) as model:
+        ops = {n.op_type for n in __import__("onnx").load(str(pkg.model_path)).graph.node}
+        assert not ops & {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
+        assert model.predict(rows(2))["logits"].shape == (2, 4)
+
+
+def test_sensitive_nodes_are_kept_in_fp32(tmp_path: Path) -> None:
+    """A layer with an outlier weight quantises badly; the repair keeps exactly such nodes in fp32."""
+    model = mlp_model(n_in=16, hidden=64, n_out=8)
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    values = np.frombuffer(w1.raw_data, dtype=np.float32).copy() if w1.raw_data else np.array(w1.float_data, np.float32)
+    values[0] = 400.0  # one huge weight: per-tensor int8 steps become coarser than every other weight
+    from onnx import numpy_helper
+
+    w1.CopyFrom(numpy_helper.from_array(values.reshape(16, 64), "w1"))
+    src = save(model, tmp_path / "outlier.onnx")
+    np.savez(tmp_path / "cal.npz", x=rows(80, seed=3))
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="auto", calibration=tmp_path / "cal.npz",
+                            min_cosine=0.999, time_budget=30)
+    cands = pkg.manifest.recipe["auto"]["candidates"]
+    repaired = [c for c in cands if "+fp32x" in c["name"]]
+    failed_first = [c for c in cands if c["status"] == "ok" and not c["within_budget"] and "+fp32x" not in c["name"]]
+    if failed_first and any((c["speedup"] or 0) >= MIN_SPEEDUP for c in failed_first):
+        assert repaired, "a fast candidate missed the budget, so the search must try keeping nodes in fp32"
+        assert all(c["nodes_kept_fp32"] for c in repaired)
+        assert repaired[0]["nodes_kept_fp32"][0].startswith("fc1")  # the outlier layer ranks as most sensitive
+
+
+def test_rank_sensitivity_finds_the_outlier_layer(tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    model = mlp_model(n_in=16, hidden=64, n_out=8)
+    w2 = next(t for t in model.graph.initializer if t.name == "w2")
+    values = numpy_helper.to_array(w2).copy()
+    values[0, 0] = 300.0
+    w2.CopyFrom(numpy_helper.from_array(values, "w2"))
+    src = save(model, tmp_path / "m.onnx")
+    prepared, quantised = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
+    preprocess_for_quantization(src, prepared)  # the quantiser keeps the prepared graph's names
+    quantize(prepared, quantised, QuantizeConfig(mode="dynamic"), calibration=None)
+    held = check_samples({"x": rows(32, seed=5)}, _specs(src), what="test")
+    ranking = rank_sensitivity(prepared, quantised, held, threads=1)
+    assert ranking[0][0].startswith("fc2") and ranking[0][1] > ranking[1][1]
+    assert not list(tmp_path.glob("*.probe.onnx"))
+
+
+def _specs(path: Path):
+    with edgeserve.load(path) as model:
+        return model.inputs
+
+
+def test_time_budget_skips_the_rest(tmp_path: Path) -> None:
+    src = save(cnn_opset11(), tmp_path / "cnn.onnx")
+    x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="auto", calibration={"x": x}, time_budget=0.01)
+    statuses = [c["status"] for c in pkg.manifest.recipe["auto"]["candidates"]]
+    assert statuses[0] in ("ok", "failed") and "skipped" in statuses
+
+
+def test_budget_validation(tmp_path: Path, mlp_path: Path) -> None:
+    with pytest.raises(edgeserve.DataError, match="needs labelled evaluation data"):
+        edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", max_accuracy_drop=0.01)
+    with pytest.raises(edgeserve.ConfigError, match="max_accuracy_drop must be between 0 and 1"):
+        edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", max_accuracy_drop=3)
+    assert Budget(max_accuracy_drop=0.1, relative=True).violations({}, 0.5, 0.44) == ["accuracy drop 0.0600 > 0.0500"]
+    assert Budget(max_accuracy_drop=0.1).violations({}, 0.5, 0.44) == []
+
+
+def test_cli_auto_and_inspect(tmp_path: Path, mlp_path: Path) -> None:
+    np.savez(tmp_path / "cal.npz", x=rows(60))
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(out), "-q", "auto", "--calibration",
+                                       str(tmp_path / "cal.npz"), "--min-cosine", "0.99", "--time-budget", "15"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "auto chose" in result.stdout and "int8-static-minmax" in result.stdout
+    shown = CliRunner().invoke(main, ["inspect", str(out)]).stdout
+    assert "auto chose" in shown and "candidate" in shown
+    bad = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(tmp_path / "x"), "-q", "auto",
+                                    "--max-accuracy-drop", "lots"])
+    assert bad.exit_code == 2 and "expected a number such as 0.01 or 1%" in bad.output
