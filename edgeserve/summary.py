@@ -33,7 +33,7 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
     if not auto:
         return
     budget = ", ".join(f"{k}={v}" for k, v in auto.get("budget", {}).items() if v not in (None, False))
-    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget or 'none'}, threads={auto.get("threads")}, " \
+    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget or 'none'}, threads={auto.get('threads')}, " \
           f"{auto.get('search_s')} s)"
     yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {'cos min':>8} {'accuracy':>8}  note"
     for c in auto.get("candidates", []):
