@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
@@ -32,6 +33,9 @@ class SessionConfig:
     """Graph optimisation the backend applies when it loads the model."""
     backend: str = "onnxruntime"
     """Which inference engine runs the model."""
+    cache_dir: str | None = "default"
+    """Where optimised graphs are cached so a restart skips re-optimisation: ``"default"`` (``$EDGESERVE_CACHE_DIR``,
+    else the per-user cache folder), a folder path, or ``None`` to turn the cache off."""
 
     def __post_init__(self) -> None:
         if self.intra_op_threads is not None and not (1 <= self.intra_op_threads <= 1024):
@@ -47,6 +51,19 @@ class SessionConfig:
     def threads(self) -> int:
         """The intra-op thread count actually used."""
         return self.intra_op_threads or available_cores()
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The graph cache folder actually used, or None when caching is off."""
+        if self.cache_dir is None:
+            return None
+        if self.cache_dir != "default":
+            return Path(self.cache_dir)
+        env = os.environ.get("EDGESERVE_CACHE_DIR")
+        if env:
+            return Path(env)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "edgeserve" / "graphs"
 
 
 QuantizeMode = Literal["none", "dynamic", "static", "fp16", "int4", "auto"]

@@ -8,6 +8,16 @@ import pytest
 from tests.factories import mlp_model, rows, save
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never write into the user's cache folder."""
+    import os
+
+    folder = tmp_path_factory.mktemp("graph-cache")
+    os.environ["EDGESERVE_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def mlp_path(tmp_path: Path) -> Path:
     return save(mlp_model(), tmp_path / "mlp.onnx")

@@ -30,8 +30,10 @@ class Session(Protocol):
 class Backend(Protocol):
     name: str
 
-    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "") -> Session:
-        """Load a model file (already checked by :mod:`edgeserve.modelfile`). Load errors become ModelFileError."""
+    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
+             digest: str | None = None) -> Session:
+        """Load a model file (already checked by :mod:`edgeserve.modelfile`). Load errors become ModelFileError.
+        ``digest`` is the file's sha256 when the caller knows it (keys the compiled-graph cache)."""
         ...
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from ..config import SessionConfig
 from ..errors import InferenceError, ModelFileError
+from ..modelfile import sha256_file
 from ..tensors import TensorSpec, assign_batch_axes, dtype_from_ort, guess_batch_axis, normalise_dims
+from .graph_cache import GraphCache
+
+log = logging.getLogger(__name__)
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -41,6 +47,7 @@ class OrtSession:
         self.inputs, self.outputs = assign_batch_axes([_spec(a) for a in session.get_inputs()],
                                                       [_spec(a) for a in session.get_outputs()])
         self._run = session.run
+        self.from_cache = False
 
     def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         try:
@@ -60,17 +67,68 @@ def _closed_run(*_args, **_kwargs):
 class OrtBackend:
     name = "onnxruntime"
 
-    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "") -> OrtSession:
+    def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
+             digest: str | None = None) -> OrtSession:
+        """Load a model. With a graph cache configured, the optimised graph is taken from it when present and
+        stored in it otherwise (``digest``, the model file's sha256, saves hashing the file again)."""
         label = label or (str(model) if not isinstance(model, bytes) else "model")
+        cache = _cache_for(model, config)
+        if cache is None:
+            return OrtSession(self._create(model, session_options(config), label), label)
+        graph_cache, path = cache
+        key = graph_cache.key(digest or sha256_file(path), "onnxruntime", ort.__version__,
+                              {"level": config.optimization_level})
+        hit = graph_cache.lookup(key)
+        if hit is not None:
+            opts = session_options(config)
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
+            try:
+                session = OrtSession(self._create(hit, opts, label), label)
+                session.from_cache = True
+                return session
+            except ModelFileError as exc:
+                log.warning("cached graph for %s does not load (%s); rebuilding it", label, exc)
+                graph_cache.discard(key)
+        staged = graph_cache.staging_path(key)
+        if staged is None:
+            return OrtSession(self._create(path, session_options(config), label), label)
         try:
-            session = ort.InferenceSession(
-                model if isinstance(model, bytes) else os.fspath(model),
-                sess_options=session_options(config),
+            session = OrtSession(self._create(path, session_options(config, str(staged)), label), label)
+        except ModelFileError:
+            staged.unlink(missing_ok=True)
+            raise
+        graph_cache.commit(staged, key)
+        return session
+
+    @staticmethod
+    def _create(model: str | os.PathLike[str] | bytes, opts: ort.SessionOptions, label: str) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(
+                model if isinstance(model, bytes) else os.fspath(model), sess_options=opts,
                 providers=["CPUExecutionProvider"],
             )
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {label}: {_message(exc)}") from exc
-        return OrtSession(session, label)
+
+
+def _cache_for(model: str | os.PathLike[str] | bytes, config: SessionConfig) -> tuple[GraphCache, Path] | None:
+    """The cache to use for this load, or None: no folder configured, bytes, optimisation off, or external data
+    (an optimised graph with weights over 2 GiB cannot be written as one file)."""
+    root = config.cache_path
+    if root is None or isinstance(model, bytes) or config.optimization_level == "disable":
+        return None
+    path = Path(model)
+    if path.stat().st_size > 1_500_000_000 or _has_external_data(path):
+        return None
+    return GraphCache(root), path
+
+
+def _has_external_data(path: Path) -> bool:
+    import onnx
+
+    from ..modelfile import uses_external_data
+
+    return uses_external_data(onnx.load(str(path), load_external_data=False))
 
 
 def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], level: str = "basic") -> None:

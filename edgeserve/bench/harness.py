@@ -313,7 +313,8 @@ def _measure_cold_start(packages: dict[str, Path], models: dict[str, Any], sampl
     alive = {n: packages[n] for n in models if results[n].status == "ok"}
     while alive:
         try:
-            cold = measure.cold_start(alive, {n: inputs for n in alive}, threads, repeats=config.cold_start_repeats)
+            cold = measure.cold_start(alive, {n: inputs for n in alive}, threads, repeats=config.cold_start_repeats,
+                                      cache_root=work / "graph-cache")
         except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
             # find which variant fails in a single probe, record it, measure the rest
             culprit = next((n for n in alive if not _probe_ok(alive[n], inputs, threads)), None)

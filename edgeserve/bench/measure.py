@@ -77,18 +77,21 @@ def concurrent(call: Call, *, callers: int, duration_s: float, rows_per_call: in
     return {"callers": callers, "rows_per_s": rows_per_call * len(flat) / elapsed, "calls": len(flat), **percentiles(flat)}
 
 
-def _probe_command(package: Path | None, inputs: Path | None, threads: int) -> list[str]:
+def _probe_command(package: Path | None, inputs: Path | None, threads: int, cache_dir: Path | None) -> list[str]:
     cmd = [sys.executable, "-m", "edgeserve.bench.probe", "--threads", str(threads)]
+    if cache_dir is not None:
+        cmd += ["--cache-dir", str(cache_dir)]
     if package is not None and inputs is not None:
         cmd += [str(package), str(inputs)]
     return cmd
 
 
-def run_probe(package: Path | None, inputs: Path | None, threads: int, *, timeout: float = 300) -> dict[str, Any]:
+def run_probe(package: Path | None, inputs: Path | None, threads: int, *, cache_dir: Path | None = None,
+              timeout: float = 300) -> dict[str, Any]:
     """Start a fresh Python process that loads the package and answers once; time it from spawn to answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     start = time.perf_counter()
-    proc = subprocess.Popen(_probe_command(package, inputs, threads), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_probe_command(package, inputs, threads, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
         assert proc.stdout is not None
@@ -106,26 +109,38 @@ def run_probe(package: Path | None, inputs: Path | None, threads: int, *, timeou
     return result
 
 
-def cold_start(packages: Mapping[str, Path], inputs: Mapping[str, Path], threads: int, *, repeats: int) -> dict[str, dict[str, Any]]:
-    """Median over ``repeats`` interleaved fresh processes, plus the peak RSS of each and of a bare-import baseline."""
+def cold_start(packages: Mapping[str, Path], inputs: Mapping[str, Path], threads: int, *, repeats: int,
+               cache_root: Path) -> dict[str, dict[str, Any]]:
+    """Per variant, medians over ``repeats`` interleaved pairs of fresh processes: the first starts with an empty
+    graph cache (it optimises and stores the graph), the second loads the stored graph. Peak RSS is the first's;
+    a bare-import process gives the baseline it is compared with."""
     names = list(packages)
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {n: [] for n in names}
     baseline = [run_probe(None, None, threads) for _ in range(max(1, repeats // 2))]
     base_rss = float(np.median([b["peak_rss_bytes"] for b in baseline]))
     for r in range(repeats):
         for n in order(names, r):
-            runs[n].append(run_probe(packages[n], inputs[n], threads))
+            cache = cache_root / f"{n}-{r}"
+            cold = run_probe(packages[n], inputs[n], threads, cache_dir=cache)
+            warm = run_probe(packages[n], inputs[n], threads, cache_dir=cache)
+            runs[n].append((cold, warm))
     out = {}
     for n in names:
-        def med(key: str, rs: list[dict[str, Any]] = runs[n]) -> float:
+        cold_runs = [c for c, _ in runs[n]]
+        warm_runs = [w for _, w in runs[n]]
+
+        def med(rs: list[dict[str, Any]], key: str) -> float:
             return float(np.median([x[key] for x in rs]))
 
         out[n] = {
-            "process_to_first_answer_s": med("process_to_first_answer_s"),
-            "load_s": med("load_s"),
-            "first_predict_s": med("first_predict_s"),
-            "peak_rss_bytes": med("peak_rss_bytes"),
-            "rss_over_baseline_bytes": med("peak_rss_bytes") - base_rss,
+            "process_to_first_answer_s": med(cold_runs, "process_to_first_answer_s"),
+            "process_to_first_answer_cached_s": med(warm_runs, "process_to_first_answer_s"),
+            "load_s": med(cold_runs, "load_s"),
+            "load_cached_s": med(warm_runs, "load_s"),
+            "cache_hits": sum(bool(w.get("from_cache")) for w in warm_runs),
+            "first_predict_s": med(cold_runs, "first_predict_s"),
+            "peak_rss_bytes": med(cold_runs, "peak_rss_bytes"),
+            "rss_over_baseline_bytes": med(cold_runs, "peak_rss_bytes") - base_rss,
             "repeats": repeats,
         }
     return out

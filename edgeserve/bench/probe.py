@@ -1,6 +1,6 @@
 """A fresh process that loads one package and answers once: the cold-start and memory probe.
 
-    python -m edgeserve.bench.probe [--threads N] [PACKAGE INPUTS.npz]
+    python -m edgeserve.bench.probe [--threads N] [--cache-dir DIR] [PACKAGE INPUTS.npz]
 
 Prints one JSON line as soon as the first answer exists, then exits. Without arguments it only imports the
 runtime, which gives the memory baseline that a variant's peak is compared with.
@@ -30,25 +30,30 @@ def _peak_rss_bytes() -> int:
 
 def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
-    threads = None
-    if argv[:1] == ["--threads"]:
-        threads, argv = int(argv[1]), argv[2:]
+    threads, cache_dir = None, None
+    while argv[:1] in (["--threads"], ["--cache-dir"]):
+        if argv[0] == "--threads":
+            threads = int(argv[1])
+        else:
+            cache_dir = argv[1]
+        argv = argv[2:]
     import numpy as np
 
     import edgeserve
     from edgeserve.config import SessionConfig
 
     imported = time.perf_counter()
-    result: dict[str, float] = {"import_s": imported - t0}
+    result: dict[str, float | bool] = {"import_s": imported - t0}
     if argv:
         package, inputs = argv
         with np.load(inputs, allow_pickle=False) as data:
             feed = {k: data[k] for k in data.files}
-        model = edgeserve.load(package, config=SessionConfig(intra_op_threads=threads))  # as users load: golden on
+        # as users load: golden samples checked; the graph cache on when a folder is given
+        model = edgeserve.load(package, config=SessionConfig(intra_op_threads=threads, cache_dir=cache_dir))
         loaded = time.perf_counter()
         model.predict(feed)
         answered = time.perf_counter()
-        result.update(load_s=loaded - imported, first_predict_s=answered - loaded)
+        result.update(load_s=loaded - imported, first_predict_s=answered - loaded, from_cache=model.from_cache)
     else:
         import onnxruntime  # noqa: F401  - the baseline holds what every variant's process holds
     result["peak_rss_bytes"] = _peak_rss_bytes()

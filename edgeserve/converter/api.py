@@ -137,7 +137,7 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         opset=opset, dynamic_axes=dynamic_axes, allowed_domains=allowed_domains,
     )
     backend = get_backend("onnxruntime")
-    config = SessionConfig()
+    config = SessionConfig(cache_dir=None)  # converter sessions are throwaway: keep them out of the graph cache
     reference = backend.open(src.path, config, label="the source model")
     in_specs, out_specs = reference.inputs, reference.outputs
 

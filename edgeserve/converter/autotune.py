@@ -93,7 +93,7 @@ class _Evaluator:
         from ..backends.onnxruntime import BACKEND
 
         self._backend = BACKEND
-        self._config = SessionConfig(intra_op_threads=threads)
+        self._config = SessionConfig(intra_op_threads=threads, cache_dir=None)
         self.held_out = held_out
         self.labels = labels
         session = self.open(reference)
@@ -310,7 +310,7 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
         probes[n.name] = (n.output[0], act_in)
     wanted = sorted({t for pair in probes.values() for t in pair if t})
     rows = held_out.take(0, min(SENSITIVITY_ROWS, held_out.rows))
-    config = SessionConfig(intra_op_threads=threads)
+    config = SessionConfig(intra_op_threads=threads, cache_dir=None)
     acts = []
     for path in (fp32, quantised):
         with tempfile.TemporaryDirectory(prefix="edgeserve-probe-") as tmp:

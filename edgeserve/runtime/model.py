@@ -41,6 +41,8 @@ class Model:
         self._contract = InputContract(self.inputs)
         self._output_names = [o.name for o in self.outputs]
         self._run = session.run
+        self.from_cache: bool = bool(getattr(session, "from_cache", False))
+        """True when the backend took the optimised graph from the on-disk cache instead of optimising again."""
         self._closed = False
         self._lock = threading.Lock()
 
@@ -103,7 +105,8 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     model_path = folder / manifest.model_file
     load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
     backend_name = config.backend if config.backend != "onnxruntime" else manifest.backend
-    session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}")
+    session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
+                                             digest=manifest.digests.get(manifest.model_file))
     try:
         _check_signature(manifest, session)
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
