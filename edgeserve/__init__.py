@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .config import BatchConfig as BatchConfig
+from .config import CacheConfig as CacheConfig
 from .config import QuantizeConfig as QuantizeConfig
 from .config import SessionConfig as SessionConfig
 from .errors import ClosedError as ClosedError
@@ -23,7 +25,12 @@ from .errors import InferenceError as InferenceError
 from .errors import InputError as InputError
 from .errors import IntegrityError as IntegrityError
 from .errors import ModelFileError as ModelFileError
+from .errors import ModelNotFound as ModelNotFound
+from .errors import OverloadError as OverloadError
 from .errors import PackageError as PackageError
+from .errors import QueueFull as QueueFull
+from .errors import RepositoryError as RepositoryError
+from .errors import Timeout as Timeout
 from .package import Manifest as Manifest
 from .package import Package as Package
 from .tensors import TensorSpec as TensorSpec
@@ -32,10 +39,14 @@ if TYPE_CHECKING:
     from .converter.api import convert as convert
     from .runtime.model import Model as Model
     from .runtime.model import load as load
+    from .runtime.repository import Repository as Repository
+    from .runtime.runtime import Runtime as Runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchConfig",
+    "CacheConfig",
     "ClosedError",
     "ConfigError",
     "ConversionError",
@@ -49,11 +60,18 @@ __all__ = [
     "Manifest",
     "Model",
     "ModelFileError",
+    "ModelNotFound",
+    "OverloadError",
     "Package",
     "PackageError",
     "QuantizeConfig",
+    "QueueFull",
+    "Repository",
+    "RepositoryError",
+    "Runtime",
     "SessionConfig",
     "TensorSpec",
+    "Timeout",
     "convert",
     "load",
 ]
@@ -61,7 +79,8 @@ __all__ = [
 # NOTE: the runtime imports onnxruntime and the converter imports its quantisation tools; both are loaded on
 # first use so that `import edgeserve` (and the CLI's start-up) stays cheap.
 _LAZY = {"convert": ("edgeserve.converter.api", "convert"), "load": ("edgeserve.runtime.model", "load"),
-         "Model": ("edgeserve.runtime.model", "Model")}
+         "Model": ("edgeserve.runtime.model", "Model"), "Runtime": ("edgeserve.runtime.runtime", "Runtime"),
+         "Repository": ("edgeserve.runtime.repository", "Repository")}
 
 
 def __getattr__(name: str) -> Any:

@@ -113,3 +113,53 @@ class QuantizeConfig:
         if self.optimization not in ("none", "basic", "extended"):
             raise ConfigError(f"optimization must be one of none, basic, extended; got {self.optimization!r}")
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Dynamic batching for one model: requests queue and run together, one future each."""
+
+    max_batch_size: int = 32
+    """Rows per batch: a batch runs as soon as this many rows of one shape are waiting."""
+    max_delay_ms: float = 2.0
+    """Longest a request waits for company: a batch runs this long after its oldest request arrived."""
+    max_queue: int = 1024
+    """Requests waiting at most; the next one is rejected at once with QueueFull."""
+    timeout_ms: float | None = 30_000.0
+    """Default deadline per request (from submission); an expired request fails with Timeout and is not run."""
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.max_batch_size <= 65536):
+            raise ConfigError(f"max_batch_size must be between 1 and 65536, got {self.max_batch_size}")
+        if not (0 <= self.max_delay_ms <= 60_000):
+            raise ConfigError(f"max_delay_ms must be between 0 and 60000, got {self.max_delay_ms}")
+        if not (1 <= self.max_queue <= 10_000_000):
+            raise ConfigError(f"max_queue must be between 1 and 10000000, got {self.max_queue}")
+        if self.timeout_ms is not None and self.timeout_ms <= 0:
+            raise ConfigError(f"timeout_ms must be positive (or None for no deadline), got {self.timeout_ms}")
+
+    @classmethod
+    def low_latency(cls) -> BatchConfig:
+        """Small batches, short waits: for interactive traffic."""
+        return cls(max_batch_size=8, max_delay_ms=0.5)
+
+    @classmethod
+    def throughput(cls) -> BatchConfig:
+        """Large batches, longer waits: for bulk traffic where p99 matters less than rows per second."""
+        return cls(max_batch_size=128, max_delay_ms=10.0)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The response cache for one model (or one runtime)."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    """Total bytes of cached outputs; least recently used entries are evicted beyond it."""
+    ttl_s: float | None = None
+    """Seconds an entry stays valid; None keeps it until evicted or the model version changes."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ConfigError(f"max_bytes must be positive, got {self.max_bytes}")
+        if self.ttl_s is not None and self.ttl_s <= 0:
+            raise ConfigError(f"ttl_s must be positive seconds (or None), got {self.ttl_s}")

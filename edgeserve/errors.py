@@ -15,6 +15,11 @@ the backend seam ever sees a library's own exception type. No error here knows a
     │   └── FidelityError         the result is outside the requested fidelity budget
     ├── InputError                a request does not satisfy the model's input contract
     ├── InferenceError            the backend failed while running a request
+    ├── OverloadError             the runtime cannot take or finish the request in time
+    │   ├── QueueFull             the batching queue is full: retry later
+    │   └── Timeout               the request's deadline passed before it ran
+    ├── RepositoryError           a model repository operation was refused (bad name, no such version …)
+    │   └── ModelNotFound         no such model or version in the repository or runtime
     └── ClosedError               the model or runtime was used after close()
 """
 
@@ -63,6 +68,26 @@ class InputError(EdgeserveError, ValueError):
 
 class InferenceError(EdgeserveError):
     """The inference backend failed while running a request that passed the input contract."""
+
+
+class OverloadError(EdgeserveError):
+    """The runtime cannot take or finish the request in time; retrying later may succeed."""
+
+
+class QueueFull(OverloadError):
+    """The batching queue is full, so the request was rejected at once without queueing."""
+
+
+class Timeout(OverloadError):
+    """The request's deadline passed before it could run; it was not run."""
+
+
+class RepositoryError(EdgeserveError, ValueError):
+    """A model repository operation was refused: an invalid name or version, a missing package, a bad state file."""
+
+
+class ModelNotFound(RepositoryError, LookupError):
+    """No such model or version in the repository (or not loaded in the runtime)."""
 
 
 class ClosedError(EdgeserveError, RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -12,13 +13,15 @@ from typing import Any
 import numpy as np
 
 from ..backends import Session, get_backend
-from ..config import GoldenPolicy, SessionConfig
+from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, PackageError
 from ..golden import mismatches, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import load_model
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
+from .batcher import Batcher, can_batch
+from .cache import MISS, ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ class Model:
     """
 
     def __init__(self, session: Session, *, name: str, version: str | None = None,
-                 manifest: Manifest | None = None, path: Path | None = None) -> None:
+                 manifest: Manifest | None = None, path: Path | None = None,
+                 batching: BatchConfig | None = None, cache: CacheConfig | ResponseCache | None = None) -> None:
         self.name = name
         self.version = version
         self.manifest = manifest
@@ -45,20 +49,71 @@ class Model:
         """True when the backend took the optimised graph from the on-disk cache instead of optimising again."""
         self._closed = False
         self._lock = threading.Lock()
+        self.batcher: Batcher | None = None
+        if batching is not None:
+            if can_batch(self.inputs, self.outputs):
+                self.batcher = Batcher(self._run_feed, self.inputs, self.outputs, batching, name=self.name)
+            else:
+                log.info("model %s has no batch axis on every input and output: requests bypass the batcher", name)
+        self.cache: ResponseCache | None = ResponseCache(cache) if isinstance(cache, CacheConfig) else cache
+        self._fast = self.batcher is None and self.cache is None
 
-    def predict(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+    def _run_feed(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._run(feed, self._output_names)
+
+    def predict(self, inputs: Any = None, /, *, timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
         """Run the model. ``inputs`` is one array (single-input models) or a dict of name to array; returns
-        every output by name. Raises :class:`InputError` for data that breaks the contract."""
+        every output by name. Raises :class:`InputError` for data that breaks the contract, and with batching
+        :class:`QueueFull` or :class:`Timeout` (``timeout_ms`` overrides the batching deadline)."""
         if self._closed:
             raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
         feed = self._contract.feed(inputs, named)
-        return dict(zip(self._output_names, self._run(feed, self._output_names)))
+        if self._fast:
+            return dict(zip(self._output_names, self._run(feed, self._output_names)))
+        key = None
+        if self.cache is not None:
+            key = cache_key(self.name, self.version, feed)
+            hit = self.cache.get(key)
+            if hit is not MISS:
+                return dict(hit)
+        if self.batcher is not None:
+            out = self.batcher.submit(feed, timeout_ms).result()
+        else:
+            out = dict(zip(self._output_names, self._run(feed, self._output_names)))
+        if key is not None and self.cache is not None:
+            self.cache.put(key, self.name, out)
+        return out
 
-    def close(self) -> None:
+    async def predict_async(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
+                            **named: Any) -> dict[str, np.ndarray]:
+        """``predict`` for asyncio: waits on the batcher (or a worker thread) without blocking the event loop."""
+        if self._closed:
+            raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
+        feed = self._contract.feed(inputs, named)
+        key = None
+        if self.cache is not None:
+            key = cache_key(self.name, self.version, feed)
+            hit = self.cache.get(key)
+            if hit is not MISS:
+                return dict(hit)
+        if self.batcher is not None:
+            out = await asyncio.wrap_future(self.batcher.submit(feed, timeout_ms))
+        else:
+            values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
+            out = dict(zip(self._output_names, values))
+        if key is not None and self.cache is not None:
+            self.cache.put(key, self.name, out)
+        return out
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop taking requests, finish the queued ones (at most ``timeout`` seconds), release the session."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._session.close()
+            if self._closed:
+                return
+            self._closed = True
+        if self.batcher is not None:
+            self.batcher.close(timeout)
+        self._session.close()
 
     @property
     def closed(self) -> bool:
@@ -77,27 +132,30 @@ class Model:
 
 
 def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, golden: GoldenPolicy = "error",
-         allowed_domains: Sequence[str] = ()) -> Model:
+         allowed_domains: Sequence[str] = (), batching: BatchConfig | None = None,
+         cache: CacheConfig | ResponseCache | None = None) -> Model:
     """Load a package folder (verifying digests and golden samples) or a bare ``.onnx`` file.
 
     ``golden``: what to do when this machine's answers differ from those recorded at conversion
     (``"error"`` refuses the load, ``"warn"`` logs a warning, ``"off"`` skips the check).
+    ``batching`` turns on dynamic batching; ``cache`` a response cache (a config, or a cache shared with others).
     """
     config = config or SessionConfig()
     if golden not in ("error", "warn", "off"):
         raise ConfigError(f"golden must be 'error', 'warn' or 'off', got {golden!r}")
     path = Path(path)
     if path.is_dir():
-        return _load_package(path, config, golden, allowed_domains)
+        return _load_package(path, config, golden, allowed_domains, batching, cache)
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checks before the engine sees it
     backend = get_backend(config.backend)
     session = backend.open(path, config, label=path.name)
-    return Model(session, name=path.stem, path=path)
+    return Model(session, name=path.stem, path=path, batching=batching, cache=cache)
 
 
-def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, allowed_domains: Sequence[str]) -> Model:
+def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, allowed_domains: Sequence[str],
+                  batching: BatchConfig | None, cache: CacheConfig | ResponseCache | None) -> Model:
     if not is_package(folder):
         raise PackageError(f"{folder} is not an edgeserve package (no edgeserve.json); convert a model first")
     manifest = read_manifest(folder)
@@ -115,7 +173,11 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     except EdgeserveError:
         session.close()
         raise
-    return model
+    if batching is None and cache is None:
+        return model
+    # golden samples were checked on the bare model; the served one adds batching and caching on the same session
+    return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
+                 batching=batching, cache=cache)
 
 
 def _check_signature(manifest: Manifest, session: Session) -> None:
