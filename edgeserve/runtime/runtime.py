@@ -135,6 +135,8 @@ class Runtime:
             with self._lock:
                 existing = slot.pinned_versions.get(version)
             if existing is None:
+                if version not in self.repository.versions(name):
+                    raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
                 existing = _Loaded(self._load(name, version), version)
                 with self._lock:
                     slot.pinned_versions[version] = existing

@@ -1,0 +1,110 @@
+"""The model repository: atomic publish, rollback, pin, remove, and names that can never escape the root."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeserve import IntegrityError, ModelNotFound, RepositoryError
+from edgeserve.cli import main
+from edgeserve.runtime.repository import Repository, check_name, check_version
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository(tmp_path / "repo", create=True)
+
+
+def test_publish_gives_the_next_version(repo: Repository, mlp_package: Path) -> None:
+    assert repo.publish("mlp", mlp_package) == 1
+    assert repo.publish("mlp", mlp_package) == 2
+    assert repo.versions("mlp") == [1, 2] and repo.current("mlp") == 2
+    assert (repo.root / "mlp" / "2" / "edgeserve.json").exists()
+    assert not [p for p in (repo.root / "mlp").iterdir() if p.name.startswith(".")]
+
+
+def test_publish_refuses_a_damaged_package_and_leaves_nothing(repo: Repository, mlp_package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(mlp_package, bad)
+    (bad / "model.onnx").write_bytes(b"changed")
+    with pytest.raises(IntegrityError):
+        repo.publish("mlp", bad)
+    assert not (repo.root / "mlp").exists() or not list((repo.root / "mlp").iterdir())
+
+
+def test_rollback_pin_unpin_remove(repo: Repository, mlp_package: Path) -> None:
+    for _ in range(3):
+        repo.publish("mlp", mlp_package)
+    assert repo.rollback("mlp") == 2 and repo.current("mlp") == 2
+    assert repo.rollback("mlp") == 1
+    with pytest.raises(RepositoryError, match="no version older than 1"):
+        repo.rollback("mlp")
+    assert repo.pin("mlp", 2) == 2
+    assert repo.publish("mlp", mlp_package) == 4 and repo.current("mlp") == 2  # pinned: publishing does not move it
+    assert repo.unpin("mlp") == 4
+    with pytest.raises(RepositoryError, match="is serving"):
+        repo.remove("mlp", 4)
+    repo.remove("mlp", 1)
+    assert repo.versions("mlp") == [2, 3, 4]
+    with pytest.raises(ModelNotFound):
+        repo.pin("mlp", 1)
+    repo.remove("mlp", 4, force=True)
+    assert repo.current("mlp") == 3
+
+
+@pytest.mark.parametrize("name", ["..", "a/../b", "/abs", "model/", "", " mlp", "mlp ", "a\\b", "-x", ".hidden",
+                                  "a" * 129, "a..b", None, 5])
+def test_bad_names_are_refused(repo: Repository, name) -> None:
+    with pytest.raises(RepositoryError, match="invalid model name"):
+        check_name(name)
+    with pytest.raises(RepositoryError):
+        repo.model_dir(name)
+
+
+@pytest.mark.parametrize("version", ["01", "-1", "0", "1.0", " 1", "1e3", "10000000000", 0, -3, True, None, "", "x"])
+def test_bad_versions_are_refused(version) -> None:
+    with pytest.raises(RepositoryError, match="invalid version"):
+        check_version(version)
+
+
+def test_good_names_and_versions() -> None:
+    assert check_name("resnet-50_v2.onnx") == "resnet-50_v2.onnx"
+    assert check_version("12") == 12 and check_version(7) == 7
+
+
+def test_symlinked_model_folder_cannot_lead_outside(repo: Repository, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo.root / "evil").symlink_to(outside)
+    with pytest.raises(RepositoryError, match="outside the repository"):
+        repo.model_dir("evil")
+    assert "evil" not in repo.names()
+
+
+def test_state_file_damage_is_reported(repo: Repository, mlp_package: Path) -> None:
+    repo.publish("mlp", mlp_package)
+    (repo.root / "mlp" / "state.json").write_text("{nope")
+    with pytest.raises(RepositoryError, match="state.json is unreadable"):
+        repo.current("mlp")
+    (repo.root / "mlp" / "state.json").write_text(json.dumps({"current": 99}))
+    assert repo.current("mlp") == 1  # a pointer to a removed version falls back to the newest
+
+
+def test_models_cli(tmp_path: Path, mlp_package: Path) -> None:
+    root = tmp_path / "cli-repo"
+    run = CliRunner().invoke
+    result = run(main, ["models", "publish", str(root), "mlp", str(mlp_package)], catch_exceptions=False)
+    assert result.exit_code == 0 and "published mlp version 1" in result.stdout
+    run(main, ["models", "publish", str(root), "mlp", str(mlp_package)], catch_exceptions=False)
+    listing = run(main, ["models", "list", str(root)]).stdout
+    assert "mlp" in listing and "2 (serving)" in listing
+    assert "serving version 1" in run(main, ["models", "rollback", str(root), "mlp"]).stdout
+    assert "pinned mlp to version 2" in run(main, ["models", "pin", str(root), "mlp", "2"]).stdout
+    bad = run(main, ["models", "publish", str(root), "../x", str(mlp_package)])
+    assert bad.exit_code == 1 and "invalid model name" in bad.stderr
+    removed = run(main, ["models", "remove", str(root), "mlp", "1"])
+    assert removed.exit_code == 0 and "removed mlp version 1" in removed.stdout
