@@ -109,6 +109,7 @@ class VariantResult:
     latency: dict[str, Any] = field(default_factory=dict)
     throughput: dict[str, Any] = field(default_factory=dict)
     concurrency: dict[str, Any] = field(default_factory=dict)
+    concurrency_batched: dict[str, Any] = field(default_factory=dict)
     cold_start: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
     accuracy: float | None = None
@@ -280,17 +281,36 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
         for n, stats in thr.items():
             results[n].throughput[str(bs)] = stats
     for callers in config.concurrency:
-        say(f"{callers} concurrent callers")
+        say(f"{callers} concurrent callers, dynamic batching off and on")
+        duration = 0.1 * budget / (len(names) * len(config.concurrency))
         for n in names:
             if results[n].status != "ok":
                 continue
             try:
-                stats = measure.concurrent(_cycling(models[n], feeds1), callers=callers,
-                                           duration_s=0.2 * budget / (len(names) * len(config.concurrency)))
+                results[n].concurrency[str(callers)] = measure.concurrent(
+                    _cycling(models[n], feeds1), callers=callers, duration_s=duration)
+                batched = _batched_twin(models[n], callers, config.threads)
+                if batched is not None:
+                    with batched:
+                        results[n].concurrency_batched[str(callers)] = measure.concurrent(
+                            _cycling(batched, feeds1), callers=callers, duration_s=duration)
             except EdgeserveError as exc:
                 results[n].fail("concurrency", exc)
-                continue
-            results[n].concurrency[str(callers)] = stats
+
+
+def _batched_twin(model: Any, callers: int, threads: int | None) -> Any:
+    """The same package loaded again with dynamic batching sized for ``callers``; None without a batch axis."""
+    from ..config import BatchConfig
+    from ..runtime.model import load
+
+    if model.path is None:
+        return None
+    twin = load(model.path, config=SessionConfig(intra_op_threads=threads, cache_dir=None), golden="off",
+                batching=BatchConfig(max_batch_size=max(2, callers // 2), max_delay_ms=1.0))
+    if twin.batcher is None:
+        twin.close()
+        return None
+    return twin
 
 
 def _safe_call(name: str, model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:

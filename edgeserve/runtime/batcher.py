@@ -91,6 +91,7 @@ class Batcher:
         self._name = name
         self._clock = clock
         self._pending: list[Pending] = []
+        self._pending_rows = 0
         self._cond = threading.Condition()
         self._closing = False
         self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0}
@@ -116,8 +117,14 @@ class Batcher:
                     f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
                 )
             self._pending.append(item)
+            self._pending_rows += rows
             self.stats["requests"] += 1
-            self._cond.notify()
+            # NOTE: wake the worker only when it has something new to decide: the first request (it may be asleep
+            # with nothing to wait for) or a full batch. Otherwise it wakes by itself when the oldest is due;
+            # waking it on every submit costs a plan() per request under load.
+            if len(self._pending) == 1 or self._pending_rows >= self.config.max_batch_size or item.deadline is not None \
+                    and item.deadline < self._pending[0].enqueued + self.config.max_delay_ms / 1000.0:
+                self._cond.notify()
         return item.future
 
     @property
@@ -133,6 +140,7 @@ class Batcher:
         self._thread.join(timeout)
         with self._cond:
             left, self._pending = self._pending, []
+            self._pending_rows = 0
         for p in left:  # only when the drain timed out
             _fail(p, ClosedError(f"model '{self._name}' closed before this request ran"))
 
@@ -156,6 +164,7 @@ class Batcher:
                         batch = [self._pending[i] for i in decision.take]
                         expired = [self._pending[i] for i in decision.expired]
                         self._pending = [p for i, p in enumerate(self._pending) if i not in chosen]
+                        self._pending_rows = sum(p.rows for p in self._pending)
                         break
                     self._cond.wait(max(0.0, (decision.wake_at or now) - now))
             for p in expired:

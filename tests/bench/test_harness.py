@@ -42,7 +42,7 @@ def test_bench_writes_every_report(tmp_path: Path, labelled) -> None:
         assert v["status"] == "ok", v["error"]
         assert v["latency"]["p50"] > 0 and v["latency"]["p99"] >= v["latency"]["p50"]
         assert set(v["throughput"]) == {"1", "4"} and v["throughput"]["4"]["rows_per_s"] > 0
-        assert v["concurrency"]["2"]["calls"] > 0
+        assert v["concurrency"]["2"]["calls"] > 0 and v["concurrency_batched"]["2"]["calls"] > 0
         assert v["cold_start"]["process_to_first_answer_s"] > v["cold_start"]["load_s"] > 0
         assert v["cold_start"]["cache_hits"] == 1 and v["cold_start"]["load_cached_s"] > 0
         assert v["cold_start"]["peak_rss_bytes"] > 10 * 2**20
