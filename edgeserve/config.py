@@ -31,8 +31,12 @@ class SessionConfig:
     """Threads running independent operators in parallel; 1 (sequential) is fastest for most CPU models."""
     optimization_level: OptimizationLevel = "all"
     """Graph optimisation the backend applies when it loads the model."""
-    backend: str = "onnxruntime"
-    """Which inference engine runs the model."""
+    backend: str | None = None
+    """Which inference engine runs the model: ``onnxruntime`` or ``openvino`` (the optional extra). None: the one
+    a package was verified with (falling back to the next verified one that is installed), else onnxruntime."""
+    precision: str | None = None
+    """Engine precision: for openvino ``f32`` or ``bf16`` (None: bf16 where the CPU has it natively, else f32);
+    onnxruntime runs the graph's own precision and ignores it."""
     cache_dir: str | None = "default"
     """Where optimised graphs are cached so a restart skips re-optimisation: ``"default"`` (``$EDGESERVE_CACHE_DIR``,
     else the per-user cache folder), a folder path, or ``None`` to turn the cache off."""
@@ -46,6 +50,10 @@ class SessionConfig:
             raise ConfigError(
                 f"optimization_level must be one of disable, basic, extended, all; got {self.optimization_level!r}"
             )
+        if self.backend not in (None, "onnxruntime", "openvino"):
+            raise ConfigError(f"backend must be 'onnxruntime' or 'openvino', got {self.backend!r}")
+        if self.precision not in (None, "f32", "bf16"):
+            raise ConfigError(f"precision must be 'f32', 'bf16' or None, got {self.precision!r}")
 
     @property
     def threads(self) -> int:

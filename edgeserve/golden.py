@@ -8,7 +8,7 @@ import numpy as np
 
 # Relative tolerance (against the largest reference magnitude) per recipe: an fp32 graph should agree to float
 # rounding across CPU code paths; low-precision kernels differ more between instruction sets.
-TOLERANCE = {"none": 1e-4, "fp16": 1e-2, "dynamic": 5e-2, "static": 5e-2}
+TOLERANCE = {"none": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int4": 5e-2, "dynamic": 5e-2, "static": 5e-2}
 
 
 def tolerance_for(mode: str) -> float:

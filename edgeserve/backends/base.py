@@ -37,12 +37,29 @@ class Backend(Protocol):
         ...
 
 
-_BACKENDS = {"onnxruntime": "edgeserve.backends.onnxruntime"}
+_BACKENDS = {"onnxruntime": "edgeserve.backends.onnxruntime", "openvino": "edgeserve.backends.openvino"}
+_EXTRAS = {"openvino": "openvino"}
 
 
 def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(sorted(_BACKENDS))}")
     try:
         module = importlib.import_module(_BACKENDS[name])
-    except KeyError:
-        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(sorted(_BACKENDS))}") from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"the {name} backend is not installed ({exc}); install it with: pip install 'edgeserve[{_EXTRAS[name]}]'"
+        ) from None
     return module.BACKEND
+
+
+def available_backends() -> list[str]:
+    """Backends whose engine imports on this machine, onnxruntime first."""
+    out = []
+    for name in _BACKENDS:
+        try:
+            get_backend(name)
+        except ConfigError:
+            continue
+        out.append(name)
+    return out

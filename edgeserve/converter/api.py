@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,10 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         recipe.update(finalize_model(quantized, staging / MODEL_FILE))
 
     step("verifying", 0, 1)
-    candidate = backend.open(staging / MODEL_FILE, config, label=f"the {qconfig.mode} model")
+    chosen_backend, precision = recipe.get("backend") or "onnxruntime", recipe.get("precision")
+    candidate = get_backend(chosen_backend).open(
+        staging / MODEL_FILE, replace(config, backend=chosen_backend, precision=precision),
+        label=f"the {qconfig.mode} model on {chosen_backend}")
     try:
         if [(s.name, s.dtype) for s in candidate.inputs] != [(s.name, s.dtype) for s in in_specs]:
             raise ConversionError("the converted model's inputs differ from the source model's; this is a bug, please report it")
@@ -210,17 +213,25 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
             "--quantize auto, or a lighter mode"
         )
     fidelity["budget"] = asdict(budget)
+    recipe["backend"], recipe["precision"] = chosen_backend, precision
+    recipe["backends"] = [{"backend": chosen_backend, "precision": precision}]
+    if chosen_backend != "onnxruntime":
+        fallback = _verify_fallback(staging / MODEL_FILE, config, held_out, out_specs, ref_out, label_values, budget)
+        if fallback is not None:
+            recipe["backends"].append(fallback)
 
     if golden_in and golden_out:
         write_golden(staging / GOLDEN_FILE, golden_in, golden_out, (tuple(in_specs), tuple(out_specs)))
         golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, held_out.rows) if held_out.stacked else 1,
-                  "rel_tolerance": tolerance_for(recipe.get("auto_choice", qconfig.mode))}
+                  "rel_tolerance": max(tolerance_for(recipe.get("auto_choice", qconfig.mode)),
+                                       tolerance_for("bf16") if precision == "bf16" else 0.0)}
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
     env_source = cal if cal is not None else (held_out if fidelity_data != "synthetic" else None)
     manifest = Manifest(
         name=name,
         version=version,
+        backend=chosen_backend,
         inputs=in_specs,
         outputs=out_specs,
         source={**src.info, "options": {"opset": opset, "input_names": input_names, "output_names": output_names}},
@@ -231,6 +242,27 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         golden=golden,
     )
     return write_manifest(staging, manifest)
+
+
+def _verify_fallback(model: Path, config: SessionConfig, held_out: Samples, out_specs: Sequence[TensorSpec],
+                     ref_out: dict[str, np.ndarray], labels: np.ndarray | None, budget: Budget) -> dict[str, Any] | None:
+    """Check that onnxruntime runs the chosen model file inside the budget too, so a machine without the chosen
+    backend can fall back to it; None when it cannot."""
+    try:
+        session = get_backend("onnxruntime").open(model, config, label="the fallback check")
+        try:
+            out = _run_all(session, held_out, out_specs)
+        finally:
+            session.close()
+    except EdgeserveError as exc:
+        log.info("onnxruntime cannot serve as a fallback: %s", exc)
+        return None
+    summary = compare_outputs(out, ref_out)["summary"]
+    acc_ref = accuracy(ref_out, labels) if labels is not None else None
+    acc = accuracy(out, labels) if labels is not None else None
+    if budget.violations(summary, acc_ref, acc):
+        return None
+    return {"backend": "onnxruntime", "precision": None, "cosine_min": summary.get("cosine_min")}
 
 
 def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str, *, drop: str | None = None) -> Samples:

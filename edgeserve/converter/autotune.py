@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.base import available_backends, get_backend
 from ..config import QuantizeConfig, SessionConfig
 from ..errors import ConfigError, EdgeserveError
 from ..fidelity import Budget, accuracy, compare_outputs
@@ -39,6 +40,9 @@ SENSITIVITY_ROWS = 32
 class Candidate:
     name: str
     config: QuantizeConfig
+    backend: str = "onnxruntime"
+    precision: str | None = None
+    """Engine precision (openvino: f32 or bf16); None runs the graph's own precision."""
     status: str = "pending"
     reason: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +85,14 @@ def plan_candidates(model_path: Path, *, has_calibration: bool) -> list[Candidat
     if matmul_weights >= 2:  # int4 weight-only only touches MatMul with constant weights
         plan.append(Candidate("int4-weight-only", QuantizeConfig(mode="int4")))
     plan.append(Candidate("fp16", QuantizeConfig(mode="fp16")))
+    if "openvino" in available_backends():
+        from ..backends.openvino import has_native_bf16
+
+        plan.append(Candidate("openvino-f32", QuantizeConfig(mode="none"), backend="openvino", precision="f32"))
+        if has_native_bf16():
+            plan.append(Candidate("openvino-bf16", QuantizeConfig(mode="none"), backend="openvino", precision="bf16"))
+        if has_calibration:
+            plan.append(Candidate("openvino-int8-qdq", QuantizeConfig(mode="static"), backend="openvino", precision="f32"))
     # NOTE: dynamic int8 on convolutions is usually slower than fp32 (ConvInteger lacks fast kernels); it stays in
     # the plan so that the measurement, not an assumption, rules it out.
     return plan
@@ -90,10 +102,7 @@ class _Evaluator:
     """Runs a model file over the held-out rows and compares it with the fp32 reference."""
 
     def __init__(self, reference: Path, held_out: Samples, labels: np.ndarray | None, threads: int) -> None:
-        from ..backends.onnxruntime import BACKEND
-
-        self._backend = BACKEND
-        self._config = SessionConfig(intra_op_threads=threads, cache_dir=None)
+        self._threads = threads
         self.held_out = held_out
         self.labels = labels
         session = self.open(reference)
@@ -101,8 +110,9 @@ class _Evaluator:
         self.acc_fp32 = accuracy(self.reference, labels) if labels is not None else None
         self._reference_session = session
 
-    def open(self, path: Path):
-        return self._backend.open(path, self._config, label=path.name)
+    def open(self, path: Path, backend: str = "onnxruntime", precision: str | None = None):
+        config = SessionConfig(intra_op_threads=self._threads, cache_dir=None, backend=backend, precision=precision)
+        return get_backend(backend).open(path, config, label=path.name)
 
     def outputs(self, session) -> dict[str, np.ndarray]:
         return run_samples(session, self.held_out, session.outputs)
@@ -163,9 +173,9 @@ def search(
                 cand.status, cand.reason = "skipped", "time budget exhausted"
                 continue
             step(f"auto: {cand.name}", i, len(plan))
-            _try(cand, cand.config, int8_source, work, evaluator, fp32_session, calibration, budget,
+            _try(cand, cand.config, fp32, int8_source, work, evaluator, fp32_session, calibration, budget,
                  per_candidate_timing)
-        _repair(plan, int8_source, work, evaluator, fp32_session, calibration, budget, deadline,
+        _repair(plan, fp32, int8_source, work, evaluator, fp32_session, calibration, budget, deadline,
                 per_candidate_timing, step)
         _final_round(plan, evaluator, fp32_session, per_candidate_timing, step)
         fp32_session.close()
@@ -197,17 +207,19 @@ def search(
     return path, recipe
 
 
-def _try(cand: Candidate, config: QuantizeConfig, int8_source: Path, work: Path, evaluator: _Evaluator,
+def _try(cand: Candidate, config: QuantizeConfig, fp32: Path, int8_source: Path, work: Path, evaluator: _Evaluator,
          fp32_session, calibration: Samples | None, budget: Budget, timing_s: float) -> None:
     """Build one recipe, then measure its fidelity and its latency against fp32 (interleaved)."""
     suffix = f"-x{len(config.nodes_to_exclude)}" if config.nodes_to_exclude else ""
     dst = work / f"auto-{cand.name}{suffix}.onnx"
     source = int8_source  # pre-processed and fully typed: what every recipe, fp16 and int4 included, needs
+    if config.mode == "none":
+        source = fp32
     cache = work / f"calibration-{config.calibration_method}-{config.activation_type or 'auto'}.json"
     try:
         recipe = quantize(source, dst, config, calibration=calibration,
                           calibration_cache=cache if config.mode == "static" else None)
-        session = evaluator.open(dst)
+        session = evaluator.open(dst, cand.backend, cand.precision)
     except EdgeserveError as exc:
         cand.status, cand.reason = "failed", str(exc).splitlines()[0][:300]
         return
@@ -222,7 +234,7 @@ def _try(cand: Candidate, config: QuantizeConfig, int8_source: Path, work: Path,
         session.close()
     missed = budget.violations(summary, evaluator.acc_fp32, acc)
     cand.status = "ok"
-    cand.recipe = recipe
+    cand.recipe = {**recipe, "backend": cand.backend, "precision": cand.precision}
     cand.path = dst
     cand.fidelity = {k: v for k, v in summary.items() if k in ("cosine_min", "cosine_mean", "top1_agreement",
                                                               "agreement", "max_rel_error", "mean_rel_error")}
@@ -243,7 +255,7 @@ def _final_round(plan: list[Candidate], evaluator: _Evaluator, fp32_session, tim
     if not best:
         return
     step("auto: final timing", 0, 1)
-    sessions = {c.name: evaluator.open(c.path) for c in best if c.path is not None}
+    sessions = {c.name: evaluator.open(c.path, c.backend, c.precision) for c in best if c.path is not None}
     try:
         calls = {"fp32": evaluator.timing_call(fp32_session)}
         calls.update({name: evaluator.timing_call(s) for name, s in sessions.items()})
@@ -260,7 +272,7 @@ def _final_round(plan: list[Candidate], evaluator: _Evaluator, fp32_session, tim
         c.latency_p50_ms = stats[c.name]["p50"] * 1e3
 
 
-def _repair(plan: list[Candidate], int8_source: Path, work: Path, evaluator: _Evaluator, fp32_session,
+def _repair(plan: list[Candidate], fp32: Path, int8_source: Path, work: Path, evaluator: _Evaluator, fp32_session,
             calibration: Samples | None, budget: Budget, deadline: float, timing_s: float,
             step: Callable[[str, int, int], None]) -> None:
     """For the fastest int8 candidates that beat fp32 but miss the budget, keep sensitive nodes in fp32."""
@@ -280,9 +292,10 @@ def _repair(plan: list[Candidate], int8_source: Path, work: Path, evaluator: _Ev
         k = 1
         while k <= max(1, len(ranking) // 2) and time.monotonic() < deadline:
             excluded = tuple(name for name, _ in ranking[:k])
-            repaired = Candidate(f"{cand.name}+fp32x{k}", QuantizeConfig(**{**asdict(cand.config), "nodes_to_exclude": excluded}))
+            repaired = Candidate(f"{cand.name}+fp32x{k}", QuantizeConfig(**{**asdict(cand.config), "nodes_to_exclude": excluded}),
+                                 backend=cand.backend, precision=cand.precision)
             step(f"auto: {repaired.name}", 0, 1)
-            _try(repaired, repaired.config, int8_source, work, evaluator, fp32_session, calibration, budget,
+            _try(repaired, repaired.config, fp32, int8_source, work, evaluator, fp32_session, calibration, budget,
                  timing_s)
             repaired.recipe.setdefault("sensitivity", [{"node": n, "score": round(s, 6)} for n, s in ranking[:k]])
             plan.append(repaired)

@@ -149,7 +149,7 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checks before the engine sees it
-    backend = get_backend(config.backend)
+    backend = get_backend(config.backend or "onnxruntime")
     session = backend.open(path, config, label=path.name)
     return Model(session, name=path.stem, path=path, batching=batching, cache=cache)
 
@@ -162,7 +162,7 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     verify_files(folder, manifest)
     model_path = folder / manifest.model_file
     load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
-    backend_name = config.backend if config.backend != "onnxruntime" else manifest.backend
+    backend_name, config = choose_backend(manifest, config)
     session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
                                              digest=manifest.digests.get(manifest.model_file))
     try:
@@ -178,6 +178,38 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     # golden samples were checked on the bare model; the served one adds batching and caching on the same session
     return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
                  batching=batching, cache=cache)
+
+
+def verified_backends(manifest: Manifest) -> list[dict[str, Any]]:
+    """The (backend, precision) pairs the converter verified, in order of preference."""
+    listed = manifest.recipe.get("backends")
+    if isinstance(listed, list) and listed:
+        return [b for b in listed if isinstance(b, dict) and b.get("backend")]
+    return [{"backend": manifest.backend, "precision": manifest.recipe.get("precision")}]
+
+
+def choose_backend(manifest: Manifest, config: SessionConfig) -> tuple[str, SessionConfig]:
+    """The backend to run a package with: the caller's choice, else the first verified one installed here."""
+    from dataclasses import replace
+
+    from ..backends.base import available_backends
+
+    if config.backend is not None:
+        return config.backend, config
+    verified = verified_backends(manifest)
+    installed = available_backends()
+    for i, choice in enumerate(verified):
+        if choice["backend"] in installed:
+            if i:
+                log.warning(
+                    "package %s@%s was verified fastest on %s, which is not installed here; falling back to %s "
+                    "(also verified)", manifest.name, manifest.version, verified[0]["backend"], choice["backend"])
+            return choice["backend"], replace(config, precision=config.precision or choice.get("precision"))
+    raise PackageError(
+        f"package {manifest.name}@{manifest.version} was verified on {', '.join(b['backend'] for b in verified)}, "
+        f"none of which is installed here (installed: {', '.join(installed)}); install one, or load with "
+        "SessionConfig(backend=...) to run it unverified"
+    )
 
 
 def _check_signature(manifest: Manifest, session: Session) -> None:
