@@ -97,12 +97,16 @@ def _progress_printer() -> Callable[[str, int, int], None]:
               help="auto: seconds after which no new candidate is started.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="auto: intra-op threads to time candidates with "
               "(default: all cores; use what you will deploy with).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
+              help="Verify and record the package for this engine (auto chooses it itself).")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), help="OpenVINO precision (default: bf16 where native).")
 @click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
             labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
-            time_budget: float, threads: int | None, allow_domain: tuple[str, ...], force: bool) -> None:
+            time_budget: float, threads: int | None, backend: str | None, precision: str | None,
+            allow_domain: tuple[str, ...], force: bool) -> None:
     """Convert an ONNX model SRC into a verified package.
 
     --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
@@ -117,7 +121,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     pkg = do_convert(
         src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
         version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
-        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, allowed_domains=allow_domain,
+        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
+        allowed_domains=allow_domain,
         overwrite=force, progress=_progress_printer(),
     )
     from .summary import auto_lines, fidelity_lines
@@ -211,7 +216,7 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"),
               show_default=True, help="Folder for results.json, report.md, pareto.png and the built variants.")
 @click.option("--variants", help="Comma-separated from fp32, fp32-optimised, int8-dynamic, int8-static, fp16, int4, "
-              "auto (default: all but int4).")
+              "auto, openvino-f32, openvino-bf16, openvino-int8 (default: fp32 to auto, no int4 or openvino).")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), help="Evaluation data (.npz) for one SRC.")
 @click.option("--labels", help="Name of the labels array in --data, for task accuracy.")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="Calibration data for static int8.")

@@ -171,7 +171,7 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
         try:
             pkg = convert(source.model, work / "variants" / v.name, quantize=v.recipe, calibration=source.calibration,
                           eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True,
-                          threads=threads, time_budget=auto_budget)
+                          threads=threads, time_budget=auto_budget, backend=v.backend, precision=v.precision)
         except EdgeserveError as exc:
             r.fail("build", exc)
             say(f"{source.name}: {v.name} failed to build: {r.error}")

@@ -61,6 +61,8 @@ def convert(
     accuracy_drop: str = "absolute",
     time_budget: float = 300.0,
     threads: int | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
     allowed_domains: Sequence[str] = (),
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -79,12 +81,17 @@ def convert(
     outside it raises :class:`FidelityError`. With ``quantize="auto"`` it steers the search (default: one point
     of accuracy with labels, else cosine 0.99), which stops starting new candidates after ``time_budget`` seconds
     and times candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with).
+    ``backend``/``precision`` (not with auto, which chooses them) verify and record the package for that engine,
+    e.g. ``backend="openvino", precision="bf16"``.
     """
     qconfig = quantize if isinstance(quantize, QuantizeConfig) else QuantizeConfig(mode=quantize)  # type: ignore[arg-type]
     if accuracy_drop not in ("absolute", "relative"):
         raise ConfigError(f"accuracy_drop must be 'absolute' or 'relative', got {accuracy_drop!r}")
     if time_budget <= 0:
         raise ConfigError(f"time_budget must be positive seconds, got {time_budget}")
+    if qconfig.mode == "auto" and (backend or precision):
+        raise ConfigError("auto chooses the backend and precision itself; leave backend and precision unset")
+    SessionConfig(backend=backend, precision=precision)  # validates both
     budget = Budget(max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative",
                     min_cosine=min_cosine, min_top1_agreement=min_top1_agreement)
     output = Path(output)
@@ -99,7 +106,8 @@ def convert(
                 source, staging, Path(tmp), qconfig, calibration=calibration, eval_data=eval_data, labels=labels,
                 name=name or _default_name(source, output), version=version, example_inputs=example_inputs,
                 input_names=input_names, output_names=output_names, opset=opset, dynamic_axes=dynamic_axes, budget=budget,
-                time_budget=time_budget, threads=threads, allowed_domains=allowed_domains, progress=progress,
+                time_budget=time_budget, threads=threads, engine=(backend, precision), allowed_domains=allowed_domains,
+                progress=progress,
             )
         _publish(staging, output)
     except BaseException:
@@ -128,7 +136,8 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
            eval_data: DataSource | None, labels: str | None, name: str, version: str, example_inputs: Any,
            input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int | None,
            dynamic_axes: Mapping[str, Mapping[int, str]] | None,
-           budget: Budget, time_budget: float, threads: int | None, allowed_domains: Sequence[str],
+           budget: Budget, time_budget: float, threads: int | None, engine: tuple[str | None, str | None],
+           allowed_domains: Sequence[str],
            progress: Progress | None) -> Manifest:
     step = progress or (lambda stage, done, total: None)
     step("loading source", 0, 1)
@@ -183,6 +192,8 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         recipe.update(finalize_model(quantized, staging / MODEL_FILE))
 
     step("verifying", 0, 1)
+    if qconfig.mode != "auto":
+        recipe["backend"], recipe["precision"] = engine[0] or "onnxruntime", engine[1]
     chosen_backend, precision = recipe.get("backend") or "onnxruntime", recipe.get("precision")
     candidate = get_backend(chosen_backend).open(
         staging / MODEL_FILE, replace(config, backend=chosen_backend, precision=precision),

@@ -189,26 +189,32 @@ def verified_backends(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def choose_backend(manifest: Manifest, config: SessionConfig) -> tuple[str, SessionConfig]:
-    """The backend to run a package with: the caller's choice, else the first verified one installed here."""
+    """The backend to run a package with: the caller's choice, else the first verified one installed here.
+
+    Engines are tried in the manifest's order and imported only when reached, so a package verified for
+    onnxruntime never imports OpenVINO."""
     from dataclasses import replace
 
-    from ..backends.base import available_backends
+    from ..backends.base import get_backend
 
     if config.backend is not None:
         return config.backend, config
     verified = verified_backends(manifest)
-    installed = available_backends()
-    for i, choice in enumerate(verified):
-        if choice["backend"] in installed:
-            if i:
-                log.warning(
-                    "package %s@%s was verified fastest on %s, which is not installed here; falling back to %s "
-                    "(also verified)", manifest.name, manifest.version, verified[0]["backend"], choice["backend"])
-            return choice["backend"], replace(config, precision=config.precision or choice.get("precision"))
+    missing = []
+    for choice in verified:
+        try:
+            get_backend(choice["backend"])
+        except ConfigError as exc:
+            missing.append(f"{choice['backend']} ({exc})")
+            continue
+        if missing:
+            log.warning(
+                "package %s@%s was verified fastest on %s, which is not installed here; falling back to %s "
+                "(also verified)", manifest.name, manifest.version, verified[0]["backend"], choice["backend"])
+        return choice["backend"], replace(config, precision=config.precision or choice.get("precision"))
     raise PackageError(
         f"package {manifest.name}@{manifest.version} was verified on {', '.join(b['backend'] for b in verified)}, "
-        f"none of which is installed here (installed: {', '.join(installed)}); install one, or load with "
-        "SessionConfig(backend=...) to run it unverified"
+        f"none of which is installed here; install one, or load with SessionConfig(backend=...) to run it unverified"
     )
 
 
