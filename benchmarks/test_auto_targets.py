@@ -3,7 +3,9 @@
     pytest benchmarks/test_auto_targets.py -s
 
 Models: the bundled digits CNN and tiny BERT; a MiniLM-sized encoder (6 layers, d=384, 12 heads, seq 128; built
-with torch); a convolution-heavy network on 64x64 images, where dynamic int8 is slower than fp32. Each search
+with torch); a YOLO-like detector on 160x160 images (torch; two sigmoid heads); a convolution-heavy network on
+64x64 images, where dynamic int8 is slower than fp32. With OpenVINO (and NNCF) installed, their candidates join
+the same search, so each table is also the backend comparison. Each search
 times every candidate against fp32 with the same threads in the same run; the table printed at the end is the
 evidence, and the only assertion is the rule auto must never break: whatever it picks beats fp32 and fits the budget.
 """
@@ -56,6 +58,22 @@ def _conv_heavy(tmp: Path) -> tuple[Path, Path, Path, str | None, dict]:
     return path, tmp / "conv_cal.npz", tmp / "conv_eval.npz", None, {"min_cosine": 0.99}
 
 
+def _yolo_like(tmp: Path) -> tuple[Path, Path, Path, str | None, dict]:
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(REPO))
+    import edgeserve
+    from tests.factories import torch_yolo_like
+
+    net = torch_yolo_like()
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 3, 160, 160), dtype=np.float32)
+    fp32 = edgeserve.convert(net, tmp / "yolo-src", example_inputs=torch.from_numpy(x[:2]),
+                             output_names=["boxes", "objectness"], quantize="none")
+    np.savez(tmp / "yolo_cal.npz", input=x[:64])
+    np.savez(tmp / "yolo_eval.npz", input=x[64:])
+    return fp32.model_path, tmp / "yolo_cal.npz", tmp / "yolo_eval.npz", None, {"min_cosine": 0.99}
+
+
 def _example(name: str):
     def build(tmp: Path):
         ex = get_example(name)
@@ -65,7 +83,7 @@ def _example(name: str):
 
 
 CASES = {"digits-cnn": _example("digits-cnn"), "tiny-bert": _example("tiny-bert"), "minilm-sized": _minilm,
-         "conv-heavy": _conv_heavy}
+         "yolo-like-160": _yolo_like, "conv-heavy": _conv_heavy}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -74,9 +74,9 @@ class SessionConfig:
         return Path(base) / "edgeserve" / "graphs"
 
 
-QuantizeMode = Literal["none", "dynamic", "static", "fp16", "int4", "auto"]
+QuantizeMode = Literal["none", "dynamic", "static", "fp16", "int4", "nncf", "auto"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-QUANTIZE_MODES = ("none", "dynamic", "static", "fp16", "int4", "auto")
+QUANTIZE_MODES = ("none", "dynamic", "static", "fp16", "int4", "nncf", "auto")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -86,7 +86,8 @@ class QuantizeConfig:
 
     mode: QuantizeMode = "none"
     """``none`` (optimised fp32), ``dynamic`` int8, ``static`` int8 QDQ with calibration, ``fp16``, ``int4``
-    weight-only (MatMulNBits), or ``auto``: the fastest measured recipe inside the fidelity budget."""
+    weight-only (MatMulNBits), ``nncf`` int8 (OpenVINO's quantiser, an optional extra), or ``auto``: the fastest
+    measured recipe inside the fidelity budget."""
     per_channel: bool = False
     """Quantise weights per output channel: better accuracy on convolutions, a little slower."""
     calibration_method: CalibrationMethod = "minmax"

@@ -36,6 +36,8 @@ VARIANTS: dict[str, Variant] = {
                 backend="openvino", precision="bf16"),
         Variant("openvino-int8", QuantizeConfig(mode="static"), needs_calibration=True,
                 description="the static int8 QDQ model on OpenVINO", backend="openvino", precision="f32"),
+        Variant("openvino-nncf", QuantizeConfig(mode="nncf"), needs_calibration=True,
+                description="NNCF int8 with its defaults, on OpenVINO", backend="openvino", precision="f32"),
     )
 }
 DEFAULT_VARIANTS = ("fp32", "fp32-optimised", "int8-dynamic", "int8-static", "fp16", "auto")

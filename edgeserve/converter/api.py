@@ -154,19 +154,19 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
     held_out, label_values, fidelity_data = _held_out(eval_data, labels, cal, in_specs)
     if cal is not None and eval_data is None and cal.rows >= 2:
         cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
-    if qconfig.mode == "static" and cal is None:
-        raise DataError("static quantisation needs calibration data: pass calibration= (or --calibration FILE.npz)")
+    if qconfig.mode in ("static", "nncf") and cal is None:
+        raise DataError(f"{qconfig.mode} quantisation needs calibration data: pass calibration= (or --calibration FILE.npz)")
 
     step("preparing graph", 0, 1)
     recipe: dict[str, Any] = {}
     int8_source = fp32 = None
-    if qconfig.mode in ("dynamic", "static", "auto"):
+    if qconfig.mode in ("dynamic", "static", "nncf", "auto"):
         # quant_pre_process optimises and infers shapes itself; the quantisers then need opset >= 13
         pre, upgraded, int8_source = work / "pre.onnx", work / "pre13.onnx", work / "typed.onnx"
         recipe.update(preprocess_for_quantization(src.path, pre))
         recipe.update(upgrade_opset(pre, upgraded))
         recipe.update(fill_missing_types(upgraded, int8_source))
-    if qconfig.mode not in ("dynamic", "static"):
+    if qconfig.mode not in ("dynamic", "static", "nncf"):
         fp32 = work / "fp32.onnx"
         recipe.update(optimize_fp32(src.path, fp32, qconfig.optimization))
     if qconfig.mode == "auto":
@@ -181,7 +181,7 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
         recipe["mode"] = "auto"
         recipe["auto_choice"] = auto_recipe.get("mode", "none")
     else:
-        to_quantize = int8_source if qconfig.mode in ("dynamic", "static") else fp32
+        to_quantize = int8_source if qconfig.mode in ("dynamic", "static", "nncf") else fp32
         if qconfig.mode in ("fp16", "int4"):
             to_quantize = work / "typed.onnx"
             recipe.update(fill_missing_types(fp32, to_quantize))  # type: ignore[arg-type]
@@ -195,6 +195,10 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
     if qconfig.mode != "auto":
         recipe["backend"], recipe["precision"] = engine[0] or "onnxruntime", engine[1]
     chosen_backend, precision = recipe.get("backend") or "onnxruntime", recipe.get("precision")
+    if chosen_backend == "openvino" and precision is None:
+        from ..backends.openvino import default_precision
+
+        precision = default_precision()  # record what actually ran, not "the default"
     candidate = get_backend(chosen_backend).open(
         staging / MODEL_FILE, replace(config, backend=chosen_backend, precision=precision),
         label=f"the {qconfig.mode} model on {chosen_backend}")

@@ -82,6 +82,8 @@ def plan_candidates(model_path: Path, *, has_calibration: bool) -> list[Candidat
             Candidate("int8-static-percentile", QuantizeConfig(mode="static", calibration_method="percentile")),
             Candidate("int8-static-entropy", QuantizeConfig(mode="static", calibration_method="entropy")),
         ]
+    if has_calibration and _importable("nncf"):
+        plan.append(Candidate("int8-nncf", QuantizeConfig(mode="nncf")))
     if matmul_weights >= 2:  # int4 weight-only only touches MatMul with constant weights
         plan.append(Candidate("int4-weight-only", QuantizeConfig(mode="int4")))
     plan.append(Candidate("fp16", QuantizeConfig(mode="fp16")))
@@ -93,9 +95,18 @@ def plan_candidates(model_path: Path, *, has_calibration: bool) -> list[Candidat
             plan.append(Candidate("openvino-bf16", QuantizeConfig(mode="none"), backend="openvino", precision="bf16"))
         if has_calibration:
             plan.append(Candidate("openvino-int8-qdq", QuantizeConfig(mode="static"), backend="openvino", precision="f32"))
+            if _importable("nncf"):
+                plan.append(Candidate("openvino-nncf-int8", QuantizeConfig(mode="nncf"), backend="openvino",
+                                      precision="f32"))
     # NOTE: dynamic int8 on convolutions is usually slower than fp32 (ConvInteger lacks fast kernels); it stays in
     # the plan so that the measurement, not an assumption, rules it out.
     return plan
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 class _Evaluator:
@@ -278,7 +289,7 @@ def _repair(plan: list[Candidate], fp32: Path, int8_source: Path, work: Path, ev
     """For the fastest int8 candidates that beat fp32 but miss the budget, keep sensitive nodes in fp32."""
     best_fit = max([c.speedup or 0.0 for c in plan if c.status == "ok" and c.within_budget], default=0.0)
     failing = sorted(
-        (c for c in plan if c.status == "ok" and not c.within_budget and c.config.mode in ("static", "dynamic")
+        (c for c in plan if c.status == "ok" and not c.within_budget and c.config.mode in ("static", "dynamic", "nncf")
          and (c.speedup or 0) >= max(MIN_SPEEDUP, best_fit)),
         key=lambda c: -(c.speedup or 0),
     )[:2]

@@ -127,3 +127,25 @@ def test_auto_measures_openvino_candidates(tmp_path: Path, mlp_path: Path) -> No
     assert backends[0]["backend"] == pkg.manifest.backend
     if pkg.manifest.backend == "openvino":
         assert backends[-1]["backend"] == "onnxruntime"
+
+
+def test_nncf_int8_package_runs_on_both_backends(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    model, cal, ev = example("tiny-bert")
+    pkg = edgeserve.convert(model, tmp_path / "pkg", quantize="nncf", calibration=cal, eval_data=ev,
+                            backend="openvino")
+    recipe = pkg.manifest.recipe
+    assert recipe["mode"] == "nncf" and recipe["preset"] == "transformer"
+    assert pkg.manifest.backend == "openvino" and recipe["precision"] in ("f32", "bf16")
+    assert [b["backend"] for b in recipe["backends"]] == ["openvino", "onnxruntime"]
+    assert pkg.manifest.fidelity["summary"]["cosine_min"] > 0.99
+    feed = _eval("tiny-bert", 4)
+    with edgeserve.load(pkg.path) as ov_model, \
+            edgeserve.load(pkg.path, config=SessionConfig(backend="onnxruntime")) as ort_model:
+        a, b = ov_model.predict(feed)["pooled"], ort_model.predict(feed)["pooled"]
+    assert compare_outputs({"p": a}, {"p": b})["summary"]["cosine_min"] > 0.99
+
+
+def test_auto_refuses_a_fixed_backend(tmp_path: Path, mlp_path: Path) -> None:
+    with pytest.raises(edgeserve.ConfigError, match="auto chooses the backend"):
+        edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", backend="openvino")
