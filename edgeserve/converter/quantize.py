@@ -201,13 +201,25 @@ def _nncf(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples) ->
     """OpenVINO's post-training quantiser (NNCF) on the ONNX graph, with the preset that fits the model: the
     transformer preset where the graph has attention (Softmax over MatMul), NNCF's default otherwise. The result
     is an ONNX QDQ model that both backends run."""
-    import onnx
 
     try:
         import nncf
     except ImportError:
         raise ConversionError("nncf quantisation needs the extra: pip install 'edgeserve[nncf]'") from None
-    nncf.set_log_level(logging.ERROR)
+    # NOTE: not nncf.set_log_level(), which also changes the level of every handler attached to its logger (other
+    # tools', a test runner's): quieten the logger alone, and only while it runs
+    nncf_logger = logging.getLogger("nncf")
+    previous = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        return _nncf_run(nncf, src, dst, config, calibration)
+    finally:
+        nncf_logger.setLevel(previous)
+
+
+def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibration: Samples) -> dict[str, Any]:
+    import onnx
+
     model = onnx.load(str(src))
     ops = {n.op_type for n in model.graph.node}
     transformer = {"Softmax", "MatMul"} <= ops
