@@ -65,42 +65,46 @@ class Model:
         """Run the model. ``inputs`` is one array (single-input models) or a dict of name to array; returns
         every output by name. Raises :class:`InputError` for data that breaks the contract, and with batching
         :class:`QueueFull` or :class:`Timeout` (``timeout_ms`` overrides the batching deadline)."""
-        if self._closed:
-            raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
-        feed = self._contract.feed(inputs, named)
+        feed = self._checked(inputs, named)
         if self._fast:
             return dict(zip(self._output_names, self._run(feed, self._output_names)))
-        key = None
-        if self.cache is not None:
-            key = cache_key(self.name, self.version, feed)
-            hit = self.cache.get(key)
-            if hit is not MISS:
-                return dict(hit)
+        key, hit = self._cached(feed)
+        if hit is not None:
+            return hit
         if self.batcher is not None:
             out = self.batcher.submit(feed, timeout_ms).result()
         else:
             out = dict(zip(self._output_names, self._run(feed, self._output_names)))
-        if key is not None and self.cache is not None:
-            self.cache.put(key, self.name, out)
-        return out
+        return self._remember(key, out)
 
     async def predict_async(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
                             **named: Any) -> dict[str, np.ndarray]:
         """``predict`` for asyncio: waits on the batcher (or a worker thread) without blocking the event loop."""
-        if self._closed:
-            raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
-        feed = self._contract.feed(inputs, named)
-        key = None
-        if self.cache is not None:
-            key = cache_key(self.name, self.version, feed)
-            hit = self.cache.get(key)
-            if hit is not MISS:
-                return dict(hit)
+        feed = self._checked(inputs, named)
+        key, hit = self._cached(feed)
+        if hit is not None:
+            return hit
         if self.batcher is not None:
             out = await asyncio.wrap_future(self.batcher.submit(feed, timeout_ms))
         else:
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
+        return self._remember(key, out)
+
+    def _checked(self, inputs: Any, named: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
+        return self._contract.feed(inputs, named)
+
+    def _cached(self, feed: dict[str, np.ndarray]) -> tuple[bytes | None, dict[str, np.ndarray] | None]:
+        """(cache key, cached outputs or None); (None, None) without a cache."""
+        if self.cache is None:
+            return None, None
+        key = cache_key(self.name, self.version, feed)
+        hit = self.cache.get(key)
+        return key, (None if hit is MISS else dict(hit))
+
+    def _remember(self, key: bytes | None, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if key is not None and self.cache is not None:
             self.cache.put(key, self.name, out)
         return out

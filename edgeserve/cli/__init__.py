@@ -1,0 +1,61 @@
+"""The ``edgeserve`` command: a thin layer of click over the public API, one module per command family.
+
+Heavy imports happen inside the commands, so ``edgeserve run`` never loads the converter or the benchmark."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+EXIT_RUNTIME_ERROR = 1
+
+
+class _Group(click.Group):
+    """Turns edgeserve errors into one line and exit code 1; usage errors stay click's (exit code 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from ..errors import EdgeserveError
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except EdgeserveError as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_RUNTIME_ERROR)
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                       "(run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_RUNTIME_ERROR)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().params.get("debug")) or os.environ.get("EDGESERVE_DEBUG") == "1"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show progress and info logs.")
+@click.version_option(package_name="edgeserve", prog_name="edgeserve")
+def main(debug: bool, verbose: bool) -> None:
+    """edgeserve: convert, quantise, verify, benchmark and serve models on CPU."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+
+
+# the command families register themselves on ``main``
+from . import bench as _bench  # noqa: E402,F401
+from . import convert as _convert  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401
+
+__all__ = ["main"]

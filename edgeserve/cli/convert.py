@@ -1,0 +1,161 @@
+"""convert, inspect, run: making packages and using one."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import CALIBRATION_METHODS, QUANTIZE_MODES
+from . import main
+
+
+def _progress_printer() -> Callable[[str, int, int], None]:
+    last: dict[str, Any] = {"stage": None, "pct": -1}
+    tty = sys.stderr.isatty()
+
+    def show(stage: str, done: int, total: int) -> None:
+        if stage != last["stage"]:
+            if tty and last["stage"] == "calibrating":
+                click.echo("", err=True)
+            last["stage"], last["pct"] = stage, -1
+            if stage != "calibrating":
+                click.echo(f"  {stage}…", err=True)
+        if stage == "calibrating" and total:
+            pct = int(100 * done / total)
+            if tty:
+                click.echo(f"\r  calibrating {done}/{total} rows ({pct}%)", err=True, nl=False)
+            elif pct // 25 != last["pct"] // 25 or done == total:
+                click.echo(f"  calibrating {done}/{total} rows ({pct}%)", err=True)
+            last["pct"] = pct
+
+    return show
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Package folder to write.")
+@click.option("-q", "--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
+              help="none (optimised fp32), dynamic int8, static int8 (needs --calibration) or fp16.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path),
+              help="Calibration data: .npz with one array per input, or a folder of NAME.npy.")
+@click.option("--data", "eval_data", type=click.Path(exists=True, path_type=Path),
+              help="Held-out evaluation data (.npz) for measuring fidelity and accuracy.")
+@click.option("--labels", help="Name of the labels array inside --data, for task accuracy.")
+@click.option("--name", help="Model name recorded in the manifest (default: the file name).")
+@click.option("--version", "version", default="1", show_default=True, help="Version recorded in the manifest.")
+@click.option("--per-channel", is_flag=True, help="Quantise weights per channel.")
+@click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
+@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Fail unless every row's cosine to fp32 is at least this.")
+@click.option("--min-top1-agreement", type=click.FloatRange(0, 1), help="Fail unless top-1 agreement with fp32 is at least this.")
+@click.option("--max-accuracy-drop", help="Fail unless task accuracy drops at most this much: 0.01 (one point) or 1% "
+              "(relative to fp32). Needs --data and --labels.")
+@click.option("--time-budget", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="auto: seconds after which no new candidate is started.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="auto: intra-op threads to time candidates with "
+              "(default: all cores; use what you will deploy with).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
+              help="Verify and record the package for this engine (auto chooses it itself).")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), help="OpenVINO precision (default: bf16 where native).")
+@click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
+            labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
+            min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
+            time_budget: float, threads: int | None, backend: str | None, precision: str | None,
+            allow_domain: tuple[str, ...], force: bool) -> None:
+    """Convert an ONNX model SRC into a verified package.
+
+    --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
+    fastest inside the budget (--max-accuracy-drop, --min-cosine, --min-top1-agreement).
+    """
+    from ..config import QuantizeConfig
+    from ..converter.api import convert as do_convert
+
+    qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
+    drop, drop_kind = _parse_drop(max_accuracy_drop)
+    click.echo(f"converting {src} ({quantize}) → {output}", err=True)
+    pkg = do_convert(
+        src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
+        version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
+        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
+        allowed_domains=allow_domain,
+        overwrite=force, progress=_progress_printer(),
+    )
+    from ..summary import auto_lines, fidelity_lines
+
+    m = pkg.manifest
+    size = sum(f.stat().st_size for f in pkg.path.iterdir())
+    click.echo(f"wrote {pkg.path} ({m.name}@{m.version}, {quantize}, {size / 1024:.1f} KiB)")
+    for line in auto_lines(m.recipe):
+        click.echo(f"  {line}")
+    for line in fidelity_lines(m.fidelity):
+        click.echo(f"  {line}")
+
+
+def _parse_drop(text: str | None) -> tuple[float | None, str]:
+    """``0.01`` is an absolute drop (one point); ``1%`` is relative to the fp32 accuracy."""
+    if text is None:
+        return None, "absolute"
+    relative = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"expected a number such as 0.01 or 1%, got {text!r}", param_hint="--max-accuracy-drop") from None
+    value = value / 100 if relative else value
+    if not 0 <= value <= 1:
+        raise click.BadParameter(f"must be between 0 and 1 (or 0% and 100%), got {text!r}", param_hint="--max-accuracy-drop")
+    return value, "relative" if relative else "absolute"
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checking file digests.")
+def inspect(package: Path, as_json: bool, no_verify: bool) -> None:
+    """Summarise a package's manifest: signature, recipe, fidelity, envelope, environment."""
+    import json
+
+    from ..package import Package
+    from ..summary import manifest_lines
+
+    pkg = Package.open(package, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(pkg.manifest.to_dict(), indent=2))
+        return
+    for line in manifest_lines(pkg):
+        click.echo(line)
+    if not no_verify:
+        click.echo("digests: ok")
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@click.option("-i", "--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=".npz with one array per model input.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the outputs to this .npz.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads (default: all cores).")
+@click.option("--golden", type=click.Choice(["error", "warn", "off"]), default="error", show_default=True,
+              help="What a golden-sample mismatch at load does.")
+def run(package: Path, input_file: Path, output: Path | None, threads: int | None, golden: str) -> None:
+    """Run PACKAGE (or an .onnx file) on the arrays in an .npz file."""
+    import numpy as np
+
+    from ..arrays import read_arrays, write_npz
+    from ..config import SessionConfig
+    from ..runtime.model import load
+
+    arrays = read_arrays(input_file, what="input file")
+    with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
+        outputs = model.predict(arrays)
+    if output:
+        write_npz(output, outputs)
+        click.echo(f"wrote {len(outputs)} outputs to {output}")
+    for name, value in outputs.items():
+        preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ", threshold=6)
+        click.echo(f"{name}: {value.dtype} {list(value.shape)} {preview}{' …' if value.size > 6 else ''}")
+
+
