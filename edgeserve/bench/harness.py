@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import read_arrays, write_npz
+from ..arrays import write_npz
 from ..config import SessionConfig, available_cores
 from ..converter.api import convert
-from ..converter.data import Samples, check_samples, synthetic_samples
+from ..converter.data import Samples
 from ..environment import environment
 from ..errors import ConfigError, EdgeserveError
-from ..examples import example_names, get_example
-from ..package import is_package, read_manifest
+from ..examples import example_names
 from . import measure
+from .sources import ModelSource, cycling, load_samples, make_feeds, resolve_source
 from .variants import BASELINE, Variant, parse_variants
 
 log = logging.getLogger(__name__)
@@ -72,33 +72,6 @@ class BenchConfig:
 
 
 @dataclass
-class ModelSource:
-    name: str
-    model: Path
-    calibration: Path | None
-    evaluation: Path | None
-    labels: str | None
-
-
-def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: str | None,
-                   calibration: Path | None) -> ModelSource:
-    """An example name, an .onnx file, or a package folder (its model file is the source)."""
-    if isinstance(src, str) and src in example_names():
-        ex = get_example(src)
-        return ModelSource(ex.name, ex.model, calibration or ex.calibration, data or ex.evaluation,
-                           labels if data else (labels or ex.labels))
-    path = Path(src)
-    if path.is_dir():
-        if not is_package(path):
-            raise ConfigError(f"{path} is a folder but not an edgeserve package")
-        manifest = read_manifest(path)
-        return ModelSource(manifest.name, path / manifest.model_file, calibration, data, labels)
-    if path.is_file():
-        return ModelSource(path.stem, path, calibration, data, labels)
-    raise ConfigError(f"{src} is neither a bundled example ({', '.join(example_names())}), an .onnx file nor a package")
-
-
-@dataclass
 class VariantResult:
     name: str
     status: str = "ok"
@@ -138,7 +111,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget)
     models = _load_all(packages, threads, results)
     try:
-        samples = _samples(source, models)
+        samples = load_samples(source, models)
         if samples is not None and models:
             _measure_in_process(models, samples, config, results, say)
             if config.cold_start_repeats:
@@ -202,43 +175,6 @@ def _load_all(packages: dict[str, Path], threads: int, results: dict[str, Varian
     return models
 
 
-def _samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
-    if not models:
-        return None
-    specs = next(iter(models.values())).inputs
-    if source.evaluation is not None:
-        arrays = read_arrays(source.evaluation, what="evaluation data")
-        if source.labels:
-            arrays.pop(source.labels, None)
-        return check_samples(arrays, specs, what="evaluation data")
-    return synthetic_samples(specs, rows=64)
-
-
-def _rows(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
-    """``size`` consecutive rows starting at ``start`` (wrapping, repeating the data when it is short)."""
-    idx = np.arange(start, start + size) % samples.rows
-    return {k: np.ascontiguousarray(v) for k, v in samples.select(idx).items()}
-
-
-def _feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:
-    if samples.stacked:
-        return [_rows(samples, i * size, size) for i in range(count)]
-    return [{k: v[i % samples.rows] for k, v in samples.arrays.items()} for i in range(count)]
-
-
-def _cycling(model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
-    """A call that walks through several inputs, so no cache anywhere sees the same row twice in a row."""
-    state = {"i": 0}
-    predict = model.predict
-
-    def call() -> object:
-        i = state["i"]
-        state["i"] = i + 1
-        return predict(feeds[i % len(feeds)])
-
-    return call
-
-
 def _guarded(names: Sequence[str], results: dict[str, VariantResult], stage: str,
              fn: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
     """Run a measurement over the variants; a variant that raises is marked failed and the others re-measured."""
@@ -263,7 +199,7 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
     names = list(models)
     budget = config.time_budget
     say(f"latency at batch 1 ({config.rounds} interleaved rounds)")
-    feeds1 = _feeds(samples, 1)
+    feeds1 = make_feeds(samples, 1)
     lat = _guarded(names, results, "latency", lambda alive: measure.latency(
         {n: _safe_call(n, models[n], feeds1) for n in alive}, rounds=config.rounds, budget_s=0.45 * budget))
     for n, stats in lat.items():
@@ -271,7 +207,7 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
     sizes = [b for b in config.batch_sizes if samples.stacked or b == 1]
     for bs in sizes:
         say(f"throughput at batch {bs}")
-        feeds = _feeds(samples, bs, count=4)
+        feeds = make_feeds(samples, bs, count=4)
 
         def run(alive: list[str], feeds: list[dict[str, np.ndarray]] = feeds, bs: int = bs) -> dict[str, Any]:
             return measure.throughput({n: _safe_call(n, models[n], feeds) for n in alive}, bs, rounds=config.rounds,
@@ -288,12 +224,12 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
                 continue
             try:
                 results[n].concurrency[str(callers)] = measure.concurrent(
-                    _cycling(models[n], feeds1), callers=callers, duration_s=duration)
+                    cycling(models[n], feeds1), callers=callers, duration_s=duration)
                 batched = _batched_twin(models[n], callers, config.threads)
                 if batched is not None:
                     with batched:
                         results[n].concurrency_batched[str(callers)] = measure.concurrent(
-                            _cycling(batched, feeds1), callers=callers, duration_s=duration)
+                            cycling(batched, feeds1), callers=callers, duration_s=duration)
             except EdgeserveError as exc:
                 results[n].fail("concurrency", exc)
 
@@ -314,7 +250,7 @@ def _batched_twin(model: Any, callers: int, threads: int | None) -> Any:
 
 
 def _safe_call(name: str, model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
-    call = _cycling(model, feeds)
+    call = cycling(model, feeds)
 
     def wrapped() -> object:
         try:
@@ -329,7 +265,7 @@ def _measure_cold_start(packages: dict[str, Path], models: dict[str, Any], sampl
                         config: BenchConfig, results: dict[str, VariantResult], say: Progress) -> None:
     say(f"cold start and peak memory ({config.cold_start_repeats} fresh processes per variant)")
     inputs = work / "first_request.npz"
-    write_npz(inputs, _feeds(samples, 1, count=1)[0])
+    write_npz(inputs, make_feeds(samples, 1, count=1)[0])
     alive = {n: packages[n] for n in models if results[n].status == "ok"}
     while alive:
         try:

@@ -1,0 +1,81 @@
+"""What a benchmark runs on: the source model and its data, and the feeds cut from that data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..arrays import read_arrays
+from ..converter.data import Samples, check_samples, synthetic_samples
+from ..errors import ConfigError
+from ..examples import example_names, get_example
+from ..package import is_package, read_manifest
+
+
+@dataclass
+class ModelSource:
+    name: str
+    model: Path
+    calibration: Path | None
+    evaluation: Path | None
+    labels: str | None
+
+
+def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: str | None,
+                   calibration: Path | None) -> ModelSource:
+    """An example name, an .onnx file, or a package folder (its model file is the source)."""
+    if isinstance(src, str) and src in example_names():
+        ex = get_example(src)
+        return ModelSource(ex.name, ex.model, calibration or ex.calibration, data or ex.evaluation,
+                           labels if data else (labels or ex.labels))
+    path = Path(src)
+    if path.is_dir():
+        if not is_package(path):
+            raise ConfigError(f"{path} is a folder but not an edgeserve package")
+        manifest = read_manifest(path)
+        return ModelSource(manifest.name, path / manifest.model_file, calibration, data, labels)
+    if path.is_file():
+        return ModelSource(path.stem, path, calibration, data, labels)
+    raise ConfigError(f"{src} is neither a bundled example ({', '.join(example_names())}), an .onnx file nor a package")
+
+
+def load_samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
+    if not models:
+        return None
+    specs = next(iter(models.values())).inputs
+    if source.evaluation is not None:
+        arrays = read_arrays(source.evaluation, what="evaluation data")
+        if source.labels:
+            arrays.pop(source.labels, None)
+        return check_samples(arrays, specs, what="evaluation data")
+    return synthetic_samples(specs, rows=64)
+
+
+def rows_at(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
+    """``size`` consecutive rows starting at ``start`` (wrapping, repeating the data when it is short)."""
+    idx = np.arange(start, start + size) % samples.rows
+    return {k: np.ascontiguousarray(v) for k, v in samples.select(idx).items()}
+
+
+def make_feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:
+    if samples.stacked:
+        return [rows_at(samples, i * size, size) for i in range(count)]
+    return [{k: v[i % samples.rows] for k, v in samples.arrays.items()} for i in range(count)]
+
+
+def cycling(model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
+    """A call that walks through several inputs, so no cache anywhere sees the same row twice in a row."""
+    state = {"i": 0}
+    predict = model.predict
+
+    def call() -> object:
+        i = state["i"]
+        state["i"] = i + 1
+        return predict(feeds[i % len(feeds)])
+
+    return call
