@@ -31,9 +31,10 @@ class Backend(Protocol):
     name: str
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None) -> Session:
+             digest: str | None = None, external_data: bool | None = None) -> Session:
         """Load a model file (already checked by :mod:`edgeserve.modelfile`). Load errors become ModelFileError.
-        ``digest`` is the file's sha256 when the caller knows it (keys the compiled-graph cache)."""
+        ``digest`` (the file's sha256) and ``external_data`` (whether it refers to external data files) save the
+        backend reading the file again when the caller already knows them."""
         ...
 
 

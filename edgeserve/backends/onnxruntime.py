@@ -68,11 +68,11 @@ class OrtBackend:
     name = "onnxruntime"
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None) -> OrtSession:
+             digest: str | None = None, external_data: bool | None = None) -> OrtSession:
         """Load a model. With a graph cache configured, the optimised graph is taken from it when present and
         stored in it otherwise (``digest``, the model file's sha256, saves hashing the file again)."""
         label = label or (str(model) if not isinstance(model, bytes) else "model")
-        cache = _cache_for(model, config)
+        cache = _cache_for(model, config, external_data)
         if cache is None:
             return OrtSession(self._create(model, session_options(config), label), label)
         graph_cache, path = cache
@@ -111,14 +111,17 @@ class OrtBackend:
             raise ModelFileError(f"onnxruntime cannot load {label}: {_message(exc)}") from exc
 
 
-def _cache_for(model: str | os.PathLike[str] | bytes, config: SessionConfig) -> tuple[GraphCache, Path] | None:
+def _cache_for(model: str | os.PathLike[str] | bytes, config: SessionConfig,
+               external_data: bool | None) -> tuple[GraphCache, Path] | None:
     """The cache to use for this load, or None: no folder configured, bytes, optimisation off, or external data
     (an optimised graph with weights over 2 GiB cannot be written as one file)."""
     root = config.cache_path
     if root is None or isinstance(model, bytes) or config.optimization_level == "disable":
         return None
     path = Path(model)
-    if path.stat().st_size > 1_500_000_000 or _has_external_data(path):
+    if external_data is None:
+        external_data = _has_external_data(path)
+    if path.stat().st_size > 1_500_000_000 or external_data:
         return None
     return GraphCache(root), path
 

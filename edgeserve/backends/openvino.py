@@ -83,7 +83,7 @@ class OvBackend:
         self._lock = threading.Lock()
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None) -> OvSession:
+             digest: str | None = None, external_data: bool | None = None) -> OvSession:
         if isinstance(model, bytes):
             raise ModelFileError("the OpenVINO backend loads model files, not bytes")
         path = Path(model)

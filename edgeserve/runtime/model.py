@@ -17,7 +17,7 @@ from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, PackageError
 from ..golden import mismatches, tolerance_for
 from ..guard.contract import InputContract
-from ..modelfile import load_model
+from ..modelfile import load_model, uses_external_data
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
 from .batcher import Batcher, can_batch
@@ -152,9 +152,9 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
         return _load_package(path, config, golden, allowed_domains, batching, cache)
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
-    load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checks before the engine sees it
+    proto = load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checked before any engine
     backend = get_backend(config.backend or "onnxruntime")
-    session = backend.open(path, config, label=path.name)
+    session = backend.open(path, config, label=path.name, external_data=uses_external_data(proto))
     return Model(session, name=path.stem, path=path, batching=batching, cache=cache)
 
 
@@ -165,10 +165,11 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     model_path = folder / manifest.model_file
-    load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
+    proto = load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
     backend_name, config = choose_backend(manifest, config)
     session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
-                                             digest=manifest.digests.get(manifest.model_file))
+                                             digest=manifest.digests.get(manifest.model_file),
+                                             external_data=uses_external_data(proto))
     try:
         _check_signature(manifest, session)
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
