@@ -57,9 +57,12 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
         yield f"  {s.name}: {s.describe()}"
     src = m.source
     yield f"source: {src.get('framework', '?')} {src.get('class') or src.get('file') or ''} sha256 {str(src.get('sha256', ''))[:16]}…"
+    backends = m.recipe.get("backends") or [{"backend": m.backend, "precision": m.recipe.get("precision")}]
+    engines = [b["backend"] + (f" {b['precision']}" if b.get("precision") else "") for b in backends]
+    yield f"verified on: {engines[0]}" + (f"; falls back to {', '.join(engines[1:])}" if len(engines) > 1 else "")
     yield "recipe:"
     for key, value in m.recipe.items():
-        if key != "auto":
+        if key not in ("auto", "backends", "backend", "precision"):
             yield f"  {key}: {_fmt(value)}"
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
