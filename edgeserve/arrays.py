@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 DataSource = str | os.PathLike[str] | Mapping[str, Any]
 """An ``.npz`` path, a folder of ``NAME.npy`` files, or a mapping of name to array."""
@@ -39,7 +39,7 @@ def read_arrays(source: DataSource, *, what: str) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         # numpy refuses object arrays without pickles, which we never allow
-        raise DataError(f"{what} {path} cannot be read as numpy arrays ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{what} {path} cannot be read as numpy arrays ({first_line(exc)})") from None
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:

@@ -26,6 +26,13 @@ the backend seam ever sees a library's own exception type. No error here knows a
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), cut to ``limit`` characters: how edgeserve
+    quotes a library's error inside its own one-line messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class EdgeserveError(Exception):
     """Base class of every error edgeserve raises on purpose."""
 

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import ModelFileError
+from .errors import ModelFileError, first_line
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})
 """Operator domains every model may use; anything else must be allow-listed by the caller."""
@@ -51,7 +51,7 @@ def load_model(
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({_first_line(exc)})") from exc
+        raise ModelFileError(f"{path} is not a readable ONNX model ({first_line(exc)})") from exc
     check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
     if load_external_data and uses_external_data(model):
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -172,11 +172,6 @@ def _walk_nodes(graph, depth: int) -> Iterator:
                 if attr.HasField("g"):
                     stack.append((attr.g, d + 1))
                 stack.extend((sub, d + 1) for sub in attr.graphs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -24,7 +24,7 @@ from ..config import SessionConfig, available_cores
 from ..converter.api import convert
 from ..converter.data import Samples
 from ..environment import environment
-from ..errors import ConfigError, EdgeserveError
+from ..errors import ConfigError, EdgeserveError, first_line
 from ..examples import example_names
 from . import measure
 from .sources import ModelSource, cycling, load_samples, make_feeds, resolve_source
@@ -91,7 +91,7 @@ class VariantResult:
 
     def fail(self, stage: str, exc: BaseException) -> None:
         self.status = "failed"
-        self.error = f"{stage}: {exc}".splitlines()[0][:400]
+        self.error = f"{stage}: {first_line(exc, 400)}"
 
 
 def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, data: Path | None = None,

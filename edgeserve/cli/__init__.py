@@ -18,7 +18,7 @@ class _Group(click.Group):
     """Turns edgeserve errors into one line and exit code 1; usage errors stay click's (exit code 2)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ..errors import EdgeserveError
+        from ..errors import EdgeserveError, first_line
 
         try:
             return super().invoke(ctx)
@@ -32,7 +32,7 @@ class _Group(click.Group):
         except Exception as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            click.echo(f"error: unexpected {type(exc).__name__}: {first_line(exc)} "
                        "(run with --debug for the traceback)", err=True)
             ctx.exit(EXIT_RUNTIME_ERROR)
 

@@ -280,11 +280,8 @@ def _verify_fallback(model: Path, config: SessionConfig, held_out: Samples, out_
     return {"backend": "onnxruntime", "precision": None, "cosine_min": summary.get("cosine_min")}
 
 
-def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str, *, drop: str | None = None) -> Samples:
-    arrays = read_arrays(source, what=what)
-    if drop is not None:
-        arrays.pop(drop, None)
-    return check_samples(arrays, specs, what=what)
+def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str) -> Samples:
+    return check_samples(read_arrays(source, what=what), specs, what=what)
 
 
 def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backends.base import available_backends, get_backend
 from ..config import QuantizeConfig, SessionConfig
-from ..errors import ConfigError, EdgeserveError
+from ..errors import ConfigError, EdgeserveError, first_line
 from ..fidelity import Budget, accuracy, compare_outputs
 from ..timing import latency, speedups
 from .data import Samples, run_samples
@@ -232,14 +232,14 @@ def _try(cand: Candidate, config: QuantizeConfig, fp32: Path, int8_source: Path,
                           calibration_cache=cache if config.mode == "static" else None)
         session = evaluator.open(dst, cand.backend, cand.precision)
     except EdgeserveError as exc:
-        cand.status, cand.reason = "failed", str(exc).splitlines()[0][:300]
+        cand.status, cand.reason = "failed", first_line(exc)
         return
     try:
         summary, acc = evaluator.judge(session)
         stats = latency({"fp32": evaluator.timing_call(fp32_session), cand.name: evaluator.timing_call(session)},
                         rounds=3, budget_s=timing_s)
     except EdgeserveError as exc:
-        cand.status, cand.reason = "failed", str(exc).splitlines()[0][:300]
+        cand.status, cand.reason = "failed", first_line(exc)
         return
     finally:
         session.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, DataError, ModelFileError
+from ..errors import ConversionError, DataError, ModelFileError, first_line
 from ..modelfile import load_model, sha256_file, uses_external_data
 
 DEFAULT_OPSET = 17
@@ -138,7 +138,7 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
                 dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
     except Exception as exc:
-        raise ConversionError(f"torch.onnx.export failed for {type(module).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConversionError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(exc)}") from exc
     return SourceModel(dst, {
         "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "sha256": sha256_file(dst), "opset": opset,
@@ -164,7 +164,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
             warnings.simplefilter("ignore")
             onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
-        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {first_line(exc)}") from exc
     from .prepare import dedupe_opset_imports
 
     dedupe_opset_imports(onx)

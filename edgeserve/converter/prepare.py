@@ -10,19 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.onnxruntime import optimize_offline
-from ..errors import ConversionError, ModelFileError
+from ..errors import ConversionError, ModelFileError, first_line
 
 log = logging.getLogger(__name__)
 
 MIN_QDQ_OPSET = 13
 """Per-channel QDQ (and the quantiser's axis attributes) need opset 13 or newer."""
-
-
-def model_opset(path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def optimize_fp32(src: Path, dst: Path, level: str = "basic") -> dict[str, Any]:
@@ -62,9 +55,8 @@ def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str
     from onnx import version_converter
 
     model = onnx.load(str(src))
-    if dedupe_opset_imports(model):
-        onnx.save_model(model, str(src))
-    current = model_opset(src)
+    deduped = dedupe_opset_imports(model)
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if current == 0:
         # graphs of ai.onnx.ml operators only (scikit-learn linear models, trees) import no default domain; the
         # quantiser insists on one, and declaring it changes nothing else
@@ -72,7 +64,9 @@ def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str
         onnx.save_model(model, str(dst))
         return {"opset": target, "opset_added": True}
     if current >= target:
-        if src != dst:
+        if deduped:
+            onnx.save_model(model, str(dst))
+        elif src != dst:
             shutil.copyfile(src, dst)
         return {"opset": current}
     try:
@@ -81,7 +75,7 @@ def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str
     except Exception as exc:
         raise ConversionError(
             f"the model is at opset {current}; quantisation needs opset {target} or newer and onnx's version "
-            f"converter failed ({str(exc).splitlines()[0][:200]}). Re-export the model at opset >= {target}"
+            f"converter failed ({first_line(exc, 200)}). Re-export the model at opset >= {target}"
         ) from exc
     onnx.save_model(upgraded, str(dst))
     return {"opset": target, "opset_upgraded_from": current}
@@ -110,7 +104,7 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
                     quant_pre_process(str(src), str(dst), **kwargs)
                 return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
             except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next tried
-                errors.append(f"{label}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+                errors.append(f"{label}: {first_line(exc, 200)}")
                 log.info("quant_pre_process (%s) failed: %s", label, exc)
     shutil.copyfile(src, dst)
     return {"preprocess": "skipped", "preprocess_errors": errors}

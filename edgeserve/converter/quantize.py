@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import QuantizeConfig
 from ..environment import has_vnni, is_arm
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from .data import Samples
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,6 @@ class _Reader:
             self._progress("calibrating", self._done, self._samples.rows)
         return feed
 
-    def rewind(self) -> None:
-        self.set_range(0, self._n_batches)
-        self._done = 0
-
 
 def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Samples | None,
              progress: Progress | None = None, calibration_cache: Path | None = None) -> dict[str, Any]:
@@ -129,7 +125,7 @@ def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Sampl
         raise
     except Exception as exc:
         raise ConversionError(
-            f"{config.mode} quantisation failed in onnxruntime.quantization: {_first_line(exc)}"
+            f"{config.mode} quantisation failed in onnxruntime.quantization: {first_line(exc)}"
         ) from exc
 
 
@@ -252,7 +248,3 @@ def _has_op(path: Path, op_type: str) -> bool:
     model = onnx.load(str(path), load_external_data=False)
     return any(n.op_type == op_type for n in model.graph.node)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

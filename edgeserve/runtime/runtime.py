@@ -42,7 +42,7 @@ class _Loaded:
 @dataclass
 class _Slot:
     current: _Loaded | None = None
-    pinned_versions: dict[int, _Loaded] = field(default_factory=dict)
+    on_demand: dict[int, _Loaded] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time per model
 
 
@@ -127,19 +127,19 @@ class Runtime:
 
     def _acquire_version(self, name: str, slot: _Slot, version: int) -> _Loaded:
         with self._lock:
-            for loaded in (slot.current, slot.pinned_versions.get(version)):
+            for loaded in (slot.current, slot.on_demand.get(version)):
                 if loaded is not None and loaded.version == version and not loaded.retired:
                     loaded.users += 1
                     return loaded
         with slot.lock:  # load an older or newer version on demand, once
             with self._lock:
-                existing = slot.pinned_versions.get(version)
+                existing = slot.on_demand.get(version)
             if existing is None:
                 if version not in self.repository.versions(name):
                     raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
                 existing = _Loaded(self._load(name, version), version)
                 with self._lock:
-                    slot.pinned_versions[version] = existing
+                    slot.on_demand[version] = existing
             with self._lock:
                 existing.users += 1
             return existing
@@ -191,7 +191,7 @@ class Runtime:
         slot = self._slots.pop(name, None)
         if slot is None:
             raise ModelNotFound(f"model '{name}' is not loaded")
-        for loaded in [slot.current, *slot.pinned_versions.values()]:
+        for loaded in [slot.current, *slot.on_demand.values()]:
             if loaded is not None:
                 self._retire(loaded)
 
@@ -230,7 +230,7 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-            loaded = [x for slot in self._slots.values() for x in (slot.current, *slot.pinned_versions.values()) if x]
+            loaded = [x for slot in self._slots.values() for x in (slot.current, *slot.on_demand.values()) if x]
         for item in loaded:
             item.model.close(timeout)
 
