@@ -181,3 +181,19 @@ def test_cpu_defaults_follow_vnni(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setattr(q, "is_arm", lambda: True)
     pkg = edgeserve.convert(mlp_path, tmp_path / "arm", quantize="static", calibration=tmp_path / "cal.npz")
     assert pkg.manifest.recipe["activation_type"] == "int8"
+
+
+def test_failed_symbolic_shape_inference_leaves_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime writes sym_shape_infer_temp.onnx and UUID-named weight files into the current folder when its
+    symbolic shape inference fails; the converter removes exactly those, nothing the user had there."""
+    import onnx
+
+    from edgeserve.converter.prepare import _no_litter
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.data").write_bytes(b"user file")
+    with _no_litter():
+        onnx.save_model(mlp_model(n_in=64, hidden=64), "sym_shape_infer_temp.onnx", save_as_external_data=True,
+                        size_threshold=0)  # as onnxruntime does: weights in UUID-named files beside it
+        assert len(list(tmp_path.iterdir())) > 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.data"]

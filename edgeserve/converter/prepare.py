@@ -110,19 +110,39 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
     return {"preprocess": "skipped", "preprocess_errors": errors}
 
 
-_LITTER = ("sym_shape_infer_temp.onnx", "sym_shape_infer_temp.onnx.data")
+_LITTER = "sym_shape_infer_temp.onnx"
 
 
 @contextlib.contextmanager
 def _no_litter() -> Iterator[None]:
     """onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` into the current directory when it
-    fails; remove what it leaves in the user's folder (and only what was not there before)."""
-    before = {name for name in _LITTER if Path(name).exists()}
+    fails, with its weights in external-data files named by random UUIDs beside it. Remove the file and the data
+    files it points to (never anything that was there before)."""
+    temp = Path(_LITTER)
+    existed = temp.exists()
     try:
         yield
     finally:
-        for name in set(_LITTER) - before:
-            Path(name).unlink(missing_ok=True)
+        if not existed and temp.exists():
+            for location in _external_locations(temp):
+                Path(location).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
+
+
+def _external_locations(path: Path) -> set[str]:
+    """Plain file names (no folders) that a model's external data refers to."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a half-written file: nothing we can safely attribute to it
+        return set()
+    names = set()
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value and Path(entry.value).name == entry.value:
+                names.add(entry.value)
+    return names
 
 
 def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:
