@@ -17,14 +17,17 @@ from typing import Any
 import numpy as np
 
 from .arrays import write_npz
-from .errors import IntegrityError, PackageError
+from .errors import IntegrityError, PackageError, first_line
 from .modelfile import sha256_file
-from .tensors import TensorSpec
+from .names import check_name
+from .tensors import NUMPY_DTYPES, TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "edgeserve.json"
 MODEL_FILE = "model.onnx"
 GOLDEN_FILE = "golden.npz"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""A manifest larger than this is refused before it is parsed (real ones are tens of KiB)."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,14 @@ class Manifest:
         for key in ("source", "recipe", "fidelity", "envelope", "environment", "golden"):
             if not isinstance(data.get(key, {}), dict):
                 raise PackageError(f"{where}: field '{key}' must be an object")
+        # every field that can become a path follows the repository's rules (edgeserve.names)
+        check_name(data["name"], what=f"model name in {where}", error=PackageError)
+        check_name(data["version"], what=f"version in {where}", error=PackageError)
         model_file = data.get("model_file", MODEL_FILE)
         _check_member_name(model_file, where)
+        golden = data.get("golden", {})
+        if "file" in golden:
+            _check_member_name(golden["file"], where)
         return cls(
             name=data["name"],
             version=data["version"],
@@ -107,8 +116,13 @@ def _specs(items: list[Any], key: str, where: str) -> tuple[TensorSpec, ...]:
     for i, item in enumerate(items):
         try:
             spec = TensorSpec.from_dict(item)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise PackageError(f"{where}: {key}[{i}] is malformed (needs name, dtype, shape): {exc}") from None
+        if spec.dtype not in NUMPY_DTYPES:
+            raise PackageError(
+                f"{where}: {key}[{i}] '{spec.name}' has dtype {spec.dtype!r}, which edgeserve cannot exchange as a "
+                f"numpy array (it handles {', '.join(sorted(NUMPY_DTYPES))}); re-export the model with one of those"
+            )
         if not all(d is None or isinstance(d, (int, str)) for d in spec.shape):
             raise PackageError(f"{where}: {key}[{i}] '{spec.name}' has a dimension that is not an int, name or null")
         if spec.batch_axis is not None and not (isinstance(spec.batch_axis, int) and 0 <= spec.batch_axis < len(spec.shape)):
@@ -133,12 +147,17 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and check a package's manifest (form and schema only; see :func:`verify_files` for digests)."""
     folder = Path(path)
     manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise PackageError(f"{folder} is not an edgeserve package: {MANIFEST} is missing")
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise PackageError(f"{folder} is not an edgeserve package: {MANIFEST} is missing or not a regular file")
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{manifest_path} is {size} bytes; manifests are at most {MAX_MANIFEST_BYTES} bytes")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{manifest_path} is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PackageError(f"{manifest_path} is not valid JSON: {first_line(exc)}") from None
+    except OSError as exc:
+        raise PackageError(f"{manifest_path} is unreadable: {exc}") from None
     return Manifest.from_dict(data, where=str(manifest_path))
 
 

@@ -16,6 +16,9 @@ ONNX_TO_NUMPY: dict[int, str] = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "str",
     9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
 }
+NUMPY_DTYPES: frozenset[str] = frozenset(ONNX_TO_NUMPY.values())
+"""The element types edgeserve exchanges as numpy arrays; a model input or output of another type (bfloat16,
+float8, int4, complex) is refused when the model loads."""
 _ORT_TYPE_PREFIX = "tensor("
 
 

@@ -66,6 +66,22 @@ def two_input_model() -> onnx.ModelProto:
     return model
 
 
+def gather_model(vocab: int = 10, dim: int = 4) -> onnx.ModelProto:
+    """ids int64 [batch, seq] → embedding rows out float32 [batch, seq, dim] (row i of the table is all i).
+
+    An id outside the table passes the input contract and fails in the engine, as a real token id past the
+    vocabulary does: the request that poisons a batch."""
+    table = numpy_helper.from_array(np.repeat(np.arange(vocab, dtype=np.float32)[:, None], dim, axis=1), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["out"], axis=0)], "gather",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "seq", dim])], [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(model, str(path))
     return path

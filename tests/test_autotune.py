@@ -86,10 +86,19 @@ def test_sensitive_nodes_are_kept_in_fp32(tmp_path: Path) -> None:
     cands = pkg.manifest.recipe["auto"]["candidates"]
     repaired = [c for c in cands if "+fp32x" in c["name"]]
     failed_first = [c for c in cands if c["status"] == "ok" and not c["within_budget"] and "+fp32x" not in c["name"]]
-    if failed_first and any((c["speedup"] or 0) >= MIN_SPEEDUP for c in failed_first):
-        assert repaired, "a fast candidate missed the budget, so the search must try keeping nodes in fp32"
-        assert all(c["nodes_kept_fp32"] for c in repaired)
-        assert repaired[0]["nodes_kept_fp32"][0].startswith("fc1")  # the outlier layer ranks as most sensitive
+    assert failed_first, "per-tensor int8 cannot hold a 400x outlier inside cosine 0.999"
+    # NOTE: whether the repair runs depends on a measured speedup (it repairs only candidates that beat fp32), so
+    # the repair itself is driven here with the search's own functions, independent of this machine's speed
+    fast = [c for c in failed_first if (c["speedup"] or 0) >= MIN_SPEEDUP]
+    if fast:
+        assert repaired and all(c["nodes_kept_fp32"] for c in repaired)
+        assert repaired[0]["nodes_kept_fp32"][0].startswith("fc1")
+    prepared, quantised = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
+    preprocess_for_quantization(src, prepared)
+    quantize(prepared, quantised, QuantizeConfig(mode="dynamic"), calibration=None)
+    held = check_samples({"x": rows(32, seed=5)}, _specs(src), what="test")
+    ranking = rank_sensitivity(prepared, quantised, held, threads=1)
+    assert ranking[0][0].startswith("fc1")  # the outlier layer ranks as most sensitive: the node a repair keeps
 
 
 def test_rank_sensitivity_finds_the_outlier_layer(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import edgeserve
 from edgeserve import ClosedError, GoldenMismatchError, InputError, SessionConfig
 from edgeserve.package import MANIFEST, compute_digests
-from tests.factories import rows, save, two_input_model
+from tests.factories import gather_model, rows, save, two_input_model
 
 
 def test_predict_matches_plain_onnxruntime(mlp_path: Path) -> None:
@@ -66,10 +66,35 @@ def test_multi_input_model_needs_a_mapping(tmp_path: Path) -> None:
 
 
 def test_engine_errors_are_wrapped(tmp_path: Path) -> None:
-    # Mul of ids [batch, seq] by scale [batch, 1] with mismatched batch sizes passes the contract but not the engine
-    path = save(two_input_model(), tmp_path / "two.onnx")
+    # a token id past the embedding table passes the contract but not the engine
+    path = save(gather_model(vocab=10), tmp_path / "gather.onnx")
     with edgeserve.load(path) as model, pytest.raises(edgeserve.InferenceError, match="onnxruntime failed running"):
-        model.predict({"ids": np.ones((2, 3), np.int64), "scale": np.ones((3, 1), np.float32)})
+        model.predict({"ids": np.full((2, 3), 99, np.int64)})
+
+
+def test_inputs_must_agree_on_the_batch_size(tmp_path: Path) -> None:
+    path = save(two_input_model(), tmp_path / "two.onnx")
+    with edgeserve.load(path) as model:
+        with pytest.raises(edgeserve.InputError, match="disagree on the batch size: 'ids' 2 .*'scale' 3"):
+            model.predict({"ids": np.ones((2, 3), np.int64), "scale": np.ones((3, 1), np.float32)})
+        assert model.predict({"ids": np.ones((3, 2), np.int64), "scale": np.ones((3, 1), np.float32)})["out"].shape == (3, 2)
+
+
+def test_models_with_inputs_numpy_cannot_hold_are_refused_without_a_leak(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from edgeserve.backends.base import SESSIONS
+
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "bf16",
+                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "bf16.onnx")
+    live = SESSIONS.live()
+    with pytest.raises(edgeserve.ModelFileError, match="input 'x' is bfloat16, which edgeserve cannot exchange"):
+        edgeserve.load(path)
+    assert SESSIONS.live() == live
 
 
 def test_use_after_close(mlp_path: Path) -> None:

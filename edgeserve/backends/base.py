@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from ..config import SessionConfig
-from ..errors import ConfigError
-from ..tensors import TensorSpec
+from ..errors import ConfigError, ModelFileError
+from ..tensors import NUMPY_DTYPES, TensorSpec
 
 
 class Session(Protocol):
@@ -64,3 +65,40 @@ def available_backends() -> list[str]:
             continue
         out.append(name)
     return out
+
+
+def check_signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], label: str) -> None:
+    """Refuse a model whose inputs or outputs numpy cannot hold (bfloat16, float8, int4, sequences, maps), before
+    anything above the seam builds on them."""
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for s in specs:
+            if s.dtype not in NUMPY_DTYPES:
+                raise ModelFileError(
+                    f"{label}: {kind} '{s.name}' is {s.dtype}, which edgeserve cannot exchange as a numpy array "
+                    f"(it handles {', '.join(sorted(NUMPY_DTYPES))}); re-export the model with such inputs and "
+                    "outputs, casting inside the graph"
+                )
+
+
+class SessionCount:
+    """How many backend sessions are open in this process: every session counts itself in at open and out at
+    close (once), so a session that an error path forgot to close shows up here instead of leaking silently."""
+
+    def __init__(self) -> None:
+        self._live = 0
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self._live += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._live -= 1
+
+    def live(self) -> int:
+        return self._live
+
+
+SESSIONS = SessionCount()
+"""The process's open backend sessions; ``SESSIONS.live()`` is how tests prove no error path leaks one."""

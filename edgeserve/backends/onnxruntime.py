@@ -14,6 +14,7 @@ from ..config import SessionConfig
 from ..errors import InferenceError, ModelFileError
 from ..modelfile import sha256_file
 from ..tensors import TensorSpec, assign_batch_axes, dtype_from_ort, guess_batch_axis, normalise_dims
+from .base import SESSIONS, check_signature
 from .graph_cache import GraphCache
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class OrtSession:
         self._label = label
         self.inputs, self.outputs = assign_batch_axes([_spec(a) for a in session.get_inputs()],
                                                       [_spec(a) for a in session.get_outputs()])
+        check_signature(self.inputs, self.outputs, label)
         self._run = session.run
         self.from_cache = False
+        SESSIONS.opened()
 
     def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         try:
@@ -56,8 +59,11 @@ class OrtSession:
             raise InferenceError(f"onnxruntime failed running {self._label}: {_message(exc)}") from exc
 
     def close(self) -> None:
+        if self._session is None:
+            return
         self._session = None  # type: ignore[assignment]
         self._run = _closed_run
+        SESSIONS.closed()
 
 
 def _closed_run(*_args, **_kwargs):

@@ -20,6 +20,7 @@ from ..config import SessionConfig
 from ..environment import cpu_info
 from ..errors import ConfigError, InferenceError, ModelFileError
 from ..tensors import TensorSpec, assign_batch_axes
+from .base import SESSIONS, check_signature
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class OvSession:
         self._label = label
         self._local = threading.local()
         self._ports = {o.name: i for i, o in enumerate(outputs)}
+        SESSIONS.opened()
 
     def _request(self) -> ov.InferRequest:
         request = getattr(self._local, "request", None)
@@ -71,8 +73,11 @@ class OvSession:
         return [np.asarray(values[self._ports[n]]) for n in output_names]
 
     def close(self) -> None:
+        if self._compiled is None:
+            return
         self._compiled = None  # type: ignore[assignment]
         self._local = threading.local()
+        SESSIONS.closed()
 
 
 class OvBackend:
@@ -112,6 +117,7 @@ class OvBackend:
         except Exception as exc:
             raise ModelFileError(f"openvino cannot load {label}: {_message(exc)}") from exc
         inputs, outputs = signature(path)
+        check_signature(inputs, outputs, label)
         names = [o.get_any_name() for o in compiled.outputs]
         if names != [o.name for o in outputs]:
             raise ModelFileError(f"openvino reorders or renames the outputs of {label} ({names}); use onnxruntime")
@@ -130,7 +136,8 @@ def signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...
     def spec(value) -> TensorSpec:
         t = value.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-        return TensorSpec(value.name, ONNX_TO_NUMPY.get(t.elem_type, str(t.elem_type)), dims, None)
+        dtype = ONNX_TO_NUMPY.get(t.elem_type) or onnx.TensorProto.DataType.Name(t.elem_type).lower()
+        return TensorSpec(value.name, dtype, dims, None)
 
     inputs = [spec(v) for v in model.graph.input if v.name not in initialisers]
     outputs = [spec(v) for v in model.graph.output]

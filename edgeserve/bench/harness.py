@@ -26,6 +26,7 @@ from ..converter.data import Samples
 from ..environment import environment
 from ..errors import ConfigError, EdgeserveError, first_line
 from ..examples import example_names
+from ..names import check_name
 from . import measure
 from .sources import ModelSource, cycling, load_samples, make_feeds, resolve_source
 from .variants import BASELINE, Variant, parse_variants
@@ -102,10 +103,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     source = resolve_source(src, data=data, labels=labels, calibration=calibration)
     variants = parse_variants(config.variants)
     threads = config.threads or available_cores()
-    work = out / source.name
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "variants").mkdir(parents=True)
+    work = _fresh_work_folder(out, source.name)
     results = {v.name: VariantResult(v.name) for v in variants}
 
     packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget)
@@ -128,6 +126,27 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
         "threads": threads,
         "variants": [asdict(r) for r in results.values()],
     }
+
+
+WORK_MARKER = ".edgeserve-bench"
+"""The file that marks a folder as a benchmark's own work folder: only such a folder is ever replaced."""
+
+
+def _fresh_work_folder(out: Path, name: str) -> Path:
+    """``out/name`` made empty for this run. A folder there is replaced only when an earlier bench made it (it
+    holds the marker file); anything else, or a link, is left alone and refused."""
+    check_name(name, what="benchmark model name", error=ConfigError)  # manifests are checked too; stems are made safe
+    work = out / name
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise ConfigError(f"{work} exists and is not a folder this benchmark made; choose another --out")
+    if work.exists():
+        marker = work / WORK_MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise ConfigError(f"{work} exists and was not made by edgeserve bench; choose another --out or move it")
+        shutil.rmtree(work)
+    (work / "variants").mkdir(parents=True)
+    (work / WORK_MARKER).write_text("made by edgeserve bench; the next run replaces this folder\n", encoding="utf-8")
+    return work
 
 
 def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, results: dict[str, VariantResult],
@@ -175,6 +194,15 @@ def _load_all(packages: dict[str, Path], threads: int, results: dict[str, Varian
     return models
 
 
+class _VariantFailed(Exception):
+    """A measured call failed: carries the variant by name, so the harness never has to guess it from a message."""
+
+    def __init__(self, variant: str, cause: EdgeserveError) -> None:
+        super().__init__(f"{variant}: {cause}")
+        self.variant = variant
+        self.cause = cause
+
+
 def _guarded(names: Sequence[str], results: dict[str, VariantResult], stage: str,
              fn: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
     """Run a measurement over the variants; a variant that raises is marked failed and the others re-measured."""
@@ -182,16 +210,10 @@ def _guarded(names: Sequence[str], results: dict[str, VariantResult], stage: str
     while alive:
         try:
             return fn(alive)
-        except EdgeserveError as exc:
-            culprit = _find_failing(alive, exc)
-            results[culprit].fail(stage, exc)
-            alive.remove(culprit)
+        except _VariantFailed as exc:
+            results[exc.variant].fail(stage, exc.cause)
+            alive.remove(exc.variant)
     return {}
-
-
-def _find_failing(names: list[str], exc: EdgeserveError) -> str:
-    text = str(exc)
-    return next((n for n in names if n in text), names[-1])
 
 
 def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchConfig,
@@ -256,7 +278,7 @@ def _safe_call(name: str, model: Any, feeds: list[dict[str, np.ndarray]]) -> Cal
         try:
             return call()
         except EdgeserveError as exc:
-            raise type(exc)(f"{name}: {exc}") from exc
+            raise _VariantFailed(name, exc) from exc
 
     return wrapped
 

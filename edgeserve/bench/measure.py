@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -90,23 +92,44 @@ def run_probe(package: Path | None, inputs: Path | None, threads: int, *, cache_
               timeout: float = 300) -> dict[str, Any]:
     """Start a fresh Python process that loads the package and answers once; time it from spawn to answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    start = time.perf_counter()
-    proc = subprocess.Popen(_probe_command(package, inputs, threads, cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    line, answered = timed_first_line(_probe_command(package, inputs, threads, cache_dir), env=env, timeout=timeout)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        answered = time.perf_counter() - start
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise RuntimeError(f"cold-start probe did not answer within {timeout} s") from None
-    if proc.returncode != 0 or not line.strip():
-        last = (err or "").strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"cold-start probe failed: {last[0][:300]}")
-    result = json.loads(line)
+        result = json.loads(line)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"cold-start probe printed {line[:200]!r} instead of its JSON result") from None
     result["process_to_first_answer_s"] = answered
     return result
+
+
+def timed_first_line(cmd: list[str], *, env: Mapping[str, str] | None = None, timeout: float = 300) -> tuple[str, float]:
+    """Run ``cmd``; return its first line of stdout and the seconds from spawn to that line, once it exited 0.
+
+    # NOTE: stderr goes to a file, not a pipe: a child that writes more than a pipe holds (64 KiB) to stderr before
+    # its answer would otherwise block on that write while this process blocks reading stdout. The wait for the
+    # line is bounded by ``timeout`` too, so a child that hangs is killed, not waited for."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        assert proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            line = proc.stdout.readline().decode("utf-8", "replace") if ready else ""
+            answered = time.perf_counter() - start
+            if not ready:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            proc.stdout.read()  # drain, so the child never blocks on a full stdout pipe
+            proc.wait(timeout=max(1.0, timeout - answered))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} did not answer within {timeout} s") from None
+        finally:
+            proc.stdout.close()
+        if proc.returncode != 0 or not line.strip():
+            err.seek(0)
+            last = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"cold-start probe failed (exit {proc.returncode}): {last[0][:300]}")
+    return line, answered
 
 
 def cold_start(packages: Mapping[str, Path], inputs: Mapping[str, Path], threads: int, *, repeats: int,

@@ -14,6 +14,7 @@ from ..arrays import read_arrays
 from ..converter.data import Samples, check_samples, synthetic_samples
 from ..errors import ConfigError
 from ..examples import example_names, get_example
+from ..names import safe_name
 from ..package import is_package, read_manifest
 
 
@@ -40,7 +41,7 @@ def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: st
         manifest = read_manifest(path)
         return ModelSource(manifest.name, path / manifest.model_file, calibration, data, labels)
     if path.is_file():
-        return ModelSource(path.stem, path, calibration, data, labels)
+        return ModelSource(safe_name(path.stem), path, calibration, data, labels)
     raise ConfigError(f"{src} is neither a bundled example ({', '.join(example_names())}), an .onnx file nor a package")
 
 

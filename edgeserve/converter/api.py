@@ -12,7 +12,8 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, Fi
 from ..fidelity import Budget, accuracy, compare_outputs
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
+from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
 from .autotune import search
@@ -98,17 +100,18 @@ def convert(
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
     output.parent.mkdir(parents=True, exist_ok=True)
+    options = dict(calibration=calibration, eval_data=eval_data, labels=labels,
+                   name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
+                   version=check_name(version, what="package version", error=ConfigError),
+                   example_inputs=example_inputs, input_names=input_names, output_names=output_names, opset=opset,
+                   dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads, backend=backend,
+                   precision=precision, allowed_domains=allowed_domains)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp:
-            manifest = _build(
-                source, staging, Path(tmp), qconfig, calibration=calibration, eval_data=eval_data, labels=labels,
-                name=name or _default_name(source, output), version=version, example_inputs=example_inputs,
-                input_names=input_names, output_names=output_names, opset=opset, dynamic_axes=dynamic_axes, budget=budget,
-                time_budget=time_budget, threads=threads, engine=(backend, precision), allowed_domains=allowed_domains,
-                progress=progress,
-            )
+        with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp, ExitStack() as sessions:
+            manifest = _build(Conversion(source, staging, Path(tmp), qconfig, options, budget, sessions,
+                                         progress or (lambda stage, done, total: None)))
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,9 +120,7 @@ def convert(
 
 
 def _default_name(source: Any, output: Path) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source).stem
-    return output.name
+    return safe_name(Path(source).stem if isinstance(source, (str, os.PathLike)) else output.name)
 
 
 def _publish(staging: Path, output: Path) -> None:
@@ -132,93 +133,150 @@ def _publish(staging: Path, output: Path) -> None:
         os.replace(staging, output)
 
 
-def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, calibration: DataSource | None,
-           eval_data: DataSource | None, labels: str | None, name: str, version: str, example_inputs: Any,
-           input_names: Sequence[str] | None, output_names: Sequence[str] | None, opset: int | None,
-           dynamic_axes: Mapping[str, Mapping[int, str]] | None,
-           budget: Budget, time_budget: float, threads: int | None, engine: tuple[str | None, str | None],
-           allowed_domains: Sequence[str],
-           progress: Progress | None) -> Manifest:
-    step = progress or (lambda stage, done, total: None)
-    step("loading source", 0, 1)
-    src = load_source(
-        source, work, example_inputs=example_inputs, input_names=input_names, output_names=output_names,
-        opset=opset, dynamic_axes=dynamic_axes, allowed_domains=allowed_domains,
-    )
-    backend = get_backend("onnxruntime")
-    config = SessionConfig(cache_dir=None)  # converter sessions are throwaway: keep them out of the graph cache
-    reference = backend.open(src.path, config, label="the source model")
-    in_specs, out_specs = reference.inputs, reference.outputs
+@dataclass
+class Conversion:
+    """What one conversion knows, filled in by the steps of :data:`STEPS` in order.
 
-    cal = _samples(calibration, in_specs, "calibration data") if calibration is not None else None
-    held_out, label_values, fidelity_data = _held_out(eval_data, labels, cal, in_specs)
-    if cal is not None and eval_data is None and cal.rows >= 2:
+    Every backend session a step opens goes into ``sessions`` (one ExitStack per conversion), so no error path,
+    wherever it happens, leaves one open."""
+
+    source: Any
+    staging: Path
+    work: Path
+    qconfig: QuantizeConfig
+    options: dict[str, Any]
+    """The frontend's arguments and the conversion's settings, as :func:`convert` took them."""
+    budget: Budget
+    sessions: ExitStack
+    step: Progress
+    src: Any = None
+    reference: Any = None
+    in_specs: tuple[TensorSpec, ...] = ()
+    out_specs: tuple[TensorSpec, ...] = ()
+    calibration: Samples | None = None
+    held_out: Samples | None = None
+    labels: np.ndarray | None = None
+    fidelity_data: str = "synthetic"
+    recipe: dict[str, Any] = field(default_factory=dict)
+    backend: str = "onnxruntime"
+    precision: str | None = None
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    golden_in: dict[str, np.ndarray] | None = None
+    golden_out: dict[str, np.ndarray] | None = None
+    manifest: Manifest | None = None
+
+    def open(self, path: Path, config: SessionConfig, label: str, backend: str = "onnxruntime") -> Any:
+        """A session that closes when the conversion ends, however it ends."""
+        session = get_backend(backend).open(path, config, label=label)
+        self.sessions.callback(session.close)
+        return session
+
+
+SESSION = SessionConfig(cache_dir=None)
+"""Converter sessions are throwaway: they stay out of the graph cache."""
+
+
+def _build(c: Conversion) -> Manifest:
+    for step in STEPS:
+        step(c)
+    assert c.manifest is not None
+    return c.manifest
+
+
+def load_the_source(c: Conversion) -> None:
+    c.step("loading source", 0, 1)
+    o = c.options
+    c.src = load_source(c.source, c.work, example_inputs=o["example_inputs"], input_names=o["input_names"],
+                        output_names=o["output_names"], opset=o["opset"], dynamic_axes=o["dynamic_axes"],
+                        allowed_domains=o["allowed_domains"])
+    c.reference = c.open(c.src.path, SESSION, "the source model")
+    c.in_specs, c.out_specs = c.reference.inputs, c.reference.outputs
+
+
+def read_data(c: Conversion) -> None:
+    """Calibration rows, and held-out rows that calibration never sees (with labels when given)."""
+    calibration = c.options["calibration"]
+    cal = _samples(calibration, c.in_specs, "calibration data") if calibration is not None else None
+    c.held_out, c.labels, c.fidelity_data = _held_out(c.options["eval_data"], c.options["labels"], cal, c.in_specs)
+    if cal is not None and c.options["eval_data"] is None and cal.rows >= 2:
         cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
-    if qconfig.mode in ("static", "nncf") and cal is None:
-        raise DataError(f"{qconfig.mode} quantisation needs calibration data: pass calibration= (or --calibration FILE.npz)")
+    mode = c.qconfig.mode
+    if mode in ("static", "nncf") and cal is None:
+        raise DataError(f"{mode} quantisation needs calibration data: pass calibration= (or --calibration FILE.npz)")
+    if mode == "auto" and c.labels is None and c.budget.max_accuracy_drop is not None:
+        raise DataError("max_accuracy_drop needs labelled evaluation data: pass eval_data= and labels=")
+    c.calibration = cal
 
-    step("preparing graph", 0, 1)
-    recipe: dict[str, Any] = {}
-    int8_source = fp32 = None
-    if qconfig.mode in ("dynamic", "static", "nncf", "auto"):
-        # quant_pre_process optimises and infers shapes itself; the quantisers then need opset >= 13
-        pre, upgraded, int8_source = work / "pre.onnx", work / "pre13.onnx", work / "typed.onnx"
-        recipe.update(preprocess_for_quantization(src.path, pre))
-        recipe.update(upgrade_opset(pre, upgraded))
-        recipe.update(fill_missing_types(upgraded, int8_source))
-    if qconfig.mode not in ("dynamic", "static", "nncf"):
-        fp32 = work / "fp32.onnx"
-        recipe.update(optimize_fp32(src.path, fp32, qconfig.optimization))
-    if qconfig.mode == "auto":
-        assert fp32 is not None and int8_source is not None
-        if label_values is None and budget.max_accuracy_drop is not None:
-            raise DataError("max_accuracy_drop needs labelled evaluation data: pass eval_data= and labels=")
-        step("searching (auto)", 0, 1)
-        chosen, auto_recipe = search(fp32, int8_source, work, held_out=held_out, labels=label_values, calibration=cal,
-                                     budget=budget, time_budget=time_budget, threads=threads, progress=progress)
-        recipe.update(finalize_model(chosen, staging / MODEL_FILE))
-        recipe.update(auto_recipe)
-        recipe["mode"] = "auto"
-        recipe["auto_choice"] = auto_recipe.get("mode", "none")
+
+def prepare_graph(c: Conversion) -> None:
+    """The graphs the next step starts from: the quantisers' (pre-processed, opset >= 13, every tensor typed)
+    and the optimised fp32 one."""
+    c.step("preparing graph", 0, 1)
+    mode, work = c.qconfig.mode, c.work
+    if mode in ("dynamic", "static", "nncf", "auto"):
+        pre, upgraded = work / "pre.onnx", work / "pre13.onnx"
+        c.recipe.update(preprocess_for_quantization(c.src.path, pre))
+        c.recipe.update(upgrade_opset(pre, upgraded))
+        c.recipe.update(fill_missing_types(upgraded, work / "int8-source.onnx"))
+    if mode not in ("dynamic", "static", "nncf"):
+        c.recipe.update(optimize_fp32(c.src.path, work / "fp32.onnx", c.qconfig.optimization))
+
+
+def quantise(c: Conversion) -> None:
+    """Apply the recipe (or search for one, with auto) and write the result as the package's model file."""
+    mode, work = c.qconfig.mode, c.work
+    if mode == "auto":
+        c.step("searching (auto)", 0, 1)
+        assert c.held_out is not None
+        chosen, auto_recipe = search(work / "fp32.onnx", work / "int8-source.onnx", work, held_out=c.held_out,
+                                     labels=c.labels, calibration=c.calibration, budget=c.budget,
+                                     time_budget=c.options["time_budget"], threads=c.options["threads"],
+                                     progress=c.step)
+        c.recipe.update(finalize_model(chosen, c.staging / MODEL_FILE))
+        c.recipe.update(auto_recipe)
+        c.recipe["mode"] = "auto"
+        c.recipe["auto_choice"] = auto_recipe.get("mode", "none")
+        c.backend = c.recipe.get("backend") or "onnxruntime"
+        c.precision = c.recipe.get("precision")
+        return
+    if mode in ("dynamic", "static", "nncf"):
+        to_quantize = work / "int8-source.onnx"
+    elif mode in ("fp16", "int4"):
+        to_quantize = work / "typed.onnx"
+        c.recipe.update(fill_missing_types(work / "fp32.onnx", to_quantize))
     else:
-        to_quantize = int8_source if qconfig.mode in ("dynamic", "static", "nncf") else fp32
-        if qconfig.mode in ("fp16", "int4"):
-            to_quantize = work / "typed.onnx"
-            recipe.update(fill_missing_types(fp32, to_quantize))  # type: ignore[arg-type]
-        step(f"quantising ({qconfig.mode})", 0, 1)
-        assert to_quantize is not None
-        quantized = work / "quantized.onnx"
-        recipe.update(quantize(to_quantize, quantized, qconfig, calibration=cal, progress=progress))
-        recipe.update(finalize_model(quantized, staging / MODEL_FILE))
+        to_quantize = work / "fp32.onnx"
+    c.step(f"quantising ({mode})", 0, 1)
+    quantized = work / "quantized.onnx"
+    c.recipe.update(quantize(to_quantize, quantized, c.qconfig, calibration=c.calibration, progress=c.step))
+    c.recipe.update(finalize_model(quantized, c.staging / MODEL_FILE))
+    c.backend, c.precision = c.options["backend"] or "onnxruntime", c.options["precision"]
 
-    step("verifying", 0, 1)
-    if qconfig.mode != "auto":
-        recipe["backend"], recipe["precision"] = engine[0] or "onnxruntime", engine[1]
-    chosen_backend, precision = recipe.get("backend") or "onnxruntime", recipe.get("precision")
-    if chosen_backend == "openvino" and precision is None:
+
+def verify(c: Conversion) -> None:
+    """Run the result on the held-out rows in its engine, compare with fp32, and hold it to the budget."""
+    c.step("verifying", 0, 1)
+    if c.backend == "openvino" and c.precision is None:
         from ..backends.openvino import default_precision
 
-        precision = default_precision()  # record what actually ran, not "the default"
-    candidate = get_backend(chosen_backend).open(
-        staging / MODEL_FILE, replace(config, backend=chosen_backend, precision=precision),
-        label=f"the {qconfig.mode} model on {chosen_backend}")
-    try:
-        if [(s.name, s.dtype) for s in candidate.inputs] != [(s.name, s.dtype) for s in in_specs]:
-            raise ConversionError("the converted model's inputs differ from the source model's; this is a bug, please report it")
-        ref_out = _run_all(reference, held_out, out_specs)
-        cand_out = _run_all(candidate, held_out, out_specs)
-        golden_in = _golden_inputs(held_out, in_specs, out_specs)
-        golden_out = dict(zip([o.name for o in out_specs], candidate.run(golden_in))) if golden_in else None
-    finally:
-        candidate.close()
-        reference.close()
+        c.precision = default_precision()  # record what actually ran, not "the default"
+    candidate = c.open(c.staging / MODEL_FILE, replace(SESSION, backend=c.backend, precision=c.precision),
+                       f"the {c.qconfig.mode} model on {c.backend}", backend=c.backend)
+    if [(s.name, s.dtype) for s in candidate.inputs] != [(s.name, s.dtype) for s in c.in_specs]:
+        raise ConversionError("the converted model's inputs differ from the source model's; this is a bug, please report it")
+    assert c.held_out is not None
+    ref_out = _run_all(c.reference, c.held_out, c.out_specs)
+    cand_out = _run_all(candidate, c.held_out, c.out_specs)
+    c.golden_in = _golden_inputs(c.held_out, c.in_specs, c.out_specs)
+    if c.golden_in:
+        c.golden_out = dict(zip([o.name for o in c.out_specs], candidate.run(c.golden_in)))
     fidelity = compare_outputs(cand_out, ref_out)
-    fidelity.update(reference="fp32 source", data=fidelity_data, rows=held_out.rows)
-    if label_values is not None:
-        fidelity["accuracy"] = {"fp32": accuracy(ref_out, label_values), "converted": accuracy(cand_out, label_values)}
+    fidelity.update(reference="fp32 source", data=c.fidelity_data, rows=c.held_out.rows)
+    if c.labels is not None:
+        fidelity["accuracy"] = {"fp32": accuracy(ref_out, c.labels), "converted": accuracy(cand_out, c.labels)}
     acc = fidelity.get("accuracy") or {}
-    missed = budget.violations(fidelity["summary"], acc.get("fp32"), acc.get("converted"))
-    if missed and recipe.get("auto_choice") == "none":
+    missed = c.budget.violations(fidelity["summary"], acc.get("fp32"), acc.get("converted"))
+    if missed and c.recipe.get("auto_choice") == "none":
         # auto already said no candidate fits and fell back to fp32; fp32 is the reference, so what it misses is
         # float rounding or an unreachable budget, recorded rather than refused
         fidelity["budget_missed_by_fp32_fallback"] = missed
@@ -227,55 +285,65 @@ def _build(source: Any, staging: Path, work: Path, qconfig: QuantizeConfig, *, c
             f"fidelity budget missed ({'; '.join(missed)}); try --per-channel, static calibration, "
             "--quantize auto, or a lighter mode"
         )
-    fidelity["budget"] = asdict(budget)
-    recipe["backend"], recipe["precision"] = chosen_backend, precision
-    recipe["backends"] = [{"backend": chosen_backend, "precision": precision}]
-    if chosen_backend != "onnxruntime":
-        fallback = _verify_fallback(staging / MODEL_FILE, config, held_out, out_specs, ref_out, label_values, budget)
+    fidelity["budget"] = asdict(c.budget)
+    c.fidelity = fidelity
+    c.recipe["backend"], c.recipe["precision"] = c.backend, c.precision
+    c.recipe["backends"] = [{"backend": c.backend, "precision": c.precision}]
+    if c.backend != "onnxruntime":
+        fallback = _verify_fallback(c, ref_out)
         if fallback is not None:
-            recipe["backends"].append(fallback)
+            c.recipe["backends"].append(fallback)
 
-    if golden_in and golden_out:
-        write_golden(staging / GOLDEN_FILE, golden_in, golden_out, (tuple(in_specs), tuple(out_specs)))
-        golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, held_out.rows) if held_out.stacked else 1,
-                  "rel_tolerance": max(tolerance_for(recipe.get("auto_choice", qconfig.mode)),
-                                       tolerance_for("bf16") if precision == "bf16" else 0.0)}
+
+def write_package(c: Conversion) -> None:
+    """Golden samples, then the manifest with the digest of every file."""
+    assert c.held_out is not None
+    if c.golden_in and c.golden_out:
+        write_golden(c.staging / GOLDEN_FILE, c.golden_in, c.golden_out, (tuple(c.in_specs), tuple(c.out_specs)))
+        golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, c.held_out.rows) if c.held_out.stacked else 1,
+                  "rel_tolerance": max(tolerance_for(c.recipe.get("auto_choice", c.qconfig.mode)),
+                                       tolerance_for("bf16") if c.precision == "bf16" else 0.0)}
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
-    env_source = cal if cal is not None else (held_out if fidelity_data != "synthetic" else None)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        backend=chosen_backend,
-        inputs=in_specs,
-        outputs=out_specs,
-        source={**src.info, "options": {"opset": opset, "input_names": input_names, "output_names": output_names}},
-        recipe=recipe,
-        fidelity=fidelity,
+    cal = c.calibration
+    env_source = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
+    o = c.options
+    c.manifest = write_manifest(c.staging, Manifest(
+        name=o["name"],
+        version=o["version"],
+        backend=c.backend,
+        inputs=c.in_specs,
+        outputs=c.out_specs,
+        source={**c.src.info, "options": {"opset": o["opset"], "input_names": o["input_names"],
+                                          "output_names": o["output_names"]}},
+        recipe=c.recipe,
+        fidelity=c.fidelity,
         envelope=envelope(env_source.arrays, source="calibration" if env_source is cal else "evaluation") if env_source else {},
         environment=environment(),
         golden=golden,
-    )
-    return write_manifest(staging, manifest)
+    ))
 
 
-def _verify_fallback(model: Path, config: SessionConfig, held_out: Samples, out_specs: Sequence[TensorSpec],
-                     ref_out: dict[str, np.ndarray], labels: np.ndarray | None, budget: Budget) -> dict[str, Any] | None:
+STEPS = (load_the_source, read_data, prepare_graph, quantise, verify, write_package)
+"""A conversion, in order: each step reads what the ones before it left in the :class:`Conversion`."""
+
+
+def _verify_fallback(c: Conversion, ref_out: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """Check that onnxruntime runs the chosen model file inside the budget too, so a machine without the chosen
     backend can fall back to it; None when it cannot."""
+    assert c.held_out is not None
     try:
-        session = get_backend("onnxruntime").open(model, config, label="the fallback check")
-        try:
-            out = _run_all(session, held_out, out_specs)
-        finally:
-            session.close()
+        with ExitStack() as stack:
+            session = get_backend("onnxruntime").open(c.staging / MODEL_FILE, SESSION, label="the fallback check")
+            stack.callback(session.close)
+            out = _run_all(session, c.held_out, c.out_specs)
     except EdgeserveError as exc:
         log.info("onnxruntime cannot serve as a fallback: %s", exc)
         return None
     summary = compare_outputs(out, ref_out)["summary"]
-    acc_ref = accuracy(ref_out, labels) if labels is not None else None
-    acc = accuracy(out, labels) if labels is not None else None
-    if budget.violations(summary, acc_ref, acc):
+    acc_ref = accuracy(ref_out, c.labels) if c.labels is not None else None
+    acc = accuracy(out, c.labels) if c.labels is not None else None
+    if c.budget.violations(summary, acc_ref, acc):
         return None
     return {"backend": "onnxruntime", "precision": None, "cosine_min": summary.get("cosine_min")}
 

@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,18 +113,22 @@ def _importable(module: str) -> bool:
 class _Evaluator:
     """Runs a model file over the held-out rows and compares it with the fp32 reference."""
 
-    def __init__(self, reference: Path, held_out: Samples, labels: np.ndarray | None, threads: int) -> None:
+    def __init__(self, reference: Path, held_out: Samples, labels: np.ndarray | None, threads: int,
+                 sessions: ExitStack) -> None:
         self._threads = threads
+        self._sessions = sessions
         self.held_out = held_out
         self.labels = labels
-        session = self.open(reference)
-        self.reference = self.outputs(session)
+        self.reference_session = self.open(reference)
+        self.reference = self.outputs(self.reference_session)
         self.acc_fp32 = accuracy(self.reference, labels) if labels is not None else None
-        self._reference_session = session
 
     def open(self, path: Path, backend: str = "onnxruntime", precision: str | None = None):
+        """A session that closes when the search ends, however it ends (closing it earlier is fine too)."""
         config = SessionConfig(intra_op_threads=self._threads, cache_dir=None, backend=backend, precision=precision)
-        return get_backend(backend).open(path, config, label=path.name)
+        session = get_backend(backend).open(path, config, label=path.name)
+        self._sessions.callback(session.close)
+        return session
 
     def outputs(self, session) -> dict[str, np.ndarray]:
         return run_samples(session, self.held_out, session.outputs)
@@ -143,9 +148,6 @@ class _Evaluator:
             return session.run(feeds[state["i"] % len(feeds)])
 
         return call
-
-    def close(self) -> None:
-        self._reference_session.close()
 
 
 def search(
@@ -174,11 +176,11 @@ def search(
     threads = threads or SessionConfig().threads
     started = time.monotonic()
     deadline = started + time_budget
-    evaluator = _Evaluator(fp32, held_out, labels, threads)
     plan = plan_candidates(int8_source, has_calibration=calibration is not None)
     per_candidate_timing = max(0.3, min(3.0, time_budget / (6 * (len(plan) + 4))))
-    try:
-        fp32_session = evaluator.open(fp32)
+    with ExitStack() as sessions:  # every session the search opens, closed however it ends
+        evaluator = _Evaluator(fp32, held_out, labels, threads, sessions)
+        fp32_session = evaluator.reference_session
         for i, cand in enumerate(plan):
             if time.monotonic() > deadline:
                 cand.status, cand.reason = "skipped", "time budget exhausted"
@@ -189,9 +191,6 @@ def search(
         _repair(plan, fp32, int8_source, work, evaluator, fp32_session, calibration, budget, deadline,
                 per_candidate_timing, step)
         _final_round(plan, evaluator, fp32_session, per_candidate_timing, step)
-        fp32_session.close()
-    finally:
-        evaluator.close()
     fit = [c for c in plan if c.status == "ok" and c.within_budget and (c.speedup or 0) >= MIN_SPEEDUP]
     if fit:
         chosen = max(fit, key=lambda c: c.speedup or 0)
@@ -266,16 +265,13 @@ def _final_round(plan: list[Candidate], evaluator: _Evaluator, fp32_session, tim
     if not best:
         return
     step("auto: final timing", 0, 1)
-    sessions = {c.name: evaluator.open(c.path, c.backend, c.precision) for c in best if c.path is not None}
     try:
+        sessions = {c.name: evaluator.open(c.path, c.backend, c.precision) for c in best if c.path is not None}
         calls = {"fp32": evaluator.timing_call(fp32_session)}
         calls.update({name: evaluator.timing_call(s) for name, s in sessions.items()})
         stats = latency(calls, rounds=5, budget_s=timing_s * (len(calls) + 1))
     except EdgeserveError:
         return
-    finally:
-        for s in sessions.values():
-            s.close()
     ratio = speedups(stats, "fp32")
     for c in best:
         c.speedup_first = c.speedup
@@ -337,15 +333,15 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     config = SessionConfig(intra_op_threads=threads, cache_dir=None)
     acts = []
     for path in (fp32, quantised):
-        with tempfile.TemporaryDirectory(prefix="edgeserve-probe-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="edgeserve-probe-") as tmp, ExitStack() as stack:
             exposed = _expose(path, wanted, onnx, Path(tmp))
             session = BACKEND.open(exposed, config, label=path.name)
-        names = [o.name for o in session.outputs]
-        values: dict[str, list[np.ndarray]] = {}
-        for feed in rows.feeds(SENSITIVITY_ROWS):
-            for name, v in zip(names, session.run(feed, names)):
-                values.setdefault(name, []).append(np.asarray(v, dtype=np.float64).reshape(-1))
-        session.close()
+            stack.callback(session.close)
+            names = [o.name for o in session.outputs]
+            values: dict[str, list[np.ndarray]] = {}
+            for feed in rows.feeds(SENSITIVITY_ROWS):
+                for name, v in zip(names, session.run(feed, names)):
+                    values.setdefault(name, []).append(np.asarray(v, dtype=np.float64).reshape(-1))
         acts.append({k: np.concatenate(v) for k, v in values.items()})
     ref, got = acts
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,67 +80,60 @@ def upgrade_opset(src: Path, dst: Path, target: int = MIN_QDQ_OPSET) -> dict[str
 
 
 def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
-    """onnxruntime's ``quant_pre_process`` (optimise + shape inference), falling back step by step.
+    """onnxruntime's quantisation pre-processing (symbolic shape inference, then ``quant_pre_process``: optimise and
+    onnx shape inference), falling back step by step.
 
     Symbolic shape inference fails on many real graphs with dynamic dims ("Incomplete symbolic shape
-    inference"); quantisation still works from onnx's own shape inference, so it is skipped, not fatal.
+    inference"); quantisation still works from onnx's own shape inference, so it is skipped, not fatal. It runs
+    here rather than inside ``quant_pre_process`` because, when it fails there, it saves the half-inferred model
+    and its weights into the *current directory*, which belongs to the host application (see
+    :func:`symbolic_shapes`). Nothing is written outside ``dst``.
     """
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .quantize import quiet_tools
+    from .quiet import quiet_tools
 
-    attempts: tuple[tuple[str, dict[str, bool]], ...] = (
-        ("full", {}),
-        ("without symbolic shape inference", {"skip_symbolic_shape": True}),
-        ("shape inference only", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    attempts: tuple[tuple[str, bool, dict[str, bool]], ...] = (
+        ("full", True, {}),
+        ("without symbolic shape inference", False, {}),
+        ("shape inference only", False, {"skip_optimization": True}),
     )
     errors: list[str] = []
-    with _no_litter():
-        for label, kwargs in attempts:
-            try:
-                with quiet_tools():
-                    quant_pre_process(str(src), str(dst), **kwargs)
-                return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
-            except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next tried
-                errors.append(f"{label}: {first_line(exc, 200)}")
-                log.info("quant_pre_process (%s) failed: %s", label, exc)
+    for label, symbolic, kwargs in attempts:
+        try:
+            with quiet_tools():
+                model: Any = symbolic_shapes(onnx.load(str(src))) if symbolic else str(src)
+                quant_pre_process(model, str(dst), skip_symbolic_shape=True, **kwargs)
+            return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
+        except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next tried
+            errors.append(f"{label}: {first_line(exc, 200)}")
+            log.info("quantisation pre-processing (%s) failed: %s", label, exc)
     shutil.copyfile(src, dst)
     return {"preprocess": "skipped", "preprocess_errors": errors}
 
 
-_LITTER = "sym_shape_infer_temp.onnx"
+def symbolic_shapes(model: Any) -> Any:
+    """onnxruntime's symbolic shape inference, without the file it leaves behind.
 
+    # NOTE: ``SymbolicShapeInference.infer_shapes`` saves ``sym_shape_infer_temp.onnx`` (and UUID-named weight files)
+    # into the current directory when inference is incomplete. This is its loop without that save; the current
+    # directory is the whole process's, so a converter inside a host application must never write there.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-@contextlib.contextmanager
-def _no_litter() -> Iterator[None]:
-    """onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` into the current directory when it
-    fails, with its weights in external-data files named by random UUIDs beside it. Remove the file and the data
-    files it points to (never anything that was there before)."""
-    temp = Path(_LITTER)
-    existed = temp.exists()
+    inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
     try:
-        yield
-    finally:
-        if not existed and temp.exists():
-            for location in _external_locations(temp):
-                Path(location).unlink(missing_ok=True)
-            temp.unlink(missing_ok=True)
-
-
-def _external_locations(path: Path) -> set[str]:
-    """Plain file names (no folders) that a model's external data refers to."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a half-written file: nothing we can safely attribute to it
-        return set()
-    names = set()
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value and Path(entry.value).name == entry.value:
-                names.add(entry.value)
-    return names
+        inference._preprocess(model)
+        done = False
+        while inference.run_:
+            done = inference._infer_impl()
+        inference._update_output_from_vi()
+    except AttributeError as exc:  # an onnxruntime whose inference is shaped differently: skip, never litter
+        raise ConversionError(f"symbolic shape inference is not available in this onnxruntime ({exc})") from None
+    if not done:
+        raise ConversionError("Incomplete symbolic shape inference")
+    return inference.out_mp_
 
 
 def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import shutil
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +14,12 @@ from ..config import QuantizeConfig
 from ..environment import has_vnni, is_arm
 from ..errors import ConversionError, first_line
 from .data import Samples
+from .quiet import quiet_tools
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: the converter's only way of telling a UI how far it is."""
-
-
-@contextlib.contextmanager
-def quiet_tools() -> Iterator[None]:
-    """Silence onnxruntime's quantisation tools while they run: they print progress to stdout and log through the
-    root logger, which (with no handler set) would install one on the caller's process behind its back."""
-    root = logging.getLogger()
-    guard = logging.NullHandler() if not root.handlers else None
-    if guard:
-        root.addHandler(guard)
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-        if guard:
-            root.removeHandler(guard)
 
 
 def cpu_defaults(config: QuantizeConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class InputContract:
             for s in self.specs
         ]
         self._single = self.specs[0].name if len(self.specs) == 1 else None
+        self._batched = [(s.name, s.batch_axis) for s in self.specs if s.batch_axis is not None]
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` (one array for a single-input model, or a mapping of name to array)."""
@@ -66,7 +67,19 @@ class InputContract:
                         f"(dimension {axis} must be {size})"
                     )
             feed[name] = value
+        if len(self._batched) > 1:
+            self._rows_agree(feed)
         return feed
+
+    def _rows_agree(self, feed: Mapping[str, np.ndarray]) -> None:
+        """Every input with a batch axis carries the same number of rows: a request that breaks this would fail
+        the whole batch it was stacked into, so it is refused here, before it joins one."""
+        first, axis = self._batched[0]
+        rows = feed[first].shape[axis]
+        for name, ax in self._batched[1:]:
+            if feed[name].shape[ax] != rows:
+                sizes = ", ".join(f"'{n}' {feed[n].shape[a]} (axis {a})" for n, a in self._batched)
+                raise InputError(f"inputs disagree on the batch size: {sizes}; every input needs one row per sample")
 
     def _coerce(self, name: str, value: Any, spec: TensorSpec) -> np.ndarray:
         if isinstance(value, np.ndarray):  # a subclass such as a masked array: plain data only

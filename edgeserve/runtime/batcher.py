@@ -3,6 +3,11 @@
 The decision "what runs next" is :func:`plan`, a pure function of the pending requests, the time and the
 settings, tested without threads or sleeps. :class:`Batcher` wraps it with one worker thread.
 
+What a caller can count on: it gets its own rows back or its own error. A batch that fails is re-run one request
+at a time, so one request the engine refuses (a token id past the vocabulary, say) fails alone. A deadline bounds
+how long :meth:`Batcher.call` blocks, whatever the worker is doing; a worker that dies fails everything queued and
+every later request with the cause, and says so in ``stats``.
+
 # NOTE: onnxruntime releases the GIL inside run(), so one worker thread keeps the cores busy while callers wait.
 """
 
@@ -12,14 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..config import BatchConfig
-from ..errors import ClosedError, EdgeserveError, QueueFull, Timeout
+from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
 from ..tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -94,20 +100,56 @@ class Batcher:
         self._pending_rows = 0
         self._cond = threading.Condition()
         self._closing = False
-        self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0}
+        self._hurry = False
+        self.error: str | None = None
+        """Why the worker died, or None while it runs."""
+        self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
+                      "retried_alone": 0}
         self._thread = threading.Thread(target=self._loop, name=f"edgeserve-batcher-{name}", daemon=True)
         self._thread.start()
 
     # -- callers -----------------------------------------------------------------------------------------------------
+    def call(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Queue a checked feed and wait for its outputs, at most until its deadline (``timeout_ms``, else the
+        config's): past it the request is withdrawn (or, if it is running, its answer discarded) and
+        :class:`Timeout` raised."""
+        future, deadline = self._enqueue(feed, timeout_ms)
+        try:
+            return future.result(None if deadline is None else max(0.0, deadline - self._clock()))
+        except FutureTimeout:
+            withdrawn = future.cancel()
+            if withdrawn:
+                with self._cond:
+                    self.stats["expired"] += 1
+            elif future.done() and not future.cancelled():  # it finished in the instant between
+                return future.result()
+            raise Timeout(
+                f"model '{self._name}': no answer within the deadline of {self._limit_ms(timeout_ms):g} ms "
+                f"({'withdrawn before it ran' if withdrawn else 'it was running; its answer is discarded'})"
+            ) from None
+        except CancelledError:
+            raise Timeout(f"model '{self._name}': the request was cancelled before it ran") from None
+
     def submit(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> Future[dict[str, np.ndarray]]:
-        """Queue a checked feed; the future resolves to its outputs or to the error that stopped it."""
+        """Queue a checked feed; the future resolves to its outputs or to the error that stopped it. The worker
+        fails it with :class:`Timeout` once its deadline passes unrun; waiting on the future is the caller's."""
+        return self._enqueue(feed, timeout_ms)[0]
+
+    def _limit_ms(self, timeout_ms: float | None) -> float | None:
+        return timeout_ms if timeout_ms is not None else self.config.timeout_ms
+
+    def _enqueue(self, feed: Mapping[str, np.ndarray],
+                 timeout_ms: float | None) -> tuple[Future[dict[str, np.ndarray]], float | None]:
         first = self._inputs[0]
         rows = int(feed[first.name].shape[first.batch_axis or 0])
         group = tuple((s.name, feed[s.name].dtype.str, _non_batch(feed[s.name].shape, s.batch_axis)) for s in self._inputs)
         now = self._clock()
-        limit = timeout_ms if timeout_ms is not None else self.config.timeout_ms
+        limit = self._limit_ms(timeout_ms)
         item = Pending(dict(feed), rows, group, now, now + limit / 1000.0 if limit is not None else None)
         with self._cond:
+            if self.error is not None:
+                raise InferenceError(f"model '{self._name}': its batching worker stopped ({self.error}); "
+                                     "reload the model")
             if self._closing:
                 raise ClosedError(f"model '{self._name}' is closing; it takes no new requests")
             if len(self._pending) >= self.config.max_queue:
@@ -125,12 +167,22 @@ class Batcher:
             if len(self._pending) == 1 or self._pending_rows >= self.config.max_batch_size or item.deadline is not None \
                     and item.deadline < self._pending[0].enqueued + self.config.max_delay_ms / 1000.0:
                 self._cond.notify()
-        return item.future
+        return item.future, item.deadline
 
     @property
     def queued(self) -> int:
         with self._cond:
             return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and self._thread.is_alive()
+
+    def hurry(self) -> None:
+        """Run what is queued without waiting for more company (the model is being replaced); still takes requests."""
+        with self._cond:
+            self._hurry = True
+            self._cond.notify()
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking requests, run what is queued, and stop the worker (waiting at most ``timeout`` seconds)."""
@@ -146,6 +198,18 @@ class Batcher:
 
     # -- worker ------------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug or an engine that raised past Exception: fail loudly, never hang callers
+            log.error("model %s: batching worker stopped: %r", self._name, exc)
+            with self._cond:
+                self.error = f"{type(exc).__name__}: {first_line(exc)}"
+                left, self._pending = self._pending, []
+                self._pending_rows = 0
+            for p in left:
+                _fail(p, InferenceError(f"model '{self._name}': its batching worker stopped ({self.error})"))
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while True:
@@ -156,7 +220,7 @@ class Batcher:
                         continue
                     now = self._clock()
                     decision = plan(self._pending, now, self.config)
-                    if self._closing and not decision.take and not decision.expired:
+                    if (self._closing or self._hurry) and not decision.take and not decision.expired:
                         # draining: run what is there now instead of waiting for company
                         decision = plan(self._pending, now, replace(self.config, max_delay_ms=0.0))
                     if decision.take or decision.expired:
@@ -184,18 +248,34 @@ class Batcher:
                 merged = {s.name: np.concatenate([p.feed[s.name] for p in live], axis=s.batch_axis or 0)
                           for s in self._inputs}
                 results = self._split(self._outputs_of(self._run(merged)), [p.rows for p in live])
-        except BaseException as exc:  # every request in the batch gets the cause
+        except Exception as exc:
             self.stats["failed_batches"] += 1
-            err = exc if isinstance(exc, EdgeserveError) else EdgeserveError(f"batch failed: {exc}")
+            if len(live) == 1:
+                live[0].future.set_exception(_edgeserve_error(exc))
+                return
+            # NOTE: one request the engine refuses must not fail the others it was stacked with: run each alone,
+            # so every caller gets its own answer or its own error
+            self.stats["retried_alone"] += len(live)
             for p in live:
-                p.future.set_exception(err)
-            if not isinstance(exc, Exception):
-                raise
+                try:
+                    result = self._outputs_of(self._run(p.feed))
+                except Exception as alone:
+                    p.future.set_exception(_edgeserve_error(alone))
+                else:
+                    self._count(p.rows)
+                    p.future.set_result(result)
             return
-        self.stats["batches"] += 1
-        self.stats["rows"] += sum(p.rows for p in live)
+        except BaseException as exc:  # the worker is going down: its callers hear why first
+            for p in live:
+                p.future.set_exception(InferenceError(f"model '{self._name}': batch aborted ({exc!r})"))
+            raise
+        self._count(sum(p.rows for p in live))
         for p, result in zip(live, results):
             p.future.set_result(result)
+
+    def _count(self, rows: int) -> None:
+        self.stats["batches"] += 1
+        self.stats["rows"] += rows
 
     def _outputs_of(self, values: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {s.name: v for s, v in zip(self._outputs, values)}
@@ -219,6 +299,10 @@ class Batcher:
 
 def _non_batch(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
     return tuple(d for i, d in enumerate(shape) if i != (axis or 0))
+
+
+def _edgeserve_error(exc: Exception) -> EdgeserveError:
+    return exc if isinstance(exc, EdgeserveError) else InferenceError(f"batch failed: {first_line(exc)}")
 
 
 def _fail(p: Pending, exc: BaseException) -> None:

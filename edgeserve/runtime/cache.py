@@ -1,8 +1,10 @@
-"""The response cache: an LRU of outputs keyed by model, version and a cryptographic digest of the inputs.
+"""The response cache: an LRU of outputs keyed by what the model computes and a cryptographic digest of the inputs.
 
-The key covers each input's name, dtype, shape and bytes, so the same bytes under another dtype or shape never
-collide, and two models or two versions never share an entry. Cached arrays are made read-only, so a caller
-cannot change what the next caller receives.
+A model's identity is what decides its answers: the sha256 of its model file and the engine and precision that
+run it (see :func:`edgeserve.runtime.model.identity_of`), never a human-chosen name or version, so two packages
+that share a label never share entries, and two versions built from the same file may. The key covers each
+input's name, dtype, shape and bytes, so the same bytes under another dtype or shape never collide. The cache
+keeps its own read-only copy of every answer and hands each caller a fresh, writable copy.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ MISS = object()
 """What :meth:`ResponseCache.get` returns when there is no entry (a cached empty result is a real value)."""
 
 
-def cache_key(model: str, version: str | None, inputs: Mapping[str, np.ndarray]) -> bytes:
+def cache_key(identity: str, inputs: Mapping[str, np.ndarray]) -> bytes:
+    """BLAKE2b-256 over the model's identity and every input's name, dtype, shape and bytes, each length-prefixed
+    so that no two different requests hash the same sequence of bytes."""
     h = hashlib.blake2b(digest_size=32)
-    for part in (model, version or ""):
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
+    data = identity.encode()
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
     for name in sorted(inputs):
         arr = inputs[name]
         header = f"{name}\x00{arr.dtype.str}\x00{arr.shape}".encode()
@@ -55,6 +58,7 @@ class ResponseCache:
         self.hits = self.misses = self.evictions = 0
 
     def get(self, key: bytes) -> Any:
+        """The cached outputs (read-only arrays: copy before handing them out), or :data:`MISS`."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -69,10 +73,11 @@ class ResponseCache:
             self.hits += 1
             return outputs
 
-    def put(self, key: bytes, model: str, outputs: Mapping[str, np.ndarray]) -> None:
+    def put(self, key: bytes, identity: str, outputs: Mapping[str, np.ndarray]) -> None:
+        """Store a private, read-only copy of ``outputs`` (the caller keeps its own arrays) under ``identity``."""
         frozen = {}
         for name, value in outputs.items():
-            arr = np.array(value, copy=True) if value.flags.writeable else value
+            arr = np.array(value, copy=True)
             arr.flags.writeable = False
             frozen[name] = arr
         size = sum(a.nbytes for a in frozen.values()) + 256  # a little per entry for the key and bookkeeping
@@ -81,17 +86,17 @@ class ResponseCache:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = (model, frozen, size, self._clock())
+            self._entries[key] = (identity, frozen, size, self._clock())
             self._bytes += size
             while self._bytes > self.config.max_bytes:
                 oldest = next(iter(self._entries))
                 self._drop(oldest)
                 self.evictions += 1
 
-    def invalidate(self, model: str) -> int:
-        """Drop every entry of ``model`` (its version changed); returns how many went."""
+    def invalidate(self, identity: str) -> int:
+        """Drop every entry computed by the model with this identity (it stopped serving); returns how many went."""
         with self._lock:
-            doomed = [k for k, (m, *_rest) in self._entries.items() if m == model]
+            doomed = [k for k, (m, *_rest) in self._entries.items() if m == identity]
             for k in doomed:
                 self._drop(k)
             return len(doomed)

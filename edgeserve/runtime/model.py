@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,10 @@ import numpy as np
 
 from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
-from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, PackageError
+from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError, Timeout
 from ..golden import mismatches, tolerance_for
 from ..guard.contract import InputContract
-from ..modelfile import load_model, uses_external_data
+from ..modelfile import load_model, sha256_file, uses_external_data
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
 from .batcher import Batcher, can_batch
@@ -34,11 +36,15 @@ class Model:
 
     def __init__(self, session: Session, *, name: str, version: str | None = None,
                  manifest: Manifest | None = None, path: Path | None = None,
-                 batching: BatchConfig | None = None, cache: CacheConfig | ResponseCache | None = None) -> None:
+                 batching: BatchConfig | None = None, cache: CacheConfig | ResponseCache | None = None,
+                 identity: str | None = None) -> None:
         self.name = name
         self.version = version
         self.manifest = manifest
         self.path = path
+        self.identity = identity or f"session-{uuid.uuid4().hex}"
+        """What decides this model's answers (model file digest, engine, precision): the response cache's key.
+        Without one given, a unique id: such a model shares cache entries with no other."""
         self._session = session
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs if manifest else session.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs if manifest else session.outputs
@@ -72,7 +78,7 @@ class Model:
         if hit is not None:
             return hit
         if self.batcher is not None:
-            out = self.batcher.submit(feed, timeout_ms).result()
+            out = self.batcher.call(feed, timeout_ms)
         else:
             out = dict(zip(self._output_names, self._run(feed, self._output_names)))
         return self._remember(key, out)
@@ -85,11 +91,21 @@ class Model:
         if hit is not None:
             return hit
         if self.batcher is not None:
-            out = await asyncio.wrap_future(self.batcher.submit(feed, timeout_ms))
+            out = await self._batched_async(feed, timeout_ms)
         else:
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
         return self._remember(key, out)
+
+    async def _batched_async(self, feed: dict[str, np.ndarray], timeout_ms: float | None) -> dict[str, np.ndarray]:
+        assert self.batcher is not None
+        future = self.batcher.submit(feed, timeout_ms)
+        limit = timeout_ms if timeout_ms is not None else self.batcher.config.timeout_ms
+        try:
+            # NOTE: wait_for cancels the wrapped future on timeout, which withdraws a request that has not run yet
+            return await asyncio.wait_for(asyncio.wrap_future(future), None if limit is None else limit / 1000.0)
+        except asyncio.TimeoutError:
+            raise Timeout(f"model '{self.name}': no answer within the deadline of {limit:g} ms") from None
 
     def _checked(self, inputs: Any, named: dict[str, Any]) -> dict[str, np.ndarray]:
         if self._closed:
@@ -97,16 +113,18 @@ class Model:
         return self._contract.feed(inputs, named)
 
     def _cached(self, feed: dict[str, np.ndarray]) -> tuple[bytes | None, dict[str, np.ndarray] | None]:
-        """(cache key, cached outputs or None); (None, None) without a cache."""
+        """(cache key, the caller's own copy of the cached outputs, or None); (None, None) without a cache."""
         if self.cache is None:
             return None, None
-        key = cache_key(self.name, self.version, feed)
+        key = cache_key(self.identity, feed)
         hit = self.cache.get(key)
-        return key, (None if hit is MISS else dict(hit))
+        # NOTE: a hit hands out copies, so every call returns the same kind of result as a miss: arrays that are
+        # the caller's own to change
+        return key, (None if hit is MISS else {k: v.copy() for k, v in hit.items()})
 
     def _remember(self, key: bytes | None, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if key is not None and self.cache is not None:
-            self.cache.put(key, self.name, out)
+            self.cache.put(key, self.identity, out)
         return out
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -153,9 +171,12 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     proto = load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checked before any engine
-    backend = get_backend(config.backend or "onnxruntime")
-    session = backend.open(path, config, label=path.name, external_data=uses_external_data(proto))
-    return Model(session, name=path.stem, path=path, batching=batching, cache=cache)
+    backend_name = config.backend or "onnxruntime"
+    session = get_backend(backend_name).open(path, config, label=path.name, external_data=uses_external_data(proto))
+    with _closing_on_error(session):
+        digest = sha256_file(path) if cache is not None else None  # only a cache needs to know what computes
+        return Model(session, name=path.stem, path=path, batching=batching, cache=cache,
+                     identity=identity_of(digest, backend_name, config.precision) if digest else None)
 
 
 def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, allowed_domains: Sequence[str],
@@ -167,22 +188,34 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     model_path = folder / manifest.model_file
     proto = load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
     backend_name, config = choose_backend(manifest, config)
+    digest = manifest.digests[manifest.model_file]
     session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
-                                             digest=manifest.digests.get(manifest.model_file),
-                                             external_data=uses_external_data(proto))
-    try:
+                                             digest=digest, external_data=uses_external_data(proto))
+    with _closing_on_error(session):
         _check_signature(manifest, session)
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
         if golden != "off" and manifest.golden.get("count", 0):
             _check_golden(model, folder, manifest, golden)
-    except EdgeserveError:
+        if batching is None and cache is None:
+            return model
+        # golden samples were checked on the bare model; the served one adds batching and caching on the same session
+        return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
+                     batching=batching, cache=cache, identity=identity_of(digest, backend_name, config.precision))
+
+
+def identity_of(model_digest: str, backend: str, precision: str | None) -> str:
+    """What decides a model's answers: its file's sha256, the engine and the engine's precision."""
+    return f"{model_digest}:{backend}:{precision or 'native'}"
+
+
+@contextmanager
+def _closing_on_error(session: Session) -> Iterator[None]:
+    """Close ``session`` if anything (an edgeserve error or not) goes wrong before a Model owns it."""
+    try:
+        yield
+    except BaseException:
         session.close()
         raise
-    if batching is None and cache is None:
-        return model
-    # golden samples were checked on the bare model; the served one adds batching and caching on the same session
-    return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
-                 batching=batching, cache=cache)
 
 
 def verified_backends(manifest: Manifest) -> list[dict[str, Any]]:

@@ -2,55 +2,34 @@
 
 Versions are positive integers. The state file says which version serves (``current``) and whether it is
 pinned (a pinned model does not move to newly published versions). Publishing copies the package into a
-staging folder beside its destination, verifies digests and golden samples there, then renames it into
-place; state changes are written to a temporary file and renamed. Names and versions are validated before
-any path is built from them, and every path is checked to stay inside the repository.
+staging folder inside the repository, verifies digests and golden samples there, then renames it into
+place; state changes are written to a temporary file and renamed. Management actions hold a file lock
+(``.edgeserve.lock``), so concurrent publishers, in threads or processes, never race for a version number or
+lose a state change. Names and versions are validated before any path is built from them
+(:mod:`edgeserve.names`), and every path is checked to stay inside the repository.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import GoldenPolicy
 from ..errors import ModelNotFound, RepositoryError
+from ..names import check_name, check_version, is_name, is_version
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+__all__ = ["ModelState", "Repository", "check_name", "check_version"]
+
 STATE_FILE = "state.json"
-
-
-def check_name(name: Any) -> str:
-    """A model name: letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; no ``..``; ≤128 chars."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise RepositoryError(
-            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
-            "digit, without '..' or slashes"
-        )
-    return name
-
-
-def check_version(version: Any) -> int:
-    """A version: a positive integer below 10^9, written without sign, spaces or leading zeros."""
-    if isinstance(version, bool):
-        raise RepositoryError(f"invalid version {version!r}: versions are positive integers such as 1, 2, 3")
-    if isinstance(version, int):
-        text = str(version)
-    elif isinstance(version, str):
-        text = version
-    else:
-        raise RepositoryError(f"invalid version {version!r}: versions are positive integers such as 1, 2, 3")
-    if not _VERSION.fullmatch(text):
-        raise RepositoryError(f"invalid version {version!r}: versions are positive integers such as 1, 2, 3 "
-                              "(no sign, leading zeros or spaces; below 1000000000)")
-    return int(text)
+LOCK_FILE = ".edgeserve.lock"
 
 
 @dataclass(frozen=True)
@@ -89,7 +68,7 @@ class Repository:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and not entry.is_symlink() and _NAME.fullmatch(entry.name) and ".." not in entry.name:
+            if entry.is_dir() and not entry.is_symlink() and is_name(entry.name):
                 out.append(entry.name)
         return out
 
@@ -98,7 +77,7 @@ class Repository:
         if not folder.is_dir():
             raise ModelNotFound(f"no model named '{name}' in {self.root}")
         return sorted(int(e.name) for e in folder.iterdir()
-                      if e.is_dir() and not e.is_symlink() and _VERSION.fullmatch(e.name))
+                      if e.is_dir() and not e.is_symlink() and is_version(e.name))
 
     def state(self, name: str) -> ModelState:
         versions = self.versions(name)
@@ -131,80 +110,135 @@ class Repository:
         return data
 
     def _write_state(self, name: str, **changes: Any) -> None:
+        """Merge ``changes`` into the state file (call with :meth:`locked` held: this reads, then writes)."""
         folder = self.model_dir(name)
         data = {**self._read_state(name), **changes}
         tmp = folder / f".{STATE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / STATE_FILE)
+        try:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, folder / STATE_FILE)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RepositoryError(f"cannot write the state of '{name}' in {self.root}: {exc}") from None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's lock: one management action at a time, across threads and processes.
+
+        # NOTE: flock locks belong to an open file description, so each holder opens the lock file itself; that
+        # makes the lock exclusive between threads of one process as well as between processes."""
+        path = self.root / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise RepositoryError(f"cannot lock the repository {self.root} ({exc}); is it writable?") from None
+        try:
+            _lock(fd)
+            yield
+        finally:
+            _unlock(fd)
+            os.close(fd)
 
     # -- changing ------------------------------------------------------------------------------------------------------
     def publish(self, name: str, package: str | os.PathLike[str], *, golden: GoldenPolicy = "error") -> int:
-        """Copy a package in as the next version (atomically, verified first); it serves unless the model is pinned."""
+        """Copy a package in as the next version (atomically, verified first); it serves unless the model is pinned.
+
+        The copy is verified (digests, model file, golden answers) in a staging folder before the lock is taken,
+        so concurrent publishes verify in parallel and only number and rename one at a time. A failed publish
+        leaves nothing behind, not even an empty model folder."""
         from ..package import Package
         from .model import load
 
         check_name(name)
         source = Path(package)
         Package.open(source)  # a clear error before anything is copied
-        folder = self.model_dir(name)
-        folder.mkdir(exist_ok=True)
-        staging = self._inside(folder / f".staging-{uuid.uuid4().hex[:8]}")
+        staging = self._inside(self.root / f".staging-{name}-{uuid.uuid4().hex[:8]}")
         try:
-            shutil.copytree(source, staging, symlinks=False)
+            try:
+                shutil.copytree(source, staging, symlinks=False)
+            except (OSError, shutil.Error) as exc:
+                raise RepositoryError(f"cannot copy {source} into {self.root}: {exc}") from None
             load(staging, golden=golden, config=_no_cache()).close()  # digests, model file and golden answers
-            existing = self.versions(name)
-            version = (existing[-1] + 1) if existing else 1
-            target = self.version_dir(name, version)
-            os.rename(staging, target)  # fails rather than overwrites if another publisher took this number
-        except BaseException:
+            with self.locked():
+                folder = self.model_dir(name)
+                folder.mkdir(exist_ok=True)
+                existing = self.versions(name)
+                version = (existing[-1] + 1) if existing else 1
+                try:
+                    os.rename(staging, self.version_dir(name, version))
+                except OSError as exc:
+                    raise RepositoryError(f"cannot move the new version of '{name}' into place: {exc}") from None
+                if not self.state(name).pinned:
+                    self._write_state(name, current=version, pinned=False)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if not self.state(name).pinned:
-            self._write_state(name, current=version, pinned=False)
         return version
 
     def rollback(self, name: str) -> int:
         """Serve the newest version older than the current one; returns it. The next publish serves again."""
-        state = self.state(name)
-        older = [v for v in state.versions if state.current is not None and v < state.current]
-        if not older:
-            raise RepositoryError(f"model '{name}' has no version older than {state.current} to roll back to")
-        self._write_state(name, current=older[-1], pinned=False)
-        return older[-1]
+        with self.locked():
+            state = self.state(name)
+            older = [v for v in state.versions if state.current is not None and v < state.current]
+            if not older:
+                raise RepositoryError(f"model '{name}' has no version older than {state.current} to roll back to")
+            self._write_state(name, current=older[-1], pinned=False)
+            return older[-1]
 
     def point(self, name: str, version: int | None, *, pinned: bool = False) -> None:
         """Set the serving version directly (used to undo a rollback whose target failed to load)."""
-        if version is not None and version not in self.versions(name):
-            raise ModelNotFound(f"model '{name}' has no version {version}")
-        self._write_state(name, current=version, pinned=pinned)
+        with self.locked():
+            if version is not None and version not in self.versions(name):
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+            self._write_state(name, current=version, pinned=pinned)
 
     def pin(self, name: str, version: int | str) -> int:
         """Serve ``version`` and stay on it when newer versions are published."""
         v = check_version(version)
-        if v not in self.versions(name):
-            raise ModelNotFound(f"model '{name}' has no version {v}; it has {self.versions(name)}")
-        self._write_state(name, current=v, pinned=True)
+        with self.locked():
+            if v not in self.versions(name):
+                raise ModelNotFound(f"model '{name}' has no version {v}; it has {self.versions(name)}")
+            self._write_state(name, current=v, pinned=True)
         return v
 
     def unpin(self, name: str) -> int:
         """Follow the newest version again; returns it."""
-        versions = self.versions(name)
-        if not versions:
-            raise ModelNotFound(f"model '{name}' has no versions")
-        self._write_state(name, current=versions[-1], pinned=False)
-        return versions[-1]
+        with self.locked():
+            versions = self.versions(name)
+            if not versions:
+                raise ModelNotFound(f"model '{name}' has no versions")
+            self._write_state(name, current=versions[-1], pinned=False)
+            return versions[-1]
 
     def remove(self, name: str, version: int | str, *, force: bool = False) -> None:
         """Delete a version; the serving one only with ``force`` (the newest remaining one then serves)."""
         v = check_version(version)
-        target = self.version_dir(name, v)
-        if not target.is_dir():
-            raise ModelNotFound(f"model '{name}' has no version {v}")
-        if self.state(name).current == v and not force:
-            raise RepositoryError(f"version {v} of '{name}' is serving; roll back or pin another first (or force)")
-        trash = self._inside(target.with_name(f".trash-{v}-{uuid.uuid4().hex[:8]}"))
-        os.rename(target, trash)  # one atomic step out of sight, then the slow delete
+        with self.locked():
+            target = self.version_dir(name, v)
+            if not target.is_dir():
+                raise ModelNotFound(f"model '{name}' has no version {v}")
+            if self.state(name).current == v and not force:
+                raise RepositoryError(f"version {v} of '{name}' is serving; roll back or pin another first (or force)")
+            trash = self._inside(target.with_name(f".trash-{v}-{uuid.uuid4().hex[:8]}"))
+            os.rename(target, trash)  # one atomic step out of sight, then the slow delete
         shutil.rmtree(trash, ignore_errors=True)
+
+
+if sys.platform == "win32":  # pragma: no cover
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _no_cache():

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
-from ..errors import ClosedError, ConfigError, ModelNotFound, RepositoryError
+from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
+from ..names import check_name, check_version
 from .cache import ResponseCache
 from .model import Model, load
-from .repository import Repository, check_name, check_version
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 SERVING_FILE = "serving.json"
@@ -41,34 +43,57 @@ class _Loaded:
 
 @dataclass
 class _Slot:
+    """One model name: the serving version, versions loaded on demand (least recently used first), the response
+    cache its versions share, and why it has no version when loading failed."""
+
     current: _Loaded | None = None
-    on_demand: dict[int, _Loaded] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time per model
+    on_demand: OrderedDict[int, _Loaded] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one load at a time per model
+    cache: ResponseCache | None = None
+    error: str | None = None
+
+    def loaded(self) -> list[_Loaded]:
+        return [x for x in (self.current, *self.on_demand.values()) if x is not None]
 
 
 class Runtime:
     """Serve the models of a repository in-process.
 
     ``batching`` and ``cache`` are defaults for every model (a model's ``serving.json`` overrides them);
-    ``models`` limits which models load (default: all). The runtime is a context manager; ``close()`` drains.
+    ``models`` limits which models load (default: all). A model whose serving version does not load is reported
+    (``models()[name]["error"]``, and a warning) and skipped; the others serve. Versions asked for explicitly are
+    loaded on demand and kept, at most ``max_on_demand`` per model, least recently used closed first. The runtime
+    is a context manager; ``close()`` drains.
     """
 
     def __init__(self, repository: str | os.PathLike[str] | Repository, *, models: Sequence[str] | None = None,
                  config: SessionConfig | None = None, batching: BatchConfig | None = None,
-                 cache: CacheConfig | None = None, golden: GoldenPolicy = "error") -> None:
+                 cache: CacheConfig | None = None, golden: GoldenPolicy = "error", max_on_demand: int = 2) -> None:
+        if max_on_demand < 0:
+            raise ConfigError(f"max_on_demand must be 0 or more, got {max_on_demand}")
         self.repository = repository if isinstance(repository, Repository) else Repository(repository)
         self.config = config or SessionConfig()
         self._batching = batching
         self._cache_config = cache
         self._golden = golden
+        self._max_on_demand = max_on_demand
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._closed = False
-        names = list(models) if models is not None else self.repository.names()
+        available = self.repository.names()
+        if models is not None:
+            unknown = [n for n in models if check_name(n) not in available]
+            if unknown:
+                raise ModelNotFound(f"no model named {', '.join(map(repr, unknown))} in {self.repository.root}; "
+                                    f"it has {', '.join(available) or 'none'}")
         try:
-            for name in names:
-                self._slots[check_name(name)] = _Slot()
-                self.reload(name)
+            for name in (models if models is not None else available):
+                self._slots[name] = _Slot()
+                try:
+                    self.reload(name)
+                except EdgeserveError as exc:
+                    self._slots[name].error = first_line(exc, 500)
+                    log.warning("model %s is not served: %s", name, self._slots[name].error)
         except BaseException:
             self.close()
             raise
@@ -90,15 +115,20 @@ class Runtime:
             return model
 
     def models(self) -> dict[str, dict[str, Any]]:
-        """What is loaded: per model, the serving version, the repository's versions and the batching/cache stats."""
+        """What is loaded: per model, the serving version (None with the ``error`` that stopped it), the versions
+        loaded on demand, and the batching and cache stats."""
         out = {}
-        for name, slot in list(self._slots.items()):
+        with self._lock:
+            slots = list(self._slots.items())
+        for name, slot in slots:
             loaded = slot.current
-            info: dict[str, Any] = {"version": loaded.version if loaded else None}
+            info: dict[str, Any] = {"version": loaded.version if loaded else None,
+                                    "on_demand": sorted(slot.on_demand), "error": slot.error}
             if loaded:
                 m = loaded.model
-                info["batching"] = dict(m.batcher.stats, queued=m.batcher.queued) if m.batcher else None
-                info["cache"] = m.cache.stats() if m.cache else None
+                info["batching"] = (dict(m.batcher.stats, queued=m.batcher.queued, alive=m.batcher.alive,
+                                         worker_error=m.batcher.error) if m.batcher else None)
+                info["cache"] = m.cache.stats() if m.cache is not None else None
             out[name] = info
         return out
 
@@ -110,39 +140,69 @@ class Runtime:
         finally:
             self._release(loaded)
 
-    def _acquire(self, name: str, version: int | str | None) -> _Loaded:
+    def _slot(self, name: str) -> _Slot:
         if self._closed:
             raise ClosedError("the runtime is closed")
         slot = self._slots.get(name)
         if slot is None:
             raise ModelNotFound(f"model '{name}' is not loaded; loaded: {', '.join(sorted(self._slots)) or 'none'}")
+        return slot
+
+    def _acquire(self, name: str, version: int | str | None) -> _Loaded:
+        slot = self._slot(name)
         if version is not None:
             return self._acquire_version(name, slot, check_version(version))
         with self._lock:
             loaded = slot.current
             if loaded is None:
-                raise ModelNotFound(f"model '{name}' has no loaded version")
+                why = f": {slot.error}" if slot.error else ""
+                raise ModelNotFound(f"model '{name}' has no loaded version{why}")
             loaded.users += 1
             return loaded
 
+    def _find(self, slot: _Slot, version: int) -> _Loaded | None:
+        """A live loaded ``version`` with one more user (call with ``self._lock`` held), or None."""
+        for loaded in slot.loaded():
+            if loaded.version == version and not loaded.retired:
+                loaded.users += 1
+                if version in slot.on_demand:
+                    slot.on_demand.move_to_end(version)
+                return loaded
+        return None
+
     def _acquire_version(self, name: str, slot: _Slot, version: int) -> _Loaded:
         with self._lock:
-            for loaded in (slot.current, slot.on_demand.get(version)):
-                if loaded is not None and loaded.version == version and not loaded.retired:
-                    loaded.users += 1
-                    return loaded
-        with slot.lock:  # load an older or newer version on demand, once
+            found = self._find(slot, version)
+        if found is not None:
+            return found
+        with slot.lock:  # load it on demand, once
             with self._lock:
-                existing = slot.on_demand.get(version)
-            if existing is None:
-                if version not in self.repository.versions(name):
-                    raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
-                existing = _Loaded(self._load(name, version), version)
-                with self._lock:
-                    slot.on_demand[version] = existing
+                found = self._find(slot, version)
+            if found is not None:
+                return found
+            if version not in self.repository.versions(name):
+                raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
+            fresh = _Loaded(self._load(name, slot, version), version, users=1)
             with self._lock:
-                existing.users += 1
-            return existing
+                if self._closed or self._slots.get(name) is not slot:  # closed or unloaded while it loaded
+                    gone = True
+                else:
+                    gone = False
+                    slot.on_demand[version] = fresh
+                    evicted = self._evict(slot)
+            if gone:
+                fresh.model.close()
+                raise ModelNotFound(f"model '{name}' was unloaded while version {version} loaded")
+        for old in evicted:
+            self._retire(slot, old)
+        return fresh
+
+    def _evict(self, slot: _Slot) -> list[_Loaded]:
+        """Versions loaded on demand beyond the cap, least recently used first (call with ``self._lock`` held)."""
+        evicted = []
+        while len(slot.on_demand) > self._max_on_demand:
+            evicted.append(slot.on_demand.popitem(last=False)[1])
+        return evicted
 
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
@@ -155,22 +215,27 @@ class Runtime:
     def reload(self, name: str) -> int:
         """Load the repository's current version of ``name`` and swap it in; returns the serving version.
 
-        The new version is loaded and verified (digests, golden samples) before anyone sees it. If that fails, the
-        old version keeps serving and the error is raised."""
+        The new version is loaded and verified (digests, golden samples) before anyone sees it; a version already
+        loaded on demand is promoted instead of loaded again. If loading fails, the old version keeps serving
+        and the error is raised. Requests holding the old version finish on it; what waits in its queue runs
+        at once."""
         if self._closed:
             raise ClosedError("the runtime is closed")
-        slot = self._slots.setdefault(check_name(name), _Slot())
+        check_name(name)
+        with self._lock:
+            slot = self._slots.setdefault(name, _Slot())
         with slot.lock:
             version = self.repository.current(name)
             if slot.current is not None and slot.current.version == version:
                 return version
-            fresh = _Loaded(self._load(name, version), version)
+            with self._lock:
+                promoted = slot.on_demand.pop(version, None)
+            fresh = promoted or _Loaded(self._load(name, slot, version), version)
             with self._lock:
                 old, slot.current = slot.current, fresh
+                slot.error = None
             if old is not None:
-                self._retire(old)
-                if fresh.model.cache is not None:
-                    fresh.model.cache.invalidate(name)
+                self._retire(slot, old)
             log.info("model %s: serving version %s%s", name, version, f" (was {old.version})" if old else "")
             return version
 
@@ -188,39 +253,52 @@ class Runtime:
         return version
 
     def unload(self, name: str) -> None:
-        slot = self._slots.pop(name, None)
+        with self._lock:
+            slot = self._slots.pop(name, None)
         if slot is None:
             raise ModelNotFound(f"model '{name}' is not loaded")
-        for loaded in [slot.current, *slot.on_demand.values()]:
-            if loaded is not None:
-                self._retire(loaded)
+        for loaded in slot.loaded():
+            self._retire(slot, loaded)
 
-    def _retire(self, loaded: _Loaded) -> None:
+    def _retire(self, slot: _Slot, loaded: _Loaded) -> None:
+        """Stop handing ``loaded`` out; close it once its last user lets go; drop its cached answers unless a
+        version still loaded computes the same ones."""
         with self._lock:
             loaded.retired = True
             idle = loaded.users == 0
+            shared = any(x.model.identity == loaded.model.identity for x in slot.loaded() if x is not loaded)
+        if slot.cache is not None and not shared:
+            slot.cache.invalidate(loaded.model.identity)
         if idle:
             loaded.model.close()
+        elif loaded.model.batcher is not None:
+            loaded.model.batcher.hurry()  # no more company is coming: run what waits now
 
-    def _load(self, name: str, version: int) -> Model:
-        batching, cache = self._settings(name)
+    def _load(self, name: str, slot: _Slot, version: int) -> Model:
+        batching, cache_config = self._settings(name)
+        if cache_config is None:
+            slot.cache = None
+        elif slot.cache is None or slot.cache.config != cache_config:
+            slot.cache = ResponseCache(cache_config)  # one cache for every version of the model
         return load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
-                    batching=batching, cache=cache)
+                    batching=batching, cache=slot.cache)
 
-    def _settings(self, name: str) -> tuple[BatchConfig | None, ResponseCache | CacheConfig | None]:
+    def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None]:
         batching, cache = self._batching, self._cache_config
         path = self.repository.model_dir(name) / SERVING_FILE
         if path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError("expected a JSON object")
                 if "batching" in data:
                     batching = BatchConfig(**data["batching"]) if data["batching"] is not None else None
                 if "cache" in data:
                     cache = CacheConfig(**data["cache"]) if data["cache"] is not None else None
             except (OSError, ValueError, TypeError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise RepositoryError(f"{path}: {exc}") from None
                 raise RepositoryError(f"{path}: invalid serving settings ({exc})") from None
-            except ConfigError as exc:
-                raise RepositoryError(f"{path}: {exc}") from None
         return batching, cache
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -230,7 +308,7 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-            loaded = [x for slot in self._slots.values() for x in (slot.current, *slot.on_demand.values()) if x]
+            loaded = [x for slot in self._slots.values() for x in slot.loaded()]
         for item in loaded:
             item.model.close(timeout)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import edgeserve
 from edgeserve import BatchConfig, QueueFull, Timeout
 from edgeserve.runtime.batcher import Batcher, Pending, plan
 from edgeserve.tensors import TensorSpec
-from tests.factories import rows, save, two_input_model
+from tests.factories import gather_model, rows, save, two_input_model
 
 CFG = BatchConfig(max_batch_size=8, max_delay_ms=10.0, max_queue=100, timeout_ms=None)
 
@@ -96,98 +95,172 @@ def test_every_response_reaches_its_own_caller_with_random_shapes(tmp_path: Path
                 assert out.shape == (n, seq) and np.all(out == i)
 
 
+SPEC = TensorSpec("x", "float32", ("batch", 1), 0)
+
+
+def _x(value: float, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((rows, 1), value, np.float32)}
+
+
+class Gate:
+    """A run function that blocks inside the engine until released, and says when it got there."""
+
+    def __init__(self, fail_on: float | None = None) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[float] = []
+        self.fail_on = fail_on
+
+    def __call__(self, feed):
+        self.seen.extend(feed["x"].ravel().tolist())
+        self.entered.set()
+        assert self.release.wait(10), "the test never released the gate"
+        return [feed["x"] * 2]
+
+
 def test_queue_full_rejects_at_once() -> None:
-    gate = threading.Event()
-
-    def slow_run(feed):
-        gate.wait(5)
-        return [feed["x"]]
-
-    spec = TensorSpec("x", "float32", ("batch", 2), 0)
-    batcher = Batcher(slow_run, [spec], [spec], BatchConfig(max_batch_size=1, max_delay_ms=0, max_queue=2), name="m")
+    gate = Gate()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0, max_queue=2), name="m")
     try:
-        first = batcher.submit({"x": np.zeros((1, 2), np.float32)})
-        time.sleep(0.05)  # the worker is now stuck inside slow_run with the first request
-        batcher.submit({"x": np.zeros((1, 2), np.float32)})
-        batcher.submit({"x": np.zeros((1, 2), np.float32)})
-        t0 = time.perf_counter()
+        first = batcher.submit(_x(1))
+        assert gate.entered.wait(5)  # the worker is inside run() with the first request
+        batcher.submit(_x(2))
+        batcher.submit(_x(3))
         with pytest.raises(QueueFull, match="max_queue=2"):
-            batcher.submit({"x": np.zeros((1, 2), np.float32)})
-        assert time.perf_counter() - t0 < 0.05
+            batcher.submit(_x(4))
         assert batcher.stats["rejected"] == 1
     finally:
-        gate.set()
+        gate.release.set()
         batcher.close()
-    assert first.result(1)["x"].shape == (1, 2)
+    assert first.result(1)["x"][0, 0] == 2
 
 
 def test_expired_deadline_gives_timeout_and_the_request_is_not_run() -> None:
-    ran: list[int] = []
-    gate = threading.Event()
+    """The worker drops a request whose deadline passed while it waited: time comes from an injected clock."""
+    now = [0.0]
+    gate = Gate()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m",
+                      clock=lambda: now[0])
+    try:
+        batcher.submit(_x(1))
+        assert gate.entered.wait(5)
+        late = batcher.submit(_x(2), timeout_ms=20)
+        now[0] = 1.0  # a second passes while the engine is busy
+        gate.release.set()
+        with pytest.raises(Timeout, match="deadline"):
+            late.result(5)
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert gate.seen == [1.0] and batcher.stats["expired"] == 1
+
+
+def test_a_deadline_bounds_the_wait_even_while_the_engine_is_stuck() -> None:
+    """call() returns at its deadline although the worker never comes back from run(); the withdrawn request
+    never runs afterwards."""
+    gate = Gate()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m")
+    try:
+        batcher.submit(_x(1))
+        assert gate.entered.wait(5)
+        with pytest.raises(Timeout, match="withdrawn before it ran"):
+            batcher.call(_x(2), timeout_ms=30)
+        assert not gate.release.is_set()  # it returned while the engine was still stuck
+        with pytest.raises(Timeout):
+            batcher.call(_x(3), timeout_ms=1)
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert gate.seen == [1.0]
+
+
+def test_a_dead_worker_fails_its_callers_and_says_so() -> None:
+    """An engine that raises past Exception kills the worker: queued and later callers get an error, none hangs."""
+
+    class Crash(BaseException):
+        pass
+
+    entered, release = threading.Event(), threading.Event()
 
     def run(feed):
-        ran.append(int(feed["x"][0, 0]))
-        gate.wait(5)
-        return [feed["x"]]
+        entered.set()
+        release.wait(10)
+        raise Crash("engine crashed hard")
 
-    spec = TensorSpec("x", "float32", ("batch", 2), 0)
-    batcher = Batcher(run, [spec], [spec], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m")
-    try:
-        batcher.submit({"x": np.full((1, 2), 1, np.float32)})
-        time.sleep(0.05)
-        late = batcher.submit({"x": np.full((1, 2), 2, np.float32)}, timeout_ms=20)
-        time.sleep(0.1)
-        gate.set()
-        with pytest.raises(Timeout, match="deadline"):
-            late.result(2)
-    finally:
-        gate.set()
-        batcher.close()
-    assert ran == [1]
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0, timeout_ms=None), name="m")
+    running = batcher.submit(_x(1))
+    assert entered.wait(5)
+    queued = batcher.submit(_x(2))  # no deadline: only the worker's death can release it
+    release.set()
+    for f in (running, queued):
+        with pytest.raises(edgeserve.InferenceError, match="Crash"):
+            f.result(5)
+    assert not batcher.alive and "engine crashed hard" in batcher.error
+    with pytest.raises(edgeserve.InferenceError, match="batching worker stopped"):
+        batcher.submit(_x(3))
+    batcher.close()
 
 
-def test_failing_batch_fails_exactly_its_requests() -> None:
+def test_failing_batch_fails_exactly_the_request_that_broke_it() -> None:
     def run(feed):
         if np.any(feed["x"] < 0):
             raise edgeserve.InferenceError("negative input in this batch")
         return [feed["x"] * 2]
 
-    spec = TensorSpec("x", "float32", ("batch", 1), 0)
-    batcher = Batcher(run, [spec], [spec], BatchConfig(max_batch_size=4, max_delay_ms=20), name="m")
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=4, max_delay_ms=10_000), name="m")
     try:
-        bad = [batcher.submit({"x": np.full((1, 1), v, np.float32)}) for v in (1, -1, 2, 3)]  # one batch of 4
-        for f in bad:
-            with pytest.raises(edgeserve.InferenceError, match="negative input"):
-                f.result(2)
-        good = batcher.submit({"x": np.full((1, 1), 5, np.float32)})
-        assert good.result(2)["x"][0, 0] == 10
+        futures = [batcher.submit(_x(v)) for v in (1, -1, 2, 3)]  # one batch of 4
+        with pytest.raises(edgeserve.InferenceError, match="negative input"):
+            futures[1].result(5)
+        assert [f.result(5)["x"][0, 0] for f in (futures[0], futures[2], futures[3])] == [2, 4, 6]
+        assert batcher.stats["failed_batches"] == 1 and batcher.stats["retried_alone"] == 4
     finally:
         batcher.close()
+
+
+def test_a_poisoned_request_fails_alone_in_a_real_model(tmp_path: Path) -> None:
+    """A token id past the embedding table passes the contract and fails in onnxruntime; stacked with good
+    requests, only it fails."""
+    path = save(gather_model(vocab=10), tmp_path / "gather.onnx")
+    ids = [np.full((1, 3), v, np.int64) for v in (1, 2, 99, 3, 4, 5)]
+    with edgeserve.load(path, batching=BatchConfig(max_batch_size=len(ids), max_delay_ms=10_000)) as model:
+        futures = [model.batcher.submit({"ids": x}) for x in ids]
+        for x, f in zip(ids, futures):
+            if x[0, 0] == 99:
+                with pytest.raises(edgeserve.InferenceError, match="onnxruntime failed"):
+                    f.result(5)
+            else:
+                assert np.all(f.result(5)["out"] == x[0, 0])
 
 
 def test_cancelled_requests_are_skipped() -> None:
-    gate = threading.Event()
-    seen: list[float] = []
-
-    def run(feed):
-        seen.extend(feed["x"].ravel().tolist())
-        gate.wait(5)
-        return [feed["x"]]
-
-    spec = TensorSpec("x", "float32", ("batch", 1), 0)
-    batcher = Batcher(run, [spec], [spec], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m")
+    gate = Gate()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m")
     try:
-        batcher.submit({"x": np.full((1, 1), 1, np.float32)})
-        time.sleep(0.05)
-        gone = batcher.submit({"x": np.full((1, 1), 2, np.float32)})
+        batcher.submit(_x(1))
+        assert gate.entered.wait(5)
+        gone = batcher.submit(_x(2))
         assert gone.cancel()  # the caller went away while queued
-        kept = batcher.submit({"x": np.full((1, 1), 3, np.float32)})
-        gate.set()
-        assert kept.result(2)["x"][0, 0] == 3
+        kept = batcher.submit(_x(3))
+        gate.release.set()
+        assert kept.result(5)["x"][0, 0] == 6
     finally:
-        gate.set()
+        gate.release.set()
         batcher.close()
-    assert seen == [1.0, 3.0]
+    assert gate.seen == [1.0, 3.0]
+
+
+def test_hurry_runs_what_waits_without_waiting_for_company() -> None:
+    gate = Gate()
+    gate.release.set()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=64, max_delay_ms=60_000), name="m")
+    try:
+        waiting = batcher.submit(_x(1))
+        assert not waiting.done()
+        batcher.hurry()
+        assert waiting.result(5)["x"][0, 0] == 2
+    finally:
+        batcher.close()
 
 
 def test_close_drains_the_queue(mlp_package: Path) -> None:

@@ -46,6 +46,15 @@ def test_serves_the_repository(repo: Repository) -> None:
         assert "mlp@1" in repr(rt)
 
 
+def wait_for(condition, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (a state the test observes, not a guess at how long something takes)."""
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        done.wait(0.001)
+
+
 def test_reload_under_load_fails_nothing_and_mixes_nothing(repo: Repository, tmp_path: Path) -> None:
     x = rows(2)
     v1, v2 = _expected(0, x), _expected(1, x)
@@ -71,25 +80,26 @@ def test_reload_under_load_fails_nothing_and_mixes_nothing(repo: Repository, tmp
         with ThreadPoolExecutor(6) as pool:
             for _ in range(6):
                 pool.submit(client)
-            time.sleep(0.2)
+            wait_for(lambda: seen.count("v1") >= 30 or bool(errors))
             repo.publish("mlp", _package(tmp_path, 1))
             assert rt.reload("mlp") == 2
-            time.sleep(0.2)
+            wait_for(lambda: seen.count("v2") >= 30 or bool(errors))
             stop.set()
     assert not errors and "mixed" not in seen
-    assert seen.count("v1") > 0 and seen[-1] == "v2" and seen.count("v2") > 0
+    assert seen[-1] == "v2" and "v1" not in seen[seen.index("v2") + 6 * 2:]  # once v2 serves, v1 only drains
 
 
 def test_requests_in_flight_finish_on_their_version(repo: Repository, tmp_path: Path) -> None:
     x = rows(1)
-    with Runtime(repo, batching=BatchConfig(max_batch_size=64, max_delay_ms=300)) as rt:
+    with Runtime(repo, batching=BatchConfig(max_batch_size=64, max_delay_ms=60_000)) as rt:
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(rt.predict, "mlp", x)  # sits in version 1's queue for 300 ms
-            time.sleep(0.05)
+            waiting = pool.submit(rt.predict, "mlp", x)  # waits in version 1's queue for company
+            wait_for(lambda: rt.models()["mlp"]["batching"]["queued"] == 1)
             repo.publish("mlp", _package(tmp_path, 1))
             rt.reload("mlp")
-            np.testing.assert_allclose(waiting.result(5)["logits"], _expected(0, x), atol=1e-5)
-        np.testing.assert_allclose(rt.predict("mlp", x)["logits"], _expected(1, x), atol=1e-5)
+            # retiring version 1 runs its queue at once, on version 1
+            np.testing.assert_allclose(waiting.result(10)["logits"], _expected(0, x), atol=1e-5)
+        assert rt.models()["mlp"]["version"] == 2
 
 
 def test_corrupt_new_version_keeps_the_old_one_serving(repo: Repository, tmp_path: Path) -> None:
@@ -120,19 +130,109 @@ def test_rollback_to_a_broken_version_changes_nothing(repo: Repository, tmp_path
         assert repo.current("mlp") == 2 and rt.models()["mlp"]["version"] == 2
 
 
-def test_explicit_versions_and_cache_invalidation(repo: Repository, tmp_path: Path) -> None:
-    with Runtime(repo, cache=CacheConfig()) as rt:
-        first = rt.predict("mlp", rows(1))["logits"]
-        assert rt.models()["mlp"]["cache"]["misses"] == 1
-        rt.predict("mlp", rows(1))
-        assert rt.models()["mlp"]["cache"]["hits"] == 1
-        repo.publish("mlp", _package(tmp_path, 1))
-        rt.reload("mlp")
-        after = rt.predict("mlp", rows(1))["logits"]  # never the cached answer of version 1
-        np.testing.assert_allclose(after, _expected(1, rows(1)), atol=1e-5)
-        np.testing.assert_allclose(rt.predict("mlp", rows(1), version=1)["logits"], first, atol=1e-6)
+def test_explicit_versions(repo: Repository, tmp_path: Path) -> None:
+    repo.publish("mlp", _package(tmp_path, 1))
+    with Runtime(repo) as rt:
+        np.testing.assert_allclose(rt.predict("mlp", rows(1), version=1)["logits"], _expected(0, rows(1)), atol=1e-5)
+        np.testing.assert_allclose(rt.predict("mlp", rows(1), version="2")["logits"], _expected(1, rows(1)), atol=1e-5)
         with pytest.raises(ModelNotFound):
             rt.predict("mlp", rows(1), version=7)
+        with pytest.raises(edgeserve.RepositoryError, match="invalid version"):
+            rt.predict("mlp", rows(1), version="../1")
+
+
+def test_reload_drops_the_retired_versions_cached_answers(repo: Repository, tmp_path: Path) -> None:
+    with Runtime(repo, cache=CacheConfig()) as rt:
+        rt.predict("mlp", rows(1))
+        rt.predict("mlp", rows(1))
+        assert rt.models()["mlp"]["cache"]["hits"] == 1 and rt.models()["mlp"]["cache"]["entries"] == 1
+        repo.publish("mlp", _package(tmp_path, 1))
+        rt.reload("mlp")
+        stats = rt.models()["mlp"]["cache"]
+        assert stats["entries"] == 0 and stats["bytes"] == 0  # version 1's answers are gone, not just unreachable
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(1, rows(1)), atol=1e-5)
+
+
+def test_reload_to_the_same_file_keeps_its_cached_answers(repo: Repository, tmp_path: Path) -> None:
+    with Runtime(repo, cache=CacheConfig()) as rt:
+        rt.predict("mlp", rows(1))
+        repo.publish("mlp", repo.version_dir("mlp", 1))  # the same package again, as version 2
+        rt.reload("mlp")
+        rt.predict("mlp", rows(1))
+        assert rt.models()["mlp"]["version"] == 2 and rt.models()["mlp"]["cache"]["hits"] == 1
+
+
+def test_on_demand_versions_are_bounded_and_closed(repo: Repository, tmp_path: Path) -> None:
+    from edgeserve.backends.base import SESSIONS
+
+    for seed in (1, 2):
+        repo.publish("mlp", _package(tmp_path, seed))
+    with Runtime(repo, max_on_demand=1) as rt:
+        live = SESSIONS.live()
+        rt.predict("mlp", rows(1), version=1)
+        assert rt.models()["mlp"]["on_demand"] == [1] and SESSIONS.live() == live + 1
+        rt.predict("mlp", rows(1), version=2)  # version 1, least recently used, is closed
+        assert rt.models()["mlp"]["on_demand"] == [2] and SESSIONS.live() == live + 1
+        np.testing.assert_allclose(rt.predict("mlp", rows(1), version=1)["logits"], _expected(0, rows(1)), atol=1e-5)
+        assert rt.models()["mlp"]["on_demand"] == [1]
+
+
+def test_a_version_loaded_on_demand_is_promoted_not_loaded_again(repo: Repository, tmp_path: Path) -> None:
+    from edgeserve.backends.base import SESSIONS
+
+    repo.publish("mlp", _package(tmp_path, 1))
+    with Runtime(repo) as rt:
+        rt.predict("mlp", rows(1), version=1)
+        live = SESSIONS.live()
+        rt.rollback("mlp")  # version 1 becomes current: the loaded one is promoted, version 2 closes
+        assert rt.models()["mlp"] == {**rt.models()["mlp"], "version": 1, "on_demand": []}
+        assert SESSIONS.live() == live - 1
+
+
+def test_unload_while_a_version_loads_on_demand(repo: Repository, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version that finishes loading after its model was unloaded is closed, never handed out."""
+    import edgeserve.runtime.runtime as runtime_module
+    from edgeserve.backends.base import SESSIONS
+
+    repo.publish("mlp", _package(tmp_path, 1))
+    entered, release = threading.Event(), threading.Event()
+    real_load = runtime_module.load
+
+    def slow_load(*args, **kwargs):
+        entered.set()
+        assert release.wait(10)
+        return real_load(*args, **kwargs)
+
+    with Runtime(repo) as rt:
+        live = SESSIONS.live()
+        monkeypatch.setattr(runtime_module, "load", slow_load)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(rt.predict, "mlp", rows(1), version=1)
+            assert entered.wait(10)
+            rt.unload("mlp")
+            release.set()
+            with pytest.raises(ModelNotFound, match="unloaded while version 1 loaded"):
+                pending.result(10)
+        assert SESSIONS.live() == live - 1  # version 2 closed by the unload, version 1 never kept
+
+
+def test_a_model_that_does_not_load_is_reported_and_the_others_serve(repo: Repository, tmp_path: Path) -> None:
+    repo.publish("other", _package(tmp_path, 1))
+    (repo.root / "other" / "1" / "model.onnx").write_bytes(b"corrupted on disk")
+    (repo.root / "empty").mkdir()  # a model folder without versions
+    with Runtime(repo) as rt:
+        models = rt.models()
+        assert models["mlp"]["version"] == 1 and models["mlp"]["error"] is None
+        assert models["other"]["version"] is None and "does not match its manifest digest" in models["other"]["error"]
+        assert models["empty"]["version"] is None and "no versions" in models["empty"]["error"]
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
+        with pytest.raises(ModelNotFound, match="no loaded version: .*digest"):
+            rt.predict("other", rows(1))
+        repo.publish("other", _package(tmp_path, 2))
+        assert rt.reload("other") == 2 and rt.models()["other"]["error"] is None  # a fix serves without a restart
+    with pytest.raises(ModelNotFound, match="no model named 'nope'"):
+        Runtime(repo, models=["mlp", "nope"])
 
 
 def test_serving_settings_per_model(repo: Repository) -> None:
@@ -140,16 +240,19 @@ def test_serving_settings_per_model(repo: Repository) -> None:
     with Runtime(repo) as rt:
         assert rt.model("mlp").batcher.config.max_batch_size == 4
     (repo.root / "mlp" / "serving.json").write_text(json.dumps({"batching": {"max_batch_size": 0}}))
-    with pytest.raises(edgeserve.RepositoryError, match="max_batch_size must be between"):
-        Runtime(repo)
+    with Runtime(repo) as rt:
+        assert "max_batch_size must be between" in rt.models()["mlp"]["error"]
+    (repo.root / "mlp" / "serving.json").write_text("[1, 2]")
+    with Runtime(repo) as rt:
+        assert "expected a JSON object" in rt.models()["mlp"]["error"]
 
 
 def test_close_drains_and_refuses_after(repo: Repository) -> None:
-    rt = Runtime(repo, batching=BatchConfig(max_batch_size=64, max_delay_ms=5000))
+    rt = Runtime(repo, batching=BatchConfig(max_batch_size=64, max_delay_ms=60_000))
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(rt.predict, "mlp", rows(1, seed=i)) for i in range(4)]
-        time.sleep(0.1)
-        rt.close(timeout=5)
+        wait_for(lambda: rt.models()["mlp"]["batching"]["queued"] == 4)
+        rt.close(timeout=10)
         assert all(f.result(5)["logits"].shape == (1, 4) for f in futures)
     with pytest.raises(ClosedError):
         rt.predict("mlp", rows(1))
