@@ -15,7 +15,7 @@ from ..converter.data import Samples, check_samples, synthetic_samples
 from ..errors import ConfigError
 from ..examples import example_names, get_example
 from ..names import safe_name
-from ..package import is_package, read_manifest
+from ..package import Package, is_package
 
 
 @dataclass
@@ -38,8 +38,8 @@ def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: st
     if path.is_dir():
         if not is_package(path):
             raise ConfigError(f"{path} is a folder but not an edgeserve package")
-        manifest = read_manifest(path)
-        return ModelSource(manifest.name, path / manifest.model_file, calibration, data, labels)
+        package = Package.open(path)  # manifest fields checked, every file's digest verified, no links followed
+        return ModelSource(package.manifest.name, package.model_path, calibration, data, labels)
     if path.is_file():
         return ModelSource(safe_name(path.stem), path, calibration, data, labels)
     raise ConfigError(f"{src} is neither a bundled example ({', '.join(example_names())}), an .onnx file nor a package")

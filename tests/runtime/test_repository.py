@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from edgeserve import IntegrityError, ModelNotFound, RepositoryError
 from edgeserve.cli import main
-from edgeserve.runtime.repository import Repository, check_name, check_version
+from edgeserve.names import check_name, check_version
+from edgeserve.runtime.repository import Repository
 
 
 @pytest.fixture
@@ -33,7 +34,60 @@ def test_publish_refuses_a_damaged_package_and_leaves_nothing(repo: Repository, 
     (bad / "model.onnx").write_bytes(b"changed")
     with pytest.raises(IntegrityError):
         repo.publish("mlp", bad)
-    assert not (repo.root / "mlp").exists() or not list((repo.root / "mlp").iterdir())
+    assert sorted(p.name for p in repo.root.iterdir() if p.name != ".edgeserve.lock") == []  # not even mlp/
+    assert repo.names() == []
+
+
+def test_a_failed_first_publish_does_not_stop_the_runtime(repo: Repository, mlp_package: Path, tmp_path: Path) -> None:
+    from edgeserve import Runtime
+
+    repo.publish("good", mlp_package)
+    bad = tmp_path / "bad"
+    shutil.copytree(mlp_package, bad)
+    (bad / "golden.npz").write_bytes(b"not the golden samples")
+    with pytest.raises(IntegrityError):
+        repo.publish("bad", bad)
+    with Runtime(repo) as rt:
+        assert list(rt.models()) == ["good"] and rt.models()["good"]["version"] == 1
+
+
+def test_concurrent_publishes_get_distinct_versions(repo: Repository, mlp_package: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        versions = sorted(pool.map(lambda _: repo.publish("mlp", mlp_package), range(6)))
+    assert versions == [1, 2, 3, 4, 5, 6] and repo.versions("mlp") == versions and repo.current("mlp") == 6
+    assert not [p for p in repo.root.iterdir() if p.name.startswith(".staging")]
+
+
+def test_concurrent_publishes_from_processes(repo: Repository, mlp_package: Path) -> None:
+    """The lock is a file lock: publishers in separate processes never race for a version or a state write."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from edgeserve.runtime.repository import Repository; "
+              "print(Repository(sys.argv[1]).publish('mlp', sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(repo.root), str(mlp_package)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert sorted(int(out) for out, _ in outs) == [1, 2, 3] and repo.current("mlp") == 3
+
+
+def test_management_actions_take_the_lock(repo: Repository, mlp_package: Path) -> None:
+    """While another holder has the lock, a state change waits for it instead of interleaving its read and write."""
+    import threading
+
+    repo.publish("mlp", mlp_package)
+    repo.publish("mlp", mlp_package)
+    done = threading.Event()
+    with repo.locked():
+        worker = threading.Thread(target=lambda: (repo.rollback("mlp"), done.set()))
+        worker.start()
+        assert not done.wait(0.2)  # blocked behind the lock
+        assert repo.current("mlp") == 2
+    worker.join(10)
+    assert done.is_set() and repo.current("mlp") == 1
 
 
 def test_rollback_pin_unpin_remove(repo: Repository, mlp_package: Path) -> None:
