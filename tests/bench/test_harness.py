@@ -74,6 +74,28 @@ def test_failing_variant_does_not_stop_the_run(tmp_path: Path, labelled, monkeyp
     assert "FAILED: build: simulated quantiser crash" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_failing_variant_is_named_exactly_not_by_substring(tmp_path: Path, labelled,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32-optimised failing at run time marks fp32-optimised failed, not fp32 (whose name it contains)."""
+    from edgeserve.errors import InferenceError
+    from edgeserve.runtime.model import Model
+
+    model, ev, _ = labelled
+    real_predict = Model.predict
+
+    def predict(self, *args, **kwargs):
+        if self.path is not None and self.path.name == "fp32-optimised":
+            raise InferenceError("simulated engine failure for fp32 (the variant named fp32-optimised)")
+        return real_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "predict", predict)
+    config = BenchConfig(variants=("fp32", "fp32-optimised"), batch_sizes=(1,), concurrency=(), rounds=1,
+                         time_budget=0.5, cold_start_repeats=0)
+    variants = {v["name"]: v for v in bench([model], tmp_path / "out", config, data=ev, labels="y")["models"][0]["variants"]}
+    assert variants["fp32-optimised"]["status"] == "failed" and "simulated engine failure" in variants["fp32-optimised"]["error"]
+    assert variants["fp32"]["status"] == "ok" and variants["fp32"]["speedup"] == pytest.approx(1.0)
+
+
 def test_cli_bench_and_compare(tmp_path: Path, labelled) -> None:
     model, ev, cal = labelled
     args = ["bench", str(model), "--variants", "fp32,int8-dynamic", "--data", str(ev), "--labels", "y",

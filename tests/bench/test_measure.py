@@ -68,3 +68,27 @@ def test_compare_flags_only_changes_beyond_the_noise() -> None:
     assert not any(c["regression"] for c in faster.values())
     worse_acc = {c["metric"]: c for c in compare(_results(1.0, 0.02, 0.02), old)}
     assert worse_acc["accuracy loss"]["regression"] is True
+
+
+def test_a_child_that_floods_stderr_before_answering_does_not_deadlock() -> None:
+    """200 KiB on stderr (more than a pipe holds) before the answer: the line still arrives, and is timed."""
+    import sys
+
+    script = "import sys; sys.stderr.write('w' * 200_000); sys.stderr.flush(); print('answer', flush=True)"
+    line, seconds = measure.timed_first_line([sys.executable, "-c", script], timeout=60)
+    assert line.strip() == "answer" and seconds > 0
+
+
+def test_a_child_that_hangs_is_killed_at_the_timeout() -> None:
+    import sys
+
+    with pytest.raises(RuntimeError, match="did not answer within 0.5 s"):
+        measure.timed_first_line([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
+
+
+def test_a_failing_child_reports_its_last_stderr_line() -> None:
+    import sys
+
+    with pytest.raises(RuntimeError, match="exit 3.*the reason"):
+        measure.timed_first_line([sys.executable, "-c", "import sys; print('x'); sys.stderr.write('the reason'); "
+                                  "sys.exit(3)"], timeout=60)
