@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeserve import IntegrityError, ModelNotFound, RepositoryError
+from edgeserve import GoldenMismatchError, IntegrityError, ModelNotFound, RepositoryError
 from edgeserve.cli import main
 from edgeserve.names import check_name, check_version
 from edgeserve.runtime.repository import Repository
@@ -34,19 +34,31 @@ def test_publish_refuses_a_damaged_package_and_leaves_nothing(repo: Repository, 
     (bad / "model.onnx").write_bytes(b"changed")
     with pytest.raises(IntegrityError):
         repo.publish("mlp", bad)
+    with pytest.raises(GoldenMismatchError):  # intact files, answers that differ: found only after copying in
+        repo.publish("mlp", _wrong_golden(mlp_package, tmp_path / "wrong-golden"))
     assert sorted(p.name for p in repo.root.iterdir() if p.name != ".edgeserve.lock") == []  # not even mlp/
     assert repo.names() == []
+
+
+def _wrong_golden(package: Path, dst: Path) -> Path:
+    """A copy of ``package`` whose digests hold but whose recorded golden answers are not what the model computes."""
+    from edgeserve.package import read_golden, read_manifest, write_golden, write_manifest
+
+    shutil.copytree(package, dst)
+    manifest = read_manifest(dst)
+    inputs, outputs = read_golden(dst, manifest)
+    write_golden(dst / "golden.npz", inputs, {k: v + 10.0 for k, v in outputs.items()},
+                 (manifest.inputs, manifest.outputs))
+    write_manifest(dst, manifest)
+    return dst
 
 
 def test_a_failed_first_publish_does_not_stop_the_runtime(repo: Repository, mlp_package: Path, tmp_path: Path) -> None:
     from edgeserve import Runtime
 
     repo.publish("good", mlp_package)
-    bad = tmp_path / "bad"
-    shutil.copytree(mlp_package, bad)
-    (bad / "golden.npz").write_bytes(b"not the golden samples")
-    with pytest.raises(IntegrityError):
-        repo.publish("bad", bad)
+    with pytest.raises(GoldenMismatchError):
+        repo.publish("bad", _wrong_golden(mlp_package, tmp_path / "bad"))
     with Runtime(repo) as rt:
         assert list(rt.models()) == ["good"] and rt.models()["good"]["version"] == 1
 
