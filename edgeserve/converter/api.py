@@ -100,12 +100,12 @@ def convert(
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    options = dict(calibration=calibration, eval_data=eval_data, labels=labels,
-                   name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
-                   version=check_name(version, what="package version", error=ConfigError),
-                   example_inputs=example_inputs, input_names=input_names, output_names=output_names, opset=opset,
-                   dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads, backend=backend,
-                   precision=precision, allowed_domains=allowed_domains)
+    options = Options(calibration=calibration, eval_data=eval_data, labels=labels,
+                      name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
+                      version=check_name(version, what="package version", error=ConfigError),
+                      example_inputs=example_inputs, input_names=input_names, output_names=output_names, opset=opset,
+                      dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads, backend=backend,
+                      precision=precision, allowed_domains=allowed_domains)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -133,6 +133,27 @@ def _publish(staging: Path, output: Path) -> None:
         os.replace(staging, output)
 
 
+@dataclass(frozen=True)
+class Options:
+    """What :func:`convert` was asked to do, as it was asked (see its docstring for each)."""
+
+    calibration: DataSource | None
+    eval_data: DataSource | None
+    labels: str | None
+    name: str
+    version: str
+    example_inputs: Any
+    input_names: Sequence[str] | None
+    output_names: Sequence[str] | None
+    opset: int | None
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None
+    time_budget: float
+    threads: int | None
+    backend: str | None
+    precision: str | None
+    allowed_domains: Sequence[str]
+
+
 @dataclass
 class Conversion:
     """What one conversion knows, filled in by the steps of :data:`STEPS` in order.
@@ -144,8 +165,7 @@ class Conversion:
     staging: Path
     work: Path
     qconfig: QuantizeConfig
-    options: dict[str, Any]
-    """The frontend's arguments and the conversion's settings, as :func:`convert` took them."""
+    options: Options
     budget: Budget
     sessions: ExitStack
     step: Progress
@@ -186,19 +206,19 @@ def _build(c: Conversion) -> Manifest:
 def load_the_source(c: Conversion) -> None:
     c.step("loading source", 0, 1)
     o = c.options
-    c.src = load_source(c.source, c.work, example_inputs=o["example_inputs"], input_names=o["input_names"],
-                        output_names=o["output_names"], opset=o["opset"], dynamic_axes=o["dynamic_axes"],
-                        allowed_domains=o["allowed_domains"])
+    c.src = load_source(c.source, c.work, example_inputs=o.example_inputs, input_names=o.input_names,
+                        output_names=o.output_names, opset=o.opset, dynamic_axes=o.dynamic_axes,
+                        allowed_domains=o.allowed_domains)
     c.reference = c.open(c.src.path, SESSION, "the source model")
     c.in_specs, c.out_specs = c.reference.inputs, c.reference.outputs
 
 
 def read_data(c: Conversion) -> None:
     """Calibration rows, and held-out rows that calibration never sees (with labels when given)."""
-    calibration = c.options["calibration"]
+    calibration = c.options.calibration
     cal = _samples(calibration, c.in_specs, "calibration data") if calibration is not None else None
-    c.held_out, c.labels, c.fidelity_data = _held_out(c.options["eval_data"], c.options["labels"], cal, c.in_specs)
-    if cal is not None and c.options["eval_data"] is None and cal.rows >= 2:
+    c.held_out, c.labels, c.fidelity_data = _held_out(c.options.eval_data, c.options.labels, cal, c.in_specs)
+    if cal is not None and c.options.eval_data is None and cal.rows >= 2:
         cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
     mode = c.qconfig.mode
     if mode in ("static", "nncf") and cal is None:
@@ -230,7 +250,7 @@ def quantise(c: Conversion) -> None:
         assert c.held_out is not None
         chosen, auto_recipe = search(work / "fp32.onnx", work / "int8-source.onnx", work, held_out=c.held_out,
                                      labels=c.labels, calibration=c.calibration, budget=c.budget,
-                                     time_budget=c.options["time_budget"], threads=c.options["threads"],
+                                     time_budget=c.options.time_budget, threads=c.options.threads,
                                      progress=c.step)
         c.recipe.update(finalize_model(chosen, c.staging / MODEL_FILE))
         c.recipe.update(auto_recipe)
@@ -250,7 +270,7 @@ def quantise(c: Conversion) -> None:
     quantized = work / "quantized.onnx"
     c.recipe.update(quantize(to_quantize, quantized, c.qconfig, calibration=c.calibration, progress=c.step))
     c.recipe.update(finalize_model(quantized, c.staging / MODEL_FILE))
-    c.backend, c.precision = c.options["backend"] or "onnxruntime", c.options["precision"]
+    c.backend, c.precision = c.options.backend or "onnxruntime", c.options.precision
 
 
 def verify(c: Conversion) -> None:
@@ -309,13 +329,13 @@ def write_package(c: Conversion) -> None:
     env_source = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
     o = c.options
     c.manifest = write_manifest(c.staging, Manifest(
-        name=o["name"],
-        version=o["version"],
+        name=o.name,
+        version=o.version,
         backend=c.backend,
         inputs=c.in_specs,
         outputs=c.out_specs,
-        source={**c.src.info, "options": {"opset": o["opset"], "input_names": o["input_names"],
-                                          "output_names": o["output_names"]}},
+        source={**c.src.info, "options": {"opset": o.opset, "input_names": o.input_names,
+                                          "output_names": o.output_names}},
         recipe=c.recipe,
         fidelity=c.fidelity,
         envelope=envelope(env_source.arrays, source="calibration" if env_source is cal else "evaluation") if env_source else {},

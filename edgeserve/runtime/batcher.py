@@ -130,6 +130,19 @@ class Batcher:
         except CancelledError:
             raise Timeout(f"model '{self._name}': the request was cancelled before it ran") from None
 
+    async def call_async(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
+        """:meth:`call` for asyncio: the event loop never blocks, and the same deadline applies."""
+        import asyncio
+
+        future, deadline = self._enqueue(feed, timeout_ms)
+        try:
+            # NOTE: wait_for cancels the wrapped future on timeout, which withdraws a request that has not run yet
+            return await asyncio.wait_for(asyncio.wrap_future(future),
+                                          None if deadline is None else max(0.0, deadline - self._clock()))
+        except asyncio.TimeoutError:
+            raise Timeout(f"model '{self._name}': no answer within the deadline of "
+                          f"{self._limit_ms(timeout_ms):g} ms") from None
+
     def submit(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> Future[dict[str, np.ndarray]]:
         """Queue a checked feed; the future resolves to its outputs or to the error that stopped it. The worker
         fails it with :class:`Timeout` once its deadline passes unrun; waiting on the future is the caller's."""

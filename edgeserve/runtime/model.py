@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
-from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError, Timeout
+from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import mismatches, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import load_model, sha256_file, uses_external_data
@@ -91,21 +91,11 @@ class Model:
         if hit is not None:
             return hit
         if self.batcher is not None:
-            out = await self._batched_async(feed, timeout_ms)
+            out = await self.batcher.call_async(feed, timeout_ms)
         else:
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
         return self._remember(key, out)
-
-    async def _batched_async(self, feed: dict[str, np.ndarray], timeout_ms: float | None) -> dict[str, np.ndarray]:
-        assert self.batcher is not None
-        future = self.batcher.submit(feed, timeout_ms)
-        limit = timeout_ms if timeout_ms is not None else self.batcher.config.timeout_ms
-        try:
-            # NOTE: wait_for cancels the wrapped future on timeout, which withdraws a request that has not run yet
-            return await asyncio.wait_for(asyncio.wrap_future(future), None if limit is None else limit / 1000.0)
-        except asyncio.TimeoutError:
-            raise Timeout(f"model '{self.name}': no answer within the deadline of {limit:g} ms") from None
 
     def _checked(self, inputs: Any, named: dict[str, Any]) -> dict[str, np.ndarray]:
         if self._closed:

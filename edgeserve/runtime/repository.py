@@ -26,7 +26,7 @@ from ..config import GoldenPolicy
 from ..errors import ModelNotFound, RepositoryError
 from ..names import check_name, check_version, is_name, is_version
 
-__all__ = ["ModelState", "Repository", "check_name", "check_version"]
+__all__ = ["ModelState", "Repository"]
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".edgeserve.lock"

@@ -174,6 +174,21 @@ def test_a_deadline_bounds_the_wait_even_while_the_engine_is_stuck() -> None:
     assert gate.seen == [1.0]
 
 
+def test_an_async_deadline_bounds_the_wait_too() -> None:
+    gate = Gate()
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=1, max_delay_ms=0), name="m")
+    try:
+        batcher.submit(_x(1))
+        assert gate.entered.wait(5)
+        with pytest.raises(Timeout, match="deadline of 30 ms"):
+            asyncio.run(batcher.call_async(_x(2), timeout_ms=30))
+        assert not gate.release.is_set()
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert gate.seen == [1.0]  # the withdrawn request never ran
+
+
 def test_a_dead_worker_fails_its_callers_and_says_so() -> None:
     """An engine that raises past Exception kills the worker: queued and later callers get an error, none hangs."""
 
