@@ -24,6 +24,7 @@ from .errors import GoldenMismatchError as GoldenMismatchError
 from .errors import InferenceError as InferenceError
 from .errors import InputError as InputError
 from .errors import IntegrityError as IntegrityError
+from .errors import MetricError as MetricError
 from .errors import ModelFileError as ModelFileError
 from .errors import ModelNotFound as ModelNotFound
 from .errors import OverloadError as OverloadError
@@ -37,6 +38,10 @@ from .tensors import TensorSpec as TensorSpec
 
 if TYPE_CHECKING:
     from .converter.api import convert as convert
+    from .metrics import Metric as Metric
+    from .metrics import Target as Target
+    from .metrics import metric as metric
+    from .metrics import target as target
     from .runtime.model import Model as Model
     from .runtime.model import load as load
     from .runtime.repository import Repository as Repository
@@ -58,6 +63,8 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "Manifest",
+    "Metric",
+    "MetricError",
     "Model",
     "ModelFileError",
     "ModelNotFound",
@@ -70,17 +77,22 @@ __all__ = [
     "RepositoryError",
     "Runtime",
     "SessionConfig",
+    "Target",
     "TensorSpec",
     "Timeout",
     "convert",
     "load",
+    "metric",
+    "target",
 ]
 
 # NOTE: the runtime imports onnxruntime and the converter imports its quantisation tools; both are loaded on
 # first use so that `import edgeserve` (and the CLI's start-up) stays cheap.
 _LAZY = {"convert": ("edgeserve.converter.api", "convert"), "load": ("edgeserve.runtime.model", "load"),
          "Model": ("edgeserve.runtime.model", "Model"), "Runtime": ("edgeserve.runtime.runtime", "Runtime"),
-         "Repository": ("edgeserve.runtime.repository", "Repository")}
+         "Repository": ("edgeserve.runtime.repository", "Repository"),
+         "metric": ("edgeserve.metrics", "metric"), "target": ("edgeserve.metrics", "target"),
+         "Metric": ("edgeserve.metrics", "Metric"), "Target": ("edgeserve.metrics", "Target")}
 
 
 def __getattr__(name: str) -> Any:

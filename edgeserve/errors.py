@@ -69,6 +69,11 @@ class FidelityError(ConversionError):
     """The converted model is outside the requested fidelity budget against the fp32 reference."""
 
 
+class MetricError(ConfigError):
+    """A fidelity metric cannot be computed on this model's outputs (no mask input, no class axis…); says what it
+    needs."""
+
+
 class InputError(EdgeserveError, ValueError):
     """A request does not satisfy the model's input contract (names, dtypes, ranks, dimensions)."""
 

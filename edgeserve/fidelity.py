@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import Target, target
+
 _EPS = 1e-12
 
 
@@ -113,49 +115,97 @@ def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 90, 99)) ->
 
 
 @dataclass(frozen=True)
-class Budget:
-    """How far from the fp32 model a result may be."""
+class Verdict:
+    """How one candidate fared against a :class:`Budget`."""
 
+    scores: dict[str, float]
+    """Each target's metric score, keyed by the metric's spec (``pooled-cosine,mask=attention_mask``)."""
+    missed: list[str]
+    """One phrase per target (or accuracy limit) missed; empty when everything holds."""
+    shortfall: float
+    """The largest relative distance to a missed threshold (0 inside the budget): small means a near miss."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How far from the fp32 model a result may be: task metrics held to thresholds, and/or an accuracy drop."""
+
+    targets: tuple[Target, ...] = ()
+    """Metrics and thresholds (see :mod:`edgeserve.metrics`); all must hold."""
     max_accuracy_drop: float | None = None
     """Largest allowed drop in task accuracy (0.01 = one point); needs labelled evaluation data."""
     relative: bool = False
     """Read ``max_accuracy_drop`` as a fraction of the fp32 accuracy instead of absolute."""
-    min_cosine: float | None = None
-    """Smallest allowed per-row cosine similarity to the fp32 outputs (worst row, worst output)."""
-    min_top1_agreement: float | None = None
-    """Smallest allowed fraction of rows whose top-1 class matches fp32."""
+    because: str = "named by the user"
+    """Why these targets: named by the user, or what the signature suggested (:func:`infer_targets`)."""
 
     def __post_init__(self) -> None:
         from .errors import ConfigError
 
-        for name in ("max_accuracy_drop", "min_cosine", "min_top1_agreement"):
-            value = getattr(self, name)
-            if value is not None and not (0.0 <= value <= 1.0):
-                raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        value = self.max_accuracy_drop
+        if value is not None and not (0.0 <= value <= 1.0):
+            raise ConfigError(f"max_accuracy_drop must be between 0 and 1, got {value}")
 
     @property
     def empty(self) -> bool:
-        return self.max_accuracy_drop is None and self.min_cosine is None and self.min_top1_agreement is None
+        return not self.targets and self.max_accuracy_drop is None
 
-    def violations(self, summary: dict[str, float], acc_fp32: float | None, acc: float | None) -> list[str]:
-        """What misses the budget, one phrase each; empty when everything holds."""
-        missed = []
-        if self.min_cosine is not None:
-            cos = summary.get("cosine_min")
-            if cos is None or cos < self.min_cosine:
-                missed.append(f"cosine {_r(cos)} < {self.min_cosine}")
-        if self.min_top1_agreement is not None:
-            agree = summary.get("top1_agreement", summary.get("agreement"))
-            if agree is None or agree < self.min_top1_agreement:
-                missed.append(f"top-1 agreement {_r(agree)} < {self.min_top1_agreement}")
+    def judge(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+              inputs: Mapping[str, np.ndarray], acc_fp32: float | None = None, acc: float | None = None) -> Verdict:
+        """Score every target on these outputs; a metric that cannot be computed raises :class:`MetricError`."""
+        scores: dict[str, float] = {}
+        missed: list[str] = []
+        shortfall = 0.0
+        for t in self.targets:
+            score = t.metric.score(reference, candidate, inputs)
+            scores[t.metric.spec] = score
+            if not t.holds(score):
+                missed.append(t.miss(score))
+                shortfall = max(shortfall, t.shortfall(score))
         if self.max_accuracy_drop is not None:
             if acc_fp32 is None or acc is None:
                 missed.append("accuracy unknown (no labels)")
+                shortfall = float("inf")
             else:
                 allowed = self.max_accuracy_drop * (acc_fp32 if self.relative else 1.0)
-                if acc_fp32 - acc > allowed + 1e-12:
-                    missed.append(f"accuracy drop {acc_fp32 - acc:.4f} > {allowed:.4f}")
-        return missed
+                drop = acc_fp32 - acc
+                if drop > allowed + 1e-12:
+                    missed.append(f"accuracy drop {drop:.4f} > {allowed:.4f}")
+                    shortfall = max(shortfall, (drop - allowed) / max(allowed, 1e-3))
+        return Verdict(scores, missed, shortfall)
+
+    def describe(self) -> str:
+        parts = [t.describe() for t in self.targets]
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop:g}{' of fp32' if self.relative else ''}")
+        return ", ".join(parts) or "none"
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps: the targets, the accuracy limit, and why these."""
+        return {"targets": [t.record() for t in self.targets], "max_accuracy_drop": self.max_accuracy_drop,
+                "relative": self.relative, "because": self.because}
+
+
+def make_budget(targets: Sequence[Target | str] = (), *, min_cosine: float | None = None,
+                min_top1_agreement: float | None = None, max_accuracy_drop: float | None = None,
+                relative: bool = False) -> Budget:
+    """A budget from the converter's arguments: named targets plus the ``min_cosine`` / ``min_top1_agreement``
+    shorthands (the robust ``cosine`` and ``top1`` metrics)."""
+    from .errors import ConfigError
+
+    for name, value in (("min_cosine", min_cosine), ("min_top1_agreement", min_top1_agreement)):
+        if value is not None and not (0.0 <= value <= 1.0):
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    chosen = [t if isinstance(t, Target) else target(t) for t in targets]
+    if min_cosine is not None:
+        chosen.append(target("cosine", min=min_cosine))
+    if min_top1_agreement is not None:
+        chosen.append(target("top1", min=min_top1_agreement))
+    return Budget(tuple(chosen), max_accuracy_drop=max_accuracy_drop, relative=relative)
 
 
 def _r(value: float | None) -> str:

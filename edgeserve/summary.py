@@ -21,6 +21,16 @@ def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
     keys = ("cosine_min", "cosine_mean", "top1_agreement", "agreement", "max_rel_error", "mean_rel_error")
     shown = ", ".join(f"{k}={_fmt(summary[k])}" for k in keys if k in summary)
     yield f"fidelity to fp32 on {fidelity.get('rows', '?')} rows of {fidelity.get('data', '?')} data: {shown}"
+    budget = fidelity.get("budget") or {}
+    for t in budget.get("targets", []):
+        score = (fidelity.get("metrics") or {}).get(t["metric"])
+        limit = f">= {t['min']:g}" if "min" in t else f"<= {t['max']:g}"
+        yield f"metric {t['metric']}: {_fmt(score) if score is not None else '-'} (budget {limit})"
+    if budget.get("because") or budget.get("targets"):
+        held = "" if budget.get("enforced", True) else "; measured, not enforced (name a metric to enforce it)"
+        yield f"judged by: {budget.get('because', 'named by the user')}{held}"
+    for missed in fidelity.get("budget_missed", []):
+        yield f"outside the inferred budget: {missed}"
     acc = fidelity.get("accuracy")
     if acc and acc.get("fp32") is not None:
         drop = acc["fp32"] - acc["converted"]
@@ -32,17 +42,30 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
     auto = recipe.get("auto")
     if not auto:
         return
-    budget = ", ".join(f"{k}={v}" for k, v in auto.get("budget", {}).items() if v not in (None, False))
-    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget or 'none'}, threads={auto.get('threads')}, " \
+    budget = auto.get("budget", {})
+    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget_text(budget)}, threads={auto.get('threads')}, " \
           f"{auto.get('search_s')} s)"
-    yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {'cos min':>8} {'accuracy':>8}  note"
+    main = (budget.get("targets") or [{}])[0].get("metric")
+    head = (main or "metric")[:12]
+    yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {head:>12} {'raw cos':>8} {'accuracy':>8}  note"
     for c in auto.get("candidates", []):
         speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"
+        score = (c.get("scores") or {}).get(main) if main else None
+        metric = f"{score:.4g}" if score is not None else "-"
         cos = f"{c['fidelity']['cosine_min']:.4f}" if c.get("fidelity", {}).get("cosine_min") is not None else "-"
         acc = f"{c['accuracy']:.4f}" if c.get("accuracy") is not None else "-"
         verdict = "in budget" if c.get("within_budget") else (c.get("reason") or "")
         kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
-        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {cos:>8} {acc:>8}  {verdict[:70]}{kept}"
+        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>12} {cos:>8} {acc:>8}  {verdict[:70]}{kept}"
+
+
+def budget_text(budget: Mapping[str, Any]) -> str:
+    """``pooled-cosine,mask=attention_mask >= 0.99, accuracy drop <= 0.01``, from a manifest's budget record."""
+    parts = [f"{t['metric']} {'>=' if 'min' in t else '<='} {t.get('min', t.get('max')):g}"
+             for t in budget.get("targets", [])]
+    if budget.get("max_accuracy_drop") is not None:
+        parts.append(f"accuracy drop <= {budget['max_accuracy_drop']:g}{' of fp32' if budget.get('relative') else ''}")
+    return ", ".join(parts) or "none"
 
 
 def manifest_lines(pkg: Package) -> Iterator[str]:
@@ -62,7 +85,7 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield f"verified on: {engines[0]}" + (f"; falls back to {', '.join(engines[1:])}" if len(engines) > 1 else "")
     yield "recipe:"
     for key, value in m.recipe.items():
-        if key not in ("auto", "backends", "backend", "precision"):
+        if key not in ("auto", "backends", "backend", "precision", "memory"):
             yield f"  {key}: {_fmt(value)}"
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
@@ -77,6 +100,10 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     cpu = env.get("cpu", {})
     yield (f"environment: python {env.get('python')}, onnx {env.get('onnx')}, onnxruntime {env.get('onnxruntime')}, "
            f"numpy {env.get('numpy')}; {cpu.get('model', '?')} ({cpu.get('arch', '?')}, {cpu.get('cores', '?')} cores)")
+    mem = m.recipe.get("memory") or {}
+    if mem.get("peak_rss_bytes"):
+        yield (f"memory: peak {mem['peak_rss_bytes'] / 2**20:.0f} MiB of a {mem['budget_bytes'] / 2**20:.0f} MiB budget"
+               + (f"; stopped: {'; '.join(mem['stopped'])}" if mem.get("stopped") else ""))
     yield f"golden samples: {m.golden.get('count', 0)}" + (f" (tolerance {m.golden['rel_tolerance']})" if "rel_tolerance" in m.golden else "")
     yield "files:"
     for name in sorted(m.digests):

@@ -182,11 +182,11 @@ def test_labels_must_exist(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
 def test_fidelity_budget_missed_writes_nothing(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
     cal, ev = mlp_data
     out = tmp_path / "out"
-    with pytest.raises(FidelityError, match=r"fidelity budget missed \(cosine 0\.\d+ < 1\.0\)"):
+    with pytest.raises(FidelityError, match=r"fidelity budget missed \(cosine 0\.\d+ < 1\)"):
         edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=1.0)
     _nothing_left(out)
     pkg = edgeserve.convert(mlp_path, out, quantize="dynamic", eval_data=ev, min_cosine=0.9)
-    assert pkg.manifest.fidelity["budget"]["min_cosine"] == 0.9
+    assert pkg.manifest.fidelity["budget"]["targets"] == [{"metric": "cosine", "min": 0.9, "builtin": True}]
 
 
 def test_existing_output_is_not_clobbered(tmp_path: Path, mlp_path: Path) -> None:
@@ -207,6 +207,7 @@ def test_quantisation_failure_is_wrapped(tmp_path: Path, mlp_path: Path, monkeyp
         raise RuntimeError("simulated failure inside the quantiser")
 
     monkeypatch.setattr(q, "quantize_dynamic", boom)
+    monkeypatch.setenv("EDGESERVE_QUANTISE_IN_PROCESS", "1")  # the patch lives in this process
     out = tmp_path / "out"
     with pytest.raises(ConversionError, match="dynamic quantisation failed.*simulated failure"):
         edgeserve.convert(mlp_path, out, quantize="dynamic")

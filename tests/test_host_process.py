@@ -98,7 +98,7 @@ def test_no_session_leaks_when_auto_fails_midway(tmp_path: Path, mlp_path: Path,
     def broken_round(*args, **kwargs) -> None:
         raise edgeserve.ConversionError("the final round broke")
 
-    monkeypatch.setattr(autotune, "_final_round", broken_round)
+    monkeypatch.setattr(autotune.Search, "final_round", broken_round)
     live = SESSIONS.live()
     np.savez(tmp_path / "cal.npz", x=rows(64))
     with pytest.raises(edgeserve.ConversionError, match="final round broke"):

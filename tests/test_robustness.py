@@ -165,6 +165,7 @@ def test_cpu_defaults_follow_vnni(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     from edgeserve.converter import quantize as q
 
     monkeypatch.setattr(q, "has_vnni", lambda: False)
+    monkeypatch.setenv("EDGESERVE_QUANTISE_IN_PROCESS", "1")  # the patch lives in this process
     monkeypatch.setattr(q, "is_arm", lambda: False)
     np.savez(tmp_path / "cal.npz", x=rows(30))
     pkg = edgeserve.convert(mlp_path, tmp_path / "no-vnni", quantize="static", calibration=tmp_path / "cal.npz")

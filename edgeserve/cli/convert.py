@@ -49,7 +49,15 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--version", "version", default="1", show_default=True, help="Version recorded in the manifest.")
 @click.option("--per-channel", is_flag=True, help="Quantise weights per channel.")
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
-@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Fail unless every row's cosine to fp32 is at least this.")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME[,OPT=V…]",
+              help="Judge the result by this task metric (repeatable): cosine, rel-l2, max-abs, top1, prob-change, "
+              "pooled-cosine, map-iou, ctc, detection, or module:function. Thresholds pair in order with --min "
+              "(metrics better when higher) and --max (errors); or write top1>=0.98. Default: inferred from the "
+              "model's signature, and printed.")
+@click.option("--min", "min_values", multiple=True, type=float, help="Threshold of a higher-is-better --metric.")
+@click.option("--max", "max_values", multiple=True, type=float, help="Threshold of a lower-is-better --metric.")
+@click.option("--min-cosine", type=click.FloatRange(0, 1), help="Fail unless every row's cosine to fp32 is at least this "
+              "(the same as --metric cosine --min X).")
 @click.option("--min-top1-agreement", type=click.FloatRange(0, 1), help="Fail unless top-1 agreement with fp32 is at least this.")
 @click.option("--max-accuracy-drop", help="Fail unless task accuracy drops at most this much: 0.01 (one point) or 1% "
               "(relative to fp32). Needs --data and --labels.")
@@ -61,28 +69,32 @@ def _progress_printer() -> Callable[[str, int, int], None]:
               help="Verify and record the package for this engine (auto chooses it itself).")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), help="OpenVINO precision (default: bf16 where native).")
 @click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
+@click.option("--max-memory", help="Memory the whole conversion may use: 8G, 512M, 60% (default: 50% of this "
+              "machine's). A quantiser that outgrows it is stopped; auto skips that candidate and says why.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
             labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
+            metric_names: tuple[str, ...], min_values: tuple[float, ...], max_values: tuple[float, ...],
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
             time_budget: float, threads: int | None, backend: str | None, precision: str | None,
-            allow_domain: tuple[str, ...], force: bool) -> None:
+            allow_domain: tuple[str, ...], max_memory: str | None, force: bool) -> None:
     """Convert an ONNX model SRC into a verified package.
 
     --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
-    fastest inside the budget (--max-accuracy-drop, --min-cosine, --min-top1-agreement).
+    fastest inside the budget (--metric with --min/--max, --max-accuracy-drop).
     """
     from ..config import QuantizeConfig
     from ..converter.api import convert as do_convert
 
+    targets = parse_targets(metric_names, min_values, max_values)
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
     drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
     pkg = do_convert(
         src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
-        version=version, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
+        version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
         accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
-        allowed_domains=allow_domain,
+        allowed_domains=allow_domain, max_memory=max_memory,
         overwrite=force, progress=_progress_printer(),
     )
     from ..summary import auto_lines, fidelity_lines
@@ -94,6 +106,40 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
         click.echo(f"  {line}")
     for line in fidelity_lines(m.fidelity):
         click.echo(f"  {line}")
+
+
+def parse_targets(names: tuple[str, ...], mins: tuple[float, ...], maxes: tuple[float, ...]) -> list[Any]:
+    """``--metric`` values with their thresholds: ``name>=x`` / ``name<=x`` carry their own; the others take
+    ``--min`` values in order if better when higher, ``--max`` values in order if lower, else their default."""
+    from ..errors import ConfigError
+    from ..metrics import metric, target
+
+    mins_left, maxes_left = list(mins), list(maxes)
+    out = []
+    try:
+        for text in names:
+            if ">=" in text or "<=" in text:
+                out.append(target(text))
+                continue
+            m = metric(text)
+            if not m.builtin:  # a user function: its direction is whichever threshold comes next
+                if mins_left:
+                    out.append(target(m, min=mins_left.pop(0)))
+                elif maxes_left:
+                    out.append(target(m, max=maxes_left.pop(0)))
+                else:
+                    out.append(target(m))  # raises: a user metric needs a threshold
+            elif m.higher_is_better:
+                out.append(target(m, min=mins_left.pop(0)) if mins_left else target(m))
+            else:
+                out.append(target(m, max=maxes_left.pop(0)) if maxes_left else target(m))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metric") from None
+    if mins_left or maxes_left:
+        extra = ", ".join([f"--min {v:g}" for v in mins_left] + [f"--max {v:g}" for v in maxes_left])
+        raise click.BadParameter(f"{extra} pairs with no --metric (--min goes with a metric better when higher, "
+                                 "--max with an error metric)", param_hint="--min/--max")
+    return out
 
 
 def _parse_drop(text: str | None) -> tuple[float | None, str]:

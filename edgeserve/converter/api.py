@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,17 @@ from ..backends import get_backend
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
 from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError
-from ..fidelity import Budget, accuracy, compare_outputs
+from ..fidelity import Budget, accuracy, compare_outputs, make_budget
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
+from ..metrics import MetricError, Target, infer_targets
 from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
-from .autotune import search
+from .autotune import Graphs, search
 from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
+from .memory import MemoryBudget, default_budget, parse_size, work_rows
 from .prepare import fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
 from .quantize import Progress, quantize
 
@@ -57,6 +59,7 @@ def convert(
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    metrics: Sequence[Target | str] = (),
     min_cosine: float | None = None,
     min_top1_agreement: float | None = None,
     max_accuracy_drop: float | None = None,
@@ -66,6 +69,7 @@ def convert(
     backend: str | None = None,
     precision: str | None = None,
     allowed_domains: Sequence[str] = (),
+    max_memory: int | str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Package:
@@ -78,11 +82,16 @@ def convert(
     an optional ``labels`` array) measures fidelity to the fp32 model; without it a held-out tail of the
     calibration data is used, and without either, seeded synthetic inputs.
 
-    The budget — ``min_cosine``, ``min_top1_agreement`` and ``max_accuracy_drop`` (``accuracy_drop="absolute"``
-    points as a fraction, or ``"relative"`` to the fp32 accuracy; needs labels) — is a hard limit: a result
-    outside it raises :class:`FidelityError`. With ``quantize="auto"`` it steers the search (default: one point
-    of accuracy with labels, else cosine 0.99), which stops starting new candidates after ``time_budget`` seconds
-    and times candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with).
+    The budget — ``metrics`` (task metrics with thresholds: ``edgeserve.target("pooled-cosine", min=0.99)``,
+    ``"top1>=0.98"``, a user function; see :mod:`edgeserve.metrics`), the shorthands ``min_cosine`` and
+    ``min_top1_agreement``, and ``max_accuracy_drop`` (``accuracy_drop="absolute"`` points as a fraction, or
+    ``"relative"`` to the fp32 accuracy; needs labels) — is a hard limit: a result outside it raises
+    :class:`FidelityError`. Without one, the metric is inferred from the signature (one point of accuracy when
+    labels are given), recorded and, for ``auto``, held to; the reason is reported. With ``quantize="auto"`` the
+    budget steers the search, which stops starting new candidates after ``time_budget`` seconds and times
+    candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with).
+    ``max_memory`` (bytes, ``"8G"``, ``"50%"``; default half the machine's memory) bounds the whole conversion:
+    a quantiser that outgrows it is stopped (in ``auto``, that candidate is skipped with the reason).
     ``backend``/``precision`` (not with auto, which chooses them) verify and record the package for that engine,
     e.g. ``backend="openvino", precision="bf16"``.
     """
@@ -94,8 +103,9 @@ def convert(
     if qconfig.mode == "auto" and (backend or precision):
         raise ConfigError("auto chooses the backend and precision itself; leave backend and precision unset")
     SessionConfig(backend=backend, precision=precision)  # validates both
-    budget = Budget(max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative",
-                    min_cosine=min_cosine, min_top1_agreement=min_top1_agreement)
+    budget = make_budget(metrics, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement,
+                         max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative")
+    memory = MemoryBudget(limit=parse_size(max_memory) if max_memory is not None else default_budget())
     output = Path(output)
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
@@ -109,8 +119,8 @@ def convert(
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp, ExitStack() as sessions:
-            manifest = _build(Conversion(source, staging, Path(tmp), qconfig, options, budget, sessions,
+        with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp, ExitStack() as sessions, memory:
+            manifest = _build(Conversion(source, staging, Path(tmp), qconfig, options, budget, memory, sessions,
                                          progress or (lambda stage, done, total: None)))
         _publish(staging, output)
     except BaseException:
@@ -167,6 +177,7 @@ class Conversion:
     qconfig: QuantizeConfig
     options: Options
     budget: Budget
+    memory: MemoryBudget
     sessions: ExitStack
     step: Progress
     src: Any = None
@@ -176,6 +187,10 @@ class Conversion:
     calibration: Samples | None = None
     held_out: Samples | None = None
     labels: np.ndarray | None = None
+    ref_out: dict[str, np.ndarray] | None = None
+    """The source model's answers on the held-out rows: what every result is judged against."""
+    enforce: bool = True
+    """False when the budget was inferred for an explicit mode: measured and recorded, not held to."""
     fidelity_data: str = "synthetic"
     recipe: dict[str, Any] = field(default_factory=dict)
     backend: str = "onnxruntime"
@@ -228,6 +243,32 @@ def read_data(c: Conversion) -> None:
     c.calibration = cal
 
 
+def choose_budget(c: Conversion) -> None:
+    """Run the source model on the held-out rows, and settle what results are held to: the user's targets, one
+    point of accuracy when labels are given, else the metric the signature suggests (reported, and held to by
+    auto; for an explicit mode, measured and recorded). Every target is tried on fp32 against itself first, so
+    a metric that does not fit the model fails now, naming what it needs, not after an hour of search."""
+    assert c.held_out is not None
+    c.ref_out = _run_all(c.reference, c.held_out, c.out_specs)
+    if c.budget.empty:
+        if c.labels is not None:
+            c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
+        else:
+            targets, why = infer_targets(c.held_out.arrays, c.ref_out)
+            c.budget = Budget(tuple(targets), because=f"inferred: {why}")
+            c.enforce = c.qconfig.mode == "auto"
+        log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
+        c.step(f"judging by {c.budget.describe()} ({c.budget.because})", 0, 1)
+    try:
+        itself = c.budget.judge(c.ref_out, c.ref_out, c.held_out.arrays)
+    except MetricError as exc:
+        raise ConfigError(str(exc)) from None
+    missed = [m for m in itself.missed if not m.startswith("accuracy")]
+    if missed:
+        raise ConfigError(f"the fp32 model compared with itself misses the budget ({'; '.join(missed)}): "
+                          "that threshold cannot be met by any result")
+
+
 def prepare_graph(c: Conversion) -> None:
     """The graphs the next step starts from: the quantisers' (pre-processed, opset >= 13, every tensor typed)
     and the optimised fp32 one."""
@@ -248,10 +289,10 @@ def quantise(c: Conversion) -> None:
     if mode == "auto":
         c.step("searching (auto)", 0, 1)
         assert c.held_out is not None
-        chosen, auto_recipe = search(work / "fp32.onnx", work / "int8-source.onnx", work, held_out=c.held_out,
-                                     labels=c.labels, calibration=c.calibration, budget=c.budget,
-                                     time_budget=c.options.time_budget, threads=c.options.threads,
-                                     progress=c.step)
+        graphs = Graphs(exported=c.src.path, fp32=work / "fp32.onnx", prepared=work / "int8-source.onnx")
+        chosen, auto_recipe = search(graphs, work, held_out=c.held_out, labels=c.labels, calibration=c.calibration,
+                                     budget=c.budget, memory=c.memory, time_budget=c.options.time_budget,
+                                     threads=c.options.threads, progress=c.step)
         c.recipe.update(finalize_model(chosen, c.staging / MODEL_FILE))
         c.recipe.update(auto_recipe)
         c.recipe["mode"] = "auto"
@@ -268,7 +309,8 @@ def quantise(c: Conversion) -> None:
         to_quantize = work / "fp32.onnx"
     c.step(f"quantising ({mode})", 0, 1)
     quantized = work / "quantized.onnx"
-    c.recipe.update(quantize(to_quantize, quantized, c.qconfig, calibration=c.calibration, progress=c.step))
+    c.recipe.update(c.memory.run(f"{mode} quantisation", quantize, to_quantize, quantized, c.qconfig,
+                                 calibration=c.calibration, progress=c.step))
     c.recipe.update(finalize_model(quantized, c.staging / MODEL_FILE))
     c.backend, c.precision = c.options.backend or "onnxruntime", c.options.precision
 
@@ -284,8 +326,8 @@ def verify(c: Conversion) -> None:
                        f"the {c.qconfig.mode} model on {c.backend}", backend=c.backend)
     if [(s.name, s.dtype) for s in candidate.inputs] != [(s.name, s.dtype) for s in c.in_specs]:
         raise ConversionError("the converted model's inputs differ from the source model's; this is a bug, please report it")
-    assert c.held_out is not None
-    ref_out = _run_all(c.reference, c.held_out, c.out_specs)
+    assert c.held_out is not None and c.ref_out is not None
+    ref_out = c.ref_out
     cand_out = _run_all(candidate, c.held_out, c.out_specs)
     c.golden_in = _golden_inputs(c.held_out, c.in_specs, c.out_specs)
     if c.golden_in:
@@ -295,8 +337,12 @@ def verify(c: Conversion) -> None:
     if c.labels is not None:
         fidelity["accuracy"] = {"fp32": accuracy(ref_out, c.labels), "converted": accuracy(cand_out, c.labels)}
     acc = fidelity.get("accuracy") or {}
-    missed = c.budget.violations(fidelity["summary"], acc.get("fp32"), acc.get("converted"))
-    if missed and c.recipe.get("auto_choice") == "none":
+    verdict = c.budget.judge(ref_out, cand_out, c.held_out.arrays, acc.get("fp32"), acc.get("converted"))
+    fidelity["metrics"] = verdict.scores
+    missed = verdict.missed
+    if missed and not c.enforce:
+        fidelity["budget_missed"] = missed  # an inferred budget for an explicit mode: reported, not held to
+    elif missed and c.recipe.get("auto_choice") == "none":
         # auto already said no candidate fits and fell back to fp32; fp32 is the reference, so what it misses is
         # float rounding or an unreachable budget, recorded rather than refused
         fidelity["budget_missed_by_fp32_fallback"] = missed
@@ -305,7 +351,7 @@ def verify(c: Conversion) -> None:
             f"fidelity budget missed ({'; '.join(missed)}); try --per-channel, static calibration, "
             "--quantize auto, or a lighter mode"
         )
-    fidelity["budget"] = asdict(c.budget)
+    fidelity["budget"] = {**c.budget.record(), "enforced": c.enforce}
     c.fidelity = fidelity
     c.recipe["backend"], c.recipe["precision"] = c.backend, c.precision
     c.recipe["backends"] = [{"backend": c.backend, "precision": c.precision}]
@@ -322,9 +368,13 @@ def write_package(c: Conversion) -> None:
         write_golden(c.staging / GOLDEN_FILE, c.golden_in, c.golden_out, (tuple(c.in_specs), tuple(c.out_specs)))
         golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, c.held_out.rows) if c.held_out.stacked else 1,
                   "rel_tolerance": max(tolerance_for(c.recipe.get("auto_choice", c.qconfig.mode)),
-                                       tolerance_for("bf16") if c.precision == "bf16" else 0.0)}
+                                       tolerance_for("bf16") if c.precision == "bf16" else 0.0),
+                  # answers off by more than the tolerance still pass when the task metrics hold (an argmax
+                  # or a thresholded map that did not change is the same answer)
+                  "targets": [t.record() for t in c.budget.targets if t.metric.builtin]}
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
+    c.recipe["memory"] = c.memory.record()
     cal = c.calibration
     env_source = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
     o = c.options
@@ -344,7 +394,7 @@ def write_package(c: Conversion) -> None:
     ))
 
 
-STEPS = (load_the_source, read_data, prepare_graph, quantise, verify, write_package)
+STEPS = (load_the_source, read_data, choose_budget, prepare_graph, quantise, verify, write_package)
 """A conversion, in order: each step reads what the ones before it left in the :class:`Conversion`."""
 
 
@@ -360,12 +410,12 @@ def _verify_fallback(c: Conversion, ref_out: dict[str, np.ndarray]) -> dict[str,
     except EdgeserveError as exc:
         log.info("onnxruntime cannot serve as a fallback: %s", exc)
         return None
-    summary = compare_outputs(out, ref_out)["summary"]
     acc_ref = accuracy(ref_out, c.labels) if c.labels is not None else None
     acc = accuracy(out, c.labels) if c.labels is not None else None
-    if c.budget.violations(summary, acc_ref, acc):
+    verdict = c.budget.judge(ref_out, out, c.held_out.arrays, acc_ref, acc)
+    if c.enforce and not verdict.ok:
         return None
-    return {"backend": "onnxruntime", "precision": None, "cosine_min": summary.get("cosine_min")}
+    return {"backend": "onnxruntime", "precision": None, "metrics": verdict.scores}
 
 
 def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str) -> Samples:
@@ -395,7 +445,7 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
 
 def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     try:
-        return run_samples(session, samples, out_specs)
+        return run_samples(session, samples, out_specs, batch_size=work_rows(samples.arrays, samples.rows))
     except EdgeserveError as exc:
         raise ConversionError(f"verification run failed: {exc}") from exc
 

@@ -1,0 +1,598 @@
+"""Task fidelity metrics: how far a converted model's answers are from fp32's, in the terms the task uses.
+
+A metric compares the reference (fp32) outputs with a candidate's on the same inputs and returns one number;
+a :class:`Target` holds it to a threshold. ``convert`` (verification and ``auto``'s search), ``bench`` and the
+golden-sample check all judge a package by its targets, and the manifest records which ones judged it.
+
+Built-ins (``name[,option=value…]`` on the command line, e.g. ``map-iou,threshold=0.3``):
+
+========================  ======  =====================================================================
+name                      better  compares
+========================  ======  =====================================================================
+``cosine``                higher  per-row cosine of each output (worst row); rows whose reference is near
+                                  zero (norm below ``floor`` × the largest row's) by absolute error instead
+``rel-l2``                lower   ‖candidate − reference‖ / ‖reference‖ per output (worst output)
+``max-abs``               lower   largest absolute difference of any value
+``top1``                  higher  fraction of rows whose argmax class (or integer label) is the same
+``prob-change``           lower   largest change of any class probability (softmax of logits first)
+``pooled-cosine``         higher  cosine of mask-weighted mean-pooled embeddings (``[batch, seq, hidden]``
+                                  output, ``mask`` input found by name and shape or given), worst row
+``map-iou``               higher  mean per-row IoU of the maps thresholded at ``threshold`` (default 0.5)
+``ctc``                   higher  fraction of rows whose greedy CTC decode (argmax, merge repeats, drop
+                                  ``blank``) is the same string
+``detection``             higher  YOLO-style ``[batch, 4 + classes, anchors]``: of the anchors either model
+                                  scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``
+========================  ======  =====================================================================
+
+Every built-in takes ``output=NAME`` to look at one output only. A user metric is any function
+``(reference_outputs, candidate_outputs, inputs) -> float`` (``module:function`` on the command line), with the
+direction given by its threshold (``min`` or ``max``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, MetricError
+
+Outputs = Mapping[str, np.ndarray]
+MetricFn = Callable[[Outputs, Outputs, Outputs], float]
+
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named comparison of candidate outputs with reference outputs."""
+
+    name: str
+    fn: MetricFn = field(repr=False, compare=False)
+    higher_is_better: bool = True
+    default: float | None = None
+    """The threshold used when none is given (None: one must be given)."""
+    compares: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+    builtin: bool = True
+
+    @property
+    def spec(self) -> str:
+        """The text that names this metric again: ``map-iou,threshold=0.3`` or ``module:function``."""
+        return ",".join([self.name] + [f"{k}={v}" for k, v in self.options])
+
+    def score(self, reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        try:
+            value = self.fn(reference, candidate, inputs)
+        except MetricError:
+            raise
+        except Exception as exc:
+            if self.builtin:
+                raise MetricError(f"metric {self.spec} failed: {type(exc).__name__}: {exc}") from exc
+            raise MetricError(f"your metric {self.spec} raised {type(exc).__name__}: {exc}") from exc
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise MetricError(f"metric {self.spec} returned {value!r}; it must return one number") from None
+        if math.isnan(value):  # NaN never passes: treat it as the worst score there is
+            return -math.inf if self.higher_is_better else math.inf
+        return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """A metric held to a threshold: ``pooled-cosine >= 0.99``, ``prob-change <= 0.05``."""
+
+    metric: Metric
+    threshold: float
+
+    def holds(self, score: float) -> bool:
+        return score >= self.threshold if self.metric.higher_is_better else score <= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.metric.spec} {'>=' if self.metric.higher_is_better else '<='} {self.threshold:g}"
+
+    def miss(self, score: float) -> str:
+        return f"{self.metric.spec} {score:.5g} {'<' if self.metric.higher_is_better else '>'} {self.threshold:g}"
+
+    def shortfall(self, score: float) -> float:
+        """How far the score is on the wrong side of the threshold, relative to the room the threshold leaves
+        (0 when it holds): 0.0003 short of cosine 0.99 is 0.03, a near miss."""
+        gap = self.threshold - score if self.metric.higher_is_better else score - self.threshold
+        if gap <= 0:
+            return 0.0
+        room = (1.0 - self.threshold) if self.metric.higher_is_better and self.threshold < 1.0 else abs(self.threshold)
+        return gap / max(room, _TINY) if math.isfinite(gap) else math.inf
+
+    def record(self) -> dict[str, Any]:
+        key = "min" if self.metric.higher_is_better else "max"
+        return {"metric": self.metric.spec, key: self.threshold, "builtin": self.metric.builtin}
+
+
+# --- building blocks ---------------------------------------------------------------------------------------
+
+
+def _pick(outputs: Outputs, options: Mapping[str, str]) -> dict[str, np.ndarray]:
+    name = options.get("output")
+    if name is None:
+        return {k: np.asarray(v) for k, v in outputs.items()}
+    if name not in outputs:
+        raise MetricError(f"output={name}: the model has no output '{name}'; it has {', '.join(outputs)}")
+    return {name: np.asarray(outputs[name])}
+
+
+def _pairs(reference: Outputs, candidate: Outputs, options: Mapping[str, str], *,
+           floats: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, reference, candidate) per output (float outputs only when ``floats``); a shape change is an error
+    in the candidate, reported as the worst score by the caller via :class:`_ShapeChanged`."""
+    for name, ref in _pick(reference, options).items():
+        if floats and not np.issubdtype(ref.dtype, np.floating):
+            continue
+        cand = np.asarray(candidate[name])
+        if cand.shape != ref.shape:
+            raise _ShapeChanged(name)
+        yield name, ref, cand
+
+
+class _ShapeChanged(Exception):
+    pass
+
+
+def _rows(values: np.ndarray) -> np.ndarray:
+    """Rows along axis 0 with the other axes flattened; a 0-d or 1-d output is one row."""
+    v = np.asarray(values, dtype=np.float64)
+    return v.reshape(1, -1) if v.ndim <= 1 else v.reshape(len(v), -1)
+
+
+def _guarded(worst: float) -> Callable[[MetricFn], MetricFn]:
+    """A metric returns ``worst`` when the candidate changed an output's shape or produced NaN/Inf where the
+    reference has finite values."""
+
+    def wrap(fn: MetricFn) -> MetricFn:
+        def guarded(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+            try:
+                value = fn(reference, candidate, inputs)
+            except _ShapeChanged:
+                return worst
+            return worst if math.isnan(value) else value
+
+        return guarded
+
+    return wrap
+
+
+# --- the built-ins ------------------------------------------------------------------------------------------
+
+
+def robust_cosine_rows(reference: np.ndarray, candidate: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """Per-row cosine, except rows whose reference norm is below ``floor`` × the largest row norm: those are
+    scored 1 − ‖candidate − reference‖ / (that floor norm), i.e. by absolute error against what "near zero"
+    means for this output. A near-empty probability map that int8 rounds to exactly zero agrees; noise in
+    place of silence does not. Non-finite values where the reference is finite score −1."""
+    b, a = _rows(reference), _rows(candidate)
+    nb, na = np.linalg.norm(b, axis=1), np.linalg.norm(a, axis=1)
+    scale = float(np.max(nb)) if nb.size and np.isfinite(nb).all() else 0.0
+    floor_norm = floor * scale
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cos = np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, _TINY)
+        near = nb <= max(floor_norm, _TINY)
+        if floor_norm > _TINY:
+            absolute = 1.0 - np.linalg.norm(a - b, axis=1) / floor_norm
+        else:  # the whole output is (near) zero: agree only where the candidate is too
+            absolute = np.where(na <= _TINY, 1.0, -1.0)
+    score = np.where(near, absolute, cos)
+    score = np.where(np.all(a == b, axis=1), 1.0, score)  # identical rows agree exactly, whatever the rounding
+    return np.where(np.isfinite(score), np.clip(score, -1.0, 1.0), -1.0)
+
+
+def _cosine(options: Mapping[str, str]) -> MetricFn:
+    floor = float(options.get("floor", 0.01))
+
+    @_guarded(-1.0)
+    def cosine(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst = 1.0
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.size:
+                worst = min(worst, float(np.min(robust_cosine_rows(ref, cand, floor))))
+        for name, ref in _pick(reference, options).items():  # integer outputs (labels, ids): exact agreement
+            if not np.issubdtype(ref.dtype, np.floating) and ref.size:
+                cand = np.asarray(candidate[name])
+                worst = min(worst, float(np.mean(cand == ref)) if cand.shape == ref.shape else 0.0)
+        return worst
+
+    return cosine
+
+
+def _rel_l2(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(math.inf)
+    def rel_l2(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst = 0.0
+        for _, ref, cand in _pairs(reference, candidate, options):
+            r, c = ref.astype(np.float64), cand.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                err = float(np.linalg.norm(c - r) / max(float(np.linalg.norm(r)), _TINY))
+            worst = max(worst, err if math.isfinite(err) else math.inf)
+        return worst
+
+    return rel_l2
+
+
+def _max_abs(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(math.inf)
+    def max_abs(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst = 0.0
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.size:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    diff = np.abs(cand.astype(np.float64) - ref.astype(np.float64))
+                same_inf = (cand == ref)  # an -inf the reference has too is agreement
+                diff = np.where(same_inf, 0.0, diff)
+                worst = max(worst, float(np.max(diff)) if np.isfinite(diff).all() else math.inf)
+        return worst
+
+    return max_abs
+
+
+def is_class_scores(values: np.ndarray) -> bool:
+    """A float output with a class axis last: ``[rows, classes]`` (or more leading axes), classes > 1."""
+    return values.ndim >= 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)
+
+
+def _top1(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(0.0)
+    def top1(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst, seen = 1.0, False
+        for name, ref in _pick(reference, options).items():
+            cand = np.asarray(candidate[name])
+            if cand.shape != ref.shape:
+                return 0.0
+            if is_class_scores(ref):
+                seen = True
+                worst = min(worst, float(np.mean(ref.argmax(-1) == cand.argmax(-1))))
+            elif np.issubdtype(ref.dtype, np.integer) and ref.ndim >= 1 and ref.size:
+                seen = True
+                worst = min(worst, float(np.mean(ref == cand)))
+        if not seen:
+            raise MetricError("top1 needs an output of class scores [rows, classes] or integer labels; "
+                              "this model has none (name one with output=, or choose another metric)")
+        return worst
+
+    return top1
+
+
+def probabilities(values: np.ndarray) -> np.ndarray:
+    """Class probabilities: the values themselves when they already lie in [0, 1], else a softmax of logits."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+        return v
+    shifted = v - np.max(v, axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _prob_change(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(math.inf)
+    def prob_change(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst, seen = 0.0, False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if not is_class_scores(ref) and not (options.get("output") and ref.ndim >= 1):
+                continue
+            seen = True
+            with np.errstate(invalid="ignore", over="ignore"):
+                change = np.abs(probabilities(cand) - probabilities(ref))
+            worst = max(worst, float(np.max(change)) if np.isfinite(change).all() else math.inf)
+        if not seen:
+            raise MetricError("prob-change needs an output of class scores or probabilities [rows, classes]; "
+                              "name a score output with output=")
+        return worst
+
+    return prob_change
+
+
+MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+
+
+def find_mask(inputs: Outputs, hidden_shape: tuple[int, ...] | None = None, name: str | None = None) -> str | None:
+    """The attention-mask input: the given name, else a 2-D input named like a mask, else a 2-D 0/1 input whose
+    shape matches the hidden states' ``[batch, seq]``."""
+    if name is not None:
+        return name if name in inputs else None
+    two_d = {k: np.asarray(v) for k, v in inputs.items() if np.asarray(v).ndim == 2}
+    matching = {k: v for k, v in two_d.items() if hidden_shape is None or v.shape == tuple(hidden_shape[:2])}
+    for k in matching:
+        if MASK_NAME.search(k):
+            return k
+    for k, v in matching.items():
+        if v.size and np.isin(v, (0, 1)).all() and not np.all(v == 1) and not np.issubdtype(v.dtype, np.floating):
+            return k
+    return None
+
+
+def _pooled_cosine(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(-1.0)
+    def pooled_cosine(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst, seen = 1.0, False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.ndim != 3:
+                continue
+            mask_name = find_mask(inputs, ref.shape, options.get("mask"))
+            if mask_name is None:
+                continue
+            seen = True
+            m = np.asarray(inputs[mask_name], dtype=np.float64)[..., np.newaxis]
+            denom = np.maximum(m.sum(axis=1), 1.0)
+            pooled_ref = (ref.astype(np.float64) * m).sum(axis=1) / denom
+            pooled_cand = (cand.astype(np.float64) * m).sum(axis=1) / denom
+            worst = min(worst, float(np.min(robust_cosine_rows(pooled_ref, pooled_cand, floor=0.0))))
+        if not seen:
+            what = f"a mask input '{options['mask']}'" if options.get("mask") else "an attention-mask input [batch, seq]"
+            raise MetricError(f"pooled-cosine needs a [batch, seq, hidden] output and {what} of the same batch and "
+                              f"length; inputs: {', '.join(inputs)} (name the mask with mask=NAME)")
+        return worst
+
+    return pooled_cosine
+
+
+def _map_iou(options: Mapping[str, str]) -> MetricFn:
+    threshold = float(options.get("threshold", 0.5))
+
+    @_guarded(0.0)
+    def map_iou(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst = 1.0
+        for _, ref, cand in _pairs(reference, candidate, options):
+            r, c = _rows(ref) > threshold, _rows(cand) > threshold
+            inter = np.sum(r & c, axis=1)
+            union = np.sum(r | c, axis=1)
+            iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+            worst = min(worst, float(np.mean(iou)))
+        return worst
+
+    return map_iou
+
+
+def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of ``[batch, time, classes]`` scores: argmax, merge repeats, drop blanks."""
+    best = np.asarray(scores).argmax(-1)
+    out = []
+    for row in best.reshape(best.shape[0], -1):
+        keep = np.ones(len(row), dtype=bool)
+        keep[1:] = row[1:] != row[:-1]
+        out.append(tuple(int(t) for t in row[keep] if t != blank))
+    return out
+
+
+def _ctc(options: Mapping[str, str]) -> MetricFn:
+    blank = int(options.get("blank", 0))
+    time_first = options.get("layout", "btc") == "tbc"
+
+    @_guarded(0.0)
+    def ctc(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst, seen = 1.0, False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.ndim != 3:
+                continue
+            seen = True
+            if time_first:
+                ref, cand = ref.transpose(1, 0, 2), cand.transpose(1, 0, 2)
+            same = [a == b for a, b in zip(ctc_decode(ref, blank), ctc_decode(cand, blank))]
+            worst = min(worst, float(np.mean(same)) if same else 1.0)
+        if not seen:
+            raise MetricError("ctc needs a [batch, time, classes] score output (layout=tbc for [time, batch, classes])")
+        return worst
+
+    return ctc
+
+
+def _boxes_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of matching rows of two ``[n, 4]`` arrays of (centre x, centre y, width, height)."""
+    a_lo, a_hi = a[:, :2] - a[:, 2:] / 2, a[:, :2] + a[:, 2:] / 2
+    b_lo, b_hi = b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2
+    wh = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None)
+    inter = wh[:, 0] * wh[:, 1]
+    union = np.abs(a[:, 2] * a[:, 3]) + np.abs(b[:, 2] * b[:, 3]) - inter
+    return np.where(union > 0, inter / np.maximum(union, _TINY), 1.0)
+
+
+def _detection(options: Mapping[str, str]) -> MetricFn:
+    conf, iou_min = float(options.get("conf", 0.25)), float(options.get("iou", 0.5))
+
+    @_guarded(0.0)
+    def detection(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        matched = union = 0
+        seen = False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.ndim != 3 or min(ref.shape[1:]) < 5:
+                continue
+            seen = True
+            if ref.shape[1] > ref.shape[2]:  # [batch, anchors, 4 + classes]: channels last
+                ref, cand = ref.transpose(0, 2, 1), cand.transpose(0, 2, 1)
+            for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [4 + classes, anchors]
+                r_cls, c_cls = r[4:].argmax(0), c[4:].argmax(0)
+                r_on, c_on = r[4:].max(0) >= conf, c[4:].max(0) >= conf
+                either = r_on | c_on
+                both = r_on & c_on & (r_cls == c_cls)
+                ious = _boxes_iou(r[:4, both].T, c[:4, both].T) if both.any() else np.zeros(0)
+                matched += int(np.sum(ious >= iou_min))
+                union += int(np.sum(either))
+        if not seen:
+            raise MetricError("detection needs a [batch, 4 + classes, anchors] (or [batch, anchors, 4 + classes]) "
+                              "output of boxes (cx, cy, w, h) and class scores")
+        return 1.0 if union == 0 else matched / union
+
+    return detection
+
+
+_BuiltIn = tuple[Callable[[Mapping[str, str]], MetricFn], bool, float, str, tuple[str, ...]]
+BUILTINS: dict[str, _BuiltIn] = {
+    # name: (factory, higher is better, default threshold, what it compares, its options)
+    "cosine": (_cosine, True, 0.99, "per-row cosine, near-zero rows by absolute error", ("output", "floor")),
+    "rel-l2": (_rel_l2, False, 0.05, "relative L2 error per output", ("output",)),
+    "max-abs": (_max_abs, False, 0.05, "largest absolute difference", ("output",)),
+    "top1": (_top1, True, 0.99, "top-1 class agreement", ("output",)),
+    "prob-change": (_prob_change, False, 0.05, "largest change of a class probability", ("output",)),
+    "pooled-cosine": (_pooled_cosine, True, 0.99, "cosine of mask-weighted mean-pooled embeddings",
+                      ("output", "mask")),
+    "map-iou": (_map_iou, True, 0.95, "IoU of thresholded maps", ("output", "threshold")),
+    "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
+    "detection": (_detection, True, 0.95, "detections with the same class and box", ("output", "conf", "iou")),
+}
+
+
+def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
+    """A metric by name (``"pooled-cosine"``, ``"map-iou,threshold=0.3"``), by ``"module:function"``, or from a
+    function ``(reference_outputs, candidate_outputs, inputs) -> float``."""
+    if isinstance(spec, Metric):
+        return spec
+    if callable(spec):
+        name = f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', 'metric')}"
+        return Metric(name, spec, higher_is_better=True, compares="a user function", builtin=False)
+    text = str(spec).strip()
+    name, *parts = [p.strip() for p in text.split(",")]
+    opts: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"metric {text!r}: options are key=value after the name, e.g. map-iou,threshold=0.3")
+        opts[key.strip()] = value.strip()
+    opts.update({k: str(v) for k, v in options.items()})
+    if ":" in name:
+        return Metric(name, _import_function(name), higher_is_better=True, compares="a user function",
+                      options=tuple(sorted(opts.items())), builtin=False)
+    if name not in BUILTINS:
+        raise ConfigError(f"unknown metric {name!r}; built-ins: {', '.join(BUILTINS)}, or module:function")
+    factory, higher, default, compares, allowed = BUILTINS[name]
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        raise ConfigError(f"metric {name} has no option {', '.join(sorted(unknown))}; it takes {', '.join(allowed)}")
+    for key in ("floor", "threshold", "conf", "iou", "blank"):
+        if key in opts:
+            try:
+                float(opts[key])
+            except ValueError:
+                raise ConfigError(f"metric {name}: {key}={opts[key]!r} is not a number") from None
+    if opts.get("layout", "btc") not in ("btc", "tbc"):
+        raise ConfigError(f"metric {name}: layout must be btc or tbc, got {opts['layout']!r}")
+    return Metric(name, factory(opts), higher, default, compares, tuple(sorted(opts.items())))
+
+
+def _import_function(path: str) -> MetricFn:
+    module_name, _, attr = path.partition(":")
+    try:
+        if "" not in sys.path and module_name not in sys.modules:
+            sys.path.insert(0, "")  # as `python -m` does: a metrics module beside the user's data is found
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"metric {path}: cannot import module '{module_name}' ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"metric {path}: module '{module_name}' has no function '{attr}'")
+    return fn  # type: ignore[no-any-return]
+
+
+def target(spec: str | Metric | Callable[..., float], *, min: float | None = None,  # noqa: A002
+           max: float | None = None) -> Target:  # noqa: A002
+    """A metric and its threshold: ``target("pooled-cosine", min=0.99)``, ``target("prob-change", max=0.05)``,
+    ``target(my_fn, min=0.9)``; also the text forms ``"top1>=0.98"`` and ``"max-abs<=0.01"``."""
+    if isinstance(spec, str):
+        m = re.fullmatch(r"\s*(.+?)\s*(>=|<=)\s*([-+0-9.eE]+|inf)\s*", spec)
+        if m:
+            if min is not None or max is not None:
+                raise ConfigError(f"{spec!r} already has its threshold; do not pass min= or max= as well")
+            value = _number(m.group(3), spec)
+            return target(m.group(1), **({"min": value} if m.group(2) == ">=" else {"max": value}))
+    chosen = metric(spec)
+    if min is not None and max is not None:
+        raise ConfigError(f"metric {chosen.spec}: give min or max, not both")
+    if not chosen.builtin:
+        if min is None and max is None:
+            raise ConfigError(f"metric {chosen.spec}: a user metric needs a threshold: --min (higher is better) "
+                              "or --max (lower is better)")
+        chosen = Metric(chosen.name, chosen.fn, higher_is_better=min is not None, compares=chosen.compares,
+                        options=chosen.options, builtin=False)
+        return Target(chosen, float(min if min is not None else max))  # type: ignore[arg-type]
+    if chosen.higher_is_better and max is not None:
+        raise ConfigError(f"metric {chosen.name} is better when higher: give its threshold as --min, not --max")
+    if not chosen.higher_is_better and min is not None:
+        raise ConfigError(f"metric {chosen.name} is an error (lower is better): give its threshold as --max, not --min")
+    given = min if min is not None else max if max is not None else chosen.default
+    assert given is not None
+    value = float(given)
+    if not math.isfinite(value):
+        raise ConfigError(f"metric {chosen.name}: the threshold must be a finite number, got {value}")
+    return Target(chosen, float(value))
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{spec!r}: {text!r} is not a number") from None
+
+
+def targets_from_record(records: Sequence[Mapping[str, Any]]) -> list[Target]:
+    """The built-in targets of a manifest's record (user functions are not imported when a package loads)."""
+    out = []
+    for r in records:
+        if not r.get("builtin", True):
+            continue
+        try:
+            out.append(target(str(r["metric"]), min=r.get("min"), max=r.get("max")))
+        except (ConfigError, KeyError, TypeError):
+            continue
+    return out
+
+
+# --- the default when the user names none -------------------------------------------------------------------
+
+
+def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], str]:
+    """The metric a task like this is judged by, from the model's inputs and fp32 outputs, and why.
+
+    A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
+    shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs. Class
+    scores or probabilities: top-1 agreement and the largest probability change, since scores get thresholded.
+    Otherwise: the robust per-row cosine.
+    """
+    outs = {k: np.asarray(v) for k, v in reference.items()}
+    for name, value in outs.items():
+        if value.ndim == 3 and np.issubdtype(value.dtype, np.floating):
+            mask = find_mask(inputs, value.shape)
+            if mask is not None:
+                return ([target(metric("pooled-cosine", output=name, mask=mask))],
+                        f"a [batch, seq, hidden] output '{name}' with the mask input '{mask}': padded positions "
+                        "are meaningless, so the mask-weighted mean-pooled embeddings are compared")
+    state_outputs = {k for k, v in outs.items()
+                     if any(np.asarray(i).shape == v.shape and np.issubdtype(np.asarray(i).dtype, np.floating)
+                            and np.issubdtype(v.dtype, np.floating) for i in inputs.values())}
+    if state_outputs and len(state_outputs) < len(outs):
+        others = [k for k in outs if k not in state_outputs]
+        chosen = [target(metric("max-abs", output=k)) for k in others]
+        return chosen, (f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): "
+                        f"the largest absolute error of {', '.join(others)}")
+    scores = [k for k, v in outs.items() if _looks_like_scores(k, v)]
+    if scores:
+        chosen = []
+        for k in scores:
+            chosen += [target(metric("top1", output=k)), target(metric("prob-change", output=k))]
+        return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
+                        "probability, since scores are often thresholded")
+    return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+
+
+def _looks_like_scores(name: str, values: np.ndarray) -> bool:
+    if not (values.ndim == 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)):
+        return False
+    if re.search(r"prob|logit|score|class|softmax", name, re.IGNORECASE):
+        return True
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+        sums = values.sum(-1)
+        return bool(np.allclose(sums, 1.0, atol=1e-3))
+    return False
