@@ -80,15 +80,17 @@ def guess_batch_axis(shape: Sequence[Dim]) -> int | None:
 def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Find the batch axis of every input and output from the names exporters give dimensions.
 
-    A symbolic dimension name that every input carries is the batch: the state of a recurrent model is shaped
-    [layers, batch, hidden], so its batch axis is 1, not 0. Without a shared name, a symbolic or unknown first
-    dimension is the batch axis, and a fixed one means the tensor has none.
+    A symbolic dimension name that every input with symbolic dimensions carries is the batch: the state of a
+    recurrent model is shaped [layers, batch, hidden], so its batch axis is 1, not 0 (a 0-d or fixed-shape input
+    beside it, such as a sample rate, has none). Without a shared name, a symbolic or unknown first dimension is
+    the batch axis, and a fixed one means the tensor has none.
     """
     named = [{d for d in s.shape if isinstance(d, str)} for s in inputs]
+    named = [n for n in named if n]
     common = set.intersection(*named) if named else set()
     batch_name = None
     if common:
-        first = inputs[0].shape
+        first = next(s.shape for s in inputs if any(isinstance(d, str) for d in s.shape))
         batch_name = next((d for d in first if d in common), None)
 
     def axis(spec: TensorSpec) -> int | None:

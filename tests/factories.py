@@ -205,3 +205,47 @@ def torch_lstm():
 
     torch.manual_seed(0)
     return Tagger().eval()
+
+
+def vad_like_model(samples: int = 64, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A stateful audio model built like silero-VAD: ``input [batch, samples]``, ``state [2, batch, hidden]`` fed
+    back, and a scalar ``sr`` (sample rate, no batch axis, shared by every row) → ``output [batch, 1]``, ``stateN``."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((samples, hidden)).astype(np.float32) * 0.2, "w")
+    v = numpy_helper.from_array(rng.standard_normal((hidden, 1)).astype(np.float32) * 0.5, "v")
+    scale = numpy_helper.from_array(np.array(1 / 16000, np.float32), "scale")
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["h"], name="proj"),
+        helper.make_node("Relu", ["h"], ["hr"], name="proj_act"),
+        helper.make_node("ReduceMean", ["state"], ["s_mean"], name="state_mean", axes=[0], keepdims=0),
+        helper.make_node("Add", ["hr", "s_mean"], ["hs"], name="mix"),
+        helper.make_node("Cast", ["sr"], ["sr_f"], name="sr_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sr_f", "scale"], ["sr_s"], name="sr_scale"),
+        helper.make_node("Mul", ["hs", "sr_s"], ["hs2"], name="rate"),
+        helper.make_node("Tanh", ["hs2"], ["t"], name="act"),
+        helper.make_node("MatMul", ["t", "v"], ["logit"], name="head"),
+        helper.make_node("Sigmoid", ["logit"], ["output"], name="prob"),
+        helper.make_node("Unsqueeze", ["t", "zero"], ["t0"], name="t_unsq"),
+        helper.make_node("Add", ["state", "t0"], ["stateN_raw"], name="state_add"),
+        helper.make_node("Tanh", ["stateN_raw"], ["stateN"], name="state_act"),
+    ]
+    zero = numpy_helper.from_array(np.array([0], np.int64), "zero")
+    graph = helper.make_graph(
+        nodes, "vad_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", samples]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", hidden]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", hidden])],
+        initializer=[w, v, scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def vad_like_data(rows: int = 48, samples: int = 64, hidden: int = 16, seed: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input": rng.standard_normal((rows, samples)).astype(np.float32),
+            "state": (rng.standard_normal((2, rows, hidden)) * 0.1).astype(np.float32),
+            "sr": np.array(16000, dtype=np.int64)}

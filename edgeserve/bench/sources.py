@@ -66,7 +66,7 @@ def rows_at(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
 def make_feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:
     if samples.stacked:
         return [rows_at(samples, i * size, size) for i in range(count)]
-    return [{k: v[i % samples.rows] for k, v in samples.arrays.items()} for i in range(count)]
+    return [{k: np.asarray(v[i % samples.rows]) for k, v in samples.arrays.items()} for i in range(count)]
 
 
 def cycling(model: Any, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:

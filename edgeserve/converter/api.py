@@ -457,4 +457,4 @@ def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],
         return None
     if held_out.stacked:
         return held_out.take(0, GOLDEN_ROWS).arrays
-    return {k: v[0] for k, v in held_out.arrays.items()}
+    return {k: np.asarray(v[0]) for k, v in held_out.arrays.items()}

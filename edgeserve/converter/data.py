@@ -1,7 +1,9 @@
 """Sample data for calibration and verification: loaded from .npz, a folder of .npy, or a dict of arrays.
 
 Rows are stacked along each input's batch axis (axis 0 for most models; axis 1 for the state of a recurrent
-model, [layers, batch, hidden]); for a model without one, arrays carry an extra leading sample axis. Data that does not match the model is refused with the input, what was expected and what arrived.
+model, [layers, batch, hidden]). An input without a batch axis beside inputs with one (a sample rate, a threshold,
+a flag: often 0-d) is *shared*: given once, in its own shape, and fed with every batch. For a model where no input
+has a batch axis, arrays carry an extra leading sample axis. Data that does not match the model is refused with the input, what was expected and what arrived.
 """
 
 from __future__ import annotations
@@ -25,17 +27,26 @@ class Samples:
 
     @property
     def stacked(self) -> bool:
-        """True when every input has a batch axis, so rows are slices along it (else one sample per feed)."""
-        return all(s.batch_axis is not None for s in self.specs)
+        """True when some input has a batch axis, so rows are slices along it (else one sample per feed)."""
+        return is_stacked(self.specs)
+
+    @property
+    def shared(self) -> frozenset[str]:
+        """Inputs given once and fed with every batch (no batch axis, beside inputs that have one)."""
+        return frozenset(s.name for s in self.specs if s.batch_axis is None) if self.stacked else frozenset()
 
     def _axis(self, name: str) -> int:
         spec = next(s for s in self.specs if s.name == name)
         return spec.batch_axis if self.stacked and spec.batch_axis is not None else 0
 
     def select(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
-        """The given rows of every input, taken along each input's own batch axis."""
+        """The given rows of every input, taken along each input's own batch axis (shared inputs whole)."""
         out = {}
+        shared = self.shared
         for k, v in self.arrays.items():
+            if k in shared:
+                out[k] = v
+                continue
             axis = self._axis(k)
             if isinstance(index, slice):
                 key = (slice(None),) * axis + (index,)
@@ -62,7 +73,8 @@ class Samples:
                 yield self.select(slice(start, start + batch_size))
         else:
             for i in range(self.rows):
-                yield {k: v[i] for k, v in self.arrays.items()}
+                # np.asarray: a 0-d sample must reach the engine as an array, never as a numpy scalar
+                yield {k: np.asarray(v[i]) for k, v in self.arrays.items()}
 
     def batch_count(self, batch_size: int) -> int:
         return -(-self.rows // batch_size) if self.stacked else self.rows
@@ -103,7 +115,7 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
         )
     out: dict[str, np.ndarray] = {}
     rows: int | None = None
-    stacked = all(s.batch_axis is not None for s in specs)
+    stacked = is_stacked(specs)
     for spec in specs:
         arr = np.asarray(arrays[spec.name])
         if arr.dtype != spec.np_dtype:
@@ -112,6 +124,15 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
                 f"save it as {spec.dtype} (arr.astype(np.{spec.dtype}))"
             )
         rank = len(spec.shape)
+        if stacked and spec.batch_axis is None:  # shared by every row: given once, in its own shape
+            if arr.ndim != rank or any(isinstance(d, int) and d != n for d, n in zip(spec.shape, arr.shape)):
+                raise DataError(
+                    f"{what}: input '{spec.name}' has no batch axis ({spec.describe()}); it is shared by every row, "
+                    f"so give it once in that shape, got {list(arr.shape)}"
+                    + (f" (e.g. np.array({arr.reshape(-1)[0]!r}))" if rank == 0 and arr.size else "")
+                )
+            out[spec.name] = arr
+            continue
         if not stacked and arr.ndim == rank:
             arr = arr[np.newaxis]  # one sample for a model without a batch axis
         want_rank = rank if stacked else rank + 1
@@ -138,12 +159,14 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
 def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0) -> Samples:
     """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8."""
     rng = np.random.default_rng(seed)
-    stacked = all(s.batch_axis is not None for s in specs)
+    stacked = is_stacked(specs)
     arrays = {}
     for spec in specs:
         dims = [d if isinstance(d, int) else 8 for d in spec.shape]
         if stacked and spec.batch_axis is not None:
             dims[spec.batch_axis] = rows
+            shape = dims
+        elif stacked:  # shared by every row
             shape = dims
         else:
             shape = [rows, *dims]
@@ -157,3 +180,8 @@ def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0
         else:
             raise DataError(f"input '{spec.name}' is {spec.dtype}: give sample data, edgeserve cannot invent it")
     return Samples(tuple(specs), arrays, rows)
+
+
+def is_stacked(specs: Sequence[TensorSpec]) -> bool:
+    """Rows stack along batch axes when any input has one; the inputs without one are then shared."""
+    return any(s.batch_axis is not None for s in specs)

@@ -2,10 +2,9 @@
 
 Calibration is where memory explodes (a quantiser keeping every activation of every calibration row of a model
 with a spectrogram inside); a Python thread cannot stop C code that is allocating, but the kernel can stop a
-process. So each quantisation runs in a child forked from a small, single-threaded fork server that has already
-imported the quantisers (tens of milliseconds a child, not an interpreter start), while a thread of the parent
-reads the child's resident memory every few milliseconds and kills it the moment parent + child pass the budget.
-One worker serves a conversion's quantisations in turn (each tool is imported once), replaced after a kill.
+process. So each quantisation runs in a worker process while a thread of the parent reads the worker's resident memory
+every few milliseconds and kills it the moment parent + worker pass the budget. Workers are kept between jobs
+(each tool is imported once per worker), and replaced after a kill or when a job left much memory behind.
 The candidate is then skipped with the reason, and the conversion goes on. The parent's own peak is sampled too
 and recorded in the manifest with the children's.
 
@@ -14,7 +13,7 @@ Linux reads resident memory from ``/proc``; elsewhere the child still runs apart
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
 import os
 import re
 import threading
@@ -30,7 +29,6 @@ DEFAULT_FRACTION = 0.5
 POLL_S = 0.005
 IN_PROCESS_ENV = "EDGESERVE_QUANTISE_IN_PROCESS"
 """Set to 1 to run quantisers in this process, unwatched (for a debugger; the memory budget is then not held)."""
-_PRELOAD = ["edgeserve.converter.quantize", "onnx", "onnxruntime.quantization"]
 
 
 class MemoryBudgetExceeded(ConversionError):
@@ -100,7 +98,6 @@ class MemoryBudget:
     peak_child: int = 0
     stopped: list[str] = field(default_factory=list)
     _watch: threading.Thread | None = field(default=None, repr=False)
-    _worker: _Worker | None = field(default=None, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __enter__(self) -> MemoryBudget:
@@ -111,7 +108,6 @@ class MemoryBudget:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
         self._done.set()
         if self._watch is not None:
             self._watch.join()
@@ -137,21 +133,20 @@ class MemoryBudget:
         :class:`MemoryBudgetExceeded` when parent + worker outgrew the budget (the worker is then replaced)."""
         if os.environ.get(IN_PROCESS_ENV) == "1":
             return fn(*args, progress=progress, **kwargs)
-        worker = self._worker if self._worker is not None and self._worker.proc.is_alive() else _Worker()
-        self._worker = worker
+        worker = _take_worker()
         stop = threading.Event()
         killed: dict[str, int] = {}
 
         def watch() -> None:
             while not stop.wait(POLL_S):
-                used = rss(worker.proc.pid)
+                used = rss(worker.pid)
                 if used is None:
                     continue
                 self.peak_child = max(self.peak_child, used)
                 parent = rss() or 0
                 if parent + used > self.limit:
                     killed["peak"] = parent + used
-                    worker.proc.kill()
+                    worker.kill()
                     return
 
         watcher = threading.Thread(target=watch, name="edgeserve-memory-watch", daemon=True)
@@ -159,54 +154,109 @@ class MemoryBudget:
         try:
             worker.conn.send((fn, args, kwargs))
             result = _receive(worker.conn, progress)
+        except BaseException:
+            worker.kill()
+            worker.close()
+            raise
         finally:
             stop.set()
             watcher.join()
         if result is None or "peak" in killed:
             worker.close()
-            self._worker = None
-        elif (rss(worker.proc.pid) or 0) > self.limit // 4:  # memory a job left behind is not the next job's
-            worker.close()
-            self._worker = None
+        else:
+            _give_back(worker, self.limit)
         if "peak" in killed:
             message = (f"{what} needed more than the memory budget ({fmt(self.limit)}; stopped at {fmt(killed['peak'])}); "
                        "raise it with --max-memory, or give fewer or smaller calibration rows")
             self.stopped.append(message)
             raise MemoryBudgetExceeded(message, killed["peak"])
         if result is None:
-            raise ConversionError(f"{what} stopped unexpectedly (exit code {worker.proc.exitcode})")
+            raise ConversionError(f"{what} stopped unexpectedly (exit code {worker.proc.returncode})")
         kind, value = result
         if kind == "error":
             raise value
         return value
 
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
-
 
 class _Worker:
-    """A child process that runs jobs sent over a pipe, one at a time, until told to stop (or killed)."""
+    """A Python process that runs jobs sent over a pipe, one at a time, until told to stop (or killed).
+
+    Started as ``python -c`` with this process's import path, never by multiprocessing's spawn or fork server:
+    those re-run the caller's ``__main__`` script in the child, so a user script calling ``convert`` at top level
+    would convert again inside it."""
 
     def __init__(self) -> None:
-        ctx = _context()
-        self.conn, child_end = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_serve, args=(child_end,), daemon=True, name="edgeserve-quantiser")
-        self.proc.start()
-        child_end.close()
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        parent_fd, child_fd = _socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)}
+        code = f"from edgeserve.converter.memory import _serve_fd; _serve_fd({child_fd})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child_fd,), env=env,
+                                     stdin=subprocess.DEVNULL, close_fds=True)
+        os.close(child_fd)
+        self.conn = Connection(parent_fd)
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.kill()
 
     def close(self) -> None:
-        if self.proc.is_alive():
+        if self.alive():
             try:
                 self.conn.send(None)
             except OSError:
                 pass
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - a worker that will not stop is killed
                 self.proc.kill()
-        self.proc.join()
+        self.proc.wait()
         self.conn.close()
+
+
+def _socketpair() -> tuple[int, int]:
+    import socket
+
+    a, b = socket.socketpair()
+    fa, fb = a.detach(), b.detach()
+    os.set_inheritable(fb, True)
+    return fa, fb
+
+
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_idle() -> None:
+    with _IDLE_LOCK:
+        while _IDLE:
+            _IDLE.pop().close()
+
+
+def _take_worker() -> _Worker:
+    with _IDLE_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            if worker.alive():
+                return worker
+    return _Worker()
+
+
+def _give_back(worker: _Worker, limit: int) -> None:
+    """Keep a healthy worker for the next job (its imports are done), unless memory a job left behind would
+    count against the next one."""
+    if worker.alive() and (rss(worker.pid) or 0) <= limit // 4:
+        with _IDLE_LOCK:
+            if len(_IDLE) < 2:
+                _IDLE.append(worker)
+                return
+    worker.close()
 
 
 def _receive(conn: Any, progress: Callable[[str, int, int], None] | None) -> tuple[str, Any] | None:
@@ -220,6 +270,12 @@ def _receive(conn: Any, progress: Callable[[str, int, int], None] | None) -> tup
                 progress(*message[1:])
             continue
         return message  # type: ignore[no-any-return]
+
+
+def _serve_fd(fd: int) -> None:
+    from multiprocessing.connection import Connection
+
+    _serve(Connection(fd))
 
 
 def _serve(conn: Any) -> None:
@@ -242,32 +298,6 @@ def _serve(conn: Any) -> None:
                 conn.send(("error", exc))
             except Exception:  # an exception that does not pickle: send its text
                 conn.send(("error", ConversionError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")))
-
-
-_CTX: Any = None
-_CTX_LOCK = threading.Lock()
-
-
-def _context() -> Any:
-    """The fork server's context (started once, with the quantisers imported); spawn where there is none."""
-    global _CTX
-    with _CTX_LOCK:
-        if _CTX is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                _CTX = multiprocessing.get_context("forkserver")
-                _CTX.set_forkserver_preload([m for m in _PRELOAD if _importable(m)])
-            else:
-                _CTX = multiprocessing.get_context("spawn")
-        return _CTX
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def work_rows(arrays: dict[str, Any], rows: int, target_bytes: int = 8 * 2**20, most: int = 64) -> int:

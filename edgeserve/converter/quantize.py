@@ -61,7 +61,7 @@ class _Reader:
     def _batch(self, i: int) -> dict[str, np.ndarray]:
         if self._samples.stacked:
             return self._samples.select(slice(i * self._batch_size, (i + 1) * self._batch_size))
-        return {k: v[i] for k, v in self._samples.arrays.items()}
+        return {k: np.asarray(v[i]) for k, v in self._samples.arrays.items()}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= self._end:
