@@ -254,7 +254,9 @@ def _top1(options: Mapping[str, str]) -> MetricFn:
                 return 0.0
             if is_class_scores(ref):
                 seen = True
-                worst = min(worst, float(np.mean(ref.argmax(-1) == cand.argmax(-1))))
+                # a row the candidate filled with NaN/Inf (where fp32 is finite) has no class: it disagrees
+                broken = (~np.isfinite(cand) & np.isfinite(ref)).any(-1)
+                worst = min(worst, float(np.mean((ref.argmax(-1) == cand.argmax(-1)) & ~broken)))
             elif np.issubdtype(ref.dtype, np.integer) and ref.ndim >= 1 and ref.size:
                 seen = True
                 worst = min(worst, float(np.mean(ref == cand)))
@@ -556,9 +558,9 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
     """The metric a task like this is judged by, from the model's inputs and fp32 outputs, and why.
 
     A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
-    shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs. Class
-    scores or probabilities: top-1 agreement and the largest probability change, since scores get thresholded.
-    Otherwise: the robust per-row cosine.
+    shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs. A sparse
+    probability map: thresholded-map IoU. Class scores or probabilities: top-1 agreement and the largest
+    probability change, since scores get thresholded. Otherwise: the robust per-row cosine.
     """
     outs = {k: np.asarray(v) for k, v in reference.items()}
     for name, value in outs.items():
@@ -576,6 +578,11 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
         chosen = [target(metric("max-abs", output=k)) for k in others]
         return chosen, (f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): "
                         f"the largest absolute error of {', '.join(others)}")
+    maps = [k for k, v in outs.items() if _looks_like_map(v)]
+    if maps and len(maps) == len(outs):
+        return ([target(metric("map-iou", output=k)) for k in maps],
+                f"a probability map in {', '.join(maps)} (values in [0, 1], mostly near 0, [batch, (1,) H, W]): "
+                "the maps thresholded at 0.5 are compared by IoU, as a detector's post-processing reads them")
     scores = [k for k, v in outs.items() if _looks_like_scores(k, v)]
     if scores:
         chosen = []
@@ -584,6 +591,15 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
                         "probability, since scores are often thresholded")
     return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+
+
+def _looks_like_map(values: np.ndarray) -> bool:
+    """``[batch, H, W]`` or ``[batch, 1, H, W]`` of probabilities, most of them near zero (a sparse map)."""
+    spatial = values.ndim == 3 or (values.ndim == 4 and values.shape[1] == 1)
+    if not (spatial and np.issubdtype(values.dtype, np.floating) and values.size and min(values.shape[-2:]) >= 4):
+        return False
+    finite = values[np.isfinite(values)]
+    return bool(finite.size and finite.min() >= 0.0 and finite.max() <= 1.0 and np.median(finite) < 0.05)
 
 
 def _looks_like_scores(name: str, values: np.ndarray) -> bool:

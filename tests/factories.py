@@ -249,3 +249,143 @@ def vad_like_data(rows: int = 48, samples: int = 64, hidden: int = 16, seed: int
     return {"input": rng.standard_normal((rows, samples)).astype(np.float32),
             "state": (rng.standard_normal((2, rows, hidden)) * 0.1).astype(np.float32),
             "sr": np.array(16000, dtype=np.int64)}
+
+
+def encoder_model(vocab: int = 50, dim: int = 32, *, sentinel: str = "-1e4", seed: int = 0) -> onnx.ModelProto:
+    """A one-layer attention encoder as exporters write it: ``input_ids``, ``attention_mask [batch, seq]`` →
+    ``last_hidden_state [batch, seq, dim]``; the mask enters as ``-1e4·(1 - mask)`` added to the scores (or as
+    ``-inf`` through Where, with ``sentinel="-inf"``). Padded positions still get (meaningless) hidden states."""
+    rng = np.random.default_rng(seed)
+    init = [numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(np.float32), "emb")]
+    for name in ("wq", "wk", "wv", "wo"):
+        init.append(numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), name))
+    init += [numpy_helper.from_array(np.array(1 / np.sqrt(dim), np.float32), "scale"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "big"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["x"], name="embed"),
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"], name="scores"),
+        helper.make_node("Mul", ["qk", "scale"], ["qk_s"], name="scaled"),
+    ]
+    if sentinel == "-inf":
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["mask_b"], name="mask_cast", to=TensorProto.BOOL),
+                  helper.make_node("Where", ["mask_b", "zero_f", "neg_inf"], ["bias2"], name="mask_where")]
+    else:
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["mask_f"], name="mask_cast", to=TensorProto.FLOAT),
+                  helper.make_node("Sub", ["one", "mask_f"], ["inv"], name="mask_inv"),
+                  helper.make_node("Mul", ["inv", "big"], ["bias2"], name="mask_bias")]
+    nodes += [
+        helper.make_node("Unsqueeze", ["bias2", "axis1"], ["bias"], name="mask_unsq"),
+        helper.make_node("Add", ["qk_s", "bias"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="attend"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o"], name="o_proj"),
+        helper.make_node("Add", ["o", "x"], ["last_hidden_state"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes, "encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", dim])],
+        initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def encoder_data(rows: int = 64, seq: int = 12, vocab: int = 50, seed: int = 5) -> dict[str, np.ndarray]:
+    """Padded batches: each row has 3..seq real tokens, the rest id 0 with mask 0."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, seq + 1, size=rows)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, vocab, size=(rows, seq)).astype(np.int64) * mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _conv(name: str, x: str, out: str, cin: int, cout: int, rng: np.random.Generator, k: int = 3,
+          init: list | None = None) -> list:
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32), f"{name}_w")
+    b = numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}_b")
+    assert init is not None
+    init += [w, b]
+    return [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [out], name=name, pads=[k // 2] * 4)]
+
+
+def prob_map_model(seed: int = 0) -> onnx.ModelProto:
+    """A text-detection-style network: ``image [batch, 1, 16, 16]`` → ``prob_map [batch, 1, 16, 16]`` through a
+    sigmoid whose logits sit near -12 where the image is empty, so an empty image maps to ~1e-5 everywhere."""
+    rng = np.random.default_rng(seed)
+    init: list = [numpy_helper.from_array(np.array(8.0, np.float32), "gain"),
+                  numpy_helper.from_array(np.array(-12.0, np.float32), "offset")]
+    nodes = _conv("c1", "image", "h1", 1, 8, rng, init=init) + [helper.make_node("Relu", ["h1"], ["r1"], name="a1")]
+    nodes += _conv("c2", "r1", "h2", 8, 1, rng, init=init)
+    nodes += [helper.make_node("Abs", ["h2"], ["h2a"], name="mag"),
+              helper.make_node("Mul", ["h2a", "gain"], ["h3"], name="gain_mul"),
+              helper.make_node("Add", ["h3", "offset"], ["logits"], name="bias_add"),
+              helper.make_node("Sigmoid", ["logits"], ["prob_map"], name="sigmoid")]
+    graph = helper.make_graph(nodes, "prob_map",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+                              [helper.make_tensor_value_info("prob_map", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+                              initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def prob_map_data(rows: int = 64, seed: int = 2) -> np.ndarray:
+    """Half the images empty (zeros), half with a bright block somewhere."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((rows, 1, 16, 16), np.float32)
+    for i in range(0, rows, 2):
+        r, c = rng.integers(0, 10, size=2)
+        x[i, 0, r:r + 5, c:c + 6] = rng.uniform(0.5, 1.5)
+    return x
+
+
+def ctc_model(classes: int = 12, steps: int = 20, seed: int = 0) -> onnx.ModelProto:
+    """A CTC recogniser head as CRNN-style exporters write it: ``features [batch, steps, classes]`` →
+    ``log_probs [batch, steps, classes]`` (log-softmax; class 0 the blank). Peaked like a trained recogniser, so
+    the decoded string is stable while the large negative log-probabilities of unlikely classes are not."""
+    rng = np.random.default_rng(seed)
+    eye = np.eye(classes, dtype=np.float32)
+    w1 = numpy_helper.from_array(np.concatenate([eye, -eye], 1) + rng.normal(0, 0.02, (classes, 2 * classes)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((np.concatenate([eye, -eye], 0) * 12).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["features", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["logits_raw"], name="fc2"),
+             helper.make_node("LogSoftmax", ["logits_raw"], ["logits"], name="log_softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "ctc",
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", steps, classes])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", steps, classes])],
+                              initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def detection_outputs(rows: int = 8, classes: int = 3, anchors: int = 60, seed: int = 4) -> np.ndarray:
+    """YOLO-style ``[batch, 4 + classes, anchors]``: boxes (cx, cy, w, h) in pixels, sigmoid class scores with a
+    few confident anchors per image."""
+    rng = np.random.default_rng(seed)
+    boxes = np.concatenate([rng.uniform(50, 590, (rows, 2, anchors)), rng.uniform(20, 120, (rows, 2, anchors))], 1)
+    scores = rng.uniform(0, 0.1, (rows, classes, anchors))
+    for r in range(rows):
+        hot = rng.choice(anchors, 6, replace=False)
+        scores[r, rng.integers(0, classes, 6), hot] = rng.uniform(0.5, 0.95, 6)
+    return np.concatenate([boxes, scores], 1).astype(np.float32)
+
+
+def ctc_data(rows: int = 64, classes: int = 12, steps: int = 20, seed: int = 1) -> np.ndarray:
+    """Label sequences with blanks between characters, as one-hot evidence plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random((rows, steps)) < 0.4, 0, rng.integers(1, classes, (rows, steps)))
+    x = np.eye(classes, dtype=np.float32)[labels] * 2.0 + rng.normal(0, 0.15, (rows, steps, classes)).astype(np.float32)
+    return x.astype(np.float32)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,30 +127,124 @@ def _dynamic(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
     }
 
 
+HUGE = 1e4
+"""An activation reaching this magnitude (an attention mask's -1e4·(1 - mask), -inf, a float32 minimum) is a
+sentinel, not a value to spread 256 levels over: such tensors are left in float."""
+
+
 def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, progress: Progress | None,
             calibration_cache: Path | None) -> dict[str, Any]:
+    import tempfile
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     defaults = cpu_defaults(config)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    reader = _Reader(calibration, config.calibration_batch_size, progress)
-    quantize_static(
-        str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-        reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
-        weight_type=QuantType.QInt8, calibrate_method=methods[config.calibration_method],
-        nodes_to_exclude=list(config.nodes_to_exclude) or None,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8",
-                       "CalibStridedMinMax": 1},  # one batch per calibrator pass: bounded memory (see _Reader)
-        calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-    )
+    method = methods[config.calibration_method]
+    with tempfile.TemporaryDirectory(prefix="edgeserve-calibrate-") as tmp:
+        cache = calibration_cache or Path(tmp) / "ranges.json"
+        sentinels = cache.with_name(cache.stem + ".left-float.json")
+        if cache.exists() and sentinels.exists():
+            left_float = json.loads(sentinels.read_text())
+        else:
+            reader = _Reader(calibration, config.calibration_batch_size, progress)
+            left_float = calibrate(src, reader, method, cache, Path(tmp))
+            sentinels.write_text(json.dumps(left_float))
+        excluded = sorted(set(config.nodes_to_exclude) | set(_nodes_touching(src, left_float)))
+        quantize_static(
+            str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+            reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
+            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=excluded or None,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8"},
+            calibration_cache_path=str(cache),
+        )
     return {
         "mode": "static", "format": "QDQ", "per_channel": config.per_channel, "reduce_range": defaults["reduce_range"],
         "activation_type": defaults["activation_type"], "weight_type": "int8",
         "calibration": {"method": config.calibration_method, "samples": calibration.rows,
-                        "batch_size": config.calibration_batch_size},
+                        "batch_size": config.calibration_batch_size, "left_float": left_float},
         "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
     }
+
+
+def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -> dict[str, str]:
+    """onnxruntime's calibrator, fed one batch per pass (bounded memory, see :class:`_Reader`), with a guard on
+    its session: a tensor holding non-finite or sentinel-sized values (an attention mask adding -inf or
+    -1e4·(1 - mask)) is dropped from calibration at the batch it first shows up — the histogram methods
+    would otherwise fail (``autodetected range … is not finite``) and min-max would spread int8 over the
+    sentinel. Writes the ranges to ``cache`` and returns the tensors left in float, with why."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
+    calibrator = create_calibrator(src, ops, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=method)
+    left_float: dict[str, str] = {}
+    minmax = method == CalibrationMethod.MinMax
+    calibrator.infer_session = _Guarded(calibrator, left_float, minmax)
+    for start in range(len(reader)):
+        reader.set_range(start, start + 1)
+        calibrator.collect_data(reader)
+    histograms = getattr(getattr(calibrator, "collector", None), "histogram_dict", None)
+    if isinstance(histograms, dict):  # collected before the tensor showed its sentinel
+        for name in left_float:
+            histograms.pop(name, None)
+    ranges = calibrator.compute_data()
+    kept = {k: v for k, v in ranges.data.items() if k not in left_float}
+    save_tensors_data(type(ranges)(ranges.calibration_method, kept), cache)
+    return left_float
+
+
+class _Guarded:
+    """The calibrator's inference session, watching every output for sentinel values (see :func:`calibrate`)."""
+
+    SUFFIXES = ("_ReduceMin", "_ReduceMax")
+
+    def __init__(self, calibrator: Any, left_float: dict[str, str], minmax: bool) -> None:
+        self._session = calibrator.infer_session
+        self._calibrator = calibrator
+        self._left_float = left_float
+        self._names = [o.name for o in self._session.get_outputs()]
+        self._minmax = minmax
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def run(self, output_names: Any, feed: Any, *args: Any) -> Any:
+        values = self._session.run(output_names, feed, *args)
+        names = output_names or self._names
+        for name, value in zip(names, values):
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+                continue
+            finite = np.isfinite(arr)
+            reason = None
+            if not finite.all():
+                reason = "non-finite values"
+            elif float(np.max(np.abs(arr))) >= HUGE:
+                reason = f"values of magnitude >= {HUGE:g}"
+            if reason is None:
+                continue
+            tensor = name
+            if self._minmax:
+                tensor = next((name[: -len(s)] for s in self.SUFFIXES if name.endswith(s)), name)
+            if tensor not in self._left_float:
+                self._left_float[tensor] = reason
+                to_calibrate = getattr(self._calibrator, "tensors_to_calibrate", None)
+                if isinstance(to_calibrate, set):
+                    to_calibrate.discard(tensor)
+        return values
+
+
+def _nodes_touching(src: Path, tensors: Mapping[str, str]) -> list[str]:
+    """The nodes producing or consuming any of ``tensors``: quantising them would put Q/DQ on a float tensor."""
+    if not tensors:
+        return []
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    return [n.name for n in model.graph.node if n.name and (set(n.input) | set(n.output)) & set(tensors)]
 
 
 def _int4(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:

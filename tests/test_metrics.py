@@ -1,0 +1,251 @@
+"""Task fidelity metrics: each accepts what its task tolerates (where the raw cosine did not) and rejects a broken
+candidate; the inferred default fits each stand-in; thresholds, user functions and the CLI form are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgeserve
+from edgeserve.cli import main
+from edgeserve.fidelity import Budget, compare_outputs
+from edgeserve.metrics import infer_targets, metric, robust_cosine_rows, target
+from tests.factories import (
+    ctc_data,
+    ctc_model,
+    detection_outputs,
+    encoder_data,
+    encoder_model,
+    prob_map_data,
+    prob_map_model,
+    save,
+    vad_like_data,
+    vad_like_model,
+)
+
+
+def _run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with edgeserve.load(path, golden="off") as model:
+        return model.predict(feed)
+
+
+def _raw_cosine(reference, candidate) -> float:
+    return compare_outputs(candidate, reference)["summary"]["cosine_min"]
+
+
+def _scrambled(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The same values in the wrong places: what a broken converter (a wrong transpose, a bad layout) returns."""
+    flat = values.reshape(len(values), -1).copy()
+    rng = np.random.default_rng(seed)
+    for row in flat:
+        rng.shuffle(row)
+    return flat.reshape(values.shape)
+
+
+@pytest.fixture(scope="module")
+def prob_map(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("map")
+    x = prob_map_data()
+    pkg = edgeserve.convert(save(prob_map_model(), tmp / "map.onnx"), tmp / "pkg", quantize="static",
+                            calibration={"image": x})
+    return pkg, {"image": x}, _run(tmp / "map.onnx", {"image": x}), _run(pkg.path, {"image": x})
+
+
+def test_sparse_map_int8_kept_by_map_iou_where_raw_cosine_rejected_it(prob_map) -> None:
+    _, feed, ref, cand = prob_map
+    # empty images: fp32 says ~1e-5 everywhere, int8 says exactly 0; the raw cosine calls that total disagreement
+    assert _raw_cosine(ref, cand) < 0.5
+    iou = target("map-iou", min=0.95)
+    assert iou.holds(iou.metric.score(ref, cand, feed))
+    scrambled = {"prob_map": _scrambled(ref["prob_map"])}
+    assert not iou.holds(iou.metric.score(ref, scrambled, feed))
+
+
+def test_the_inferred_default_for_a_probability_map_is_map_iou(prob_map) -> None:
+    pkg, feed, ref, _ = prob_map
+    targets, why = infer_targets(feed, ref)
+    assert [t.metric.name for t in targets] == ["map-iou"] and "probability map" in why
+    budget = pkg.manifest.fidelity["budget"]
+    assert budget["targets"][0]["metric"].startswith("map-iou") and budget["because"].startswith("inferred")
+    assert budget["enforced"] is False  # an explicit mode with an inferred budget: measured, recorded, not held
+
+
+def test_robust_cosine_scores_near_zero_rows_by_absolute_error() -> None:
+    ref = np.array([[3.0, 4.0], [1e-6, 0.0], [1e-6, 0.0]])
+    cand = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, 0.5]])
+    rows = robust_cosine_rows(ref, cand)
+    assert rows[0] == pytest.approx(1.0) and rows[1] > 0.99  # silence rounded to zero agrees
+    assert rows[2] == -1.0  # noise where the reference is silent does not
+    assert robust_cosine_rows(ref, np.full_like(ref, np.nan)).max() == -1.0
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("enc")
+    data = encoder_data()
+    src = save(encoder_model(), tmp / "enc.onnx")
+    pkg = edgeserve.convert(src, tmp / "pkg", quantize=edgeserve.QuantizeConfig(mode="static",
+                                                                                 calibration_method="percentile"),
+                            calibration=data)
+    return pkg, data, _run(src, data), _run(pkg.path, data)
+
+
+def test_encoder_is_judged_by_masked_pooled_embeddings(encoder) -> None:
+    pkg, data, ref, cand = encoder
+    targets, why = infer_targets(data, ref)
+    assert targets[0].metric.name == "pooled-cosine" and "attention_mask" in why
+    pooled = targets[0]
+    assert pooled.holds(pooled.metric.score(ref, cand, data))
+    # padded positions hold meaningless states: garbage there fails the raw cosine, not the task
+    hidden = ref["last_hidden_state"].copy()
+    pad = data["attention_mask"] == 0
+    hidden[pad] = np.random.default_rng(0).standard_normal((int(pad.sum()), hidden.shape[-1])) * 20
+    padded_garbage = {"last_hidden_state": hidden}
+    assert _raw_cosine(ref, padded_garbage) < 0.9
+    assert pooled.metric.score(ref, padded_garbage, data) == pytest.approx(1.0)
+    # the same garbage on real tokens is caught
+    broken = {"last_hidden_state": _scrambled(ref["last_hidden_state"])}
+    assert not pooled.holds(pooled.metric.score(ref, broken, data))
+    assert pkg.manifest.fidelity["metrics"][pooled.metric.spec] >= 0.99
+
+
+def test_percentile_and_entropy_calibration_survive_attention_masks(tmp_path: Path) -> None:
+    """-inf (Where) and -1e4·(1 - mask) in the graph: the histogram calibrators used to fail on them; now the
+    tensors holding them are left in float and the manifest says which."""
+    data = encoder_data(rows=40)
+    for sentinel in ("-inf", "-1e4"):
+        src = save(encoder_model(sentinel=sentinel), tmp_path / f"enc{sentinel}.onnx")
+        for method in ("percentile", "entropy"):
+            pkg = edgeserve.convert(src, tmp_path / f"{sentinel}-{method}", calibration=data,
+                                    quantize=edgeserve.QuantizeConfig(mode="static", calibration_method=method),
+                                    metrics=["pooled-cosine>=0.99"])
+            left = pkg.manifest.recipe["calibration"]["left_float"]
+            assert "masked" in left, (sentinel, method, left)
+            assert ("non-finite" in left["masked"]) == (sentinel == "-inf")
+
+
+def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
+    src = save(ctc_model(), tmp_path / "ctc.onnx")
+    feed = {"features": ctc_data()}
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="dynamic", calibration=feed, metrics=["ctc>=0.98"])
+    ref, cand = _run(src, feed), _run(pkg.path, feed)
+    ctc = target("ctc", min=0.98)
+    assert ctc.holds(ctc.metric.score(ref, cand, feed))
+    # bf16-like error on the unlikely classes' log-probabilities: the raw cosine objects, the strings are the same
+    noisy = ref["logits"].copy()
+    best = noisy.argmax(-1)[..., None]
+    noise = np.random.default_rng(1).normal(0, 8, noisy.shape).astype(np.float32)
+    np.put_along_axis(noise, best, 0.0, axis=-1)
+    noisy = np.minimum(noisy + noise, np.take_along_axis(noisy, best, -1) - 1.0)
+    np.put_along_axis(noisy, best, np.take_along_axis(ref["logits"], best, -1), axis=-1)
+    assert _raw_cosine(ref, {"logits": noisy}) < 0.99
+    assert ctc.metric.score(ref, {"logits": noisy}, feed) == 1.0
+    reversed_time = {"logits": ref["logits"][:, ::-1].copy()}
+    assert not ctc.holds(ctc.metric.score(ref, reversed_time, feed))
+
+
+def test_detection_agreement_counts_classes_and_boxes() -> None:
+    ref = {"output0": detection_outputs()}
+    det = target("detection")
+    assert det.metric.score(ref, ref, {}) == 1.0
+    jitter = ref["output0"].copy()
+    jitter[:, :4] += np.random.default_rng(0).normal(0, 1.0, jitter[:, :4].shape)  # a pixel of box error
+    assert det.holds(det.metric.score(ref, {"output0": jitter}, {}))
+    shifted = ref["output0"].copy()
+    shifted[:, :2] += 150.0  # every box moved: the classes agree, the boxes do not
+    assert det.metric.score(ref, {"output0": shifted}, {}) == 0.0
+    swapped = ref["output0"].copy()
+    swapped[:, 4:] = swapped[:, 4:][:, ::-1]  # classes permuted
+    assert not det.holds(det.metric.score(ref, {"output0": swapped}, {}))
+    transposed = {"output0": np.ascontiguousarray(ref["output0"].transpose(0, 2, 1))}  # [batch, anchors, 4 + C]
+    assert det.metric.score(transposed, transposed, {}) == 1.0
+
+
+def test_scores_are_judged_by_top1_and_the_largest_probability_change() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((50, 4)).astype(np.float32) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = {"probabilities": probs}
+    targets, why = infer_targets({"x": np.zeros((50, 3), np.float32)}, ref)
+    assert [t.metric.name for t in targets] == ["top1", "prob-change"] and "thresholded" in why
+    # a moderation score moved from 0.22 to 0.05: same top-1 class, cosine still high, the task changed
+    moved = probs.copy()
+    moved[:, 0] = np.where((probs[:, 0] > 0.15) & (probs[:, 0] < 0.3), probs[:, 0] - 0.15, probs[:, 0])
+    budget = Budget(tuple(targets))
+    verdict = budget.judge(ref, {"probabilities": moved}, {})
+    assert verdict.scores["top1,output=probabilities"] >= 0.9 and not verdict.ok
+    assert any("prob-change" in m for m in verdict.missed)
+    assert budget.judge(ref, ref, {}).ok
+
+
+def test_a_stateful_model_is_judged_by_absolute_error_of_its_output() -> None:
+    data = vad_like_data()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(vad_like_model().SerializeToString())
+    out = dict(zip(["output", "stateN"], session.run(None, data)))
+    targets, why = infer_targets(data, out)
+    assert [t.metric.spec for t in targets] == ["max-abs,output=output"] and "stateful" in why
+
+
+def test_thresholds_and_directions() -> None:
+    assert target("top1>=0.98").threshold == 0.98
+    assert target("max-abs<=0.01").describe() == "max-abs <= 0.01"
+    assert target("pooled-cosine").threshold == 0.99  # the default
+    with pytest.raises(edgeserve.ConfigError, match="give its threshold as --max"):
+        target("max-abs", min=0.1)
+    with pytest.raises(edgeserve.ConfigError, match="unknown metric 'cosin'"):
+        metric("cosin")
+    with pytest.raises(edgeserve.ConfigError, match="has no option mask"):
+        metric("top1,mask=x")
+    with pytest.raises(edgeserve.ConfigError, match="needs a threshold"):
+        target("tests.test_metrics:first_value_agreement")
+    with pytest.raises(edgeserve.ConfigError, match="cannot import module"):
+        metric("no_such_module_xyz:fn")
+    nan = {"y": np.full((2, 3), np.nan, np.float32)}
+    ok = {"y": np.ones((2, 3), np.float32)}
+    for name in ("cosine", "rel-l2", "max-abs", "top1", "prob-change"):
+        t = target(name)
+        assert not t.holds(t.metric.score(ok, nan, {})), name  # NaN never passes
+
+
+def first_value_agreement(reference, candidate, inputs) -> float:
+    """A user metric: the fraction of rows whose first output value agrees to 0.1."""
+    ref, cand = next(iter(reference.values())), next(iter(candidate.values()))
+    return float(np.mean(np.abs(ref.reshape(len(ref), -1)[:, 0] - cand.reshape(len(cand), -1)[:, 0]) < 0.1))
+
+
+def test_a_user_metric_through_the_api_and_the_cli(tmp_path: Path, mlp_path: Path) -> None:
+    from tests.factories import rows
+
+    np.savez(tmp_path / "cal.npz", x=rows(40))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "api", quantize="dynamic", calibration=tmp_path / "cal.npz",
+                            metrics=[target(first_value_agreement, min=0.9)])
+    assert pkg.manifest.fidelity["budget"]["targets"][0]["builtin"] is False
+    def exact(r, c, i) -> float:
+        return 1.0 if all(np.array_equal(r[k], c[k]) for k in r) else 0.5
+
+    with pytest.raises(edgeserve.FidelityError, match="exact 0.5 < 0.9"):
+        edgeserve.convert(mlp_path, tmp_path / "strict", quantize="dynamic", calibration=tmp_path / "cal.npz",
+                          metrics=[target(exact, min=0.9)])
+    with pytest.raises(edgeserve.ConfigError, match="fp32 model compared with itself misses the budget"):
+        edgeserve.convert(mlp_path, tmp_path / "never", quantize="dynamic", calibration=tmp_path / "cal.npz",
+                          metrics=[target(lambda r, c, i: 0.5, min=0.9)])
+    result = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(tmp_path / "cli"), "-q", "dynamic",
+                                       "--calibration", str(tmp_path / "cal.npz"),
+                                       "--metric", "tests.test_metrics:first_value_agreement", "--min", "0.9",
+                                       "--metric", "max-abs", "--max", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "metric tests.test_metrics:first_value_agreement" in result.output and "metric max-abs" in result.output
+    bad = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(tmp_path / "bad"), "--metric", "top1",
+                                    "--max", "0.2"])
+    assert bad.exit_code == 2 and "--max 0.2 pairs with no --metric" in bad.output
+
+
+def test_a_metric_that_does_not_fit_the_model_fails_before_any_work(tmp_path: Path, mlp_path: Path) -> None:
+    with pytest.raises(edgeserve.ConfigError, match="pooled-cosine needs a \\[batch, seq, hidden\\] output"):
+        edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", metrics=["pooled-cosine"])
+    assert not (tmp_path / "pkg").exists()
