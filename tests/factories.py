@@ -389,3 +389,24 @@ def ctc_data(rows: int = 64, classes: int = 12, steps: int = 20, seed: int = 1) 
     labels = np.where(rng.random((rows, steps)) < 0.4, 0, rng.integers(1, classes, (rows, steps)))
     x = np.eye(classes, dtype=np.float32)[labels] * 2.0 + rng.normal(0, 0.15, (rows, steps, classes)).astype(np.float32)
     return x.astype(np.float32)
+
+
+def raw_audio_model(samples: int = 144_000, frame: int = 400, bins: int = 201, seed: int = 0) -> onnx.ModelProto:
+    """A speech-quality-style model on raw 16 kHz audio: ``audio [batch, samples]`` framed inside the graph and
+    multiplied by a DFT-like basis (a spectrogram: large activations) → ``score [batch, 1]``."""
+    rng = np.random.default_rng(seed)
+    basis = numpy_helper.from_array((rng.standard_normal((frame, bins)) / np.sqrt(frame)).astype(np.float32), "basis")
+    head = numpy_helper.from_array((rng.standard_normal((bins, 1)) / np.sqrt(bins)).astype(np.float32), "head")
+    shape = numpy_helper.from_array(np.array([0, samples // frame, frame], np.int64), "frames")
+    nodes = [helper.make_node("Reshape", ["audio", "frames"], ["framed"], name="frame"),
+             helper.make_node("MatMul", ["framed", "basis"], ["spec"], name="spectrogram"),
+             helper.make_node("Abs", ["spec"], ["mag"], name="magnitude"),
+             helper.make_node("ReduceMean", ["mag"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "head"], ["score"], name="head_mm")]
+    graph = helper.make_graph(nodes, "raw_audio",
+                              [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", samples])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
+                              initializer=[basis, head, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -200,3 +200,32 @@ def test_failed_symbolic_shape_inference_leaves_nothing_in_the_working_folder(
     for pkg in pkgs:
         assert "Incomplete symbolic shape inference" in pkg.manifest.recipe["preprocess_fallback_reason"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.data", "out"]
+
+
+def test_a_quantiser_outgrowing_the_memory_budget_is_stopped_and_skipped(tmp_path: Path) -> None:
+    """Raw 9 s audio with a spectrogram inside: each calibration batch is large. With a budget barely above what
+    this process already uses, every quantiser is stopped by the watchdog; auto records why, keeps fp32, and the
+    conversion finishes instead of taking the machine down."""
+    from edgeserve.converter.memory import rss
+    from tests.factories import raw_audio_model
+
+    audio = np.random.default_rng(0).standard_normal((24, 144_000)).astype(np.float32)
+    src = save(raw_audio_model(), tmp_path / "audio.onnx")
+    budget = (rss() or 0) + 80 * 2**20
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="auto", calibration={"audio": audio},
+                            max_memory=budget, time_budget=60)
+    memory = pkg.manifest.recipe["memory"]
+    assert memory["budget_bytes"] == budget and memory["stopped"]
+    skipped = [c for c in pkg.manifest.recipe["auto"]["candidates"] if c["status"] == "skipped"]
+    assert skipped and all("memory budget" in c["reason"] for c in skipped)
+    quantised = [c for c in pkg.manifest.recipe["auto"]["candidates"] if c["name"].startswith("int8")]
+    assert quantised and all(c["status"] == "skipped" for c in quantised)
+
+
+def test_the_memory_budget_is_parsed_and_checked() -> None:
+    from edgeserve.converter.memory import parse_size
+
+    assert parse_size("1G") == 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size(2**28) == 2**28
+    for bad in ("lots", "1Q", "10M"):
+        with pytest.raises(edgeserve.ConfigError, match="memory budget"):
+            parse_size(bad)

@@ -152,8 +152,11 @@ class MemoryBudget:
         watcher = threading.Thread(target=watch, name="edgeserve-memory-watch", daemon=True)
         watcher.start()
         try:
-            worker.conn.send((fn, args, kwargs))
-            result = _receive(worker.conn, progress)
+            try:
+                worker.conn.send((fn, args, kwargs))
+                result = _receive(worker.conn, progress)
+            except OSError:  # the worker died (or was stopped) while the job was being handed over
+                result = None
         except BaseException:
             worker.kill()
             worker.close()
