@@ -11,6 +11,11 @@ import numpy as np
 TOLERANCE = {"none": 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int4": 5e-2, "dynamic": 5e-2, "static": 5e-2}
 
 
+TASK_SLACK = 10.0
+"""Answers off by more than the tolerance, but by at most this many times it, still pass when the package's task
+metrics hold between them and the recorded ones; anything further off is a different answer whatever the metric."""
+
+
 def tolerance_for(mode: str) -> float:
     return TOLERANCE.get(mode, 5e-2)
 
@@ -37,3 +42,22 @@ def mismatches(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarr
             changed = int(np.sum(got != ref))
             problems.append(f"output '{name}': {changed} of {ref.size} values differ")
     return problems
+
+
+def task_agrees(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
+                inputs: Mapping[str, np.ndarray], records: list[dict]) -> bool:
+    """True when the package's built-in task metrics hold between the recorded and this machine's answers: an
+    argmax, a decoded string or a thresholded map that did not change is the same answer, even where the raw
+    values moved by more than the tolerance (another instruction set's int8 or bf16 kernels)."""
+    if not records:
+        return False
+    from .errors import EdgeserveError
+    from .metrics import targets_from_record
+
+    targets = targets_from_record(records)
+    if not targets:
+        return False
+    try:
+        return all(t.holds(t.metric.score(expected, actual, inputs)) for t in targets)
+    except EdgeserveError:
+        return False

@@ -249,3 +249,19 @@ def test_a_metric_that_does_not_fit_the_model_fails_before_any_work(tmp_path: Pa
     with pytest.raises(edgeserve.ConfigError, match="pooled-cosine needs a \\[batch, seq, hidden\\] output"):
         edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", metrics=["pooled-cosine"])
     assert not (tmp_path / "pkg").exists()
+
+
+def test_golden_answers_pass_on_task_agreement_only_with_builtin_targets() -> None:
+    from edgeserve.golden import mismatches, task_agrees
+
+    rng = np.random.default_rng(0)
+    expected = {"logits": rng.standard_normal((8, 5)).astype(np.float32) * 4}
+    moved = {"logits": expected["logits"] + 0.3 * np.sign(expected["logits"])}  # further from every tie: same class
+    records = [target("top1", min=1.0).record()]
+    assert mismatches(moved, expected, 0.01)  # beyond the raw tolerance…
+    assert task_agrees(moved, expected, {}, records)  # …but the same answers
+    flipped = {"logits": expected["logits"][:, ::-1].copy()}
+    assert not task_agrees(flipped, expected, {}, records)
+    assert not task_agrees(moved, expected, {}, [])  # no targets recorded: the raw tolerance rules
+    user = [{"metric": "tests.test_metrics:first_value_agreement", "min": 0.0, "builtin": False}]
+    assert not task_agrees(moved, expected, {}, user)  # a user function is never imported at load

@@ -55,6 +55,8 @@ class BenchConfig:
     """Fresh processes per variant for cold start and peak memory (0 turns it off)."""
     auto_time_budget: float = 90.0
     """Seconds the ``auto`` variant's search may start new candidates for."""
+    metrics: tuple[Any, ...] = ()
+    """Task metrics with thresholds (:func:`edgeserve.target`) every variant is judged by; empty: inferred."""
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -86,6 +88,10 @@ class VariantResult:
     concurrency_batched: dict[str, Any] = field(default_factory=dict)
     cold_start: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The task metrics' scores against fp32 (what judged the package)."""
+    budget: dict[str, Any] = field(default_factory=dict)
+    """The targets those metrics were held to, and why they were chosen."""
     accuracy: float | None = None
     accuracy_loss: float | None = None
     speedup: float | None = None
@@ -106,7 +112,8 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     work = _fresh_work_folder(out, source.name)
     results = {v.name: VariantResult(v.name) for v in variants}
 
-    packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget)
+    packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget,
+                          metrics=config.metrics)
     models = _load_all(packages, threads, results)
     try:
         samples = load_samples(source, models)
@@ -150,7 +157,7 @@ def _fresh_work_folder(out: Path, name: str) -> Path:
 
 
 def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, results: dict[str, VariantResult],
-               say: Progress, *, threads: int, auto_budget: float) -> dict[str, Path]:
+               say: Progress, *, threads: int, auto_budget: float, metrics: Sequence[Any] = ()) -> dict[str, Path]:
     packages = {}
     for v in variants:
         r = results[v.name]
@@ -163,7 +170,8 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
         try:
             pkg = convert(source.model, work / "variants" / v.name, quantize=v.recipe, calibration=source.calibration,
                           eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True,
-                          threads=threads, time_budget=auto_budget, backend=v.backend, precision=v.precision)
+                          threads=threads, time_budget=auto_budget, backend=v.backend, precision=v.precision,
+                          metrics=metrics)
         except EdgeserveError as exc:
             r.fail("build", exc)
             say(f"{source.name}: {v.name} failed to build: {r.error}")
@@ -174,6 +182,8 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
             say(f"{source.name}: auto chose {r.recipe['auto']['chosen']} ({r.recipe['auto']['reason']})")
         r.size_bytes = sum(f.stat().st_size for f in pkg.path.iterdir() if f.name.startswith(pkg.manifest.model_file))
         r.fidelity = pkg.manifest.fidelity.get("summary", {})
+        r.metrics = pkg.manifest.fidelity.get("metrics") or {}
+        r.budget = pkg.manifest.fidelity.get("budget") or {}
         acc = pkg.manifest.fidelity.get("accuracy") or {}
         r.accuracy = acc.get("converted")
         if acc.get("fp32") is not None and acc.get("converted") is not None:

@@ -11,7 +11,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 COLUMNS = ("variant", "size KiB", "p50 ms", "p99 ms", "speedup", "rows/s", "conc rows/s", "cold/cached ms", "RSS MiB",
-           "accuracy", "loss pts", "cos min")
+           "accuracy", "loss pts", "task metric")
 
 
 def _f(value: Any, fmt: str, scale: float = 1.0) -> str:
@@ -56,7 +56,7 @@ def rows(model: Mapping[str, Any]) -> list[list[str]]:
             _f(v["speedup"], ".2f") + ("x" if v["speedup"] else ""), _f(thr and thr["rows_per_s"], ".0f"),
             _f(conc and conc["rows_per_s"], ".0f") + "/" + _f(conc_on and conc_on["rows_per_s"], ".0f"), _f(cold.get("process_to_first_answer_s"), ".0f", 1e3) + "/" + _f(cold.get("process_to_first_answer_cached_s"), ".0f", 1e3),
             _f(cold.get("peak_rss_bytes"), ".0f", 1 / 2**20), _f(v["accuracy"], ".4f"),
-            _f(v["accuracy_loss"], "+.2f", 100), _f(v["fidelity"].get("cosine_min"), ".4f"),
+            _f(v["accuracy_loss"], "+.2f", 100), task_metric(v),
         ])
     return out
 
@@ -89,7 +89,8 @@ def table(model: Mapping[str, Any]) -> str:
 LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread by more than 10%. speedup: fp32 p50 "
           "over the variant's p50. rows/s@N: throughput at batch N; xC off/on: rows/s with C concurrent callers at batch 1, dynamic batching off and on. cold/cached: "
           "fresh process to first answer with an empty graph cache, then with the cached optimised graph; RSS: peak memory. accuracy and loss (points, fp32 minus variant) on the "
-          "held-out labels; cos min: worst per-row cosine to the fp32 outputs.")
+          "held-out labels; task metric: the variant's score, against fp32, in the metric that judged it (named with "
+          "--metric, or inferred from the model's signature; `inspect` says which and why).")
 
 
 def markdown(results: Mapping[str, Any], *, has_plot: bool = True) -> str:
@@ -119,11 +120,37 @@ def markdown(results: Mapping[str, Any], *, has_plot: bool = True) -> str:
     return "\n".join(out)
 
 
+def _first_target(v: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """The metric that judged a variant (its first target) and whether higher is better."""
+    targets = (v.get("budget") or {}).get("targets") or []
+    if not targets or targets[0]["metric"] not in (v.get("metrics") or {}):
+        return None
+    return targets[0]["metric"], "min" in targets[0]
+
+
+def task_metric(v: Mapping[str, Any]) -> str:
+    """``map-iou 0.9974``: the variant's score in the metric that judged it (``cos`` when none was recorded)."""
+    first = _first_target(v)
+    if first is None:
+        return "cos " + _f(v["fidelity"].get("cosine_min"), ".4f")
+    name = first[0].split(",")[0]
+    return f"{name} {v['metrics'][first[0]]:.4g}"
+
+
 def loss_axis(model: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
-    """Accuracy loss in points where labels exist, otherwise 1 - worst cosine to fp32 (per mille)."""
+    """Accuracy loss in points where labels exist, otherwise the loss in the task metric that judged the variants
+    (1 - score for metrics better when higher, x1000; the error itself for error metrics)."""
     ok = [v for v in model["variants"] if v["status"] == "ok" and v["latency"].get("p50")]
     if ok and all(v["accuracy_loss"] is not None for v in ok):
         return "accuracy loss (points)", {v["name"]: 100 * v["accuracy_loss"] for v in ok}
+    firsts = {_first_target(v) for v in ok}
+    only = next(iter(firsts)) if len(firsts) == 1 else None
+    if only is not None:
+        spec, higher = only
+        name = spec.split(",")[0]
+        if higher:
+            return f"1 - {name} to fp32 (x1000)", {v["name"]: 1000 * (1 - v["metrics"][spec]) for v in ok}
+        return f"{name} to fp32", {v["name"]: float(v["metrics"][spec]) for v in ok}
     return "1 - min cosine to fp32 (x1000)", {v["name"]: 1000 * (1 - v["fidelity"].get("cosine_min", 0.0)) for v in ok}
 
 

@@ -38,11 +38,16 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
               help="Seconds of in-process measurement per model.")
 @click.option("--cold-start-repeats", type=click.IntRange(0, 50), default=3, show_default=True,
               help="Fresh processes per variant for cold start and memory (0: skip).")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME[,OPT=V…]",
+              help="Judge every variant by this task metric (as in convert; default: inferred from the model).")
+@click.option("--min", "min_values", multiple=True, type=float, help="Threshold of a higher-is-better --metric.")
+@click.option("--max", "max_values", multiple=True, type=float, help="Threshold of a lower-is-better --metric.")
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An earlier results.json: show changes and flag regressions beyond the noise.")
 def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path | None, labels: str | None,
           calibration: Path | None, threads: int | None, batch_sizes: str, concurrency: str, rounds: int,
-          time_budget: float, cold_start_repeats: int, compare_with: Path | None) -> None:
+          time_budget: float, cold_start_repeats: int, metric_names: tuple[str, ...], min_values: tuple[float, ...],
+          max_values: tuple[float, ...], compare_with: Path | None) -> None:
     """Benchmark every variant of SOURCES (.onnx files, packages or example names; default: all bundled examples).
 
     Latency, throughput, concurrency, cold start and memory, against accuracy loss to fp32.
@@ -51,11 +56,13 @@ def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path 
     from ..bench.harness import bench as run_bench
     from ..bench.report import comparison_lines, table
     from ..bench.variants import parse_variants
+    from .convert import parse_targets
 
     config = BenchConfig(
         variants=tuple(v.name for v in parse_variants(variants)), threads=threads,
         batch_sizes=_int_list(batch_sizes) or (1,), concurrency=_int_list(concurrency) or (), rounds=rounds,
         time_budget=time_budget, cold_start_repeats=cold_start_repeats,
+        metrics=tuple(parse_targets(metric_names, min_values, max_values)),
     )
     results = run_bench(sources, out, config, data=data, labels=labels, calibration=calibration,
                         compare_with=compare_with, progress=lambda message: click.echo(f"  {message}", err=True))
