@@ -558,7 +558,8 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
     """The metric a task like this is judged by, from the model's inputs and fp32 outputs, and why.
 
     A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
-    shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs. A sparse
+    shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs.
+    YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings. A sparse
     probability map: thresholded-map IoU. Class scores or probabilities: top-1 agreement and the largest
     probability change, since scores get thresholded. Otherwise: the robust per-row cosine.
     """
@@ -578,6 +579,17 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
         chosen = [target(metric("max-abs", output=k)) for k in others]
         return chosen, (f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): "
                         f"the largest absolute error of {', '.join(others)}")
+    detections = [k for k, v in outs.items() if _looks_like_detections(v)]
+    if detections:
+        return ([target(metric("detection", output=k)) for k in detections],
+                f"detections in {', '.join(detections)} ([batch, 4 + classes, anchors] with class scores in [0, 1]): "
+                "anchors scored above 0.25 by either model must keep their class and a box IoU >= 0.5")
+    sequences = [k for k, v in outs.items() if _looks_like_step_scores(v)]
+    if sequences and len(sequences) == len(outs):
+        return ([target(metric("ctc", output=k)) for k in sequences],
+                f"per-step class scores in {', '.join(sequences)} ([batch, steps, classes], probabilities or "
+                "log-probabilities): the greedy CTC decoded strings are compared (blank = class 0; name "
+                "--metric top1 for a per-token tagger)")
     maps = [k for k, v in outs.items() if _looks_like_map(v)]
     if maps and len(maps) == len(outs):
         return ([target(metric("map-iou", output=k)) for k in maps],
@@ -591,6 +603,30 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
                         "probability, since scores are often thresholded")
     return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+
+
+def _looks_like_detections(values: np.ndarray) -> bool:
+    """YOLO-style ``[batch, 4 + classes, anchors]`` (or channels last): many anchors, class scores in [0, 1]."""
+    if not (values.ndim == 3 and np.issubdtype(values.dtype, np.floating)):
+        return False
+    channels_first = values.shape[1] < values.shape[2]
+    v = values if channels_first else values.transpose(0, 2, 1)
+    if not (5 <= v.shape[1] <= 1004 and v.shape[2] >= 8 * v.shape[1]):
+        return False
+    scores = v[:, 4:]
+    return bool(scores.size and np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0)
+
+
+def _looks_like_step_scores(values: np.ndarray) -> bool:
+    """``[batch, steps, classes]`` whose last axis is a distribution: sums to 1, or log-probs whose exp does."""
+    if not (values.ndim == 3 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating) and values.size):
+        return False
+    v = values.astype(np.float64)
+    if not np.isfinite(v).all():
+        return False
+    if v.min() >= 0.0 and v.max() <= 1.0:
+        return bool(np.allclose(v.sum(-1), 1.0, atol=1e-3))
+    return bool(v.max() <= 1e-6 and np.allclose(np.exp(v).sum(-1), 1.0, atol=1e-3))
 
 
 def _looks_like_map(values: np.ndarray) -> bool:

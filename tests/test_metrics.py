@@ -134,6 +134,8 @@ def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
     ref, cand = _run(src, feed), _run(pkg.path, feed)
     ctc = target("ctc", min=0.98)
     assert ctc.holds(ctc.metric.score(ref, cand, feed))
+    inferred, why = infer_targets(feed, ref)
+    assert [t.metric.name for t in inferred] == ["ctc"] and "decoded strings" in why
     # bf16-like error on the unlikely classes' log-probabilities: the raw cosine objects, the strings are the same
     noisy = ref["logits"].copy()
     best = noisy.argmax(-1)[..., None]
@@ -149,6 +151,8 @@ def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
 
 def test_detection_agreement_counts_classes_and_boxes() -> None:
     ref = {"output0": detection_outputs()}
+    targets, why = infer_targets({"images": np.zeros((8, 3, 32, 32), np.float32)}, ref)
+    assert [t.metric.name for t in targets] == ["detection"] and "anchors" in why
     det = target("detection")
     assert det.metric.score(ref, ref, {}) == 1.0
     jitter = ref["output0"].copy()

@@ -60,7 +60,7 @@ def load_samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
 def rows_at(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:
     """``size`` consecutive rows starting at ``start`` (wrapping, repeating the data when it is short)."""
     idx = np.arange(start, start + size) % samples.rows
-    return {k: np.ascontiguousarray(v) for k, v in samples.select(idx).items()}
+    return {k: np.asarray(v, order="C") for k, v in samples.select(idx).items()}  # keeps 0-d arrays 0-d
 
 
 def make_feeds(samples: Samples, size: int, count: int = 16) -> list[dict[str, np.ndarray]]:

@@ -42,6 +42,8 @@ MIN_SPEEDUP = 1.03
 """A candidate must beat fp32 by at least this much: anything closer is within timing noise, not a win."""
 SENSITIVITY_ROWS = 32
 REPAIRABLE = ("static", "dynamic", "nncf")
+PROBE_NODES = 3
+"""How many of the nodes with the largest activation error the repair tries alone, to rank them by the metric."""
 
 
 @dataclass
@@ -313,7 +315,8 @@ class Search:
 
     def repair_near_misses(self, most: int = 2) -> None:
         """For int8 candidates faster than the best one inside the budget that miss it, keep the most sensitive
-        nodes in fp32, doubling their number until the budget holds. Near misses go first: 0.0003 short of the
+        nodes in fp32, doubling their number until the budget holds. Nodes are ranked by activation error, then the
+        first few by their measured effect on the budget's metrics. Near misses go first: 0.0003 short of the
         threshold is more likely to be repaired within the time left than a candidate far outside it."""
         best_fit = max([c.speedup or 0.0 for c in self.plan if c.status == "ok" and c.within_budget], default=0.0)
         failing = sorted(
@@ -327,18 +330,40 @@ class Search:
             assert cand.path is not None
             ranking = rank_sensitivity(self.graphs.prepared, cand.path, self.evaluator.held_out,
                                        threads=SessionConfig().threads)
-            k = 1
+            ranking = self._by_effect_on_the_metric(cand, ranking)
+            k = 2 if len(ranking) > 1 else 1
             while ranking and k <= max(1, len(ranking) // 2) and time.monotonic() < self.deadline:
                 excluded = tuple(name for name, _ in ranking[:k])
                 repaired = Candidate(f"{cand.name}+fp32x{k}", replace(cand.config, nodes_to_exclude=excluded),
                                      backend=cand.backend, precision=cand.precision)
                 self.step(f"auto: {repaired.name}", 0, 1)
                 self.trial(repaired)
-                repaired.recipe.setdefault("sensitivity", [{"node": n, "score": round(s, 6)} for n, s in ranking[:k]])
+                repaired.recipe.setdefault("sensitivity", [{"node": n, "activation_error": round(s, 6)}
+                                                       for n, s in ranking[:k]])
                 self.plan.append(repaired)
                 if repaired.status != "ok" or repaired.within_budget or (repaired.speedup or 0) < MIN_SPEEDUP:
                     break
                 k *= 2
+
+    def _by_effect_on_the_metric(self, cand: Candidate, ranking: list[tuple[str, float]],
+                                 probes: int = PROBE_NODES) -> list[tuple[str, float]]:
+        """Re-rank the nodes with the largest activation error by what keeping each alone in fp32 does to the
+        budget's metrics (the smaller the remaining shortfall, the earlier): a node whose error the task never
+        sees is not worth its speed. Each probe is a real candidate, recorded, and wins if it fits the budget."""
+        measured: list[tuple[str, float, float]] = []
+        for name, score in ranking[:probes]:
+            if time.monotonic() > self.deadline:
+                break
+            probe = Candidate(f"{cand.name}+fp32[{name}]", replace(cand.config, nodes_to_exclude=(name,)),
+                              backend=cand.backend, precision=cand.precision)
+            self.step(f"auto: {probe.name}", 0, 1)
+            self.trial(probe)
+            probe.recipe.setdefault("sensitivity", [{"node": name, "activation_error": round(score, 6)}])
+            self.plan.append(probe)
+            effect = probe.shortfall if probe.status == "ok" else math.inf
+            measured.append((name, score, effect))
+        ordered = [(n, s) for n, s, _ in sorted(measured, key=lambda m: (m[2], -m[1]))]
+        return ordered + ranking[len(measured):]
 
     def final_round(self, finalists: int = 3) -> None:
         """Time the best few candidates inside the budget again, together with fp32 in one interleaved measurement:

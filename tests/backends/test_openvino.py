@@ -123,6 +123,9 @@ def test_auto_measures_openvino_candidates(tmp_path: Path, mlp_path: Path) -> No
                             min_cosine=0.99, time_budget=20)
     cands = {c["name"]: c for c in pkg.manifest.recipe["auto"]["candidates"]}
     assert cands["openvino-f32"]["backend"] == "openvino" and cands["openvino-f32"]["status"] in ("ok", "skipped")
+    # OpenVINO starts from the exported graph (it fuses for itself); onnxruntime's recipes from the prepared one
+    assert cands["openvino-f32"]["recipe"]["graph"] == "exported"
+    assert cands["int8-dynamic"]["recipe"]["graph"] == "prepared"
     backends = pkg.manifest.recipe["backends"]
     assert backends[0]["backend"] == pkg.manifest.backend
     if pkg.manifest.backend == "openvino":
