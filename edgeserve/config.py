@@ -126,12 +126,15 @@ class QuantizeConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Dynamic batching for one model: requests queue and run together, one future each."""
+    """Dynamic batching for one model: a request at an idle engine runs at once; requests that arrive while the
+    engine runs are gathered into the next batch (see :mod:`edgeserve.runtime.batcher`)."""
 
     max_batch_size: int = 32
-    """Rows per batch: a batch runs as soon as this many rows of one shape are waiting."""
-    max_delay_ms: float = 2.0
-    """Longest a request waits for company: a batch runs this long after its oldest request arrived."""
+    """Rows per batch at most (one request larger than this runs alone)."""
+    max_delay_ms: float = 0.0
+    """How long an idle engine may wait for company before running a partial batch. 0 (the default): never — a
+    lone request runs at once, and batches form from what arrives while the engine is busy. Raise it only for
+    bulk traffic that prefers rows per second to latency."""
     max_queue: int = 1024
     """Requests waiting at most; the next one is rejected at once with QueueFull."""
     timeout_ms: float | None = 30_000.0
@@ -149,8 +152,8 @@ class BatchConfig:
 
     @classmethod
     def low_latency(cls) -> BatchConfig:
-        """Small batches, short waits: for interactive traffic."""
-        return cls(max_batch_size=8, max_delay_ms=0.5)
+        """Small batches, no waiting: for interactive traffic."""
+        return cls(max_batch_size=8, max_delay_ms=0.0)
 
     @classmethod
     def throughput(cls) -> BatchConfig:

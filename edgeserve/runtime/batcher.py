@@ -1,14 +1,26 @@
-"""Dynamic micro-batching: requests queue, run together, and each gets its own rows back.
+"""Dynamic micro-batching without a worker thread: callers take turns at the engine, and each gets its own rows
+back.
+
+Leader/follower ("combining"): a request that finds the engine idle runs at once, in its caller's thread, with no
+hand-off at all. Requests that arrive while the engine runs queue up; when the run ends, the engine passes to the
+oldest waiting caller, which runs everything queued that stacks with it (up to ``max_batch_size`` rows) as one
+batch, hands each follower its rows, and passes the engine on. So batching never makes a lone request wait, and
+under load there is one wake-up per batch for its leader plus one per follower's answer — no worker thread, no
+timer, no future or condition variable per request on the synchronous path. Callers that cannot lead (``submit``,
+``call_async``: an event loop must not run the model) get a batch run for them on a shared executor thread, one
+job per batch, never a parked thread per request.
 
 The decision "what runs next" is :func:`plan`, a pure function of the pending requests, the time and the
-settings, tested without threads or sleeps. :class:`Batcher` wraps it with one worker thread.
+settings, tested without threads or sleeps. ``max_delay_ms`` (default 0) lets an idle engine wait that long for
+company before a partial batch: for bulk traffic that prefers rows per second to latency.
 
 What a caller can count on: it gets its own rows back or its own error. A batch that fails is re-run one request
 at a time, so one request the engine refuses (a token id past the vocabulary, say) fails alone. A deadline bounds
-how long :meth:`Batcher.call` blocks, whatever the worker is doing; a worker that dies fails everything queued and
-every later request with the cause, and says so in ``stats``.
+how long a request waits for the engine (past it the request is withdrawn, or its answer discarded if it is
+running); the engine's own run, once it holds the caller's request, is not interrupted.
 
-# NOTE: onnxruntime releases the GIL inside run(), so one worker thread keeps the cores busy while callers wait.
+# NOTE: onnxruntime releases the GIL inside run(), so whichever thread leads keeps the cores busy while the
+# followers wait.
 """
 
 from __future__ import annotations
@@ -17,9 +29,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,23 +44,79 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 RunFn = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
+QUEUED, LEADING, RUNNING, DONE, WITHDRAWN = range(5)
 
-@dataclass
+
 class Pending:
-    """One queued request."""
+    """One queued request, and how its caller hears back: a released lock (a blocked caller), a concurrent
+    Future (``submit``) or an asyncio future (``call_async``)."""
 
-    feed: dict[str, np.ndarray]
-    rows: int
-    group: tuple[Any, ...]
-    """Requests stack only with requests of the same group: equal dtypes and non-batch dims."""
-    enqueued: float
-    deadline: float | None
-    future: Future[dict[str, np.ndarray]] = field(default_factory=Future)
+    __slots__ = ("feed", "rows", "group", "enqueued", "deadline", "state", "result", "error", "signal", "future",
+                 "loop", "discard")
+
+    def __init__(self, feed: dict[str, np.ndarray], rows: int, group: tuple[Any, ...], enqueued: float,
+                 deadline: float | None, *, future: Any = None, loop: Any = None, blocking: bool = False) -> None:
+        self.feed = feed
+        self.rows = rows
+        self.group = group
+        """Requests stack only with requests of the same group: equal dtypes and non-batch dims."""
+        self.enqueued = enqueued
+        self.deadline = deadline
+        self.state = QUEUED
+        self.result: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.signal: threading.Lock | None = None
+        if blocking:
+            self.signal = threading.Lock()
+            self.signal.acquire()  # released once: the answer is in, or the engine is this caller's to lead
+        self.future = future
+        self.loop = loop
+        self.discard = False
+
+    @property
+    def can_lead(self) -> bool:
+        return self.signal is not None
+
+    def claim(self) -> bool:
+        """Mark as running; False when its caller gave up (a cancelled future), so it is skipped."""
+        if self.loop is not None:
+            if self.future.cancelled():
+                return False
+        elif self.future is not None and not self.future.set_running_or_notify_cancel():
+            return False
+        self.state = RUNNING
+        return True
+
+    def finish(self, result: dict[str, np.ndarray] | None = None, error: BaseException | None = None) -> None:
+        self.state = DONE
+        if self.discard:
+            return
+        if self.signal is not None:
+            self.result, self.error = result, error
+            try:
+                self.signal.release()
+            except RuntimeError:  # already released by a hand-off its caller has not taken up yet: it will see DONE
+                pass
+        elif self.loop is not None:
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+        elif error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
+def _settle(future: Any, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the worker does now: run ``take`` together, fail ``expired``, then sleep until ``wake_at``."""
+    """What the leader does now: run ``take`` together, fail ``expired``, else wait until ``wake_at``."""
 
     take: tuple[int, ...] = ()
     expired: tuple[int, ...] = ()
@@ -57,11 +124,12 @@ class Plan:
 
 
 def plan(pending: Sequence[Pending], now: float, config: BatchConfig) -> Plan:
-    """Decide the next batch.
+    """Decide the next batch, for an engine that is free now.
 
     Expired requests are dropped first. The oldest live request's group is the candidate batch: it runs when its
-    rows reach ``max_batch_size`` or when the oldest has waited ``max_delay_ms``; otherwise the worker sleeps until
-    that moment (or the next deadline). A request bigger than ``max_batch_size`` runs alone.
+    rows reach ``max_batch_size`` or when the oldest has waited ``max_delay_ms`` (at once with the default 0);
+    otherwise the leader waits until that moment (or the next deadline). A request bigger than
+    ``max_batch_size`` runs alone.
     """
     expired = tuple(i for i, p in enumerate(pending) if p.deadline is not None and p.deadline <= now)
     gone = set(expired)
@@ -85,8 +153,21 @@ def plan(pending: Sequence[Pending], now: float, config: BatchConfig) -> Plan:
     return Plan(expired=expired, wake_at=wake)
 
 
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Threads that lead a batch for callers that cannot (``submit``, ``call_async``): one job per batch."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgeserve-batch")
+        return _EXECUTOR
+
+
 class Batcher:
-    """A queue and one worker thread in front of a model's run function."""
+    """A queue in front of a model's run function; whoever finds the engine free runs the next batch."""
 
     def __init__(self, run: RunFn, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], config: BatchConfig,
                  *, name: str = "model", clock: Clock = time.monotonic) -> None:
@@ -94,164 +175,276 @@ class Batcher:
         self._run = run
         self._inputs = tuple(inputs)
         self._outputs = tuple(outputs)
+        self._output_names = [s.name for s in outputs]
         self._name = name
         self._clock = clock
         self._pending: list[Pending] = []
         self._pending_rows = 0
-        self._cond = threading.Condition()
+        self._busy = False
+        """True while a leader holds the engine (running, or about to take the next batch)."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        """Wakes a leader waiting for company (max_delay_ms > 0), and close() waiting for the engine to idle."""
         self._closing = False
         self._hurry = False
         self.error: str | None = None
-        """Why the worker died, or None while it runs."""
+        """Kept for callers of the earlier worker-thread design; there is no worker to die."""
         self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
-                      "retried_alone": 0}
-        self._thread = threading.Thread(target=self._loop, name=f"edgeserve-batcher-{name}", daemon=True)
-        self._thread.start()
+                      "retried_alone": 0, "ran_at_once": 0}
 
     # -- callers -----------------------------------------------------------------------------------------------------
     def call(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
-        """Queue a checked feed and wait for its outputs, at most until its deadline (``timeout_ms``, else the
-        config's): past it the request is withdrawn (or, if it is running, its answer discarded) and
-        :class:`Timeout` raised."""
-        future, deadline = self._enqueue(feed, timeout_ms)
-        try:
-            return future.result(None if deadline is None else max(0.0, deadline - self._clock()))
-        except FutureTimeout:
-            withdrawn = future.cancel()
-            if withdrawn:
-                with self._cond:
-                    self.stats["expired"] += 1
-            elif future.done() and not future.cancelled():  # it finished in the instant between
-                return future.result()
-            raise Timeout(
-                f"model '{self._name}': no answer within the deadline of {self._limit_ms(timeout_ms):g} ms "
-                f"({'withdrawn before it ran' if withdrawn else 'it was running; its answer is discarded'})"
-            ) from None
-        except CancelledError:
-            raise Timeout(f"model '{self._name}': the request was cancelled before it ran") from None
+        """Run a checked feed with whatever it can stack with and return its own outputs. Waits for the engine at
+        most until the deadline (``timeout_ms``, else the config's): past it the request is withdrawn (or, if it
+        is running, its answer discarded) and :class:`Timeout` raised."""
+        now = self._clock()
+        limit = self._limit_ms(timeout_ms)
+        deadline = now + limit / 1000.0 if limit is not None else None
+        rows = self._rows_of(feed)
+        with self._lock:
+            self._admit()
+            self.stats["requests"] += 1
+            if not self._busy and self.config.max_delay_ms == 0:  # nobody queued (the engine would be busy)
+                self._busy = True
+                alone = True
+            else:
+                alone = False
+                item = Pending(dict(feed), rows, self._group_of(feed), now, deadline, blocking=True)
+                self._queue(item)
+                lead_now = not self._busy
+                if lead_now:
+                    self._busy = True
+                    item.state = LEADING
+        if alone:
+            return self._run_alone(feed, rows)
+        if lead_now:
+            self._lead()
+        return self._wait(item, timeout_ms)
 
     async def call_async(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
-        """:meth:`call` for asyncio: the event loop never blocks, and the same deadline applies."""
+        """:meth:`call` for asyncio: the event loop never blocks and no thread waits per request; the same
+        deadline applies (a request still queued at it is withdrawn)."""
         import asyncio
 
-        future, deadline = self._enqueue(feed, timeout_ms)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        item, deadline = self._enqueue(feed, timeout_ms, future=future, loop=loop)
         try:
-            # NOTE: wait_for cancels the wrapped future on timeout, which withdraws a request that has not run yet
-            return await asyncio.wait_for(asyncio.wrap_future(future),
-                                          None if deadline is None else max(0.0, deadline - self._clock()))
+            return await asyncio.wait_for(future, None if deadline is None else max(0.0, deadline - self._clock()))
         except asyncio.TimeoutError:
+            withdrawn = self._withdraw(item)
             raise Timeout(f"model '{self._name}': no answer within the deadline of "
-                          f"{self._limit_ms(timeout_ms):g} ms") from None
+                          f"{self._limit_ms(timeout_ms):g} ms ({self._why(withdrawn)})") from None
+        except asyncio.CancelledError:
+            self._withdraw(item)
+            raise
 
     def submit(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> Future[dict[str, np.ndarray]]:
-        """Queue a checked feed; the future resolves to its outputs or to the error that stopped it. The worker
-        fails it with :class:`Timeout` once its deadline passes unrun; waiting on the future is the caller's."""
-        return self._enqueue(feed, timeout_ms)[0]
+        """Queue a checked feed; the future resolves to its outputs or to the error that stopped it. A request
+        still queued at its deadline fails with :class:`Timeout` unrun; waiting on the future is the caller's."""
+        future: Future[dict[str, np.ndarray]] = Future()
+        self._enqueue(feed, timeout_ms, future=future)
+        return future
 
     def _limit_ms(self, timeout_ms: float | None) -> float | None:
         return timeout_ms if timeout_ms is not None else self.config.timeout_ms
 
-    def _enqueue(self, feed: Mapping[str, np.ndarray],
-                 timeout_ms: float | None) -> tuple[Future[dict[str, np.ndarray]], float | None]:
+    def _rows_of(self, feed: Mapping[str, np.ndarray]) -> int:
         first = self._inputs[0]
-        rows = int(feed[first.name].shape[first.batch_axis or 0])
-        group = tuple((s.name, feed[s.name].dtype.str, _non_batch(feed[s.name].shape, s.batch_axis)) for s in self._inputs)
+        return int(feed[first.name].shape[first.batch_axis or 0])
+
+    def _group_of(self, feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+        return tuple((s.name, feed[s.name].dtype.str, _non_batch(feed[s.name].shape, s.batch_axis)) for s in self._inputs)
+
+    def _admit(self) -> None:
+        """Refuse a request the batcher cannot take (called holding the lock)."""
+        if self._closing:
+            raise ClosedError(f"model '{self._name}' is closing; it takes no new requests")
+        if len(self._pending) >= self.config.max_queue:
+            self.stats["rejected"] += 1
+            raise QueueFull(
+                f"model '{self._name}': {len(self._pending)} requests already queued (max_queue="
+                f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
+            )
+
+    def _queue(self, item: Pending) -> None:
+        """Append (holding the lock); wake a leader waiting for company when the batch is now full or this
+        request's deadline comes before the leader means to run."""
+        self._pending.append(item)
+        self._pending_rows += item.rows
+        if self._busy and (self._pending_rows >= self.config.max_batch_size or item.deadline is not None):
+            self._cond.notify_all()
+
+    def _enqueue(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None, *, future: Any,
+                 loop: Any = None) -> tuple[Pending, float | None]:
         now = self._clock()
         limit = self._limit_ms(timeout_ms)
-        item = Pending(dict(feed), rows, group, now, now + limit / 1000.0 if limit is not None else None)
-        with self._cond:
-            if self.error is not None:
-                raise InferenceError(f"model '{self._name}': its batching worker stopped ({self.error}); "
-                                     "reload the model")
-            if self._closing:
-                raise ClosedError(f"model '{self._name}' is closing; it takes no new requests")
-            if len(self._pending) >= self.config.max_queue:
-                self.stats["rejected"] += 1
-                raise QueueFull(
-                    f"model '{self._name}': {len(self._pending)} requests already queued (max_queue="
-                    f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
-                )
-            self._pending.append(item)
-            self._pending_rows += rows
+        deadline = now + limit / 1000.0 if limit is not None else None
+        item = Pending(dict(feed), self._rows_of(feed), self._group_of(feed), now, deadline, future=future, loop=loop)
+        with self._lock:
+            self._admit()
             self.stats["requests"] += 1
-            # NOTE: wake the worker only when it has something new to decide: the first request (it may be asleep
-            # with nothing to wait for) or a full batch. Otherwise it wakes by itself when the oldest is due;
-            # waking it on every submit costs a plan() per request under load.
-            if len(self._pending) == 1 or self._pending_rows >= self.config.max_batch_size or item.deadline is not None \
-                    and item.deadline < self._pending[0].enqueued + self.config.max_delay_ms / 1000.0:
-                self._cond.notify()
-        return item.future, item.deadline
+            self._queue(item)
+            start = not self._busy
+            if start:
+                self._busy = True
+        if start:
+            _executor().submit(self._lead)
+        return item, deadline
+
+    def _run_alone(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """The fast path: the engine was idle and nobody waits, so the caller runs its own request now."""
+        try:
+            values = self._run(dict(feed))
+        except Exception as exc:
+            self.stats["failed_batches"] += 1
+            self._pass_engine()
+            raise _edgeserve_error(exc) from exc
+        except BaseException:
+            self._pass_engine()
+            raise
+        self.stats["ran_at_once"] += 1  # counted while this caller still holds the engine: no other writer
+        self._count(rows)
+        self._pass_engine()
+        return dict(zip(self._output_names, values))
+
+    def _wait(self, item: Pending, timeout_ms: float | None) -> dict[str, np.ndarray]:
+        assert item.signal is not None
+        while True:
+            remaining = None if item.deadline is None else item.deadline - self._clock()
+            got = item.signal.acquire(timeout=max(0.0, remaining)) if remaining is not None else item.signal.acquire()
+            if not got:
+                withdrawn = self._withdraw(item)
+                if withdrawn is None:  # answered (or handed the engine) in the instant between
+                    continue
+                raise Timeout(f"model '{self._name}': no answer within the deadline of "
+                              f"{self._limit_ms(timeout_ms):g} ms ({self._why(withdrawn)})") from None
+            if item.state == DONE:
+                if item.error is not None:
+                    raise item.error
+                assert item.result is not None
+                return item.result
+            self._lead()  # the engine was passed to this caller: run the next batch (most likely its own)
+
+    @staticmethod
+    def _why(withdrawn: bool | None) -> str:
+        return "withdrawn before it ran" if withdrawn else "it was running; its answer is discarded"
+
+    def _withdraw(self, item: Pending) -> bool | None:
+        """A caller gives up: True if its request was still queued (now removed, it never runs), False if it is
+        running (its answer will be discarded), None if it had already been answered or handed the engine."""
+        lead = False
+        with self._lock:
+            if item.state == QUEUED:
+                self._pending.remove(item)
+                self._pending_rows -= item.rows
+                item.state = WITHDRAWN
+                self.stats["expired"] += 1
+                return True
+            if item.state == RUNNING:
+                item.discard = True
+                return False
+            if item.state == LEADING:  # the engine was just passed to a caller that gives up: pass it on
+                self._pending.remove(item)
+                self._pending_rows -= item.rows
+                item.state = WITHDRAWN
+                self.stats["expired"] += 1
+                lead = True
+        if lead:
+            assert item.signal is not None
+            item.signal.acquire()  # consume the hand-off wake-up
+            self._lead()
+            return True
+        return None
 
     @property
     def queued(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._pending)
 
     @property
     def alive(self) -> bool:
-        return self.error is None and self._thread.is_alive()
+        return not self._closing
 
     def hurry(self) -> None:
         """Run what is queued without waiting for more company (the model is being replaced); still takes requests."""
-        with self._cond:
+        with self._lock:
             self._hurry = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop taking requests, run what is queued, and stop the worker (waiting at most ``timeout`` seconds)."""
-        with self._cond:
+        """Stop taking requests, let what is queued run, and return once the engine is idle (waiting at most
+        ``timeout`` seconds; what is still queued then fails with :class:`ClosedError`)."""
+        with self._lock:
             self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        with self._cond:
-            left, self._pending = self._pending, []
+            self._cond.notify_all()
+            end = None if timeout is None else time.monotonic() + timeout
+            while self._busy or self._pending:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
+            left_over, self._pending = self._pending, []
             self._pending_rows = 0
-        for p in left:  # only when the drain timed out
-            _fail(p, ClosedError(f"model '{self._name}' closed before this request ran"))
+        for p in left_over:  # only when the drain timed out
+            p.state = WITHDRAWN
+            if p.claim():
+                p.finish(error=ClosedError(f"model '{self._name}' closed before this request ran"))
 
-    # -- worker ------------------------------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        try:
-            self._serve()
-        except BaseException as exc:  # a bug or an engine that raised past Exception: fail loudly, never hang callers
-            log.error("model %s: batching worker stopped: %r", self._name, exc)
-            with self._cond:
-                self.error = f"{type(exc).__name__}: {first_line(exc)}"
-                left, self._pending = self._pending, []
-                self._pending_rows = 0
-            for p in left:
-                _fail(p, InferenceError(f"model '{self._name}': its batching worker stopped ({self.error})"))
-
-    def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if not self._pending:
-                        if self._closing:
-                            return
-                        self._cond.wait()
-                        continue
-                    now = self._clock()
-                    decision = plan(self._pending, now, self.config)
-                    if (self._closing or self._hurry) and not decision.take and not decision.expired:
-                        # draining: run what is there now instead of waiting for company
-                        decision = plan(self._pending, now, replace(self.config, max_delay_ms=0.0))
-                    if decision.take or decision.expired:
-                        chosen = set(decision.take) | set(decision.expired)
-                        batch = [self._pending[i] for i in decision.take]
-                        expired = [self._pending[i] for i in decision.expired]
-                        self._pending = [p for i, p in enumerate(self._pending) if i not in chosen]
-                        self._pending_rows = sum(p.rows for p in self._pending)
-                        break
-                    self._cond.wait(max(0.0, (decision.wake_at or now) - now))
+    # -- the leader --------------------------------------------------------------------------------------------------
+    def _lead(self) -> None:
+        """Hold the engine: run the next batch (waiting for company if the settings say so), answer it, and pass
+        the engine to the next caller, or leave it idle."""
+        with self._lock:
+            while True:
+                now = self._clock()
+                config = self.config
+                if self._closing or self._hurry:  # draining: run what is there now instead of waiting for company
+                    config = replace(config, max_delay_ms=0.0)
+                decision = plan(self._pending, now, config)
+                if decision.take or decision.expired or not self._pending:
+                    break
+                self._cond.wait(max(0.0, (decision.wake_at or now) - now))
+            chosen = set(decision.take) | set(decision.expired)
+            batch = [self._pending[i] for i in decision.take]
+            expired = [self._pending[i] for i in decision.expired]
+            if chosen:
+                self._pending = [p for i, p in enumerate(self._pending) if i not in chosen]
+                self._pending_rows = sum(p.rows for p in self._pending)
             for p in expired:
-                self.stats["expired"] += 1
-                _fail(p, Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
+                p.state = RUNNING
+            self.stats["expired"] += len(expired)
+        try:
+            for p in expired:
+                p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
             if batch:
                 self._execute(batch)
+        finally:
+            self._pass_engine()
+
+    def _pass_engine(self) -> None:
+        """Give the engine to the oldest waiting caller that can lead, or to an executor thread for callers that
+        cannot, or leave it idle."""
+        with self._lock:
+            head = self._pending[0] if self._pending else None
+            if head is None:
+                self._busy = False
+                self._hurry = False
+                self._cond.notify_all()  # close() may be waiting for the engine to idle
+                return
+            if head.can_lead:
+                # NOTE: it stays queued (its own batch is the next one); LEADING marks the hand-off, and the
+                # caller, woken, runs _lead()
+                head.state = LEADING
+            job = None if head.can_lead else self._lead
+        if job is not None:
+            _executor().submit(job)
+        else:
+            assert head.signal is not None
+            head.signal.release()
 
     def _execute(self, batch: list[Pending]) -> None:
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]  # callers that gave up are skipped
+        live = [p for p in batch if p.claim()]  # callers that gave up are skipped
         if not live:
             return
         try:
@@ -264,7 +457,7 @@ class Batcher:
         except Exception as exc:
             self.stats["failed_batches"] += 1
             if len(live) == 1:
-                live[0].future.set_exception(_edgeserve_error(exc))
+                live[0].finish(error=_edgeserve_error(exc))
                 return
             # NOTE: one request the engine refuses must not fail the others it was stacked with: run each alone,
             # so every caller gets its own answer or its own error
@@ -273,18 +466,18 @@ class Batcher:
                 try:
                     result = self._outputs_of(self._run(p.feed))
                 except Exception as alone:
-                    p.future.set_exception(_edgeserve_error(alone))
+                    p.finish(error=_edgeserve_error(alone))
                 else:
                     self._count(p.rows)
-                    p.future.set_result(result)
+                    p.finish(result)
             return
-        except BaseException as exc:  # the worker is going down: its callers hear why first
+        except BaseException as exc:  # the leader's thread is going down: its followers hear why first
             for p in live:
-                p.future.set_exception(InferenceError(f"model '{self._name}': batch aborted ({exc!r})"))
+                p.finish(error=InferenceError(f"model '{self._name}': batch aborted ({exc!r})"))
             raise
         self._count(sum(p.rows for p in live))
         for p, result in zip(live, results):
-            p.future.set_result(result)
+            p.finish(result)
 
     def _count(self, rows: int) -> None:
         self.stats["batches"] += 1
@@ -316,11 +509,6 @@ def _non_batch(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
 
 def _edgeserve_error(exc: Exception) -> EdgeserveError:
     return exc if isinstance(exc, EdgeserveError) else InferenceError(f"batch failed: {first_line(exc)}")
-
-
-def _fail(p: Pending, exc: BaseException) -> None:
-    if p.future.set_running_or_notify_cancel():
-        p.future.set_exception(exc)
 
 
 def can_batch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
