@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,11 +33,16 @@ SERVING_FILE = "serving.json"
 
 @dataclass
 class _Loaded:
-    """One loaded version and the requests currently using it."""
+    """One loaded version and the requests currently using it.
+
+    ``users`` is a deque used as a counter: ``append`` and ``pop`` are atomic, so taking and letting go of the
+    serving version costs no lock that every caller of every model would queue on. A version is retired before
+    its users are looked at, and a caller re-checks ``retired`` after it counted itself in: whichever of the
+    two sees the count reach zero closes the model (``Model.close`` is idempotent)."""
 
     model: Model
     version: int
-    users: int = 0
+    users: deque[None] = field(default_factory=deque)
     retired: bool = False
 
 
@@ -152,19 +157,21 @@ class Runtime:
         slot = self._slot(name)
         if version is not None:
             return self._acquire_version(name, slot, check_version(version))
-        with self._lock:
+        while True:  # NOTE: no lock on the hot path (see _Loaded)
             loaded = slot.current
             if loaded is None:
                 why = f": {slot.error}" if slot.error else ""
                 raise ModelNotFound(f"model '{name}' has no loaded version{why}")
-            loaded.users += 1
-            return loaded
+            loaded.users.append(None)
+            if not loaded.retired:
+                return loaded
+            self._release(loaded)  # swapped out meanwhile: take the new serving version
 
     def _find(self, slot: _Slot, version: int) -> _Loaded | None:
         """A live loaded ``version`` with one more user (call with ``self._lock`` held), or None."""
         for loaded in slot.loaded():
             if loaded.version == version and not loaded.retired:
-                loaded.users += 1
+                loaded.users.append(None)
                 if version in slot.on_demand:
                     slot.on_demand.move_to_end(version)
                 return loaded
@@ -182,7 +189,8 @@ class Runtime:
                 return found
             if version not in self.repository.versions(name):
                 raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
-            fresh = _Loaded(self._load(name, slot, version), version, users=1)
+            fresh = _Loaded(self._load(name, slot, version), version)
+            fresh.users.append(None)
             with self._lock:
                 if self._closed or self._slots.get(name) is not slot:  # closed or unloaded while it loaded
                     gone = True
@@ -205,10 +213,8 @@ class Runtime:
         return evicted
 
     def _release(self, loaded: _Loaded) -> None:
-        with self._lock:
-            loaded.users -= 1
-            done = loaded.retired and loaded.users == 0
-        if done:
+        loaded.users.pop()
+        if loaded.retired and not loaded.users:
             loaded.model.close()
 
     # -- management --------------------------------------------------------------------------------------------------
@@ -265,7 +271,7 @@ class Runtime:
         version still loaded computes the same ones."""
         with self._lock:
             loaded.retired = True
-            idle = loaded.users == 0
+            idle = not loaded.users
             shared = any(x.model.identity == loaded.model.identity for x in slot.loaded() if x is not loaded)
         if slot.cache is not None and not shared:
             slot.cache.invalidate(loaded.model.identity)
