@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelFileError, first_line
 
@@ -35,6 +36,34 @@ def load_model(
     import onnx
     from google.protobuf.message import DecodeError
 
+    path = _checked_file(path, max_bytes)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelFileError(f"{path} is not a readable ONNX model ({first_line(exc)})") from exc
+    check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
+    if load_external_data and uses_external_data(model):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    return model
+
+
+def check_model_file(path: str | os.PathLike[str], *, allowed_domains: Iterable[str] = (),
+                     max_bytes: int = MAX_MODEL_BYTES) -> Any:
+    """:func:`load_model`'s checks without importing onnx: the file is read from the protobuf wire format
+    (:mod:`edgeserve.onnxwire`). Returns a read-only view with the fields the check reads; for loading a model
+    into an engine, which parses the file itself."""
+    from .onnxwire import WireError, read_model
+
+    path = _checked_file(path, max_bytes)
+    try:
+        model = read_model(path.read_bytes())
+        check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
+    except WireError as exc:
+        raise ModelFileError(f"{path} is not a readable ONNX model ({exc})") from None
+    return model
+
+
+def _checked_file(path: str | os.PathLike[str], max_bytes: int) -> Path:
     path = Path(path)
     try:
         st = path.stat()
@@ -48,14 +77,7 @@ def load_model(
         raise ModelFileError(
             f"{path} is {st.st_size} bytes, over the {max_bytes}-byte cap; store large weights as external data"
         )
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({first_line(exc)})") from exc
-    check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
-    if load_external_data and uses_external_data(model):
-        onnx.load_external_data_for_model(model, str(path.parent))
-    return model
+    return path
 
 
 def check_model(model, *, base_dir: str | os.PathLike[str] | None, allowed_domains: Iterable[str] = ()) -> None:

@@ -133,11 +133,10 @@ def _cache_for(model: str | os.PathLike[str] | bytes, config: SessionConfig,
 
 
 def _has_external_data(path: Path) -> bool:
-    import onnx
-
     from ..modelfile import uses_external_data
+    from ..onnxwire import read_model
 
-    return uses_external_data(onnx.load(str(path), load_external_data=False))
+    return uses_external_data(read_model(path.read_bytes()))
 
 
 def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], level: str = "basic") -> None:

@@ -14,8 +14,24 @@ import click
 EXIT_RUNTIME_ERROR = 1
 
 
+COMMANDS = {"convert": "convert", "inspect": "convert", "run": "run", "bench": "bench", "models": "models"}
+"""Command name to the module (in this package) that defines it: imported only when the command is used, so
+``edgeserve run`` loads neither the converter's options nor the benchmark's."""
+
+
 class _Group(click.Group):
-    """Turns edgeserve errors into one line and exit code 1; usage errors stay click's (exit code 2)."""
+    """Turns edgeserve errors into one line and exit code 1; usage errors stay click's (exit code 2). Loads each
+    command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"{__name__}.{COMMANDS[cmd_name]}")  # registers itself on ``main``
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         from ..errors import EdgeserveError, first_line
@@ -51,11 +67,5 @@ def main(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-
-
-# the command families register themselves on ``main``
-from . import bench as _bench  # noqa: E402,F401
-from . import convert as _convert  # noqa: E402,F401
-from . import models as _models  # noqa: E402,F401
 
 __all__ = ["main"]

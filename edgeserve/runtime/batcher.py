@@ -29,15 +29,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import BatchConfig
 from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
 from ..tensors import TensorSpec
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,9 @@ def _executor() -> ThreadPoolExecutor:
     global _EXECUTOR
     with _EXECUTOR_LOCK:
         if _EXECUTOR is None:
+            from concurrent.futures import ThreadPoolExecutor  # NOTE: only for submit and async callers
+
+
             _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgeserve-batch")
         return _EXECUTOR
 
@@ -242,6 +247,8 @@ class Batcher:
     def submit(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> Future[dict[str, np.ndarray]]:
         """Queue a checked feed; the future resolves to its outputs or to the error that stopped it. A request
         still queued at its deadline fails with :class:`Timeout` unrun; waiting on the future is the caller's."""
+        from concurrent.futures import Future
+
         future: Future[dict[str, np.ndarray]] = Future()
         self._enqueue(feed, timeout_ms, future=future)
         return future

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -19,7 +18,7 @@ from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
 from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
-from ..modelfile import load_model, sha256_file, uses_external_data
+from ..modelfile import check_model_file, sha256_file, uses_external_data
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
 from .batcher import Batcher, can_batch
@@ -93,6 +92,8 @@ class Model:
         if self.batcher is not None:
             out = await self.batcher.call_async(feed, timeout_ms)
         else:
+            import asyncio  # NOTE: here, not at the top: a process that never awaits must not pay for asyncio
+
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
         return self._remember(key, out)
@@ -160,7 +161,7 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
         return _load_package(path, config, golden, allowed_domains, batching, cache)
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
-    proto = load_model(path, allowed_domains=allowed_domains, load_external_data=False)  # checked before any engine
+    proto = check_model_file(path, allowed_domains=allowed_domains)  # checked before any engine
     backend_name = config.backend or "onnxruntime"
     session = get_backend(backend_name).open(path, config, label=path.name, external_data=uses_external_data(proto))
     with _closing_on_error(session):
@@ -176,7 +177,7 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     model_path = folder / manifest.model_file
-    proto = load_model(model_path, allowed_domains=allowed_domains, load_external_data=False)
+    proto = check_model_file(model_path, allowed_domains=allowed_domains)
     backend_name, config = choose_backend(manifest, config)
     digest = manifest.digests[manifest.model_file]
     session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
