@@ -181,3 +181,49 @@ def test_tensor_sizes_are_computed_without_allocating() -> None:
     t.dims.extend([2**40, 2**20])
     assert tensor_nbytes(t) == 4 * 2**60  # a number, not an allocation
     np.testing.assert_equal(tensor_nbytes(t) > 0, True)
+
+
+def test_the_wire_reader_sees_what_onnx_sees(tmp_path: Path) -> None:
+    """The load-time check reads the protobuf wire format itself (no import onnx): on real graphs, with
+    subgraphs and external data, it must see the same nodes, domains, opsets and external tensors as onnx."""
+    import onnx
+
+    from edgeserve.modelfile import _external_tensors, _walk_nodes
+    from edgeserve.onnxwire import read_model
+    from tests.factories import control_flow_model, encoder_model, example, save_with_external_data
+
+    paths = [example(name)[0] for name in ("digits-mlp", "digits-cnn", "tiny-bert")]
+    paths.append(save(control_flow_model(), tmp_path / "cf.onnx"))
+    paths.append(save(encoder_model(), tmp_path / "enc.onnx"))
+    (tmp_path / "ext").mkdir()
+    paths.append(save_with_external_data(encoder_model(), tmp_path / "ext" / "enc.onnx"))
+    for path in paths:
+        real = onnx.load(str(path), load_external_data=False)
+        wire = read_model(path.read_bytes())
+        assert [(n.domain, n.op_type, n.name, d) for n, d in _walk_nodes(real.graph, 0)] == \
+               [(n.domain, n.op_type, n.name, d) for n, d in _walk_nodes(wire.graph, 0)], path
+        assert [(o.domain, o.version) for o in real.opset_import] == [(o.domain, o.version) for o in wire.opset_import]
+        assert [(t.name, list(t.dims), t.data_type, [(e.key, e.value) for e in t.external_data])
+                for t in _external_tensors(real)] == \
+               [(t.name, list(t.dims), t.data_type, [(e.key, e.value) for e in t.external_data])
+                for t in _external_tensors(wire)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_wire_reader_refuses_garbage_cleanly(tmp_path: Path, seed: int) -> None:
+    """Random bytes and a real model with random bytes flipped: a ModelFileError or a clean load, never a
+    traceback from the parser."""
+    from tests.factories import example
+
+    rng = np.random.default_rng(seed)
+    good = example("digits-mlp")[0].read_bytes()
+    for data in (rng.integers(0, 256, 2000, dtype=np.uint8).tobytes(),
+                 bytes(b ^ (int(rng.integers(1, 256)) if rng.random() < 0.01 else 0) for b in good)):
+        path = tmp_path / f"m{seed}.onnx"
+        path.write_bytes(data)
+        try:
+            from edgeserve.modelfile import check_model_file
+
+            check_model_file(path)
+        except edgeserve.ModelFileError:
+            pass
