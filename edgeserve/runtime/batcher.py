@@ -125,13 +125,19 @@ class Plan:
     wake_at: float | None = None
 
 
-def plan(pending: Sequence[Pending], now: float, config: BatchConfig) -> Plan:
+def plan(pending: Sequence[Pending], now: float, config: BatchConfig, *, gather_until: float = 0.0,
+         expect: int = 0) -> Plan:
     """Decide the next batch, for an engine that is free now.
 
     Expired requests are dropped first. The oldest live request's group is the candidate batch: it runs when its
     rows reach ``max_batch_size`` or when the oldest has waited ``max_delay_ms`` (at once with the default 0);
     otherwise the leader waits until that moment (or the next deadline). A request bigger than
     ``max_batch_size`` runs alone.
+
+    ``gather_until`` / ``expect``: the engine has just answered a batch of ``expect`` requests whose callers are
+    likely to come straight back; the batch waits for them until ``gather_until`` at most (and not at all once
+    ``expect`` requests are there), so that under load the first caller back does not run alone while the
+    others queue behind it.
     """
     expired = tuple(i for i, p in enumerate(pending) if p.deadline is not None and p.deadline <= now)
     gone = set(expired)
@@ -147,13 +153,16 @@ def plan(pending: Sequence[Pending], now: float, config: BatchConfig) -> Plan:
             break
         take.append(i)
         rows += pending[i].rows
-    due = oldest.enqueued + config.max_delay_ms / 1000.0
-    if rows >= config.max_batch_size or now >= due:
+    due = max(oldest.enqueued + config.max_delay_ms / 1000.0, gather_until)
+    if rows >= config.max_batch_size or now >= due or (expect and len(take) >= expect):
         return Plan(take=tuple(take), expired=expired)
     deadlines = [d for d in (pending[i].deadline for i in live) if d is not None]
     wake = min([due, *deadlines])
     return Plan(expired=expired, wake_at=wake)
 
+
+GATHER_MAX_S = 0.002
+"""The longest an engine that just answered several callers waits for them to come back (see ``plan``)."""
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
@@ -192,6 +201,10 @@ class Batcher:
         """Wakes a leader waiting for company (max_delay_ms > 0), and close() waiting for the engine to idle."""
         self._closing = False
         self._hurry = False
+        self._gather_until = 0.0
+        """After a batch of several requests, the next one waits for their callers' return until then."""
+        self._expect = 0
+        """How many requests that batch held."""
         self.error: str | None = None
         """Kept for callers of the earlier worker-thread design; there is no worker to die."""
         self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
@@ -209,7 +222,7 @@ class Batcher:
         with self._lock:
             self._admit()
             self.stats["requests"] += 1
-            if not self._busy and self.config.max_delay_ms == 0:  # nobody queued (the engine would be busy)
+            if not self._busy and self.config.max_delay_ms == 0 and now >= self._gather_until:  # nobody queued
                 self._busy = True
                 alone = True
             else:
@@ -279,7 +292,8 @@ class Batcher:
         request's deadline comes before the leader means to run."""
         self._pending.append(item)
         self._pending_rows += item.rows
-        if self._busy and (self._pending_rows >= self.config.max_batch_size or item.deadline is not None):
+        if self._busy and (self._pending_rows >= self.config.max_batch_size or item.deadline is not None
+                           or 0 < self._expect <= len(self._pending)):
             self._cond.notify_all()
 
     def _enqueue(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None, *, future: Any,
@@ -408,7 +422,9 @@ class Batcher:
                 config = self.config
                 if self._closing or self._hurry:  # draining: run what is there now instead of waiting for company
                     config = replace(config, max_delay_ms=0.0)
-                decision = plan(self._pending, now, config)
+                gather = not (self._closing or self._hurry)
+                decision = plan(self._pending, now, config, gather_until=self._gather_until if gather else 0.0,
+                                expect=self._expect if gather else 0)
                 if decision.take or decision.expired or not self._pending:
                     break
                 self._cond.wait(max(0.0, (decision.wake_at or now) - now))
@@ -421,22 +437,34 @@ class Batcher:
             for p in expired:
                 p.state = RUNNING
             self.stats["expired"] += len(expired)
+            self._gather_until, self._expect = 0.0, 0
+        for p in expired:
+            p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
+        started = self._clock()
+        answers: list[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]] = []
         try:
-            for p in expired:
-                p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
             if batch:
-                self._execute(batch)
+                answers = self._execute(batch)
         finally:
-            self._pass_engine()
+            # NOTE: the engine goes to the next batch before this one's callers are answered, so waking them
+            # (one thread switch each) overlaps the next run instead of leaving the engine idle
+            self._pass_engine(len(batch), self._clock() - started)
+            for p, result, error in answers:
+                p.finish(result, error)
 
-    def _pass_engine(self) -> None:
+    def _pass_engine(self, answered: int = 0, took_s: float = 0.0) -> None:
         """Give the engine to the oldest waiting caller that can lead, or to an executor thread for callers that
-        cannot, or leave it idle."""
+        cannot, or leave it idle. After a batch of several requests, the engine is left to gather their callers'
+        next requests for up to as long as that batch took (at most GATHER_MAX_S): a caller under load waits
+        that little, a lone caller never (it finds no batch of several just answered)."""
         with self._lock:
             head = self._pending[0] if self._pending else None
             if head is None:
                 self._busy = False
                 self._hurry = False
+                if answered > 1 and not self._closing:
+                    self._gather_until = self._clock() + min(took_s, GATHER_MAX_S)
+                    self._expect = answered
                 self._cond.notify_all()  # close() may be waiting for the engine to idle
                 return
             if head.can_lead:
@@ -450,10 +478,12 @@ class Batcher:
             assert head.signal is not None
             head.signal.release()
 
-    def _execute(self, batch: list[Pending]) -> None:
+    def _execute(self, batch: list[Pending]) -> list[tuple[Pending, dict[str, np.ndarray] | None,
+                                                          BaseException | None]]:
+        """Run a batch; its answers (each caller's rows or error), for the leader to hand out."""
         live = [p for p in batch if p.claim()]  # callers that gave up are skipped
         if not live:
-            return
+            return []
         try:
             if len(live) == 1:
                 results = [self._outputs_of(self._run(live[0].feed))]
@@ -464,27 +494,26 @@ class Batcher:
         except Exception as exc:
             self.stats["failed_batches"] += 1
             if len(live) == 1:
-                live[0].finish(error=_edgeserve_error(exc))
-                return
+                return [(live[0], None, _edgeserve_error(exc))]
             # NOTE: one request the engine refuses must not fail the others it was stacked with: run each alone,
             # so every caller gets its own answer or its own error
             self.stats["retried_alone"] += len(live)
+            answers: list[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]] = []
             for p in live:
                 try:
-                    result = self._outputs_of(self._run(p.feed))
-                except Exception as alone:
-                    p.finish(error=_edgeserve_error(alone))
+                    alone = self._outputs_of(self._run(p.feed))
+                except Exception as failed:
+                    answers.append((p, None, _edgeserve_error(failed)))
                 else:
                     self._count(p.rows)
-                    p.finish(result)
-            return
+                    answers.append((p, alone, None))
+            return answers
         except BaseException as exc:  # the leader's thread is going down: its followers hear why first
             for p in live:
                 p.finish(error=InferenceError(f"model '{self._name}': batch aborted ({exc!r})"))
             raise
         self._count(sum(p.rows for p in live))
-        for p, result in zip(live, results):
-            p.finish(result)
+        return [(p, result, None) for p, result in zip(live, results)]
 
     def _count(self, rows: int) -> None:
         self.stats["batches"] += 1
