@@ -24,6 +24,7 @@ from edgeserve.examples import get_example
 from edgeserve.summary import auto_lines, budget_text
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # minutes: a whole auto search per model; `-m "not slow"` leaves it out
 _tables: list[str] = []
 _summary: list[str] = []
 

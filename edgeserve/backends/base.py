@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config import SessionConfig
-from ..errors import ConfigError, ModelFileError
+from ..errors import ConfigError, InferenceError, ModelFileError
 from ..tensors import NUMPY_DTYPES, TensorSpec
 
 
@@ -23,6 +23,10 @@ class Session(Protocol):
 
     def run(self, feed: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """Run once; ``feed`` already satisfies the input contract. Engine errors become InferenceError."""
+        ...
+
+    def failed(self, exc: Exception) -> InferenceError:
+        """The InferenceError :meth:`run` raises for this engine exception (for callers of ``engine_run``)."""
         ...
 
     def close(self) -> None: ...

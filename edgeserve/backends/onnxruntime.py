@@ -49,6 +49,13 @@ class OrtSession:
                                                       [_spec(a) for a in session.get_outputs()])
         check_signature(self.inputs, self.outputs, label)
         self._run = session.run
+        # NOTE: the C session's own run, for Model.predict's unbatched fast path: InferenceSession.run adds only
+        # input-name validation (the input contract has done it) and a fallback between execution providers
+        # (edgeserve runs the CPU provider alone) — about a microsecond a call. Absent in another onnxruntime
+        # build: then the public run is used.
+        sess = getattr(session, "_sess", None)
+        self.engine_run = sess.run if sess is not None and callable(getattr(sess, "run", None)) else None
+        """``engine_run(output_names, feed, None)``: the engine's run, errors untranslated (see :meth:`failed`)."""
         self.from_cache = False
         SESSIONS.opened()
 
@@ -56,13 +63,18 @@ class OrtSession:
         try:
             return self._run(output_names, feed)
         except Exception as exc:  # NOTE: onnxruntime's pybind exceptions share no public base class
-            raise InferenceError(f"onnxruntime failed running {self._label}: {_message(exc)}") from exc
+            raise self.failed(exc) from exc
+
+    def failed(self, exc: Exception) -> InferenceError:
+        """The error :meth:`run` raises for an engine exception."""
+        return InferenceError(f"onnxruntime failed running {self._label}: {_message(exc)}")
 
     def close(self) -> None:
         if self._session is None:
             return
         self._session = None  # type: ignore[assignment]
         self._run = _closed_run
+        self.engine_run = None
         SESSIONS.closed()
 
 

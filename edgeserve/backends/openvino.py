@@ -67,10 +67,14 @@ class OvSession:
         except InferenceError:
             raise
         except Exception as exc:  # NOTE: OpenVINO raises RuntimeError subclasses from C++ with long messages
-            raise InferenceError(f"openvino failed running {self._label}: {_message(exc)}") from exc
+            raise self.failed(exc) from exc
         if output_names is None:
             return [np.asarray(v) for v in values]
         return [np.asarray(values[self._ports[n]]) for n in output_names]
+
+    def failed(self, exc: Exception) -> InferenceError:
+        """The error :meth:`run` raises for an engine exception."""
+        return InferenceError(f"openvino failed running {self._label}: {_message(exc)}")
 
     def close(self) -> None:
         if self._compiled is None:

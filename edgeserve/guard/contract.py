@@ -26,10 +26,16 @@ class InputContract:
             for s in self.specs
         ]
         self._single = self.specs[0].name if len(self.specs) == 1 else None
+        self._only = self._checks[0] if len(self.specs) == 1 else None
         self._batched = [(s.name, s.batch_axis) for s in self.specs if s.batch_axis is not None]
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` (one array for a single-input model, or a mapping of name to array)."""
+        only = self._only
+        if only is not None and type(inputs) is np.ndarray and not named:  # the common case, checked inline
+            name, dtype, rank, fixed, _ = only
+            if inputs.dtype == dtype and inputs.ndim == rank and all(inputs.shape[a] == n for a, n in fixed):
+                return {name: inputs}
         if named:
             if inputs is not None:
                 raise InputError("pass inputs either as one mapping or as keyword arguments, not both")

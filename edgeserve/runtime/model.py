@@ -50,6 +50,7 @@ class Model:
         self._contract = InputContract(self.inputs)
         self._output_names = [o.name for o in self.outputs]
         self._run = session.run
+        self._engine = getattr(session, "engine_run", None)
         self.from_cache: bool = bool(getattr(session, "from_cache", False))
         """True when the backend took the optimised graph from the on-disk cache instead of optimising again."""
         self._closed = False
@@ -64,15 +65,29 @@ class Model:
         self._fast = self.batcher is None and self.cache is None
 
     def _run_feed(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        engine = self._engine
+        if engine is not None:
+            try:
+                return engine(self._output_names, feed, None)  # type: ignore[no-any-return]
+            except Exception as exc:
+                raise self._session.failed(exc) from exc
         return self._run(feed, self._output_names)
 
     def predict(self, inputs: Any = None, /, *, timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
         """Run the model. ``inputs`` is one array (single-input models) or a dict of name to array; returns
         every output by name. Raises :class:`InputError` for data that breaks the contract, and with batching
         :class:`QueueFull` or :class:`Timeout` (``timeout_ms`` overrides the batching deadline)."""
-        feed = self._checked(inputs, named)
-        if self._fast:
+        if self._fast:  # no batcher, no cache: the contract, then the engine, nothing else on the way
+            if self._closed:
+                raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
+            feed = self._contract.feed(inputs, named)
+            if self._engine is not None:
+                try:
+                    return dict(zip(self._output_names, self._engine(self._output_names, feed, None)))
+                except Exception as exc:
+                    raise self._session.failed(exc) from exc
             return dict(zip(self._output_names, self._run(feed, self._output_names)))
+        feed = self._checked(inputs, named)
         key, hit = self._cached(feed)
         if hit is not None:
             return hit
@@ -124,6 +139,7 @@ class Model:
             if self._closed:
                 return
             self._closed = True
+            self._engine = None
         if self.batcher is not None:
             self.batcher.close(timeout)
         self._session.close()

@@ -106,8 +106,11 @@ class Runtime:
     # -- serving -----------------------------------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any = None, /, *, version: int | str | None = None,
                 timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
-        with self._use(name, version) as model:
-            return model.predict(inputs, timeout_ms=timeout_ms, **named)
+        loaded = self._acquire(name, version)  # NOTE: no context manager here: this is every request's path
+        try:
+            return loaded.model.predict(inputs, timeout_ms=timeout_ms, **named)
+        finally:
+            self._release(loaded)
 
     async def predict_async(self, name: str, inputs: Any = None, /, *, version: int | str | None = None,
                             timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
@@ -146,10 +149,10 @@ class Runtime:
             self._release(loaded)
 
     def _slot(self, name: str) -> _Slot:
-        if self._closed:
-            raise ClosedError("the runtime is closed")
         slot = self._slots.get(name)
-        if slot is None:
+        if slot is None or self._closed:
+            if self._closed:
+                raise ClosedError("the runtime is closed")
             raise ModelNotFound(f"model '{name}' is not loaded; loaded: {', '.join(sorted(self._slots)) or 'none'}")
         return slot
 
