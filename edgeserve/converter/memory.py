@@ -196,8 +196,10 @@ class _Worker:
         parent_fd, child_fd = _socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)}
         code = f"from edgeserve.converter.memory import _serve_fd; _serve_fd({child_fd})"
+        # NOTE: the tools' progress bars and prints (NNCF writes to stdout directly) go nowhere: what the worker
+        # has to say comes back over the pipe
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child_fd,), env=env,
-                                     stdin=subprocess.DEVNULL, close_fds=True)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
         os.close(child_fd)
         self.conn = Connection(parent_fd)
         self.pid = self.proc.pid
