@@ -267,14 +267,15 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
 
 
 def _batched_twin(model: Any, callers: int, threads: int | None) -> Any:
-    """The same package loaded again with dynamic batching sized for ``callers``; None without a batch axis."""
+    """The same package loaded again with dynamic batching as a user gets it by default (``BatchConfig()``: a
+    lone request runs at once, batches form while the engine is busy); None without a batch axis."""
     from ..config import BatchConfig
     from ..runtime.model import load
 
     if model.path is None:
         return None
     twin = load(model.path, config=SessionConfig(intra_op_threads=threads, cache_dir=None), golden="off",
-                batching=BatchConfig(max_batch_size=max(2, callers // 2), max_delay_ms=1.0))
+                batching=BatchConfig())
     if twin.batcher is None:
         twin.close()
         return None
