@@ -257,7 +257,7 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
             try:
                 results[n].concurrency[str(callers)] = measure.concurrent(
                     cycling(models[n], feeds1), callers=callers, duration_s=duration)
-                batched = _batched_twin(models[n], callers, config.threads)
+                batched = _batched_twin(models[n], config.threads)
                 if batched is not None:
                     with batched:
                         results[n].concurrency_batched[str(callers)] = measure.concurrent(
@@ -266,7 +266,7 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
                 results[n].fail("concurrency", exc)
 
 
-def _batched_twin(model: Any, callers: int, threads: int | None) -> Any:
+def _batched_twin(model: Any, threads: int | None) -> Any:
     """The same package loaded again with dynamic batching as a user gets it by default (``BatchConfig()``: a
     lone request runs at once, batches form while the engine is busy); None without a batch axis."""
     from ..config import BatchConfig
