@@ -34,7 +34,7 @@ from ..tensors import TensorSpec
 from .autotune import Graphs, search
 from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
-from .memory import MemoryBudget, default_budget, parse_size, work_rows
+from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
 from .quantize import Progress, quantize
 
@@ -105,7 +105,7 @@ def convert(
     SessionConfig(backend=backend, precision=precision)  # validates both
     budget = make_budget(metrics, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement,
                          max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative")
-    memory = MemoryBudget(limit=parse_size(max_memory) if max_memory is not None else default_budget())
+    memory = MemoryBudget(parse_size(max_memory)) if max_memory is not None else MemoryBudget()
     output = Path(output)
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")

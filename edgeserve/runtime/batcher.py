@@ -205,8 +205,6 @@ class Batcher:
         """After a batch of several requests, the next one waits for their callers' return until then."""
         self._expect = 0
         """How many requests that batch held."""
-        self.error: str | None = None
-        """Kept for callers of the earlier worker-thread design; there is no worker to die."""
         self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
                       "retried_alone": 0, "ran_at_once": 0}
 
