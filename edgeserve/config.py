@@ -139,6 +139,10 @@ class BatchConfig:
     """Requests waiting at most; the next one is rejected at once with QueueFull."""
     timeout_ms: float | None = 30_000.0
     """Default deadline per request (from submission); an expired request fails with Timeout and is not run."""
+    adaptive: bool = True
+    """Measure, under the load of the moment, whether batching answers more rows per second than letting each
+    caller run its own request, and do whichever does (a model faster than a thread wake-up is not batched).
+    False: always batch. Ignored (always batch) when ``max_delay_ms`` > 0."""
 
     def __post_init__(self) -> None:
         if not (1 <= self.max_batch_size <= 65536):

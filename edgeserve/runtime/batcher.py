@@ -10,6 +10,11 @@ timer, no future or condition variable per request on the synchronous path. Call
 ``call_async``: an event loop must not run the model) get a batch run for them on a shared executor thread, one
 job per batch, never a parked thread per request.
 
+Batching is not always worth its hand-offs: for a model that answers a row in less time than a thread takes to
+wake, callers do better running their requests side by side. So, unless ``adaptive=False`` or a ``max_delay_ms``
+asks for batches, a :class:`~.chooser.Chooser` measures both ways under the current load and keeps the faster:
+batched as above, or *direct* (each caller runs its own request at once, as without a batcher).
+
 The decision "what runs next" is :func:`plan`, a pure function of the pending requests, the time and the
 settings, tested without threads or sleeps. ``max_delay_ms`` (default 0) lets an idle engine wait that long for
 company before a partial batch: for bulk traffic that prefers rows per second to latency.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -37,6 +43,7 @@ import numpy as np
 from ..config import BatchConfig
 from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
 from ..tensors import TensorSpec
+from .chooser import DIRECT, Chooser
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -205,8 +212,24 @@ class Batcher:
         """After a batch of several requests, the next one waits for their callers' return until then."""
         self._expect = 0
         """How many requests that batch held."""
-        self.stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
-                      "retried_alone": 0, "ran_at_once": 0}
+        self._direct: deque[None] = deque()
+        """One entry per caller running its own request right now, beside the engine's batches (the direct way).
+        NOTE: deque append/pop are atomic, so the direct way needs no lock: a caller appends before it looks at
+        ``_closing``, and close() sets ``_closing`` before it looks at the deque, so one of them sees the other."""
+        self._direct_done: deque[tuple[int, bool]] = deque()
+        """(rows, ran) of direct calls since the last fold into the stats and the chooser (done under the lock)."""
+        self.chooser: Chooser | None = Chooser() if config.adaptive and config.max_delay_ms == 0 else None
+        """Measures whether batching pays under the current load (None: always batch, as configured)."""
+        self._stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
+                       "retried_alone": 0, "ran_at_once": 0, "ran_direct": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts since the start: requests, engine runs (``batches``) and their rows, how requests ran
+        (``ran_at_once``, ``ran_direct``, the rest batched), and what went wrong."""
+        with self._lock:
+            self._fold()
+            return dict(self._stats)
 
     # -- callers -----------------------------------------------------------------------------------------------------
     def call(self, feed: Mapping[str, np.ndarray], timeout_ms: float | None = None) -> dict[str, np.ndarray]:
@@ -214,16 +237,32 @@ class Batcher:
         most until the deadline (``timeout_ms``, else the config's): past it the request is withdrawn (or, if it
         is running, its answer discarded) and :class:`Timeout` raised."""
         now = self._clock()
+        chooser = self.chooser
+        if chooser is not None and chooser.mode == DIRECT and chooser.settled(now):
+            # NOTE: the direct way, without the lock: under load, a lock every caller takes twice per request
+            # costs more than a small model's run
+            self._direct.append(None)
+            if not self._closing:
+                return self._run_direct(feed, self._rows_of(feed))
+            self._direct.pop()
         limit = self._limit_ms(timeout_ms)
         deadline = now + limit / 1000.0 if limit is not None else None
         rows = self._rows_of(feed)
         with self._lock:
             self._admit()
-            self.stats["requests"] += 1
-            if not self._busy and self.config.max_delay_ms == 0 and now >= self._gather_until:  # nobody queued
+            if chooser is not None:
+                self._fold()
+            way = chooser.arrived(now) if chooser is not None else None
+            if way == DIRECT:  # counted as a request when its answer is folded in, as lock-free ones are
+                self._direct.append(None)
+                alone = False
+                item = None
+            elif not self._busy and self.config.max_delay_ms == 0 and now >= self._gather_until:  # nobody queued
+                self._stats["requests"] += 1
                 self._busy = True
                 alone = True
             else:
+                self._stats["requests"] += 1
                 alone = False
                 item = Pending(dict(feed), rows, self._group_of(feed), now, deadline, blocking=True)
                 self._queue(item)
@@ -233,6 +272,8 @@ class Batcher:
                     item.state = LEADING
         if alone:
             return self._run_alone(feed, rows)
+        if item is None:
+            return self._run_direct(feed, rows)
         if lead_now:
             self._lead()
         return self._wait(item, timeout_ms)
@@ -279,7 +320,7 @@ class Batcher:
         if self._closing:
             raise ClosedError(f"model '{self._name}' is closing; it takes no new requests")
         if len(self._pending) >= self.config.max_queue:
-            self.stats["rejected"] += 1
+            self._stats["rejected"] += 1
             raise QueueFull(
                 f"model '{self._name}': {len(self._pending)} requests already queued (max_queue="
                 f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
@@ -302,7 +343,7 @@ class Batcher:
         item = Pending(dict(feed), self._rows_of(feed), self._group_of(feed), now, deadline, future=future, loop=loop)
         with self._lock:
             self._admit()
-            self.stats["requests"] += 1
+            self._stats["requests"] += 1
             self._queue(item)
             start = not self._busy
             if start:
@@ -313,19 +354,62 @@ class Batcher:
 
     def _run_alone(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """The fast path: the engine was idle and nobody waits, so the caller runs its own request now."""
+        started = self._clock()
         try:
             values = self._run(dict(feed))
         except Exception as exc:
-            self.stats["failed_batches"] += 1
-            self._pass_engine()
+            self._pass_engine(Tally(requests=1, rows=rows, failed_batches=1, busy_s=self._clock() - started))
             raise _edgeserve_error(exc) from exc
         except BaseException:
             self._pass_engine()
             raise
-        self.stats["ran_at_once"] += 1  # counted while this caller still holds the engine: no other writer
-        self._count(rows)
-        self._pass_engine()
+        self._pass_engine(Tally(requests=1, rows=rows, runs=1, ran_at_once=1, busy_s=self._clock() - started))
         return dict(zip(self._output_names, values))
+
+    def _run_direct(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """The direct way: batching does not pay under this load, so the caller runs its own request now, beside
+        whatever the engine is running (its entry in ``_direct`` is already made)."""
+        ran = False
+        try:
+            values = self._run(dict(feed))
+            ran = True
+        except Exception as exc:
+            raise _edgeserve_error(exc) from exc
+        finally:
+            self._direct_done.append((rows, ran))
+            self._direct.pop()
+            if self._closing:  # close() may be waiting for the direct callers to finish
+                with self._lock:
+                    self._cond.notify_all()
+        return dict(zip(self._output_names, values))
+
+    def _fold(self) -> None:
+        """Move the direct calls' counts into the stats and the chooser's measure (holding the lock)."""
+        done = self._direct_done
+        stats = self._stats
+        while done:
+            rows, ran = done.popleft()
+            stats["requests"] += 1
+            if ran:
+                stats["batches"] += 1
+                stats["rows"] += rows
+                stats["ran_direct"] += 1
+            else:
+                stats["failed_batches"] += 1
+            if self.chooser is not None:
+                self.chooser.answered(1, rows)
+
+    def _record(self, tally: Tally) -> None:
+        """Add what the engine did to the stats and the chooser's measure (holding the lock)."""
+        stats = self._stats
+        stats["batches"] += tally.runs
+        stats["rows"] += tally.rows_ok
+        stats["failed_batches"] += tally.failed_batches
+        stats["retried_alone"] += tally.retried_alone
+        stats["ran_at_once"] += tally.ran_at_once
+        stats["ran_direct"] += tally.ran_direct
+        if self.chooser is not None and tally.requests:
+            self.chooser.answered(tally.requests, tally.rows, tally.busy_s)
 
     def _wait(self, item: Pending, timeout_ms: float | None) -> dict[str, np.ndarray]:
         assert item.signal is not None
@@ -358,7 +442,7 @@ class Batcher:
                 self._pending.remove(item)
                 self._pending_rows -= item.rows
                 item.state = WITHDRAWN
-                self.stats["expired"] += 1
+                self._stats["expired"] += 1
                 return True
             if item.state == RUNNING:
                 item.discard = True
@@ -367,7 +451,7 @@ class Batcher:
                 self._pending.remove(item)
                 self._pending_rows -= item.rows
                 item.state = WITHDRAWN
-                self.stats["expired"] += 1
+                self._stats["expired"] += 1
                 lead = True
         if lead:
             assert item.signal is not None
@@ -398,7 +482,7 @@ class Batcher:
             self._closing = True
             self._cond.notify_all()
             end = None if timeout is None else time.monotonic() + timeout
-            while self._busy or self._pending:
+            while self._busy or self._pending or self._direct:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -434,28 +518,33 @@ class Batcher:
                 self._pending_rows = sum(p.rows for p in self._pending)
             for p in expired:
                 p.state = RUNNING
-            self.stats["expired"] += len(expired)
+            self._stats["expired"] += len(expired)
             self._gather_until, self._expect = 0.0, 0
         for p in expired:
             p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
         started = self._clock()
         answers: list[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]] = []
+        tally = Tally()
         try:
             if batch:
-                answers = self._execute(batch)
+                answers, tally = self._execute(batch)
         finally:
             # NOTE: the engine goes to the next batch before this one's callers are answered, so waking them
             # (one thread switch each) overlaps the next run instead of leaving the engine idle
-            self._pass_engine(len(batch), self._clock() - started)
+            tally.busy_s = self._clock() - started
+            self._pass_engine(tally)
             for p, result, error in answers:
                 p.finish(result, error)
 
-    def _pass_engine(self, answered: int = 0, took_s: float = 0.0) -> None:
+    def _pass_engine(self, tally: Tally | None = None) -> None:
         """Give the engine to the oldest waiting caller that can lead, or to an executor thread for callers that
         cannot, or leave it idle. After a batch of several requests, the engine is left to gather their callers'
         next requests for up to as long as that batch took (at most GATHER_MAX_S): a caller under load waits
         that little, a lone caller never (it finds no batch of several just answered)."""
+        answered, took_s = (tally.requests, tally.busy_s) if tally is not None else (0, 0.0)
         with self._lock:
+            if tally is not None:
+                self._record(tally)
             head = self._pending[0] if self._pending else None
             if head is None:
                 self._busy = False
@@ -463,7 +552,8 @@ class Batcher:
                 if answered > 1 and not self._closing:
                     self._gather_until = self._clock() + min(took_s, GATHER_MAX_S)
                     self._expect = answered
-                self._cond.notify_all()  # close() may be waiting for the engine to idle
+                if self._closing:  # close() may be waiting for the engine to idle
+                    self._cond.notify_all()
                 return
             if head.can_lead:
                 # NOTE: it stays queued (its own batch is the next one); LEADING marks the hand-off, and the
@@ -476,12 +566,14 @@ class Batcher:
             assert head.signal is not None
             head.signal.release()
 
-    def _execute(self, batch: list[Pending]) -> list[tuple[Pending, dict[str, np.ndarray] | None,
-                                                          BaseException | None]]:
-        """Run a batch; its answers (each caller's rows or error), for the leader to hand out."""
+    def _execute(self, batch: list[Pending]) -> tuple[list[tuple[Pending, dict[str, np.ndarray] | None,
+                                                                BaseException | None]], Tally]:
+        """Run a batch; its answers (each caller's rows or error), for the leader to hand out, and what the
+        engine did."""
         live = [p for p in batch if p.claim()]  # callers that gave up are skipped
         if not live:
-            return []
+            return [], Tally()
+        rows = sum(p.rows for p in live)
         try:
             if len(live) == 1:
                 results = [self._outputs_of(self._run(live[0].feed))]
@@ -490,32 +582,29 @@ class Batcher:
                           for s in self._inputs}
                 results = self._split(self._outputs_of(self._run(merged)), [p.rows for p in live])
         except Exception as exc:
-            self.stats["failed_batches"] += 1
             if len(live) == 1:
-                return [(live[0], None, _edgeserve_error(exc))]
+                return [(live[0], None, _edgeserve_error(exc))], Tally(requests=1, rows=rows, failed_batches=1)
             # NOTE: one request the engine refuses must not fail the others it was stacked with: run each alone,
             # so every caller gets its own answer or its own error
-            self.stats["retried_alone"] += len(live)
             answers: list[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]] = []
+            ok = 0
+            rows_ok = 0
             for p in live:
                 try:
                     alone = self._outputs_of(self._run(p.feed))
                 except Exception as failed:
                     answers.append((p, None, _edgeserve_error(failed)))
                 else:
-                    self._count(p.rows)
+                    ok += 1
+                    rows_ok += p.rows
                     answers.append((p, alone, None))
-            return answers
+            return answers, Tally(requests=len(live), rows=rows, runs=ok, rows_ok=rows_ok,
+                                  failed_batches=1, retried_alone=len(live))
         except BaseException as exc:  # the leader's thread is going down: its followers hear why first
             for p in live:
                 p.finish(error=InferenceError(f"model '{self._name}': batch aborted ({exc!r})"))
             raise
-        self._count(sum(p.rows for p in live))
-        return [(p, result, None) for p, result in zip(live, results)]
-
-    def _count(self, rows: int) -> None:
-        self.stats["batches"] += 1
-        self.stats["rows"] += rows
+        return [(p, result, None) for p, result in zip(live, results)], Tally(requests=len(live), rows=rows, runs=1)
 
     def _outputs_of(self, values: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return {s.name: v for s, v in zip(self._outputs, values)}
@@ -535,6 +624,30 @@ class Batcher:
             for i, part in enumerate(np.split(value, cuts, axis=axis)):
                 per_request[i][spec.name] = part
         return per_request
+
+
+class Tally:
+    """What the engine did for some requests, added to the batcher's stats under its lock."""
+
+    __slots__ = ("requests", "rows", "runs", "rows_ok", "failed_batches", "retried_alone", "ran_at_once",
+                 "ran_direct", "busy_s")
+
+    def __init__(self, *, requests: int = 0, rows: int = 0, runs: int = 0, rows_ok: int | None = None,
+                 failed_batches: int = 0, retried_alone: int = 0, ran_at_once: int = 0, ran_direct: int = 0,
+                 busy_s: float = 0.0) -> None:
+        self.requests = requests
+        self.rows = rows
+        """Rows the engine was given (answered or failed): the chooser's measure of work done."""
+        self.runs = runs
+        """Successful engine runs."""
+        self.rows_ok = (rows if runs else 0) if rows_ok is None else rows_ok
+        """Rows answered successfully."""
+        self.failed_batches = failed_batches
+        self.retried_alone = retried_alone
+        self.ran_at_once = ran_at_once
+        self.ran_direct = ran_direct
+        self.busy_s = busy_s
+        """How long the engine ran for them (the batched way; direct runs overlap and are not counted)."""
 
 
 def _non_batch(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:

@@ -1,0 +1,125 @@
+"""Whether batching pays under the load a model has now, decided by measuring both ways.
+
+Batching saves engine time (one run for many rows) and costs a thread hand-off per request (a follower waits,
+then wakes for its answer). Which wins depends on the model and the machine, not on a rule of thumb: on a 2-core
+machine where a wake-up costs ~50 us, a 784->64->10 MLP answering one row in ~15 us loses half its throughput to
+batching at 4 callers, while a 512->2048->2048->10 MLP more than doubles it. So the batcher runs in one of two
+ways and :class:`Chooser` keeps it in the faster one:
+
+- ``BATCH``: requests that arrive while the engine runs queue and run together (see :mod:`.batcher`);
+- ``DIRECT``: every caller runs its own request at once in its own thread, as without a batcher.
+
+Time is cut into short epochs (``EPOCH_S`` and at least ``EPOCH_MIN`` answered requests). An epoch's rows per
+second is the measure: with callers that wait for their answer it is the throughput they get, and at a fixed
+offered load both ways answer everything, so a tie costs nothing. The first epoch of a burst (after ``IDLE_S``
+of silence) is not measured: callers are still arriving. The winner runs; the other way is tried for one epoch now and then, less
+often each time it loses again (``RECHECK_S``), or at once when the winner's rate falls below the other's last
+one. The challenger takes over only if it beats the winner's epochs on both sides of its own by ``MARGIN``, so
+one slow epoch (callers still starting, a noisy neighbour) cannot hand it the model. One thing is known without trying: when batched runs keep the engine
+busy (``BUSY`` of the epoch or more), batching is sharing out real work and callers running side by side could
+only crowd the cores, so the direct way is not tried then (trying it costs a wide model dearly). The winner is measured all along and compared with the loser's last
+rate, so a load that changes under it (more callers, a bigger model's share of the cores) turns the choice at
+once.
+
+Pure bookkeeping: times are passed in, nothing here reads a clock or takes a lock (the batcher calls it holding
+its own lock), so it is tested with made-up times.
+"""
+
+from __future__ import annotations
+
+BATCH = "batch"
+DIRECT = "direct"
+
+EPOCH_S = 0.02
+EPOCH_MIN = 16
+IDLE_S = 0.1
+BUSY = 0.5
+"""Share of an epoch the engine spent running batches above which the direct way is not tried."""
+MARGIN = 0.05
+RECHECK_S = (1.0, 16.0)
+"""The loser is measured again after the first interval, doubled each time it loses again, up to the second."""
+
+
+class Chooser:
+    """Keeps a model's batcher in whichever way of running (``BATCH`` or ``DIRECT``) answers more rows per second."""
+
+    def __init__(self, start: str = BATCH) -> None:
+        self.winner = start
+        self.mode = start
+        """The way requests run now: the winner, or the other way for one epoch on trial."""
+        self.rates: dict[str, float | None] = {BATCH: None, DIRECT: None}
+        """Rows per second of each way's latest epoch (None: never measured)."""
+        self._before: float | None = None
+        """The winner's rate in the epoch before a trial."""
+        self._trial: float | None = None
+        """The challenger's rate in its trial, waiting for the winner's next epoch."""
+        self._interval = RECHECK_S[0]
+        self._recheck_at = 0.0
+        self._epoch_start: float | None = None
+        self._settling = True
+        """The current epoch is not measured (a burst is beginning)."""
+        self._answered = 0
+        self._requests = 0
+        self._busy_s = 0.0
+        self._last = float("-inf")
+
+    def arrived(self, now: float) -> str:
+        """A request arrives at ``now``: the way it runs."""
+        if now - self._last > IDLE_S:  # a new burst: callers are still arriving
+            self._epoch_start = None
+        self._last = now
+        if self._epoch_start is None:
+            self._settling = True
+            self._new_epoch(now)
+        elif now - self._epoch_start >= EPOCH_S and self._requests >= EPOCH_MIN:
+            if self._settling:
+                self._settling = False
+            else:
+                took = now - self._epoch_start
+                self._end_epoch(now, self._answered / took, self._busy_s / took)
+            self._new_epoch(now)
+        return self.mode
+
+    def settled(self, now: float) -> bool:
+        """True when a request arriving at ``now`` changes nothing here (no epoch ends, no burst begins), so the
+        batcher may run it the current way without its lock; the arrival is noted. NOTE: called without the
+        batcher's lock: it only reads, and writes one time, which any concurrent caller may overwrite with its own."""
+        start = self._epoch_start
+        if start is None or now - self._last > IDLE_S or now - start >= EPOCH_S:
+            return False
+        self._last = now
+        return True
+
+    def answered(self, requests: int, rows: int, busy_s: float = 0.0) -> None:
+        """``requests`` of ``rows`` rows in all were answered (successfully or not: the engine ran them);
+        ``busy_s``: how long the engine ran for them, when they ran the batched way."""
+        self._answered += rows
+        self._requests += requests
+        self._busy_s += busy_s
+
+    def _new_epoch(self, now: float) -> None:
+        self._epoch_start, self._answered, self._requests, self._busy_s = now, 0, 0, 0.0
+
+    def _end_epoch(self, now: float, rate: float, busy: float) -> None:
+        self.rates[self.mode] = rate
+        other = DIRECT if self.mode == BATCH else BATCH
+        if self.mode != self.winner:  # a trial ended: the winner's next epoch judges it
+            self._trial = rate
+            self.mode = self.winner
+            return
+        if self.winner == BATCH and busy >= BUSY:  # the engine is the bottleneck: batching pays (module doc)
+            self._before = self._trial = None
+            return
+        if self._trial is not None and self._before is not None:
+            if self._trial > max(self._before, rate) * (1 + MARGIN):
+                self.winner = self.mode = other
+                self._interval = RECHECK_S[0]
+            else:
+                self._interval = min(self._interval * 2, RECHECK_S[1])
+            self._recheck_at = now + self._interval
+            self._before = self._trial = None
+            return
+        theirs = self.rates[other]
+        if theirs is None or now >= self._recheck_at or rate < theirs:
+            self._before = rate
+            self.mode = other

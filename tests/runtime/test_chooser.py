@@ -1,0 +1,177 @@
+"""Batched or direct: the chooser on made-up epochs (no clock, no threads), then the batcher's direct way."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgeserve import BatchConfig, ClosedError
+from edgeserve.runtime.batcher import Batcher
+from edgeserve.runtime.chooser import BATCH, DIRECT, EPOCH_MIN, EPOCH_S, IDLE_S, RECHECK_S, Chooser
+from edgeserve.tensors import TensorSpec
+
+SPEC = TensorSpec("x", "float32", ("batch", 2), batch_axis=0)
+
+
+class Load:
+    """Drives a chooser epoch by epoch: each way answers at its own rate, with its own engine share."""
+
+    def __init__(self, chooser: Chooser, rates: dict[str, float], busy: dict[str, float] | None = None) -> None:
+        self.chooser = chooser
+        self.rates = rates
+        self.busy = busy or {BATCH: 0.1, DIRECT: 0.0}
+        self.now = 0.0
+        self.modes: list[str] = []
+
+    def epochs(self, n: int) -> list[str]:
+        """Run ``n`` epochs; the way each ran."""
+        for _ in range(n):
+            mode = self.chooser.arrived(self.now)
+            self.modes.append(mode)
+            rows = self.rates[mode] * EPOCH_S
+            self.chooser.answered(EPOCH_MIN, int(rows), self.busy[mode] * EPOCH_S)
+            self.now += EPOCH_S * 1.001  # NOTE: a hair over, so float sums never fall short of an epoch
+        return self.modes[-n:]
+
+
+def test_a_model_faster_than_a_hand_off_goes_direct() -> None:
+    load = Load(Chooser(), {BATCH: 15_000, DIRECT: 30_000})
+    load.epochs(10)
+    assert load.chooser.winner == DIRECT and load.modes[-3:] == [DIRECT] * 3
+
+
+def test_a_model_that_batching_speeds_up_stays_batched() -> None:
+    load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500})
+    load.epochs(200)  # 4 s: trials come and go, the winner does not change
+    assert load.chooser.winner == BATCH
+    assert load.modes.count(DIRECT) <= 4  # a trial costs one epoch, and they grow rarer
+
+
+def test_a_busy_engine_is_never_put_on_trial() -> None:
+    """Batches that keep the engine busy are sharing out real work: the direct way is not even tried."""
+    load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500}, busy={BATCH: 0.9, DIRECT: 0.0})
+    assert DIRECT not in load.epochs(400)
+
+
+def test_one_slow_epoch_does_not_hand_over_the_model() -> None:
+    """The winner's epoch before a trial was slow (callers still starting): the challenger must also beat the
+    epoch after its trial."""
+    chooser = Chooser()
+    load = Load(chooser, {BATCH: 500, DIRECT: 3_000})
+    load.epochs(3)  # settling, then a slow batched epoch: the direct way is tried next
+    assert chooser.mode == DIRECT
+    load.rates[BATCH] = 9_000
+    load.epochs(2)  # the trial, then batched at full speed
+    assert chooser.winner == BATCH and load.epochs(1) == [BATCH]
+
+
+def test_trials_grow_rarer_while_the_winner_keeps_winning() -> None:
+    load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500})
+    load.epochs(int(20 / EPOCH_S))
+    trials = [i * EPOCH_S for i, m in enumerate(load.modes) if m == DIRECT]
+    gaps = np.diff(trials)
+    assert len(trials) >= 3 and all(b > a for a, b in zip(gaps, gaps[1:]))
+    assert gaps[0] >= RECHECK_S[0]
+
+
+def test_a_load_that_changes_turns_the_choice() -> None:
+    load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500})
+    load.epochs(20)
+    assert load.chooser.winner == BATCH
+    load.rates = {BATCH: 2_000, DIRECT: 20_000}  # the winner falls below the other's last rate: tried at once
+    load.epochs(4)
+    assert load.chooser.winner == DIRECT
+
+
+def test_the_first_epoch_of_a_burst_is_not_measured() -> None:
+    chooser = Chooser()
+    load = Load(chooser, {BATCH: 100, DIRECT: 10_000})
+    load.epochs(2)  # an epoch is measured when the next one begins: here the first has just ended
+    assert chooser.rates == {BATCH: None, DIRECT: None}
+    load.epochs(1)
+    assert chooser.rates[BATCH] == pytest.approx(100, rel=0.05)
+    load.now += IDLE_S * 2  # silence: the next epoch is a new burst's first
+    before = dict(chooser.rates)
+    load.epochs(1)
+    assert chooser.rates == before
+
+
+def test_settled_only_inside_an_epoch() -> None:
+    chooser = Chooser()
+    assert not chooser.settled(0.0)  # no epoch yet: the batcher must take its lock
+    chooser.arrived(0.0)
+    assert chooser.settled(EPOCH_S / 2)
+    assert not chooser.settled(EPOCH_S)  # an epoch ends: bookkeeping under the lock
+    assert not chooser.settled(EPOCH_S / 2 + IDLE_S * 2)
+
+
+# --- the direct way, on threads -------------------------------------------------------------------------------------
+
+def _direct_batcher(run) -> Batcher:
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32), name="m")
+    assert batcher.chooser is not None
+    batcher.chooser.winner = batcher.chooser.mode = DIRECT
+    return batcher
+
+
+def _x(v: float, n: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 2), v, np.float32)}
+
+
+def test_direct_callers_run_side_by_side_each_with_its_own_answer() -> None:
+    """Four callers must be inside the engine at once (a barrier of 4 in run) — impossible if they queued."""
+    inside = threading.Barrier(4, timeout=10)
+
+    def run(feed):
+        inside.wait()
+        return [feed["x"] * 2]
+
+    batcher = _direct_batcher(run)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda v: batcher.call(_x(v, n=int(v)))["x"], [1.0, 2.0, 3.0, 4.0]))
+    assert [a.shape[0] for a in answers] == [1, 2, 3, 4]
+    assert [float(a[0, 0]) for a in answers] == [2.0, 4.0, 6.0, 8.0]
+    stats = batcher.stats
+    assert stats["ran_direct"] == 4 and stats["rows"] == 10 and stats["requests"] == 4
+    batcher.close()
+
+
+def test_a_direct_failure_is_its_callers_alone() -> None:
+    def run(feed):
+        if feed["x"][0, 0] < 0:
+            raise RuntimeError("index out of range")
+        return [feed["x"] * 2]
+
+    batcher = _direct_batcher(run)
+    from edgeserve import InferenceError
+
+    with pytest.raises(InferenceError, match="index out of range"):
+        batcher.call(_x(-1.0))
+    assert batcher.call(_x(1.0))["x"][0, 0] == 2.0
+    assert batcher.stats["failed_batches"] == 1 and batcher.stats["ran_direct"] == 1
+    batcher.close()
+
+
+def test_close_waits_for_direct_callers_and_then_refuses_new_ones() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def run(feed):
+        entered.set()
+        assert release.wait(10)
+        return [feed["x"] * 2]
+
+    batcher = _direct_batcher(run)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(batcher.call, _x(3.0))
+        assert entered.wait(10)
+        closing = pool.submit(batcher.close)
+        with pytest.raises(TimeoutError):
+            closing.result(timeout=0.2)  # still running: close must not return under it
+        release.set()
+        closing.result(10)
+        assert running.result(10)["x"][0, 0] == 6.0
+    with pytest.raises(ClosedError):
+        batcher.call(_x(1.0))
