@@ -371,7 +371,7 @@ class Batcher:
         whatever the engine is running (its entry in ``_direct`` is already made)."""
         ran = False
         try:
-            values = self._run(dict(feed))
+            values = self._run(feed if isinstance(feed, dict) else dict(feed))
             ran = True
         except Exception as exc:
             raise _edgeserve_error(exc) from exc

@@ -117,6 +117,22 @@ class Runtime:
         with self._use(name, version) as model:
             return await model.predict_async(inputs, timeout_ms=timeout_ms, **named)
 
+    @contextmanager
+    def using(self, name: str, version: int | str | None = None) -> Iterator[tuple[Model, int]]:
+        """Hold one version of ``name`` while the block runs: ``(model, repository version)``. A reload meanwhile
+        swaps the serving version for new callers; this one finishes on what it holds (a server uses this to
+        answer with the version that really ran)."""
+        loaded = self._acquire(name, version)
+        try:
+            yield loaded.model, loaded.version
+        finally:
+            self._release(loaded)
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of ``name`` in the repository (not necessarily loaded)."""
+        self._slot(name)
+        return self.repository.versions(name)
+
     def model(self, name: str) -> Model:
         """The serving version of ``name`` (for its signature and manifest; use :meth:`predict` to run it)."""
         with self._use(name, None) as model:

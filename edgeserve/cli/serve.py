@@ -1,0 +1,55 @@
+"""serve: the repository over the Open Inference Protocol (REST and gRPC) until SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import main
+
+
+@main.command()
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token-file (or --insecure).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="REST port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="gRPC port.")
+@click.option("--no-grpc", is_flag=True, help="Serve REST only.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Bearer tokens, one 'NAME SCOPES TOKEN' per line (scopes: infer, metrics, admin).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without tokens.")
+@click.option("--drain-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds SIGTERM waits for in-flight requests.")
+@click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=64.0, show_default=True,
+              help="Largest request body accepted (413 beyond).")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Dynamic batching for every model (a model's serving.json overrides).")
+@click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True)
+@click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
+              help="Response cache per model (0: off).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
+def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
+          insecure: bool, drain_timeout: float, max_body_mb: float, batching: bool, max_batch_size: int,
+          cache_mb: float, threads: int | None) -> None:
+    """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
+    try:
+        from ..server.app import ServeConfig, Server
+    except ImportError as exc:
+        raise click.ClickException(f"the server needs the 'server' extra ({exc.name} is missing): "
+                                   "pip install 'edgeserve[server]'") from None
+    from ..config import BatchConfig, CacheConfig, SessionConfig
+
+    config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
+                         insecure=insecure, drain_s=drain_timeout, max_body=int(max_body_mb * 2**20))
+    server = Server(repository, config, batching=BatchConfig(max_batch_size=max_batch_size) if batching else None,
+                    cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
+                    session=SessionConfig(intra_op_threads=threads))
+    models = server.runtime.models()
+    for name, info in models.items():
+        state = f"version {info['version']}" if info["version"] is not None else f"NOT SERVED: {info['error']}"
+        click.echo(f"  {name}: {state}", err=True)
+    grpc_text = "" if no_grpc else f", gRPC on {host}:{grpc_port}"
+    click.echo(f"edgeserve: {len(models)} models from {repository}; REST on http://{host}:{port}{grpc_text}"
+               f"{'; auth on' if token_file else ''}", err=True)
+    server.run()

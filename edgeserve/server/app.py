@@ -1,0 +1,121 @@
+"""Both servers in one process over one Runtime, and how the process ends.
+
+SIGTERM (or SIGINT) starts a drain: readiness turns false and new inference requests get 503 (a load balancer
+moves on), requests already in flight or queued finish — for at most ``drain_s`` — then uvicorn and the gRPC server
+stop and the runtime closes its models; the process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import BatchConfig, CacheConfig, SessionConfig
+from ..errors import ConfigError
+from ..runtime.runtime import Runtime
+from .auth import Tokens
+from .dataplane import DataPlane
+from .metrics import Metrics
+from .rest import MAX_BODY, RestApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int | None = 8001
+    """None: no gRPC server."""
+    token_file: Path | None = None
+    insecure: bool = False
+    """Serve off loopback without tokens (never the default)."""
+    drain_s: float = 30.0
+    max_body: int = MAX_BODY
+    grpc_workers: int = 16
+
+    def __post_init__(self) -> None:
+        if self.token_file is None and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(f"binding {self.host} exposes the models beyond this machine: give --token-file (bearer "
+                              "tokens), or --insecure if something in front of edgeserve does the auth")
+        if not 0 < self.drain_s <= 3600:
+            raise ConfigError(f"the drain timeout must be between 0 and 3600 s, got {self.drain_s}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """The runtime, its data plane, the REST app and the gRPC server, started and stopped together."""
+
+    def __init__(self, repository: str | Path, config: ServeConfig, *, batching: BatchConfig | None = None,
+                 cache: CacheConfig | None = None, session: SessionConfig | None = None) -> None:
+        self.config = config
+        self.tokens = Tokens.read(config.token_file) if config.token_file else None
+        self.runtime = Runtime(repository, batching=batching, cache=cache, config=session)
+        self.metrics = Metrics(self.runtime)
+        self.plane = DataPlane(self.runtime, observer=self.metrics)
+        self.metrics.inflight.set_function(lambda: self.plane.inflight)
+        self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
+        self._grpc: Any = None
+        self.grpc_port: int | None = None
+        self._uvicorn: Any = None
+        self._stopping = threading.Event()
+
+    def start_grpc(self) -> None:
+        if self.config.grpc_port is None:
+            return
+        from . import rpc
+
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        self._grpc, self.grpc_port = rpc.start(self.plane, f"{host}:{self.config.grpc_port}", tokens=self.tokens,
+                                               workers=self.config.grpc_workers, max_message=self.config.max_body)
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT, then drain and return."""
+        import uvicorn
+
+        self.start_grpc()
+        config = uvicorn.Config(self.app, host=self.config.host, port=self.config.port, http="httptools",
+                                loop="uvloop", lifespan="off", access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=int(self.config.drain_s) + 1)
+        server = uvicorn.Server(config)
+        self._uvicorn = server
+        server.handle_exit = self._on_signal  # type: ignore[method-assign]
+        try:
+            server.run()
+        finally:
+            self.close()
+
+    def _on_signal(self, sig: int, frame: Any) -> None:
+        if self._stopping.is_set():  # a second signal: stop now
+            if self._uvicorn is not None:
+                self._uvicorn.force_exit = True
+            return
+        self._stopping.set()
+        log.warning("edgeserve: %s received; draining (at most %.0f s)", signal.Signals(sig).name, self.config.drain_s)
+        threading.Thread(target=self._drain, name="edgeserve-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        finished = self.plane.drain(self.config.drain_s)
+        if not finished:
+            log.warning("edgeserve: %d requests still running after the drain timeout", self.plane.inflight)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+    def close(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait()
+            self._grpc = None
+        self.runtime.close(timeout=self.config.drain_s)

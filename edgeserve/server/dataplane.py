@@ -1,0 +1,217 @@
+"""The one place protocol requests become ``Runtime`` calls (MLServer's DataPlane is the model).
+
+REST and gRPC decode their wire format into :class:`InferRequest` (arrays already built by :mod:`.codec`), call
+:meth:`DataPlane.infer` (or ``infer_sync`` from a thread), and encode the :class:`InferResponse`. Everything a
+request can get wrong about the model — unknown model or version, missing, extra or duplicate inputs, a datatype
+that is not the model's, unknown outputs — is found here, with the same message for both transports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgeserveError
+from ..runtime.model import Model
+from ..runtime.runtime import Runtime
+from ..tensors import TensorSpec
+from .codec import datatype_of
+from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
+
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass
+class InferRequest:
+    model: str
+    version: str | None
+    inputs: dict[str, tuple[str, np.ndarray]]
+    """name -> (datatype as sent, array)."""
+    id: str | None = None
+    outputs: list[str] | None = None
+    """Requested output names (None: all)."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_ms: float | None = None
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class DataPlane:
+    """Health, metadata and inference over a :class:`Runtime`, in protocol terms."""
+
+    def __init__(self, runtime: Runtime, *, observer: Any = None) -> None:
+        self.runtime = runtime
+        self.observer = observer
+        """Told of every answered request (``observe(model, version, outcome, seconds)``): the metrics."""
+        self.draining = False
+        """Set on SIGTERM: readiness turns false, new inference requests get 503, in-flight ones finish."""
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    # -- health and metadata ------------------------------------------------------------------------------------------
+    def live(self) -> bool:
+        return not self.runtime.closed
+
+    def ready(self) -> bool:
+        if self.draining or self.runtime.closed:
+            return False
+        return all(info["version"] is not None for info in self.runtime.models().values())
+
+    def server_metadata(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {"name": "edgeserve", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        try:
+            with self._model(name, version):
+                return not self.draining
+        except NotFound:
+            return False
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        with self._model(name, version) as (model, _):
+            return {"name": name, "versions": [str(v) for v in self.runtime.versions(name)],
+                    "platform": PLATFORM, "inputs": [_tensor_metadata(s) for s in model.inputs],
+                    "outputs": [_tensor_metadata(s) for s in model.outputs]}
+
+    @contextmanager
+    def _model(self, name: str, version: str | None) -> Iterator[tuple[Model, int]]:
+        try:
+            with self.runtime.using(name, _version(version)) as held:
+                yield held
+        except EdgeserveError as exc:
+            raise from_core(exc) from None
+
+    # -- inference ----------------------------------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run a request on the event loop's terms (the batcher's asyncio path; no thread parked per request)."""
+        with self._accounted(request), self._model(request.model, request.version) as (model, version):
+            feed, wanted = self._checked(model, request)
+            out = await model.predict_async(feed, timeout_ms=request.timeout_ms)
+            return self._response(request, version, out, wanted)
+
+    def infer_sync(self, request: InferRequest) -> InferResponse:
+        """The same from a worker thread (gRPC): the batcher's blocking path, where callers lead batches."""
+        with self._accounted(request), self._model(request.model, request.version) as (model, version):
+            feed, wanted = self._checked(model, request)
+            out = model.predict(feed, timeout_ms=request.timeout_ms)
+            return self._response(request, version, out, wanted)
+
+    @contextmanager
+    def _accounted(self, request: InferRequest) -> Iterator[None]:
+        """Count the request in (refused while draining), map core errors to protocol ones, and tell the
+        observer how it ended."""
+        started = time.perf_counter()
+        outcome = "success"
+        self._enter()
+        try:
+            yield
+        except ProtocolError as exc:
+            outcome = _outcome(exc)
+            raise
+        except EdgeserveError as exc:
+            error = from_core(exc)
+            outcome = _outcome(error)
+            raise error from None
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            self._leave(request.model, request.version, outcome, time.perf_counter() - started)
+
+    def _enter(self) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down; send the request to another replica", retry_after_s=1)
+        with self._idle:
+            self._inflight += 1
+
+    def _leave(self, model: str, version: str | None, outcome: str, seconds: float) -> None:
+        with self._idle:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.notify_all()
+        if self.observer is not None:
+            self.observer.observe(model, version or "", outcome, seconds)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait (at most ``timeout_s``) for the ones running to finish; True if they did."""
+        self.draining = True
+        end = time.monotonic() + timeout_s
+        with self._idle:
+            while self._inflight:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    @staticmethod
+    def _checked(model: Model, request: InferRequest) -> tuple[dict[str, np.ndarray], list[str]]:
+        specs = {s.name: s for s in model.inputs}
+        extra = [n for n in request.inputs if n not in specs]
+        if extra:
+            raise BadRequest(f"model '{request.model}' has no input {', '.join(map(repr, extra))}; its inputs are "
+                             f"{', '.join(specs)}")
+        missing = [n for n in specs if n not in request.inputs]
+        if missing:
+            raise BadRequest(f"input {', '.join(map(repr, missing))} missing; model '{request.model}' needs "
+                             + ", ".join(f"'{s.name}' {datatype_of(s.np_dtype)} {_dims(s)}" for s in specs.values()))
+        feed = {}
+        for name, (datatype, array) in request.inputs.items():
+            expected = datatype_of(specs[name].np_dtype)
+            if datatype != expected:
+                raise BadRequest(f"input '{name}': expected datatype {expected} {_dims(specs[name])}, got {datatype}")
+            feed[name] = array
+        outputs = [s.name for s in model.outputs]
+        if request.outputs is None:
+            return feed, outputs
+        unknown = [n for n in request.outputs if n not in outputs]
+        if unknown:
+            raise BadRequest(f"model '{request.model}' has no output {', '.join(map(repr, unknown))}; its outputs "
+                             f"are {', '.join(outputs)}")
+        return feed, list(dict.fromkeys(request.outputs))
+
+    @staticmethod
+    def _response(request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str]) -> InferResponse:
+        return InferResponse(model=request.model, version=str(version), outputs={n: out[n] for n in wanted},
+                             id=request.id)
+
+
+def _version(version: str | None) -> int | None:
+    if version in (None, ""):
+        return None
+    try:
+        return int(version)  # type: ignore[arg-type]
+    except ValueError:
+        raise NotFound(f"model version must be a whole number, got {version!r:.40}") from None
+
+
+def _outcome(exc: ProtocolError) -> str:
+    return {400: "bad_request", 404: "not_found", 422: "model_error", 503: "rejected"}.get(exc.status, "error")
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in spec.shape]
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": datatype_of(spec.np_dtype), "shape": _dims(spec)}

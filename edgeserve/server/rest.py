@@ -1,0 +1,348 @@
+"""The Open Inference Protocol over HTTP: a plain ASGI app with a small route table, no framework.
+
+Chosen by measurement (``benchmarks/test_server.py``): on the digits MLP a framework's routing, validation and
+response classes cost more than the model. The route table drives dispatch, auth, the OpenAPI document and the
+tests that try every route without a token, so a new route cannot escape auth.
+
+Order of checks on every request: auth (before routing, so probing paths without a token learns nothing), then
+the route and method, then the body cap (``Content-Length`` first, then while reading), then decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .auth import ANONYMOUS, Caller, Tokens, require
+from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
+from .dataplane import DataPlane, InferRequest, InferResponse
+from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
+from .metrics import CONTENT_TYPE, Metrics
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+MAX_BODY = 64 * 1024 * 1024
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+PUBLIC = ("/v2/health/live", "/v2/health/ready")
+"""The only paths answered without a token, and only to GET or HEAD at exactly these raw paths."""
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str
+    handler: str
+    scope: str | None
+    """The token scope it needs (None: public health)."""
+    summary: str
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern + r"\Z")
+
+
+ROUTES = (
+    Route("GET", "/v2/health/live", "live", None, "Server liveness"),
+    Route("GET", "/v2/health/ready", "ready", None, "Server readiness (false while draining)"),
+    Route("GET", "/v2", "server_metadata", "infer", "Server metadata"),
+    Route("GET", _MODEL, "model_metadata", "infer", "Model metadata"),
+    Route("GET", _MODEL + "/ready", "model_ready", "infer", "Model readiness"),
+    Route("POST", _MODEL + "/infer", "infer", "infer", "Inference (JSON or the binary tensor extension)"),
+    Route("GET", "/metrics", "metrics", "metrics", "Prometheus metrics"),
+    Route("GET", "/openapi.json", "openapi", "infer", "This document"),
+)
+_COMPILED = [(r, r.regex) for r in ROUTES]
+
+
+class RestApp:
+    """The ASGI callable."""
+
+    def __init__(self, plane: DataPlane, metrics: Metrics | None = None, *, tokens: Tokens | None = None,
+                 max_body: int = MAX_BODY) -> None:
+        self.plane = plane
+        self.metrics = metrics
+        self.tokens = tokens
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            status, body, extra = await self._handle(scope, headers, receive, send)
+        except ProtocolError as exc:
+            if self.metrics is not None and exc.status in (401, 403, 413, 415, 503):
+                self.metrics.reject(str(exc.status))
+            status, body, extra = exc.status, orjson.dumps({"error": exc.message}), {}
+            if exc.retry_after_s is not None:
+                extra["retry-after"] = str(exc.retry_after_s)
+        if status == 0:  # the client went away: nothing to send
+            return
+        await _respond(send, status, b"" if scope["method"] == "HEAD" else body, extra)
+
+    async def _handle(self, scope: dict[str, Any], headers: dict[str, str], receive: Receive,
+                      send: Send) -> tuple[int, bytes, dict[str, str]]:
+        method = scope["method"]
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        public = method in ("GET", "HEAD") and raw_path.decode("latin-1") in PUBLIC
+        caller = ANONYMOUS if public or self.tokens is None else self.tokens.caller(headers.get("authorization"))
+        route, params = _route(scope["path"], method)
+        if route.scope is not None:
+            require(caller, route.scope)
+        if route.handler == "infer":
+            return await self._infer(params, headers, receive, caller)
+        if route.handler == "metrics":
+            if self.metrics is None:
+                raise NotFound("metrics are off")
+            return 200, self.metrics.render(), {"content-type": CONTENT_TYPE}
+        return 200, orjson.dumps(getattr(self, "_" + route.handler)(params)), {}
+
+    # -- routes -------------------------------------------------------------------------------------------------------
+    def _live(self, _: dict[str, str]) -> dict[str, Any]:
+        return {"live": self.plane.live()}
+
+    def _ready(self, _: dict[str, str]) -> dict[str, Any]:
+        ready = self.plane.ready()
+        if not ready:
+            raise _NotReady("the server is not ready (draining, or a model has no serving version)")
+        return {"ready": True}
+
+    def _server_metadata(self, _: dict[str, str]) -> dict[str, Any]:
+        return self.plane.server_metadata()
+
+    def _model_metadata(self, p: dict[str, str]) -> dict[str, Any]:
+        return self.plane.model_metadata(p["name"], p.get("version"))
+
+    def _model_ready(self, p: dict[str, str]) -> dict[str, Any]:
+        if not self.plane.model_ready(p["name"], p.get("version")):
+            raise _NotReady(f"model '{p['name']}' is not ready")
+        return {"name": p["name"], "ready": True}
+
+    def _openapi(self, _: dict[str, str]) -> dict[str, Any]:
+        return openapi()
+
+    async def _infer(self, params: dict[str, str], headers: dict[str, str], receive: Receive,
+                     caller: Caller) -> tuple[int, bytes, dict[str, str]]:
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("", "application/json", "application/octet-stream"):
+            raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "
+                                       "application/octet-stream with Inference-Header-Content-Length")
+        body = await self._body(headers, receive)
+        request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"))
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+        try:
+            response = await self.plane.infer(request)
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():  # the client disconnected: its answer goes nowhere
+                if self.metrics is not None:
+                    self.metrics.reject("client_disconnected")
+                return 0, b"", {}
+            raise
+        finally:
+            watcher.cancel()
+        return encode_infer(response, binary_out, request)
+
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise BadRequest(f"Content-Length must be a whole number, got {declared!r:.40}")
+            if int(declared) > self.max_body:
+                raise TooLarge(f"the body is {declared} bytes, over the limit of {self.max_body}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("the client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise TooLarge(f"the body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _NotReady(ProtocolError):
+    status, code = 503, "UNAVAILABLE"
+
+
+def _route(path: str, method: str) -> tuple[Route, dict[str, str]]:
+    allowed = []
+    for route, regex in _COMPILED:
+        m = regex.match(path)
+        if m is None:
+            continue
+        if route.method == method or (method == "HEAD" and route.method == "GET"):
+            return route, {k: v for k, v in m.groupdict().items() if v is not None}
+        allowed.append(route.method)
+    if allowed:
+        raise MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {', '.join(sorted(set(allowed)))}")
+    raise NotFound(f"no route {path[:200]}; the protocol's routes start with /v2 (see /openapi.json)")
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: dict[str, str],
+                   content_type: str = "application/json") -> None:
+    content_type = extra.pop("content-type", content_type)
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- the infer body ---------------------------------------------------------------------------------------------------
+def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tuple[InferRequest, bool | frozenset[str]]:
+    """An :class:`InferRequest` from a JSON or binary-extension body; also which outputs go back binary (True or
+    False for all, or the names that asked for it)."""
+    length = header_length(header, len(body))
+    try:
+        doc = orjson.loads(body if length is None else body[:length])
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise BadRequest("the request must be a JSON object with a non-empty 'inputs' list")
+    entries = []
+    for i, item in enumerate(doc["inputs"]):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest(f"inputs[{i}] must be an object with a 'name' string")
+        p = item.get("parameters") or {}
+        size = p.get("binary_data_size") if isinstance(p, dict) else None
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise BadRequest(f"input '{item['name']}': binary_data_size must be a non-negative whole number")
+        entries.append((item, size))
+    sizes = [s for _, s in entries]
+    if length is None and any(s is not None for s in sizes):
+        raise BadRequest("binary_data_size given without the Inference-Header-Content-Length header")
+    raws = split_binary(body, length, sizes)[1] if length is not None else [None] * len(entries)
+    inputs: dict[str, tuple[str, Any]] = {}
+    for (item, _), raw in zip(entries, raws):
+        name = item["name"]
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice")
+        where = f"input '{name}'"
+        datatype = item.get("datatype")
+        if raw is not None:
+            array = from_bytes(where, datatype, item.get("shape"), raw)
+        elif "data" in item:
+            array = from_json(where, datatype, item.get("shape"), item["data"])
+        else:
+            raise BadRequest(f"{where} has neither 'data' nor a binary_data_size")
+        inputs[name] = (str(datatype), array)
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be an object")
+    default_binary = bool(parameters.get("binary_data_output"))
+    outputs = _requested_outputs(doc.get("outputs"), default_binary)
+    request_id = doc.get("id")
+    request = InferRequest(model=params["name"], version=params.get("version"), inputs=inputs,
+                           id=str(request_id) if request_id is not None else None,
+                           outputs=[n for n, _ in outputs] if outputs is not None else None,
+                           parameters=parameters, timeout_ms=_timeout_ms(parameters))
+    binary = default_binary if outputs is None else frozenset(n for n, b in outputs if b)
+    return request, binary
+
+
+def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool]] | None:
+    """(name, binary) of each requested output, or None for all."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+        raise BadRequest("'outputs' must be a list of objects with a 'name' string")
+    out = []
+    for o in raw:
+        p = o.get("parameters") or {}
+        out.append((o["name"], bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary))
+    return out
+
+
+def _timeout_ms(parameters: dict[str, Any]) -> float | None:
+    timeout = parameters.get("timeout")  # NOTE: Triton's request parameter, in microseconds
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise BadRequest(f"parameter 'timeout' must be a positive number of microseconds, got {timeout!r:.40}")
+    return float(timeout) / 1000.0
+
+
+RESERVED = {"binary_data_output", "timeout"}
+
+
+def encode_infer(response: InferResponse, binary: bool | frozenset[str],
+                 request: InferRequest) -> tuple[int, bytes, dict[str, str]]:
+    """The response body: JSON, or the JSON header followed by the binary outputs."""
+    outputs = []
+    blobs = []
+    for name, value in response.outputs.items():
+        if binary is True or (not isinstance(binary, bool) and name in binary):
+            blob = to_bytes(value)
+            entry = to_json(name, value)
+            del entry["data"]
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            outputs.append(entry)
+            blobs.append(blob)
+        else:
+            outputs.append(to_json(name, value))
+    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
+    if response.id is not None:
+        doc["id"] = response.id
+    passed = {k: v for k, v in request.parameters.items() if k not in RESERVED}
+    if passed:
+        doc["parameters"] = passed
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return 200, header, {}
+    return 200, header + b"".join(blobs), {"inference-header-content-length": str(len(header)),
+                                           "content-type": "application/octet-stream"}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3 document of the routes (built from the route table)."""
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        variants = [route.pattern]
+        if route.pattern.startswith(_MODEL):
+            tail = route.pattern[len(_MODEL):]
+            variants = ["/v2/models/{name}" + tail, "/v2/models/{name}/versions/{version}" + tail]
+        for path in variants:
+            parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                          for n in re.findall(r"{(\w+)}", path)]
+            op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler + ("_v" if "{version}" in path else ""),
+                                  "parameters": parameters,
+                                  "responses": {"200": {"description": "OK"}, "400": {"$ref": "#/components/responses/Error"},
+                                                "401": {"$ref": "#/components/responses/Error"},
+                                                "404": {"$ref": "#/components/responses/Error"},
+                                                "503": {"$ref": "#/components/responses/Error"}}}
+            if route.scope is not None:
+                op["security"] = [{"bearer": []}]
+            if route.method == "POST":
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}
+            paths.setdefault(path, {})[route.method.lower()] = op
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"],
+              "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                             "data": {"type": "array"}, "parameters": {"type": "object"}}}
+    return {"openapi": "3.0.3", "info": {"title": "edgeserve — Open Inference Protocol (KServe v2)", "version": "2"},
+            "paths": paths,
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                           "schemas": {"InferRequest": {"type": "object", "required": ["inputs"],
+                                                        "properties": {"id": {"type": "string"},
+                                                                       "parameters": {"type": "object"},
+                                                                       "inputs": {"type": "array", "items": tensor, "minItems": 1},
+                                                                       "outputs": {"type": "array", "items": {"type": "object"}}}}},
+                           "responses": {"Error": {"description": "An error",
+                                                   "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}}}}

@@ -1,0 +1,134 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), with grpcio.
+
+A thread-pool server: each RPC runs in a worker thread and calls :meth:`DataPlane.infer_sync`, the batcher's
+blocking path, where the arriving caller runs the batch itself. Messages come from :mod:`.messages` (our own
+descriptor pool). Auth reads the ``authorization`` metadata; ServerLive and ServerReady are public, as the REST
+health routes are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from . import messages as pb
+from .auth import Tokens, require
+from .codec import datatype_of, from_bytes, from_json, to_bytes
+from .dataplane import DataPlane, InferRequest
+from .errors import BadRequest, ProtocolError
+
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+class Servicer:
+    """The six RPCs over a :class:`DataPlane`."""
+
+    def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
+        self.plane = plane
+        self.tokens = tokens
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        rpcs: dict[str, tuple[Callable[..., Any], Any, bool]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, True),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, True),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, False),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, False),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, False),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, False),
+        }
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+            self._guarded(fn, public), request_deserializer=message.FromString,
+            response_serializer=lambda m: m.SerializeToString()) for name, (fn, message, public) in rpcs.items()}
+        return grpc.method_handlers_generic_handler(pb.SERVICE, handlers)
+
+    def _guarded(self, fn: Callable[[Any], Any], public: bool) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                if not public and self.tokens is not None:
+                    metadata = dict(context.invocation_metadata())
+                    require(self.tokens.caller(metadata.get("authorization")), "infer")
+                return fn(request)
+            except ProtocolError as exc:
+                context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+        return call
+
+    # -- RPCs ---------------------------------------------------------------------------------------------------------
+    def server_live(self, _: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.plane.live())
+
+    def server_ready(self, _: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.plane.ready())
+
+    def model_ready(self, request: Any) -> Any:
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+
+    def server_metadata(self, _: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
+
+    def model_metadata(self, request: Any) -> Any:
+        meta = self.plane.model_metadata(request.name, request.version or None)
+        out = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        for key in ("inputs", "outputs"):
+            for t in meta[key]:
+                getattr(out, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return out
+
+    def model_infer(self, request: Any) -> Any:
+        response = self.plane.infer_sync(decode(request))
+        out = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id or "")
+        for name, value in response.outputs.items():
+            out.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
+            out.raw_output_contents.append(to_bytes(value))
+        return out
+
+
+def decode(request: Any) -> InferRequest:
+    """An :class:`InferRequest` from a ``ModelInferRequest`` (raw contents or typed contents)."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per "
+                         "input, in order")
+    inputs: dict[str, tuple[str, np.ndarray]] = {}
+    for i, tensor in enumerate(request.inputs):
+        where = f"input '{tensor.name}'"
+        if tensor.name in inputs:
+            raise BadRequest(f"{where} is given twice")
+        shape = list(tensor.shape)
+        if raw:
+            array = from_bytes(where, tensor.datatype, shape, raw[i])
+        else:
+            field = _CONTENTS.get(tensor.datatype)
+            if field is None:
+                raise BadRequest(f"{where}: {tensor.datatype or 'no datatype'} travels only in raw_input_contents")
+            array = from_json(where, tensor.datatype, shape, list(getattr(tensor.contents, field)))
+        inputs[tensor.name] = (tensor.datatype, array)
+    parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+    timeout = parameters.get("timeout")
+    return InferRequest(model=request.model_name, version=request.model_version or None, inputs=inputs,
+                        id=request.id or None, outputs=[o.name for o in request.outputs] or None,
+                        parameters=parameters,
+                        timeout_ms=float(timeout) / 1000.0 if isinstance(timeout, (int, float)) and timeout > 0 else None)
+
+
+def _parameter(p: Any) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, workers: int = 16,
+          max_message: int = 64 * 1024 * 1024) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on ``address`` (``host:port``; port 0 picks a free one); returns it and its port."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeserve-grpc"),
+                         options=[("grpc.max_receive_message_length", max_message),
+                                  ("grpc.max_send_message_length", max_message)])
+    server.add_generic_rpc_handlers((Servicer(plane, tokens).handler(),))
+    port = server.add_insecure_port(address)
+    server.start()
+    return server, port
