@@ -410,3 +410,44 @@ def raw_audio_model(samples: int = 144_000, frame: int = 400, bins: int = 201, s
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+ECHO_TYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE, "BYTES": TensorProto.STRING,
+}
+
+
+def echo_model() -> onnx.ModelProto:
+    """One input per Open Inference Protocol datatype (``in_FP32`` [batch, 3] …), each echoed to ``out_<type>``."""
+    nodes = [helper.make_node("Identity", [f"in_{t}"], [f"out_{t}"]) for t in ECHO_TYPES]
+    graph = helper.make_graph(
+        nodes, "echo",
+        [helper.make_tensor_value_info(f"in_{t}", code, ["batch", 3]) for t, code in ECHO_TYPES.items()],
+        [helper.make_tensor_value_info(f"out_{t}", code, ["batch", 3]) for t, code in ECHO_TYPES.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def echo_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Values for :func:`echo_model` spanning each type's range."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for t in ECHO_TYPES:
+        if t == "BOOL":
+            v = rng.random((rows, 3)) > 0.5
+        elif t == "BYTES":
+            v = np.array([[f"r{i}c{j}-é".encode() for j in range(3)] for i in range(rows)], dtype=object)
+        elif t.startswith("FP"):
+            v = rng.standard_normal((rows, 3)).astype({"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[t])
+        else:
+            dt = np.dtype(t.lower())
+            info = np.iinfo(dt)
+            v = np.array([[info.min, info.max, 7]] * rows, dtype=dt)
+        out[f"in_{t}"] = v
+    return out

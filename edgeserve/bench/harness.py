@@ -260,6 +260,10 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
                 batched = _batched_twin(models[n], config.threads)
                 if batched is not None:
                     with batched:
+                        # NOTE: warmed up first, uncounted, as the unbatched model is by the measures before this
+                        # one: a fresh session's first runs are slow, and the batcher takes ~0.1 s of this load to
+                        # measure whether batching pays for it
+                        measure.concurrent(cycling(batched, feeds1), callers=callers, duration_s=min(0.25, duration))
                         results[n].concurrency_batched[str(callers)] = measure.concurrent(
                             cycling(batched, feeds1), callers=callers, duration_s=duration)
             except EdgeserveError as exc:

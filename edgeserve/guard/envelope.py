@@ -20,7 +20,9 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
         return out
     f64 = finite.astype(np.float64, copy=False)
     lo, hi = float(f64.min()), float(f64.max())
-    counts, edges = np.histogram(f64, bins=HISTOGRAM_BINS, range=(lo, hi) if hi > lo else (lo - 0.5, hi + 0.5))
+    # NOTE: a constant column gets a range around it; ±0.5 vanishes in float64 at an int64's extremes
+    pad = max(0.5, abs(lo) * 1e-6)
+    counts, edges = np.histogram(f64, bins=HISTOGRAM_BINS, range=(lo, hi) if hi - lo > pad * 1e-3 else (lo - pad, hi + pad))
     out.update(
         min=lo,
         max=hi,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,9 @@ class Server:
         self._grpc, self.grpc_port = rpc.start(self.plane, f"{host}:{self.config.grpc_port}", tokens=self.tokens,
                                                workers=self.config.grpc_workers, max_message=self.config.max_body)
 
-    def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then drain and return."""
+    def run(self, sock: socket.socket | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or :meth:`stop`), then drain and return. ``sock``: an already bound
+        listening socket for REST (tests bind port 0 and read the port back)."""
         import uvicorn
 
         self.start_grpc()
@@ -94,9 +96,17 @@ class Server:
         self._uvicorn = server
         server.handle_exit = self._on_signal  # type: ignore[method-assign]
         try:
-            server.run()
+            server.run(sockets=[sock] if sock is not None else None)
         finally:
             self.close()
+
+    @property
+    def started(self) -> bool:
+        return bool(self._uvicorn is not None and self._uvicorn.started)
+
+    def stop(self) -> None:
+        """What SIGTERM does: drain, then stop (returns at once; :meth:`run` returns when it is done)."""
+        self._on_signal(signal.SIGTERM, None)
 
     def _on_signal(self, sig: int, frame: Any) -> None:
         if self._stopping.is_set():  # a second signal: stop now

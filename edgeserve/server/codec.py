@@ -76,10 +76,10 @@ def from_json(where: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
                          f"the shape {list(dims)}") from None
     if got.size != count:
         raise BadRequest(f"{where}: shape {list(dims)} needs {count} values, got {got.size}")
-    return _cast(where, datatype, dtype, got).reshape(dims)
+    return _cast(where, datatype, dtype, got, data).reshape(dims)
 
 
-def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray) -> np.ndarray:
+def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray, data: list[Any]) -> np.ndarray:
     kind = got.dtype.kind
     if dtype.kind == "O":
         flat = got.reshape(-1)
@@ -93,13 +93,23 @@ def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray) -> n
     if kind not in "iuf":
         raise BadRequest(f"{where}: {datatype} data must be numbers, got {_what(got)}")
     if dtype.kind == "f":
-        return got.astype(dtype)
-    if kind == "f" and not np.all(np.floor(got) == got):
-        raise BadRequest(f"{where}: {datatype} data must be whole numbers")
+        with np.errstate(over="ignore"):  # NOTE: 1e300 as FP32 is inf, as onnxruntime would make it; the guard decides
+            return got.astype(dtype)
     info = np.iinfo(dtype)
+    if kind == "f":  # numpy read the numbers as floats (a uint64 past int64, or a "1.0"): back to exact integers
+        if not np.all(np.isfinite(got)) or not np.all(np.floor(got) == got):
+            raise BadRequest(f"{where}: {datatype} data must be whole numbers")
+        try:
+            return np.array(_python_ints(data), dtype=dtype)
+        except OverflowError:
+            raise BadRequest(f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]") from None
     if got.size and (got.min() < info.min or got.max() > info.max):
         raise BadRequest(f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]")
     return got.astype(dtype)
+
+
+def _python_ints(data: Any) -> Any:
+    return [_python_ints(v) for v in data] if isinstance(data, list) else int(data)
 
 
 def _what(got: np.ndarray) -> str:

@@ -100,27 +100,30 @@ class DataPlane:
     # -- inference ----------------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request on the event loop's terms (the batcher's asyncio path; no thread parked per request)."""
-        with self._accounted(request), self._model(request.model, request.version) as (model, version):
+        with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
+            served.append(version)
             feed, wanted = self._checked(model, request)
             out = await model.predict_async(feed, timeout_ms=request.timeout_ms)
             return self._response(request, version, out, wanted)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
         """The same from a worker thread (gRPC): the batcher's blocking path, where callers lead batches."""
-        with self._accounted(request), self._model(request.model, request.version) as (model, version):
+        with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
+            served.append(version)
             feed, wanted = self._checked(model, request)
             out = model.predict(feed, timeout_ms=request.timeout_ms)
             return self._response(request, version, out, wanted)
 
     @contextmanager
-    def _accounted(self, request: InferRequest) -> Iterator[None]:
+    def _accounted(self, request: InferRequest) -> Iterator[list[int]]:
         """Count the request in (refused while draining), map core errors to protocol ones, and tell the
-        observer how it ended."""
+        observer how it ended and which version served it (appended to the yielded list once known)."""
         started = time.perf_counter()
         outcome = "success"
+        served: list[int] = []
         self._enter()
         try:
-            yield
+            yield served
         except ProtocolError as exc:
             outcome = _outcome(exc)
             raise
@@ -132,7 +135,8 @@ class DataPlane:
             outcome = "error"
             raise
         finally:
-            self._leave(request.model, request.version, outcome, time.perf_counter() - started)
+            version = str(served[0]) if served else (request.version or "")
+            self._leave(request.model, version, outcome, time.perf_counter() - started)
 
     def _enter(self) -> None:
         if self.draining:
@@ -140,13 +144,13 @@ class DataPlane:
         with self._idle:
             self._inflight += 1
 
-    def _leave(self, model: str, version: str | None, outcome: str, seconds: float) -> None:
+    def _leave(self, model: str, version: str, outcome: str, seconds: float) -> None:
         with self._idle:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.notify_all()
         if self.observer is not None:
-            self.observer.observe(model, version or "", outcome, seconds)
+            self.observer.observe(model, version, outcome, seconds)
 
     @property
     def inflight(self) -> int:

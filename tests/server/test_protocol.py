@@ -1,0 +1,231 @@
+"""The Open Inference Protocol on a real server: every route, real tritonclient (HTTP JSON, HTTP binary, gRPC)
+against in-process predict for every datatype, and each bad request with its status and message."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import edgeserve
+from tests.factories import ECHO_TYPES, echo_inputs, rows
+from tests.server.client import call, infer_json
+
+tritonhttp = pytest.importorskip("tritonclient.http")
+tritongrpc = pytest.importorskip("tritonclient.grpc")
+
+
+def test_health_and_metadata_routes(served) -> None:
+    hp = served.host_port
+    assert call(hp, "GET", "/v2/health/live").json() == {"live": True}
+    assert call(hp, "GET", "/v2/health/ready").json() == {"ready": True}
+    meta = call(hp, "GET", "/v2").json()
+    assert meta["name"] == "edgeserve" and "binary_tensor_data" in meta["extensions"]
+    model = call(hp, "GET", "/v2/models/mlp").json()
+    assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    assert call(hp, "GET", "/v2/models/mlp/versions/1").json() == model
+    assert call(hp, "GET", "/v2/models/mlp/ready").json() == {"name": "mlp", "ready": True}
+    assert call(hp, "GET", "/v2/models/mlp/versions/7/ready").status == 503
+    assert call(hp, "HEAD", "/v2/health/live").body == b""
+    doc = call(hp, "GET", "/openapi.json").json()
+    assert "/v2/models/{name}/infer" in doc["paths"] and "post" in doc["paths"]["/v2/models/{name}/infer"]
+
+
+def test_infer_json_nested_or_flat_equals_in_process_predict(served, repo) -> None:
+    x = rows(3)
+    with edgeserve.load(repo / "mlp" / "1") as model:
+        expected = model.predict(x)["logits"]
+    for data in (x.reshape(-1).tolist(), x.tolist()):
+        reply = infer_json(served.host_port, "mlp", [{"name": "x", "datatype": "FP32", "shape": [3, 16], "data": data}],
+                           id="req-7", parameters={"trace": "abc"})
+        assert reply.status == 200, reply.body
+        doc = reply.json()
+        assert doc["id"] == "req-7" and doc["model_version"] == "1" and doc["parameters"] == {"trace": "abc"}
+        out = doc["outputs"][0]
+        assert out["name"] == "logits" and out["shape"] == [3, 4]
+        np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(3, 4), expected)
+
+
+def _expected(repo, inputs):
+    with edgeserve.load(repo / "echo" / "1") as model:
+        return model.predict(inputs)
+
+
+def _same(got: np.ndarray, want: np.ndarray, datatype: str) -> None:
+    if datatype == "BYTES":
+        as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in want.reshape(-1)]
+        assert [v.encode() if isinstance(v, str) else bytes(v) for v in got.reshape(-1)] == as_bytes
+    else:
+        assert got.dtype == want.dtype, datatype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_http_every_datatype(served, repo, binary: bool) -> None:
+    inputs = echo_inputs(2)
+    want = _expected(repo, inputs)
+    client = tritonhttp.InferenceServerClient(served.host_port)
+    sent = []
+    for t in ECHO_TYPES:
+        if t == "FP16" and not binary:
+            continue  # NOTE: tritonclient refuses FP16 in JSON; it travels binary
+        i = tritonhttp.InferInput(f"in_{t}", [2, 3], t)
+        i.set_data_from_numpy(inputs[f"in_{t}"], binary_data=binary)
+        sent.append(i)
+    if not binary:  # the model needs every input: FP16 goes binary in an otherwise JSON request
+        i = tritonhttp.InferInput("in_FP16", [2, 3], "FP16")
+        i.set_data_from_numpy(inputs["in_FP16"], binary_data=True)
+        sent.append(i)
+    outputs = [tritonhttp.InferRequestedOutput(f"out_{t}", binary_data=binary or t == "FP16") for t in ECHO_TYPES]
+    result = client.infer("echo", sent, outputs=outputs, request_id="r1")
+    assert result.get_response()["id"] == "r1"
+    for t in ECHO_TYPES:
+        _same(result.as_numpy(f"out_{t}"), want[f"out_{t}"], t)
+
+
+def test_tritonclient_grpc_every_datatype(served, repo) -> None:
+    inputs = echo_inputs(2)
+    want = _expected(repo, inputs)
+    client = tritongrpc.InferenceServerClient(served.grpc)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("echo")
+    meta = client.get_model_metadata("mlp", as_json=True)
+    assert meta["inputs"][0]["name"] == "x" and meta["versions"] == ["1"]
+    sent = []
+    for t in ECHO_TYPES:
+        i = tritongrpc.InferInput(f"in_{t}", [2, 3], t)
+        i.set_data_from_numpy(inputs[f"in_{t}"])
+        sent.append(i)
+    result = client.infer("echo", sent, request_id="g1")
+    assert result.get_response().id == "g1" and result.get_response().model_version == "1"
+    for t in ECHO_TYPES:
+        _same(result.as_numpy(f"out_{t}"), want[f"out_{t}"], t)
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        client.infer("missing", sent)
+
+
+def test_requested_outputs_only(served) -> None:
+    x = rows(1)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": x.reshape(-1).tolist()}],
+            "outputs": [{"name": "logits"}]}
+    reply = call(served.host_port, "POST", "/v2/models/mlp/infer", json.dumps(body).encode())
+    assert [o["name"] for o in reply.json()["outputs"]] == ["logits"]
+
+
+X16 = {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}
+
+
+def _binary(header: dict, blob: bytes, length: str | None = None) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    return head + blob, {"Inference-Header-Content-Length": length if length is not None else str(len(head)),
+                         "Content-Type": "application/octet-stream"}
+
+
+def _bin_x(size: int) -> dict:
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "parameters": {"binary_data_size": size}}]}
+
+
+BAD = [
+    ("malformed JSON", b'{"inputs": [', {}, 400, "not valid JSON"),
+    ("JSON nested past the limit", b"[" * 5000 + b"]" * 5000, {}, 400, "not valid JSON"),
+    ("not an object", b"[1, 2]", {}, 400, "non-empty 'inputs'"),
+    ("no inputs", b'{"inputs": []}', {}, 400, "non-empty 'inputs'"),
+    ("wrong datatype", json.dumps({"inputs": [{**X16, "datatype": "FP64"}]}).encode(), {}, 400,
+     "expected datatype FP32"),
+    ("unknown datatype", json.dumps({"inputs": [{**X16, "datatype": "FLOAT"}]}).encode(), {}, 400, "unknown datatype"),
+    ("wrong rank", json.dumps({"inputs": [{**X16, "shape": [16]}]}).encode(), {}, 400, "input 'x'"),
+    ("wrong dims", json.dumps({"inputs": [{**X16, "shape": [2, 8]}]}).encode(), {}, 400, "input 'x'"),
+    ("missing input", json.dumps({"inputs": [{**X16, "name": "y"}]}).encode(), {}, 400, "no input 'y'"),
+    ("duplicate input", json.dumps({"inputs": [X16, X16]}).encode(), {}, 400, "given twice"),
+    ("unknown output", json.dumps({"inputs": [X16], "outputs": [{"name": "nope"}]}).encode(), {}, 400,
+     "no output 'nope'"),
+    ("data does not match datatype", json.dumps({"inputs": [{**X16, "data": ["a"] * 16}]}).encode(), {}, 400,
+     "must be numbers"),
+    ("too few values", json.dumps({"inputs": [{**X16, "data": [0.0] * 15}]}).encode(), {}, 400, "needs 16 values"),
+    ("ragged nesting", json.dumps({"inputs": [{**X16, "data": [[0.0] * 8, [0.0] * 7]}]}).encode(), {}, 400,
+     "ragged"),
+    ("element count overflows", json.dumps({"inputs": [{**X16, "shape": [16, 2**60]}]}).encode(), {}, 400,
+     "more than the limit"),
+    ("negative dim", json.dumps({"inputs": [{**X16, "shape": [-1, 16]}]}).encode(), {}, 400, "non-negative"),
+    ("non-integer dim", json.dumps({"inputs": [{**X16, "shape": [1.5, 16]}]}).encode(), {}, 400, "non-negative"),
+    ("bad timeout", json.dumps({"inputs": [X16], "parameters": {"timeout": "soon"}}).encode(), {}, 400, "timeout"),
+    ("wrong content type", json.dumps({"inputs": [X16]}).encode(), {"Content-Type": "text/plain"}, 415,
+     "content type"),
+]
+
+
+def _binary_cases() -> list:
+    blob = np.zeros(16, np.float32).tobytes()
+    ok_body, ok_headers = _binary(_bin_x(64), blob)
+    head_len = int(ok_headers["Inference-Header-Content-Length"])
+    return [
+        ("header length -1", ok_body, {**ok_headers, "Inference-Header-Content-Length": "-1"}, 400, "whole number"
+         if False else "Inference-Header-Content-Length"),
+        ("header length huge", ok_body, {**ok_headers, "Inference-Header-Content-Length": str(10**12)}, 400,
+         "Inference-Header-Content-Length"),
+        ("header length not a number", ok_body, {**ok_headers, "Inference-Header-Content-Length": "abc"}, 400,
+         "whole number"),
+        ("header length off by one", ok_body, {**ok_headers, "Inference-Header-Content-Length": str(head_len - 1)},
+         400, "not valid JSON"),
+        ("binary sizes too short", *_binary(_bin_x(60), blob), 400, "add up to 60"),
+        ("binary sizes too long", *_binary(_bin_x(68), blob), 400, "add up to 68"),
+        ("binary size not matching shape", *_binary(_bin_x(60), blob[:60]), 400, "needs 64 bytes"),
+        ("binary size without header", json.dumps(_bin_x(64)).encode(), {}, 400, "binary_data_size given"),
+        ("BYTES prefix past the end", *_binary(
+            {"inputs": [{"name": "in_BYTES", "datatype": "BYTES", "shape": [1, 1],
+                         "parameters": {"binary_data_size": 6}}]}, struct.pack("<I", 100) + b"ab"), 400,
+         "runs past the end" if False else "only 2 remain"),
+    ]
+
+
+@pytest.mark.parametrize("name,body,headers,status,message", [*BAD, *_binary_cases()], ids=lambda v: v
+                         if isinstance(v, str) and len(v) < 40 and " " in v else "")
+def test_bad_requests_get_their_status_and_a_message_then_the_server_lives(served, name, body, headers, status,
+                                                                           message) -> None:
+    model = "echo" if "BYTES" in name else "mlp"
+    reply = call(served.host_port, "POST", f"/v2/models/{model}/infer", body, headers)
+    assert reply.status == status, (name, reply.body[:300])
+    assert message in reply.error, (name, reply.error)
+    assert call(served.host_port, "GET", "/v2/health/live").status == 200
+
+
+def test_unknown_model_version_and_route(served) -> None:
+    hp = served.host_port
+    assert call(hp, "POST", "/v2/models/nope/infer", json.dumps({"inputs": [X16]}).encode()).status == 404
+    assert call(hp, "POST", "/v2/models/mlp/versions/9/infer", json.dumps({"inputs": [X16]}).encode()).status == 404
+    assert call(hp, "GET", "/v3/anything").status == 404
+    assert call(hp, "GET", "/v2/models/mlp/infer").status == 405
+
+
+def test_body_over_the_cap_is_refused_before_it_is_read(repo) -> None:
+    from edgeserve.server.app import ServeConfig
+    from tests.server.conftest import start, stop
+
+    running = start(repo, ServeConfig(port=0, grpc_port=0, max_body=1024))
+    try:
+        big = json.dumps({"inputs": [{**X16, "shape": [100, 16], "data": [0.0] * 1600}]}).encode()
+        reply = call(running.host_port, "POST", "/v2/models/mlp/infer", big)
+        assert reply.status == 413 and "over the limit of 1024" in reply.error
+    finally:
+        stop(running)
+
+
+def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    hp = served.host_port
+    infer_json(hp, "mlp", [X16])
+    infer_json(hp, "mlp", [{**X16, "shape": [2, 8]}])
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(call(hp, "GET", "/metrics").body.decode())
+               for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("edgeserve_inference_requests_total", model="mlp", version="1", outcome="success") >= 1
+    assert value("edgeserve_inference_requests_total", model="mlp", version="1", outcome="bad_request") >= 1
+    assert value("edgeserve_inference_request_duration_seconds_count", model="mlp") >= 1
+    assert value("edgeserve_model_loaded", model="mlp", version="1") == 1
+    assert value("edgeserve_engine_rows_total", model="mlp") >= 1
