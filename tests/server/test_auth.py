@@ -1,0 +1,104 @@
+"""Auth on every route but health, generated from the app's route table (a new route cannot escape it), with the
+path variants that have let requests past other servers' checks."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from edgeserve.server.rest import PUBLIC, ROUTES
+from tests.server.client import call
+from tests.server.conftest import TOKENS
+
+X16 = {"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}
+BODY = json.dumps({"inputs": [X16]}).encode()
+
+
+def _path(pattern: str) -> str:
+    path = re.sub(r"\(\?:/versions/\(\?P<version>\[\^/\]\+\)\)\?", "/versions/1", pattern)
+    return re.sub(r"\(\?P<name>\[\^/\]\+\)", "mlp", path)
+
+
+def _variants(path: str) -> list[str]:
+    head, _, last = path.rpartition("/")
+    return [path, "/" + path, path + "/", path.replace("/v2/", "/v2/x/%2e%2e/", 1), path.replace("/v2/", "/v2%2F", 1),
+            f"{head}/%{ord(last[0]):02x}{last[1:]}" if last else path]
+
+
+CASES = [(r, method, variant) for r in ROUTES for variant in _variants(_path(r.pattern))
+         for method in (r.method, "HEAD", "OPTIONS")]
+
+
+def test_the_route_table_is_what_the_app_serves() -> None:
+    assert {r.handler for r in ROUTES} >= {"live", "ready", "server_metadata", "model_metadata", "model_ready",
+                                            "infer", "metrics", "openapi"}
+    assert all(r.scope is None for r in ROUTES if r.pattern in PUBLIC)
+    assert all(r.scope is not None for r in ROUTES if r.pattern not in PUBLIC)
+
+
+@pytest.mark.parametrize("route,method,path", CASES, ids=[f"{m} {p}" for _, m, p in CASES])
+def test_no_token_no_answer(secured, route, method, path) -> None:
+    reply = call(secured.host_port, method, path, BODY if method == "POST" else None)
+    public = route.scope is None and path in PUBLIC and method in ("GET", "HEAD")
+    if public:
+        assert reply.status == 200
+    else:
+        assert reply.status == 401, (method, path, reply.status, reply.body[:200])
+        assert TOKENS["infer"] not in reply.body.decode()
+
+
+def test_a_wrong_token_is_refused_and_never_echoed(secured) -> None:
+    reply = call(secured.host_port, "POST", "/v2/models/mlp/infer", BODY, token="x" * 32)
+    assert reply.status == 401 and "x" * 32 not in reply.body.decode()
+    reply = call(secured.host_port, "POST", "/v2/models/mlp/infer", BODY, headers={"Authorization": "Basic abc"})
+    assert reply.status == 401
+
+
+def test_scopes(secured) -> None:
+    hp = secured.host_port
+    assert call(hp, "POST", "/v2/models/mlp/infer", BODY, token=TOKENS["infer"]).status == 200
+    assert call(hp, "GET", "/metrics", token=TOKENS["infer"]).status == 403
+    assert call(hp, "GET", "/metrics", token=TOKENS["metrics"]).status == 200
+    assert call(hp, "POST", "/v2/models/mlp/infer", BODY, token=TOKENS["metrics"]).status == 403
+    assert call(hp, "POST", "/v2/models/mlp/infer", BODY, token=TOKENS["admin"]).status == 200
+    assert call(hp, "GET", "/metrics", token=TOKENS["admin"]).status == 200
+
+
+def test_grpc_needs_a_token_except_for_health(secured) -> None:
+    tritongrpc = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    client = tritongrpc.InferenceServerClient(secured.grpc)
+    assert client.is_server_live() and client.is_server_ready()
+    x = tritongrpc.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        client.infer("mlp", [x])
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        client.infer("mlp", [x], headers={"authorization": "Bearer " + "y" * 32})
+    result = client.infer("mlp", [x], headers={"authorization": f"Bearer {TOKENS['infer']}"})
+    assert result.as_numpy("logits").shape == (1, 4)
+
+
+def test_a_public_bind_without_tokens_refuses_to_start(tmp_path) -> None:
+    from edgeserve import ConfigError
+    from edgeserve.server.app import ServeConfig
+
+    with pytest.raises(ConfigError, match="--token-file"):
+        ServeConfig(host="0.0.0.0")
+    ServeConfig(host="0.0.0.0", insecure=True)
+    ServeConfig(host="::1")
+
+
+def test_token_files_are_checked(tmp_path) -> None:
+    from edgeserve import ConfigError
+    from edgeserve.server.auth import Tokens
+
+    bad = tmp_path / "t"
+    for text, message in (("a infer short", "at least 16"), ("a root " + "z" * 20, "unknown scope"),
+                          ("a infer", "got 2 fields"), ("# nothing\n", "no tokens"), ("a infer sha256:12", "64 hex")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            Tokens.read(bad)
