@@ -81,6 +81,8 @@ def from_json(where: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
 
 def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray, data: list[Any]) -> np.ndarray:
     kind = got.dtype.kind
+    if got.size == 0:
+        return np.zeros(got.shape, dtype=dtype)
     if dtype.kind == "O":
         flat = got.reshape(-1)
         out = np.empty(flat.size, dtype=object)
