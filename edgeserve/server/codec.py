@@ -54,10 +54,10 @@ def element_count(shape: Any, where: str) -> tuple[tuple[int, ...], int]:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
             raise BadRequest(f"{where}: 'shape' must hold non-negative integers, got {d!r:.40} in {list(shape)!r:.80}")
         dims.append(d)
-    count = math.prod(dims)
-    if count > MAX_ELEMENTS:
-        raise BadRequest(f"{where}: shape {dims} has {count} elements, more than the limit of {MAX_ELEMENTS}")
-    return tuple(dims), count
+    # NOTE: the non-zero dims too: [0, 9142, 10**18] holds no element, but numpy cannot even describe it
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise BadRequest(f"{where}: shape {dims} has more elements than the limit of {MAX_ELEMENTS}")
+    return tuple(dims), math.prod(dims)
 
 
 # -- JSON ------------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ BAD = [
     ("ragged nesting", json.dumps({"inputs": [{**X16, "data": [[0.0] * 8, [0.0] * 7]}]}).encode(), {}, 400,
      "ragged"),
     ("element count overflows", json.dumps({"inputs": [{**X16, "shape": [16, 2**60]}]}).encode(), {}, 400,
-     "more than the limit"),
+     "more elements than the limit"),
     ("negative dim", json.dumps({"inputs": [{**X16, "shape": [-1, 16]}]}).encode(), {}, 400, "non-negative"),
     ("non-integer dim", json.dumps({"inputs": [{**X16, "shape": [1.5, 16]}]}).encode(), {}, 400, "non-negative"),
     ("bad timeout", json.dumps({"inputs": [X16], "parameters": {"timeout": "soon"}}).encode(), {}, 400, "timeout"),
