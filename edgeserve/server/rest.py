@@ -28,6 +28,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 MAX_BODY = 64 * 1024 * 1024
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+ACCEPTED = ("", "application/json", "application/octet-stream", "application/x-www-form-urlencoded")
+"""Request body types taken (the last is what ``curl -d`` sends; the body is read as JSON all the same)."""
 PUBLIC = ("/v2/health/live", "/v2/health/ready")
 """The only paths answered without a token, and only to GET or HEAD at exactly these raw paths."""
 
@@ -129,7 +131,7 @@ class RestApp:
     async def _infer(self, params: dict[str, str], headers: dict[str, str], receive: Receive,
                      caller: Caller) -> tuple[int, bytes, dict[str, str]]:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in ("", "application/json", "application/octet-stream"):
+        if media not in ACCEPTED:
             raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "
                                        "application/octet-stream with Inference-Header-Content-Length")
         body = await self._body(headers, receive)
