@@ -19,6 +19,8 @@ from . import main
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Bearer tokens, one 'NAME SCOPES TOKEN' per line (scopes: infer, metrics, admin).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without tokens.")
+@click.option("--model-control", is_flag=True,
+              help="Load, unload and list models over HTTP (Triton's repository extension); admin tokens only.")
 @click.option("--drain-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
               help="Seconds SIGTERM waits for in-flight requests.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=64.0, show_default=True,
@@ -30,8 +32,8 @@ from . import main
               help="Response cache per model (0: off).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
-          insecure: bool, drain_timeout: float, max_body_mb: float, batching: bool, max_batch_size: int,
-          cache_mb: float, threads: int | None) -> None:
+          insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
+          max_batch_size: int, cache_mb: float, threads: int | None) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
     try:
         from ..server.app import ServeConfig, Server
@@ -41,7 +43,8 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     from ..config import BatchConfig, CacheConfig, SessionConfig
 
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
-                         insecure=insecure, drain_s=drain_timeout, max_body=int(max_body_mb * 2**20))
+                         insecure=insecure, model_control=model_control, drain_s=drain_timeout,
+                         max_body=int(max_body_mb * 2**20))
     server = Server(repository, config, batching=BatchConfig(max_batch_size=max_batch_size) if batching else None,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
                     session=SessionConfig(intra_op_threads=threads))

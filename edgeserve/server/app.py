@@ -39,11 +39,15 @@ class ServeConfig:
     drain_s: float = 30.0
     max_body: int = MAX_BODY
     grpc_workers: int = 16
+    model_control: bool = False
+    """Triton's repository extension (load, unload, index over HTTP), for admin tokens only."""
 
     def __post_init__(self) -> None:
         if self.token_file is None and not self.insecure and not is_loopback(self.host):
             raise ConfigError(f"binding {self.host} exposes the models beyond this machine: give --token-file (bearer "
                               "tokens), or --insecure if something in front of edgeserve does the auth")
+        if self.model_control and self.token_file is None:
+            raise ConfigError("--model-control needs --token-file: only an 'admin' token may load and unload models")
         if not 0 < self.drain_s <= 3600:
             raise ConfigError(f"the drain timeout must be between 0 and 3600 s, got {self.drain_s}")
 
@@ -68,7 +72,8 @@ class Server:
         self.metrics = Metrics(self.runtime)
         self.plane = DataPlane(self.runtime, observer=self.metrics)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
-        self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
+        self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body,
+                           model_control=config.model_control)
         self._grpc: Any = None
         self.grpc_port: int | None = None
         self._uvicorn: Any = None

@@ -24,7 +24,7 @@ from ..tensors import TensorSpec
 from .codec import datatype_of
 from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -94,6 +94,36 @@ class DataPlane:
         try:
             with self.runtime.using(name, _version(version)) as held:
                 yield held
+        except EdgeserveError as exc:
+            raise from_core(exc) from None
+
+    # -- model control (Triton's repository extension) ----------------------------------------------------------------
+    def repository_index(self) -> list[dict[str, Any]]:
+        loaded = self.runtime.models()
+        out = []
+        for name in self.runtime.repository.names():
+            info = loaded.get(name)
+            entry: dict[str, Any] = {"name": name, "state": "UNAVAILABLE"}
+            if info is not None and info["version"] is not None:
+                entry.update(version=str(info["version"]), state="READY")
+            elif info is not None and info.get("error"):
+                entry["reason"] = info["error"]
+            out.append(entry)
+        return out
+
+    def load(self, name: str) -> str:
+        """Load (or reload) the repository's serving version of ``name``; never from a path or URL."""
+        try:
+            if name not in self.runtime.repository.names():
+                raise NotFound(f"no model '{name}' in the repository; it has "
+                               f"{', '.join(self.runtime.repository.names()) or 'none'}")
+            return str(self.runtime.reload(name))
+        except EdgeserveError as exc:
+            raise from_core(exc) from None
+
+    def unload(self, name: str) -> None:
+        try:
+            self.runtime.unload(name)
         except EdgeserveError as exc:
             raise from_core(exc) from None
 

@@ -11,6 +11,7 @@ the route and method, then the body cap (``Content-Length`` first, then while re
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import orjson
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
 from .dataplane import DataPlane, InferRequest, InferResponse
-from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 
+log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 MAX_BODY = 64 * 1024 * 1024
@@ -57,6 +59,10 @@ ROUTES = (
     Route("POST", _MODEL + "/infer", "infer", "infer", "Inference (JSON or the binary tensor extension)"),
     Route("GET", "/metrics", "metrics", "metrics", "Prometheus metrics"),
     Route("GET", "/openapi.json", "openapi", "infer", "This document"),
+    Route("POST", "/v2/repository/index", "repository_index", "admin", "Models in the repository and their state"),
+    Route("POST", "/v2/repository/models/(?P<name>[^/]+)/load", "repository_load", "admin",
+          "Load or reload a model's serving version (from the repository only)"),
+    Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", "repository_unload", "admin", "Unload a model"),
 )
 _COMPILED = [(r, r.regex) for r in ROUTES]
 
@@ -65,11 +71,12 @@ class RestApp:
     """The ASGI callable."""
 
     def __init__(self, plane: DataPlane, metrics: Metrics | None = None, *, tokens: Tokens | None = None,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, model_control: bool = False) -> None:
         self.plane = plane
         self.metrics = metrics
         self.tokens = tokens
         self.max_body = max_body
+        self.model_control = model_control
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +105,8 @@ class RestApp:
             require(caller, route.scope)
         if route.handler == "infer":
             return await self._infer(params, headers, receive, caller)
+        if route.handler.startswith("repository_"):
+            return await self._control(route.handler, params, headers, receive, caller)
         if route.handler == "metrics":
             if self.metrics is None:
                 raise NotFound("metrics are off")
@@ -150,6 +159,30 @@ class RestApp:
         finally:
             watcher.cancel()
         return encode_infer(response, binary_out, request)
+
+    async def _control(self, handler: str, params: dict[str, str], headers: dict[str, str], receive: Receive,
+                       caller: Caller) -> tuple[int, bytes, dict[str, str]]:
+        if not self.model_control:
+            raise Forbidden("model control is off; start the server with --model-control (needs --token-file)")
+        body = await self._body(headers, receive)
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise BadRequest("the request body must be JSON (or empty)") from None
+            if isinstance(doc, dict) and doc.get("parameters"):
+                raise BadRequest("load parameters (a config or files sent with the request) are not accepted: "
+                                 "models load only from the repository; publish them with 'edgeserve models "
+                                 "publish'")
+        if handler == "repository_index":
+            return 200, orjson.dumps(self.plane.repository_index()), {}
+        loop = asyncio.get_running_loop()
+        if handler == "repository_load":  # NOTE: loading verifies digests and golden samples: off the event loop
+            await loop.run_in_executor(None, self.plane.load, params["name"])
+        else:
+            await loop.run_in_executor(None, self.plane.unload, params["name"])
+        log.warning("model control: %s %s by %s", handler.removeprefix("repository_"), params["name"], caller.name)
+        return 200, b"", {}
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = headers.get("content-length")

@@ -79,6 +79,6 @@ def served(repo: Path) -> Iterator[Running]:
 def secured(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tokens = tmp_path_factory.mktemp("tokens") / "tokens"
     tokens.write_text("\n".join(f"{scope}-client {scope} {token}" for scope, token in TOKENS.items()) + "\n")
-    running = start(repo, ServeConfig(port=0, grpc_port=0, token_file=tokens))
+    running = start(repo, ServeConfig(port=0, grpc_port=0, token_file=tokens, model_control=True))
     yield running
     stop(running)

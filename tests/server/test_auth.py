@@ -102,3 +102,28 @@ def test_token_files_are_checked(tmp_path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             Tokens.read(bad)
+
+
+def test_model_control_is_for_admin_tokens_and_loads_only_from_the_repository(secured) -> None:
+    hp = secured.host_port
+    admin, infer = TOKENS["admin"], TOKENS["infer"]
+    assert call(hp, "POST", "/v2/repository/models/mlp/unload", token=infer).status == 403
+    index = {m["name"]: m for m in call(hp, "POST", "/v2/repository/index", token=admin).json()}
+    assert index["mlp"] == {"name": "mlp", "version": "1", "state": "READY"}
+    try:
+        assert call(hp, "POST", "/v2/repository/models/mlp/unload", token=admin).status == 200
+        assert call(hp, "POST", "/v2/models/mlp/infer", BODY, token=infer).status == 404
+        assert call(hp, "POST", "/v2/repository/index", token=admin).json()[1]["state"] == "UNAVAILABLE"
+    finally:
+        assert call(hp, "POST", "/v2/repository/models/mlp/load", token=admin).status == 200
+    assert call(hp, "POST", "/v2/models/mlp/infer", BODY, token=infer).status == 200
+    for name in ("nope", "%2e%2e", "..%2Fetc"):
+        assert call(hp, "POST", f"/v2/repository/models/{name}/load", token=admin).status == 404
+    files = json.dumps({"parameters": {"config": "{}", "file:1/model.onnx": "AAAA"}}).encode()
+    reply = call(hp, "POST", "/v2/repository/models/mlp/load", files, token=admin)
+    assert reply.status == 400 and "only from the repository" in reply.error
+
+
+def test_model_control_is_off_by_default(served) -> None:
+    reply = call(served.host_port, "POST", "/v2/repository/models/mlp/unload")
+    assert reply.status == 403 and "--model-control" in reply.error
