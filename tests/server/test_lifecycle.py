@@ -138,3 +138,42 @@ def test_a_full_queue_is_a_fast_503_with_retry_after(slow_repo: Path) -> None:
         assert call(running.host_port, "GET", "/v2/health/live").status == 200
     finally:
         stop(running)
+
+
+def test_a_client_that_disconnects_while_queued_has_its_request_withdrawn(slow_repo: Path) -> None:
+    from edgeserve.server.app import ServeConfig
+    from tests.server.conftest import start, stop
+
+    running = start(slow_repo, ServeConfig(port=0, grpc_port=0),
+                    batching=edgeserve.BatchConfig(max_batch_size=1, adaptive=False))
+    hp = running.host_port
+    try:
+        small, small_headers = _infer_body(1)
+        for _ in range(10):  # past the async probes: requests now wait in the batcher's queue
+            assert call(hp, "POST", "/v2/models/wide/infer", small, small_headers).status == 200
+        with running.server.runtime.using("wide") as (model, _):
+            batcher = model.batcher
+        assert batcher is not None
+        big, big_headers = _infer_body(8192)
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(call, hp, "POST", "/v2/models/wide/infer", big, big_headers)  # holds the engine
+            _wait_until(lambda: _inflight(hp) >= 1, "the first request never started")
+            gone = socket.create_connection(("127.0.0.1", int(hp.split(":")[1])))
+            head = (f"POST /v2/models/wide/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(big)}\r\n"
+                    + "".join(f"{k}: {v}\r\n" for k, v in big_headers.items()) + "\r\n").encode()
+            gone.sendall(head + big)
+            _wait_until(lambda: batcher.queued >= 1, "the second request never queued")
+            expired = batcher.stats["expired"]
+            gone.close()  # the client goes away while its request waits
+            _wait_until(lambda: batcher.stats["expired"] > expired, "the queued request was not withdrawn")
+            assert busy.result(60).status == 200
+        reply = call(hp, "POST", "/v2/models/wide/infer", small, small_headers)
+        assert reply.status == 200 and reply.json()["outputs"][0]["shape"] == [1, 8]
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = call(hp, "GET", "/metrics").body.decode()
+        rejections = {s.labels.get("reason"): s.value for f in text_string_to_metric_families(text)
+                      if f.name == "edgeserve_rejections" for s in f.samples if s.name.endswith("_total")}
+        assert rejections.get("client_disconnected", 0) >= 1
+    finally:
+        stop(running)
