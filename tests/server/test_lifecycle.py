@@ -177,3 +177,47 @@ def test_a_client_that_disconnects_while_queued_has_its_request_withdrawn(slow_r
         assert rejections.get("client_disconnected", 0) >= 1
     finally:
         stop(running)
+
+
+def test_a_reload_under_load_fails_no_request(tmp_path: Path) -> None:
+    from edgeserve.server.app import ServeConfig
+    from tests.factories import rows
+    from tests.server.conftest import TOKENS, start, stop
+
+    pkg = edgeserve.convert(save(mlp_model(), tmp_path / "m.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": rows(16)})
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("mlp", pkg.path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ops admin {TOKENS['admin']}\n")
+    running = start(repo.root, ServeConfig(port=0, grpc_port=0, token_file=tokens, model_control=True),
+                    batching=edgeserve.BatchConfig())
+    hp, token = running.host_port, TOKENS["admin"]
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
+                                   "data": rows(1).reshape(-1).tolist()}]}).encode()
+    stop_load = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def load() -> None:
+        while not stop_load.is_set():
+            reply = call(hp, "POST", "/v2/models/mlp/infer", body, token=token)
+            seen.append((reply.status, reply.json().get("model_version", reply.body.decode()[:200])))
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            workers = [pool.submit(load) for _ in range(4)]
+            _wait_until(lambda: len(seen) >= 50, "no load")
+            repo.publish("mlp", pkg.path)
+            assert call(hp, "POST", "/v2/repository/models/mlp/load", token=token).status == 200
+            count = len(seen)
+            _wait_until(lambda: len(seen) >= count + 50, "no load after the reload")
+            stop_load.set()
+            for w in workers:
+                w.result(30)
+    finally:
+        stop_load.set()
+        stop(running)
+    failed = [s for s in seen if s[0] != 200]
+    assert not failed, failed[:5]
+    versions = [v for _, v in seen]
+    assert "1" in versions and versions[-1] == "2"
