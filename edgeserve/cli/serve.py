@@ -31,10 +31,21 @@ from . import main
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Server processes sharing the ports (each loads the models).")
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
           insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
-          max_batch_size: int, cache_mb: float, threads: int | None) -> None:
+          max_batch_size: int, cache_mb: float, threads: int | None, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
+    if workers > 1:
+        import sys
+
+        if port == 0 or (grpc_port == 0 and not no_grpc):
+            raise click.UsageError("--workers needs fixed ports (not 0): the workers share them")
+        from ..server.app import run_workers
+
+        sys.exit(run_workers(_without_workers(sys.argv[sys.argv.index("serve") + 1:]), workers))
     try:
         from ..server.app import ServeConfig, Server
     except ImportError as exc:
@@ -44,7 +55,7 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
 
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
                          insecure=insecure, model_control=model_control, drain_s=drain_timeout,
-                         max_body=int(max_body_mb * 2**20))
+                         max_body=int(max_body_mb * 2**20), reuse_port=reuse_port)
     server = Server(repository, config, batching=BatchConfig(max_batch_size=max_batch_size) if batching else None,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
                     session=SessionConfig(intra_op_threads=threads))
@@ -56,3 +67,17 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     click.echo(f"edgeserve: {len(models)} models from {repository}; REST on http://{host}:{port}{grpc_text}"
                f"{'; auth on' if token_file else ''}", err=True)
     server.run()
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    """This command's arguments for one worker: ``--workers N`` (or ``--workers=N``) left out."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
+

@@ -41,6 +41,8 @@ class ServeConfig:
     grpc_workers: int = 16
     model_control: bool = False
     """Triton's repository extension (load, unload, index over HTTP), for admin tokens only."""
+    reuse_port: bool = False
+    """Share the ports with sibling worker processes (``--workers``): the kernel spreads connections over them."""
 
     def __post_init__(self) -> None:
         if self.token_file is None and not self.insecure and not is_loopback(self.host):
@@ -86,14 +88,22 @@ class Server:
 
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         self._grpc, self.grpc_port = rpc.start(self.plane, f"{host}:{self.config.grpc_port}", tokens=self.tokens,
-                                               workers=self.config.grpc_workers, max_message=self.config.max_body)
+                                               workers=self.config.grpc_workers, max_message=self.config.max_body,
+                                               reuse_port=self.config.reuse_port)
 
     def run(self, sock: socket.socket | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or :meth:`stop`), then drain and return. ``sock``: an already bound
         listening socket for REST (tests bind port 0 and read the port back)."""
         import uvicorn
 
-        self.start_grpc()
+        if sock is None:  # NOTE: bound here, not by uvicorn, so a port in use is one clear error
+            sock = listening_socket(self.config.host, self.config.port, reuse_port=self.config.reuse_port)
+        try:
+            self.start_grpc()
+        except BaseException:
+            sock.close()
+            self.close()
+            raise
         config = uvicorn.Config(self.app, host=self.config.host, port=self.config.port, http="httptools",
                                 loop="uvloop", lifespan="off", access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=int(self.config.drain_s) + 1)
@@ -101,7 +111,7 @@ class Server:
         self._uvicorn = server
         server.handle_exit = self._on_signal  # type: ignore[method-assign]
         try:
-            server.run(sockets=[sock] if sock is not None else None)
+            server.run(sockets=[sock])
         finally:
             self.close()
 
@@ -134,3 +144,41 @@ class Server:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
         self.runtime.close(timeout=self.config.drain_s)
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket for uvicorn; with ``reuse_port``, one several worker processes bind together."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); is the port in use?") from None
+    return sock
+
+
+def run_workers(args: list[str], workers: int) -> int:
+    """``--workers N``: N copies of this ``edgeserve serve`` command sharing the ports. SIGTERM and SIGINT go to
+    every worker (each drains); returns 0 when every worker exited 0.
+
+    NOTE: each worker loads the models itself (N times the memory) and answers /metrics for itself only."""
+    import subprocess
+    import sys
+
+    children = [subprocess.Popen([sys.executable, "-m", "edgeserve", "serve", *args, "--reuse-port"])
+                for _ in range(workers)]
+
+    def forward(sig: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return 0 if all(c == 0 for c in codes) else 1
+

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ..errors import ConfigError
 from . import messages as pb
 from .auth import Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
@@ -123,12 +124,18 @@ def _parameter(p: Any) -> Any:
 
 
 def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, workers: int = 16,
-          max_message: int = 64 * 1024 * 1024) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on ``address`` (``host:port``; port 0 picks a free one); returns it and its port."""
+          max_message: int = 64 * 1024 * 1024, reuse_port: bool = False) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on ``address`` (``host:port``; port 0 picks a free one); returns it and its port.
+    ``reuse_port``: share the port with sibling worker processes (else a port in use is an error, not shared)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeserve-grpc"),
                          options=[("grpc.max_receive_message_length", max_message),
-                                  ("grpc.max_send_message_length", max_message)])
+                                  ("grpc.max_send_message_length", max_message),
+                                  # NOTE: grpcio sets SO_REUSEPORT by default: a second server would share the port
+                                  ("grpc.so_reuseport", 1 if reuse_port else 0)])
     server.add_generic_rpc_handlers((Servicer(plane, tokens).handler(),))
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen for gRPC on {address} ({exc}); is the port in use?") from None
     server.start()
     return server, port

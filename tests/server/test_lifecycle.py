@@ -221,3 +221,64 @@ def test_a_reload_under_load_fails_no_request(tmp_path: Path) -> None:
     assert not failed, failed[:5]
     versions = [v for _, v in seen]
     assert "1" in versions and versions[-1] == "2"
+
+
+def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    port, grpc_port = _free_port(), _free_port()
+    hp = f"127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "edgeserve"
+    proc = subprocess.Popen([str(exe), "serve", str(slow_repo), "--workers", "2", "--port", str(port), "--grpc-port",
+                             str(grpc_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(proc.pid)
+
+        def both_listening() -> bool:
+            workers = parent.children()
+            if len(workers) != 2:
+                return False
+            try:
+                return all(any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in w.net_connections())
+                           for w in workers)
+            except psutil.Error:
+                return False
+
+        _wait_until(both_listening, "two workers never listened on the shared port")
+        _wait_until(lambda: _ready(hp), "never ready")
+        body, headers = _infer_body(1)
+        assert all(call(hp, "POST", "/v2/models/wide/infer", body, headers).status == 200 for _ in range(8))
+        workers = parent.children()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _ready(hp: str) -> bool:
+    try:
+        return call(hp, "GET", "/v2/health/ready").status == 200
+    except OSError:
+        return False
+
+
+def test_a_port_in_use_is_a_clear_error(slow_repo: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exe = Path(sys.executable).parent / "edgeserve"
+        out = subprocess.run([str(exe), "serve", str(slow_repo), "--port", str(_free_port()), "--grpc-port",
+                              str(port)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "port in use" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_rest_port_in_use_is_a_clear_error(slow_repo: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        exe = Path(sys.executable).parent / "edgeserve"
+        out = subprocess.run([str(exe), "serve", str(slow_repo), "--port", str(taken.getsockname()[1]),
+                              "--grpc-port", str(_free_port())], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "port in use" in out.stderr and "Traceback" not in out.stderr
