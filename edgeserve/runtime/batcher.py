@@ -250,7 +250,7 @@ class Batcher:
         rows = self._rows_of(feed)
         with self._lock:
             self._admit()
-            if chooser is not None:
+            if chooser is not None and self._direct_done:
                 self._fold()
             way = chooser.arrived(now) if chooser is not None else None
             if way == DIRECT:  # counted as a request when its answer is folded in, as lock-free ones are
@@ -363,7 +363,20 @@ class Batcher:
         except BaseException:
             self._pass_engine()
             raise
-        self._pass_engine(Tally(requests=1, rows=rows, runs=1, ran_at_once=1, busy_s=self._clock() - started))
+        busy_s = self._clock() - started
+        with self._lock:  # NOTE: the common case inline (no Tally, no hand-off): this is a lone caller's path
+            stats = self._stats
+            stats["batches"] += 1
+            stats["rows"] += rows
+            stats["ran_at_once"] += 1
+            if self.chooser is not None:
+                self.chooser.answered(1, rows, busy_s)
+            idle = not self._pending and not self._closing
+            if idle:
+                self._busy = False
+                self._hurry = False
+        if not idle:
+            self._pass_engine()
         return dict(zip(self._output_names, values))
 
     def _run_direct(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -119,7 +119,7 @@ class Model:
         if hit is not None:
             return hit
         rows = _rows(feed, self.inputs)
-        if self._inline_calls >= INLINE_PROBES and self._inline_cost < INLINE_S and rows <= self._inline_rows:
+        if self._inline(rows):
             return self._remember(key, self._predict_now(feed, timeout_ms))
         if self._inline_calls < INLINE_PROBES:  # measured on a worker thread: a probe never blocks the loop
             import asyncio
@@ -137,6 +137,22 @@ class Model:
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
         return self._remember(key, out)
+
+    def predict_if_fast(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
+                        **named: Any) -> dict[str, np.ndarray] | None:
+        """``predict`` now, in the calling thread, if this model answers a request this size faster than a
+        hand-off to a thread and back (what ``predict_async`` would run in the event loop); else None, and the
+        caller awaits ``predict_async``. Lets an async server skip its per-request wait machinery."""
+        feed = self._checked(inputs, named)
+        if not self._inline(_rows(feed, self.inputs)):
+            return None
+        key, hit = self._cached(feed)
+        if hit is not None:
+            return hit
+        return self._remember(key, self._predict_now(feed, timeout_ms))
+
+    def _inline(self, rows: int) -> bool:
+        return self._inline_calls >= INLINE_PROBES and self._inline_cost < INLINE_S and rows <= self._inline_rows
 
     def _predict_now(self, feed: dict[str, np.ndarray], timeout_ms: float | None) -> dict[str, np.ndarray]:
         if self.batcher is not None:

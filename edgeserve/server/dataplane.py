@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,12 +128,22 @@ class DataPlane:
             raise from_core(exc) from None
 
     # -- inference ----------------------------------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run a request on the event loop's terms (the batcher's asyncio path; no thread parked per request)."""
+    async def infer(self, request: InferRequest, *, waiting: Callable[[], Any] | None = None) -> InferResponse:
+        """Run a request on the event loop's terms: at once when the model answers faster than a thread hand-off,
+        else on the batcher's asyncio path (no thread parked per request). ``waiting``: called just before the
+        request waits, returning something to ``cancel()`` when it is answered (REST watches for the client
+        going away only then)."""
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
-            out = await model.predict_async(feed, timeout_ms=request.timeout_ms)
+            out = model.predict_if_fast(feed, timeout_ms=request.timeout_ms)
+            if out is None:
+                watch = waiting() if waiting is not None else None
+                try:
+                    out = await model.predict_async(feed, timeout_ms=request.timeout_ms)
+                finally:
+                    if watch is not None:
+                        watch.cancel()
             return self._response(request, version, out, wanted)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
