@@ -114,6 +114,26 @@ class Pending:
             self.future.set_result(result)
 
 
+def _answer(answers: Sequence[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]]) -> None:
+    """Hand a batch's answers out. Callers on one event loop get theirs in a single hop onto it (one
+    ``call_soon_threadsafe`` per batch, not per request: each hop wakes the loop and takes the GIL from it)."""
+    by_loop: dict[Any, list[tuple[Any, Any, BaseException | None]]] = {}
+    for p, result, error in answers:
+        if p.loop is not None:
+            p.state = DONE
+            if not p.discard:
+                by_loop.setdefault(p.loop, []).append((p.future, result, error))
+        else:
+            p.finish(result, error)
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_settle_all, items)
+
+
+def _settle_all(items: list[tuple[Any, Any, BaseException | None]]) -> None:
+    for future, result, error in items:
+        _settle(future, result, error)
+
+
 def _settle(future: Any, result: Any, error: BaseException | None) -> None:
     if future.done():
         return
@@ -546,8 +566,7 @@ class Batcher:
             # (one thread switch each) overlaps the next run instead of leaving the engine idle
             tally.busy_s = self._clock() - started
             self._pass_engine(tally)
-            for p, result, error in answers:
-                p.finish(result, error)
+            _answer(answers)
 
     def _pass_engine(self, tally: Tally | None = None) -> None:
         """Give the engine to the oldest waiting caller that can lead, or to an executor thread for callers that

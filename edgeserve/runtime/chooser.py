@@ -33,7 +33,7 @@ DIRECT = "direct"
 EPOCH_S = 0.02
 EPOCH_MIN = 16
 IDLE_S = 0.1
-BUSY = 0.5
+BUSY = 0.65
 """Share of an epoch the engine spent running batches above which the direct way is not tried."""
 MARGIN = 0.05
 RECHECK_S = (1.0, 16.0)
