@@ -69,6 +69,10 @@ def from_json(where: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
         if count != 1:
             raise BadRequest(f"{where}: 'data' must be a list of {count} values")
         data = [data]
+    if dtype.kind == "f":  # the common case, in one pass
+        direct = _floats(data, dtype)
+        if direct is not None and direct.size == count:
+            return direct.reshape(dims)
     try:
         got = np.array(data, dtype=object if dtype.kind == "O" else None)  # NOTE: numpy walks nested lists in C
     except (ValueError, TypeError):
@@ -77,6 +81,21 @@ def from_json(where: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
     if got.size != count:
         raise BadRequest(f"{where}: shape {list(dims)} needs {count} values, got {got.size}")
     return _cast(where, datatype, dtype, got, data).reshape(dims)
+
+
+def _floats(data: list[Any], dtype: np.dtype[Any]) -> np.ndarray | None:
+    """Numbers straight into the float dtype, or None to take the checked path (strings, bools, ragged...).
+
+    NOTE: not ``np.array(data).astype(dtype)``: numpy releases the GIL for a cast of more than 500 elements, and
+    the event loop then waits for it behind the batch leader's thread (~200 us a request on the wide MLP)."""
+    if not data or not all(type(v) is float or type(v) is int for v in data):
+        return None  # nested, or not all numbers (null, strings, booleans): the checked path says what is wrong
+    try:
+        with np.errstate(over="ignore"):  # NOTE: 1e300 as FP32 is inf, as onnxruntime would make it; the guard decides
+            out = np.array(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return out if out.ndim == 1 else None
 
 
 def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray, data: list[Any]) -> np.ndarray:

@@ -106,3 +106,11 @@ def test_split_binary_refuses_sizes_that_do_not_add_up() -> None:
 
     with pytest.raises(BadRequest, match="add up to 5"):
         split_binary(b"{}" + b"abcd", 2, [5])
+
+
+def test_null_and_strings_are_not_numbers() -> None:
+    import pytest
+
+    for data in ([None, 1.0], [1.0, None], ["1.0", 2.0], [[None, 1.0]]):
+        with pytest.raises(BadRequest, match="must be numbers"):
+            from_json("input 'x'", "FP32", [2] if not isinstance(data[0], list) else [1, 2], data)
