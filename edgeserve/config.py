@@ -139,6 +139,10 @@ class BatchConfig:
     """Requests waiting at most; the next one is rejected at once with QueueFull."""
     timeout_ms: float | None = 30_000.0
     """Default deadline per request (from submission); an expired request fails with Timeout and is not run."""
+    max_wait_ms: float | None = None
+    """Refuse a request at once (QueueFull: a server's 503 with Retry-After) when the work queued ahead of it —
+    rows waiting plus the batch running, at the engine's measured time per row — would keep it waiting longer
+    than this. Bounds the latency of accepted requests under overload; None: only ``max_queue`` bounds it."""
     adaptive: bool = True
     """Measure, under the load of the moment, whether batching answers more rows per second than letting each
     caller run its own request, and do whichever does (a model faster than a thread wake-up is not batched).
@@ -151,6 +155,8 @@ class BatchConfig:
             raise ConfigError(f"max_delay_ms must be between 0 and 60000, got {self.max_delay_ms}")
         if not (1 <= self.max_queue <= 10_000_000):
             raise ConfigError(f"max_queue must be between 1 and 10000000, got {self.max_queue}")
+        if self.max_wait_ms is not None and not 0 < self.max_wait_ms <= 3_600_000:
+            raise ConfigError(f"max_wait_ms must be positive (or None), got {self.max_wait_ms}")
         if self.timeout_ms is not None and self.timeout_ms <= 0:
             raise ConfigError(f"timeout_ms must be positive (or None for no deadline), got {self.timeout_ms}")
 

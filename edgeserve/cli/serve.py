@@ -28,6 +28,9 @@ from . import main
 @click.option("--batching/--no-batching", default=True, show_default=True,
               help="Dynamic batching for every model (a model's serving.json overrides).")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(0.001, 3_600_000), default=None,
+              help="Refuse (503, Retry-After) a request the queued work would keep waiting longer than this: "
+                   "bounds the latency of accepted requests under overload.")
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
@@ -36,7 +39,7 @@ from . import main
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
           insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
-          max_batch_size: int, cache_mb: float, threads: int | None, workers: int, reuse_port: bool) -> None:
+          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
     if workers > 1:
         import sys
@@ -56,7 +59,8 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
                          insecure=insecure, model_control=model_control, drain_s=drain_timeout,
                          max_body=int(max_body_mb * 2**20), reuse_port=reuse_port)
-    server = Server(repository, config, batching=BatchConfig(max_batch_size=max_batch_size) if batching else None,
+    batch_config = BatchConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if batching else None
+    server = Server(repository, config, batching=batch_config,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
                     session=SessionConfig(intra_op_threads=threads))
     models = server.runtime.models()

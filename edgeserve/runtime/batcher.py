@@ -188,6 +188,12 @@ def plan(pending: Sequence[Pending], now: float, config: BatchConfig, *, gather_
     return Plan(expired=expired, wake_at=wake)
 
 
+def expected_wait_s(rows_ahead: int, per_row_s: float) -> float:
+    """How long a request arriving now would wait for the engine: the rows queued ahead of it and running, at the
+    engine's measured time per row (0 until a batch has been measured)."""
+    return rows_ahead * per_row_s
+
+
 GATHER_MAX_S = 0.002
 """The longest an engine that just answered several callers waits for them to come back (see ``plan``)."""
 
@@ -232,6 +238,10 @@ class Batcher:
         """After a batch of several requests, the next one waits for their callers' return until then."""
         self._expect = 0
         """How many requests that batch held."""
+        self._running_rows = 0
+        """Rows of the run in progress (for the expected wait of a request arriving now)."""
+        self._per_row_s = 0.0
+        """Engine time per row, a moving average over batched runs."""
         self._direct: deque[None] = deque()
         """One entry per caller running its own request right now, beside the engine's batches (the direct way).
         NOTE: deque append/pop are atomic, so the direct way needs no lock: a caller appends before it looks at
@@ -280,8 +290,10 @@ class Batcher:
             elif not self._busy and self.config.max_delay_ms == 0 and now >= self._gather_until:  # nobody queued
                 self._stats["requests"] += 1
                 self._busy = True
+                self._running_rows = rows
                 alone = True
             else:
+                self._admit_wait()
                 self._stats["requests"] += 1
                 alone = False
                 item = Pending(dict(feed), rows, self._group_of(feed), now, deadline, blocking=True)
@@ -346,6 +358,17 @@ class Batcher:
                 f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
             )
 
+    def _admit_wait(self) -> None:
+        """Refuse a request that would wait longer than ``max_wait_ms`` (holding the lock; it is about to queue)."""
+        limit = self.config.max_wait_ms
+        if limit is None:
+            return
+        wait = expected_wait_s(self._pending_rows + self._running_rows, self._per_row_s)
+        if wait * 1000.0 > limit:
+            self._stats["rejected"] += 1
+            raise QueueFull(f"model '{self._name}': the work queued ahead would keep this request waiting ~"
+                            f"{wait * 1000.0:.0f} ms, more than max_wait_ms={limit:g}; retry later")
+
     def _queue(self, item: Pending) -> None:
         """Append (holding the lock); wake a leader waiting for company when the batch is now full or this
         request's deadline comes before the leader means to run."""
@@ -363,6 +386,8 @@ class Batcher:
         item = Pending(dict(feed), self._rows_of(feed), self._group_of(feed), now, deadline, future=future, loop=loop)
         with self._lock:
             self._admit()
+            if self._busy:
+                self._admit_wait()
             self._stats["requests"] += 1
             self._queue(item)
             start = not self._busy
@@ -391,6 +416,10 @@ class Batcher:
             stats["ran_at_once"] += 1
             if self.chooser is not None:
                 self.chooser.answered(1, rows, busy_s)
+            if busy_s > 0 and rows:
+                per_row = busy_s / rows
+                self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
+            self._running_rows = 0
             idle = not self._pending and not self._closing
             if idle:
                 self._busy = False
@@ -435,6 +464,9 @@ class Batcher:
     def _record(self, tally: Tally) -> None:
         """Add what the engine did to the stats and the chooser's measure (holding the lock)."""
         stats = self._stats
+        if tally.runs and tally.rows and tally.busy_s > 0 and not tally.ran_direct:
+            per_row = tally.busy_s / tally.rows
+            self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
         stats["batches"] += tally.runs
         stats["rows"] += tally.rows_ok
         stats["failed_batches"] += tally.failed_batches
@@ -553,6 +585,7 @@ class Batcher:
                 p.state = RUNNING
             self._stats["expired"] += len(expired)
             self._gather_until, self._expect = 0.0, 0
+            self._running_rows = sum(p.rows for p in batch)
         for p in expired:
             p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
         started = self._clock()
@@ -577,6 +610,7 @@ class Batcher:
         with self._lock:
             if tally is not None:
                 self._record(tally)
+            self._running_rows = 0
             head = self._pending[0] if self._pending else None
             if head is None:
                 self._busy = False

@@ -387,3 +387,46 @@ def test_mixed_callers_under_load_each_get_their_own_rows(mlp_package: Path) -> 
             if out is not None:
                 np.testing.assert_allclose(out["logits"], expected[i], rtol=1e-4, atol=1e-5)
         assert batcher.queued == 0
+
+
+def test_expected_wait_is_rows_ahead_at_the_measured_time_per_row() -> None:
+    from edgeserve.runtime.batcher import expected_wait_s
+
+    assert expected_wait_s(0, 0.01) == 0
+    assert expected_wait_s(6, 0.01) == pytest.approx(0.06)
+    assert expected_wait_s(100, 0.0) == 0  # nothing measured yet: nothing refused
+
+
+def test_max_wait_refuses_what_would_wait_too_long_and_admits_the_rest() -> None:
+    """Engine time is faked: each run advances the batcher's clock by 10 ms a row. With max_wait_ms=50, requests
+    queue while the work ahead of them is at most 5 rows; the next is refused at once with QueueFull."""
+    now = [0.0]
+    gate = threading.Event()
+
+    def run(feed):
+        if feed["x"][0, 0] == 1.0:  # the blocking request holds the engine until the test says
+            assert gate.wait(10)
+        now[0] += 0.010 * len(feed["x"])
+        return [feed["x"] * 2]
+
+    config = BatchConfig(max_batch_size=2, max_wait_ms=50.0, timeout_ms=None, adaptive=False)
+    batcher = Batcher(run, [SPEC], [SPEC], config, name="m", clock=lambda: now[0])
+    try:
+        assert batcher.call(_x(0.0))["x"][0, 0] == 0  # measured: 10 ms a row
+        with ThreadPoolExecutor(1) as pool:
+            holding = pool.submit(batcher.call, _x(1.0))  # 1 row running
+            deadline = time.monotonic() + 10
+            while batcher.stats["requests"] < 2:  # a state to reach, not an ordering by sleeping
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            admitted = [batcher.submit(_x(2.0 + i, rows=2)) for i in range(2)]  # 1, then 3 rows ahead
+            admitted.append(batcher.submit(_x(4.0)))  # 5 rows ahead: 50 ms, not more than the limit
+            with pytest.raises(QueueFull, match="~60 ms, more than max_wait_ms=50"):
+                batcher.submit(_x(9.0))  # 6 rows ahead: 60 ms
+            gate.set()
+            assert holding.result(10)["x"][0, 0] == 2.0
+            assert [f.result(10)["x"][0, 0] for f in admitted] == [4.0, 6.0, 8.0]
+        assert batcher.stats["rejected"] == 1
+    finally:
+        gate.set()
+        batcher.close()
