@@ -39,7 +39,8 @@ from . import main
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
           insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
-          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, workers: int, reuse_port: bool) -> None:
+          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, workers: int,
+          reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
     if workers > 1:
         import sys
