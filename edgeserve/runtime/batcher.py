@@ -416,9 +416,7 @@ class Batcher:
             stats["ran_at_once"] += 1
             if self.chooser is not None:
                 self.chooser.answered(1, rows, busy_s)
-            if busy_s > 0 and rows:
-                per_row = busy_s / rows
-                self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
+            self._measured(busy_s, rows)
             self._running_rows = 0
             idle = not self._pending and not self._closing
             if idle:
@@ -445,6 +443,12 @@ class Batcher:
                     self._cond.notify_all()
         return dict(zip(self._output_names, values))
 
+    def _measured(self, busy_s: float, rows: int) -> None:
+        """Fold one engine run into the time per row (holding the lock): what ``max_wait_ms`` estimates with."""
+        if busy_s > 0 and rows:
+            per_row = busy_s / rows
+            self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
+
     def _fold(self) -> None:
         """Move the direct calls' counts into the stats and the chooser's measure (holding the lock)."""
         done = self._direct_done
@@ -464,9 +468,8 @@ class Batcher:
     def _record(self, tally: Tally) -> None:
         """Add what the engine did to the stats and the chooser's measure (holding the lock)."""
         stats = self._stats
-        if tally.runs and tally.rows and tally.busy_s > 0 and not tally.ran_direct:
-            per_row = tally.busy_s / tally.rows
-            self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
+        if tally.runs and not tally.ran_direct:
+            self._measured(tally.busy_s, tally.rows)
         stats["batches"] += tally.runs
         stats["rows"] += tally.rows_ok
         stats["failed_batches"] += tally.failed_batches
