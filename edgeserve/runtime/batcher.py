@@ -429,19 +429,22 @@ class Batcher:
     def _run_direct(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """The direct way: batching does not pay under this load, so the caller runs its own request now, beside
         whatever the engine is running (its entry in ``_direct`` is already made)."""
-        ran = False
         try:
-            values = self._run(feed if isinstance(feed, dict) else dict(feed))
-            ran = True
-        except Exception as exc:
-            raise _edgeserve_error(exc) from exc
-        finally:
-            self._direct_done.append((rows, ran))
-            self._direct.pop()
-            if self._closing:  # close() may be waiting for the direct callers to finish
-                with self._lock:
-                    self._cond.notify_all()
+            values = self._run(feed if type(feed) is dict else dict(feed))
+        except BaseException as exc:
+            self._direct_left(rows, False)
+            if isinstance(exc, Exception):
+                raise _edgeserve_error(exc) from exc
+            raise
+        self._direct_left(rows, True)
         return dict(zip(self._output_names, values))
+
+    def _direct_left(self, rows: int, ran: bool) -> None:
+        self._direct_done.append((rows, ran))
+        self._direct.pop()
+        if self._closing:  # close() may be waiting for the direct callers to finish
+            with self._lock:
+                self._cond.notify_all()
 
     def _measured(self, busy_s: float, rows: int) -> None:
         """Fold one engine run into the time per row (holding the lock): what ``max_wait_ms`` estimates with."""

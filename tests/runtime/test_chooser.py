@@ -175,3 +175,16 @@ def test_close_waits_for_direct_callers_and_then_refuses_new_ones() -> None:
         assert running.result(10)["x"][0, 0] == 6.0
     with pytest.raises(ClosedError):
         batcher.call(_x(1.0))
+
+
+def test_a_fresh_model_with_quick_runs_starts_direct_and_a_slow_one_batched() -> None:
+    from edgeserve.runtime.chooser import QUICK_RUN_S
+
+    slow_chooser = Chooser()
+    slow_chooser.arrived(0.0)
+    slow_chooser.answered(EPOCH_MIN, EPOCH_MIN, EPOCH_MIN * QUICK_RUN_S * 3)
+    assert slow_chooser.arrived(EPOCH_S * 1.001) == BATCH
+    fast_chooser = Chooser()
+    fast_chooser.arrived(0.0)
+    fast_chooser.answered(EPOCH_MIN, EPOCH_MIN, EPOCH_MIN * QUICK_RUN_S / 3)
+    assert fast_chooser.arrived(EPOCH_S * 1.001) == DIRECT and fast_chooser.winner == DIRECT
