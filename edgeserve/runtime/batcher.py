@@ -30,6 +30,7 @@ running); the engine's own run, once it holds the caller's request, is not inter
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -194,6 +195,28 @@ def expected_wait_s(rows_ahead: int, per_row_s: float) -> float:
     return rows_ahead * per_row_s
 
 
+class Histogram:
+    """Fixed buckets, their counts and a sum — what a Prometheus histogram needs — filled under the batcher's lock
+    (a bisect and two additions), read at scrape time."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+
+TIME_BOUNDS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+ROW_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+
 GATHER_MAX_S = 0.002
 """The longest an engine that just answered several callers waits for them to come back (see ``plan``)."""
 
@@ -242,6 +265,10 @@ class Batcher:
         """Rows of the run in progress (for the expected wait of a request arriving now)."""
         self._per_row_s = 0.0
         """Engine time per row, a moving average over batched runs."""
+        self.histograms = {"queue_s": Histogram(TIME_BOUNDS), "run_s": Histogram(TIME_BOUNDS),
+                           "batch_rows": Histogram(ROW_BOUNDS)}
+        """Time queued requests waited for the engine, time per engine run, rows per run (batched and lone runs;
+        direct runs are not timed)."""
         self._direct: deque[None] = deque()
         """One entry per caller running its own request right now, beside the engine's batches (the direct way).
         NOTE: deque append/pop are atomic, so the direct way needs no lock: a caller appends before it looks at
@@ -252,6 +279,11 @@ class Batcher:
         """Measures whether batching pays under the current load (None: always batch, as configured)."""
         self._stats = {"batches": 0, "rows": 0, "requests": 0, "rejected": 0, "expired": 0, "failed_batches": 0,
                        "retried_alone": 0, "ran_at_once": 0, "ran_direct": 0}
+
+    def timings(self) -> dict[str, dict[str, Any]]:
+        """A copy of :attr:`histograms`, each as ``{"bounds", "counts", "sum"}`` (the last count: above all bounds)."""
+        with self._lock:
+            return {name: h.snapshot() for name, h in self.histograms.items()}
 
     @property
     def stats(self) -> dict[str, int]:
@@ -417,6 +449,8 @@ class Batcher:
             if self.chooser is not None:
                 self.chooser.answered(1, rows, busy_s)
             self._measured(busy_s, rows)
+            self.histograms["run_s"].observe(busy_s)
+            self.histograms["batch_rows"].observe(rows)
             self._running_rows = 0
             idle = not self._pending and not self._closing
             if idle:
@@ -473,6 +507,8 @@ class Batcher:
         stats = self._stats
         if tally.runs and not tally.ran_direct:
             self._measured(tally.busy_s, tally.rows)
+            self.histograms["run_s"].observe(tally.busy_s)
+            self.histograms["batch_rows"].observe(tally.rows)
         stats["batches"] += tally.runs
         stats["rows"] += tally.rows_ok
         stats["failed_batches"] += tally.failed_batches
@@ -592,6 +628,9 @@ class Batcher:
             self._stats["expired"] += len(expired)
             self._gather_until, self._expect = 0.0, 0
             self._running_rows = sum(p.rows for p in batch)
+            waited = self.histograms["queue_s"]
+            for p in batch:
+                waited.observe(now - p.enqueued)
         for p in expired:
             p.finish(error=Timeout(f"model '{self._name}': the request waited past its deadline and was not run"))
         started = self._clock()

@@ -150,8 +150,8 @@ class Runtime:
                                     "on_demand": sorted(slot.on_demand), "error": slot.error}
             if loaded:
                 m = loaded.model
-                info["batching"] = (dict(m.batcher.stats, queued=m.batcher.queued, alive=m.batcher.alive)
-                                    if m.batcher else None)
+                info["batching"] = (dict(m.batcher.stats, queued=m.batcher.queued, alive=m.batcher.alive,
+                                         timings=m.batcher.timings()) if m.batcher else None)
                 info["cache"] = m.cache.stats() if m.cache is not None else None
             out[name] = info
         return out

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..runtime.runtime import Runtime
@@ -73,6 +73,13 @@ class _RuntimeCollector(Collector):
             "rejected": CounterMetricFamily("edgeserve_queue_full", "Requests refused by a full queue",
                                             labels=["model"]),
         }
+        timings = {
+            "queue_s": HistogramMetricFamily("edgeserve_queue_duration_seconds",
+                                             "Time batched requests waited for the engine", labels=["model"]),
+            "run_s": HistogramMetricFamily("edgeserve_compute_duration_seconds", "Time per engine run (a batch)",
+                                           labels=["model"]),
+            "batch_rows": HistogramMetricFamily("edgeserve_batch_size", "Rows per engine run", labels=["model"]),
+        }
         cache = {"hits": CounterMetricFamily("edgeserve_cache_hits", "Response cache hits", labels=["model"]),
                  "misses": CounterMetricFamily("edgeserve_cache_misses", "Response cache misses", labels=["model"])}
         for name, info in self.runtime.models().items():
@@ -83,6 +90,10 @@ class _RuntimeCollector(Collector):
                 queued.add_metric([name], float(batching.get("queued", 0)))
                 for key, family in counts.items():
                     family.add_metric([name], float(batching.get(key, 0)))
+                for key, hist in timings.items():
+                    snap = batching.get("timings", {}).get(key)
+                    if snap:
+                        hist.add_metric([name], _buckets(snap), snap["sum"])
             stats = info.get("cache")
             if stats:
                 for key, family in cache.items():
@@ -90,4 +101,15 @@ class _RuntimeCollector(Collector):
         yield loaded
         yield queued
         yield from counts.values()
+        yield from timings.values()
         yield from cache.values()
+
+
+def _buckets(snap: dict[str, Any]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets from a batcher histogram's per-bucket counts."""
+    out, total = [], 0
+    for bound, count in zip([*snap["bounds"], float("inf")], snap["counts"]):
+        total += count
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(total)))
+    return out
+

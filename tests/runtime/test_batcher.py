@@ -430,3 +430,27 @@ def test_max_wait_refuses_what_would_wait_too_long_and_admits_the_rest() -> None
     finally:
         gate.set()
         batcher.close()
+
+
+def test_timings_count_every_run_its_rows_and_every_queued_wait() -> None:
+    gate = Gate()
+    now = [0.0]
+    batcher = Batcher(gate, [SPEC], [SPEC], BatchConfig(max_batch_size=32, adaptive=False, timeout_ms=None),
+                      name="m", clock=lambda: now[0])
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(batcher.call, _x(1))
+            assert gate.entered.wait(5)
+            later = [batcher.submit(_x(v)) for v in (2, 3, 4)]  # queued at t=0
+            now[0] = 0.004  # they have waited 4 ms when the engine takes them
+            gate.release.set()
+            first.result(5)
+            [f.result(5) for f in later]
+        t = batcher.timings()
+        assert sum(t["batch_rows"]["counts"]) == 2 and t["batch_rows"]["sum"] == 4  # runs of 1 and 3 rows
+        assert sum(t["run_s"]["counts"]) == 2
+        assert sum(t["queue_s"]["counts"]) == 3 and t["queue_s"]["sum"] == pytest.approx(0.012)
+        bucket = t["queue_s"]["bounds"].index(0.005)  # 4 ms lands in the (2 ms, 5 ms] bucket
+        assert t["queue_s"]["counts"][bucket] == 3
+    finally:
+        batcher.close()

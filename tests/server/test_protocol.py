@@ -229,3 +229,5 @@ def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
     assert value("edgeserve_inference_request_duration_seconds_count", model="mlp") >= 1
     assert value("edgeserve_model_loaded", model="mlp", version="1") == 1
     assert value("edgeserve_engine_rows_total", model="mlp") >= 1
+    assert value("edgeserve_compute_duration_seconds_count", model="mlp") >= 1
+    assert value("edgeserve_batch_size_bucket", model="mlp", le="+Inf") == value("edgeserve_batch_size_count", model="mlp")
