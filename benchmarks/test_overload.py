@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import edgeserve
 from edgeserve.runtime.repository import Repository
@@ -36,25 +35,10 @@ _lines: list[str] = []
 
 
 def _heavy_mlp(path: Path) -> Path:
-    import onnx
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_serving import _big_mlp  # type: ignore[import-not-found]
 
-    rng = np.random.default_rng(0)
-    dims = [1024, 4096, 4096, 10]
-    inits, nodes, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
-        inits.append(numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        prev = f"m{i}"
-        if i < len(dims) - 2:
-            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
-            prev = f"r{i}"
-    nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    graph = helper.make_graph(nodes, "heavy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return _big_mlp(path, (1024, 4096, 4096, 10))
 
 
 def _free_port() -> int:

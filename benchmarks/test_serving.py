@@ -25,9 +25,9 @@ from edgeserve.bench.measure import concurrent
 _report: list[str] = []
 
 
-def _big_mlp(path: Path) -> Path:
+def _big_mlp(path: Path, dims: tuple[int, ...] = (512, 2048, 2048, 10)) -> Path:
+    """A compute-bound MLP x[batch, dims[0]] -> y[batch, dims[-1]] (MatMul+Add, Relu between)."""
     rng = np.random.default_rng(0)
-    dims = [512, 2048, 2048, 10]
     inits, nodes, prev = [], [], "x"
     for i, (a, b) in enumerate(zip(dims, dims[1:])):
         inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"),
@@ -38,8 +38,8 @@ def _big_mlp(path: Path) -> Path:
             nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
             prev = f"r{i}"
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 512])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dims[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dims[-1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save_model(model, str(path))
