@@ -390,6 +390,19 @@ class Batcher:
                 f"{self.config.max_queue}); retry later or raise BatchConfig.max_queue"
             )
 
+    def refuses_now(self) -> str | None:
+        """Why a request arriving now would be refused for its wait (``max_wait_ms``), or None. A cheap look
+        without the lock, for a server to answer 503 before it reads a request's body; the request itself is
+        checked again, exactly, when it queues."""
+        limit = self.config.max_wait_ms
+        if limit is None or not self._busy:
+            return None
+        wait = expected_wait_s(self._pending_rows + self._running_rows, self._per_row_s)
+        if wait * 1000.0 > limit:
+            return (f"model '{self._name}': the work queued ahead would keep a request waiting ~{wait * 1000.0:.0f} "
+                    f"ms, more than max_wait_ms={limit:g}; retry later")
+        return None
+
     def _admit_wait(self) -> None:
         """Refuse a request that would wait longer than ``max_wait_ms`` (holding the lock; it is about to queue)."""
         limit = self.config.max_wait_ms

@@ -127,6 +127,19 @@ class DataPlane:
         except EdgeserveError as exc:
             raise from_core(exc) from None
 
+    def refuses(self, name: str, version: str | None) -> None:
+        """Raise 503 now if the model's queue would refuse a request for its wait (``max_wait_ms``): lets REST
+        answer before reading the body, so an overloaded server spends little on what it turns away."""
+        try:
+            with self.runtime.using(name, _version(version)) as (model, _):
+                why = model.batcher.refuses_now() if model.batcher is not None else None
+        except EdgeserveError:
+            return  # unknown model or version: the request itself gets the right error
+        if why is not None:
+            if self.observer is not None:
+                self.observer.observe(name, version or "", "rejected", 0.0)
+            raise Unavailable(why, retry_after_s=1)
+
     # -- inference ----------------------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest, *, waiting: Callable[[], Any] | None = None) -> InferResponse:
         """Run a request on the event loop's terms: at once when the model answers faster than a thread hand-off,

@@ -144,6 +144,7 @@ class RestApp:
         if media not in ACCEPTED:
             raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "
                                        "application/octet-stream with Inference-Header-Content-Length")
+        self.plane.refuses(params["name"], params.get("version"))  # NOTE: before the body is read (overload)
         body = await self._body(headers, receive)
         request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"))
         watchers: list[asyncio.Task[None]] = []

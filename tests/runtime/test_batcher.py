@@ -420,7 +420,9 @@ def test_max_wait_refuses_what_would_wait_too_long_and_admits_the_rest() -> None
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
             admitted = [batcher.submit(_x(2.0 + i, rows=2)) for i in range(2)]  # 1, then 3 rows ahead
+            assert batcher.refuses_now() is None  # what a server asks before reading a body: 50 ms is fine
             admitted.append(batcher.submit(_x(4.0)))  # 5 rows ahead: 50 ms, not more than the limit
+            assert "~60 ms, more than max_wait_ms=50" in (batcher.refuses_now() or "")
             with pytest.raises(QueueFull, match="~60 ms, more than max_wait_ms=50"):
                 batcher.submit(_x(9.0))  # 6 rows ahead: 60 ms
             gate.set()
