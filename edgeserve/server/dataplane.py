@@ -47,7 +47,6 @@ class InferResponse:
     version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -169,21 +168,17 @@ class DataPlane:
 
     @contextmanager
     def _accounted(self, request: InferRequest) -> Iterator[list[int]]:
-        """Count the request in (refused while draining), map core errors to protocol ones, and tell the
-        observer how it ended and which version served it (appended to the yielded list once known)."""
+        """Count the request in (refused while draining) and tell the observer how it ended and which version
+        served it (appended to the yielded list once known)."""
         started = time.perf_counter()
         outcome = "success"
         served: list[int] = []
         self._enter()
         try:
             yield served
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # NOTE: core errors arrive mapped already (by _model, inside this block)
             outcome = _outcome(exc)
             raise
-        except EdgeserveError as exc:
-            error = from_core(exc)
-            outcome = _outcome(error)
-            raise error from None
         except BaseException:
             outcome = "error"
             raise

@@ -105,7 +105,7 @@ class RestApp:
         if route.scope is not None:
             require(caller, route.scope)
         if route.handler == "infer":
-            return await self._infer(params, headers, receive, caller)
+            return await self._infer(params, headers, receive)
         if route.handler.startswith("repository_"):
             return await self._control(route.handler, params, headers, receive, caller)
         if route.handler == "metrics":
@@ -138,8 +138,8 @@ class RestApp:
     def _openapi(self, _: dict[str, str]) -> dict[str, Any]:
         return openapi()
 
-    async def _infer(self, params: dict[str, str], headers: dict[str, str], receive: Receive,
-                     caller: Caller) -> tuple[int, bytes, dict[str, str]]:
+    async def _infer(self, params: dict[str, str], headers: dict[str, str],
+                     receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ACCEPTED:
             raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,3 +41,10 @@ def infer_json(host_port: str, model: str, inputs: list[dict[str, Any]], token: 
                **extra: Any) -> Reply:
     return call(host_port, "POST", f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode(),
                 {"Content-Type": "application/json"}, token)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound and released; the server binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.client import call
+from tests.server.client import call, free_port
 
 yaml = pytest.importorskip("yaml")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -60,12 +59,6 @@ def test_the_kserve_manifests_have_their_required_fields() -> None:
     assert model["protocolVersion"] == "v2" and model["storageUri"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(argv: list[str], port: int) -> None:
     """Run a deploy file's command line; it must become ready on ``port`` and exit 0 on SIGTERM."""
     exe = Path(sys.executable).parent / argv[0]
@@ -90,7 +83,7 @@ def _serve(argv: list[str], port: int) -> None:
 
 
 def _swap(args: list[str], repo: Path, old_repo: str) -> tuple[list[str], int]:
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     out = []
     for i, a in enumerate(args):
         if a == old_repo:

@@ -20,13 +20,7 @@ import pytest
 import edgeserve
 from edgeserve.runtime.repository import Repository
 from tests.factories import mlp_model, save
-from tests.server.client import call
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.server.client import call, free_port
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def _infer_body(rows: int) -> tuple[bytes, dict[str, str]]:
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_repo: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     hp = f"127.0.0.1:{port}"
     exe = Path(sys.executable).parent / "edgeserve"
     log = tmp_path / "serve.log"
@@ -225,7 +219,7 @@ def test_a_reload_under_load_fails_no_request(tmp_path: Path) -> None:
 
 def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: Path) -> None:
     psutil = pytest.importorskip("psutil")
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     hp = f"127.0.0.1:{port}"
     exe = Path(sys.executable).parent / "edgeserve"
     proc = subprocess.Popen([str(exe), "serve", str(slow_repo), "--workers", "2", "--port", str(port), "--grpc-port",
@@ -269,7 +263,7 @@ def test_a_port_in_use_is_a_clear_error(slow_repo: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         exe = Path(sys.executable).parent / "edgeserve"
-        out = subprocess.run([str(exe), "serve", str(slow_repo), "--port", str(_free_port()), "--grpc-port",
+        out = subprocess.run([str(exe), "serve", str(slow_repo), "--port", str(free_port()), "--grpc-port",
                               str(port)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "port in use" in out.stderr and "Traceback" not in out.stderr
 
@@ -280,5 +274,33 @@ def test_a_rest_port_in_use_is_a_clear_error(slow_repo: Path) -> None:
         taken.listen()
         exe = Path(sys.executable).parent / "edgeserve"
         out = subprocess.run([str(exe), "serve", str(slow_repo), "--port", str(taken.getsockname()[1]),
-                              "--grpc-port", str(_free_port())], capture_output=True, text=True, timeout=120)
+                              "--grpc-port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "port in use" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_second_grpc_server_cannot_share_a_port_in_use(slow_repo: Path) -> None:
+    """grpcio sets SO_REUSEPORT unless told not to: two servers would then silently split one port's traffic."""
+    from edgeserve import ConfigError, Runtime
+    from edgeserve.server import rpc
+    from edgeserve.server.dataplane import DataPlane
+
+    with Runtime(slow_repo) as runtime:
+        plane = DataPlane(runtime)
+        first, port = rpc.start(plane, "127.0.0.1:0")
+        try:
+            with pytest.raises(ConfigError, match="port in use"):
+                rpc.start(plane, f"127.0.0.1:{port}")
+        finally:
+            first.stop(None)
+
+
+def test_a_request_the_queue_would_refuse_gets_its_503_before_its_body_is_read(served, monkeypatch) -> None:
+    from edgeserve.runtime.batcher import Batcher
+
+    monkeypatch.setattr(Batcher, "refuses_now", lambda self: "model 'mlp': ~80 ms, more than max_wait_ms=10")
+    host, port = served.host_port.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000\r\n\r\n{\"inputs\": [")  # the body never comes
+        reply = conn.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 503") and "retry-after: 1" in reply.lower() and "max_wait_ms=10" in reply
