@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from .errors import ConfigError
 
 OptimizationLevel = Literal["disable", "basic", "extended", "all"]
 GoldenPolicy = Literal["error", "warn", "off"]
+GuardPolicy = Literal["reject", "warn", "off"]
+_POLICIES = ("reject", "warn", "off")
 
 
 def available_cores() -> int:
@@ -185,3 +188,82 @@ class CacheConfig:
             raise ConfigError(f"max_bytes must be positive, got {self.max_bytes}")
         if self.ttl_s is not None and self.ttl_s <= 0:
             raise ConfigError(f"ttl_s must be positive seconds (or None), got {self.ttl_s}")
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """The retraining trigger: what runs when drift holds, once per drift episode (see :mod:`edgeserve.guard`).
+
+    Give any of ``callback`` (a Python callable taking the event dict; embedded use), ``command`` (an argument
+    list run without a shell; the event arrives as JSON on its stdin) and ``webhook`` (an http(s) URL the event is
+    POSTed to as JSON). They run on a background thread, never on a request's."""
+
+    span: int = 256
+    """Requests (rows) drift must hold, from its onset, before the trigger fires."""
+    rearm: int = 1024
+    """Requests (rows) the drift score must stay under ``exit_level`` before the episode ends and the trigger
+    can fire again."""
+    exit_level: float = 0.5
+    """The score (1.0 = the alarm threshold) under which drift counts as gone."""
+    callback: Callable[[dict[str, Any]], Any] | None = None
+    command: tuple[str, ...] = ()
+    webhook: str | None = None
+    timeout_s: float = 10.0
+    """Per attempt, for the command and the webhook."""
+    retries: int = 3
+    """Extra attempts of a failed webhook or command, 0.5 s, 1 s, 2 s … apart."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "command", tuple(str(a) for a in self.command))
+        if self.span < 0 or self.rearm < 1:
+            raise ConfigError(f"trigger span must be >= 0 and rearm >= 1, got {self.span} and {self.rearm}")
+        if not 0 < self.exit_level <= 1:
+            raise ConfigError(f"trigger exit_level must be in (0, 1], got {self.exit_level}")
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"trigger webhook must be an http:// or https:// URL, got {self.webhook!r}")
+        if self.timeout_s <= 0 or self.retries < 0:
+            raise ConfigError("trigger timeout_s must be positive and retries 0 or more")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What a model checks on every request: the envelope (per-check policy ``reject``, ``warn`` or ``off``) and
+    streaming drift detection against the package's reference statistics."""
+
+    non_finite: GuardPolicy = "reject"
+    """NaN or ±inf in a float input."""
+    range: GuardPolicy = "warn"
+    """A value outside the reference's range for its feature (or channel), widened by ``range_margin``."""
+    vocabulary: GuardPolicy = "reject"
+    """A token id outside the model's embedding table."""
+    range_margin: float = 0.1
+    """How far outside the reference range a value may go, as a fraction of the feature's span."""
+    drift: bool = True
+    """Watch every feature (and output confidence) for drift; needs a package with reference statistics."""
+    shift: float = 0.5
+    """The shift, in reference standard deviations, the drift detectors are tuned to find fastest."""
+    false_alarm_requests: float = 1e6
+    """The false-alarm budget: on data like the reference, at most one alarm (across all features) per this
+    many requests."""
+    chunk: int = 32
+    """Rows folded into the detectors at once (the cost of a check is shared by this many rows)."""
+    trigger: TriggerConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("non_finite", "range", "vocabulary"):
+            if getattr(self, name) not in _POLICIES:
+                raise ConfigError(f"guard {name} must be one of {', '.join(_POLICIES)}, got {getattr(self, name)!r}")
+        if not 0 <= self.range_margin <= 100:
+            raise ConfigError(f"guard range_margin must be between 0 and 100, got {self.range_margin}")
+        if not 0.05 <= self.shift <= 10:
+            raise ConfigError(f"guard shift must be between 0.05 and 10 standard deviations, got {self.shift}")
+        if self.false_alarm_requests < 100:
+            raise ConfigError(f"guard false_alarm_requests must be at least 100, got {self.false_alarm_requests}")
+        if not 1 <= self.chunk <= 65536:
+            raise ConfigError(f"guard chunk must be between 1 and 65536, got {self.chunk}")
+        if isinstance(self.trigger, dict):
+            object.__setattr__(self, "trigger", TriggerConfig(**self.trigger))
+
+    @classmethod
+    def off(cls) -> GuardConfig:
+        return cls(non_finite="off", range="off", vocabulary="off", drift=False)

@@ -14,6 +14,7 @@ the backend seam ever sees a library's own exception type. No error here knows a
     │   ├── DataError             calibration or evaluation data does not match the model
     │   └── FidelityError         the result is outside the requested fidelity budget
     ├── InputError                a request does not satisfy the model's input contract
+    │   └── EnvelopeError         its values are outside the model's envelope and the guard rejects them
     ├── InferenceError            the backend failed while running a request
     ├── OverloadError             the runtime cannot take or finish the request in time
     │   ├── QueueFull             the batching queue is full: retry later
@@ -76,6 +77,16 @@ class MetricError(ConfigError):
 
 class InputError(EdgeserveError, ValueError):
     """A request does not satisfy the model's input contract (names, dtypes, ranks, dimensions)."""
+
+
+class EnvelopeError(InputError):
+    """A request's values fall outside the model's envelope (NaN/inf, out of the reference range, unknown token
+    ids) and the model's guard policy rejects them. ``check`` and ``input`` name what failed."""
+
+    def __init__(self, message: str, *, check: str = "", input: str = "") -> None:
+        super().__init__(message)
+        self.check = check
+        self.input = input
 
 
 class InferenceError(EdgeserveError):

@@ -44,6 +44,9 @@ def _progress_printer() -> Callable[[str, int, int], None]:
               help="Calibration data: .npz with one array per input, or a folder of NAME.npy.")
 @click.option("--data", "eval_data", type=click.Path(exists=True, path_type=Path),
               help="Held-out evaluation data (.npz) for measuring fidelity and accuracy.")
+@click.option("--reference", type=click.Path(exists=True, path_type=Path),
+              help="Rows like those the model will serve (.npz): the reference the runtime's envelope and drift "
+                   "checks compare requests with (default: the calibration rows; prefer this when you have more).")
 @click.option("--labels", help="Name of the labels array inside --data, for task accuracy.")
 @click.option("--name", help="Model name recorded in the manifest (default: the file name).")
 @click.option("--version", "version", default="1", show_default=True, help="Version recorded in the manifest.")
@@ -73,7 +76,7 @@ def _progress_printer() -> Callable[[str, int, int], None]:
               "machine's). A quantiser that outgrows it is stopped; auto skips that candidate and says why.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
-            labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
+            reference: Path | None, labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
             metric_names: tuple[str, ...], min_values: tuple[float, ...], max_values: tuple[float, ...],
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
             time_budget: float, threads: int | None, backend: str | None, precision: str | None,
@@ -91,7 +94,7 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
     pkg = do_convert(
-        src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name,
+        src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
         version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
         accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
         allowed_domains=allow_domain, max_memory=max_memory,

@@ -35,7 +35,7 @@ from .autotune import Graphs, search
 from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
 from .memory import MemoryBudget, parse_size, work_rows
-from .prepare import fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
+from .prepare import embedding_inputs, fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
 from .quantize import Progress, quantize
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def convert(
     calibration: DataSource | None = None,
     eval_data: DataSource | None = None,
     labels: str | None = None,
+    reference: DataSource | None = None,
     name: str | None = None,
     version: str = "1",
     example_inputs: Any = None,
@@ -78,7 +79,9 @@ def convert(
     ``source`` is a path to an ONNX file, an ``onnx.ModelProto``, a ``torch.nn.Module`` (with
     ``example_inputs``; every input and output gets a dynamic batch axis 0 unless ``dynamic_axes`` says otherwise,
     in torch's ``{name: {axis: "dim_name"}}`` form) or a fitted scikit-learn estimator (with a few rows of X as ``example_inputs``).
-    ``calibration`` feeds static quantisation and the envelope statistics; ``eval_data`` (held out, with
+    ``calibration`` feeds static quantisation and, unless ``reference`` (rows like those the model will serve;
+    prefer it when you have more of them) is given, the reference statistics the runtime's envelope and drift
+    checks compare requests with; ``eval_data`` (held out, with
     an optional ``labels`` array) measures fidelity to the fp32 model; without it a held-out tail of the
     calibration data is used, and without either, seeded synthetic inputs.
 
@@ -110,7 +113,7 @@ def convert(
     if output.exists() and not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    options = Options(calibration=calibration, eval_data=eval_data, labels=labels,
+    options = Options(calibration=calibration, eval_data=eval_data, labels=labels, reference=reference,
                       name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
                       version=check_name(version, what="package version", error=ConfigError),
                       example_inputs=example_inputs, input_names=input_names, output_names=output_names, opset=opset,
@@ -150,6 +153,7 @@ class Options:
     calibration: DataSource | None
     eval_data: DataSource | None
     labels: str | None
+    reference: DataSource | None
     name: str
     version: str
     example_inputs: Any
@@ -186,6 +190,8 @@ class Conversion:
     out_specs: tuple[TensorSpec, ...] = ()
     calibration: Samples | None = None
     held_out: Samples | None = None
+    baseline: Samples | None = None
+    """The rows the reference statistics come from: ``reference=``, else all calibration rows, else held-out ones."""
     labels: np.ndarray | None = None
     ref_out: dict[str, np.ndarray] | None = None
     """The source model's answers on the held-out rows: what every result is judged against."""
@@ -198,6 +204,8 @@ class Conversion:
     fidelity: dict[str, Any] = field(default_factory=dict)
     golden_in: dict[str, np.ndarray] | None = None
     golden_out: dict[str, np.ndarray] | None = None
+    candidate: Any = None
+    """The verified result's session (open until the conversion ends)."""
     manifest: Manifest | None = None
 
     def open(self, path: Path, config: SessionConfig, label: str, backend: str = "onnxruntime") -> Any:
@@ -233,6 +241,10 @@ def read_data(c: Conversion) -> None:
     calibration = c.options.calibration
     cal = _samples(calibration, c.in_specs, "calibration data") if calibration is not None else None
     c.held_out, c.labels, c.fidelity_data = _held_out(c.options.eval_data, c.options.labels, cal, c.in_specs)
+    if c.options.reference is not None:
+        c.baseline = _samples(c.options.reference, c.in_specs, "reference data")
+    else:
+        c.baseline = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
     if cal is not None and c.options.eval_data is None and cal.rows >= 2:
         cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
     mode = c.qconfig.mode
@@ -330,6 +342,7 @@ def verify(c: Conversion) -> None:
     ref_out = c.ref_out
     cand_out = _run_all(candidate, c.held_out, c.out_specs)
     c.golden_in = _golden_inputs(c.held_out, c.in_specs, c.out_specs)
+    c.candidate = candidate
     if c.golden_in:
         c.golden_out = dict(zip([o.name for o in c.out_specs], candidate.run(c.golden_in)))
     fidelity = compare_outputs(cand_out, ref_out)
@@ -375,8 +388,6 @@ def write_package(c: Conversion) -> None:
     else:
         golden = {"count": 0, "skipped": "string tensors cannot be stored without pickles"}
     c.recipe["memory"] = c.memory.record()
-    cal = c.calibration
-    env_source = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
     o = c.options
     c.manifest = write_manifest(c.staging, Manifest(
         name=o.name,
@@ -388,7 +399,7 @@ def write_package(c: Conversion) -> None:
                                           "output_names": o.output_names}},
         recipe=c.recipe,
         fidelity=c.fidelity,
-        envelope=envelope(env_source.arrays, source="calibration" if env_source is cal else "evaluation") if env_source else {},
+        envelope=_reference_statistics(c),
         environment=environment(),
         golden=golden,
     ))
@@ -441,6 +452,18 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
         return cal.split(HOLDOUT_FRACTION)[1], None, "calibration hold-out"
     log.warning("no calibration or evaluation data given: fidelity is measured on synthetic inputs")
     return synthetic_samples(specs), None, "synthetic"
+
+
+def _reference_statistics(c: Conversion) -> dict[str, Any]:
+    """The envelope: statistics of the baseline rows, and of the converted model's answers on them."""
+    base = c.baseline
+    if base is None or not base.stacked:
+        return {}
+    source = "reference" if c.options.reference is not None else (
+        "calibration" if c.options.calibration is not None else "evaluation")
+    outputs = _run_all(c.candidate, base, c.out_specs) if c.candidate is not None else None
+    return envelope(base.arrays, source=source, outputs=outputs,
+                    vocabularies=embedding_inputs(c.staging / MODEL_FILE))
 
 
 def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

@@ -202,3 +202,33 @@ def finalize_model(src: Path, dst: Path) -> dict[str, Any]:
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=dst.name + ".data")
     return {"external_data": dst.name + ".data"}
+
+
+_PASS_THROUGH = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "DequantizeLinear"})
+
+
+def embedding_inputs(path: Path) -> dict[str, int]:
+    """Graph inputs that index an embedding table (a Gather on a 2-D initializer, through casts, reshapes and
+    dequantisation), with the table's row count: the ids the model can look up are ``0 .. rows - 1``."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {t.name: list(t.dims) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    inputs = {i.name for i in graph.input} - set(tables)
+
+    def origin(name: str) -> str:
+        seen = 0
+        while name in producer and producer[name].op_type in _PASS_THROUGH and seen < 16:
+            name, seen = producer[name].input[0], seen + 1
+        return name
+
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        dims = tables.get(origin(node.input[0]))
+        source = origin(node.input[1])
+        if dims is not None and len(dims) == 2 and source in inputs:
+            found[source] = min(found.get(source, dims[0]), int(dims[0]))
+    return found

@@ -1,4 +1,5 @@
-"""Envelope statistics: what the reference data looked like, per input, for skew and drift checks later."""
+"""Envelope statistics: what the reference data looked like, per input and output, for the skew and drift checks
+the runtime makes (:mod:`.checks`, :mod:`.drift`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from .reference import MAX_FEATURES, feature_reference, input_layout, output_layout, row_features, value_range
+
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 20
-MAX_FEATURES = 1024
-"""Per-feature statistics are kept for tabular inputs ([rows, features]) up to this many features."""
+MIN_DRIFT_ROWS = 100
+"""Fewer reference rows than this record no drift reference: quantiles of so few rows would raise false alarms."""
 
 
 def _stats(values: np.ndarray) -> dict[str, Any]:
@@ -34,9 +37,15 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def envelope(data: Mapping[str, np.ndarray], *, source: str) -> dict[str, Any]:
-    """Statistics per numeric input over all its values, and per feature for 2-D tabular inputs."""
+def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[str, np.ndarray] | None = None,
+             vocabularies: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Statistics per numeric input over all its values, per feature for 2-D tabular inputs, and what the guard
+    needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
+    sequences (``vocabularies``: inputs that index an embedding table, with its size); and for ``outputs`` (the
+    package's answers on the same rows) the distribution of confidence or norm."""
+    vocabularies = vocabularies or {}
     inputs: dict[str, Any] = {}
+    rows = next((int(np.asarray(v).shape[0]) for v in data.values() if np.asarray(v).ndim), 0)
     for name, values in data.items():
         arr = np.asarray(values)
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -44,6 +53,32 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str) -> dict[str, Any]:
         entry = _stats(arr.reshape(-1))
         if arr.ndim == 2 and 1 < arr.shape[1] <= MAX_FEATURES:
             entry["features"] = [_stats(arr[:, j]) for j in range(arr.shape[1])]
+        if arr.ndim >= 1 and arr.dtype != bool:
+            layout = input_layout(arr, vocabulary=vocabularies.get(name))
+            entry["layout"] = layout.to_dict()
+            entry["range"] = value_range(layout, arr)
+            if name in vocabularies:
+                entry["tokens"] = _tokens(arr, layout, vocabularies[name])
+            if len(arr) >= MIN_DRIFT_ROWS:
+                entry["drift"] = feature_reference(row_features(layout, arr))
         inputs[name] = entry
-    rows = next((int(np.asarray(v).shape[0]) for v in data.values() if np.asarray(v).ndim), 0)
-    return {"source": source, "rows": rows, "inputs": inputs}
+    out: dict[str, Any] = {"source": source, "rows": rows, "inputs": inputs}
+    if outputs:
+        out["outputs"] = {}
+        for name, values in outputs.items():
+            arr = np.asarray(values)
+            if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS:
+                continue
+            layout = output_layout(arr)
+            summary = row_features(layout, arr)
+            out["outputs"][name] = {"layout": layout.to_dict(), **_stats(summary.reshape(-1)),
+                                    "drift": feature_reference(summary)}
+    return out
+
+
+def _tokens(arr: np.ndarray, layout: Any, vocabulary: int) -> dict[str, Any]:
+    lengths = (arr != layout.pad).sum(axis=1)
+    ids, freq = np.unique(arr, return_counts=True)
+    order = np.argsort(-freq, kind="stable")[:20]
+    return {"vocabulary": int(vocabulary), "pad": layout.pad, "lengths": _stats(lengths),
+            "top": [[int(ids[i]), float(freq[i] / arr.size)] for i in order]}

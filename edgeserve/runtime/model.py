@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 
 from ..backends import Session, get_backend
-from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
+from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig
 from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
+from ..guard.checks import Envelope
 from ..guard.contract import InputContract
+from ..guard.monitor import DriftMonitor
+from ..guard.trigger import Trigger
 from ..modelfile import check_model_file, sha256_file, uses_external_data
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
@@ -43,7 +46,7 @@ class Model:
     def __init__(self, session: Session, *, name: str, version: str | None = None,
                  manifest: Manifest | None = None, path: Path | None = None,
                  batching: BatchConfig | None = None, cache: CacheConfig | ResponseCache | None = None,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, guard: GuardConfig | None = None) -> None:
         self.name = name
         self.version = version
         self.manifest = manifest
@@ -69,7 +72,20 @@ class Model:
             else:
                 log.info("model %s has no batch axis on every input and output: requests bypass the batcher", name)
         self.cache: ResponseCache | None = ResponseCache(cache) if isinstance(cache, CacheConfig) else cache
-        self._fast = self.batcher is None and self.cache is None
+        self.envelope: Envelope | None = None
+        self.monitor: DriftMonitor | None = None
+        self.guard = guard
+        if guard is not None:
+            reference = manifest.envelope if manifest else {}
+            envelope = Envelope(self.inputs, reference, guard)
+            self.envelope = envelope if envelope.active else None
+            if guard.drift and reference:
+                self.monitor = DriftMonitor.build(
+                    self.inputs, self.outputs, reference, guard,
+                    {"model": name, "version": version,
+                     "digest": manifest.digests.get(manifest.model_file) if manifest else None},
+                    Trigger(guard.trigger) if guard.trigger else None)
+        self._fast = self.batcher is None and self.cache is None and self.envelope is None and self.monitor is None
         self._inline_calls = 0
         self._inline_cost = float("inf")
         self._inline_rows = 0
@@ -86,9 +102,10 @@ class Model:
 
     def predict(self, inputs: Any = None, /, *, timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
         """Run the model. ``inputs`` is one array (single-input models) or a dict of name to array; returns
-        every output by name. Raises :class:`InputError` for data that breaks the contract, and with batching
-        :class:`QueueFull` or :class:`Timeout` (``timeout_ms`` overrides the batching deadline)."""
-        if self._fast:  # no batcher, no cache: the contract, then the engine, nothing else on the way
+        every output by name. Raises :class:`InputError` for data that breaks the contract (:class:`EnvelopeError`
+        for values the guard rejects), and with batching :class:`QueueFull` or :class:`Timeout` (``timeout_ms``
+        overrides the batching deadline)."""
+        if self._fast:  # no batcher, no cache, no guard: the contract, then the engine, nothing else on the way
             if self._closed:
                 raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
             feed = self._contract.feed(inputs, named)
@@ -98,15 +115,20 @@ class Model:
                 except Exception as exc:
                     raise self._session.failed(exc) from exc
             return dict(zip(self._output_names, self._run(feed, self._output_names)))
-        feed = self._checked(inputs, named)
+        return self.answer(inputs, named, timeout_ms=timeout_ms)[0]
+
+    def answer(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
+               timeout_ms: float | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """``predict``, and the envelope checks that warned (``("range:x",)``; empty when none did)."""
+        feed, flags = self._checked(inputs, named)
         key, hit = self._cached(feed)
         if hit is not None:
-            return hit
+            return self._watched(feed, hit), flags
         if self.batcher is not None:
             out = self.batcher.call(feed, timeout_ms)
         else:
             out = dict(zip(self._output_names, self._run(feed, self._output_names)))
-        return self._remember(key, out)
+        return self._watched(feed, self._remember(key, out)), flags
 
     async def predict_async(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
                             **named: Any) -> dict[str, np.ndarray]:
@@ -114,13 +136,18 @@ class Model:
         except for small requests to a model that answers them faster than a hand-off to a thread and back
         (``INLINE_S``, measured on its first calls), which the event loop runs itself, as a hand-written async
         server would."""
-        feed = self._checked(inputs, named)
+        return (await self.answer_async(inputs, named, timeout_ms=timeout_ms))[0]
+
+    async def answer_async(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
+                           timeout_ms: float | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """``predict_async``, and the envelope checks that warned."""
+        feed, flags = self._checked(inputs, named)
         key, hit = self._cached(feed)
         if hit is not None:
-            return hit
+            return self._watched(feed, hit), flags
         rows = _rows(feed, self.inputs)
         if self._inline(rows):
-            return self._remember(key, self._predict_now(feed, timeout_ms))
+            return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms))), flags
         if self._inline_calls < INLINE_PROBES:  # measured on a worker thread: a probe never blocks the loop
             import asyncio
 
@@ -128,7 +155,7 @@ class Model:
             self._inline_calls += 1
             if took < self._inline_cost:  # NOTE: the fastest of the first calls: a session's first run is slow
                 self._inline_cost, self._inline_rows = took, rows
-            return self._remember(key, out)
+            return self._watched(feed, self._remember(key, out)), flags
         if self.batcher is not None:
             out = await self.batcher.call_async(feed, timeout_ms)
         else:
@@ -136,20 +163,26 @@ class Model:
 
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
-        return self._remember(key, out)
+        return self._watched(feed, self._remember(key, out)), flags
 
     def predict_if_fast(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
                         **named: Any) -> dict[str, np.ndarray] | None:
         """``predict`` now, in the calling thread, if this model answers a request this size faster than a
         hand-off to a thread and back (what ``predict_async`` would run in the event loop); else None, and the
         caller awaits ``predict_async``. Lets an async server skip its per-request wait machinery."""
-        feed = self._checked(inputs, named)
+        done = self.answer_if_fast(inputs, named, timeout_ms=timeout_ms)
+        return None if done is None else done[0]
+
+    def answer_if_fast(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
+                       timeout_ms: float | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
+        """``predict_if_fast``, and the envelope checks that warned."""
+        feed, flags = self._checked(inputs, named)
         if not self._inline(_rows(feed, self.inputs)):
             return None
         key, hit = self._cached(feed)
         if hit is not None:
-            return hit
-        return self._remember(key, self._predict_now(feed, timeout_ms))
+            return self._watched(feed, hit), flags
+        return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms))), flags
 
     def _inline(self, rows: int) -> bool:
         return self._inline_calls >= INLINE_PROBES and self._inline_cost < INLINE_S and rows <= self._inline_rows
@@ -164,10 +197,17 @@ class Model:
         out = self._predict_now(feed, timeout_ms)
         return out, time.perf_counter() - started
 
-    def _checked(self, inputs: Any, named: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _checked(self, inputs: Any, named: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """The feed (contract checked) and the envelope checks that warned; raises for what the guard rejects."""
         if self._closed:
             raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
-        return self._contract.feed(inputs, named)
+        feed = self._contract.feed(inputs, named)
+        return feed, (self.envelope.check(feed) if self.envelope is not None else ())
+
+    def _watched(self, feed: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.monitor is not None:
+            self.monitor.observe(feed, out, _rows(feed, self.inputs))
+        return out
 
     def _cached(self, feed: dict[str, np.ndarray]) -> tuple[bytes | None, dict[str, np.ndarray] | None]:
         """(cache key, the caller's own copy of the cached outputs, or None); (None, None) without a cache."""
@@ -213,19 +253,20 @@ class Model:
 
 def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, golden: GoldenPolicy = "error",
          allowed_domains: Sequence[str] = (), batching: BatchConfig | None = None,
-         cache: CacheConfig | ResponseCache | None = None) -> Model:
+         cache: CacheConfig | ResponseCache | None = None, guard: GuardConfig | None = None) -> Model:
     """Load a package folder (verifying digests and golden samples) or a bare ``.onnx`` file.
 
     ``golden``: what to do when this machine's answers differ from those recorded at conversion
     (``"error"`` refuses the load, ``"warn"`` logs a warning, ``"off"`` skips the check).
-    ``batching`` turns on dynamic batching; ``cache`` a response cache (a config, or a cache shared with others).
+    ``batching`` turns on dynamic batching; ``cache`` a response cache (a config, or a cache shared with others);
+    ``guard`` the envelope checks and drift monitoring against the package's reference statistics.
     """
     config = config or SessionConfig()
     if golden not in ("error", "warn", "off"):
         raise ConfigError(f"golden must be 'error', 'warn' or 'off', got {golden!r}")
     path = Path(path)
     if path.is_dir():
-        return _load_package(path, config, golden, allowed_domains, batching, cache)
+        return _load_package(path, config, golden, allowed_domains, batching, cache, guard)
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     proto = check_model_file(path, allowed_domains=allowed_domains)  # checked before any engine
@@ -233,12 +274,13 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
     session = get_backend(backend_name).open(path, config, label=path.name, external_data=uses_external_data(proto))
     with _closing_on_error(session):
         digest = sha256_file(path) if cache is not None else None  # only a cache needs to know what computes
-        return Model(session, name=path.stem, path=path, batching=batching, cache=cache,
+        return Model(session, name=path.stem, path=path, batching=batching, cache=cache, guard=guard,
                      identity=identity_of(digest, backend_name, config.precision) if digest else None)
 
 
 def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, allowed_domains: Sequence[str],
-                  batching: BatchConfig | None, cache: CacheConfig | ResponseCache | None) -> Model:
+                  batching: BatchConfig | None, cache: CacheConfig | ResponseCache | None,
+                  guard: GuardConfig | None = None) -> Model:
     if not is_package(folder):
         raise PackageError(f"{folder} is not an edgeserve package (no edgeserve.json); convert a model first")
     manifest = read_manifest(folder)
@@ -254,11 +296,12 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
         if golden != "off" and manifest.golden.get("count", 0):
             _check_golden(model, folder, manifest, golden)
-        if batching is None and cache is None:
+        if batching is None and cache is None and guard is None:
             return model
-        # golden samples were checked on the bare model; the served one adds batching and caching on the same session
+        # golden samples were checked on the bare model; the served one adds batching, caching and the guard
         return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
-                     batching=batching, cache=cache, identity=identity_of(digest, backend_name, config.precision))
+                     batching=batching, cache=cache, guard=guard,
+                     identity=identity_of(digest, backend_name, config.precision))
 
 
 def identity_of(model_digest: str, backend: str, precision: str | None) -> str:

@@ -1,0 +1,131 @@
+"""The envelope checks every request passes before it runs: NaN/±inf in float inputs, values outside the
+reference range (by a margin), token ids outside the embedding table. Each check has a policy: ``reject`` (the
+request fails with :class:`EnvelopeError`, naming the input, the check, and where and what broke it), ``warn``
+(it runs, and the check's counter goes up), ``off``.
+
+Passing requests cost one fused comparison per input (``lo <= x <= hi`` is False for NaN too); only a request that
+fails it is looked at closely.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import GuardConfig
+from ..errors import EnvelopeError
+from ..tensors import TensorSpec
+
+SHOWN = 5
+"""Positions and values a rejection names at most."""
+
+
+@dataclass
+class _InputCheck:
+    name: str
+    lo: np.ndarray | None  # bounds shaped to broadcast against the input (rows on axis 0), margin included
+    hi: np.ndarray | None
+    shape: tuple[int, ...]  # the shape the bounds broadcast against: a live input of another size gets the
+    lo_all: np.ndarray | None  # whole tensor's bounds instead
+    hi_all: np.ndarray | None
+    finite: bool  # check NaN/inf
+    vocabulary: int | None
+
+
+class Envelope:
+    """The envelope of one model: built once from its manifest's reference statistics and its guard config."""
+
+    def __init__(self, specs: Sequence[TensorSpec], reference: Mapping[str, Any], config: GuardConfig) -> None:
+        self.config = config
+        self.warnings: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0}
+        self.rejections: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0}
+        self._lock = threading.Lock()
+        self._checks: list[_InputCheck] = []
+        stats = reference.get("inputs", {}) if reference else {}
+        for spec in specs:
+            floating = np.issubdtype(spec.np_dtype, np.floating) if spec.dtype != "str" else False
+            ref = stats.get(spec.name, {})
+            lo = hi = None
+            if config.range != "off" and ref.get("range") and spec.dtype != "str":
+                lo, hi = _bounds(ref, len(spec.shape), config.range_margin)
+            if floating and config.non_finite != "off" and lo is None:
+                big = np.finfo(spec.np_dtype).max
+                lo, hi = np.array(-big), np.array(big)  # still catches NaN and inf in one comparison
+            vocab = ref.get("tokens", {}).get("vocabulary") if config.vocabulary != "off" else None
+            if lo is not None or vocab is not None:
+                self._checks.append(_InputCheck(
+                    spec.name, lo, hi, lo.shape if lo is not None else (),
+                    None if lo is None else np.array(lo.min()), None if hi is None else np.array(hi.max()),
+                    floating and config.non_finite != "off", vocab))
+
+    @property
+    def active(self) -> bool:
+        """False when no input has anything to check."""
+        return bool(self._checks)
+
+    def check(self, feed: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+        """Raise :class:`EnvelopeError` for a check whose policy rejects; return the checks that warned."""
+        warned: tuple[str, ...] = ()
+        for c in self._checks:
+            x = feed.get(c.name)
+            if x is None:
+                continue
+            if c.vocabulary is not None:
+                if not ((x >= 0) & (x < c.vocabulary)).all():
+                    warned += self._failed("vocabulary", c.name, x, (x < 0) | (x >= c.vocabulary),
+                                           f"token ids outside the embedding table (0..{c.vocabulary - 1})")
+                continue
+            lo, hi = c.lo, c.hi
+            if lo.ndim and (x.ndim != lo.ndim or any(b != 1 and b != d for b, d in zip(lo.shape, x.shape))):
+                lo, hi = c.lo_all, c.hi_all  # a symbolic dimension sized unlike the reference's: whole-tensor bounds
+            if ((x >= lo) & (x <= hi)).all():
+                continue
+            if c.finite:
+                bad = ~np.isfinite(x)
+                if bad.any():
+                    warned += self._failed("non_finite", c.name, x, bad, "NaN or infinite values")
+            if self.config.range != "off":
+                with np.errstate(invalid="ignore"):
+                    outside = np.isfinite(x) & ((x < lo) | (x > hi))
+                if outside.any():
+                    warned += self._failed("range", c.name, x, outside,
+                                           f"values outside the reference range (margin {self.config.range_margin:g} "
+                                           "of each feature's span)")
+        return warned
+
+    def _failed(self, check: str, name: str, x: np.ndarray, bad: np.ndarray, what: str) -> tuple[str, ...]:
+        policy = getattr(self.config, check)
+        with self._lock:
+            (self.rejections if policy == "reject" else self.warnings)[check] += 1
+        if policy != "reject":
+            return (f"{check}:{name}",)
+        where = np.argwhere(bad)[:SHOWN]
+        shown = ", ".join(f"{list(map(int, p))} = {x[tuple(p)].item()!r}" for p in where)
+        count = int(bad.sum())
+        raise EnvelopeError(
+            f"input '{name}' fails the envelope check '{check}': {count} {what}, at {shown}"
+            f"{' …' if count > SHOWN else ''}. The model's guard rejects them; fix the data, or set the guard's "
+            f"{check} policy to 'warn' or 'off'", check=check, input=name)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"warnings": dict(self.warnings), "rejections": dict(self.rejections)}
+
+
+def _bounds(ref: Mapping[str, Any], rank: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.asarray(ref["range"]["min"], dtype=np.float64)
+    hi = np.asarray(ref["range"]["max"], dtype=np.float64)
+    span = hi - lo
+    whole = float(hi.max() - lo.min()) or 1.0
+    pad = margin * np.where(span > 0, span, whole)  # a constant feature gets the tensor's span as its room
+    lo, hi = lo - pad, hi + pad
+    axis = (ref.get("layout") or {}).get("axis")
+    if axis is not None and len(lo) > 1 and axis < rank:
+        shape = [1] * rank
+        shape[axis] = len(lo)
+        return lo.reshape(shape), hi.reshape(shape)
+    return np.array(lo.min()), np.array(hi.max())

@@ -1,0 +1,175 @@
+"""One model's drift monitor: gathers the rows it answers, folds them into the detectors (:mod:`.drift`) a chunk
+at a time, and turns alarms into drift *episodes* that fire the retraining trigger once each.
+
+An episode starts when any feature's score reaches 1 (its detector's threshold). The trigger fires when the
+score has stayed at or above ``exit_level`` for ``span`` requests since the onset; the episode ends (and the
+trigger re-arms) only after ``rearm`` requests in a row under ``exit_level``.
+
+Each request hands over its rows' features (a few floats per row: an image's channel means, not its pixels) with a
+deque append; whichever caller brings the pending rows to a chunk folds them in, while the others go on (a caller
+that finds the fold busy does not wait for it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import GuardConfig
+from ..tensors import TensorSpec
+from .drift import Cusum, describe_thresholds
+from .reference import Layout, row_features
+from .trigger import Trigger
+
+SHOWN = 10
+
+
+class DriftMonitor:
+    """Drift detection for one loaded model version; ``None`` from :meth:`build` when its package has no
+    reference statistics to compare with."""
+
+    def __init__(self, tensors: Sequence[tuple[str, str, Layout, int]], knots: list[list[float]], rows: int,
+                 config: GuardConfig, identity: Mapping[str, Any], trigger: Trigger | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.identity = dict(identity)
+        self._tensors = list(tensors)  # (side, name, layout, features)
+        self.labels = [f"{side}:{name}: {label}" for side, name, layout, n in tensors for label in layout.labels(n)]
+        self.detector = Cusum(knots, shift=config.shift, budget=config.false_alarm_requests, rows=rows)
+        self.trigger = trigger
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every episode event (onset, firing, end) on the folding thread."""
+        self._clock = clock
+        self._pending: deque[list[np.ndarray]] = deque()
+        self._pending_rows = 0
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+        self.rows = 0
+        """Rows folded in so far."""
+        self.alarms = 0
+        self.fired = 0
+        self.drifting = False
+        self._onset = 0
+        self._below = 0
+        self._has_fired = False
+        self._score = np.zeros(len(self.labels))
+
+    @classmethod
+    def build(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], reference: Mapping[str, Any],
+              config: GuardConfig, identity: Mapping[str, Any], trigger: Trigger | None = None) -> DriftMonitor | None:
+        tensors, knots = [], []
+        for side, specs, stats in (("input", inputs, reference.get("inputs", {})),
+                                   ("output", outputs, reference.get("outputs", {}))):
+            for spec in specs:
+                ref = stats.get(spec.name) or {}
+                if "drift" not in ref or "layout" not in ref or spec.batch_axis != 0:
+                    continue
+                layout = Layout.from_dict(ref["layout"])
+                tensors.append((side, spec.name, layout, len(ref["drift"]["knots"])))
+                knots.extend(ref["drift"]["knots"])
+        if not tensors:
+            return None
+        return cls(tensors, knots, int(reference.get("rows", 0)), config, identity, trigger)
+
+    # -- the hot path ---------------------------------------------------------------------------------------------
+    def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
+        """Take one answered request's features (``rows`` rows; copies, so the caller may reuse its arrays); fold
+        the pending ones in once a chunk is full."""
+        parts = [row_features(layout, (feed if side == "input" else outputs)[name], copy=True)
+                 for side, name, layout, _ in self._tensors]
+        self._pending.append(parts)
+        self._pending_rows += rows  # NOTE: a racy counter only decides when to fold; the fold counts exactly
+        if self._pending_rows >= self.config.chunk and self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
+
+    def flush(self) -> None:
+        """Fold in whatever is pending (reports call this)."""
+        with self._lock:
+            self._fold()
+
+    def _fold(self) -> None:
+        items = []
+        pending = self._pending
+        while pending:
+            items.append(pending.popleft())
+        self._pending_rows = 0
+        if not items:
+            return
+        columns = [np.concatenate(c) if len(items) > 1 else c[0] for c in zip(*items)]
+        self.update(columns[0] if len(columns) == 1 else np.hstack(columns))
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold ``[rows, features]`` values (in :attr:`labels` order) in and move the episode along."""
+        self.detector.update(x)
+        n = len(x)
+        self.rows += n
+        self._score = score = self.detector.score()
+        top = float(score.max())
+        exit_level = self.config.trigger.exit_level if self.config.trigger else 0.5
+        rearm = self.config.trigger.rearm if self.config.trigger else 1024
+        if not self.drifting:
+            if top >= 1.0:
+                self.drifting, self._onset, self._below, self._has_fired = True, self.rows, 0, False
+                self.alarms += 1
+                self._emit("drift", score)
+            return
+        if top >= exit_level:
+            self._below = 0
+            span = self.config.trigger.span if self.config.trigger else None
+            if span is not None and not self._has_fired and self.rows - self._onset >= span:
+                self._has_fired = True
+                self.fired += 1
+                event = self._emit("retrain", score)
+                if self.trigger is not None:
+                    self.trigger.fire(event)
+        else:
+            self._below += n
+            if self._below >= rearm:
+                self.drifting = False
+                self._emit("recovered", score)
+
+    def _emit(self, kind: str, score: np.ndarray) -> dict[str, Any]:
+        event = {"event": kind, **self.identity, "time": self._clock(),
+                 "window": {"onset_request": self._onset, "request": self.rows},
+                 "scores": self._top(score, SHOWN)}
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def _top(self, score: np.ndarray, count: int) -> dict[str, float]:
+        order = np.argsort(-score, kind="stable")[:count]
+        return {self.labels[i]: round(float(score[i]), 4) for i in order}
+
+    # -- reports --------------------------------------------------------------------------------------------------
+    def report(self, features: int = SHOWN) -> dict[str, Any]:
+        self.flush()
+        score = self._score
+        return {
+            **self.identity,
+            "drifting": self.drifting,
+            "score": round(float(score.max()), 4) if len(score) else 0.0,
+            "requests": self.rows,
+            "alarms": self.alarms,
+            "triggered": self.fired,
+            "onset_request": self._onset if self.drifting else None,
+            "features": len(self.labels),
+            "top": self._top(score, features),
+            "detector": {**describe_thresholds(self.detector), "shift_sd": self.config.shift,
+                         "false_alarm_budget": f"1 per {self.config.false_alarm_requests:g} requests",
+                         "detectors": 4 * len(self.labels)},
+            "trigger": None if self.trigger is None else {
+                "last": list(self.trigger.history)[-3:], "dropped": self.trigger.dropped},
+        }
+
+    def scores(self) -> dict[str, float]:
+        """Every feature's current score (1.0 = its alarm threshold)."""
+        self.flush()
+        return {label: float(s) for label, s in zip(self.labels, self._score)}

@@ -1,0 +1,171 @@
+"""Reference statistics: what the data a package was verified on looked like, in a form the runtime can compare
+live requests against without moving bins.
+
+Every tensor gets a *layout* that says what one row's features are:
+
+- ``tabular`` ``[rows, features]``: each column;
+- ``channels`` ``[rows, C, H, W]`` (or ``[rows, H, W, C]``): each channel's mean over the image;
+- ``series`` ``[rows, steps, features]`` (audio frames, recurrent inputs): each feature's mean over the steps;
+- ``tokens`` (integer ids that feed an embedding table): the sequence length (positions that are not padding)
+  and the share of tokens among the reference's most frequent ids;
+- ``flat`` (anything else): the row's mean and standard deviation;
+- for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
+  ``value`` (one number per row, e.g. a predicted label) or ``norm`` (the row's L2 norm).
+
+Per feature the reference keeps fixed quantile *knots* (``KNOTS`` levels from min to max): the drift detector maps a
+live value to its probability under the reference by interpolating between them (see :mod:`.drift`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_FEATURES = 1024
+"""Tabular and series inputs keep per-feature statistics up to this many features (else ``flat``)."""
+KNOTS = 129
+"""Quantile levels kept per feature (fewer for wide inputs, see :func:`knots_for`)."""
+TOP_TOKENS = 256
+"""How many of the most frequent token ids a sequence reference keeps."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one row's features are for a tensor (see the module docstring)."""
+
+    kind: str
+    axis: int | None = None
+    """The feature axis of the full tensor (rows on axis 0): columns, channels or series features."""
+    pad: int = 0
+    """tokens: the padding id (not counted in a sequence's length)."""
+    common: tuple[int, ...] = ()
+    """tokens: the reference's most frequent ids."""
+    probabilities: bool = False
+    """confidence: the output already holds probabilities (no softmax)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "axis": self.axis}
+        if self.kind == "tokens":
+            out.update(pad=self.pad, common=list(self.common))
+        if self.kind == "confidence":
+            out["probabilities"] = self.probabilities
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Layout:
+        return cls(kind=str(data["kind"]), axis=data.get("axis"), pad=int(data.get("pad", 0)),
+                   common=tuple(int(t) for t in data.get("common", ())),
+                   probabilities=bool(data.get("probabilities", False)))
+
+    def labels(self, count: int) -> list[str]:
+        """Names of the features :func:`row_features` returns, for reports."""
+        if self.kind == "tokens":
+            return ["length", "common-token share"]
+        if self.kind == "flat":
+            return ["mean", "std"]
+        if self.kind in ("confidence", "value", "norm"):
+            return [self.kind]
+        word = {"tabular": "feature", "channels": "channel", "series": "feature"}[self.kind]
+        return [f"{word} {i}" for i in range(count)]
+
+
+def input_layout(arr: np.ndarray, *, vocabulary: int | None = None) -> Layout:
+    """The layout of an input tensor, from reference rows (``arr``, rows on axis 0)."""
+    if vocabulary is not None and np.issubdtype(arr.dtype, np.integer) and arr.ndim == 2:
+        last = arr[:, -1]
+        values, counts = np.unique(last, return_counts=True)
+        pad = int(values[np.argmax(counts)]) if len(values) else 0
+        ids, freq = np.unique(arr, return_counts=True)
+        order = np.argsort(-freq, kind="stable")
+        common = tuple(int(t) for t in ids[order][:TOP_TOKENS] if t != pad)
+        return Layout("tokens", None, pad=pad, common=common)
+    if arr.ndim == 2 and 1 <= arr.shape[1] <= MAX_FEATURES:
+        return Layout("tabular", 1)
+    if arr.ndim == 4:
+        axis = 1 if arr.shape[1] <= arr.shape[3] else 3
+        if arr.shape[axis] <= MAX_FEATURES:
+            return Layout("channels", axis)
+    if arr.ndim == 3 and arr.shape[2] <= MAX_FEATURES:
+        return Layout("series", 2)
+    return Layout("flat")
+
+
+def output_layout(arr: np.ndarray) -> Layout:
+    """How an output's rows are summarised: confidence of class scores, the value itself, or a norm."""
+    if arr.ndim == 1:
+        return Layout("value")
+    if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
+        a = arr.astype(np.float64)
+        probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3))
+        return Layout("confidence", 1, probabilities=probs)
+    return Layout("norm")
+
+
+def row_features(layout: Layout, x: np.ndarray, *, copy: bool = False) -> np.ndarray:
+    """``[rows, features]`` float64: what the drift detector watches for one tensor (rows on axis 0); ``copy``
+    guarantees an array that does not share memory with ``x``."""
+    kind = layout.kind
+    if kind == "tabular":
+        return np.array(x, dtype=np.float64) if copy else x.astype(np.float64, copy=False)
+    if kind == "channels":
+        other = tuple(a for a in range(1, x.ndim) if a != layout.axis)
+        return x.mean(axis=other, dtype=np.float64)
+    if kind == "series":
+        return x.mean(axis=1, dtype=np.float64)
+    if kind == "tokens":
+        length = (x != layout.pad).sum(axis=1)
+        common = np.isin(x, layout.common).sum(axis=1) / np.maximum(length, 1)
+        return np.stack([length.astype(np.float64), common], axis=1)
+    if kind == "confidence":
+        a = x.astype(np.float64, copy=False)
+        if layout.probabilities:
+            return a.max(axis=1, keepdims=True)
+        top = a.max(axis=1, keepdims=True)
+        return 1.0 / np.exp(a - top).sum(axis=1, keepdims=True)  # softmax's top probability
+    if kind == "value":
+        return (np.array(x, dtype=np.float64) if copy else x.astype(np.float64, copy=False)).reshape(-1, 1)
+    flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
+    if kind == "norm":
+        return np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(-1, 1)
+    return np.stack([flat.mean(axis=1), flat.std(axis=1)], axis=1)
+
+
+def knots_for(features: int) -> int:
+    return KNOTS if features <= 256 else 33
+
+
+def feature_reference(values: np.ndarray) -> dict[str, Any]:
+    """Quantile knots (levels 0..1 evenly spaced, min and max included), mean and std per feature of
+    ``[rows, features]`` values; NaN and inf are left out."""
+    out: dict[str, Any] = {"knots": [], "mean": [], "std": []}
+    levels = np.linspace(0.0, 100.0, knots_for(values.shape[1]))
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        col = col[np.isfinite(col)]
+        if col.size == 0:
+            col = np.zeros(1)
+        out["knots"].append([_short(v) for v in np.percentile(col, levels)])
+        out["mean"].append(_short(col.mean()))
+        out["std"].append(_short(col.std()))
+    return out
+
+
+def value_range(layout: Layout, arr: np.ndarray) -> dict[str, Any] | None:
+    """Per-feature (or whole-tensor) min and max of the reference, for the envelope's range check."""
+    if not np.issubdtype(arr.dtype, np.number) or arr.size == 0 or layout.kind == "tokens":
+        return None
+    a = np.where(np.isfinite(arr), arr, np.nan) if np.issubdtype(arr.dtype, np.floating) else arr
+    if layout.axis is not None:
+        other = tuple(i for i in range(arr.ndim) if i != layout.axis)
+        lo, hi = np.nanmin(a, axis=other), np.nanmax(a, axis=other)
+    else:
+        lo, hi = np.atleast_1d(np.nanmin(a)), np.atleast_1d(np.nanmax(a))
+    return {"min": [float(v) for v in lo], "max": [float(v) for v in hi]}
+
+
+def _short(value: float) -> float:
+    """7 significant digits: float32's precision, and a manifest a third the size."""
+    return float(f"{float(value):.7g}")
