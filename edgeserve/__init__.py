@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from .config import BatchConfig as BatchConfig
 from .config import CacheConfig as CacheConfig
+from .config import GuardConfig as GuardConfig
 from .config import QuantizeConfig as QuantizeConfig
 from .config import SessionConfig as SessionConfig
+from .config import TriggerConfig as TriggerConfig
+from .errors import AuditError as AuditError
 from .errors import ClosedError as ClosedError
 from .errors import ConfigError as ConfigError
 from .errors import ConversionError as ConversionError
 from .errors import DataError as DataError
 from .errors import EdgeserveError as EdgeserveError
+from .errors import EnvelopeError as EnvelopeError
 from .errors import FidelityError as FidelityError
 from .errors import GoldenMismatchError as GoldenMismatchError
 from .errors import InferenceError as InferenceError
@@ -38,6 +42,7 @@ from .tensors import TensorSpec as TensorSpec
 
 if TYPE_CHECKING:
     from .converter.api import convert as convert
+    from .guard.audit import AuditLog as AuditLog
     from .metrics import Metric as Metric
     from .metrics import Target as Target
     from .metrics import metric as metric
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditError",
+    "AuditLog",
     "BatchConfig",
     "CacheConfig",
     "ClosedError",
@@ -57,8 +64,10 @@ __all__ = [
     "ConversionError",
     "DataError",
     "EdgeserveError",
+    "EnvelopeError",
     "FidelityError",
     "GoldenMismatchError",
+    "GuardConfig",
     "InferenceError",
     "InputError",
     "IntegrityError",
@@ -80,6 +89,7 @@ __all__ = [
     "Target",
     "TensorSpec",
     "Timeout",
+    "TriggerConfig",
     "convert",
     "load",
     "metric",
@@ -92,7 +102,8 @@ _LAZY = {"convert": ("edgeserve.converter.api", "convert"), "load": ("edgeserve.
          "Model": ("edgeserve.runtime.model", "Model"), "Runtime": ("edgeserve.runtime.runtime", "Runtime"),
          "Repository": ("edgeserve.runtime.repository", "Repository"),
          "metric": ("edgeserve.metrics", "metric"), "target": ("edgeserve.metrics", "target"),
-         "Metric": ("edgeserve.metrics", "Metric"), "Target": ("edgeserve.metrics", "Target")}
+         "Metric": ("edgeserve.metrics", "Metric"), "Target": ("edgeserve.metrics", "Target"),
+         "AuditLog": ("edgeserve.guard.audit", "AuditLog")}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ the backend seam ever sees a library's own exception type. No error here knows a
     │   └── Timeout               the request's deadline passed before it ran
     ├── RepositoryError           a model repository operation was refused (bad name, no such version …)
     │   └── ModelNotFound         no such model or version in the repository or runtime
+    ├── AuditError                the audit log cannot be opened, written or read
     └── ClosedError               the model or runtime was used after close()
 """
 
@@ -111,6 +112,10 @@ class RepositoryError(EdgeserveError, ValueError):
 
 class ModelNotFound(RepositoryError, LookupError):
     """No such model or version in the repository (or not loaded in the runtime)."""
+
+
+class AuditError(EdgeserveError):
+    """The audit log cannot be opened, written or read (a full disk, a read-only path, not an audit log)."""
 
 
 class ClosedError(EdgeserveError, RuntimeError):

@@ -35,7 +35,14 @@ from .autotune import Graphs, search
 from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
 from .memory import MemoryBudget, parse_size, work_rows
-from .prepare import embedding_inputs, fill_missing_types, finalize_model, optimize_fp32, preprocess_for_quantization, upgrade_opset
+from .prepare import (
+    embedding_inputs,
+    fill_missing_types,
+    finalize_model,
+    optimize_fp32,
+    preprocess_for_quantization,
+    upgrade_opset,
+)
 from .quantize import Progress, quantize
 
 log = logging.getLogger(__name__)

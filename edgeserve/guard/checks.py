@@ -80,8 +80,10 @@ class Envelope:
                                            f"token ids outside the embedding table (0..{c.vocabulary - 1})")
                 continue
             lo, hi = c.lo, c.hi
+            assert lo is not None and hi is not None
             if lo.ndim and (x.ndim != lo.ndim or any(b != 1 and b != d for b, d in zip(lo.shape, x.shape))):
                 lo, hi = c.lo_all, c.hi_all  # a symbolic dimension sized unlike the reference's: whole-tensor bounds
+                assert lo is not None and hi is not None
             if ((x >= lo) & (x <= hi)).all():
                 continue
             if c.finite:

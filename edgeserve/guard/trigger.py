@@ -68,14 +68,7 @@ class Trigger:
             event = self._queue.get()
             if event is None:
                 return
-            outcome = {}
-            c = self.config
-            if c.callback is not None:
-                outcome["callback"] = self._attempt(lambda: c.callback(event), retries=0)  # type: ignore[misc]
-            if c.command:
-                outcome["command"] = self._attempt(lambda: self._run_command(event), retries=c.retries)
-            if c.webhook:
-                outcome["webhook"] = self._attempt(lambda: self._post(event), retries=c.retries)
+            outcome = self._act(event)
             self.history.append({"event": event, "outcome": outcome})
             for listener in self.listeners:
                 try:
@@ -84,6 +77,18 @@ class Trigger:
                     log.exception("retraining trigger: a listener failed")
             if self._queue.empty():
                 self._idle.set()
+
+    def _act(self, event: dict[str, Any]) -> dict[str, str]:
+        outcome = {}
+        c = self.config
+        if c.callback is not None:
+            callback = c.callback
+            outcome["callback"] = self._attempt(lambda: callback(event), retries=0)
+        if c.command:
+            outcome["command"] = self._attempt(lambda: self._run_command(event), retries=c.retries)
+        if c.webhook:
+            outcome["webhook"] = self._attempt(lambda: self._post(event), retries=c.retries)
+        return outcome
 
     def _attempt(self, action: Callable[[], Any], retries: int) -> str:
         delay = 0.5

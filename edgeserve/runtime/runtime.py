@@ -11,16 +11,19 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..config import BatchConfig, CacheConfig, GoldenPolicy, SessionConfig
+from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig, TriggerConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
+from ..guard.audit import AuditLog, input_digest, output_summary
+from ..guard.envelope import MIN_DRIFT_ROWS
 from ..names import check_name, check_version
 from .cache import ResponseCache
 from .model import Model, load
@@ -28,7 +31,15 @@ from .repository import Repository
 
 log = logging.getLogger(__name__)
 SERVING_FILE = "serving.json"
-"""Optional per-model settings in ``<repo>/<name>/serving.json``: {"batching": {...}, "cache": {...}}."""
+"""Optional per-model settings in ``<repo>/<name>/serving.json``: {"batching": {...}, "cache": {...},
+"guard": {..., "trigger": {...}}} (each the fields of its config class; null turns the part off)."""
+DEFAULT_GUARD = GuardConfig()
+AUDIT_FILE = ".edgeserve/audit.sqlite3"
+"""Where a repository's audit log lives unless told otherwise (a dot-folder is never a model)."""
+
+
+def default_audit_path(root: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(root), AUDIT_FILE)
 
 
 @dataclass
@@ -65,7 +76,9 @@ class Runtime:
     """Serve the models of a repository in-process.
 
     ``batching`` and ``cache`` are defaults for every model (a model's ``serving.json`` overrides them);
-    ``models`` limits which models load (default: all). A model whose serving version does not load is reported
+    ``guard`` (on by default; None turns it off) the envelope checks and drift monitoring for every model;
+    ``audit`` an :class:`AuditLog` (or the path of one to open) that every answer and management action is
+    written to. ``models`` limits which models load (default: all). A model whose serving version does not load is reported
     (``models()[name]["error"]``, and a warning) and skipped; the others serve. Versions asked for explicitly are
     loaded on demand and kept, at most ``max_on_demand`` per model, least recently used closed first. The runtime
     is a context manager; ``close()`` drains.
@@ -73,7 +86,8 @@ class Runtime:
 
     def __init__(self, repository: str | os.PathLike[str] | Repository, *, models: Sequence[str] | None = None,
                  config: SessionConfig | None = None, batching: BatchConfig | None = None,
-                 cache: CacheConfig | None = None, golden: GoldenPolicy = "error", max_on_demand: int = 2) -> None:
+                 cache: CacheConfig | None = None, golden: GoldenPolicy = "error", max_on_demand: int = 2,
+                 guard: GuardConfig | None = DEFAULT_GUARD, audit: AuditLog | str | os.PathLike[str] | None = None) -> None:
         if max_on_demand < 0:
             raise ConfigError(f"max_on_demand must be 0 or more, got {max_on_demand}")
         self.repository = repository if isinstance(repository, Repository) else Repository(repository)
@@ -82,9 +96,13 @@ class Runtime:
         self._cache_config = cache
         self._golden = golden
         self._max_on_demand = max_on_demand
+        self._guard = guard
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._owns_audit = audit is not None and not isinstance(audit, AuditLog)
+        self.audit: AuditLog | None = audit if isinstance(audit, AuditLog) or audit is None else AuditLog(audit)
+        """The audit log every answer and management action is written to (None: no audit)."""
         available = self.repository.names()
         if models is not None:
             unknown = [n for n in models if check_name(n) not in available]
@@ -105,17 +123,85 @@ class Runtime:
 
     # -- serving -----------------------------------------------------------------------------------------------------
     def predict(self, name: str, inputs: Any = None, /, *, version: int | str | None = None,
-                timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
+                timeout_ms: float | None = None, request_id: str | None = None, caller: str | None = None,
+                **named: Any) -> dict[str, np.ndarray]:
+        """Run ``name`` (its serving version, or ``version``). With an audit log, the answer returns once its
+        record (``request_id``, ``caller``: who asked) is committed."""
         loaded = self._acquire(name, version)  # NOTE: no context manager here: this is every request's path
         try:
-            return loaded.model.predict(inputs, timeout_ms=timeout_ms, **named)
+            if self.audit is None:
+                return loaded.model.predict(inputs, timeout_ms=timeout_ms, **named)
+            started = time.perf_counter()
+            try:
+                out, flags = loaded.model.answer(inputs, named, timeout_ms=timeout_ms)
+            except EdgeserveError as exc:
+                self.audit.wait(self.record(loaded.model, loaded.version, inputs, named, None, started,
+                                            request_id=request_id, caller=caller, outcome=type(exc).__name__))
+                raise
+            self.audit.wait(self.record(loaded.model, loaded.version, inputs, named, out, started, flags,
+                                        request_id=request_id, caller=caller))
+            return out
         finally:
             self._release(loaded)
 
     async def predict_async(self, name: str, inputs: Any = None, /, *, version: int | str | None = None,
-                            timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
-        with self._use(name, version) as model:
-            return await model.predict_async(inputs, timeout_ms=timeout_ms, **named)
+                            timeout_ms: float | None = None, request_id: str | None = None,
+                            caller: str | None = None, **named: Any) -> dict[str, np.ndarray]:
+        with self.using(name, version) as (model, number):
+            if self.audit is None:
+                return await model.predict_async(inputs, timeout_ms=timeout_ms, **named)
+            started = time.perf_counter()
+            try:
+                out, flags = await model.answer_async(inputs, named, timeout_ms=timeout_ms)
+            except EdgeserveError as exc:
+                await self.audit.wait_async(self.record(model, number, inputs, named, None, started,
+                                                        request_id=request_id, caller=caller,
+                                                        outcome=type(exc).__name__))
+                raise
+            await self.audit.wait_async(self.record(model, number, inputs, named, out, started, flags,
+                                                    request_id=request_id, caller=caller))
+            return out
+
+    def record(self, model: Model, version: int, inputs: Any, named: Mapping[str, Any] | None,
+               outputs: Mapping[str, np.ndarray] | None, started: float, flags: tuple[str, ...] = (), *,
+               request_id: str | None = None, caller: str | None = None, outcome: str = "ok") -> int:
+        """Queue the audit record of one answered (or refused) request; the ticket to wait on (0 without a log)."""
+        audit = self.audit
+        if audit is None:
+            return 0
+        feed = _as_feed(model, inputs, named)
+        if model.monitor is not None and model.monitor.drifting:
+            flags = (*flags, "drift")
+        return audit.record(
+            request_id=request_id or audit.new_request_id(), model=model.name, version=version,
+            digest=model.manifest.digests.get(model.manifest.model_file) if model.manifest else model.identity,
+            input_digest=input_digest(feed) if feed else None,
+            output=output_summary(outputs) if outputs is not None else None,
+            latency_s=time.perf_counter() - started, caller=caller, outcome=outcome, flags=",".join(flags))
+
+    def _action(self, action: str, name: str | None, version: Any = None, *, outcome: str = "ok",
+                caller: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+        if self.audit is None:
+            return
+        digest = None
+        if name is not None and version is not None:
+            slot = self._slots.get(name)
+            found = next((x for x in slot.loaded() if x.version == version), None) if slot else None
+            if found is not None and found.model.manifest is not None:
+                digest = found.model.manifest.digests.get(found.model.manifest.model_file)
+        self.audit.action(action=action, model=name, version=version, digest=digest, caller=caller,
+                          outcome=outcome, detail=detail)
+
+    def drift(self, name: str) -> dict[str, Any]:
+        """The drift state of ``name``'s serving version: score (1.0 = alarm), the features furthest off, the
+        episode and the trigger's last firings; ``{"enabled": False, "why": ...}`` where there is no monitor."""
+        with self._use(name, None) as model:
+            if model.monitor is None:
+                why = ("the guard is off" if model.guard is None or not model.guard.drift
+                       else "the package has no reference statistics (convert it with calibration or reference data "
+                            f"of at least {MIN_DRIFT_ROWS} rows)")
+                return {"model": name, "enabled": False, "why": why}
+            return {"enabled": True, **model.monitor.report()}
 
     @contextmanager
     def using(self, name: str, version: int | str | None = None) -> Iterator[tuple[Model, int]]:
@@ -153,6 +239,10 @@ class Runtime:
                 info["batching"] = (dict(m.batcher.stats, queued=m.batcher.queued, alive=m.batcher.alive,
                                          timings=m.batcher.timings()) if m.batcher else None)
                 info["cache"] = m.cache.stats() if m.cache is not None else None
+                info["envelope"] = m.envelope.stats() if m.envelope is not None else None
+                info["drift"] = ({"drifting": m.monitor.drifting, "alarms": m.monitor.alarms,
+                                  "triggered": m.monitor.fired, "requests": m.monitor.rows}
+                                 if m.monitor is not None else None)
             out[name] = info
         return out
 
@@ -255,13 +345,19 @@ class Runtime:
                 return version
             with self._lock:
                 promoted = slot.on_demand.pop(version, None)
-            fresh = promoted or _Loaded(self._load(name, slot, version), version)
+            try:
+                fresh = promoted or _Loaded(self._load(name, slot, version), version)
+            except EdgeserveError as exc:
+                self._action("reload", name, version, outcome=f"failed: {first_line(exc, 300)}",
+                             detail={"serving": slot.current.version if slot.current else None})
+                raise
             with self._lock:
                 old, slot.current = slot.current, fresh
                 slot.error = None
             if old is not None:
                 self._retire(slot, old)
             log.info("model %s: serving version %s%s", name, version, f" (was {old.version})" if old else "")
+            self._action("reload", name, version, detail={"was": old.version if old else None})
             return version
 
     def rollback(self, name: str) -> int:
@@ -270,11 +366,13 @@ class Runtime:
         target = self.repository.rollback(name)
         try:
             version = self.reload(name)
-        except BaseException:
+        except BaseException as exc:
             # the older version does not load: point the repository back at what still serves
             self.repository.point(name, state.current, pinned=state.pinned)
+            self._action("rollback", name, target, outcome=f"failed: {first_line(exc, 300)}")
             raise
         log.info("model %s: rolled back from %s to %s", name, state.current, target)
+        self._action("rollback", name, version, detail={"from": state.current})
         return version
 
     def unload(self, name: str) -> None:
@@ -284,6 +382,7 @@ class Runtime:
             raise ModelNotFound(f"model '{name}' is not loaded")
         for loaded in slot.loaded():
             self._retire(slot, loaded)
+        self._action("unload", name, detail={"versions": [x.version for x in slot.loaded()]})
 
     def _retire(self, slot: _Slot, loaded: _Loaded) -> None:
         """Stop handing ``loaded`` out; close it once its last user lets go; drop its cached answers unless a
@@ -300,16 +399,33 @@ class Runtime:
             loaded.model.batcher.hurry()  # no more company is coming: run what waits now
 
     def _load(self, name: str, slot: _Slot, version: int) -> Model:
-        batching, cache_config = self._settings(name)
+        batching, cache_config, guard = self._settings(name)
         if cache_config is None:
             slot.cache = None
         elif slot.cache is None or slot.cache.config != cache_config:
             slot.cache = ResponseCache(cache_config)  # one cache for every version of the model
-        return load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
-                    batching=batching, cache=slot.cache)
+        model = load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
+                     batching=batching, cache=slot.cache, guard=guard)
+        if self.audit is not None and model.monitor is not None:
+            audit, number = self.audit, version
 
-    def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None]:
-        batching, cache = self._batching, self._cache_config
+            def drift_event(event: dict[str, Any]) -> None:  # drift onsets, firings and ends are audit records
+                audit.record(request_id=None, model=name, version=number, digest=event.get("digest"),
+                             input_digest=None, output=None, latency_s=0.0, caller="edgeserve", kind="action",
+                             outcome="ok", flags=event["event"], detail=json.dumps(event, default=str))
+
+            def trigger_done(event: dict[str, Any], outcome: dict[str, str]) -> None:
+                audit.action(action="trigger", model=name, version=number, digest=event.get("digest"),
+                             caller="edgeserve", outcome="; ".join(f"{k}: {v}" for k, v in outcome.items()) or "none",
+                             detail={"window": event.get("window"), "scores": event.get("scores")})
+
+            model.monitor.listeners.append(drift_event)
+            if model.monitor.trigger is not None:
+                model.monitor.trigger.listeners.append(trigger_done)
+        return model
+
+    def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None, GuardConfig | None]:
+        batching, cache, guard = self._batching, self._cache_config, self._guard
         path = self.repository.model_dir(name) / SERVING_FILE
         if path.exists():
             try:
@@ -320,11 +436,13 @@ class Runtime:
                     batching = BatchConfig(**data["batching"]) if data["batching"] is not None else None
                 if "cache" in data:
                     cache = CacheConfig(**data["cache"]) if data["cache"] is not None else None
+                if "guard" in data:
+                    guard = _guard_config(data["guard"], guard) if data["guard"] is not None else None
             except (OSError, ValueError, TypeError) as exc:
                 if isinstance(exc, ConfigError):
                     raise RepositoryError(f"{path}: {exc}") from None
                 raise RepositoryError(f"{path}: invalid serving settings ({exc})") from None
-        return batching, cache
+        return batching, cache, guard
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self, timeout: float | None = 30.0) -> None:
@@ -336,6 +454,8 @@ class Runtime:
             loaded = [x for slot in self._slots.values() for x in slot.loaded()]
         for item in loaded:
             item.model.close(timeout)
+        if self.audit is not None and self._owns_audit:
+            self.audit.close()
 
     @property
     def closed(self) -> bool:
@@ -351,3 +471,28 @@ class Runtime:
         served = ", ".join(f"{n}@{s.current.version}" for n, s in self._slots.items() if s.current)
         return f"<Runtime {self.repository.root} [{served}]{' closed' if self._closed else ''}>"
 
+
+def _guard_config(data: Any, base: GuardConfig | None) -> GuardConfig:
+    """A model's guard settings from serving.json, over the runtime's (a trigger's callback cannot come from JSON)."""
+    if not isinstance(data, dict):
+        raise ValueError("guard: expected a JSON object")
+    fields = dict(data)
+    trigger = fields.pop("trigger", None)
+    if trigger is not None:
+        if not isinstance(trigger, dict) or "callback" in trigger:
+            raise ValueError("guard.trigger: expected an object with span, rearm, exit_level, command, webhook, "
+                             "timeout_s, retries")
+        fields["trigger"] = TriggerConfig(**trigger)
+    return replace(base or GuardConfig(), **fields)
+
+
+def _as_feed(model: Model, inputs: Any, named: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    """What a caller passed, by input name (for the audit record's input digest)."""
+    feed: dict[str, Any] = {}
+    if isinstance(inputs, Mapping):
+        feed.update(inputs)
+    elif inputs is not None and model.inputs:
+        feed[model.inputs[0].name] = inputs
+    if named:
+        feed.update(named)
+    return {k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in feed.items()}

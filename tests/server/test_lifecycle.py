@@ -67,14 +67,14 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_repo: Path, tmp_p
                 return False
 
         _wait_until(up, "the server never became ready")
-        body, headers = _infer_body(8192)
+        body, headers = _infer_body(32768)
         with ThreadPoolExecutor(4) as pool:
             inflight = [pool.submit(call, hp, "POST", "/v2/models/wide/infer", body, headers) for _ in range(4)]
             _wait_until(lambda: _inflight(hp) >= 4, "the requests were never all in flight")
             proc.send_signal(signal.SIGTERM)
             replies = [f.result(60) for f in inflight]
         assert [r.status for r in replies] == [200] * 4  # every request in flight when SIGTERM came was answered
-        assert all(r.json()["outputs"][0]["shape"] == [8192, 8] for r in replies)
+        assert all(r.json()["outputs"][0]["shape"] == [32768, 8] for r in replies)
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
@@ -120,7 +120,7 @@ def test_a_full_queue_is_a_fast_503_with_retry_after(slow_repo: Path) -> None:
     running = start(slow_repo, ServeConfig(port=0, grpc_port=0),
                     batching=edgeserve.BatchConfig(max_queue=1, max_batch_size=1, adaptive=False))
     try:
-        body, headers = _infer_body(8192)
+        body, headers = _infer_body(32768)
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda _: call(running.host_port, "POST", "/v2/models/wide/infer", body, headers),
                                     range(8)))

@@ -1,0 +1,434 @@
+"""The audit log: one hash-chained row per answered request and per management action, in SQLite (WAL).
+
+Each row carries the hash of the row before it (``prev``) and its own (``hash`` = sha256 over ``prev`` and the row's
+fields), and the ``head`` table holds the last row's sequence number and hash, written in the same transaction:
+:func:`verify` finds any edited, deleted, inserted or reordered row, and a truncated tail. (Someone who can write
+the file can rebuild the whole chain; export :func:`head` elsewhere now and then to pin it.)
+
+Writes go through one writer thread. Prediction records are *group-committed*: whatever queued while the last
+transaction committed goes into the next one. In ``durability="ack"`` (the default) a caller is answered only
+after its record is committed (:meth:`AuditLog.wait`); WAL with ``synchronous=NORMAL`` makes a committed
+transaction survive the process being killed (``sync="full"`` also survives power loss, at an fsync per
+commit). ``durability="bounded"`` answers at once and queues at most ``max_queue`` records; what does not fit is
+dropped, and the number dropped is itself written to the log. Management actions always commit before
+:meth:`AuditLog.action` returns.
+
+Retention (:meth:`AuditLog.prune`) deletes the oldest rows and appends a ``checkpoint`` row carrying the hash of
+the last row it deleted, so the chain still verifies from where it now starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AuditError, ConfigError
+
+GENESIS = "0" * 64
+FIELDS = ("seq", "time", "kind", "request_id", "model", "version", "digest", "input_digest", "output", "latency_us",
+          "caller", "outcome", "flags", "detail", "prev", "hash")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, request_id TEXT, model TEXT, version TEXT,
+    digest TEXT, input_digest TEXT, output TEXT, latency_us INTEGER, caller TEXT, outcome TEXT, flags TEXT,
+    detail TEXT, prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS records_model_time ON records (model, time);
+CREATE INDEX IF NOT EXISTS records_request ON records (request_id);
+CREATE TABLE IF NOT EXISTS head (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+"""
+MAX_GROUP = 8192
+"""Records per transaction at most."""
+WINDOW_S = 0.001
+"""How long the writer lets records gather after the first arrives (unless ``GATHER`` are queued already): a
+group of many records costs one commit, where one per record would bound throughput by the commit rate."""
+GATHER = 256
+
+
+def _digest(row: tuple[Any, ...], prev: str) -> str:
+    """sha256 of the previous hash and the row's ``repr`` (str, int, float and None round-trip through SQLite
+    unchanged, and a float's repr is exact)."""
+    return hashlib.sha256(f"{prev}{row!r}".encode()).hexdigest()
+
+
+def input_digest(feed: Mapping[str, np.ndarray]) -> str:
+    """blake2b-128 over each input's name, dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(feed):
+        a = feed[name]
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).data if a.dtype != object else repr(a.tolist()).encode())
+    return h.hexdigest()
+
+
+def output_summary(outputs: Mapping[str, np.ndarray], rows_shown: int = 8) -> str:
+    """Per output: shape, digest, and for class scores of a few rows, each row's top class and score."""
+    out = {}
+    for name, a in outputs.items():
+        entry: dict[str, Any] = {"shape": list(a.shape)}
+        if a.dtype != object:
+            entry["digest"] = hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=8).hexdigest()
+            if a.ndim == 2 and 1 < a.shape[1] and len(a) <= rows_shown and np.issubdtype(a.dtype, np.number):
+                top = a.argmax(axis=1)
+                entry["top"] = [[int(t), float(a[i, t])] for i, t in enumerate(top)]
+            elif a.ndim == 1 and len(a) <= rows_shown:
+                entry["values"] = a.tolist()
+        out[name] = entry
+    return json.dumps(out, separators=(",", ":"))
+
+
+@dataclass
+class _Waiters:
+    """Async callers waiting for a commit: (ticket, loop, future)."""
+
+    items: list[tuple[int, Any, Any]] = field(default_factory=list)
+
+
+class AuditLog:
+    """An append-only, hash-chained audit log at ``path`` (a SQLite file, created if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "ack", sync: str = "normal",
+                 max_queue: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        if durability not in ("ack", "bounded"):
+            raise ConfigError(f"audit durability must be 'ack' or 'bounded', got {durability!r}")
+        if sync not in ("normal", "full"):
+            raise ConfigError(f"audit sync must be 'normal' or 'full', got {sync!r}")
+        self.path = Path(path)
+        self.durability = durability
+        self.max_queue = max_queue
+        self._clock = clock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+            self._db.executescript(_SCHEMA)
+            last = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc}; give a writable path") from None
+        self._seq, self._hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        self._queue: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self._jobs: deque[tuple[Callable[[], Any], threading.Event, list[Any]]] = deque()
+        self._tickets = itertools.count(1)
+        self._last = 0
+        self._append_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._committed = 0
+        self._waiters = _Waiters()
+        self._wake = threading.Event()
+        self._closed = False
+        self.dropped = 0
+        self._dropped_written = 0
+        self.written = 0
+        self._ids = f"{uuid.uuid4().hex[:12]}-"
+        self._id_count = itertools.count(1)
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._writer, name="edgeserve-audit", daemon=True)
+        self._thread.start()
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        return f"{self._ids}{next(self._id_count)}"
+
+    def record(self, *, request_id: str | None, model: str, version: Any, digest: str | None,
+               input_digest: str | None, output: str | None, latency_s: float, caller: str | None, outcome: str,
+               flags: str = "", kind: str = "predict", detail: str | None = None) -> int:
+        """Queue a prediction record; returns the ticket :meth:`wait` takes (0 when it was dropped)."""
+        if self._closed:
+            raise AuditError("the audit log is closed")
+        row = (self._clock(), kind, request_id, model, None if version is None else str(version), digest,
+               input_digest, output, int(latency_s * 1e6), caller, outcome, flags, detail)
+        if self.durability == "bounded" and len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            return 0
+        with self._append_lock:  # ticket order is queue order
+            ticket = self._last = next(self._tickets)
+            self._queue.append((ticket, row))
+        if not self._wake.is_set():
+            self._wake.set()
+        return ticket
+
+    def wait(self, ticket: int, timeout: float | None = 30.0) -> None:
+        """Block until the record with ``ticket`` is committed (at once in bounded mode)."""
+        if ticket == 0 or self.durability == "bounded" or self._committed >= ticket:
+            return
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._committed < ticket:
+                if self._error is not None:
+                    raise AuditError(f"the audit log {self.path} cannot be written: {self._error}")
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise AuditError(f"the audit log {self.path} did not commit within {timeout} s")
+                self._cond.wait(left)
+
+    async def wait_async(self, ticket: int) -> None:
+        """:meth:`wait` for asyncio: no thread is parked."""
+        if ticket == 0 or self.durability == "bounded" or self._committed >= ticket:
+            return
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            if self._committed >= ticket:
+                return
+            self._waiters.items.append((ticket, loop, future))
+        await future
+
+    def action(self, *, action: str, model: str | None = None, version: Any = None, digest: str | None = None,
+               caller: str | None = None, outcome: str = "ok", detail: Mapping[str, Any] | None = None) -> None:
+        """Record a management action (publish, reload, rollback, load, unload, doctor, trigger…) and wait for
+        its commit, whatever the durability mode."""
+        ticket = self._enqueue_sync(action, model, version, digest, caller, outcome, detail)
+        with self._cond:
+            while self._committed < ticket:
+                if self._error is not None:
+                    raise AuditError(f"the audit log {self.path} cannot be written: {self._error}")
+                self._cond.wait(1.0)
+
+    def _enqueue_sync(self, action: str, model: str | None, version: Any, digest: str | None, caller: str | None,
+                      outcome: str, detail: Mapping[str, Any] | None) -> int:
+        row = (self._clock(), "action", None, model, None if version is None else str(version), digest, None, None,
+               None, caller, outcome, action, json.dumps(detail, sort_keys=True, default=str) if detail else None)
+        with self._append_lock:
+            ticket = self._last = next(self._tickets)
+            self._queue.append((ticket, row))
+        self._wake.set()
+        return ticket
+
+    def _writer(self) -> None:
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._jobs:
+                job, done, result = self._jobs.popleft()
+                try:
+                    result.append(job())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    result.append(exc)
+                done.set()
+            if not self._queue and self.dropped == self._dropped_written:
+                if self._closed:
+                    return
+                continue
+            if len(self._queue) < GATHER and not self._closed:
+                time.sleep(WINDOW_S)
+            group: list[tuple[int, tuple[Any, ...]]] = []
+            queue = self._queue
+            while queue and len(group) < MAX_GROUP:
+                group.append(queue.popleft())
+            if self.dropped != self._dropped_written:
+                lost = self.dropped - self._dropped_written
+                self._dropped_written = self.dropped
+                group.append((0, (self._clock(), "dropped", None, None, None, None, None, None, None, None, "ok",
+                                  "", json.dumps({"dropped": lost, "total": self.dropped}))))
+            try:
+                self._commit([row for _, row in group])
+            except sqlite3.Error as exc:
+                with self._cond:
+                    self._error = str(exc)
+                    self._cond.notify_all()
+                return
+            last = max(t for t, _ in group)
+            with self._cond:
+                if last > self._committed:
+                    self._committed = last
+                self._cond.notify_all()
+                ready = [w for w in self._waiters.items if w[0] <= self._committed]
+                if ready:
+                    self._waiters.items = [w for w in self._waiters.items if w[0] > self._committed]
+            for _, loop, future in ready:
+                loop.call_soon_threadsafe(_resolve, future)
+            if queue:
+                self._wake.set()
+
+    def _commit(self, rows: list[tuple[Any, ...]]) -> None:
+        seq, prev = self._seq, self._hash
+        chained = []
+        for row in rows:
+            seq += 1
+            full = (seq, *row)
+            digest = _digest(full, prev)
+            chained.append((*full, prev, digest))
+            prev = digest
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(f"INSERT INTO records ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
+                           chained)
+            db.execute("INSERT OR REPLACE INTO head (one, seq, hash) VALUES (1, ?, ?)", (seq, prev))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._seq, self._hash = seq, prev
+        self.written += len(rows)
+
+    def _run(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the writer thread (between transactions) and return what it returned."""
+        done, result = threading.Event(), []  # type: ignore[var-annotated]
+        self._jobs.append((job, done, result))
+        self._wake.set()
+        done.wait()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+    # -- retention ------------------------------------------------------------------------------------------------
+    def prune(self, *, older_than_s: float | None = None, keep_rows: int | None = None) -> int:
+        """Delete the oldest rows (older than ``older_than_s`` seconds, or all but the newest ``keep_rows``) and
+        append a checkpoint row with the hash of the last one deleted; returns how many were deleted."""
+        self.flush()
+
+        def job() -> int:
+            db = self._db
+            cut = 0
+            if older_than_s is not None:
+                row = db.execute("SELECT MAX(seq) FROM records WHERE time < ?", (self._clock() - older_than_s,)).fetchone()
+                cut = max(cut, int(row[0] or 0))
+            if keep_rows is not None:
+                cut = max(cut, self._seq - keep_rows)
+            first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+            if not cut or first is None or cut < first:
+                return 0
+            last_hash = db.execute("SELECT hash FROM records WHERE seq = ?", (cut,)).fetchone()[0]
+            db.execute("BEGIN IMMEDIATE")
+            count = db.execute("DELETE FROM records WHERE seq <= ?", (cut,)).rowcount
+            db.execute("COMMIT")
+            detail = json.dumps({"pruned_through": cut, "pruned_hash": last_hash, "count": count})
+            self._commit([(self._clock(), "checkpoint", None, None, None, None, None, None, None, None, "ok", "",
+                           detail)])
+            return int(count)
+
+        return int(self._run(job))
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait until everything queued so far is committed."""
+        with self._append_lock:
+            ticket = self._last
+        self._wake.set()
+        with self._cond:
+            self._cond.wait_for(lambda: self._committed >= ticket or self._error is not None, timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        self._thread.join(10)
+        self._db.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _resolve(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# -- reading --------------------------------------------------------------------------------------------------------
+def _open_read(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    p = Path(path)
+    if not p.is_file():
+        raise AuditError(f"no audit log at {p}")
+    try:
+        return sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot read the audit log {p}: {exc}") from None
+
+
+def query(path: str | os.PathLike[str], *, model: str | None = None, since: float | None = None,
+          request_id: str | None = None, kind: str | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Rows as dicts, oldest first, filtered by model, time (epoch seconds), request id or kind."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("model", model), ("request_id", request_id), ("kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("time >= ?")
+        args.append(since)
+    sql = f"SELECT {', '.join(FIELDS)} FROM records" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    db = _open_read(path)
+    try:
+        for row in db.execute(sql, args):
+            yield dict(zip(FIELDS, row))
+    finally:
+        db.close()
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    rows: int
+    problems: list[str]
+    head: tuple[int, str] | None
+
+
+def verify(path: str | os.PathLike[str], *, limit: int = 20) -> Verdict:
+    """Walk the chain: every row's hash must match its fields, its ``prev`` the row before's hash, sequence
+    numbers must run without gaps, and the last row must be the recorded head."""
+    db = _open_read(path)
+    problems: list[str] = []
+    rows = 0
+    try:
+        head = db.execute("SELECT seq, hash FROM head").fetchone()
+        checkpoints = {}
+        for (detail,) in db.execute("SELECT detail FROM records WHERE kind = 'checkpoint'"):
+            try:
+                d = json.loads(detail)
+                checkpoints[int(d["pruned_through"])] = str(d["pruned_hash"])
+            except (ValueError, KeyError, TypeError):
+                problems.append("a checkpoint row has an unreadable detail")
+        prev_seq, prev_hash = None, None
+        for row in db.execute(f"SELECT {', '.join(FIELDS)} FROM records ORDER BY seq"):
+            rows += 1
+            seq, stored_prev, stored = row[0], row[-2], row[-1]
+            if prev_seq is None:
+                expected_prev = GENESIS if seq == 1 else checkpoints.get(seq - 1)
+                if expected_prev is None:
+                    problems.append(f"row {seq}: the log starts here without a checkpoint for rows 1..{seq - 1}")
+                    expected_prev = stored_prev
+            else:
+                expected_prev = prev_hash
+                if seq != prev_seq + 1:
+                    problems.append(f"rows {prev_seq + 1}..{seq - 1} are missing")
+            if stored_prev != expected_prev:
+                problems.append(f"row {seq}: does not follow the row before it (deleted, inserted or reordered)")
+            if _digest(tuple(row[:-2]), stored_prev) != stored:
+                problems.append(f"row {seq}: its contents were changed after it was written")
+            prev_seq, prev_hash = seq, stored
+            if len(problems) >= limit:
+                break
+        if head is None and rows:
+            problems.append("the head record is missing")
+        elif head is not None and len(problems) < limit and (prev_seq, prev_hash) != (head[0], head[1]):
+            problems.append(f"the log ends at row {prev_seq}, but its head says row {head[0]}: rows were cut from "
+                            "the end or the head was changed")
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"the file is not a readable audit log: {exc}")
+        head = None
+    finally:
+        db.close()
+    return Verdict(not problems, rows, problems, (int(head[0]), str(head[1])) if head else None)
