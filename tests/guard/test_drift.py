@@ -1,0 +1,133 @@
+"""Drift detection on real shifted data (digits), its false-alarm rate over 10^6 in-distribution requests, and
+the retraining trigger firing once per episode."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeserve
+from edgeserve import GuardConfig, TriggerConfig
+from edgeserve.guard.drift import Cusum
+from edgeserve.guard.reference import feature_reference
+
+REQUEST_ROWS = 1  # one digit per request, as a client sends them; the monitor folds 32 at a time
+
+
+def _delay(model, stream: np.ndarray, shift, rng: np.random.Generator, limit: int = 5000) -> int:
+    """Requests until the model's monitor raises an alarm on ``shift(rows)`` of in-distribution rows."""
+    monitor = model.monitor
+    start = monitor.alarms
+    sent = 0
+    while monitor.alarms == start and sent < limit:
+        rows = shift(stream[rng.integers(0, len(stream), 32)], rng)
+        for row in rows:
+            model.predict(row[None, :])
+        sent += len(rows)
+    return sent
+
+
+def _fresh(model) -> None:
+    model.monitor.detector.reset()
+    model.monitor.drifting = False
+
+
+@pytest.mark.parametrize("name, shift, median_max", [
+    ("0.5 sd mean shift on one feature of 64", lambda x, rng: x + np.eye(64, dtype=np.float32)[36] * 0.5 * 5.85, 400),
+    ("gaussian noise, sd 2", lambda x, rng: x + rng.normal(0, 2, x.shape).astype(np.float32), 200),
+    ("brightness x1.3", lambda x, rng: np.clip(x * 1.3, 0, 20).astype(np.float32), 200),
+])
+def test_shift_is_detected_within_the_stated_number_of_requests(digits_package: Path, digits, name, shift,
+                                                                 median_max) -> None:
+    _, stream, _ = digits
+    rng = np.random.default_rng(7)
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
+        assert abs(stream[:, 36].std() - 5.85) < 0.5  # the shift above is 0.5 of this feature's sd
+        delays = []
+        for _ in range(12):
+            _fresh(model)
+            delays.append(_delay(model, stream, shift, rng))
+    assert np.median(delays) <= median_max, (name, delays)
+    assert np.percentile(delays, 95) <= 1000, (name, delays)
+
+
+def test_class_mix_change_is_detected(digits_package: Path, digits) -> None:
+    _, stream, labels = digits
+    only = stream[np.isin(labels, (0, 1))]  # traffic from two classes of ten
+    rng = np.random.default_rng(3)
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
+        assert _delay(model, only, lambda x, r: x, rng) <= 200
+
+
+def test_in_distribution_stream_raises_no_alarm_in_a_million_requests(digits) -> None:
+    reference, stream, _ = digits
+    ref = feature_reference(reference.astype(np.float64))
+    detector = Cusum(ref["knots"], shift=0.5, budget=1e6, rows=len(reference), seed=11)
+    rng = np.random.default_rng(12)
+    alarms = 0
+    for _ in range(1_000_000 // 32):  # requests of one row each, folded 32 at a time as the monitor does
+        detector.update(stream[rng.integers(0, len(stream), 32)].astype(np.float64))
+        if detector.score().max() >= 1.0:
+            alarms += 1
+            detector.reset()
+    assert alarms <= 1  # the budget: at most one false alarm per 10^6 requests across all 64 features
+
+
+def test_in_distribution_requests_through_a_model_raise_no_alarm(digits_package: Path, digits) -> None:
+    _, stream, _ = digits
+    rng = np.random.default_rng(5)
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
+        for _ in range(600):
+            model.predict(stream[rng.integers(0, len(stream), 16)])
+        report = model.monitor.report()
+    assert report["alarms"] == 0 and not report["drifting"] and report["requests"] == 9600
+
+
+def test_trigger_fires_once_per_episode_and_rearms_after_recovery(digits_package: Path, digits) -> None:
+    _, stream, _ = digits
+    events: list[dict] = []
+    trigger = TriggerConfig(callback=events.append, span=128, rearm=512)
+    rng = np.random.default_rng(9)
+    shifted = stream.copy()
+    shifted[:, 20] += 6.0
+    with edgeserve.load(digits_package, guard=GuardConfig(trigger=trigger)) as model:
+        monitor = model.monitor
+
+        def send(data: np.ndarray, requests: int) -> None:
+            for _ in range(requests):
+                model.predict(data[rng.integers(0, len(data), 8)])
+
+        send(shifted, 300)  # 2400 drifted rows: one episode, however long it holds
+        monitor.trigger.wait(10)
+        assert [e["event"] for e in events] == ["retrain"] and monitor.fired == 1
+        event = events[0]
+        assert event["model"] == "digits" and event["digest"] and "input:x: feature 20" in event["scores"]
+        assert event["window"]["request"] - event["window"]["onset_request"] >= 128
+        send(stream, 400)  # back in distribution: the sums fall under the exit level and stay there
+        assert not monitor.drifting
+        send(shifted, 300)  # a second episode fires again
+        monitor.trigger.wait(10)
+        assert [e["event"] for e in events] == ["retrain", "retrain"] and monitor.alarms == 2
+
+
+def test_trigger_runs_a_command_without_a_shell_and_records_failures(digits_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "event.json"
+    script = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(sys.stdin.read())"
+    from edgeserve.guard.trigger import Trigger
+
+    ran = Trigger(TriggerConfig(command=(sys.executable, "-c", script, str(out))))
+    ran.fire({"event": "retrain", "model": "m; rm -rf /"})
+    assert ran.wait(30)
+    assert json.loads(out.read_text())["model"] == "m; rm -rf /"  # an argument list: nothing reached a shell
+    assert ran.history[-1]["outcome"] == {"command": "ok"}
+    failing = Trigger(TriggerConfig(command=(sys.executable, "-c", "raise SystemExit(3)"), retries=2),
+                      sleep=lambda s: None)
+    failing.fire({"event": "retrain"})
+    assert failing.wait(30)
+    assert failing.history[-1]["outcome"]["command"].startswith("failed: RuntimeError: exit status 3")
+    ran.close()
+    failing.close()

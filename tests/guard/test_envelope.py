@@ -1,0 +1,79 @@
+"""The envelope: reference statistics as the converter records them, and the checks every request passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeserve
+from edgeserve import EnvelopeError, GuardConfig
+from edgeserve.converter.prepare import embedding_inputs
+from edgeserve.package import read_manifest
+from tests.factories import encoder_data, encoder_model, save
+
+STRICT = GuardConfig(non_finite="reject", range="reject", vocabulary="reject", drift=False)
+
+
+def test_reference_statistics_record_layout_knots_and_output_confidence(digits_package: Path, digits) -> None:
+    env = read_manifest(digits_package).envelope
+    reference = digits[0]
+    assert env["source"] == "reference" and env["rows"] == len(reference)
+    x = env["inputs"]["x"]
+    assert x["layout"]["kind"] == "tabular" and len(x["drift"]["knots"]) == 64
+    assert x["range"]["max"] == pytest.approx(reference.max(axis=0).tolist())
+    knots = np.asarray(x["drift"]["knots"])
+    assert np.all(np.diff(knots, axis=1) >= 0)  # quantiles, in order
+    assert env["outputs"]["logits"]["layout"] == {"kind": "confidence", "axis": 1, "probabilities": False}
+
+
+def test_no_false_rejection_on_the_reference_itself(digits_package: Path, digits) -> None:
+    with edgeserve.load(digits_package, guard=STRICT) as model:
+        for i in range(0, len(digits[0]), 37):
+            model.predict(digits[0][i:i + 37])  # every reference row, through the strictest envelope
+        assert model.envelope is not None and model.envelope.stats()["rejections"] == {
+            "non_finite": 0, "range": 0, "vocabulary": 0}
+
+
+def test_nan_is_rejected_naming_input_position_and_value(digits_package: Path, digits) -> None:
+    x = digits[1][:4].copy()
+    x[2, 17] = np.nan
+    x[3, 5] = np.inf
+    with edgeserve.load(digits_package, guard=STRICT) as model, pytest.raises(EnvelopeError) as caught:
+        model.predict(x)
+    message = str(caught.value)
+    assert "'x'" in message and "non_finite" in message and "[2, 17] = nan" in message and "[3, 5] = inf" in message
+    assert caught.value.check == "non_finite" and caught.value.input == "x"
+    alone = digits[1][:1].copy()
+    alone[0, 0] = np.nan  # NaN alone: no comparison is true for it, so the fused check must read "inside" as False
+    with edgeserve.load(digits_package, guard=STRICT) as model, pytest.raises(EnvelopeError, match=r"\[0, 0\] = nan"):
+        model.predict(alone)
+
+
+def test_out_of_range_value_rejected_or_counted_by_policy(digits_package: Path, digits) -> None:
+    x = digits[1][:2].copy()
+    x[1, 30] = 100.0  # pixels are 0..16
+    with edgeserve.load(digits_package, guard=STRICT) as model, pytest.raises(EnvelopeError, match=r"\[1, 30\] = 100.0"):
+        model.predict(x)
+    with edgeserve.load(digits_package, guard=GuardConfig(range="warn", drift=False)) as model:
+        out, flags = model.answer(x)
+        assert flags == ("range:x",) and out["logits"].shape == (2, 10)
+        assert model.envelope is not None and model.envelope.stats()["warnings"]["range"] == 1
+    with edgeserve.load(digits_package, guard=GuardConfig(range="off", drift=False)) as model:
+        assert model.answer(x)[1] == ()
+
+
+def test_token_ids_outside_the_embedding_table_are_rejected(tmp_path: Path) -> None:
+    path = save(encoder_model(vocab=50), tmp_path / "enc.onnx")
+    assert embedding_inputs(path) == {"input_ids": 50}
+    data = encoder_data(rows=128)
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration=data)
+    tokens = pkg.manifest.envelope["inputs"]["input_ids"]
+    assert tokens["layout"]["kind"] == "tokens" and tokens["tokens"]["vocabulary"] == 50
+    bad = {k: v[:2].copy() for k, v in data.items()}
+    bad["input_ids"][1, 0] = 50
+    with edgeserve.load(pkg.path, guard=STRICT) as model:
+        model.predict({k: v[:8] for k, v in data.items()})  # in the table: answered
+        with pytest.raises(EnvelopeError, match=r"input 'input_ids'.*vocabulary.*\(0\.\.49\).*\[1, 0\] = 50"):
+            model.predict(bad)
