@@ -1,0 +1,143 @@
+"""The audit log: a record per answer and per management action, tamper evidence, retention, and no acknowledged
+record lost to kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeserve
+from edgeserve import AuditLog, EnvelopeError, GuardConfig
+from edgeserve.guard.audit import query, verify
+from edgeserve.runtime.repository import Repository
+
+
+def _log(path: Path, rows: int = 50) -> None:
+    with AuditLog(path) as log:
+        for i in range(rows):
+            log.wait(log.record(request_id=f"r{i}", model="m", version=1, digest="d", input_digest="i",
+                                output="{}", latency_s=0.001, caller="c", outcome="ok"))
+        log.action(action="reload", model="m", version=2, caller="admin")
+
+
+@pytest.mark.parametrize("tamper, problem", [
+    ("UPDATE records SET outcome = 'error' WHERE seq = 10", "row 10: its contents were changed"),
+    ("DELETE FROM records WHERE seq = 10", "rows 10..10 are missing"),
+    ("UPDATE records SET seq = -seq WHERE seq IN (10, 11); UPDATE records SET seq = 11 WHERE seq = -10; "
+     "UPDATE records SET seq = 10 WHERE seq = -11", "row 10: does not follow"),
+    ("DELETE FROM records WHERE seq > 45", "rows were cut from the end"),
+    ("UPDATE records SET caller = 'mallory' WHERE seq = 51", "row 51: its contents were changed"),
+])
+def test_verify_detects_edits_deletions_reordering_and_truncation(tmp_path: Path, tamper: str, problem: str) -> None:
+    path = tmp_path / "audit.sqlite3"
+    _log(path)
+    assert verify(path).ok and verify(path).rows == 51
+    db = sqlite3.connect(path)
+    db.executescript(tamper)
+    db.commit()
+    db.close()
+    verdict = verify(path)
+    assert not verdict.ok and any(problem in p for p in verdict.problems), verdict.problems
+
+
+def test_retention_keeps_the_chain_verifiable(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    _log(path, rows=100)
+    with AuditLog(path) as log:
+        assert log.prune(keep_rows=30) == 71
+        log.wait(log.record(request_id="after", model="m", version=2, digest="d", input_digest="i", output="{}",
+                            latency_s=0.0, caller="c", outcome="ok"))
+    verdict = verify(path)
+    assert verdict.ok, verdict.problems
+    kinds = [r["kind"] for r in query(path)]
+    assert kinds.count("checkpoint") == 1 and len(kinds) == 32
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM records WHERE kind = 'checkpoint'")  # hiding the pruning is itself detected
+    db.commit()
+    db.close()
+    assert not verify(path).ok
+
+
+def test_runtime_writes_one_record_per_answer_and_per_action(digits_package: Path, digits, tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("digits", digits_package)
+    path = tmp_path / "audit.sqlite3"
+    x = digits[1][:3]
+    with edgeserve.Runtime(repo.root, audit=path, guard=GuardConfig(range="reject")) as runtime:
+        out = runtime.predict("digits", x, request_id="req-1", caller="alice")
+        bad = x.copy()
+        bad[0, 0] = 99.0
+        with pytest.raises(EnvelopeError):
+            runtime.predict("digits", bad, request_id="req-2", caller="alice")
+        repo.publish("digits", digits_package)
+        runtime.reload("digits")
+        runtime.rollback("digits")
+    rows = list(query(path))
+    answered = next(query(path, request_id="req-1"))
+    assert answered["model"] == "digits" and answered["version"] == "1" and answered["caller"] == "alice"
+    assert answered["outcome"] == "ok" and len(answered["digest"]) == 64 and answered["latency_us"] > 0
+    top = [int(t) for t, _ in __import__("json").loads(answered["output"])["logits"]["top"]]
+    assert top == out["logits"].argmax(axis=1).tolist()
+    assert next(query(path, request_id="req-2"))["outcome"] == "EnvelopeError"
+    actions = [(r["flags"], r["version"], r["outcome"]) for r in rows if r["kind"] == "action"]
+    # the first load, the reload, and the rollback (which reloads version 1)
+    assert actions == [("reload", "1", "ok"), ("reload", "2", "ok"), ("reload", "1", "ok"), ("rollback", "1", "ok")]
+    assert verify(path).ok
+
+
+def test_bounded_mode_counts_what_it_drops(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog(path, durability="bounded", max_queue=10)
+    log._wake.wait = lambda timeout=None: False  # type: ignore[method-assign]  # a writer that never wakes up...
+    for i in range(25):
+        log.record(request_id=f"r{i}", model="m", version=1, digest=None, input_digest=None, output=None,
+                   latency_s=0.0, caller=None, outcome="ok")
+    assert log.dropped == 15
+    del log._wake.wait  # ... until it does
+    log.close()
+    dropped = [r for r in query(path) if r["kind"] == "dropped"]
+    assert len(dropped) == 1 and '"dropped": 15' in dropped[0]["detail"]
+    assert verify(path).ok
+
+
+KILLED = textwrap.dedent("""
+    import sys, numpy as np, edgeserve
+    runtime = edgeserve.Runtime(sys.argv[1], audit=sys.argv[2])
+    x = np.load(sys.argv[3])
+    i = 0
+    while True:
+        runtime.predict("digits", x[i % len(x)][None, :], request_id=f"ack-{i}")
+        print(f"ack-{i}", flush=True)  # the answer is acknowledged only now, after its record committed
+        i += 1
+""")
+
+
+def test_kill_9_under_load_loses_no_acknowledged_record(digits_package: Path, digits, tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("digits", digits_package)
+    path = tmp_path / "audit.sqlite3"
+    np.save(tmp_path / "x.npy", digits[1][:100])
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(repo.root), str(path), str(tmp_path / "x.npy")],
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    acknowledged = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        acknowledged.append(line.decode().strip())
+        if len(acknowledged) == 300:
+            proc.send_signal(signal.SIGKILL)
+            break
+    acknowledged += [line.decode().strip() for line in proc.stdout]  # what it printed before it died
+    proc.wait(30)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    recorded = {r["request_id"] for r in query(path, kind="predict")}
+    assert set(acknowledged) <= recorded
+    assert verify(path).ok
