@@ -34,13 +34,21 @@ from . import main
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Envelope checks and drift monitoring (per-model settings in serving.json's \"guard\").")
+@click.option("--audit", "audit_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a hash-chained audit record of every answer and management action to this SQLite file "
+                   "(e.g. REPOSITORY/.edgeserve/audit.sqlite3; a path outside a read-only repository mount).")
+@click.option("--audit-mode", type=click.Choice(["ack", "bounded"]), default="ack", show_default=True,
+              help="ack: answer only after the record is committed; bounded: answer at once, drop (and count) "
+                   "records beyond a bounded queue.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Server processes sharing the ports (each loads the models).")
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
           insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
-          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, workers: int,
-          reuse_port: bool) -> None:
+          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, guard: bool,
+          audit_path: Path | None, audit_mode: str, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
     if workers > 1:
         import sys
@@ -55,7 +63,7 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     except ImportError as exc:
         raise click.ClickException(f"the server needs the 'server' extra ({exc.name} is missing): "
                                    "pip install 'edgeserve[server]'") from None
-    from ..config import BatchConfig, CacheConfig, SessionConfig
+    from ..config import BatchConfig, CacheConfig, GuardConfig, SessionConfig
 
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
                          insecure=insecure, model_control=model_control, drain_s=drain_timeout,
@@ -63,14 +71,15 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     batch_config = BatchConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if batching else None
     server = Server(repository, config, batching=batch_config,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
-                    session=SessionConfig(intra_op_threads=threads))
+                    session=SessionConfig(intra_op_threads=threads), guard=GuardConfig() if guard else None,
+                    audit=audit_path, audit_mode=audit_mode)
     models = server.runtime.models()
     for name, info in models.items():
         state = f"version {info['version']}" if info["version"] is not None else f"NOT SERVED: {info['error']}"
         click.echo(f"  {name}: {state}", err=True)
     grpc_text = "" if no_grpc else f", gRPC on {host}:{grpc_port}"
     click.echo(f"edgeserve: {len(models)} models from {repository}; REST on http://{host}:{port}{grpc_text}"
-               f"{'; auth on' if token_file else ''}", err=True)
+               f"{'; auth on' if token_file else ''}{f'; audit log {audit_path}' if audit_path else ''}", err=True)
     server.run()
 
 

@@ -169,6 +169,11 @@ class DriftMonitor:
                 "last": list(self.trigger.history)[-3:], "dropped": self.trigger.dropped},
         }
 
+    @property
+    def score(self) -> float:
+        """The highest feature score after the last fold (1.0 = alarm threshold); no fold happens here."""
+        return float(self._score.max()) if len(self._score) else 0.0
+
     def scores(self) -> dict[str, float]:
         """Every feature's current score (1.0 = its alarm threshold)."""
         self.flush()

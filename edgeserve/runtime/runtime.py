@@ -136,10 +136,11 @@ class Runtime:
                 out, flags = loaded.model.answer(inputs, named, timeout_ms=timeout_ms)
             except EdgeserveError as exc:
                 self.audit.wait(self.record(loaded.model, loaded.version, inputs, named, None, started,
-                                            request_id=request_id, caller=caller, outcome=type(exc).__name__))
+                                            request_id=request_id, caller=caller, outcome=type(exc).__name__,
+                                            name=name))
                 raise
             self.audit.wait(self.record(loaded.model, loaded.version, inputs, named, out, started, flags,
-                                        request_id=request_id, caller=caller))
+                                        request_id=request_id, caller=caller, name=name))
             return out
         finally:
             self._release(loaded)
@@ -156,16 +157,18 @@ class Runtime:
             except EdgeserveError as exc:
                 await self.audit.wait_async(self.record(model, number, inputs, named, None, started,
                                                         request_id=request_id, caller=caller,
-                                                        outcome=type(exc).__name__))
+                                                        outcome=type(exc).__name__, name=name))
                 raise
             await self.audit.wait_async(self.record(model, number, inputs, named, out, started, flags,
-                                                    request_id=request_id, caller=caller))
+                                                    request_id=request_id, caller=caller, name=name))
             return out
 
     def record(self, model: Model, version: int, inputs: Any, named: Mapping[str, Any] | None,
                outputs: Mapping[str, np.ndarray] | None, started: float, flags: tuple[str, ...] = (), *,
-               request_id: str | None = None, caller: str | None = None, outcome: str = "ok") -> int:
-        """Queue the audit record of one answered (or refused) request; the ticket to wait on (0 without a log)."""
+               request_id: str | None = None, caller: str | None = None, outcome: str = "ok",
+               name: str | None = None) -> int:
+        """Queue the audit record of one answered (or refused) request to ``name`` (default: the package's name);
+        the ticket to wait on (0 without a log)."""
         audit = self.audit
         if audit is None:
             return 0
@@ -173,7 +176,7 @@ class Runtime:
         if model.monitor is not None and model.monitor.drifting:
             flags = (*flags, "drift")
         return audit.record(
-            request_id=request_id or audit.new_request_id(), model=model.name, version=version,
+            request_id=request_id or audit.new_request_id(), model=name or model.name, version=version,
             digest=model.manifest.digests.get(model.manifest.model_file) if model.manifest else model.identity,
             input_digest=input_digest(feed) if feed else None,
             output=output_summary(outputs) if outputs is not None else None,
@@ -241,7 +244,8 @@ class Runtime:
                 info["cache"] = m.cache.stats() if m.cache is not None else None
                 info["envelope"] = m.envelope.stats() if m.envelope is not None else None
                 info["drift"] = ({"drifting": m.monitor.drifting, "alarms": m.monitor.alarms,
-                                  "triggered": m.monitor.fired, "requests": m.monitor.rows}
+                                  "triggered": m.monitor.fired, "requests": m.monitor.rows,
+                                  "score": m.monitor.score}
                                  if m.monitor is not None else None)
             out[name] = info
         return out

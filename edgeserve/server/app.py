@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import BatchConfig, CacheConfig, SessionConfig
+from ..config import BatchConfig, CacheConfig, GuardConfig, SessionConfig
 from ..errors import ConfigError
-from ..runtime.runtime import Runtime
+from ..guard.audit import AuditLog
+from ..runtime.runtime import DEFAULT_GUARD, Runtime
 from .auth import Tokens
 from .dataplane import DataPlane
 from .metrics import Metrics
@@ -67,10 +68,19 @@ class Server:
     """The runtime, its data plane, the REST app and the gRPC server, started and stopped together."""
 
     def __init__(self, repository: str | Path, config: ServeConfig, *, batching: BatchConfig | None = None,
-                 cache: CacheConfig | None = None, session: SessionConfig | None = None) -> None:
+                 cache: CacheConfig | None = None, session: SessionConfig | None = None,
+                 guard: GuardConfig | None = DEFAULT_GUARD, audit: str | Path | None = None,
+                 audit_mode: str = "ack") -> None:
         self.config = config
         self.tokens = Tokens.read(config.token_file) if config.token_file else None
-        self.runtime = Runtime(repository, batching=batching, cache=cache, config=session)
+        log_ = AuditLog(audit, durability=audit_mode) if audit is not None else None
+        try:
+            self.runtime = Runtime(repository, batching=batching, cache=cache, config=session, guard=guard, audit=log_)
+        except BaseException:
+            if log_ is not None:
+                log_.close()
+            raise
+        self._audit = log_
         self.metrics = Metrics(self.runtime)
         self.plane = DataPlane(self.runtime, observer=self.metrics)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
@@ -144,6 +154,8 @@ class Server:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
         self.runtime.close(timeout=self.config.drain_s)
+        if self._audit is not None:
+            self._audit.close()  # after the runtime: the drained requests' records are written first
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

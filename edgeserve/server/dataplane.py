@@ -39,6 +39,8 @@ class InferRequest:
     """Requested output names (None: all)."""
     parameters: dict[str, Any] = field(default_factory=dict)
     timeout_ms: float | None = None
+    caller: str | None = None
+    """The token's name (``anonymous`` when auth is off): who asked, for the audit log."""
 
 
 @dataclass
@@ -148,14 +150,25 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
-            out = model.predict_if_fast(feed, timeout_ms=request.timeout_ms)
-            if out is None:
-                watch = waiting() if waiting is not None else None
-                try:
-                    out = await model.predict_async(feed, timeout_ms=request.timeout_ms)
-                finally:
-                    if watch is not None:
-                        watch.cancel()
+            audit = self.runtime.audit
+            started = time.perf_counter()
+            try:
+                done = model.answer_if_fast(feed, timeout_ms=request.timeout_ms)
+                if done is None:
+                    watch = waiting() if waiting is not None else None
+                    try:
+                        done = await model.answer_async(feed, timeout_ms=request.timeout_ms)
+                    finally:
+                        if watch is not None:
+                            watch.cancel()
+            except EdgeserveError as exc:
+                if audit is not None:
+                    await audit.wait_async(self._record(model, version, feed, None, started, (), request,
+                                                        type(exc).__name__))
+                raise
+            out, flags = done
+            if audit is not None:  # answered only once its audit record is committed
+                await audit.wait_async(self._record(model, version, feed, out, started, flags, request))
             return self._response(request, version, out, wanted)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
@@ -163,8 +176,22 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
-            out = model.predict(feed, timeout_ms=request.timeout_ms)
+            audit = self.runtime.audit
+            started = time.perf_counter()
+            try:
+                out, flags = model.answer(feed, timeout_ms=request.timeout_ms)
+            except EdgeserveError as exc:
+                if audit is not None:
+                    audit.wait(self._record(model, version, feed, None, started, (), request, type(exc).__name__))
+                raise
+            if audit is not None:
+                audit.wait(self._record(model, version, feed, out, started, flags, request))
             return self._response(request, version, out, wanted)
+
+    def _record(self, model: Model, version: int, feed: dict[str, np.ndarray], out: dict[str, np.ndarray] | None,
+                started: float, flags: tuple[str, ...], request: InferRequest, outcome: str = "ok") -> int:
+        return self.runtime.record(model, version, feed, None, out, started, flags, request_id=request.id,
+                                   caller=request.caller, outcome=outcome, name=request.model)
 
     @contextmanager
     def _accounted(self, request: InferRequest) -> Iterator[list[int]]:

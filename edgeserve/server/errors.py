@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..errors import (
     ClosedError,
     EdgeserveError,
+    EnvelopeError,
     InferenceError,
     InputError,
     ModelNotFound,
@@ -72,6 +73,8 @@ class DeadlineExceeded(Unavailable):
 def from_core(exc: EdgeserveError) -> ProtocolError:
     """The protocol error for a core error (its message is the user's: it names what was wrong)."""
     message = first_line(exc, 2000)
+    if isinstance(exc, EnvelopeError):  # well-formed, but values the model's guard will not run
+        return Unprocessable(message)
     if isinstance(exc, InputError):
         return BadRequest(message)
     if isinstance(exc, ModelNotFound):

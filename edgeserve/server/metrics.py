@@ -82,8 +82,27 @@ class _RuntimeCollector(Collector):
         }
         cache = {"hits": CounterMetricFamily("edgeserve_cache_hits", "Response cache hits", labels=["model"]),
                  "misses": CounterMetricFamily("edgeserve_cache_misses", "Response cache misses", labels=["model"])}
+        drift: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "score": GaugeMetricFamily("edgeserve_drift_score", "Highest drift score over the model's features "
+                                       "(1 = alarm threshold)", labels=["model"]),
+            "drifting": GaugeMetricFamily("edgeserve_drifting", "1 while a drift episode lasts", labels=["model"]),
+            "alarms": CounterMetricFamily("edgeserve_drift_alarms", "Drift episodes started", labels=["model"]),
+            "triggered": CounterMetricFamily("edgeserve_retraining_triggered", "Retraining trigger firings",
+                                             labels=["model"]),
+        }
+        envelope = CounterMetricFamily("edgeserve_envelope", "Requests that failed an envelope check, by check and "
+                                       "what the policy did", labels=["model", "check", "action"])
         for name, info in self.runtime.models().items():
             version = info.get("version")
+            state = info.get("drift")
+            if state:
+                for key, family in drift.items():
+                    family.add_metric([name], float(state.get(key, 0)))
+            checks = info.get("envelope")
+            if checks:
+                for action, key in (("warned", "warnings"), ("rejected", "rejections")):
+                    for check, count in checks[key].items():
+                        envelope.add_metric([name, check, action], float(count))
             loaded.add_metric([name, str(version or "")], 1.0 if version is not None else 0.0)
             batching = info.get("batching")
             if batching:
@@ -100,6 +119,8 @@ class _RuntimeCollector(Collector):
                     family.add_metric([name], float(stats.get(key, 0)))
         yield loaded
         yield queued
+        yield from drift.values()
+        yield envelope
         yield from counts.values()
         yield from timings.values()
         yield from cache.values()

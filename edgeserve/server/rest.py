@@ -105,7 +105,7 @@ class RestApp:
         if route.scope is not None:
             require(caller, route.scope)
         if route.handler == "infer":
-            return await self._infer(params, headers, receive)
+            return await self._infer(params, headers, receive, caller.name)
         if route.handler.startswith("repository_"):
             return await self._control(route.handler, params, headers, receive, caller)
         if route.handler == "metrics":
@@ -139,7 +139,7 @@ class RestApp:
         return openapi()
 
     async def _infer(self, params: dict[str, str], headers: dict[str, str],
-                     receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+                     receive: Receive, caller: str | None) -> tuple[int, bytes, dict[str, str]]:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ACCEPTED:
             raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "
@@ -147,6 +147,7 @@ class RestApp:
         self.plane.refuses(params["name"], params.get("version"))  # NOTE: before the body is read (overload)
         body = await self._body(headers, receive)
         request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"))
+        request.caller = caller
         watchers: list[asyncio.Task[None]] = []
 
         def waiting() -> asyncio.Task[None]:  # the request is about to wait: watch for its client going away

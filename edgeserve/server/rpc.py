@@ -52,10 +52,13 @@ class Servicer:
     def _guarded(self, fn: Callable[[Any], Any], public: bool) -> Callable[[Any, grpc.ServicerContext], Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
+                caller = None
                 if not public and self.tokens is not None:
                     metadata = dict(context.invocation_metadata())
-                    require(self.tokens.caller(metadata.get("authorization")), "infer")
-                return fn(request)
+                    who = self.tokens.caller(metadata.get("authorization"))
+                    require(who, "infer")
+                    caller = who.name
+                return self.model_infer(request, caller) if fn == self.model_infer else fn(request)
             except ProtocolError as exc:
                 context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
         return call
@@ -81,8 +84,10 @@ class Servicer:
                 getattr(out, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return out
 
-    def model_infer(self, request: Any) -> Any:
-        response = self.plane.infer_sync(decode(request))
+    def model_infer(self, request: Any, caller: str | None = None) -> Any:
+        decoded = decode(request)
+        decoded.caller = caller
+        response = self.plane.infer_sync(decoded)
         out = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id or "")
         for name, value in response.outputs.items():
             out.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))

@@ -1,0 +1,93 @@
+"""The guard and the audit log through the server: envelope rejections as 422 naming what broke, drift gauges in
+/metrics, and one audit record per answer with the token's name, over REST and gRPC."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_digits
+
+import edgeserve
+from edgeserve.guard.audit import query, verify
+from edgeserve.runtime.repository import Repository
+from edgeserve.server.app import ServeConfig
+from tests.factories import mlp_model, save
+from tests.server.client import call, infer_json
+from tests.server.conftest import Running, start, stop
+
+TOKEN = "guard-infer-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Path, np.ndarray]]:
+    tmp = tmp_path_factory.mktemp("guarded")
+    x = load_digits().data.astype(np.float32)
+    pkg = edgeserve.convert(save(mlp_model(n_in=64, hidden=16, n_out=10), tmp / "d.onnx"), tmp / "pkg",
+                            quantize="none", calibration={"x": x[:800]})
+    repo = Repository(tmp / "repo", create=True)
+    repo.publish("digits", pkg.path)
+    tokens = tmp / "tokens"
+    tokens.write_text(f"alice infer,metrics {TOKEN}\n")
+    audit = tmp / "audit.sqlite3"
+    running = start(repo.root, ServeConfig(port=0, grpc_port=0, token_file=tokens), audit=audit)
+    yield running, audit, x[800:]
+    stop(running)
+
+
+def _tensor(x: np.ndarray) -> list[dict]:
+    return [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+
+
+def _send_inf(running: Running, x: np.ndarray, request_id: str):
+    bad = x[:2].copy()
+    bad[1, 3] = np.inf  # JSON has no inf: the binary extension carries it
+    head = json.dumps({"id": request_id, "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 64],
+                                                     "parameters": {"binary_data_size": bad.nbytes}}]}).encode()
+    return call(running.host_port, "POST", "/v2/models/digits/infer", head + bad.tobytes(),
+                {"Inference-Header-Content-Length": str(len(head))}, TOKEN)
+
+
+def test_envelope_rejection_is_a_422_naming_input_position_and_value(guarded) -> None:
+    running, _, x = guarded
+    reply = _send_inf(running, x, "bad-1")
+    assert reply.status == 422
+    assert "input 'x'" in reply.json()["error"] and "[1, 3] = inf" in reply.json()["error"]
+    assert call(running.host_port, "GET", "/v2/health/live").status == 200
+
+
+def test_every_answer_is_audited_with_the_callers_token_name(guarded) -> None:
+    running, audit, x = guarded
+    reply = infer_json(running.host_port, "digits", _tensor(x[:3]), token=TOKEN, id="rest-1")
+    assert reply.status == 200
+    client = grpcclient.InferenceServerClient(running.grpc)
+    tensor = grpcclient.InferInput("x", [2, 64], "FP32")
+    tensor.set_data_from_numpy(x[3:5])
+    client.infer("digits", [tensor], request_id="grpc-1", headers={"authorization": f"Bearer {TOKEN}"})
+    client.close()
+    rest = next(query(audit, request_id="rest-1"))
+    grpc = next(query(audit, request_id="grpc-1"))
+    assert (rest["caller"], rest["outcome"], rest["model"]) == ("alice", "ok", "digits")
+    assert (grpc["caller"], grpc["outcome"]) == ("alice", "ok")
+    assert _send_inf(running, x, "bad-2").status == 422
+    assert next(query(audit, request_id="bad-2"))["outcome"] == "EnvelopeError"
+    assert verify(audit).ok
+
+
+def test_drift_and_envelope_counters_are_scraped(guarded) -> None:
+    running, _, x = guarded
+    assert _send_inf(running, x, "bad-3").status == 422
+    for i in range(0, 256, 32):
+        assert infer_json(running.host_port, "digits", _tensor(x[i:i + 32]), token=TOKEN).status == 200
+    text = call(running.host_port, "GET", "/metrics", token=TOKEN).body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["edgeserve_drift_score"].samples[0].labels == {"model": "digits"}
+    assert 0 <= families["edgeserve_drift_score"].samples[0].value < 1
+    rejected = [s for s in families["edgeserve_envelope"].samples
+                if s.labels.get("check") == "non_finite" and s.labels.get("action") == "rejected"]
+    assert rejected and rejected[0].value >= 1
