@@ -15,7 +15,7 @@ EXIT_RUNTIME_ERROR = 1
 
 
 COMMANDS = {"convert": "convert", "inspect": "convert", "run": "run", "bench": "bench", "models": "models",
-            "serve": "serve"}
+            "serve": "serve", "doctor": "guard", "drift": "guard", "audit": "guard"}
 """Command name to the module (in this package) that defines it: imported only when the command is used, so
 ``edgeserve run`` loads neither the converter's options nor the benchmark's."""
 

@@ -72,6 +72,8 @@ class Model:
             else:
                 log.info("model %s has no batch axis on every input and output: requests bypass the batcher", name)
         self.cache: ResponseCache | None = ResponseCache(cache) if isinstance(cache, CacheConfig) else cache
+        self.parity: dict[str, Any] | None = None
+        """What differs from the machine that verified the package (set by the Runtime when it loads it)."""
         self.envelope: Envelope | None = None
         self.monitor: DriftMonitor | None = None
         self.guard = guard

@@ -23,6 +23,7 @@ import numpy as np
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig, TriggerConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
 from ..guard.audit import AuditLog, input_digest, output_summary
+from ..guard.doctor import environment_differences
 from ..guard.envelope import MIN_DRIFT_ROWS
 from ..names import check_name, check_version
 from .cache import ResponseCache
@@ -361,7 +362,8 @@ class Runtime:
             if old is not None:
                 self._retire(slot, old)
             log.info("model %s: serving version %s%s", name, version, f" (was {old.version})" if old else "")
-            self._action("reload", name, version, detail={"was": old.version if old else None})
+            self._action("reload", name, version, detail={"was": old.version if old else None,
+                                                          "parity": fresh.model.parity})
             return version
 
     def rollback(self, name: str) -> int:
@@ -410,6 +412,12 @@ class Runtime:
             slot.cache = ResponseCache(cache_config)  # one cache for every version of the model
         model = load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
                      batching=batching, cache=slot.cache, guard=guard)
+        if model.manifest is not None:
+            model.parity = {"golden": "checked at load" if self._golden != "off" else "not checked (golden='off')",
+                            "differences": environment_differences(model.manifest)}
+            for d in model.parity["differences"]:
+                log.warning("model %s@%s: %s verified with %s, here %s%s", name, version, d["what"], d["recorded"],
+                            d["here"], f" ({d['note']})" if d["note"] else "")
         if self.audit is not None and model.monitor is not None:
             audit, number = self.audit, version
 

@@ -88,7 +88,8 @@ class DataPlane:
         with self._model(name, version) as (model, _):
             return {"name": name, "versions": [str(v) for v in self.runtime.versions(name)],
                     "platform": PLATFORM, "inputs": [_tensor_metadata(s) for s in model.inputs],
-                    "outputs": [_tensor_metadata(s) for s in model.outputs]}
+                    "outputs": [_tensor_metadata(s) for s in model.outputs],
+                    "parity": model.parity}  # beyond the protocol's fields: clients ignore what they do not know
 
     @contextmanager
     def _model(self, name: str, version: str | None) -> Iterator[tuple[Model, int]]:
