@@ -20,6 +20,7 @@ from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.checks import Envelope
 from ..guard.contract import InputContract
+from ..guard.explain import Explanation, explain
 from ..guard.monitor import DriftMonitor
 from ..guard.trigger import Trigger
 from ..modelfile import check_model_file, sha256_file, uses_external_data
@@ -185,6 +186,19 @@ class Model:
         if hit is not None:
             return self._watched(feed, hit), flags
         return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms))), flags
+
+    def explain(self, inputs: Any = None, /, *, input: str | None = None, patch: int | None = None,
+                **named: Any) -> Explanation:
+        """Occlusion attributions of each feature (or image patch) of ``input`` to every output, per row, in one
+        batched engine call per row (see :mod:`edgeserve.guard.explain`). The envelope checks apply; the
+        occluded rows bypass the batcher, the cache and drift monitoring."""
+        feed, _ = self._checked(inputs, named)
+
+        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(self._output_names, self._run_feed(batch)))
+
+        return explain(run, self.inputs, feed, self.manifest.envelope if self.manifest else {}, input=input,
+                       patch=patch)
 
     def _inline(self, rows: int) -> bool:
         return self._inline_calls >= INLINE_PROBES and self._inline_cost < INLINE_S and rows <= self._inline_rows

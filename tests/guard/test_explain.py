@@ -1,0 +1,85 @@
+"""Occlusion explanations: exact for a linear model, one batched engine call, images by patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgeserve
+from edgeserve import InputError
+from tests.factories import cnn_opset11, save
+
+
+def _linear(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", w.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", w.shape[1]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("linear")
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((12, 3)), rng.standard_normal(3)
+    reference = rng.normal(2.0, 3.0, (400, 12))
+    pkg = edgeserve.convert(_linear(tmp / "lin.onnx", w, b), tmp / "pkg", quantize="none",
+                            calibration={"x": reference})
+    return pkg.path, w, b, reference.mean(axis=0)
+
+
+def test_attributions_are_exact_for_a_linear_model(linear) -> None:
+    path, w, b, ref = linear
+    x = np.random.default_rng(1).normal(0, 4, (5, 12))
+    calls = []
+    with edgeserve.load(path) as model:
+        run = model._run_feed
+        model._run_feed = lambda feed: calls.append(len(feed["x"])) or run(feed)  # type: ignore[method-assign]
+        e = model.explain(x)
+    assert calls == [13] * 5  # one batched call of M + 1 rows per explained row
+    att = e.attributions["y"]  # [rows, M, outputs]
+    expected = w[None, :, :] * (x - ref)[:, :, None]
+    np.testing.assert_allclose(att, expected, atol=1e-6, rtol=0)
+    f_x, f_ref = x @ w + b, ref @ w + b
+    np.testing.assert_allclose(att.sum(axis=1), f_x - f_ref, atol=1e-6, rtol=0)
+    assert e.reference == "reference mean per feature" and e.rows_run == 65
+
+
+def test_a_wrong_reference_is_visible(linear) -> None:
+    path, w, _, ref = linear
+    x = np.ones((1, 12))
+    with edgeserve.load(path) as model:
+        e = model.explain(x)
+    wrong = w[None] * (x - 0.0)[:, :, None]  # occluding with zeros would give this instead
+    assert not np.allclose(e.attributions["y"], wrong, atol=1e-3)
+
+
+def test_image_patches_and_top_features(tmp_path: Path) -> None:
+    model_path = save(cnn_opset11(size=16), tmp_path / "cnn.onnx")
+    images = np.random.default_rng(0).random((120, 3, 16, 16)).astype(np.float32)
+    name = onnx.load(model_path).graph.input[0].name
+    pkg = edgeserve.convert(model_path, tmp_path / "pkg", quantize="none", calibration={name: images})
+    with edgeserve.load(pkg.path) as model:
+        e = model.explain(images[:2], patch=4)
+        out = model.predict(images[:2])
+    assert e.kind == "patches" and e.grid == (4, 4) and e.rows_run == 2 * 17
+    first = next(iter(e.attributions))
+    assert e.attributions[first].shape[:2] == (2, 16)
+    np.testing.assert_allclose(e.outputs[first], out[first], rtol=1e-5, atol=1e-6)
+    top = e.top(count=3)
+    assert len(top) == 2 and len(top[0]) == 3 and all(0 <= j < 16 for j, _ in top[0])
+
+
+def test_token_inputs_are_refused_with_a_reason(tmp_path: Path) -> None:
+    from tests.factories import encoder_data, encoder_model
+
+    pkg = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration=encoder_data())
+    with edgeserve.load(pkg.path) as model, pytest.raises(InputError, match="no float"):
+        model.explain({k: v[:1] for k, v in encoder_data().items()})
