@@ -167,7 +167,7 @@ class Runtime:
     def record(self, model: Model, version: int, inputs: Any, named: Mapping[str, Any] | None,
                outputs: Mapping[str, np.ndarray] | None, started: float, flags: tuple[str, ...] = (), *,
                request_id: str | None = None, caller: str | None = None, outcome: str = "ok",
-               name: str | None = None) -> int:
+               name: str | None = None, detail: str | None = None) -> int:
         """Queue the audit record of one answered (or refused) request to ``name`` (default: the package's name);
         the ticket to wait on (0 without a log)."""
         audit = self.audit
@@ -181,7 +181,8 @@ class Runtime:
             digest=model.manifest.digests.get(model.manifest.model_file) if model.manifest else model.identity,
             input_digest=input_digest(feed) if feed else None,
             output=output_summary(outputs) if outputs is not None else None,
-            latency_s=time.perf_counter() - started, caller=caller, outcome=outcome, flags=",".join(flags))
+            latency_s=time.perf_counter() - started, caller=caller, outcome=outcome, flags=",".join(flags),
+            detail=detail)
 
     def _action(self, action: str, name: str | None, version: Any = None, *, outcome: str = "ok",
                 caller: str | None = None, detail: Mapping[str, Any] | None = None) -> None:

@@ -8,6 +8,7 @@ that is not the model's, unknown outputs — is found here, with the same messag
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgeserveError
+from ..errors import EdgeserveError, first_line
+from ..guard.explain import Explanation
 from ..runtime.model import Model
 from ..runtime.runtime import Runtime
 from ..tensors import TensorSpec
@@ -25,6 +27,8 @@ from .codec import datatype_of
 from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
+ATTRIBUTIONS = ".attributions"
+"""With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -168,9 +172,15 @@ class DataPlane:
                                                         type(exc).__name__))
                 raise
             out, flags = done
+            explained = None
+            if _wants_explanation(request):
+                import asyncio
+
+                explained = await asyncio.get_running_loop().run_in_executor(None, self._explain, model, feed)
             if audit is not None:  # answered only once its audit record is committed
-                await audit.wait_async(self._record(model, version, feed, out, started, flags, request))
-            return self._response(request, version, out, wanted)
+                await audit.wait_async(self._record(model, version, feed, out, started, flags, request,
+                                                    detail=_explanation_detail(explained)))
+            return self._response(request, version, out, wanted, explained)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
         """The same from a worker thread (gRPC): the batcher's blocking path, where callers lead batches."""
@@ -185,14 +195,24 @@ class DataPlane:
                 if audit is not None:
                     audit.wait(self._record(model, version, feed, None, started, (), request, type(exc).__name__))
                 raise
+            explained = self._explain(model, feed) if _wants_explanation(request) else None
             if audit is not None:
-                audit.wait(self._record(model, version, feed, out, started, flags, request))
-            return self._response(request, version, out, wanted)
+                audit.wait(self._record(model, version, feed, out, started, flags, request,
+                                        detail=_explanation_detail(explained)))
+            return self._response(request, version, out, wanted, explained)
+
+    @staticmethod
+    def _explain(model: Model, feed: dict[str, np.ndarray]) -> Explanation:
+        try:
+            return model.explain(feed)
+        except EdgeserveError as exc:
+            raise BadRequest(f"cannot explain this request: {first_line(exc)}") from None
 
     def _record(self, model: Model, version: int, feed: dict[str, np.ndarray], out: dict[str, np.ndarray] | None,
-                started: float, flags: tuple[str, ...], request: InferRequest, outcome: str = "ok") -> int:
+                started: float, flags: tuple[str, ...], request: InferRequest, outcome: str = "ok",
+                detail: str | None = None) -> int:
         return self.runtime.record(model, version, feed, None, out, started, flags, request_id=request.id,
-                                   caller=request.caller, outcome=outcome, name=request.model)
+                                   caller=request.caller, outcome=outcome, name=request.model, detail=detail)
 
     @contextmanager
     def _accounted(self, request: InferRequest) -> Iterator[list[int]]:
@@ -271,9 +291,30 @@ class DataPlane:
         return feed, list(dict.fromkeys(request.outputs))
 
     @staticmethod
-    def _response(request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str]) -> InferResponse:
-        return InferResponse(model=request.model, version=str(version), outputs={n: out[n] for n in wanted},
-                             id=request.id)
+    def _response(request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str],
+                  explained: Explanation | None = None) -> InferResponse:
+        outputs = {n: out[n] for n in wanted}
+        if explained is not None:  # one more output per output: [rows, features or patches, *output row shape]
+            for name, values in explained.attributions.items():
+                outputs[f"{name}{ATTRIBUTIONS}"] = values.astype(np.float32)
+        return InferResponse(model=request.model, version=str(version), outputs=outputs, id=request.id)
+
+
+def _wants_explanation(request: InferRequest) -> bool:
+    value = request.parameters.get("explain")
+    if value is None or value is False:
+        return False
+    if value is True or value == 1 or (isinstance(value, str) and value.lower() in ("true", "1", "yes")):
+        return True
+    raise BadRequest(f"parameter 'explain' must be true or false, got {value!r}")
+
+
+def _explanation_detail(explained: Explanation | None) -> str | None:
+    """What the audit record keeps of an explanation: the input, and per row its ten strongest features."""
+    if explained is None:
+        return None
+    return json.dumps({"explanation": {"input": explained.input, "kind": explained.kind,
+                                       "reference": explained.reference, "top": explained.top(count=10)}})
 
 
 def _version(version: str | None) -> int | None:

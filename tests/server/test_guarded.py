@@ -91,3 +91,24 @@ def test_drift_and_envelope_counters_are_scraped(guarded) -> None:
     rejected = [s for s in families["edgeserve_envelope"].samples
                 if s.labels.get("check") == "non_finite" and s.labels.get("action") == "rejected"]
     assert rejected and rejected[0].value >= 1
+
+
+def test_explain_parameter_adds_attributions_and_keeps_them_in_the_audit_record(guarded) -> None:
+    running, audit, x = guarded
+    reply = infer_json(running.host_port, "digits", _tensor(x[:2]), token=TOKEN, id="why-1",
+                       parameters={"explain": True})
+    assert reply.status == 200, reply.body
+    outputs = {o["name"]: o for o in reply.json()["outputs"]}
+    att = outputs["logits.attributions"]
+    assert att["shape"] == [2, 64, 10] and att["datatype"] == "FP32"
+    detail = json.loads(next(query(audit, request_id="why-1"))["detail"])["explanation"]
+    assert detail["input"] == "x" and len(detail["top"]) == 2 and len(detail["top"][0]) == 10
+    client = grpcclient.InferenceServerClient(running.grpc)
+    tensor = grpcclient.InferInput("x", [1, 64], "FP32")
+    tensor.set_data_from_numpy(x[:1])
+    result = client.infer("digits", [tensor], parameters={"explain": True},
+                          headers={"authorization": f"Bearer {TOKEN}"})
+    assert result.as_numpy("logits.attributions").shape == (1, 64, 10)
+    client.close()
+    bad = infer_json(running.host_port, "digits", _tensor(x[:1]), token=TOKEN, parameters={"explain": "maybe"})
+    assert bad.status == 400 and "explain" in bad.json()["error"]
