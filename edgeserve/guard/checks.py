@@ -10,8 +10,9 @@ fails it is looked at closely.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ class Envelope:
                 continue
             if c.vocabulary is not None:
                 if not ((x >= 0) & (x < c.vocabulary)).all():
-                    warned += self._failed("vocabulary", c.name, x, (x < 0) | (x >= c.vocabulary),
+                    warned += self._failed("vocabulary", c.name, x, partial(_outside_table, x, c.vocabulary),
                                            f"token ids outside the embedding table (0..{c.vocabulary - 1})")
                 continue
             lo, hi = c.lo, c.hi
@@ -86,25 +87,31 @@ class Envelope:
                 assert lo is not None and hi is not None
             if ((x >= lo) & (x <= hi)).all():
                 continue
-            if c.finite:
-                bad = ~np.isfinite(x)
-                if bad.any():
-                    warned += self._failed("non_finite", c.name, x, bad, "NaN or infinite values")
+            finite = not c.finite or bool(np.isfinite(x).all())
+            if not finite:
+                warned += self._failed("non_finite", c.name, x, partial(_not_finite, x), "NaN or infinite values")
             if self.config.range != "off":
-                with np.errstate(invalid="ignore"):
-                    outside = np.isfinite(x) & ((x < lo) | (x > hi))
-                if outside.any():
+
+                def outside(x: np.ndarray = x, lo: np.ndarray = lo, hi: np.ndarray = hi) -> np.ndarray:
+                    with np.errstate(invalid="ignore"):
+                        return np.isfinite(x) & ((x < lo) | (x > hi))
+
+                # all finite: the fused check failed on a value out of range; else only a closer look can tell
+                if finite or outside().any():
                     warned += self._failed("range", c.name, x, outside,
                                            f"values outside the reference range (margin {self.config.range_margin:g} "
                                            "of each feature's span)")
         return warned
 
-    def _failed(self, check: str, name: str, x: np.ndarray, bad: np.ndarray, what: str) -> tuple[str, ...]:
+    def _failed(self, check: str, name: str, x: np.ndarray, where_bad: Callable[[], np.ndarray],
+                what: str) -> tuple[str, ...]:
+        """Count the failure; raise if the policy rejects (only then are the positions worked out)."""
         policy = getattr(self.config, check)
         with self._lock:
             (self.rejections if policy == "reject" else self.warnings)[check] += 1
         if policy != "reject":
             return (f"{check}:{name}",)
+        bad = where_bad()
         where = np.argwhere(bad)[:SHOWN]
         shown = ", ".join(f"{list(map(int, p))} = {x[tuple(p)].item()!r}" for p in where)
         count = int(bad.sum())
@@ -116,6 +123,14 @@ class Envelope:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"warnings": dict(self.warnings), "rejections": dict(self.rejections)}
+
+
+def _outside_table(x: np.ndarray, vocabulary: int) -> np.ndarray:
+    return (x < 0) | (x >= vocabulary)  # type: ignore[no-any-return]
+
+
+def _not_finite(x: np.ndarray) -> np.ndarray:
+    return ~np.isfinite(x)  # type: ignore[no-any-return]
 
 
 def _bounds(ref: Mapping[str, Any], rank: int, margin: float) -> tuple[np.ndarray, np.ndarray]:

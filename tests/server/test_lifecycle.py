@@ -35,10 +35,10 @@ def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo.root
 
 
-def _wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+def _wait_until(predicate, what: str, timeout: float = 60.0, why=lambda: "") -> None:
     end = time.monotonic() + timeout
     while not predicate():  # a state to reach, polled; nothing is ordered by sleeping
-        assert time.monotonic() < end, what
+        assert time.monotonic() < end, f"{what} {why()}"
         time.sleep(0.02)
 
 
@@ -70,7 +70,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_repo: Path, tmp_p
         body, headers = _infer_body(32768)
         with ThreadPoolExecutor(4) as pool:
             inflight = [pool.submit(call, hp, "POST", "/v2/models/wide/infer", body, headers) for _ in range(4)]
-            _wait_until(lambda: _inflight(hp) >= 4, "the requests were never all in flight")
+            _wait_until(lambda: _inflight(hp) >= 4, "the requests were never all in flight",
+                        why=lambda: [(f.result().status, f.result().body[:200]) for f in inflight if f.done()])
             proc.send_signal(signal.SIGTERM)
             replies = [f.result(60) for f in inflight]
         assert [r.status for r in replies] == [200] * 4  # every request in flight when SIGTERM came was answered
