@@ -35,6 +35,7 @@ class _InputCheck:
     hi_all: np.ndarray | None
     finite: bool  # check NaN/inf
     vocabulary: int | None
+    fits: tuple[int, ...] | None = None  # the last shape seen that the per-feature bounds broadcast against
 
 
 class Envelope:
@@ -82,9 +83,12 @@ class Envelope:
                 continue
             lo, hi = c.lo, c.hi
             assert lo is not None and hi is not None
-            if lo.ndim and (x.ndim != lo.ndim or any(b != 1 and b != d for b, d in zip(lo.shape, x.shape))):
-                lo, hi = c.lo_all, c.hi_all  # a symbolic dimension sized unlike the reference's: whole-tensor bounds
-                assert lo is not None and hi is not None
+            if x.shape != c.fits:
+                if lo.ndim and (x.ndim != lo.ndim or any(b != 1 and b != d for b, d in zip(lo.shape, x.shape))):
+                    lo, hi = c.lo_all, c.hi_all  # a symbolic dimension sized unlike the reference's: whole-tensor
+                    assert lo is not None and hi is not None
+                else:
+                    c.fits = x.shape  # the per-feature bounds broadcast against this shape: no need to look again
             if ((x >= lo) & (x <= hi)).all():
                 continue
             finite = not c.finite or bool(np.isfinite(x).all())

@@ -2,9 +2,9 @@
 reference, with thresholds set from a false-alarm budget.
 
 How a live value is judged. Each feature's reference keeps quantile knots (see :mod:`.reference`); a live value
-``x`` becomes its probability under the reference, ``u = F(x)``, drawn uniformly across the probability between
-the knots around ``x`` — or, where ``x`` sits on an atom (a pixel that is mostly 0), across the atom's mass: the
-*randomised probability integral transform*. Under the reference ``u`` is uniform on [0, 1] whatever the feature's distribution, so one
+``x`` becomes its probability under the reference, ``u = F(x)``, drawn uniformly across the probability of the
+small bucket ``x`` falls in — which, where ``x`` sits on an atom (a pixel that is mostly 0), is the atom's mass:
+the *randomised probability integral transform* (see :class:`FeatureRanks`). Under the reference ``u`` is uniform on [0, 1] whatever the feature's distribution, so one
 threshold fits every feature: skewed, discrete or constant. Two scores per value, both mean 0 and variance 1 under
 the reference: ``m = sqrt(12) (u - 1/2)`` (location) and ``v = (m^2 - 1) / sqrt(0.8)`` (scale: noise pushes ``u``
 to the tails, a stuck sensor to the middle). Each feeds a two-sided CUSUM, ``S = max(0, S + score - k)``, with
@@ -74,44 +74,61 @@ def thresholds(k: float, detectors: int, budget: float, rows: int, knots: int) -
 
 
 class FeatureRanks:
-    """Maps ``[rows, features]`` values to their probabilities under the reference (see the module docstring)."""
+    """Maps ``[rows, features]`` values to their probabilities under the reference (see the module docstring).
 
-    def __init__(self, knots: Sequence[Sequence[float]]) -> None:
+    Each feature's range, widened by its span on both sides, is cut into ``BUCKETS`` equal buckets; a table
+    holds the reference probability below each bucket's edge (from the quantile knots: linear between knots,
+    jumps at atoms, and a thin tail of ``1 / (rows + 1)`` spread over the widening). A value's bucket is found
+    by arithmetic, not by search, and ``u`` is drawn uniformly over its bucket's probability: the randomised
+    probability integral transform of the bucketed value, uniform under the reference whatever the feature's
+    distribution (atoms included, since an atom falls inside one bucket)."""
+
+    BUCKETS = 768
+
+    def __init__(self, knots: Sequence[Sequence[float]], rows: int = 1000) -> None:
         table = np.asarray(knots, dtype=np.float64)  # [features, n]
         self.features, self.n = table.shape
-        self.table = table
-        self.center = table[:, self.n // 2].copy()
-        spread = table[:, -1] - table[:, 0]
-        self.scale = np.where(spread > 0, spread, 1.0)
-        # one sorted array for every feature: feature j's knots squashed into (2j, 2j + 1) keep their order
-        self.offsets = 2.0 * np.arange(self.features)
-        self.keys = (self.offsets[:, None] + self._squash(table, self.center[:, None], self.scale[:, None])).ravel()
-        self.base = (np.arange(self.features) * self.n)[None, :]
-        self.flat = table.ravel()
-        self.step = 1.0 / (self.n - 1)
-        # for every knot, the flat index of the first knot of its feature with the same value (an atom's start)
-        starts = np.ones_like(table, dtype=bool)
-        starts[:, 1:] = table[:, 1:] != table[:, :-1]
-        index = np.where(starts.ravel(), np.arange(table.size), 0)
-        self.first = np.maximum.accumulate(index)
-
-    @staticmethod
-    def _squash(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        return 0.5 + np.arctan((x - center) / scale) / math.pi
+        lo, hi = table[:, 0], table[:, -1]
+        span = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
+        self.start = lo - span  # buckets cover [min - span, max + span]
+        width = 3.0 * span / self.BUCKETS
+        self.inverse = 1.0 / width
+        self.neg_start_scaled = -self.start * self.inverse
+        edges = self.start[:, None] + width[:, None] * np.arange(self.BUCKETS + 1)[None, :]
+        cdf = np.stack([_below(table[j], edges[j], 1.0 / (rows + 1), span[j]) for j in range(self.features)])
+        self.lower = cdf[:, :-1].ravel()  # [features * BUCKETS]: P(x < bucket's left edge)
+        self.mass = (cdf[:, 1:] - cdf[:, :-1]).ravel()
+        self.offsets = (np.arange(self.features) * self.BUCKETS)[None, :]
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if not np.isfinite(x.sum()):
-            x = np.nan_to_num(x, nan=0.0)
-        keys = self.offsets + self._squash(x, self.center, self.scale)
-        right = np.searchsorted(self.keys, keys, "right")  # flat index past the knots at or below x
-        base = self.base
-        last = np.maximum(right - 1, base)  # the highest knot at or below x (or the feature's first)
-        tied = (right > base) & (self.flat[last] == x)
-        left = np.where(tied, self.first[last], right)  # past the knots strictly below x
-        # between knots j-1 and j (left == right == j): uniform over that 1/(n-1) of probability; on an atom
-        # (knots left..right-1 equal x): uniform over the atom's span
-        u = (left - base - 1 + rng.random(x.shape) * (right - left + 1)) * self.step
-        return np.clip(u, 0.0, 1.0, out=u)
+        scaled = x * self.inverse
+        scaled += self.neg_start_scaled
+        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=self.BUCKETS, neginf=0.0)
+        index = np.clip(scaled, 0, self.BUCKETS - 1).astype(np.intp)
+        index += self.offsets
+        u = rng.random(x.shape)
+        u *= self.mass.take(index)
+        u += self.lower.take(index)
+        return u
+
+
+def _below(knots: np.ndarray, edges: np.ndarray, tail: float, span: float) -> np.ndarray:
+    """P(x < e) for each edge, from quantile knots at evenly spaced levels, with ``tail`` mass spread linearly
+    over the ``span`` below the lowest knot and above the highest."""
+    n = len(knots)
+    levels = np.linspace(tail, 1.0 - tail, n)
+    left = np.searchsorted(knots, edges, "left")  # knots strictly below each edge
+    out = np.empty(len(edges))
+    inside = (left > 0) & (left < n)
+    i = left[inside]
+    k0, k1 = knots[i - 1], knots[i]
+    frac = np.divide(edges[inside] - k0, k1 - k0, out=np.ones_like(k0), where=k1 > k0)
+    out[inside] = levels[i - 1] + frac * (levels[i] - levels[i - 1])
+    below = left == 0  # at or under the lowest knot
+    out[below] = tail * np.clip((edges[below] - (knots[0] - span)) / span, 0.0, 1.0)
+    above = left >= n  # over the highest knot
+    out[above] = 1.0 - tail + tail * np.clip((edges[above] - knots[-1]) / span, 0.0, 1.0)
+    return np.maximum.accumulate(out)
 
 
 class Cusum:
@@ -119,7 +136,7 @@ class Cusum:
 
     def __init__(self, knots: Sequence[Sequence[float]], *, shift: float, budget: float, rows: int,
                  seed: int | None = None) -> None:
-        self.ranks = FeatureRanks(knots)
+        self.ranks = FeatureRanks(knots, rows)
         self.features = self.ranks.features
         self.k = shift / 2.0
         self.h = thresholds(self.k, 4 * self.features, budget, rows, self.ranks.n)  # [4]

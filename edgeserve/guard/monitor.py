@@ -5,9 +5,9 @@ An episode starts when any feature's score reaches 1 (its detector's threshold).
 score has stayed at or above ``exit_level`` for ``span`` requests since the onset; the episode ends (and the
 trigger re-arms) only after ``rearm`` requests in a row under ``exit_level``.
 
-Each request hands over its rows' features (a few floats per row: an image's channel means, not its pixels) with a
-deque append; whichever caller brings the pending rows to a chunk folds them in, while the others go on (a caller
-that finds the fold busy does not wait for it).
+Each request hands over copies of the arrays watched (a deque append); whichever caller brings the pending rows to
+a chunk (or their bytes past ``PENDING_BYTES``) folds them in — one set of numpy operations for the chunk — while
+the others go on (a caller that finds the fold busy does not wait for it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .reference import Layout, row_features
 from .trigger import Trigger
 
 SHOWN = 10
+PENDING_BYTES = 8 * 2**20
+"""Pending requests holding more than this (large images) are folded in before a chunk of rows is full."""
 
 
 class DriftMonitor:
@@ -47,6 +49,9 @@ class DriftMonitor:
         self._clock = clock
         self._pending: deque[list[np.ndarray]] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
+        self._big = any(layout.kind in ("channels", "series", "flat", "norm") for _, _, layout, _ in self._tensors)
+        """Watched tensors whose rows can be large: pending requests are also folded in by bytes."""
         self._pending_bytes = 0
         self._lock = threading.Lock()
         self.rows = 0
@@ -72,19 +77,25 @@ class DriftMonitor:
                 layout = Layout.from_dict(ref["layout"])
                 tensors.append((side, spec.name, layout, len(ref["drift"]["knots"])))
                 knots.extend(ref["drift"]["knots"])
+        if any(t[2].kind == "confidence" for t in tensors):  # a label next to its scores says nothing new
+            keep = [i for i, t in enumerate(tensors) if not (t[0] == "output" and t[2].kind == "value")]
+            offsets = np.cumsum([0] + [t[3] for t in tensors])
+            knots = [k for i in keep for k in knots[offsets[i]:offsets[i + 1]]]
+            tensors = [tensors[i] for i in keep]
         if not tensors:
             return None
         return cls(tensors, knots, int(reference.get("rows", 0)), config, identity, trigger)
 
     # -- the hot path ---------------------------------------------------------------------------------------------
     def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
-        """Take one answered request's features (``rows`` rows; copies, so the caller may reuse its arrays); fold
-        the pending ones in once a chunk is full."""
-        parts = [row_features(layout, (feed if side == "input" else outputs)[name], copy=True)
-                 for side, name, layout, _ in self._tensors]
-        self._pending.append(parts)
-        self._pending_rows += rows  # NOTE: a racy counter only decides when to fold; the fold counts exactly
-        if self._pending_rows >= self.config.chunk and self._lock.acquire(blocking=False):
+        """Take one answered request (``rows`` rows; its watched arrays are copied, so the caller may reuse
+        them); fold the pending ones in once a chunk is full."""
+        arrays = [np.array((feed if side == "input" else outputs)[name]) for side, name, _, _ in self._tensors]
+        self._pending.append(arrays)
+        self._pending_rows += rows  # NOTE: racy counters only decide when to fold; the fold counts exactly
+        self._pending_bytes += sum(a.nbytes for a in arrays) if self._big else 0
+        if (self._pending_rows >= self.config.chunk or self._pending_bytes > PENDING_BYTES) \
+                and self._lock.acquire(blocking=False):
             try:
                 self._fold()
             finally:
@@ -101,10 +112,14 @@ class DriftMonitor:
         while pending:
             items.append(pending.popleft())
         self._pending_rows = 0
+        self._pending_bytes = 0
         if not items:
             return
-        columns = [np.concatenate(c) if len(items) > 1 else c[0] for c in zip(*items)]
-        self.update(columns[0] if len(columns) == 1 else np.hstack(columns))
+        parts = []
+        for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
+            values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            parts.append(row_features(layout, values))
+        self.update(parts[0] if len(parts) == 1 else np.hstack(parts))
 
     def update(self, x: np.ndarray) -> None:
         """Fold ``[rows, features]`` values (in :attr:`labels` order) in and move the episode along."""

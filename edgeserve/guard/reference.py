@@ -120,9 +120,9 @@ def row_features(layout: Layout, x: np.ndarray, *, copy: bool = False) -> np.nda
         common = np.isin(x, layout.common).sum(axis=1) / np.maximum(length, 1)
         return np.stack([length.astype(np.float64), common], axis=1)
     if kind == "confidence":
-        a = x.astype(np.float64, copy=False)
         if layout.probabilities:
-            return a.max(axis=1, keepdims=True)
+            return x.max(axis=1, keepdims=True).astype(np.float64)
+        a = x.astype(np.float64, copy=False)
         top = a.max(axis=1, keepdims=True)
         return 1.0 / np.exp(a - top).sum(axis=1, keepdims=True)  # softmax's top probability
     if kind == "value":

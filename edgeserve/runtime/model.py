@@ -132,7 +132,7 @@ class Model:
         if self.batcher is not None:
             out = self.batcher.call(feed, timeout_ms)
         else:
-            out = dict(zip(self._output_names, self._run(feed, self._output_names)))
+            out = dict(zip(self._output_names, self._run_feed(feed)))
         return self._watched(feed, self._remember(key, out)), flags
 
     async def predict_async(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
