@@ -245,8 +245,9 @@ class GuardConfig:
     false_alarm_requests: float = 1e6
     """The false-alarm budget: on data like the reference, at most one alarm (across all features) per this
     many requests."""
-    chunk: int = 32
-    """Rows folded into the detectors at once (the cost of a check is shared by this many rows)."""
+    chunk: int = 64
+    """Rows folded into the detectors at once: a fold's fixed cost is shared by this many rows, and an alarm comes
+    at the end of a chunk."""
     trigger: TriggerConfig | None = None
 
     def __post_init__(self) -> None:

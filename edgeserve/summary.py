@@ -90,12 +90,31 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
     if m.envelope.get("inputs"):
-        yield f"envelope ({m.envelope.get('source')}, {m.envelope.get('rows')} rows):"
+        yield f"reference statistics ({m.envelope.get('source')}, {m.envelope.get('rows')} rows):"
         for name, st in m.envelope["inputs"].items():
             if "min" in st:
+                layout = st.get("layout") or {}
+                kind = f" [{layout['kind']}]" if layout else ""
                 feats = f", {len(st['features'])} features" if "features" in st else ""
-                yield (f"  {name}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
+                yield (f"  {name}{kind}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
                        f"std {_fmt(st['std'])}{feats}")
+            if "tokens" in st:
+                t = st["tokens"]
+                lengths = t["lengths"]
+                top = ", ".join(f"{i} ({f:.1%})" for i, f in t["top"][:5])
+                yield (f"    tokens: vocabulary {t['vocabulary']}, padding id {t['pad']}, length "
+                       f"{_fmt(lengths.get('min'))}..{_fmt(lengths.get('max'))} (mean {_fmt(lengths.get('mean'))}); "
+                       f"most frequent {top}")
+            if "drift" in st:
+                yield (f"    drift reference: {len(st['drift']['knots'])} {_unit(st.get('layout'))} x "
+                       f"{len(st['drift']['knots'][0])} quantile knots")
+        for name, st in (m.envelope.get("outputs") or {}).items():
+            kind = (st.get("layout") or {}).get("kind", "?")
+            q = st.get("quantiles") or {}
+            yield (f"  output {name} [{kind}]: mean {_fmt(st.get('mean'))}, p5 {_fmt(q.get('p5'))}, "
+                   f"p50 {_fmt(q.get('p50'))}, p95 {_fmt(q.get('p95'))}")
+    elif m.envelope == {}:
+        yield "reference statistics: none (convert with calibration or --reference data for envelope and drift checks)"
     env = m.environment
     cpu = env.get("cpu", {})
     yield (f"environment: python {env.get('python')}, onnx {env.get('onnx')}, onnxruntime {env.get('onnxruntime')}, "
@@ -110,3 +129,9 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
         path = pkg.path / name
         size = path.stat().st_size if path.exists() else 0
         yield f"  {name}  {size / 1024:.1f} KiB  sha256 {m.digests[name][:16]}…"
+
+
+def _unit(layout: dict[str, Any] | None) -> str:
+    kind = (layout or {}).get("kind")
+    return {"tabular": "features", "channels": "channels", "series": "features", "tokens": "sequence summaries",
+            "flat": "row summaries"}.get(str(kind), "features")

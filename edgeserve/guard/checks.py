@@ -140,9 +140,10 @@ def _not_finite(x: np.ndarray) -> np.ndarray:
 def _bounds(ref: Mapping[str, Any], rank: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
     lo = np.asarray(ref["range"]["min"], dtype=np.float64)
     hi = np.asarray(ref["range"]["max"], dtype=np.float64)
-    span = hi - lo
+    magnitude = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
     whole = float(hi.max() - lo.min()) or 1.0
-    pad = margin * np.where(span > 0, span, whole)  # a constant feature gets the tensor's span as its room
+    span = np.where(hi > lo, hi - lo, whole)  # a constant feature gets the tensor's span as its room
+    pad = margin * np.maximum(span, 1e-3 * magnitude)  # and float rounding on another CPU is never out of range
     lo, hi = lo - pad, hi + pad
     axis = (ref.get("layout") or {}).get("axis")
     if axis is not None and len(lo) > 1 and axis < rank:

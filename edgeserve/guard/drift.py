@@ -31,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
+SQRT12 = math.sqrt(12.0)
 SCALE_SD = math.sqrt(0.8)
 """Standard deviation of ``m^2`` when ``m = sqrt(12) (u - 1/2)`` and ``u`` is uniform."""
+RELATIVE_FLOOR = 1e-3
+"""A feature's range counts as at least this fraction of its magnitude (and of 1)."""
 CAP = 2.0
 """A detector's sum is capped at ``CAP x`` its threshold, so it comes back below the exit level in a bounded
 number of requests once the shift ends."""
@@ -89,26 +92,29 @@ class FeatureRanks:
         table = np.asarray(knots, dtype=np.float64)  # [features, n]
         self.features, self.n = table.shape
         lo, hi = table[:, 0], table[:, -1]
-        span = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
+        # NOTE: a floor on the span, relative to the values: a feature that barely varies (a layer-normed output's
+        # norm) must not turn the last digits of float rounding on another CPU into drift
+        span = np.maximum(hi - lo, RELATIVE_FLOOR * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0))
         self.start = lo - span  # buckets cover [min - span, max + span]
         width = 3.0 * span / self.BUCKETS
         self.inverse = 1.0 / width
         self.neg_start_scaled = -self.start * self.inverse
         edges = self.start[:, None] + width[:, None] * np.arange(self.BUCKETS + 1)[None, :]
         cdf = np.stack([_below(table[j], edges[j], 1.0 / (rows + 1), span[j]) for j in range(self.features)])
-        self.lower = cdf[:, :-1].ravel()  # [features * BUCKETS]: P(x < bucket's left edge)
-        self.mass = (cdf[:, 1:] - cdf[:, :-1]).ravel()
+        self.lower = cdf[:, :-1].ravel().astype(np.float32)  # [features * BUCKETS]: P(x < bucket's left edge)
+        self.mass = (cdf[:, 1:] - cdf[:, :-1]).ravel().astype(np.float32)
         self.offsets = (np.arange(self.features) * self.BUCKETS)[None, :]
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``u`` for every value of ``[rows, features]`` ``x`` (float32)."""
         scaled = x * self.inverse
         scaled += self.neg_start_scaled
-        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=self.BUCKETS, neginf=0.0)
-        index = np.clip(scaled, 0, self.BUCKETS - 1).astype(np.intp)
+        np.clip(scaled, 0, self.BUCKETS - 1, out=scaled)  # NOTE: NaN stays NaN; take(mode="clip") bounds it below
+        index = scaled.astype(np.intp)
         index += self.offsets
-        u = rng.random(x.shape)
-        u *= self.mass.take(index)
-        u += self.lower.take(index)
+        u = rng.random(x.shape, dtype=np.float32)
+        u *= self.mass.take(index, mode="clip")
+        u += self.lower.take(index, mode="clip")
         return u
 
 
@@ -150,9 +156,12 @@ class Cusum:
 
         A CUSUM on batch totals keeps the same false-alarm bound (``theta`` solves the same equation for a sum
         of i.i.d. increments) and detects at most one batch later than one row at a time."""
-        m, v = _scores(self.ranks(x, self.rng))
+        u = self.ranks(x, self.rng)
         rows = len(x)
-        ms, vs = m.sum(axis=0), v.sum(axis=0)
+        s1 = u.sum(axis=0, dtype=np.float64)
+        s2 = np.einsum("ij,ij->j", u, u, dtype=np.float64)
+        ms = SQRT12 * (s1 - rows / 2)  # the sum of m = sqrt(12) (u - 1/2) over the rows
+        vs = (12.0 * (s2 - s1 + rows / 4) - rows) / SCALE_SD  # the sum of v = (m^2 - 1) / sqrt(0.8)
         step = np.concatenate([ms, -ms, vs, -vs]) - rows * self.k
         np.add(self.sums, step, out=self.sums)
         np.clip(self.sums, 0.0, self.cap, out=self.sums)

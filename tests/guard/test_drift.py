@@ -131,3 +131,17 @@ def test_trigger_runs_a_command_without_a_shell_and_records_failures(digits_pack
     assert failing.history[-1]["outcome"]["command"].startswith("failed: RuntimeError: exit status 3")
     ran.close()
     failing.close()
+
+
+def test_float_rounding_on_a_near_constant_feature_is_not_drift() -> None:
+    """A layer-normed output's norm is the same number to the sixth digit on every row; another CPU's kernels move
+    the last digits. That is not drift."""
+    rng = np.random.default_rng(0)
+    reference = 64.0 + rng.normal(0, 1e-6, (500, 1))
+    detector = Cusum(feature_reference(reference)["knots"], shift=0.5, budget=1e6, rows=500, seed=1)
+    for _ in range(200):
+        detector.update(64.0 + 3e-5 + rng.normal(0, 1e-6, (32, 1)))  # 30 sd of the reference, 5e-7 relative
+    assert detector.score().max() < 1.0
+    for _ in range(20):
+        detector.update(64.5 + rng.normal(0, 1e-6, (32, 1)))  # a real change of the value: found
+    assert detector.score().max() >= 1.0
