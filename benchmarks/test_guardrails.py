@@ -67,8 +67,8 @@ def test_guard_cost_per_request(setup) -> None:
     guarded = edgeserve.load(pkg, guard=GuardConfig())
     for rows in (1, 32):
         x = stream[:rows]
-        off = _per_call(lambda: plain.answer(x), 3000)
-        on = _per_call(lambda: guarded.answer(x), 3000)
+        off = _per_call(lambda x=x: plain.answer(x), 3000)
+        on = _per_call(lambda x=x: guarded.answer(x), 3000)
         _lines.append(f"envelope + drift, {rows:>2} rows/request      {(on - off) * 1e6:7.2f} us/request "
                       f"({(on - off) * 1e6 / rows:5.2f} us/row)  [off {off * 1e6:.1f} us, on {on * 1e6:.1f} us]")
     plain.close()
@@ -101,7 +101,7 @@ def test_everything_on_against_everything_off_at_32_callers(setup, tmp_path: Pat
     for name, values in rates.items():
         rate = float(np.median(values))
         _lines.append(f"32 callers x {per_request:>2} rows, {name:<24} {rate:9.0f} rows/s   {rate / base:5.2f}x off")
-    for name, runtime in runtimes.items():
+    for runtime in runtimes.values():
         runtime.close()
         if runtime.audit is not None:
             runtime.audit.close()

@@ -28,7 +28,7 @@ def test_convert_inspect_run(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
 
     result = invoke("inspect", out)
     assert result.exit_code == 0
-    for expected in ("mlp@1", "x: float32 [batch, 16]", "mode: static", "envelope (calibration", "digests: ok"):
+    for expected in ("mlp@1", "x: float32 [batch, 16]", "mode: static", "reference statistics (calibration", "digests: ok"):
         assert expected in result.stdout
     manifest = json.loads(invoke("inspect", out, "--json").stdout)
     assert manifest["recipe"]["mode"] == "static"
