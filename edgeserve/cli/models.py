@@ -14,6 +14,22 @@ def models() -> None:
     """Manage a model repository: REPO/NAME/VERSION/ folders holding packages."""
 
 
+def _audit(repo: Path, action: str, name: str, version: object = None, **detail: object) -> None:
+    """One record in the repository's audit log, if it keeps one (``REPO/.edgeserve/audit.sqlite3``)."""
+    from ..runtime.runtime import default_audit_path
+
+    path = Path(default_audit_path(repo))
+    if not path.is_file():
+        return
+    import getpass
+
+    from ..guard.audit import AuditLog
+
+    with AuditLog(path) as log:
+        log.action(action=action, model=name, version=version, caller=f"cli:{getpass.getuser()}",
+                   detail={k: v for k, v in detail.items() if v is not None} or None)
+
+
 def _repo(root: Path, create: bool = False):
     from ..runtime.repository import Repository
 
@@ -42,6 +58,7 @@ def models_publish(repo: Path, name: str, package: Path) -> None:
     """Copy PACKAGE into REPO as the next version of NAME (verified, atomic); it serves unless NAME is pinned."""
     repository = _repo(repo, create=True)
     version = repository.publish(name, package)
+    _audit(repo, "publish", name, version, package=str(package))
     state = repository.state(name)
     note = "" if state.current == version else f" (pinned: version {state.current} keeps serving)"
     click.echo(f"published {name} version {version}{note}")
@@ -53,6 +70,7 @@ def models_publish(repo: Path, name: str, package: Path) -> None:
 def models_rollback(repo: Path, name: str) -> None:
     """Serve the version before the current one (a running server picks it up on reload)."""
     version = _repo(repo).rollback(name)
+    _audit(repo, "rollback", name, version)
     click.echo(f"{name}: serving version {version}")
 
 
@@ -63,6 +81,7 @@ def models_rollback(repo: Path, name: str) -> None:
 def models_pin(repo: Path, name: str, version: str) -> None:
     """Serve VERSION of NAME and stay on it when newer versions are published."""
     v = _repo(repo).pin(name, version)
+    _audit(repo, "pin", name, v)
     click.echo(f"pinned {name} to version {v}")
 
 
@@ -72,6 +91,7 @@ def models_pin(repo: Path, name: str, version: str) -> None:
 def models_unpin(repo: Path, name: str) -> None:
     """Follow the newest version of NAME again."""
     v = _repo(repo).unpin(name)
+    _audit(repo, "unpin", name, v)
     click.echo(f"{name}: serving the newest version, {v}")
 
 
@@ -83,4 +103,5 @@ def models_unpin(repo: Path, name: str) -> None:
 def models_remove(repo: Path, name: str, version: str, force: bool) -> None:
     """Delete VERSION of NAME."""
     _repo(repo).remove(name, version, force=force)
+    _audit(repo, "remove", name, version, force=force or None)
     click.echo(f"removed {name} version {version}")

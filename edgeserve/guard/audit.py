@@ -111,7 +111,8 @@ class AuditLog:
         self._clock = clock
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                       timeout=30.0)  # another writer's transaction: wait for it
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={sync.upper()}")
             self._db.executescript(_SCHEMA)
@@ -256,17 +257,21 @@ class AuditLog:
                 self._wake.set()
 
     def _commit(self, rows: list[tuple[Any, ...]]) -> None:
-        seq, prev = self._seq, self._hash
-        chained = []
-        for row in rows:
-            seq += 1
-            full = (seq, *row)
-            digest = _digest(full, prev)
-            chained.append((*full, prev, digest))
-            prev = digest
+        """Chain ``rows`` onto the log's head and commit them in one transaction. The head is read inside the
+        transaction (which holds SQLite's write lock), so several writers — ``serve --workers`` processes, a
+        ``models publish`` next to a server — extend one chain."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            head = db.execute("SELECT seq, hash FROM head").fetchone()
+            seq, prev = (int(head[0]), str(head[1])) if head else (self._seq, self._hash)
+            chained = []
+            for row in rows:
+                seq += 1
+                full = (seq, *row)
+                digest = _digest(full, prev)
+                chained.append((*full, prev, digest))
+                prev = digest
             db.executemany(f"INSERT INTO records ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
                            chained)
             db.execute("INSERT OR REPLACE INTO head (one, seq, hash) VALUES (1, ?, ?)", (seq, prev))

@@ -333,13 +333,13 @@ class Runtime:
             loaded.model.close()
 
     # -- management --------------------------------------------------------------------------------------------------
-    def reload(self, name: str) -> int:
+    def reload(self, name: str, *, caller: str | None = None, action: str = "reload") -> int:
         """Load the repository's current version of ``name`` and swap it in; returns the serving version.
 
         The new version is loaded and verified (digests, golden samples) before anyone sees it; a version already
         loaded on demand is promoted instead of loaded again. If loading fails, the old version keeps serving
         and the error is raised. Requests holding the old version finish on it; what waits in its queue runs
-        at once."""
+        at once. ``caller`` and ``action`` name who asked and why, in the audit log."""
         if self._closed:
             raise ClosedError("the runtime is closed")
         check_name(name)
@@ -348,13 +348,15 @@ class Runtime:
         with slot.lock:
             version = self.repository.current(name)
             if slot.current is not None and slot.current.version == version:
+                if action != "reload":
+                    self._action(action, name, version, caller=caller, detail={"already_serving": True})
                 return version
             with self._lock:
                 promoted = slot.on_demand.pop(version, None)
             try:
                 fresh = promoted or _Loaded(self._load(name, slot, version), version)
             except EdgeserveError as exc:
-                self._action("reload", name, version, outcome=f"failed: {first_line(exc, 300)}",
+                self._action(action, name, version, outcome=f"failed: {first_line(exc, 300)}", caller=caller,
                              detail={"serving": slot.current.version if slot.current else None})
                 raise
             with self._lock:
@@ -363,8 +365,8 @@ class Runtime:
             if old is not None:
                 self._retire(slot, old)
             log.info("model %s: serving version %s%s", name, version, f" (was {old.version})" if old else "")
-            self._action("reload", name, version, detail={"was": old.version if old else None,
-                                                          "parity": fresh.model.parity})
+            self._action(action, name, version, caller=caller, detail={"was": old.version if old else None,
+                                                                       "parity": fresh.model.parity})
             return version
 
     def rollback(self, name: str) -> int:
@@ -382,14 +384,14 @@ class Runtime:
         self._action("rollback", name, version, detail={"from": state.current})
         return version
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, *, caller: str | None = None) -> None:
         with self._lock:
             slot = self._slots.pop(name, None)
         if slot is None:
             raise ModelNotFound(f"model '{name}' is not loaded")
         for loaded in slot.loaded():
             self._retire(slot, loaded)
-        self._action("unload", name, detail={"versions": [x.version for x in slot.loaded()]})
+        self._action("unload", name, caller=caller, detail={"versions": [x.version for x in slot.loaded()]})
 
     def _retire(self, slot: _Slot, loaded: _Loaded) -> None:
         """Stop handing ``loaded`` out; close it once its last user lets go; drop its cached answers unless a

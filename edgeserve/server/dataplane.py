@@ -117,19 +117,19 @@ class DataPlane:
             out.append(entry)
         return out
 
-    def load(self, name: str) -> str:
+    def load(self, name: str, caller: str | None = None) -> str:
         """Load (or reload) the repository's serving version of ``name``; never from a path or URL."""
         try:
             if name not in self.runtime.repository.names():
                 raise NotFound(f"no model '{name}' in the repository; it has "
                                f"{', '.join(self.runtime.repository.names()) or 'none'}")
-            return str(self.runtime.reload(name))
+            return str(self.runtime.reload(name, caller=caller, action="load"))
         except EdgeserveError as exc:
             raise from_core(exc) from None
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, caller: str | None = None) -> None:
         try:
-            self.runtime.unload(name)
+            self.runtime.unload(name, caller=caller)
         except EdgeserveError as exc:
             raise from_core(exc) from None
 

@@ -184,9 +184,9 @@ class RestApp:
             return 200, orjson.dumps(self.plane.repository_index()), {}
         loop = asyncio.get_running_loop()
         if handler == "repository_load":  # NOTE: loading verifies digests and golden samples: off the event loop
-            await loop.run_in_executor(None, self.plane.load, params["name"])
+            await loop.run_in_executor(None, self.plane.load, params["name"], caller.name)
         else:
-            await loop.run_in_executor(None, self.plane.unload, params["name"])
+            await loop.run_in_executor(None, self.plane.unload, params["name"], caller.name)
         log.warning("model control: %s %s by %s", handler.removeprefix("repository_"), params["name"], caller.name)
         return 200, b"", {}
 

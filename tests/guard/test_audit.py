@@ -141,3 +141,40 @@ def test_kill_9_under_load_loses_no_acknowledged_record(digits_package: Path, di
     recorded = {r["request_id"] for r in query(path, kind="predict")}
     assert set(acknowledged) <= recorded
     assert verify(path).ok
+
+
+def test_two_writers_extend_one_chain(tmp_path: Path) -> None:
+    """serve --workers processes, or `models publish` beside a running server, write the same log."""
+    path = tmp_path / "audit.sqlite3"
+    first, second = AuditLog(path), AuditLog(path)
+    for i in range(20):
+        log = first if i % 3 else second
+        log.wait(log.record(request_id=f"r{i}", model="m", version=1, digest=None, input_digest=None, output=None,
+                            latency_s=0.0, caller=None, outcome="ok"))
+    first.close()
+    second.close()
+    verdict = verify(path)
+    assert verdict.ok and verdict.rows == 20, verdict.problems
+
+
+def test_cli_management_actions_are_audited_beside_a_running_runtime(digits_package: Path, digits,
+                                                                     tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+    from edgeserve.runtime.runtime import default_audit_path
+
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("digits", digits_package)
+    path = default_audit_path(repo.root)
+    with edgeserve.Runtime(repo.root, audit=path) as runtime:
+        runtime.predict("digits", digits[1][:1], request_id="before")
+        runner = CliRunner()
+        assert runner.invoke(main, ["models", "publish", str(repo.root), "digits", str(digits_package)]).exit_code == 0
+        assert runner.invoke(main, ["models", "pin", str(repo.root), "digits", "1"]).exit_code == 0
+        runtime.predict("digits", digits[1][:1], request_id="after")
+    actions = [(r["flags"], r["version"], (r["caller"] or "").split(":")[0]) for r in query(path)
+               if r["kind"] == "action"]
+    assert actions == [("reload", "1", ""), ("publish", "2", "cli"), ("pin", "1", "cli")]
+    assert [r["request_id"] for r in query(path, kind="predict")] == ["before", "after"]
+    assert verify(path).ok

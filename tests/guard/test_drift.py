@@ -145,3 +145,40 @@ def test_float_rounding_on_a_near_constant_feature_is_not_drift() -> None:
     for _ in range(20):
         detector.update(64.5 + rng.normal(0, 1e-6, (32, 1)))  # a real change of the value: found
     assert detector.score().max() >= 1.0
+
+
+def test_webhook_is_retried_until_accepted_and_never_blocks_the_caller() -> None:
+    import http.server
+    import threading
+
+    from edgeserve.guard.trigger import Trigger
+
+    received: list[dict] = []
+    release = threading.Event()
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            release.wait(10)  # the first attempt hangs until the caller has shown it did not wait for it
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body)
+            self.send_response(500 if len(received) == 1 else 204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        trigger = Trigger(TriggerConfig(webhook=f"http://127.0.0.1:{server.server_address[1]}/retrain", retries=3),
+                          sleep=lambda s: None)
+        trigger.fire({"event": "retrain", "model": "digits"})  # returns at once: the POST hangs meanwhile
+        assert not trigger.wait(0) and received == []
+        release.set()
+        assert trigger.wait(30)
+        assert [r["model"] for r in received] == ["digits", "digits"]  # refused once (500), then accepted
+        assert trigger.history[-1]["outcome"] == {"webhook": "ok after 2 attempts"}
+        trigger.close()
+    finally:
+        server.shutdown()
+        server.server_close()
