@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -106,12 +103,17 @@ class Trigger:
         return "failed"  # pragma: no cover
 
     def _run_command(self, event: dict[str, Any]) -> None:
+        import subprocess  # NOTE: here and below: loading a model never pays for these imports
+
         done = subprocess.run(list(self.config.command), input=json.dumps(event).encode(), capture_output=True,
                               timeout=self.config.timeout_s, check=False, shell=False)
         if done.returncode != 0:
             raise RuntimeError(f"exit status {done.returncode}: {done.stderr.decode(errors='replace')[-200:]}")
 
     def _post(self, event: dict[str, Any]) -> None:
+        import urllib.error
+        import urllib.request
+
         assert self.config.webhook is not None
         request = urllib.request.Request(self.config.webhook, data=json.dumps(event).encode(), method="POST",
                                          headers={"Content-Type": "application/json", "User-Agent": "edgeserve"})

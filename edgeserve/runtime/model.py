@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,16 +18,18 @@ from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig
 from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
-from ..guard.checks import Envelope
 from ..guard.contract import InputContract
-from ..guard.explain import Explanation, explain
-from ..guard.monitor import DriftMonitor
-from ..guard.trigger import Trigger
 from ..modelfile import check_model_file, sha256_file, uses_external_data
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
 from .batcher import Batcher, can_batch
 from .cache import MISS, ResponseCache, cache_key
+
+if TYPE_CHECKING:
+    from ..guard.checks import Envelope
+    from ..guard.explain import Explanation
+    from ..guard.monitor import DriftMonitor
+    from ..guard.trigger import Trigger
 
 INLINE_S = 0.00025
 """A model whose fastest of its first ``INLINE_PROBES`` async calls (run on a worker thread) took less than this
@@ -81,6 +83,9 @@ class Model:
         self.monitor: DriftMonitor | None = None
         self.guard = guard
         if guard is not None:
+            from ..guard.checks import Envelope  # NOTE: here: a model loaded without a guard never imports them
+            from ..guard.monitor import DriftMonitor
+
             reference = manifest.envelope if manifest else {}
             envelope = Envelope(self.inputs, reference, guard)
             self.envelope = envelope if envelope.active else None
@@ -89,7 +94,7 @@ class Model:
                     self.inputs, self.outputs, reference, guard,
                     {"model": name, "version": version,
                      "digest": manifest.digests.get(manifest.model_file) if manifest else None},
-                    Trigger(guard.trigger) if guard.trigger else None)
+                    _trigger(guard))
         self._fast = self.batcher is None and self.cache is None and self.envelope is None and self.monitor is None
         self._inline_calls = 0
         self._inline_cost = float("inf")
@@ -203,6 +208,8 @@ class Model:
         """Occlusion attributions of each feature (or image patch) of ``input`` to every output, per row, in one
         batched engine call per row (see :mod:`edgeserve.guard.explain`). The envelope checks apply; the
         occluded rows bypass the batcher, the cache and drift monitoring."""
+        from ..guard.explain import explain
+
         feed, _ = self._checked(inputs, named)
 
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -417,6 +424,14 @@ def _check_golden(model: Model, folder: Path, manifest: Manifest, policy: Golden
     if policy == "error":
         raise GoldenMismatchError(message)
     log.warning("%s", message)
+
+
+def _trigger(guard: GuardConfig) -> Trigger | None:
+    if guard.trigger is None:
+        return None
+    from ..guard.trigger import Trigger
+
+    return Trigger(guard.trigger)
 
 
 def _rows(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> int:
