@@ -235,7 +235,9 @@ def _servers(models, name: str, tmp: Path) -> dict[str, list[str]]:
     (tmp / "bare.py").write_text(BARE)
     servers = {"bare ASGI": [sys.executable, str(tmp / "bare.py"), str(pkg / "model.onnx")],
                "edgeserve": [str(Path(sys.executable).parent / "edgeserve"), "serve", str(repo), "--no-grpc",
-                             "--port"]}
+                             "--port"],
+               "edgeserve --no-guard": [str(Path(sys.executable).parent / "edgeserve"), "serve", str(repo),
+                                        "--no-grpc", "--no-guard", "--port"]}
     try:
         import fastapi  # noqa: F401
 
@@ -258,7 +260,7 @@ def test_rest_servers_side_by_side(models, name: str, tmp_path: Path) -> None:
         port = _free_port()
         with _server([*cmd, str(port)], port) as pid:
             for encoding, connections in POINTS[name]:
-                if encoding == "binary" and server != "edgeserve":
+                if encoding == "binary" and not server.startswith("edgeserve"):
                     continue
                 results[(server, encoding, connections)] = _measure(pid, port, *bodies[encoding], connections,
                                                                      tmp_path)
