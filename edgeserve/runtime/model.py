@@ -77,6 +77,8 @@ class Model:
             else:
                 log.info("model %s has no batch axis on every input and output: requests bypass the batcher", name)
         self.cache: ResponseCache | None = ResponseCache(cache) if isinstance(cache, CacheConfig) else cache
+        self.golden_check: str | None = None
+        """What re-running the golden samples at load found (``match``, …, or why it did not run)."""
         self.parity: dict[str, Any] | None = None
         """What differs from the machine that verified the package (set by the Runtime when it loads it)."""
         self.envelope: Envelope | None = None
@@ -331,14 +333,16 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     with _closing_on_error(session):
         _check_signature(manifest, session)
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
+        checked = "not checked (golden='off')" if golden == "off" else "none recorded"
         if golden != "off" and manifest.golden.get("count", 0):
-            _check_golden(model, folder, manifest, golden)
-        if batching is None and cache is None and guard is None:
-            return model
-        # golden samples were checked on the bare model; the served one adds batching, caching and the guard
-        return Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
-                     batching=batching, cache=cache, guard=guard,
-                     identity=identity_of(digest, backend_name, config.precision))
+            checked = _check_golden(model, folder, manifest, golden)
+        if batching is not None or cache is not None or guard is not None:
+            # golden samples were checked on the bare model; the served one adds batching, caching and the guard
+            model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder,
+                          batching=batching, cache=cache, guard=guard,
+                          identity=identity_of(digest, backend_name, config.precision))
+        model.golden_check = checked
+        return model
 
 
 def identity_of(model_digest: str, backend: str, precision: str | None) -> str:
@@ -403,18 +407,19 @@ def _check_signature(manifest: Manifest, session: Session) -> None:
         )
 
 
-def _check_golden(model: Model, folder: Path, manifest: Manifest, policy: GoldenPolicy) -> None:
+def _check_golden(model: Model, folder: Path, manifest: Manifest, policy: GoldenPolicy) -> str:
+    """Re-run the golden samples; raise on a mismatch under ``policy="error"``; say what was found."""
     inputs, expected = read_golden(folder, manifest)
     actual = model.predict(inputs)
     tol = float(manifest.golden.get("rel_tolerance", tolerance_for(manifest.recipe.get("mode", "none"))))
     problems = mismatches(actual, expected, tol)
     if not problems:
-        return
+        return "match"
     if not mismatches(actual, expected, TASK_SLACK * tol) and task_agrees(actual, expected, inputs,
                                                                          list(manifest.golden.get("targets") or [])):
         log.info("package %s@%s: golden answers differ beyond %g here, but the task metrics hold (%s)",
                  manifest.name, manifest.version, tol, "; ".join(problems))
-        return
+        return f"differ beyond {tol:g}, but the task metrics hold"
     recorded_cpu = manifest.environment.get("cpu", {}).get("model", "another machine")
     message = (
         f"package {manifest.name}@{manifest.version}: this machine's answers differ from those recorded at "
@@ -424,6 +429,7 @@ def _check_golden(model: Model, folder: Path, manifest: Manifest, policy: Golden
     if policy == "error":
         raise GoldenMismatchError(message)
     log.warning("%s", message)
+    return f"MISMATCH accepted by golden='warn': {'; '.join(problems)}"
 
 
 def _trigger(guard: GuardConfig) -> Trigger | None:

@@ -416,8 +416,7 @@ class Runtime:
         model = load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
                      batching=batching, cache=slot.cache, guard=guard)
         if model.manifest is not None:
-            model.parity = {"golden": "checked at load" if self._golden != "off" else "not checked (golden='off')",
-                            "differences": environment_differences(model.manifest)}
+            model.parity = {"golden": model.golden_check, "differences": environment_differences(model.manifest)}
             for d in model.parity["differences"]:
                 log.warning("model %s@%s: %s verified with %s, here %s%s", name, version, d["what"], d["recorded"],
                             d["here"], f" ({d['note']})" if d["note"] else "")

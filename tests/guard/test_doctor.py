@@ -67,3 +67,22 @@ def test_edited_model_file_is_an_integrity_problem(digits_package: Path, tmp_pat
     (copy / "golden.npz").write_bytes(np.zeros(10).tobytes())
     parity = doctor(copy)
     assert not parity.ok and "golden.npz" in parity.integrity
+
+
+def test_a_golden_mismatch_accepted_at_load_is_in_the_audit_log(digits_package: Path, tmp_path: Path) -> None:
+    import edgeserve
+    from edgeserve.guard.audit import query
+    from edgeserve.runtime.repository import Repository
+
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("digits", digits_package)  # publishing verifies the golden answers: tamper after it
+    served = repo.version_dir("digits", 1)
+    copy = _tampered_copy(served, tmp_path, scale_golden=1.5)
+    shutil.rmtree(served)
+    shutil.copytree(copy, served)
+    with edgeserve.Runtime(repo.root, golden="warn", audit=tmp_path / "audit.sqlite3") as runtime:
+        assert runtime.model("digits").parity["golden"].startswith("MISMATCH accepted by golden='warn'")
+    record = next(r for r in query(tmp_path / "audit.sqlite3") if r["flags"] == "reload")
+    assert "MISMATCH accepted" in json.loads(record["detail"])["parity"]["golden"]
+    with edgeserve.Runtime(repo.root, golden="error") as runtime:  # refused by default: not served, reason given
+        assert "differ" in runtime.models()["digits"]["error"]
