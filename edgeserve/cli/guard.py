@@ -43,17 +43,46 @@ def doctor(target: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("target", metavar="REPO|URL")
 @click.argument("name")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help=".npz of requests (arrays named as the model's inputs, rows on axis 0), in arrival order.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With REPO: an .npz of requests (arrays named as the model's inputs, rows on axis 0), in arrival "
+                   "order, replayed through NAME's serving version.")
 @click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True,
-              help="Rows per request, as clients send them.")
+              help="With --data: rows per request, as clients send them.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With URL: a file holding a bearer token with the 'metrics' scope (or set EDGESERVE_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def drift(repo: Path, name: str, data: Path, batch: int, as_json: bool) -> None:
-    """Replay requests from --data through NAME's serving version and report drift against the package's
-    reference: the score (1.0 = alarm), the features furthest off, and at which request an alarm came.
-    A running server reports the same live in /metrics (edgeserve_drift_score) and Runtime.drift()."""
+def drift(target: str, name: str, data: Path | None, batch: int, token_file: Path | None, as_json: bool) -> None:
+    """Drift of NAME against its package's reference: the score (1.0 = alarm), the features furthest off, the
+    episode and the trigger. TARGET is a running server's URL (http://127.0.0.1:8000: its live state), or a
+    repository with --data (requests replayed here, with the request at which the first alarm came)."""
+    if target.startswith(("http://", "https://")):
+        if data is not None:
+            raise click.UsageError("--data goes with a repository, not a server URL")
+        report = _server_drift(target, name, token_file)
+    else:
+        if data is None:
+            raise click.UsageError("give --data FILE.npz to replay through the repository's model, or a server URL")
+        if not Path(target).is_dir():
+            raise click.BadParameter(f"{target} is neither a repository folder nor an http(s) URL",
+                                     param_hint="REPO|URL")
+        report = _replayed_drift(Path(target), name, data, batch)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    if not report.get("enabled", True):
+        raise click.ClickException(f"no drift monitor for {name}: {report['why']}")
+    state = "DRIFTING" if report["drifting"] else "in distribution"
+    click.echo(f"{name}@{report['version']}: {state}, score {report['score']:.3f} over {report['requests']} rows "
+               f"({report['features']} features, {report['detector']['false_alarm_budget']})")
+    if report.get("first_alarm_request") is not None:
+        click.echo(f"first alarm after {report['first_alarm_request']} rows")
+    for label, score in report["top"].items():
+        click.echo(f"  {score:8.3f}  {label}")
+
+
+def _replayed_drift(repo: Path, name: str, data: Path, batch: int) -> dict[str, Any]:
     import numpy as np
 
     from ..arrays import read_arrays
@@ -65,29 +94,40 @@ def drift(repo: Path, name: str, data: Path, batch: int, as_json: bool) -> None:
         missing = [s.name for s in model.inputs if s.name not in arrays]
         if missing:
             raise click.ClickException(f"{data} has no array named {', '.join(missing)}; it has {', '.join(arrays)}")
-        rows = len(next(iter(arrays.values())))
+        names = [s.name for s in model.inputs]
+        rows = len(arrays[names[0]])
         first_alarm = None
         for start in range(0, rows, batch):
-            runtime.predict(name, {k: np.asarray(arrays[k][start:start + batch]) for k in arrays
-                                   if any(s.name == k for s in model.inputs)})
+            runtime.predict(name, {k: np.asarray(arrays[k][start:start + batch]) for k in names})
             if first_alarm is None and model.monitor is not None and model.monitor.alarms:
                 first_alarm = model.monitor.rows
         report: dict[str, Any] = runtime.drift(name)
         if first_alarm is None and model.monitor is not None and model.monitor.alarms:
             first_alarm = model.monitor.rows  # the alarm came with the last, partial chunk
     report["first_alarm_request"] = first_alarm
-    if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
-    if not report.get("enabled", True):
-        raise click.ClickException(f"no drift monitor for {name}: {report['why']}")
-    state = "DRIFTING" if report["drifting"] else "in distribution"
-    click.echo(f"{name}@{report['version']}: {state}, score {report['score']:.3f} over {report['requests']} rows "
-               f"({report['features']} features, {report['detector']['false_alarm_budget']})")
-    if first_alarm is not None:
-        click.echo(f"first alarm after {first_alarm} rows")
-    for label, score in report["top"].items():
-        click.echo(f"  {score:8.3f}  {label}")
+    return report
+
+
+def _server_drift(url: str, name: str, token_file: Path | None) -> dict[str, Any]:
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    token = token_file.read_text(encoding="utf-8").strip() if token_file else os.environ.get("EDGESERVE_TOKEN")
+    request = urllib.request.Request(f"{url.rstrip('/')}/v2/models/{urllib.parse.quote(name, safe='')}/drift",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - http(s) only, checked above
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            why = exc.reason
+        raise click.ClickException(f"{url}: {exc.code} {why}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
 @main.command()

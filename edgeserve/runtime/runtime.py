@@ -420,6 +420,8 @@ class Runtime:
             for d in model.parity["differences"]:
                 log.warning("model %s@%s: %s verified with %s, here %s%s", name, version, d["what"], d["recorded"],
                             d["here"], f" ({d['note']})" if d["note"] else "")
+        if model.monitor is not None:  # events name the model as the repository does, not as its package does
+            model.monitor.identity.update(model=name, version=version)
         if self.audit is not None and model.monitor is not None:
             audit, number = self.audit, version
 

@@ -95,6 +95,14 @@ class DataPlane:
                     "outputs": [_tensor_metadata(s) for s in model.outputs],
                     "parity": model.parity}  # beyond the protocol's fields: clients ignore what they do not know
 
+    def model_drift(self, name: str, version: str | None) -> dict[str, Any]:
+        """``Runtime.drift`` of the serving version (a version in the path must be the serving one)."""
+        with self._model(name, version) as (_, number):
+            report = self.runtime.drift(name)
+        if version is not None and str(report.get("version")) != str(number):
+            raise BadRequest(f"drift is watched on the serving version of '{name}' only")
+        return json.loads(json.dumps(report, default=str))
+
     @contextmanager
     def _model(self, name: str, version: str | None) -> Iterator[tuple[Model, int]]:
         try:

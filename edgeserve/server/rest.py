@@ -57,6 +57,8 @@ ROUTES = (
     Route("GET", _MODEL, "model_metadata", "infer", "Model metadata"),
     Route("GET", _MODEL + "/ready", "model_ready", "infer", "Model readiness"),
     Route("POST", _MODEL + "/infer", "infer", "infer", "Inference (JSON or the binary tensor extension)"),
+    Route("GET", _MODEL + "/drift", "model_drift", "metrics",
+          "Drift state of the model's serving version (an edgeserve extension)"),
     Route("GET", "/metrics", "metrics", "metrics", "Prometheus metrics"),
     Route("GET", "/openapi.json", "openapi", "infer", "This document"),
     Route("POST", "/v2/repository/index", "repository_index", "admin", "Models in the repository and their state"),
@@ -134,6 +136,9 @@ class RestApp:
         if not self.plane.model_ready(p["name"], p.get("version")):
             raise _NotReady(f"model '{p['name']}' is not ready")
         return {"name": p["name"], "ready": True}
+
+    def _model_drift(self, p: dict[str, str]) -> dict[str, Any]:
+        return self.plane.model_drift(p["name"], p.get("version"))
 
     def _openapi(self, _: dict[str, str]) -> dict[str, Any]:
         return openapi()

@@ -112,3 +112,23 @@ def test_explain_parameter_adds_attributions_and_keeps_them_in_the_audit_record(
     client.close()
     bad = infer_json(running.host_port, "digits", _tensor(x[:1]), token=TOKEN, parameters={"explain": "maybe"})
     assert bad.status == 400 and "explain" in bad.json()["error"]
+
+
+def test_drift_state_over_http_and_from_the_cli(guarded) -> None:
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    running, _, x = guarded
+    for i in range(0, 128, 32):
+        assert infer_json(running.host_port, "digits", _tensor(x[i:i + 32]), token=TOKEN).status == 200
+    assert call(running.host_port, "GET", "/v2/models/digits/drift").status == 401
+    reply = call(running.host_port, "GET", "/v2/models/digits/drift", token=TOKEN)
+    report = reply.json()
+    assert reply.status == 200 and report["enabled"] and report["model"] == "digits" and report["version"] == 1
+    assert report["requests"] >= 128 and not report["drifting"]
+    result = CliRunner().invoke(main, ["drift", running.url, "digits", "--json"], env={"EDGESERVE_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["requests"] >= 128
+    missing = CliRunner().invoke(main, ["drift", running.url, "nope"], env={"EDGESERVE_TOKEN": TOKEN})
+    assert missing.exit_code == 1 and "404" in missing.output
