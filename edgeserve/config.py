@@ -248,9 +248,15 @@ class GuardConfig:
     chunk: int = 64
     """Rows folded into the detectors at once: a fold's fixed cost is shared by this many rows, and an alarm comes
     at the end of a chunk."""
+    sample: float = 1.0
+    """The share of requests the drift detectors see (drawn at random). Below 1 the detectors cost that much less
+    and detect correspondingly later in requests (the false-alarm budget, counted in the requests they see, holds):
+    for models so fast that watching every row costs more than answering it."""
     trigger: TriggerConfig | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.sample <= 1:
+            raise ConfigError(f"guard sample must be in (0, 1], got {self.sample}")
         for name in ("non_finite", "range", "vocabulary"):
             if getattr(self, name) not in _POLICIES:
                 raise ConfigError(f"guard {name} must be one of {', '.join(_POLICIES)}, got {getattr(self, name)!r}")

@@ -12,6 +12,7 @@ the others go on (a caller that finds the fold busy does not wait for it).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -50,6 +51,8 @@ class DriftMonitor:
         self._pending: deque[list[np.ndarray]] = deque()
         self._pending_rows = 0
         self._pending_bytes = 0
+        self._sample = config.sample
+        self._draw = random.Random().random
         self._big = any(layout.kind in ("channels", "series", "flat", "norm") for _, _, layout, _ in self._tensors)
         """Watched tensors whose rows can be large: pending requests are also folded in by bytes."""
         self._pending_bytes = 0
@@ -90,6 +93,8 @@ class DriftMonitor:
     def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
         """Take one answered request (``rows`` rows; its watched arrays are copied, so the caller may reuse
         them); fold the pending ones in once a chunk is full."""
+        if self._sample < 1.0 and self._draw() >= self._sample:
+            return
         arrays = [np.array((feed if side == "input" else outputs)[name]) for side, name, _, _ in self._tensors]
         self._pending.append(arrays)
         self._pending_rows += rows  # NOTE: racy counters only decide when to fold; the fold counts exactly
@@ -179,6 +184,7 @@ class DriftMonitor:
             "top": self._top(score, features),
             "detector": {**describe_thresholds(self.detector), "shift_sd": self.config.shift,
                          "false_alarm_budget": f"1 per {self.config.false_alarm_requests:g} requests",
+                         "sample": self.config.sample,
                          "detectors": 4 * len(self.labels)},
             "trigger": None if self.trigger is None else {
                 "last": list(self.trigger.history)[-3:], "dropped": self.trigger.dropped},

@@ -182,3 +182,22 @@ def test_webhook_is_retried_until_accepted_and_never_blocks_the_caller() -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_sampled_monitor_sees_its_share_of_requests_and_still_finds_a_shift(digits_package: Path, digits) -> None:
+    _, stream, _ = digits
+    rng = np.random.default_rng(8)
+    shifted = stream.copy()
+    shifted[:, 20] += 6.0
+    with edgeserve.load(digits_package, guard=GuardConfig(sample=0.25)) as model:
+        for _ in range(2000):
+            model.predict(stream[rng.integers(0, len(stream), 1)])
+        seen = model.monitor.report()["requests"]
+        assert 400 <= seen <= 600 and model.monitor.alarms == 0  # ~a quarter, binomial spread
+        sent = 0
+        while not model.monitor.drifting and sent < 5000:
+            model.predict(shifted[rng.integers(0, len(shifted), 1)])
+            sent += 1
+        assert model.monitor.drifting and sent < 5000
+    with pytest.raises(edgeserve.ConfigError, match="sample"):
+        GuardConfig(sample=0)
