@@ -53,7 +53,7 @@ class Envelope:
             ref = stats.get(spec.name, {})
             lo = hi = None
             if config.range != "off" and ref.get("range") and spec.dtype != "str":
-                lo, hi = _bounds(ref, len(spec.shape), config.range_margin)
+                lo, hi = _native(*_bounds(ref, len(spec.shape), config.range_margin), spec.np_dtype)
             if floating and config.non_finite != "off" and lo is None:
                 big = np.finfo(spec.np_dtype).max
                 lo, hi = np.array(-big), np.array(big)  # still catches NaN and inf in one comparison
@@ -127,6 +127,20 @@ class Envelope:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"warnings": dict(self.warnings), "rejections": dict(self.rejections)}
+
+
+def _native(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds in the input's own dtype, rounded outwards (a comparison of mixed dtypes converts every element)."""
+    if np.issubdtype(dtype, np.floating):
+        lo_n, hi_n = lo.astype(dtype), hi.astype(dtype)
+        lo_n = np.where(lo_n > lo, np.nextafter(lo_n, dtype.type(-np.inf)), lo_n).astype(dtype)
+        hi_n = np.where(hi_n < hi, np.nextafter(hi_n, dtype.type(np.inf)), hi_n).astype(dtype)
+        return lo_n, hi_n
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return (np.clip(np.ceil(lo), info.min, info.max).astype(dtype),
+                np.clip(np.floor(hi), info.min, info.max).astype(dtype))
+    return lo, hi
 
 
 def _outside_table(x: np.ndarray, vocabulary: int) -> np.ndarray:
