@@ -138,8 +138,11 @@ def _native(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.nd
         return lo_n, hi_n
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return (np.clip(np.ceil(lo), info.min, info.max).astype(dtype),
-                np.clip(np.floor(hi), info.min, info.max).astype(dtype))
+        top = float(info.max)  # NOTE: 2**63 - 1 rounds up to 2**63 as a float, which no int64 holds
+        top = float(np.nextafter(top, -np.inf)) if int(top) > info.max else top
+        lo_f = np.nan_to_num(np.ceil(lo), nan=float(info.min))
+        hi_f = np.nan_to_num(np.floor(hi), nan=top)
+        return (np.clip(lo_f, float(info.min), top).astype(dtype), np.clip(hi_f, float(info.min), top).astype(dtype))
     return lo, hi
 
 

@@ -109,12 +109,13 @@ class FeatureRanks:
         """``u`` for every value of ``[rows, features]`` ``x`` (float32)."""
         scaled = x * self.inverse
         scaled += self.neg_start_scaled
-        np.clip(scaled, 0, self.BUCKETS - 1, out=scaled)  # NOTE: NaN stays NaN; take(mode="clip") bounds it below
+        np.fmax(scaled, 0.0, out=scaled)  # NOTE: fmax, not maximum: a NaN (a guard that lets NaN through) becomes 0
+        np.minimum(scaled, self.BUCKETS - 1, out=scaled)
         index = scaled.astype(np.intp)
         index += self.offsets
         u = rng.random(x.shape, dtype=np.float32)
-        u *= self.mass.take(index, mode="clip")
-        u += self.lower.take(index, mode="clip")
+        u *= self.mass.take(index)
+        u += self.lower.take(index)
         return u
 
 
