@@ -5,13 +5,14 @@ An episode starts when any feature's score reaches 1 (its detector's threshold).
 score has stayed at or above ``exit_level`` for ``span`` requests since the onset; the episode ends (and the
 trigger re-arms) only after ``rearm`` requests in a row under ``exit_level``.
 
-Each request hands over copies of the arrays watched (a deque append); whichever caller brings the pending rows to
-a chunk (or their bytes past ``PENDING_BYTES``) folds them in — one set of numpy operations for the chunk — while
-the others go on (a caller that finds the fold busy does not wait for it).
+Each request hands over copies of its small tabular and output arrays, or the few numbers per row that summarise an
+image, series or sequence (a deque append); whichever caller brings the pending rows to a chunk folds them in — one
+set of numpy operations for the chunk — while the others go on (a caller that finds the fold busy does not wait).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -28,8 +29,9 @@ from .reference import Layout, row_features
 from .trigger import Trigger
 
 SHOWN = 10
-PENDING_BYTES = 8 * 2**20
-"""Pending requests holding more than this (large images) are folded in before a chunk of rows is full."""
+RAW = frozenset({"tabular", "value", "confidence"})
+"""Layouts whose rows are small and of a fixed width: kept as they are and summarised a chunk at a time."""
+log = logging.getLogger(__name__)
 
 
 class DriftMonitor:
@@ -50,12 +52,11 @@ class DriftMonitor:
         self._clock = clock
         self._pending: deque[list[np.ndarray]] = deque()
         self._pending_rows = 0
-        self._pending_bytes = 0
         self._sample = config.sample
+        self.skipped = 0
+        """Requests not watched: features unlike the reference's (another sequence length), or a failed fold."""
+        self._warned = False
         self._draw = random.Random().random
-        self._big = any(layout.kind in ("channels", "series", "flat", "norm") for _, _, layout, _ in self._tensors)
-        """Watched tensors whose rows can be large: pending requests are also folded in by bytes."""
-        self._pending_bytes = 0
         self._lock = threading.Lock()
         self.rows = 0
         """Rows folded in so far."""
@@ -91,16 +92,29 @@ class DriftMonitor:
 
     # -- the hot path ---------------------------------------------------------------------------------------------
     def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
-        """Take one answered request (``rows`` rows; its watched arrays are copied, so the caller may reuse
-        them); fold the pending ones in once a chunk is full."""
+        """Take one answered request (``rows`` rows; what is kept is a copy, so the caller may reuse its arrays);
+        fold the pending ones in once a chunk is full. A request whose tensors do not have the reference's number
+        of features (a sequence of another length) is not watched, and counted in :attr:`skipped`."""
         if self._sample < 1.0 and self._draw() >= self._sample:
             return
-        arrays = [np.array((feed if side == "input" else outputs)[name]) for side, name, _, _ in self._tensors]
-        self._pending.append(arrays)
-        self._pending_rows += rows  # NOTE: racy counters only decide when to fold; the fold counts exactly
-        self._pending_bytes += sum(a.nbytes for a in arrays) if self._big else 0
-        if (self._pending_rows >= self.config.chunk or self._pending_bytes > PENDING_BYTES) \
-                and self._lock.acquire(blocking=False):
+        kept = []
+        for side, name, layout, n in self._tensors:
+            value = (feed if side == "input" else outputs)[name]
+            if layout.kind in RAW:  # stacked as they are and summarised a chunk at a time
+                if value.ndim != (1 if layout.kind == "value" else 2) or (layout.kind == "tabular"
+                                                                          and value.shape[1] != n):
+                    self.skipped += 1
+                    return
+                kept.append(np.array(value))
+            else:  # images, series, sequences: summarised now (a few numbers per row, of a fixed width)
+                summary = row_features(layout, value)
+                if summary.shape[1] != n:
+                    self.skipped += 1
+                    return
+                kept.append(summary)
+        self._pending.append(kept)
+        self._pending_rows += rows  # NOTE: a racy counter only decides when to fold; the fold counts exactly
+        if self._pending_rows >= self.config.chunk and self._lock.acquire(blocking=False):
             try:
                 self._fold()
             finally:
@@ -117,14 +131,19 @@ class DriftMonitor:
         while pending:
             items.append(pending.popleft())
         self._pending_rows = 0
-        self._pending_bytes = 0
         if not items:
             return
-        parts = []
-        for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
-            values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-            parts.append(row_features(layout, values))
-        self.update(parts[0] if len(parts) == 1 else np.hstack(parts))
+        try:
+            parts = []
+            for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
+                values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+                parts.append(row_features(layout, values) if layout.kind in RAW else values)
+            self.update(parts[0] if len(parts) == 1 else np.hstack(parts))
+        except Exception:  # noqa: BLE001 - watching must never fail the requests it watches
+            self.skipped += sum(1 for _ in items)
+            if not self._warned:
+                self._warned = True
+                log.exception("drift monitor of %s: could not fold requests in; they are skipped", self.identity)
 
     def update(self, x: np.ndarray) -> None:
         """Fold ``[rows, features]`` values (in :attr:`labels` order) in and move the episode along."""
@@ -177,6 +196,7 @@ class DriftMonitor:
             "drifting": self.drifting,
             "score": round(float(score.max()), 4) if len(score) else 0.0,
             "requests": self.rows,
+            "skipped": self.skipped,
             "alarms": self.alarms,
             "triggered": self.fired,
             "onset_request": self._onset if self.drifting else None,

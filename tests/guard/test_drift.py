@@ -201,3 +201,21 @@ def test_a_sampled_monitor_sees_its_share_of_requests_and_still_finds_a_shift(di
         assert model.monitor.drifting and sent < 5000
     with pytest.raises(edgeserve.ConfigError, match="sample"):
         GuardConfig(sample=0)
+
+
+def test_sequences_of_other_lengths_never_fail_a_request(tmp_path: Path) -> None:
+    """Real encoders get every sequence length: the envelope and the monitor must take them all."""
+    from tests.factories import encoder_data, encoder_model, save
+
+    data = encoder_data(rows=160, seq=12)
+    pkg = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration=data)
+    with edgeserve.load(pkg.path, guard=GuardConfig(chunk=8)) as model:
+        for seq in (12, 5, 20, 12, 3, 12):
+            batch = encoder_data(rows=4, seq=seq, seed=seq)
+            out = model.predict(batch)
+            assert out["last_hidden_state"].shape[:2] == (4, seq)
+        report = model.monitor.report()
+    # the token summaries (length, common-token share) are the same width for every length: watched; the mask's
+    # per-position columns are not, so requests whose length differs from the reference's are counted as skipped
+    assert report["requests"] == 12 and report["skipped"] == 3
