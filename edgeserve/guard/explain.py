@@ -45,8 +45,10 @@ class Explanation:
 
     def top(self, output: str | None = None, count: int = 10) -> list[list[tuple[int, float]]]:
         """Per row, the ``count`` features with the largest attribution to the row's top class of ``output``
-        (default the first; for a one-value output, that value), largest magnitude first."""
-        name = output or next(iter(self.attributions))
+        (default: the first float output with a class axis — scores rather than a label — else the first; for a
+        one-value output, that value), largest magnitude first."""
+        name = output or next((k for k, v in self.outputs.items() if v.ndim >= 2 and np.issubdtype(v.dtype, np.floating)),
+                              next(iter(self.attributions)))
         att = self.attributions[name]
         answer = self.outputs[name]
         out = []
