@@ -110,24 +110,34 @@ def _run_rows(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], fee
     return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
 
+def _occlude(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+             name: str, rows: int, variants: Callable[[int], np.ndarray]
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Run each row's variants (the row itself first, then one per occluded part) and difference them: per
+    output ``[rows, parts, *output row shape]`` attributions, and the answers to the rows as given."""
+    attributions: dict[str, list[np.ndarray]] = {}
+    answers: dict[str, list[np.ndarray]] = {}
+    for i in range(rows):
+        for k, v in _run_rows(run, feed, name, variants(i), i).items():
+            v64 = v.astype(np.float64)
+            attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
+            answers.setdefault(k, []).append(v[0:1])
+    return ({k: np.stack(v) for k, v in attributions.items()}, {k: np.concatenate(v) for k, v in answers.items()})
+
+
 def _features(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
               name: str, x: np.ndarray, fill: np.ndarray | None) -> Explanation:
     m = x.shape[1]
     ref = fill.astype(x.dtype) if fill is not None else np.zeros(m, dtype=x.dtype)
-    attributions: dict[str, list[np.ndarray]] = {}
-    answers: dict[str, list[np.ndarray]] = {}
     eye = np.eye(m, dtype=bool)
-    for i in range(len(x)):
-        variants = np.repeat(x[i:i + 1], m + 1, axis=0)
-        variants[1:][eye] = ref  # row j + 1: feature j occluded
-        out = _run_rows(run, feed, name, variants, i)
-        for k, v in out.items():
-            v64 = v.astype(np.float64)
-            attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
-            answers.setdefault(k, []).append(v[0:1])
-    return Explanation(name, "features", {k: np.stack(v) for k, v in attributions.items()},
-                       {k: np.concatenate(v) for k, v in answers.items()},
-                       "reference mean per feature" if fill is not None else "zeros (the package has no reference)",
+
+    def variants(i: int) -> np.ndarray:
+        rows = np.repeat(x[i:i + 1], m + 1, axis=0)
+        rows[1:][eye] = ref  # row j + 1: feature j occluded
+        return rows
+
+    attributions, answers = _occlude(run, feed, name, len(x), variants)
+    return Explanation(name, "features", attributions, answers, "reference mean per feature" if fill is not None else "zeros (the package has no reference)",
                        rows_run=len(x) * (m + 1))
 
 
@@ -140,23 +150,18 @@ def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed
     shape = [1, 1, 1, 1]
     shape[axis] = x.shape[axis]
     ref = (fill.reshape(shape) if fill is not None else np.zeros(shape)).astype(x.dtype)
-    attributions: dict[str, list[np.ndarray]] = {}
-    answers: dict[str, list[np.ndarray]] = {}
-    for i in range(len(x)):
-        variants = np.repeat(x[i:i + 1], gh * gw + 1, axis=0)
-        for p in range(gh * gw):
+
+    def variants(i: int) -> np.ndarray:
+        rows = np.repeat(x[i:i + 1], gh * gw + 1, axis=0)
+        for p in range(gh * gw):  # row p + 1: patch p occluded
             r, c = divmod(p, gw)
             index: list[Any] = [p + 1, slice(None), slice(None), slice(None)]
             index[spatial[0]] = slice(r * size, (r + 1) * size)
             index[spatial[1]] = slice(c * size, (c + 1) * size)
-            region = variants[tuple(index)]
-            variants[tuple(index)] = np.broadcast_to(ref[0], region.shape)
-        out = _run_rows(run, feed, name, variants, i)
-        for k, v in out.items():
-            v64 = v.astype(np.float64)
-            attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
-            answers.setdefault(k, []).append(v[0:1])
-    return Explanation(name, "patches", {k: np.stack(v) for k, v in attributions.items()},
-                       {k: np.concatenate(v) for k, v in answers.items()},
+            rows[tuple(index)] = np.broadcast_to(ref[0], rows[tuple(index)].shape)
+        return rows
+
+    attributions, answers = _occlude(run, feed, name, len(x), variants)
+    return Explanation(name, "patches", attributions, answers,
                        "reference mean per channel" if fill is not None else "zeros (the package has no reference)",
                        patch=size, grid=(gh, gw), rows_run=len(x) * (gh * gw + 1))
