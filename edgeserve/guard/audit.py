@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,6 @@ def output_summary(outputs: Mapping[str, np.ndarray], rows_shown: int = 8) -> st
     return json.dumps(out, separators=(",", ":"))
 
 
-@dataclass
-class _Waiters:
-    """Async callers waiting for a commit: (ticket, loop, future)."""
-
-    items: list[tuple[int, Any, Any]] = field(default_factory=list)
-
-
 class AuditLog:
     """An append-only, hash-chained audit log at ``path`` (a SQLite file, created if missing)."""
 
@@ -116,10 +109,8 @@ class AuditLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={sync.upper()}")
             self._db.executescript(_SCHEMA)
-            last = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         except (OSError, sqlite3.Error) as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc}; give a writable path") from None
-        self._seq, self._hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
         self._queue: deque[tuple[int, tuple[Any, ...]]] = deque()
         self._jobs: deque[tuple[Callable[[], Any], threading.Event, list[Any]]] = deque()
         self._tickets = itertools.count(1)
@@ -127,7 +118,8 @@ class AuditLog:
         self._append_lock = threading.Lock()
         self._cond = threading.Condition()
         self._committed = 0
-        self._waiters = _Waiters()
+        self._waiters: list[tuple[int, Any, Any]] = []
+        """Async callers waiting for a commit: (ticket, loop, future)."""
         self._wake = threading.Event()
         self._closed = False
         self.dropped = 0
@@ -154,6 +146,9 @@ class AuditLog:
         if self.durability == "bounded" and len(self._queue) >= self.max_queue:
             self.dropped += 1
             return 0
+        return self._enqueue(row)
+
+    def _enqueue(self, row: tuple[Any, ...]) -> int:
         with self._append_lock:  # ticket order is queue order
             ticket = self._last = next(self._tickets)
             self._queue.append((ticket, row))
@@ -165,6 +160,9 @@ class AuditLog:
         """Block until the record with ``ticket`` is committed (at once in bounded mode)."""
         if ticket == 0 or self.durability == "bounded" or self._committed >= ticket:
             return
+        self._committed_by(ticket, timeout)
+
+    def _committed_by(self, ticket: int, timeout: float | None) -> None:
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._committed < ticket:
@@ -186,29 +184,16 @@ class AuditLog:
         with self._cond:
             if self._committed >= ticket:
                 return
-            self._waiters.items.append((ticket, loop, future))
+            self._waiters.append((ticket, loop, future))
         await future
 
     def action(self, *, action: str, model: str | None = None, version: Any = None, digest: str | None = None,
                caller: str | None = None, outcome: str = "ok", detail: Mapping[str, Any] | None = None) -> None:
         """Record a management action (publish, reload, rollback, load, unload, doctor, trigger…) and wait for
         its commit, whatever the durability mode."""
-        ticket = self._enqueue_sync(action, model, version, digest, caller, outcome, detail)
-        with self._cond:
-            while self._committed < ticket:
-                if self._error is not None:
-                    raise AuditError(f"the audit log {self.path} cannot be written: {self._error}")
-                self._cond.wait(1.0)
-
-    def _enqueue_sync(self, action: str, model: str | None, version: Any, digest: str | None, caller: str | None,
-                      outcome: str, detail: Mapping[str, Any] | None) -> int:
         row = (self._clock(), "action", None, model, None if version is None else str(version), digest, None, None,
                None, caller, outcome, action, json.dumps(detail, sort_keys=True, default=str) if detail else None)
-        with self._append_lock:
-            ticket = self._last = next(self._tickets)
-            self._queue.append((ticket, row))
-        self._wake.set()
-        return ticket
+        self._committed_by(self._enqueue(row), None)
 
     def _writer(self) -> None:
         while True:
@@ -248,9 +233,9 @@ class AuditLog:
                 if last > self._committed:
                     self._committed = last
                 self._cond.notify_all()
-                ready = [w for w in self._waiters.items if w[0] <= self._committed]
+                ready = [w for w in self._waiters if w[0] <= self._committed]
                 if ready:
-                    self._waiters.items = [w for w in self._waiters.items if w[0] > self._committed]
+                    self._waiters = [w for w in self._waiters if w[0] > self._committed]
             for _, loop, future in ready:
                 loop.call_soon_threadsafe(_resolve, future)
             if queue:
@@ -264,7 +249,7 @@ class AuditLog:
         db.execute("BEGIN IMMEDIATE")
         try:
             head = db.execute("SELECT seq, hash FROM head").fetchone()
-            seq, prev = (int(head[0]), str(head[1])) if head else (self._seq, self._hash)
+            seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
             chained = []
             for row in rows:
                 seq += 1
@@ -279,7 +264,6 @@ class AuditLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._seq, self._hash = seq, prev
         self.written += len(rows)
 
     def _run(self, job: Callable[[], Any]) -> Any:
@@ -305,7 +289,7 @@ class AuditLog:
                 row = db.execute("SELECT MAX(seq) FROM records WHERE time < ?", (self._clock() - older_than_s,)).fetchone()
                 cut = max(cut, int(row[0] or 0))
             if keep_rows is not None:
-                cut = max(cut, self._seq - keep_rows)
+                cut = max(cut, int(db.execute("SELECT seq FROM head").fetchone()[0]) - keep_rows)
             first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
             if not cut or first is None or cut < first:
                 return 0

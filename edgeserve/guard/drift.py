@@ -26,7 +26,7 @@ a Python loop over values.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -178,7 +178,3 @@ class Cusum:
 def describe_thresholds(detector: Cusum) -> dict[str, Any]:
     names = ("location up", "location down", "scale up", "scale down")
     return {"k": detector.k, "h": dict(zip(names, (round(float(h), 2) for h in detector.h)))}
-
-
-def feature_names(tensors: Mapping[str, Sequence[str]]) -> list[str]:
-    return [f"{tensor}: {label}" for tensor, labels in tensors.items() for label in labels]

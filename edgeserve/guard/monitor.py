@@ -140,7 +140,7 @@ class DriftMonitor:
                 parts.append(row_features(layout, values) if layout.kind in RAW else values)
             self.update(parts[0] if len(parts) == 1 else np.hstack(parts))
         except Exception:  # noqa: BLE001 - watching must never fail the requests it watches
-            self.skipped += sum(1 for _ in items)
+            self.skipped += len(items)
             if not self._warned:
                 self._warned = True
                 log.exception("drift monitor of %s: could not fold requests in; they are skipped", self.identity)
@@ -214,8 +214,3 @@ class DriftMonitor:
     def score(self) -> float:
         """The highest feature score after the last fold (1.0 = alarm threshold); no fold happens here."""
         return float(self._score.max()) if len(self._score) else 0.0
-
-    def scores(self) -> dict[str, float]:
-        """Every feature's current score (1.0 = its alarm threshold)."""
-        self.flush()
-        return {label: float(s) for label, s in zip(self.labels, self._score)}

@@ -16,19 +16,19 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig, TriggerConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
-from ..guard.audit import AuditLog, input_digest, output_summary
-from ..guard.doctor import environment_differences
-from ..guard.envelope import MIN_DRIFT_ROWS
 from ..names import check_name, check_version
 from .cache import ResponseCache
 from .model import Model, load
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from ..guard.audit import AuditLog
 
 log = logging.getLogger(__name__)
 SERVING_FILE = "serving.json"
@@ -101,8 +101,12 @@ class Runtime:
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._owns_audit = audit is not None and not isinstance(audit, AuditLog)
-        self.audit: AuditLog | None = audit if isinstance(audit, AuditLog) or audit is None else AuditLog(audit)
+        self._owns_audit = isinstance(audit, (str, os.PathLike))  # opened here, so closed here
+        if isinstance(audit, (str, os.PathLike)):
+            from ..guard.audit import AuditLog  # NOTE: here: a runtime without an audit log never imports sqlite3
+
+            audit = AuditLog(audit)
+        self.audit: AuditLog | None = audit
         """The audit log every answer and management action is written to (None: no audit)."""
         available = self.repository.names()
         if models is not None:
@@ -173,6 +177,8 @@ class Runtime:
         audit = self.audit
         if audit is None:
             return 0
+        from ..guard.audit import input_digest, output_summary  # loaded with the log already: a dict lookup
+
         feed = _as_feed(model, inputs, named)
         if model.monitor is not None and model.monitor.drifting:
             flags = (*flags, "drift")
@@ -202,6 +208,8 @@ class Runtime:
         episode and the trigger's last firings; ``{"enabled": False, "why": ...}`` where there is no monitor."""
         with self._use(name, None) as model:
             if model.monitor is None:
+                from ..guard.envelope import MIN_DRIFT_ROWS
+
                 why = ("the guard is off" if model.guard is None or not model.guard.drift
                        else "the package has no reference statistics (convert it with calibration or reference data "
                             f"of at least {MIN_DRIFT_ROWS} rows)")
@@ -416,6 +424,8 @@ class Runtime:
         model = load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
                      batching=batching, cache=slot.cache, guard=guard)
         if model.manifest is not None:
+            from ..guard.doctor import environment_differences
+
             model.parity = {"golden": model.golden_check, "differences": environment_differences(model.manifest)}
             for d in model.parity["differences"]:
                 log.warning("model %s@%s: %s verified with %s, here %s%s", name, version, d["what"], d["recorded"],
