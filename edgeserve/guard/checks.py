@@ -30,10 +30,9 @@ class _InputCheck:
     name: str
     lo: np.ndarray | None  # bounds shaped to broadcast against the input (rows on axis 0), margin included
     hi: np.ndarray | None
-    shape: tuple[int, ...]  # the shape the bounds broadcast against: a live input of another size gets the
-    lo_all: np.ndarray | None  # whole tensor's bounds instead
+    lo_all: np.ndarray | None  # the whole tensor's bounds, for a live input of another size than the reference's
     hi_all: np.ndarray | None
-    finite: bool  # check NaN/inf
+    floating: bool
     vocabulary: int | None
     fits: tuple[int, ...] | None = None  # the last shape seen that the per-feature bounds broadcast against
 
@@ -60,9 +59,8 @@ class Envelope:
             vocab = ref.get("tokens", {}).get("vocabulary") if config.vocabulary != "off" else None
             if lo is not None or vocab is not None:
                 self._checks.append(_InputCheck(
-                    spec.name, lo, hi, lo.shape if lo is not None else (),
-                    None if lo is None else np.array(lo.min()), None if hi is None else np.array(hi.max()),
-                    floating and config.non_finite != "off", vocab))
+                    spec.name, lo, hi, None if lo is None else np.array(lo.min()),
+                    None if hi is None else np.array(hi.max()), floating, vocab))
 
     @property
     def active(self) -> bool:
@@ -91,8 +89,8 @@ class Envelope:
                     c.fits = x.shape  # the per-feature bounds broadcast against this shape: no need to look again
             if ((x >= lo) & (x <= hi)).all():
                 continue
-            finite = not c.finite or bool(np.isfinite(x).all())
-            if not finite:
+            finite = not c.floating or bool(np.isfinite(x).all())
+            if not finite and self.config.non_finite != "off":
                 warned += self._failed("non_finite", c.name, x, partial(_not_finite, x), "NaN or infinite values")
             if self.config.range != "off":
 

@@ -77,3 +77,11 @@ def test_token_ids_outside_the_embedding_table_are_rejected(tmp_path: Path) -> N
         model.predict({k: v[:8] for k, v in data.items()})  # in the table: answered
         with pytest.raises(EnvelopeError, match=r"input 'input_ids'.*vocabulary.*\(0\.\.49\).*\[1, 0\] = 50"):
             model.predict(bad)
+
+
+def test_a_nan_let_through_is_not_counted_as_out_of_range(digits_package: Path, digits) -> None:
+    x = digits[1][:1].copy()
+    x[0, 3] = np.nan
+    with edgeserve.load(digits_package, guard=GuardConfig(non_finite="off", range="warn", drift=False)) as model:
+        assert model.answer(x)[1] == ()
+        assert model.envelope is not None and model.envelope.stats()["warnings"]["range"] == 0
