@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import GuardConfig
+from ..config import GuardConfig, TriggerConfig
 from ..tensors import TensorSpec
 from .drift import Cusum, describe_thresholds
 from .reference import Layout, row_features
@@ -47,6 +47,8 @@ class DriftMonitor:
         self.labels = [f"{side}:{name}: {label}" for side, name, layout, n in tensors for label in layout.labels(n)]
         self.detector = Cusum(knots, shift=config.shift, budget=config.false_alarm_requests, rows=rows)
         self.trigger = trigger
+        self._episode = config.trigger or TriggerConfig()
+        """Exit level and re-arm span of an episode: the trigger's, or its defaults when nothing fires."""
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """Called with every episode event (onset, firing, end) on the folding thread."""
         self._clock = clock
@@ -152,18 +154,16 @@ class DriftMonitor:
         self.rows += n
         self._score = score = self.detector.score()
         top = float(score.max())
-        exit_level = self.config.trigger.exit_level if self.config.trigger else 0.5
-        rearm = self.config.trigger.rearm if self.config.trigger else 1024
+        episode = self._episode
         if not self.drifting:
             if top >= 1.0:
                 self.drifting, self._onset, self._below, self._has_fired = True, self.rows, 0, False
                 self.alarms += 1
                 self._emit("drift", score)
             return
-        if top >= exit_level:
+        if top >= episode.exit_level:
             self._below = 0
-            span = self.config.trigger.span if self.config.trigger else None
-            if span is not None and not self._has_fired and self.rows - self._onset >= span:
+            if self.config.trigger is not None and not self._has_fired and self.rows - self._onset >= episode.span:
                 self._has_fired = True
                 self.fired += 1
                 event = self._emit("retrain", score)
@@ -171,7 +171,7 @@ class DriftMonitor:
                     self.trigger.fire(event)
         else:
             self._below += n
-            if self._below >= rearm:
+            if self._below >= episode.rearm:
                 self.drifting = False
                 self._emit("recovered", score)
 
@@ -194,7 +194,7 @@ class DriftMonitor:
         return {
             **self.identity,
             "drifting": self.drifting,
-            "score": round(float(score.max()), 4) if len(score) else 0.0,
+            "score": round(self.score, 4),
             "requests": self.rows,
             "skipped": self.skipped,
             "alarms": self.alarms,
