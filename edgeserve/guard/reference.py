@@ -12,8 +12,9 @@ Every tensor gets a *layout* that says what one row's features are:
 - for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
   ``value`` (one number per row, e.g. a predicted label) or ``norm`` (the row's L2 norm).
 
-Per feature the reference keeps fixed quantile *knots* (``KNOTS`` levels from min to max): the drift detector maps a
-live value to its probability under the reference by interpolating between them (see :mod:`.drift`).
+Per feature the reference keeps fixed quantile *knots* (``KNOTS`` levels from min to max): the drift detector builds
+from them the probability of each of its fixed buckets and maps a live value to its probability under the
+reference (see :mod:`.drift`).
 """
 
 from __future__ import annotations
@@ -104,12 +105,11 @@ def output_layout(arr: np.ndarray) -> Layout:
     return Layout("norm")
 
 
-def row_features(layout: Layout, x: np.ndarray, *, copy: bool = False) -> np.ndarray:
-    """``[rows, features]`` float64: what the drift detector watches for one tensor (rows on axis 0); ``copy``
-    guarantees an array that does not share memory with ``x``."""
+def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
+    """``[rows, features]`` float64: what the drift detector watches for one tensor (rows on axis 0)."""
     kind = layout.kind
     if kind == "tabular":
-        return np.array(x, dtype=np.float64) if copy else x.astype(np.float64, copy=False)
+        return x.astype(np.float64, copy=False)
     if kind == "channels":
         other = tuple(a for a in range(1, x.ndim) if a != layout.axis)
         return x.mean(axis=other, dtype=np.float64)
@@ -126,7 +126,7 @@ def row_features(layout: Layout, x: np.ndarray, *, copy: bool = False) -> np.nda
         top = a.max(axis=1, keepdims=True)
         return 1.0 / np.exp(a - top).sum(axis=1, keepdims=True)  # softmax's top probability
     if kind == "value":
-        return (np.array(x, dtype=np.float64) if copy else x.astype(np.float64, copy=False)).reshape(-1, 1)
+        return x.astype(np.float64, copy=False).reshape(-1, 1)
     flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
     if kind == "norm":
         return np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(-1, 1)

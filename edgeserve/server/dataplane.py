@@ -14,17 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import EdgeserveError, first_line
-from ..guard.explain import Explanation
 from ..runtime.model import Model
 from ..runtime.runtime import Runtime
 from ..tensors import TensorSpec
 from .codec import datatype_of
 from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
+
+if TYPE_CHECKING:
+    from ..guard.explain import Explanation
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 ATTRIBUTIONS = ".attributions"
@@ -163,6 +165,7 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
+            explain = _wants_explanation(request)  # NOTE: a bad value is refused before the model runs
             audit = self.runtime.audit
             started = time.perf_counter()
             try:
@@ -181,7 +184,7 @@ class DataPlane:
                 raise
             out, flags = done
             explained = None
-            if _wants_explanation(request):
+            if explain:
                 import asyncio
 
                 explained = await asyncio.get_running_loop().run_in_executor(None, self._explain, model, feed)
@@ -195,6 +198,7 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
+            explain = _wants_explanation(request)
             audit = self.runtime.audit
             started = time.perf_counter()
             try:
@@ -203,7 +207,7 @@ class DataPlane:
                 if audit is not None:
                     audit.wait(self._record(model, version, feed, None, started, (), request, type(exc).__name__))
                 raise
-            explained = self._explain(model, feed) if _wants_explanation(request) else None
+            explained = self._explain(model, feed) if explain else None
             if audit is not None:
                 audit.wait(self._record(model, version, feed, out, started, flags, request,
                                         detail=_explanation_detail(explained)))
