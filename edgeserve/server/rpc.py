@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import messages as pb
-from .auth import Tokens, require
+from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest
 from .errors import BadRequest, ProtocolError
@@ -49,34 +49,33 @@ class Servicer:
             response_serializer=lambda m: m.SerializeToString()) for name, (fn, message, public) in rpcs.items()}
         return grpc.method_handlers_generic_handler(pb.SERVICE, handlers)
 
-    def _guarded(self, fn: Callable[[Any], Any], public: bool) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _guarded(self, fn: Callable[[Any, str], Any], public: bool) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """``fn(request, caller)`` after auth; ``caller`` is the token's name, as on REST."""
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                caller = None
+                who = ANONYMOUS
                 if not public and self.tokens is not None:
-                    metadata = dict(context.invocation_metadata())
-                    who = self.tokens.caller(metadata.get("authorization"))
+                    who = self.tokens.caller(dict(context.invocation_metadata()).get("authorization"))
                     require(who, "infer")
-                    caller = who.name
-                return self.model_infer(request, caller) if fn == self.model_infer else fn(request)
+                return fn(request, who.name)
             except ProtocolError as exc:
                 context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
         return call
 
     # -- RPCs ---------------------------------------------------------------------------------------------------------
-    def server_live(self, _: Any) -> Any:
+    def server_live(self, _: Any, caller: str) -> Any:
         return pb.ServerLiveResponse(live=self.plane.live())
 
-    def server_ready(self, _: Any) -> Any:
+    def server_ready(self, _: Any, caller: str) -> Any:
         return pb.ServerReadyResponse(ready=self.plane.ready())
 
-    def model_ready(self, request: Any) -> Any:
+    def model_ready(self, request: Any, caller: str) -> Any:
         return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
 
-    def server_metadata(self, _: Any) -> Any:
+    def server_metadata(self, _: Any, caller: str) -> Any:
         return pb.ServerMetadataResponse(**self.plane.server_metadata())
 
-    def model_metadata(self, request: Any) -> Any:
+    def model_metadata(self, request: Any, caller: str) -> Any:
         meta = self.plane.model_metadata(request.name, request.version or None)
         out = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
         for key in ("inputs", "outputs"):
@@ -84,7 +83,7 @@ class Servicer:
                 getattr(out, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return out
 
-    def model_infer(self, request: Any, caller: str | None = None) -> Any:
+    def model_infer(self, request: Any, caller: str) -> Any:
         decoded = decode(request)
         decoded.caller = caller
         response = self.plane.infer_sync(decoded)
