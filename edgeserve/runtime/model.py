@@ -273,6 +273,8 @@ class Model:
         if self.batcher is not None:
             self.batcher.close(timeout)
         self._session.close()
+        if self.monitor is not None and self.monitor.trigger is not None:
+            self.monitor.trigger.close()  # its thread finishes the event in hand, then ends
 
     @property
     def closed(self) -> bool:

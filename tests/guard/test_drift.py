@@ -219,3 +219,20 @@ def test_sequences_of_other_lengths_never_fail_a_request(tmp_path: Path) -> None
     # the token summaries (length, common-token share) are the same width for every length: watched; the mask's
     # per-position columns are not, so requests whose length differs from the reference's are counted as skipped
     assert report["requests"] == 12 and report["skipped"] == 3
+
+
+def test_closing_the_model_ends_its_trigger_thread(digits_package: Path, digits) -> None:
+    import threading
+
+    _, stream, _ = digits
+    shifted = stream.copy()
+    shifted[:, 20] += 6.0
+    model = edgeserve.load(digits_package, guard=GuardConfig(trigger=TriggerConfig(callback=lambda e: None, span=0)))
+    while not model.monitor.fired:
+        model.predict(shifted[:64])
+    assert model.monitor.trigger.wait(10)
+    thread = model.monitor.trigger._thread
+    assert thread is not None and thread in threading.enumerate()
+    model.close()
+    thread.join(10)
+    assert not thread.is_alive()
