@@ -41,14 +41,18 @@ def test_same_machine_reports_no_difference(digits_package: Path) -> None:
 
 
 def test_other_cpu_flags_and_library_are_reported_and_outputs_still_judged(digits_package: Path, tmp_path: Path) -> None:
+    from edgeserve.guard.doctor import WATCHED_FLAGS
+
     flags = read_manifest(digits_package).environment["cpu"]["flags"]
-    other = sorted({*flags, "avx512_vnni", "amx_int8"} - {"avx2"})
+    absent = next(f for f in WATCHED_FLAGS if f not in flags)  # as if verified on a CPU with it
+    present = next(f for f in WATCHED_FLAGS if f in flags)  # and without this one
+    other = sorted({*flags, absent} - {present})
     copy = _tampered_copy(digits_package, tmp_path, flags=other, ort="1.0.0")
     parity = doctor(copy)
     found = {d["what"]: (d["recorded"], d["here"]) for d in parity.differences}
     assert found["onnxruntime"][0] == "1.0.0"
-    if "avx512_vnni" not in flags:
-        assert found["cpu flag avx512_vnni"] == ("present", "absent")
+    assert found[f"cpu flag {absent}"] == ("present", "absent")
+    assert found[f"cpu flag {present}"] == ("absent", "present")
     assert parity.ok  # fp32 outputs still match within tolerance: the differences are reported, not fatal
 
 

@@ -236,3 +236,22 @@ def test_closing_the_model_ends_its_trigger_thread(digits_package: Path, digits)
     model.close()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_shorter_sequences_are_drift(tmp_path: Path) -> None:
+    """Token inputs are watched through their length and the share of common tokens."""
+    from tests.factories import encoder_data, encoder_model, save
+
+    pkg = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration=encoder_data(rows=400, seq=12))
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for i in range(25):  # like the reference: 3..12 real tokens of 12
+            model.predict(encoder_data(rows=8, seq=12, seed=100 + i))
+        assert model.monitor.report()["alarms"] == 0
+        for i in range(40):  # every sequence cut to 3 tokens
+            batch = encoder_data(rows=8, seq=12, seed=200 + i)
+            batch["attention_mask"][:, 3:] = 0
+            batch["input_ids"][:, 3:] = 0
+            model.predict(batch)
+        report = model.monitor.report()
+    assert report["alarms"] >= 1 and "input:input_ids: length" in report["top"]

@@ -71,6 +71,7 @@ def test_image_patches_and_top_features(tmp_path: Path) -> None:
     assert e.kind == "patches" and e.grid == (4, 4) and e.rows_run == 2 * 17
     first = next(iter(e.attributions))
     assert e.attributions[first].shape[:2] == (2, 16)
+    assert np.abs(e.attributions[first]).max(axis=(1, 2)).min() > 0  # every row: some patch moved the answer
     np.testing.assert_allclose(e.outputs[first], out[first], rtol=1e-5, atol=1e-6)
     top = e.top(count=3)
     assert len(top) == 2 and len(top[0]) == 3 and all(0 <= j < 16 for j, _ in top[0])
