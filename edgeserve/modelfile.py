@@ -108,6 +108,14 @@ def uses_external_data(model) -> bool:
     return any(True for _ in _external_tensors(model))
 
 
+HALF_TYPES = (10, 16)  # TensorProto.FLOAT16, BFLOAT16
+
+
+def computes_in_half(model) -> bool:
+    """Whether the graph holds 16-bit float weights or constants (an fp16 conversion, or a model exported in half)."""
+    return any(tensor.data_type in HALF_TYPES for tensor in _all_initializers(model.graph))
+
+
 def check_external_data(tensor, base_dir: Path) -> None:
     """One external-data reference: a plain file beside the model, with a sane offset and length."""
     info = {entry.key: entry.value for entry in tensor.external_data}

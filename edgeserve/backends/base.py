@@ -6,7 +6,7 @@ import importlib
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,10 +36,10 @@ class Backend(Protocol):
     name: str
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None, external_data: bool | None = None) -> Session:
+             digest: str | None = None, view: Any = None) -> Session:
         """Load a model file (already checked by :mod:`edgeserve.modelfile`). Load errors become ModelFileError.
-        ``digest`` (the file's sha256) and ``external_data`` (whether it refers to external data files) save the
-        backend reading the file again when the caller already knows them."""
+        ``digest`` (the file's sha256) and ``view`` (what :func:`~edgeserve.modelfile.check_model_file` returned
+        for it) save the backend reading the file again when the caller already has them."""
         ...
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -86,13 +87,14 @@ class OrtBackend:
     name = "onnxruntime"
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None, external_data: bool | None = None) -> OrtSession:
+             digest: str | None = None, view: Any = None) -> OrtSession:
         """Load a model. With a graph cache configured, the optimised graph is taken from it when present and
         stored in it otherwise (``digest``, the model file's sha256, saves hashing the file again)."""
         label = label or (str(model) if not isinstance(model, bytes) else "model")
-        cache = _cache_for(model, config, external_data)
+        facts = _Facts(model, view)
+        cache = _cache_for(model, config, facts)
         if cache is None:
-            return OrtSession(self._create(model, session_options(config), label), label)
+            return OrtSession(self._create(model, session_options(config), label, facts.avoid(config)), label)
         graph_cache, path = cache
         key = graph_cache.key(digest or sha256_file(path), "onnxruntime", ort.__version__,
                               {"level": config.optimization_level})
@@ -109,9 +111,10 @@ class OrtBackend:
                 graph_cache.discard(key)
         staged = graph_cache.staging_path(key)
         if staged is None:
-            return OrtSession(self._create(path, session_options(config), label), label)
+            return OrtSession(self._create(path, session_options(config), label, facts.avoid(config)), label)
         try:
-            session = OrtSession(self._create(path, session_options(config, str(staged)), label), label)
+            session = OrtSession(self._create(path, session_options(config, str(staged)), label,
+                                              facts.avoid(config)), label)
         except ModelFileError:
             staged.unlink(missing_ok=True)
             raise
@@ -119,36 +122,64 @@ class OrtBackend:
         return session
 
     @staticmethod
-    def _create(model: str | os.PathLike[str] | bytes, opts: ort.SessionOptions, label: str) -> ort.InferenceSession:
+    def _create(model: str | os.PathLike[str] | bytes, opts: ort.SessionOptions, label: str,
+                disabled: Sequence[str] = ()) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(
                 model if isinstance(model, bytes) else os.fspath(model), sess_options=opts,
-                providers=["CPUExecutionProvider"],
+                providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled) or None,
             )
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {label}: {_message(exc)}") from exc
 
 
+class _Facts:
+    """What the backend needs to know about a model file, read from its wire view only when asked."""
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, view: Any) -> None:
+        self._model = model
+        self._view = view
+
+    @property
+    def view(self) -> Any:
+        if self._view is None:
+            from ..onnxwire import read_model
+
+            model = self._model
+            self._view = read_model(model if isinstance(model, bytes) else Path(model).read_bytes())
+        return self._view
+
+    def external_data(self) -> bool:
+        from ..modelfile import uses_external_data
+
+        return uses_external_data(self.view)
+
+    def avoid(self, config: SessionConfig) -> tuple[str, ...]:
+        """Optimisers to turn off for this graph.
+
+        NOTE: onnxruntime (1.32 here) crashes the whole process with a segmentation fault in its NCHWc layout
+        transformer — part of the "all" level only — on graphs that compute in float16 (seen on fp16 conversions
+        of a transformer encoder and of a convolutional-recurrent OCR model; the smallest case is Cast ->
+        Transpose -> MatMul on float16 weights). Its NCHWc kernels are float32-only, so turning the transformer
+        off costs such a graph nothing."""
+        if config.optimization_level != "all":
+            return ()
+        from ..modelfile import computes_in_half
+
+        return ("NchwcTransformer",) if computes_in_half(self.view) else ()
+
+
 def _cache_for(model: str | os.PathLike[str] | bytes, config: SessionConfig,
-               external_data: bool | None) -> tuple[GraphCache, Path] | None:
+               facts: _Facts) -> tuple[GraphCache, Path] | None:
     """The cache to use for this load, or None: no folder configured, bytes, optimisation off, or external data
     (an optimised graph with weights over 2 GiB cannot be written as one file)."""
     root = config.cache_path
     if root is None or isinstance(model, bytes) or config.optimization_level == "disable":
         return None
     path = Path(model)
-    if external_data is None:
-        external_data = _has_external_data(path)
-    if path.stat().st_size > 1_500_000_000 or external_data:
+    if path.stat().st_size > 1_500_000_000 or facts.external_data():
         return None
     return GraphCache(root), path
-
-
-def _has_external_data(path: Path) -> bool:
-    from ..modelfile import uses_external_data
-    from ..onnxwire import read_model
-
-    return uses_external_data(read_model(path.read_bytes()))
 
 
 def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], level: str = "basic") -> None:

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -92,7 +93,7 @@ class OvBackend:
         self._lock = threading.Lock()
 
     def open(self, model: str | os.PathLike[str] | bytes, config: SessionConfig, *, label: str = "",
-             digest: str | None = None, external_data: bool | None = None) -> OvSession:
+             digest: str | None = None, view: Any = None) -> OvSession:
         if isinstance(model, bytes):
             raise ModelFileError("the OpenVINO backend loads model files, not bytes")
         path = Path(model)

@@ -19,7 +19,7 @@ from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, Sessio
 from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
-from ..modelfile import check_model_file, sha256_file, uses_external_data
+from ..modelfile import check_model_file, sha256_file
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
 from ..tensors import TensorSpec
 from .batcher import Batcher, can_batch
@@ -312,7 +312,7 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     proto = check_model_file(path, allowed_domains=allowed_domains)  # checked before any engine
     backend_name = config.backend or "onnxruntime"
-    session = get_backend(backend_name).open(path, config, label=path.name, external_data=uses_external_data(proto))
+    session = get_backend(backend_name).open(path, config, label=path.name, view=proto)
     with _closing_on_error(session):
         digest = sha256_file(path) if cache is not None else None  # only a cache needs to know what computes
         return Model(session, name=path.stem, path=path, batching=batching, cache=cache, guard=guard,
@@ -331,7 +331,7 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
     backend_name, config = choose_backend(manifest, config)
     digest = manifest.digests[manifest.model_file]
     session = get_backend(backend_name).open(model_path, config, label=f"{manifest.name}@{manifest.version}",
-                                             digest=digest, external_data=uses_external_data(proto))
+                                             digest=digest, view=proto)
     with _closing_on_error(session):
         _check_signature(manifest, session)
         model = Model(session, name=manifest.name, version=manifest.version, manifest=manifest, path=folder)
