@@ -206,3 +206,28 @@ def test_the_repair_ranks_nodes_by_their_effect_on_the_metric(tmp_path: Path) ->
     ranking = [("loud", 0.9), ("quiet", 0.5), ("middling", 0.4), ("untried", 0.1)]
     assert [n for n, _ in search._by_effect_on_the_metric(cand, ranking)] == ["quiet", "middling", "loud", "untried"]
     assert [c.name for c in search.plan] == [f"int8-static-minmax+fp32[{n}]" for n in ("loud", "quiet", "middling")]
+
+
+def test_a_repair_of_a_node_named_like_a_path_builds(tmp_path: Path) -> None:
+    """Exporters name nodes like paths ("/enc/layers.1/MatMul"); a candidate keeping one in fp32 still gets a file."""
+    import math
+    from contextlib import ExitStack
+
+    from edgeserve.converter.autotune import Candidate, Graphs, Search, _Evaluator
+    from edgeserve.converter.memory import MemoryBudget
+
+    model = mlp_model(n_in=16, hidden=32, n_out=4)
+    for node in model.graph.node:
+        node.name = f"/encoder/layers.0/{node.name}"
+    src = save(model, tmp_path / "paths.onnx")
+    held = check_samples({"x": rows(32, seed=5)}, _specs(src), what="test")
+    with ExitStack() as sessions:
+        search = Search(plan=[], graphs=Graphs(src, src, src), work=tmp_path, calibration=None, budget=Budget(),
+                        memory=MemoryBudget(), evaluator=_Evaluator(src, held, None, Budget(), 1, sessions),
+                        deadline=math.inf, timing_s=0.05, step=lambda *a: None)
+        name = "/encoder/layers.0/fc1"
+        cand = Candidate(f"int8-dynamic+fp32[{name}]", QuantizeConfig(mode="dynamic", nodes_to_exclude=(name,)))
+        search.trial(cand)
+    assert cand.status == "ok", cand.reason
+    assert cand.recipe["nodes_excluded"] == [name]
+    assert {p.parent for p in tmp_path.rglob("auto-*.onnx")} == {tmp_path}

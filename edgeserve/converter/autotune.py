@@ -12,8 +12,10 @@ beats fp32; otherwise the optimised fp32 model, and says why.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -275,7 +277,7 @@ class Search:
     def _trial_from(self, cand: Candidate, graph: str, source: Path) -> str | None:
         config = cand.config
         suffix = f"-x{len(config.nodes_to_exclude)}" if config.nodes_to_exclude else ""
-        dst = self.work / f"auto-{cand.name}{suffix}-{graph}.onnx"
+        dst = self.work / f"auto-{_file_stem(cand.name)}{suffix}-{graph}.onnx"
         cache = self.work / f"calibration-{graph}-{config.calibration_method}-{config.activation_type or 'auto'}.json"
         try:
             recipe = self.memory.run(f"the {cand.name} candidate", quantize, source, dst, config,
@@ -459,3 +461,10 @@ def _expose(path: Path, tensors: Sequence[str], onnx: Any, folder: Path, tag: st
     dst = folder / (path.stem + f".probe{tag}.onnx")
     onnx.save_model(model, str(dst))
     return dst
+
+
+def _file_stem(name: str) -> str:
+    """A file name for a candidate: its name carries node names as exporters write them ("/enc/layers.1/MatMul"),
+    which may hold path separators or run past a file system's name limit."""
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)[:80]
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}" if slug != name else slug
