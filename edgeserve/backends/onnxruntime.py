@@ -34,7 +34,9 @@ def session_options(config: SessionConfig, optimized_model_path: str | None = No
     opts.inter_op_num_threads = config.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if config.inter_op_threads == 1 else ort.ExecutionMode.ORT_PARALLEL
     opts.graph_optimization_level = _LEVELS[config.optimization_level]
-    opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise for users
+    # fatal only: a failed run is raised as InferenceError with the engine's message, so its error log line (one per
+    # failed request, coloured, on stderr) would only repeat it; warnings about unused initialisers are noise
+    opts.log_severity_level = 4
     if optimized_model_path:
         opts.optimized_model_filepath = optimized_model_path
     return opts

@@ -469,8 +469,9 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
     source = "reference" if c.options.reference is not None else (
         "calibration" if c.options.calibration is not None else "evaluation")
     outputs = _run_all(c.candidate, base, c.out_specs) if c.candidate is not None else None
+    sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
     return envelope(base.arrays, source=source, outputs=outputs,
-                    vocabularies=embedding_inputs(c.staging / MODEL_FILE))
+                    vocabularies=embedding_inputs(c.staging / MODEL_FILE), sequences=sequences)
 
 
 def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@ the runtime makes (:mod:`.checks`, :mod:`.drift`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,11 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 
 def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[str, np.ndarray] | None = None,
-             vocabularies: Mapping[str, int] | None = None) -> dict[str, Any]:
+             vocabularies: Mapping[str, int] | None = None, sequences: Collection[str] = ()) -> dict[str, Any]:
     """Statistics per numeric input over all its values, per feature for 2-D tabular inputs, and what the guard
     needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
-    sequences (``vocabularies``: inputs that index an embedding table, with its size); and for ``outputs`` (the
+    sequences (``vocabularies``: inputs that index an embedding table, with its size; ``sequences``: 2-D inputs
+    whose second axis varies in size); and for ``outputs`` (the
     package's answers on the same rows) the distribution of confidence or norm."""
     vocabularies = vocabularies or {}
     inputs: dict[str, Any] = {}
@@ -51,10 +52,10 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             continue
         entry = _stats(arr.reshape(-1))
-        if arr.ndim == 2 and 1 < arr.shape[1] <= MAX_FEATURES:
+        if arr.ndim == 2 and 1 < arr.shape[1] <= MAX_FEATURES and name not in sequences:
             entry["features"] = [_stats(arr[:, j]) for j in range(arr.shape[1])]
         if arr.ndim >= 1 and arr.dtype != bool:
-            layout = input_layout(arr, vocabulary=vocabularies.get(name))
+            layout = input_layout(arr, vocabulary=vocabularies.get(name), sequence=name in sequences)
             entry["layout"] = layout.to_dict()
             entry["range"] = value_range(layout, arr)
             if name in vocabularies:

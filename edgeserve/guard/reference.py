@@ -8,7 +8,8 @@ Every tensor gets a *layout* that says what one row's features are:
 - ``series`` ``[rows, steps, features]`` (audio frames, recurrent inputs): each feature's mean over the steps;
 - ``tokens`` (integer ids that feed an embedding table): the sequence length (positions that are not padding)
   and the share of tokens among the reference's most frequent ids;
-- ``flat`` (anything else): the row's mean and standard deviation;
+- ``flat`` (anything else, and ``[rows, steps]`` inputs whose steps vary, such as an attention mask): the row's
+  mean and standard deviation;
 - for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
   ``value`` (one number per row, e.g. a predicted label) or ``norm`` (the row's L2 norm).
 
@@ -73,8 +74,11 @@ class Layout:
         return [f"{word} {i}" for i in range(count)]
 
 
-def input_layout(arr: np.ndarray, *, vocabulary: int | None = None) -> Layout:
-    """The layout of an input tensor, from reference rows (``arr``, rows on axis 0)."""
+def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bool = False) -> Layout:
+    """The layout of an input tensor, from reference rows (``arr``, rows on axis 0). ``sequence``: the model
+    declares axis 1 of variable size, so its positions are steps of a sequence (an attention mask, token type ids),
+    not the columns of a table: position 12 of the reference never being padding says nothing about a shorter
+    request."""
     if vocabulary is not None and np.issubdtype(arr.dtype, np.integer) and arr.ndim == 2:
         last = arr[:, -1]
         values, counts = np.unique(last, return_counts=True)
@@ -83,7 +87,7 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None) -> Layout:
         order = np.argsort(-freq, kind="stable")
         common = tuple(int(t) for t in ids[order][:TOP_TOKENS] if t != pad)
         return Layout("tokens", None, pad=pad, common=common)
-    if arr.ndim == 2 and 1 <= arr.shape[1] <= MAX_FEATURES:
+    if arr.ndim == 2 and 1 <= arr.shape[1] <= MAX_FEATURES and not sequence:
         return Layout("tabular", 1)
     if arr.ndim == 4:
         axis = 1 if arr.shape[1] <= arr.shape[3] else 3

@@ -85,3 +85,22 @@ def test_a_nan_let_through_is_not_counted_as_out_of_range(digits_package: Path, 
     with edgeserve.load(digits_package, guard=GuardConfig(non_finite="off", range="warn", drift=False)) as model:
         assert model.answer(x)[1] == ()
         assert model.envelope is not None and model.envelope.stats()["warnings"]["range"] == 0
+
+
+def test_an_attention_mask_is_a_sequence_not_a_table(tmp_path: Path) -> None:
+    """The reference's rows are never shorter than 10 tokens; a 3-token request is still inside the envelope, since
+    the mask's positions are steps of a sequence (the model declares its length variable), not columns."""
+    path = save(encoder_model(vocab=50), tmp_path / "enc.onnx")
+    data = encoder_data(rows=128)
+    data["attention_mask"][:, :10] = 1
+    data["input_ids"][:, :10] = np.maximum(data["input_ids"][:, :10], 1)
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration=data)
+    mask = pkg.manifest.envelope["inputs"]["attention_mask"]
+    assert mask["layout"]["kind"] == "flat" and len(mask["range"]["min"]) == 1
+    short = {k: v[:2].copy() for k, v in data.items()}
+    short["attention_mask"][:, 3:] = 0
+    short["input_ids"][:, 3:] = 0
+    with edgeserve.load(pkg.path, guard=STRICT) as model:
+        assert model.answer(short)[1] == ()
+        longer = {k: np.concatenate([v[:2], v[:2, :4]], axis=1) for k, v in data.items()}  # 16 steps
+        assert model.answer(longer)[1] == ()
