@@ -21,6 +21,7 @@ import numpy as np
 
 from ..arrays import DataSource, read_arrays
 from ..backends import get_backend
+from ..batch_axes import confirm_batch_axes
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
 from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError
@@ -348,6 +349,11 @@ def verify(c: Conversion) -> None:
     assert c.held_out is not None and c.ref_out is not None
     ref_out = c.ref_out
     cand_out = _run_all(candidate, c.held_out, c.out_specs)
+    if c.held_out.stacked:
+        names = [o.name for o in c.out_specs]
+        c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
+                                         c.out_specs, c.held_out.arrays, label="the converted model")
+        c.recipe["batch_axes"] = "measured"
     c.golden_in = _golden_inputs(c.held_out, c.in_specs, c.out_specs)
     c.candidate = candidate
     if c.golden_in:

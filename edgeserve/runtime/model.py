@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig
-from ..errors import ClosedError, ConfigError, GoldenMismatchError, PackageError
+from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import check_model_file, sha256_file
@@ -72,6 +72,7 @@ class Model:
         self._lock = threading.Lock()
         self.batcher: Batcher | None = None
         if batching is not None:
+            self.outputs = self._confirmed_batch_axes(manifest)
             if can_batch(self.inputs, self.outputs):
                 self.batcher = Batcher(self._run_feed, self.inputs, self.outputs, batching, name=self.name)
             else:
@@ -102,6 +103,21 @@ class Model:
         self._inline_cost = float("inf")
         self._inline_rows = 0
         """Async calls: how many probes ran, the fastest one's time and its rows (see ``predict_async``)."""
+
+    def _confirmed_batch_axes(self, manifest: Manifest | None) -> tuple[TensorSpec, ...]:
+        """The outputs, with the batch axes that running rows together and apart confirms (the converter measured
+        them already for a package it wrote; see :mod:`edgeserve.batch_axes`)."""
+        if not can_batch(self.inputs, self.outputs) or (manifest and manifest.recipe.get("batch_axes") == "measured"):
+            return self.outputs
+        from ..batch_axes import confirm_batch_axes, stand_in_rows
+
+        try:
+            rows = stand_in_rows(self.inputs)
+        except EdgeserveError:
+            return self.outputs  # string inputs: nothing to stand in with; the names' guess stands
+        names = self._output_names
+        return confirm_batch_axes(lambda feed: dict(zip(names, self._session.run(feed, names))), self.inputs,
+                                  self.outputs, rows, label=f"model '{self.name}'")
 
     def _run_feed(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         engine = self._engine

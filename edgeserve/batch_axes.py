@@ -1,0 +1,103 @@
+"""Which outputs really carry the batch: measured by running rows together and apart, not only guessed from the
+names exporters give dimensions.
+
+A detector whose graph ends in NonMaxSuppression answers ``[detections, 7]``: a symbolic first axis that is not
+the batch. Dynamic batching splits every output back among the callers along its batch axis, so a wrong guess
+hands one caller another's boxes whenever the counts happen to match. Before a model is batched, three rows run
+as 1 + 2 and as 3: an output keeps its batch axis only if it has 1, 2 and 3 entries along it, and the joint answer
+is the separate ones stacked (integers exactly; floats to a cosine of 0.99, since dynamic int8 quantises a
+batch's rows together).
+A model that cannot run three rows at once at all (a batch of one baked into a Reshape) keeps none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from .errors import EdgeserveError
+from .tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+Run = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+MIN_COSINE = 0.99
+
+
+def confirm_batch_axes(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                       rows: Mapping[str, np.ndarray], *, label: str = "the model") -> tuple[TensorSpec, ...]:
+    """``outputs`` with each batch axis kept only where the measurement above confirms it. ``rows``: at least one
+    row per input (stacked along the inputs' batch axes; fewer than three are repeated)."""
+    batched = [o for o in outputs if o.batch_axis is not None]
+    if not batched or any(s.batch_axis is None for s in inputs):
+        return tuple(outputs)
+    try:
+        first, rest, joint = (run(_take(inputs, rows, idx)) for idx in ([0], [1, 2], [0, 1, 2]))
+    except EdgeserveError as exc:
+        log.warning("%s does not run three rows at once (%s): it is not batched", label, exc)
+        return tuple(replace(o, batch_axis=None) for o in outputs)
+    confirmed = []
+    for spec in outputs:
+        axis = spec.batch_axis
+        if axis is not None and not _splits(first[spec.name], rest[spec.name], joint[spec.name], axis):
+            log.warning("%s: output '%s' does not split into rows along axis %d (its answer for 3 rows is not "
+                        "the answers for 1 and 2 stacked): the model is not batched", label, spec.name, axis)
+            axis = None
+        confirmed.append(replace(spec, batch_axis=axis))
+    return tuple(confirmed)
+
+
+def _take(inputs: Sequence[TensorSpec], rows: Mapping[str, np.ndarray], idx: list[int]) -> dict[str, np.ndarray]:
+    feed = {}
+    for spec in inputs:
+        arr = np.asarray(rows[spec.name])
+        axis = spec.batch_axis or 0
+        feed[spec.name] = np.ascontiguousarray(np.take(arr, [i % arr.shape[axis] for i in idx], axis=axis))
+    return feed
+
+
+def _splits(first: np.ndarray, rest: np.ndarray, joint: np.ndarray, axis: int) -> bool:
+    if min(first.ndim, rest.ndim, joint.ndim) <= axis:
+        return False
+    if (first.shape[axis], rest.shape[axis], joint.shape[axis]) != (1, 2, 3):
+        return False
+    if not (_others(first, axis) == _others(rest, axis) == _others(joint, axis)):
+        return False
+    stacked = np.concatenate([first, rest], axis=axis)
+    if not np.issubdtype(joint.dtype, np.floating):
+        return bool(np.array_equal(stacked, joint))  # ids, labels, indices: exactly
+    a, b = stacked.astype(np.float64).ravel(), joint.astype(np.float64).ravel()
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return False
+    a, b = a[finite], b[finite]
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0.0:
+        return bool(np.array_equal(a, b))
+    return float(a @ b) / norm >= MIN_COSINE
+
+
+def _others(arr: np.ndarray, axis: int) -> tuple[int, ...]:
+    return tuple(d for i, d in enumerate(arr.shape) if i != axis)
+
+
+def stand_in_rows(inputs: Sequence[TensorSpec], rows: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded rows for a model loaded without sample data: normal floats, 0/1 integers, symbolic dims of 8."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in inputs:
+        dims = [d if isinstance(d, int) else 8 for d in spec.shape]
+        if spec.batch_axis is not None:
+            dims[spec.batch_axis] = rows
+        dtype = spec.np_dtype
+        if np.issubdtype(dtype, np.floating):
+            out[spec.name] = rng.standard_normal(dims).astype(dtype)
+        elif np.issubdtype(dtype, np.integer) or dtype == np.dtype(bool):
+            out[spec.name] = rng.integers(0, 2, size=dims).astype(dtype)
+        else:
+            raise EdgeserveError(f"input '{spec.name}' is {spec.dtype}: no stand-in rows")
+    return out
