@@ -85,3 +85,27 @@ def test_sklearn_needs_2d_examples(tmp_path: Path) -> None:
         edgeserve.convert(reg, tmp_path / "pkg", example_inputs=np.ones(2))
     with pytest.raises(ConversionError, match="needs example_inputs"):
         edgeserve.convert(reg, tmp_path / "pkg")
+
+
+@pytest.mark.parametrize("labels", ["ints", "strings"])
+def test_an_onnx_file_with_skl2onnx_zipmap_answers_probabilities(tmp_path: Path, labels: str) -> None:
+    """skl2onnx's default classifier output is a sequence of {class: probability} maps, which numpy cannot hold:
+    the converter answers the probabilities the map was made from; loading the raw file says what to do."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    clf = LogisticRegression(max_iter=500).fit(x, y if labels == "ints" else names[y])
+    path = tmp_path / "zip.onnx"
+    path.write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    with pytest.raises(edgeserve.ModelFileError, match=r"ZipMap.*edgeserve convert"):
+        edgeserve.load(path)
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"X": x})
+    assert list(pkg.manifest.source["zipmap_removed"]["output_probability"]) == list(clf.classes_)
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict({"X": x[:5]})
+    np.testing.assert_allclose(out["output_probability"], clf.predict_proba(x[:5]), rtol=1e-4, atol=1e-5)
+    assert list(out["output_label"]) == list(clf.predict(x[:5]))

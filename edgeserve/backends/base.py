@@ -76,6 +76,12 @@ def check_signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
     anything above the seam builds on them."""
     for kind, specs in (("input", inputs), ("output", outputs)):
         for s in specs:
+            if s.dtype.startswith("seq(map("):
+                raise ModelFileError(
+                    f"{label}: output '{s.name}' is {s.dtype}, a ZipMap of class probabilities (skl2onnx's default "
+                    "for classifiers): run `edgeserve convert` on the file, which answers the [rows, classes] "
+                    "probabilities instead, or export with options={'zipmap': False}"
+                )
             if s.dtype not in NUMPY_DTYPES:
                 raise ModelFileError(
                     f"{label}: {kind} '{s.name}' is {s.dtype}, which edgeserve cannot exchange as a numpy array "

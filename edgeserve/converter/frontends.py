@@ -6,6 +6,7 @@ unpickles a file: torch and scikit-learn models arrive as live Python objects.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,8 @@ from ..errors import ConversionError, DataError, ModelFileError, first_line
 from ..modelfile import load_model, sha256_file, uses_external_data
 
 DEFAULT_OPSET = 17
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,14 +74,68 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
         raise ModelFileError(f"{path} is a folder; give the .onnx file (or edgeserve.load() a package folder)")
     model = load_model(path, allowed_domains=allowed_domains, load_external_data=False)
     dst = workdir / "source.onnx"
+    info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
+    zipmaps = unzipped_outputs(model)
     if uses_external_data(model):
         import onnx
 
         model = load_model(path, allowed_domains=allowed_domains)  # checked, then loaded from beside the model
+        unzip(model)
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
+    elif zipmaps:
+        unzip(model)
+        dst.write_bytes(model.SerializeToString())
     else:
         shutil.copyfile(path, dst)
-    return SourceModel(dst, {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)})
+    if zipmaps:
+        info["zipmap_removed"] = zipmaps
+        _say_unzipped(zipmaps)
+    return SourceModel(dst, info)
+
+
+def unzipped_outputs(model: Any) -> dict[str, list[Any]]:
+    """Outputs a ``ZipMap`` turns into a sequence of {class: probability} maps (skl2onnx's default for
+    classifiers), with their class labels: numpy cannot hold such a value, so the converter answers the
+    ``[rows, classes]`` probabilities the map was made from instead."""
+    outputs = {o.name for o in model.graph.output}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.output[0] in outputs:
+            attrs = {a.name: a for a in node.attribute}
+            labels: list[Any] = list(attrs["classlabels_int64s"].ints) if "classlabels_int64s" in attrs else [
+                s.decode() for s in attrs["classlabels_strings"].strings] if "classlabels_strings" in attrs else []
+            found[node.output[0]] = labels
+    return found
+
+
+def _say_unzipped(zipmaps: Mapping[str, list[Any]]) -> None:
+    for name, labels in zipmaps.items():
+        log.warning("output '%s' was a ZipMap of {class: probability}; the package answers float32 [rows, %d] "
+                    "probabilities, classes in the order %s", name, len(labels), labels[:20])
+
+
+def unzip(model: Any) -> None:
+    """Replace each output's ``ZipMap`` (see :func:`unzipped_outputs`) by the probabilities it zips, same name."""
+    from onnx import TensorProto, helper
+
+    zipped = unzipped_outputs(model)
+    if not zipped:
+        return
+    first = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    batch = first[0].dim_param if len(first) and first[0].dim_param else None
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "ZipMap" and node.output[0] in zipped:
+            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=f"{node.name}_unzipped"))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for i, out in enumerate(model.graph.output):
+        if out.name in zipped:
+            classes = len(zipped[out.name]) or None
+            model.graph.output[i].CopyFrom(
+                helper.make_tensor_value_info(out.name, TensorProto.FLOAT, [batch or "N", classes]))
 
 
 def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) -> SourceModel:
@@ -87,10 +144,20 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
     check_model(model, base_dir=None, allowed_domains=allowed_domains)
     dst = workdir / "source.onnx"
     data = model.SerializeToString()
-    dst.write_bytes(data)
     import hashlib
 
-    return SourceModel(dst, {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()})
+    info: dict[str, Any] = {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()}
+    zipmaps = unzipped_outputs(model)
+    if zipmaps:
+        import onnx
+
+        model = onnx.ModelProto.FromString(data)  # the caller's model stays as it was
+        unzip(model)
+        data = model.SerializeToString()
+        info["zipmap_removed"] = zipmaps
+        _say_unzipped(zipmaps)
+    dst.write_bytes(data)
+    return SourceModel(dst, info)
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
