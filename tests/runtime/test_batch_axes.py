@@ -93,3 +93,14 @@ def test_the_check_rejects_what_does_not_split() -> None:
     assert confirm_batch_axes(rowwise, specs_in, specs_out, {"x": x})[0].batch_axis == 0
     assert confirm_batch_axes(mixes_rows, specs_in, specs_out, {"x": x})[0].batch_axis is None
     assert confirm_batch_axes(fails_beyond_one, specs_in, specs_out, {"x": x})[0].batch_axis is None
+
+
+def test_rows_the_model_cannot_take_leave_the_guess_standing() -> None:
+    specs_in = (TensorSpec("x", "float32", ("batch", 4), 0),)
+    specs_out = (TensorSpec("y", "float32", ("batch", 4), 0),)
+
+    def refuses_everything(feed):
+        raise edgeserve.InferenceError("Conv: the image is smaller than the kernel")
+
+    x = np.zeros((3, 4), np.float32)
+    assert confirm_batch_axes(refuses_everything, specs_in, specs_out, {"x": x})[0].batch_axis == 0
