@@ -99,15 +99,18 @@ def output_summary(outputs: Mapping[str, np.ndarray], rows_shown: int = 8) -> st
     out = {}
     for name, a in outputs.items():
         entry: dict[str, Any] = {"shape": list(a.shape)}
-        if a.dtype != object:
+        kind = a.dtype.kind
+        if kind != "O":
             entry["digest"] = hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=8).hexdigest()
-            if a.ndim == 2 and 1 < a.shape[1] and len(a) <= rows_shown and np.issubdtype(a.dtype, np.number):
-                top = a.argmax(axis=1)
-                entry["top"] = [[int(t), float(a[i, t])] for i, t in enumerate(top)]
+            if a.ndim == 2 and 1 < a.shape[1] and len(a) <= rows_shown and kind in "fiub":
+                entry["top"] = [[t, row[t]] for t, row in zip(a.argmax(axis=1).tolist(), a.tolist())]
             elif a.ndim == 1 and len(a) <= rows_shown:
                 entry["values"] = a.tolist()
         out[name] = entry
-    return json.dumps(out, separators=(",", ":"))
+    return _COMPACT.encode(out)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class AuditLog:
