@@ -39,7 +39,9 @@ def read_arrays(source: DataSource, *, what: str) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         # numpy refuses object arrays without pickles, which we never allow
-        raise DataError(f"{what} {path} cannot be read as numpy arrays ({first_line(exc)})") from None
+        hint = ("; save text as a fixed-width string array instead (np.array(texts, dtype=str)): edgeserve never "
+                "unpickles a file") if "allow_pickle" in str(exc) else ""
+        raise DataError(f"{what} {path} cannot be read as numpy arrays ({first_line(exc)}){hint}") from None
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:

@@ -221,3 +221,22 @@ def test_bad_settings(tmp_path: Path, mlp_path: Path) -> None:
         edgeserve.convert(mlp_path, tmp_path / "out", min_cosine=2)
     with pytest.raises(ConversionError, match="cannot convert a builtins.int"):
         edgeserve.convert(42, tmp_path / "out")
+
+
+def test_text_inputs_arrive_as_numpy_unicode_arrays(tmp_path: Path) -> None:
+    """An .npz stores text as fixed-width unicode (it cannot hold object arrays without pickles), and
+    np.array(["red"]) is unicode too: both are taken for a string input."""
+    from onnx import TensorProto, helper
+
+    label = helper.make_node("LabelEncoder", ["colour"], ["code"], domain="ai.onnx.ml",
+                             keys_strings=["red", "green", "blue"], values_int64s=[0, 1, 2], default_int64=-1)
+    graph = helper.make_graph([label], "codes", [helper.make_tensor_value_info("colour", TensorProto.STRING, ["n", 1])],
+                              [helper.make_tensor_value_info("code", TensorProto.INT64, ["n", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    model.ir_version = 8
+    colours = np.array(["red", "green", "blue"])[np.random.default_rng(0).integers(0, 3, (120, 1))]
+    np.savez(tmp_path / "cal.npz", colour=colours)
+    pkg = edgeserve.convert(save(model, tmp_path / "codes.onnx"), tmp_path / "pkg", calibration=tmp_path / "cal.npz")
+    with edgeserve.load(pkg.path) as loaded:
+        out = loaded.predict({"colour": np.array([["blue"], ["purple"], ["red"]])})
+    assert out["code"].ravel().tolist() == [2, -1, 0]

@@ -118,10 +118,13 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     stacked = is_stacked(specs)
     for spec in specs:
         arr = np.asarray(arrays[spec.name])
+        if spec.dtype == "str" and arr.dtype.kind == "U":
+            arr = arr.astype(object)  # an .npz holds text as fixed-width unicode; engines take Python strings
         if arr.dtype != spec.np_dtype:
+            fix = "np.array(texts, dtype=str)" if spec.dtype == "str" else f"arr.astype(np.{spec.dtype})"
             raise DataError(
                 f"{what}: input '{spec.name}' expected {spec.dtype}, got {arr.dtype} {list(arr.shape)}; "
-                f"save it as {spec.dtype} (arr.astype(np.{spec.dtype}))"
+                f"save it as {spec.dtype} ({fix})"
             )
         rank = len(spec.shape)
         if stacked and spec.batch_axis is None:  # shared by every row: given once, in its own shape

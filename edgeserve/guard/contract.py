@@ -55,6 +55,8 @@ class InputContract:
             value = inputs[name]
             if type(value) is not np.ndarray:
                 value = self._coerce(name, value, spec)
+            if value.dtype != dtype and dtype.kind == "O" and value.dtype.kind == "U":
+                value = value.astype(object)  # np.array(["a", "b"]) is fixed-width unicode; engines take str objects
             if value.dtype != dtype:
                 raise InputError(
                     f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)}; "
