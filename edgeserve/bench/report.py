@@ -90,7 +90,8 @@ LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread
           "over the variant's p50. rows/s@N: throughput at batch N; xC off/on: rows/s with C concurrent callers at batch 1, dynamic batching off and on. cold/cached: "
           "fresh process to first answer with an empty graph cache, then with the cached optimised graph; RSS: peak memory. accuracy and loss (points, fp32 minus variant) on the "
           "held-out labels; task metric: the variant's score, against fp32, in the metric that judged it (named with "
-          "--metric, or inferred from the model's signature; `inspect` says which and why).")
+          "--metric, or inferred from the model's signature; `inspect` says which and why), or with labels, top1: the "
+          "share of rows whose predicted class agrees with fp32's.")
 
 
 def markdown(results: Mapping[str, Any], *, has_plot: bool = True) -> str:
@@ -129,10 +130,15 @@ def _first_target(v: Mapping[str, Any]) -> tuple[str, bool] | None:
 
 
 def task_metric(v: Mapping[str, Any]) -> str:
-    """``map-iou 0.9974``: the variant's score in the metric that judged it (``cos`` when none was recorded)."""
+    """``map-iou 0.9974``: the variant's score in the metric that judged it; where labels judged it (the accuracy
+    columns), how often its predicted class agrees with fp32's; ``cos`` (worst row's cosine) when neither."""
     first = _first_target(v)
     if first is None:
-        return "cos " + _f(v["fidelity"].get("cosine_min"), ".4f")
+        fidelity = v["fidelity"]
+        agreement = fidelity.get("top1_agreement", fidelity.get("agreement"))
+        if v.get("accuracy") is not None and agreement is not None:
+            return "top1 " + _f(agreement, ".4f")
+        return "cos " + _f(fidelity.get("cosine_min"), ".4f")
     name = first[0].split(",")[0]
     return f"{name} {v['metrics'][first[0]]:.4g}"
 

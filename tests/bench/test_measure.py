@@ -92,3 +92,17 @@ def test_a_failing_child_reports_its_last_stderr_line() -> None:
     with pytest.raises(RuntimeError, match="exit 3.*the reason"):
         measure.timed_first_line([sys.executable, "-c", "import sys; print('x'); sys.stderr.write('the reason'); "
                                   "sys.exit(3)"], timeout=60)
+
+
+def test_the_task_metric_column_says_what_judged_the_variant() -> None:
+    from edgeserve.bench.report import task_metric
+
+    fidelity = {"cosine_min": 0.0638, "top1_agreement": 0.9944}
+    judged = {"budget": {"targets": [{"metric": "map-iou", "min": 0.9}]}, "metrics": {"map-iou": 0.9974},
+              "fidelity": fidelity, "accuracy": None}
+    labelled = {"budget": {}, "metrics": {}, "fidelity": fidelity, "accuracy": 0.97}
+    neither = {"budget": {}, "metrics": {}, "fidelity": fidelity, "accuracy": None}
+    # a worst-row cosine of 0.06 (one row's probabilities swapped classes) is not the task's measure of a
+    # classifier judged by labels: how often it picks fp32's class is
+    assert (task_metric(judged), task_metric(labelled), task_metric(neither)) == (
+        "map-iou 0.9974", "top1 0.9944", "cos 0.0638")
