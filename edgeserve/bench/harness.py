@@ -100,6 +100,11 @@ class VariantResult:
         self.status = "failed"
         self.error = f"{stage}: {first_line(exc, 400)}"
 
+    def skip(self, reason: str) -> None:
+        """Not a failure: the variant does not apply to this model (its engine lacks the model's operators)."""
+        self.status = "skipped"
+        self.error = reason
+
 
 def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, data: Path | None = None,
                 labels: str | None = None, calibration: Path | None = None,
@@ -165,6 +170,11 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
             r.fail("build", ConfigError("needs calibration data (--calibration CAL.npz)"))
             say(f"{source.name}: {v.name} skipped (no calibration data)")
             continue
+        unsupported = _unsupported(source.model, v.backend)
+        if unsupported:
+            r.skip(unsupported)
+            say(f"{source.name}: {v.name} skipped ({unsupported})")
+            continue
         say(f"{source.name}: building {v.name}")
         t0 = time.perf_counter()
         try:
@@ -190,6 +200,21 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
             r.accuracy_loss = acc["fp32"] - acc["converted"]
         packages[v.name] = pkg.path
     return packages
+
+
+def _unsupported(model: Path, backend: str | None) -> str | None:
+    """Why ``backend`` cannot run the model at all, or None. OpenVINO reads no ONNX-ML operators (the classic
+    machine-learning ops of scikit-learn exports: Scaler, TreeEnsemble, ZipMap …)."""
+    if backend != "openvino":
+        return None
+    from ..modelfile import check_model_file
+
+    try:
+        view = check_model_file(model)
+    except EdgeserveError:
+        return None  # the build says what is wrong with the file
+    ml = sorted({n.op_type for n in view.graph.node if n.domain == "ai.onnx.ml"})
+    return f"openvino has no ai.onnx.ml operators ({', '.join(ml)})" if ml else None
 
 
 def _load_all(packages: dict[str, Path], threads: int, results: dict[str, VariantResult]) -> dict[str, Any]:

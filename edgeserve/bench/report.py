@@ -42,7 +42,7 @@ def rows(model: Mapping[str, Any]) -> list[list[str]]:
     out = []
     for v in model["variants"]:
         if v["status"] != "ok":
-            out.append([v["name"], f"FAILED: {v['error']}"])
+            out.append([v["name"], f"skipped: {v['error']}" if v["status"] == "skipped" else f"FAILED: {v['error']}"])
             continue
         lat, cold = v["latency"], v["cold_start"]
         _, thr = _largest(v["throughput"])

@@ -130,3 +130,27 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     bad.write_text("{}")
     with pytest.raises(ConfigError, match="not an edgeserve bench results.json"):
         bench(["digits-mlp"], tmp_path / "out", QUICK, compare_with=bad)
+
+
+def test_an_engine_without_the_models_operators_is_skipped_not_failed(tmp_path: Path) -> None:
+    """OpenVINO reads no ONNX-ML operators: a scikit-learn export's openvino variants say so, and are not FAILED."""
+    pytest.importorskip("openvino")
+    from onnx import TensorProto, helper
+
+    from edgeserve.bench.report import rows
+    from tests.factories import save
+
+    scaler = helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.5] * 4, scale=[2.0] * 4)
+    graph = helper.make_graph([scaler], "scaler", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "scaler.onnx")
+    config = BenchConfig(variants=("fp32", "openvino-f32"), batch_sizes=(1,), concurrency=(), rounds=1,
+                         time_budget=0.5, cold_start_repeats=0)
+    result = bench([path], tmp_path / "out", config)["models"][0]
+    variants = {v["name"]: v for v in result["variants"]}
+    assert variants["fp32"]["status"] == "ok"
+    assert variants["openvino-f32"]["status"] == "skipped"
+    assert variants["openvino-f32"]["error"] == "openvino has no ai.onnx.ml operators (Scaler)"
+    assert ["openvino-f32", "skipped: openvino has no ai.onnx.ml operators (Scaler)"] in rows(result)
