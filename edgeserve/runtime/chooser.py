@@ -16,9 +16,10 @@ of silence) is not measured: callers are still arriving. A fresh model whose fir
 the other way is tried for one epoch now and then, less
 often each time it loses again (``RECHECK_S``), or at once when the winner's rate falls below the other's last
 one. The challenger takes over only if it beats the winner's epochs on both sides of its own by ``MARGIN``, so
-one slow epoch (callers still starting, a noisy neighbour) cannot hand it the model. One thing is known without trying: when batched runs keep the engine
-busy (``BUSY`` of the epoch or more), batching is sharing out real work and callers running side by side could
-only crowd the cores, so the direct way is not tried then (trying it costs a wide model dearly). The winner is measured all along and compared with the loser's last
+one slow epoch (callers still starting, a noisy neighbour) cannot hand it the model. Neither way is ruled out
+without measuring it: an engine kept busy by batches is not proof that batching pays (a small transformer at 4
+callers kept the engine busy with batches and answered 0.6x what callers running side by side did, since its
+operators parallelise poorly inside one run). The winner is measured all along and compared with the loser's last
 rate, so a load that changes under it (more callers, a bigger model's share of the cores) turns the choice at
 once.
 
@@ -34,8 +35,6 @@ DIRECT = "direct"
 EPOCH_S = 0.02
 EPOCH_MIN = 16
 IDLE_S = 0.1
-BUSY = 0.65
-"""Share of an epoch the engine spent running batches above which the direct way is not tried."""
 QUICK_RUN_S = 0.0001
 """Runs shorter than this (a thread wake-up is ~50 us on a busy 2-core machine) make a fresh model start direct."""
 MARGIN = 0.05
@@ -79,8 +78,7 @@ class Chooser:
                 self._settling = False
                 self._first_guess()
             else:
-                took = now - self._epoch_start
-                self._end_epoch(now, self._answered / took, self._busy_s / took)
+                self._end_epoch(now, self._answered / (now - self._epoch_start))
             self._new_epoch(now)
         return self.mode
 
@@ -113,15 +111,12 @@ class Chooser:
     def _new_epoch(self, now: float) -> None:
         self._epoch_start, self._answered, self._requests, self._busy_s = now, 0, 0, 0.0
 
-    def _end_epoch(self, now: float, rate: float, busy: float) -> None:
+    def _end_epoch(self, now: float, rate: float) -> None:
         self.rates[self.mode] = rate
         other = DIRECT if self.mode == BATCH else BATCH
         if self.mode != self.winner:  # a trial ended: the winner's next epoch judges it
             self._trial = rate
             self.mode = self.winner
-            return
-        if self.winner == BATCH and busy >= BUSY:  # the engine is the bottleneck: batching pays (module doc)
-            self._before = self._trial = None
             return
         if self._trial is not None and self._before is not None:
             if self._trial > max(self._before, rate) * (1 + MARGIN):

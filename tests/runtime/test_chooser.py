@@ -50,10 +50,12 @@ def test_a_model_that_batching_speeds_up_stays_batched() -> None:
     assert load.modes.count(DIRECT) <= 4  # a trial costs one epoch, and they grow rarer
 
 
-def test_a_busy_engine_is_never_put_on_trial() -> None:
-    """Batches that keep the engine busy are sharing out real work: the direct way is not even tried."""
-    load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500}, busy={BATCH: 0.9, DIRECT: 0.0})
-    assert DIRECT not in load.epochs(400)
+def test_an_engine_busy_with_batches_still_goes_direct_when_that_answers_more() -> None:
+    """A small transformer at 4 callers keeps the engine busy with batches, yet answers more rows side by side
+    (its operators parallelise poorly inside one run): busy batches are no proof that batching pays."""
+    load = Load(Chooser(), {BATCH: 1_900, DIRECT: 3_100}, busy={BATCH: 0.95, DIRECT: 0.0})
+    load.epochs(10)
+    assert load.chooser.winner == DIRECT and load.modes[-3:] == [DIRECT] * 3
 
 
 def test_one_slow_epoch_does_not_hand_over_the_model() -> None:
