@@ -98,7 +98,9 @@ class Model:
                     {"model": name, "version": version,
                      "digest": manifest.digests.get(manifest.model_file) if manifest else None},
                     _trigger(guard))
-        self._fast = self.batcher is None and self.cache is None and self.envelope is None and self.monitor is None
+        unguarded = self.cache is None and self.envelope is None and self.monitor is None
+        self._fast = self.batcher is None and unguarded
+        self._batched_only = self.batcher is not None and unguarded
         self._inline_calls = 0
         self._inline_cost = float("inf")
         self._inline_rows = 0
@@ -143,6 +145,10 @@ class Model:
                 except Exception as exc:
                     raise self._session.failed(exc) from exc
             return dict(zip(self._output_names, self._run(feed, self._output_names)))
+        if self._batched_only:  # the contract, then the batcher (which may run it at once, the direct way)
+            if self._closed:
+                raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
+            return self.batcher.call(self._contract.feed(inputs, named), timeout_ms)  # type: ignore[union-attr]
         return self.answer(inputs, named, timeout_ms=timeout_ms)[0]
 
     def answer(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
