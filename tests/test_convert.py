@@ -240,3 +240,14 @@ def test_text_inputs_arrive_as_numpy_unicode_arrays(tmp_path: Path) -> None:
     with edgeserve.load(pkg.path) as loaded:
         out = loaded.predict({"colour": np.array([["blue"], ["purple"], ["red"]])})
     assert out["code"].ravel().tolist() == [2, -1, 0]
+
+
+def test_a_model_with_external_weights_is_fully_prepared_for_quantisation(tmp_path: Path) -> None:
+    """torch's exporter writes every model's weights beside it; onnxruntime's pre-processing must still optimise
+    it (it used to fail on the weights' location and fall back to shape inference only)."""
+    from tests.factories import encoder_data, encoder_model, save_with_external_data
+
+    src = save_with_external_data(encoder_model(vocab=1000, dim=64), tmp_path / "external.onnx")
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="static", calibration=encoder_data(vocab=1000))
+    assert pkg.manifest.recipe["preprocess"] == "full", pkg.manifest.recipe.get("preprocess_fallback_reason")
+    assert not list(tmp_path.glob("*.symbolic*"))

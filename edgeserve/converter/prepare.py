@@ -100,17 +100,38 @@ def preprocess_for_quantization(src: Path, dst: Path) -> dict[str, Any]:
         ("shape inference only", False, {"skip_optimization": True}),
     )
     errors: list[str] = []
+    # NOTE: a model with external data (torch's exporter writes one for every model) must be written back with
+    # external data: saved inline by its temporary step, the tool fails ("should be stored in .../x.onnx.data")
+    # and the graph would go unoptimised
+    external: dict[str, Any] = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                                "external_data_location": f"{dst.name}.data"} if _has_external_data(src) else {}
     for label, symbolic, kwargs in attempts:
         try:
             with quiet_tools():
-                model: Any = symbolic_shapes(onnx.load(str(src))) if symbolic else str(src)
-                quant_pre_process(model, str(dst), skip_symbolic_shape=True, **kwargs)
+                model = str(src)
+                if symbolic:  # NOTE: handed over as a file: the tool loses external weights of a ModelProto
+                    model = str(dst.with_name(f"{dst.stem}.symbolic.onnx"))
+                    onnx.save_model(symbolic_shapes(onnx.load(str(src))), model, **_external_data_options(
+                        external, f"{dst.stem}.symbolic.onnx.data"))
+                quant_pre_process(model, str(dst), skip_symbolic_shape=True, **kwargs, **external)
             return {"preprocess": label, **({"preprocess_fallback_reason": errors[0]} if errors else {})}
         except Exception as exc:  # the tools raise bare Exceptions; each failure is recorded, the next tried
             errors.append(f"{label}: {first_line(exc, 200)}")
             log.info("quantisation pre-processing (%s) failed: %s", label, exc)
     shutil.copyfile(src, dst)
     return {"preprocess": "skipped", "preprocess_errors": errors}
+
+
+def _external_data_options(external: dict[str, Any], location: str) -> dict[str, Any]:
+    """``onnx.save_model``'s arguments for writing weights beside the model when the source kept them so."""
+    return {"save_as_external_data": True, "all_tensors_to_one_file": True, "location": location} if external else {}
+
+
+def _has_external_data(path: Path) -> bool:
+    from ..modelfile import uses_external_data
+    from ..onnxwire import read_model
+
+    return uses_external_data(read_model(path.read_bytes()))
 
 
 def symbolic_shapes(model: Any) -> Any:
