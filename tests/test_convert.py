@@ -251,3 +251,18 @@ def test_a_model_with_external_weights_is_fully_prepared_for_quantisation(tmp_pa
     pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="static", calibration=encoder_data(vocab=1000))
     assert pkg.manifest.recipe["preprocess"] == "full", pkg.manifest.recipe.get("preprocess_fallback_reason")
     assert not list(tmp_path.glob("*.symbolic*"))
+
+
+def test_a_quantised_source_is_not_quantised_twice(tmp_path: Path) -> None:
+    """A QDQ model brought as the source: int8 modes say so (onnxruntime's own error was 'two nodes with same node
+    name'), auto leaves out every candidate that would quantise it again."""
+    data = {"x": rows(64)}
+    int8 = edgeserve.convert(save(mlp_model(), tmp_path / "mlp.onnx"), tmp_path / "int8", quantize="static",
+                             calibration=data)
+    for mode in ("static", "dynamic"):
+        with pytest.raises(ConversionError, match=r"quantised already \(\d+ DequantizeLinear.*--quantize none"):
+            edgeserve.convert(int8.model_path, tmp_path / mode, quantize=mode, calibration=data)
+    auto = edgeserve.convert(int8.model_path, tmp_path / "auto", quantize="auto", calibration=data, time_budget=20)
+    assert auto.manifest.recipe["source_quantised"]["DequantizeLinear"] > 0
+    tried = {c["recipe"].get("mode") for c in auto.manifest.recipe["auto"]["candidates"]}
+    assert not tried & {"dynamic", "static", "nncf", "int4"}

@@ -37,11 +37,13 @@ from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
 from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import (
+    describe_ops,
     embedding_inputs,
     fill_missing_types,
     finalize_model,
     optimize_fp32,
     preprocess_for_quantization,
+    quantised_ops,
     upgrade_opset,
 )
 from .quantize import Progress, quantize
@@ -307,6 +309,11 @@ def quantise(c: Conversion) -> None:
     """Apply the recipe (or search for one, with auto) and write the result as the package's model file."""
     mode, work = c.qconfig.mode, c.work
     if mode == "auto":
+        already = quantised_ops(c.src.path)
+        if already:
+            c.recipe["source_quantised"] = already
+            log.warning("the source model is quantised already (%s nodes): auto tries only what does not "
+                        "quantise it again", describe_ops(already))
         c.step("searching (auto)", 0, 1)
         assert c.held_out is not None
         graphs = Graphs(exported=c.src.path, fp32=work / "fp32.onnx", prepared=work / "int8-source.onnx")
@@ -320,6 +327,13 @@ def quantise(c: Conversion) -> None:
         c.backend = c.recipe.get("backend") or "onnxruntime"
         c.precision = c.recipe.get("precision")
         return
+    if mode in REQUANTISING:
+        already = quantised_ops(c.src.path)
+        if already:
+            raise ConversionError(
+                f"the source model is quantised already ({describe_ops(already)} nodes): {mode} quantisation would "
+                "quantise it twice. Convert the float model it was made from, or package this one as it is with "
+                "--quantize none (or let --quantize auto measure what still helps)")
     if mode in ("dynamic", "static", "nncf"):
         to_quantize = work / "int8-source.onnx"
     elif mode in ("fp16", "int4"):
@@ -417,6 +431,9 @@ def write_package(c: Conversion) -> None:
         golden=golden,
     ))
 
+
+REQUANTISING = ("dynamic", "static", "nncf", "int4")
+"""Modes that quantise the graph's weights or activations: refused on a graph that is quantised already."""
 
 STEPS = (load_the_source, read_data, choose_budget, prepare_graph, quantise, verify, write_package)
 """A conversion, in order: each step reads what the ones before it left in the :class:`Conversion`."""

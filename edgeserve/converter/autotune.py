@@ -34,6 +34,7 @@ from ..metrics import MetricError
 from ..timing import latency, speedups
 from .data import Samples, run_samples
 from .memory import MemoryBudget, MemoryBudgetExceeded, work_rows
+from .prepare import quantised_ops
 from .quantize import Progress, quantize
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def plan_candidates(model_path: Path, *, has_calibration: bool) -> list[Candidat
                                       precision="f32"))
     # NOTE: dynamic int8 on convolutions is usually slower than fp32 (ConvInteger lacks fast kernels); it stays in
     # the plan so that the measurement, not an assumption, rules it out.
+    if quantised_ops(model_path):  # quantised already: only what does not quantise it again
+        plan = [c for c in plan if c.config.mode not in ("dynamic", "static", "nncf", "int4")]
     return plan
 
 

@@ -253,3 +253,25 @@ def embedding_inputs(path: Path) -> dict[str, int]:
         if dims is not None and len(dims) == 2 and source in inputs:
             found[source] = min(found.get(source, dims[0]), int(dims[0]))
     return found
+
+
+QUANTISED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+    "ConvInteger", "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul",
+})
+"""Operators of a graph that is quantised already (onnxruntime's QDQ and QOperator formats, int4 weights)."""
+
+
+def quantised_ops(path: Path) -> dict[str, int]:
+    """How many nodes of each quantisation operator the graph at ``path`` holds (empty: a float graph)."""
+    from ..modelfile import check_model_file
+
+    counts: dict[str, int] = {}
+    for node in check_model_file(path).graph.node:
+        if node.op_type in QUANTISED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def describe_ops(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))
