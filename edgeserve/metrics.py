@@ -256,7 +256,10 @@ def _top1(options: Mapping[str, str]) -> MetricFn:
                 seen = True
                 # a row the candidate filled with NaN/Inf (where fp32 is finite) has no class: it disagrees
                 broken = (~np.isfinite(cand) & np.isfinite(ref)).any(-1)
-                worst = min(worst, float(np.mean((ref.argmax(-1) == cand.argmax(-1)) & ~broken)))
+                agree = (ref.argmax(-1) == cand.argmax(-1)) & ~broken
+                real = _real_positions(inputs, options, agree.shape)
+                worst = min(worst, float(np.mean(agree[real])) if real is not None and real.any() else
+                            float(np.mean(agree)))
             elif np.issubdtype(ref.dtype, np.integer) and ref.ndim >= 1 and ref.size:
                 seen = True
                 worst = min(worst, float(np.mean(ref == cand)))
@@ -266,6 +269,19 @@ def _top1(options: Mapping[str, str]) -> MetricFn:
         return worst
 
     return top1
+
+
+def _real_positions(inputs: Outputs, options: Mapping[str, str], shape: tuple[int, ...]) -> np.ndarray | None:
+    """Per-token scores ``[batch, seq]`` with a ``mask=`` input: the positions that are not padding."""
+    name = options.get("mask")
+    if name is None:
+        return None
+    if name not in inputs:
+        raise MetricError(f"mask={name}: the model has no input '{name}'; it has {', '.join(inputs)}")
+    mask = np.asarray(inputs[name])
+    if mask.shape != shape:
+        raise MetricError(f"mask={name} is shaped {list(mask.shape)}, the per-token answers {list(shape)}")
+    return mask != 0  # type: ignore[no-any-return]
 
 
 def probabilities(values: np.ndarray) -> np.ndarray:
@@ -437,7 +453,7 @@ BUILTINS: dict[str, _BuiltIn] = {
     "cosine": (_cosine, True, 0.99, "per-row cosine, near-zero rows by absolute error", ("output", "floor")),
     "rel-l2": (_rel_l2, False, 0.05, "relative L2 error per output", ("output",)),
     "max-abs": (_max_abs, False, 0.05, "largest absolute difference", ("output",)),
-    "top1": (_top1, True, 0.99, "top-1 class agreement", ("output",)),
+    "top1": (_top1, True, 0.99, "top-1 class agreement", ("output", "mask")),
     "prob-change": (_prob_change, False, 0.05, "largest change of a class probability", ("output",)),
     "pooled-cosine": (_pooled_cosine, True, 0.99, "cosine of mask-weighted mean-pooled embeddings",
                       ("output", "mask")),
@@ -557,7 +573,8 @@ def targets_from_record(records: Sequence[Mapping[str, Any]]) -> list[Target]:
 def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], str]:
     """The metric a task like this is judged by, from the model's inputs and fp32 outputs, and why.
 
-    A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
+    A mask input with a ``[batch, seq, classes]`` output named like scores (``logits``): top-1 agreement at every
+    position that is not padding. A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
     shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs.
     YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings. A sparse
     probability map: thresholded-map IoU. Class scores or probabilities: top-1 agreement and the largest
@@ -567,6 +584,11 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
     for name, value in outs.items():
         if value.ndim == 3 and np.issubdtype(value.dtype, np.floating):
             mask = find_mask(inputs, value.shape)
+            if mask is not None and SCORE_NAME.search(name):
+                return ([target(metric("top1", output=name, mask=mask))],
+                        f"per-token class scores in '{name}' ([batch, seq, classes], named like scores) with the "
+                        f"mask input '{mask}': the top-1 class at every position that is not padding is compared "
+                        "(a language model's next token, a tagger's label)")
             if mask is not None:
                 return ([target(metric("pooled-cosine", output=name, mask=mask))],
                         f"a [batch, seq, hidden] output '{name}' with the mask input '{mask}': padded positions "
@@ -638,10 +660,14 @@ def _looks_like_map(values: np.ndarray) -> bool:
     return bool(finite.size and finite.min() >= 0.0 and finite.max() <= 1.0 and np.median(finite) < 0.05)
 
 
+SCORE_NAME = re.compile(r"prob|logit|score|class|softmax", re.IGNORECASE)
+"""Output names that say the values are class scores."""
+
+
 def _looks_like_scores(name: str, values: np.ndarray) -> bool:
     if not (values.ndim == 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)):
         return False
-    if re.search(r"prob|logit|score|class|softmax", name, re.IGNORECASE):
+    if SCORE_NAME.search(name):
         return True
     finite = values[np.isfinite(values)]
     if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:

@@ -204,7 +204,7 @@ def test_thresholds_and_directions() -> None:
     with pytest.raises(edgeserve.ConfigError, match="unknown metric 'cosin'"):
         metric("cosin")
     with pytest.raises(edgeserve.ConfigError, match="has no option mask"):
-        metric("top1,mask=x")
+        metric("prob-change,mask=x")
     with pytest.raises(edgeserve.ConfigError, match="needs a threshold"):
         target("tests.test_metrics:first_value_agreement")
     with pytest.raises(edgeserve.ConfigError, match="cannot import module"):
@@ -269,3 +269,23 @@ def test_golden_answers_pass_on_task_agreement_only_with_builtin_targets() -> No
     assert not task_agrees(moved, expected, {}, [])  # no targets recorded: the raw tolerance rules
     user = [{"metric": "tests.test_metrics:first_value_agreement", "min": 0.0, "builtin": False}]
     assert not task_agrees(moved, expected, {}, user)  # a user function is never imported at load
+
+
+def test_a_language_models_logits_are_judged_by_the_top_token_at_real_positions() -> None:
+    """[batch, seq, vocab] logits with a mask: an LM or a tagger. Pooled cosine over the vocabulary would let a
+    changed next token pass; the top-1 token per real position does not, and padding never counts."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((4, 6), np.int64)
+    mask[:, 4:] = 0
+    inputs = {"input_ids": rng.integers(0, 50, (4, 6)), "attention_mask": mask}
+    ref = rng.standard_normal((4, 6, 50)).astype(np.float32)
+    targets, why = infer_targets(inputs, {"logits": ref})
+    assert targets[0].metric.name.startswith("top1") and "not padding" in why
+    assert infer_targets(inputs, {"last_hidden_state": ref})[0][0].metric.name.startswith("pooled-cosine")
+    judge = targets[0].metric.fn
+    padded_only = ref.copy()
+    padded_only[:, 4:] = -ref[:, 4:]  # every padded position's top token changes
+    assert judge({"logits": ref}, {"logits": padded_only}, inputs) == 1.0
+    one_real = ref.copy()
+    one_real[0, 1] = -ref[0, 1]  # one real position of 16 changes its top token
+    assert judge({"logits": ref}, {"logits": one_real}, inputs) == pytest.approx(15 / 16)
