@@ -70,7 +70,14 @@ class OrtSession:
 
     def failed(self, exc: Exception) -> InferenceError:
         """The error :meth:`run` raises for an engine exception."""
-        return InferenceError(f"onnxruntime failed running {self._label}: {_message(exc)}")
+        text = _message(exc)
+        hint = ""
+        if "cannot be reshaped to the requested shape" in text:
+            # NOTE: the usual cause is an exporter that traced a size as a constant (torch's legacy exporter does
+            # this in nn.MultiheadAttention), so the graph declares a dimension variable it cannot take
+            hint = (". The model declares these sizes variable but its graph holds one fixed: send inputs of the "
+                    "size it was exported with, or export it again with that dimension dynamic")
+        return InferenceError(f"onnxruntime failed running {self._label}: {text}{hint}")
 
     def close(self) -> None:
         if self._session is None:

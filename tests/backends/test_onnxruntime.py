@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeserve.modelfile import check_model_file, computes_in_half
@@ -49,3 +50,18 @@ def test_a_half_precision_graph_loads_and_answers_at_the_highest_optimisation_le
 def test_half_precision_is_told_from_the_weights(tmp_path: Path) -> None:
     assert computes_in_half(check_model_file(save(half_attention_projection(), tmp_path / "half.onnx")))
     assert not computes_in_half(check_model_file(save(mlp_model(), tmp_path / "mlp.onnx")))
+
+
+def test_a_size_baked_into_a_reshape_is_explained(tmp_path: Path) -> None:
+    """A graph that declares [batch, n] but reshapes to a traced constant: the error says what is going on."""
+    import edgeserve
+
+    shape = numpy_helper.from_array(np.array([2, 2], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "baked",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with edgeserve.load(save(model, tmp_path / "baked.onnx")) as loaded:
+        assert loaded.predict(np.ones((1, 4), np.float32))["y"].shape == (2, 2)
+        with pytest.raises(edgeserve.InferenceError, match="graph holds one fixed: send inputs of the size"):
+            loaded.predict(np.ones((1, 5), np.float32))
