@@ -266,3 +266,38 @@ def test_a_quantised_source_is_not_quantised_twice(tmp_path: Path) -> None:
     assert auto.manifest.recipe["source_quantised"]["DequantizeLinear"] > 0
     tried = {c["recipe"].get("mode") for c in auto.manifest.recipe["auto"]["candidates"]}
     assert not tried & {"dynamic", "static", "nncf", "int4"}
+
+
+def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -> None:
+    """The signature says [batch, n]; the graph reshapes to a constant, as traced exports do. The converter tries
+    n - 1 and 2n, finds neither runs, and says so (the package still converts: it is right at the traced size)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.factories import encoder_data, encoder_model
+
+    init = [numpy_helper.from_array(np.array([2, 2], np.int64), "traced"),
+            numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["b"]),
+             helper.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
+             helper.make_node("Concat", ["b1", "traced"], ["shape"], axis=0),  # [batch, 2, 2]: n traced as 4
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "traced", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 2])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg = edgeserve.convert(save(model, tmp_path / "traced.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": rows(40, n_in=4)})
+    [fixed] = pkg.manifest.recipe["fixed_sizes"]
+    assert (fixed["dim"], fixed["inputs"], fixed["size"]) == ("n", ["x"], 4)
+    free = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "enc", quantize="none",
+                             calibration=encoder_data(rows=40))
+    assert "fixed_sizes" not in free.manifest.recipe  # its sequence length really varies
+    pairs = numpy_helper.from_array(np.array([0, -1, 2], np.int64), "pairs")  # n must be even: 3 fails, 8 runs
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "pairs"], ["y"])], "pairs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", None, 2])], [pairs])
+    even = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    even.ir_version = 8
+    strided = edgeserve.convert(save(even, tmp_path / "even.onnx"), tmp_path / "even", quantize="none",
+                                calibration={"x": rows(40, n_in=4)})
+    assert "fixed_sizes" not in strided.manifest.recipe  # a size with a stride is not a fixed one

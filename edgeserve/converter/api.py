@@ -47,6 +47,7 @@ from .prepare import (
     upgrade_opset,
 )
 from .quantize import Progress, quantize
+from .sizes import fixed_sizes
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,10 @@ def choose_budget(c: Conversion) -> None:
     a metric that does not fit the model fails now, naming what it needs, not after an hour of search."""
     assert c.held_out is not None
     c.ref_out = _run_all(c.reference, c.held_out, c.out_specs)
+    if c.held_out.stacked and c.held_out.rows:
+        fixed = fixed_sizes(c.reference, c.in_specs, next(c.held_out.feeds(1)))
+        if fixed:
+            c.recipe["fixed_sizes"] = fixed
     if c.budget.empty:
         if c.labels is not None:
             c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
