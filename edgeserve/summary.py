@@ -80,12 +80,17 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
         yield f"  {s.name}: {s.describe()}"
     src = m.source
     yield f"source: {src.get('framework', '?')} {src.get('class') or src.get('file') or ''} sha256 {str(src.get('sha256', ''))[:16]}…"
+    for name, labels in (src.get("zipmap_removed") or {}).items():
+        yield f"  output {name} was a ZipMap: answers [rows, {len(labels)}] probabilities, classes {labels[:20]}"
+    for fixed in m.recipe.get("fixed_sizes") or []:
+        yield (f"WARNING: '{fixed['dim']}' ({', '.join(fixed['inputs'])}) is declared variable but the model ran "
+               f"only at {fixed['size']} (tried {fixed['size'] - 1} and {2 * fixed['size']})")
     backends = m.recipe.get("backends") or [{"backend": m.backend, "precision": m.recipe.get("precision")}]
     engines = [b["backend"] + (f" {b['precision']}" if b.get("precision") else "") for b in backends]
     yield f"verified on: {engines[0]}" + (f"; falls back to {', '.join(engines[1:])}" if len(engines) > 1 else "")
     yield "recipe:"
     for key, value in m.recipe.items():
-        if key not in ("auto", "backends", "backend", "precision", "memory"):
+        if key not in ("auto", "backends", "backend", "precision", "memory", "fixed_sizes"):
             yield f"  {key}: {_fmt(value)}"
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)

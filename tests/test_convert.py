@@ -289,6 +289,10 @@ def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -
                             calibration={"x": rows(40, n_in=4)})
     [fixed] = pkg.manifest.recipe["fixed_sizes"]
     assert (fixed["dim"], fixed["inputs"], fixed["size"]) == ("n", ["x"], 4)
+    from edgeserve.summary import manifest_lines
+
+    assert "WARNING: 'n' (x) is declared variable but the model ran only at 4 (tried 3 and 8)" in list(
+        manifest_lines(pkg))
     free = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "enc", quantize="none",
                              calibration=encoder_data(rows=40))
     assert "fixed_sizes" not in free.manifest.recipe  # its sequence length really varies
