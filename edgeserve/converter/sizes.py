@@ -21,6 +21,9 @@ from ..tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
+MAX_PROBE_BYTES = 64 << 20
+"""The probe runs one row at twice a size only when that row's inputs stay under this."""
+
 
 def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     """The symbolic dimensions (other than the batch) the model takes only at the size of ``feed`` (one row per
@@ -34,7 +37,10 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
                 continue
             key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
             groups.setdefault(key, []).append((spec.name, axis))
-    found = []
+    found: list[dict[str, Any]] = []
+    row_bytes = sum(np.asarray(v).nbytes for v in feed.values())
+    if 2 * row_bytes > MAX_PROBE_BYTES:
+        return found  # a row this big: doubling it is no cheap check
     for dim, members in groups.items():
         sizes = {int(np.asarray(feed[name]).shape[axis]) for name, axis in members}
         if len(sizes) != 1:
