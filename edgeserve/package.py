@@ -222,17 +222,31 @@ def _json_default(obj: Any) -> Any:
 # Golden samples are stored by position ("input_0", "output_1") so that tensor names never become zip member names.
 def write_golden(path: Path, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], manifest_specs: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]) -> None:
     in_specs, out_specs = manifest_specs
-    arrays = {f"input_{i}": np.asarray(inputs[s.name]) for i, s in enumerate(in_specs)}
-    arrays.update({f"output_{i}": np.asarray(outputs[s.name]) for i, s in enumerate(out_specs)})
+    arrays = {f"input_{i}": _storable(inputs[s.name]) for i, s in enumerate(in_specs)}
+    arrays.update({f"output_{i}": _storable(outputs[s.name]) for i, s in enumerate(out_specs)})
     write_npz(path, arrays)
+
+
+def _storable(value: Any) -> np.ndarray:
+    """An array an .npz holds without pickles: text as fixed-width unicode (read back as str objects)."""
+    a = np.asarray(value)
+    if a.dtype.kind != "O":
+        return a
+    if not all(isinstance(v, str) for v in a.flat):
+        raise PackageError("golden samples: only text can be stored from an object array (no pickles)")
+    return a.astype(str)
+
+
+def _as_spec(a: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return a.astype(object) if spec.dtype == "str" and a.dtype.kind == "U" else a
 
 
 def read_golden(folder: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     path = folder / manifest.golden.get("file", GOLDEN_FILE)
     try:
         with np.load(path, allow_pickle=False) as data:
-            inputs = {s.name: data[f"input_{i}"] for i, s in enumerate(manifest.inputs)}
-            outputs = {s.name: data[f"output_{i}"] for i, s in enumerate(manifest.outputs)}
+            inputs = {s.name: _as_spec(data[f"input_{i}"], s) for i, s in enumerate(manifest.inputs)}
+            outputs = {s.name: _as_spec(data[f"output_{i}"], s) for i, s in enumerate(manifest.outputs)}
     except (OSError, KeyError, ValueError) as exc:
         raise PackageError(f"{path}: golden samples unreadable ({exc})") from None
     return inputs, outputs

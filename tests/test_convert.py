@@ -237,9 +237,11 @@ def test_text_inputs_arrive_as_numpy_unicode_arrays(tmp_path: Path) -> None:
     colours = np.array(["red", "green", "blue"])[np.random.default_rng(0).integers(0, 3, (120, 1))]
     np.savez(tmp_path / "cal.npz", colour=colours)
     pkg = edgeserve.convert(save(model, tmp_path / "codes.onnx"), tmp_path / "pkg", calibration=tmp_path / "cal.npz")
-    with edgeserve.load(pkg.path) as loaded:
+    with edgeserve.load(pkg.path) as loaded:  # its golden samples are text too, and re-run at load
         out = loaded.predict({"colour": np.array([["blue"], ["purple"], ["red"]])})
+        assert loaded.golden_check == "match"
     assert out["code"].ravel().tolist() == [2, -1, 0]
+    assert pkg.manifest.golden["count"] > 0
 
 
 def test_a_model_with_external_weights_is_fully_prepared_for_quantisation(tmp_path: Path) -> None:
