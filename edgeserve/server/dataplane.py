@@ -99,10 +99,13 @@ class DataPlane:
 
     def model_drift(self, name: str, version: str | None) -> dict[str, Any]:
         """``Runtime.drift`` of the serving version (a version in the path must be the serving one)."""
-        with self._model(name, version) as (_, number):
+        if version is not None:
+            with self._model(name, version) as (_, number), self._model(name, None) as (_, serving):
+                if number != serving:  # NOTE: by the repository's numbers: a report without a monitor has none
+                    raise BadRequest(f"drift is watched on the serving version of '{name}' (version {serving}) "
+                                     f"only, not version {number}")
+        with self._model(name, None):  # an unknown model is a 404
             report = self.runtime.drift(name)
-        if version is not None and str(report.get("version")) != str(number):
-            raise BadRequest(f"drift is watched on the serving version of '{name}' only")
         return json.loads(json.dumps(report, default=str))
 
     @contextmanager

@@ -135,3 +135,27 @@ def test_drift_state_over_http_and_from_the_cli(guarded) -> None:
     assert json.loads(result.output)["requests"] >= 128
     missing = CliRunner().invoke(main, ["drift", running.url, "nope"], env={"EDGESERVE_TOKEN": TOKEN})
     assert missing.exit_code == 1 and "404" in missing.output
+
+
+def test_the_drift_route_takes_only_the_serving_version(tmp_path: Path) -> None:
+    """A version in the path must be the serving one (400 otherwise, 404 if there is no such version), with the
+    guard on or off."""
+    from edgeserve import GuardConfig, Runtime
+    from edgeserve.server.dataplane import DataPlane
+    from edgeserve.server.errors import BadRequest, NotFound
+
+    x = load_digits().data.astype(np.float32)
+    repo = Repository(tmp_path / "repo", create=True)
+    for seed in (1, 2):
+        pkg = edgeserve.convert(save(mlp_model(n_in=64, hidden=16, n_out=10, seed=seed), tmp_path / f"{seed}.onnx"),
+                                tmp_path / f"pkg{seed}", quantize="none", calibration={"x": x[:200]})
+        repo.publish("digits", pkg.path)
+    for guard in (GuardConfig(), None):
+        with Runtime(repo.root, guard=guard) as runtime:
+            plane = DataPlane(runtime)
+            assert plane.model_drift("digits", "2")["enabled"] is (guard is not None)
+            assert plane.model_drift("digits", None)["enabled"] is (guard is not None)
+            with pytest.raises(BadRequest, match=r"serving version of 'digits' \(version 2\) only, not version 1"):
+                plane.model_drift("digits", "1")
+            with pytest.raises(NotFound):
+                plane.model_drift("digits", "7")
