@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import EdgeserveError
-from .tensors import TensorSpec
+from .tensors import TensorSpec, stand_in
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +92,16 @@ def _others(arr: np.ndarray, axis: int) -> tuple[int, ...]:
 
 
 def stand_in_rows(inputs: Sequence[TensorSpec], rows: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded rows for a model loaded without sample data: normal floats, 0/1 integers, symbolic dims of 8."""
+    """Seeded rows for a model loaded without sample data (:func:`~edgeserve.tensors.stand_in`, symbolic dims of 8,
+    as the converter's synthetic samples)."""
     rng = np.random.default_rng(seed)
     out = {}
     for spec in inputs:
         dims = [d if isinstance(d, int) else 8 for d in spec.shape]
         if spec.batch_axis is not None:
             dims[spec.batch_axis] = rows
-        dtype = spec.np_dtype
-        if np.issubdtype(dtype, np.floating):
-            out[spec.name] = rng.standard_normal(dims).astype(dtype)
-        elif np.issubdtype(dtype, np.integer) or dtype == np.dtype(bool):
-            out[spec.name] = rng.integers(0, 2, size=dims).astype(dtype)
-        else:
+        value = stand_in(spec, dims, rng)
+        if value is None:
             raise EdgeserveError(f"input '{spec.name}' is {spec.dtype}: no stand-in rows")
+        out[spec.name] = value
     return out

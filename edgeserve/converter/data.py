@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
-from ..tensors import TensorSpec, format_shape
+from ..tensors import TensorSpec, format_shape, stand_in
 
 
 @dataclass(frozen=True)
@@ -173,15 +173,10 @@ def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0
             shape = dims
         else:
             shape = [rows, *dims]
-        dtype = spec.np_dtype
-        if np.issubdtype(dtype, np.floating):
-            arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.dtype(bool):
-            arrays[spec.name] = np.ones(shape, dtype=bool)
-        elif np.issubdtype(dtype, np.integer):
-            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        else:
+        value = stand_in(spec, shape, rng)
+        if value is None:
             raise DataError(f"input '{spec.name}' is {spec.dtype}: give sample data, edgeserve cannot invent it")
+        arrays[spec.name] = value
     return Samples(tuple(specs), arrays, rows)
 
 
