@@ -596,6 +596,11 @@ class Batcher:
             return len(self._pending)
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and the engine free (a racy look, without the lock)."""
+        return not self._busy and not self._pending and not self._direct
+
+    @property
     def alive(self) -> bool:
         return not self._closing
 

@@ -36,6 +36,11 @@ INLINE_S = 0.00025
 runs later async requests of up to that call's rows in the event loop (a hand-off to a thread and back costs
 ~100-200 us on a busy 2-core machine); slower models and bigger requests never block it."""
 INLINE_PROBES = 8
+ALONE_S = 0.005
+"""A request with no other in flight (``answer_if_fast(alone=True)``) runs in the event loop when the model's
+measured run is under this: a hand-off to a thread and back then costs more than sharing the loop does (nothing
+else is waiting to be read, and a request arriving meanwhile would wait for the engine anyway), and at this bound
+the loop is never held longer than a few milliseconds."""
 OFF_LOOP_CHECK = 1 << 16
 """Requests with more values than this have their envelope checked on a worker thread, not in the event loop."""
 
@@ -216,10 +221,13 @@ class Model:
         return None if done is None else done[0]
 
     def answer_if_fast(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
-                       timeout_ms: float | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
-        """``predict_if_fast``, and the envelope checks that warned."""
+                       timeout_ms: float | None = None,
+                       alone: bool = False) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
+        """``predict_if_fast``, and the envelope checks that warned. ``alone``: the caller knows no other request
+        is in flight (a server's only one), so a model whose runs take up to ``ALONE_S`` runs now too, if its
+        engine is idle."""
         feed = self._fed(inputs, named)
-        if not self._inline(_rows(feed, self.inputs)):
+        if not self._inline(_rows(feed, self.inputs), alone):
             return None  # NOTE: before the envelope: the caller's answer_async checks it, once
         flags = self.envelope.check(feed) if self.envelope is not None else ()
         key, hit = self._cached(feed)
@@ -242,8 +250,13 @@ class Model:
         return explain(run, self.inputs, feed, self.manifest.envelope if self.manifest else {}, input=input,
                        patch=patch)
 
-    def _inline(self, rows: int) -> bool:
-        return self._inline_calls >= INLINE_PROBES and self._inline_cost < INLINE_S and rows <= self._inline_rows
+    def _inline(self, rows: int, alone: bool = False) -> bool:
+        if self._inline_calls < INLINE_PROBES or rows > self._inline_rows:
+            return False
+        if self._inline_cost < INLINE_S:
+            return True
+        # NOTE: a busy engine would block the loop behind another caller's batch: only when it is idle
+        return alone and self._inline_cost < ALONE_S and (self.batcher is None or self.batcher.idle)
 
     def _predict_now(self, feed: dict[str, np.ndarray], timeout_ms: float | None) -> dict[str, np.ndarray]:
         if self.batcher is not None:

@@ -83,12 +83,15 @@ def from_json(where: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
     return _cast(where, datatype, dtype, got, data).reshape(dims)
 
 
+_NUMBERS = frozenset((float, int))
+
+
 def _floats(data: list[Any], dtype: np.dtype[Any]) -> np.ndarray | None:
     """Numbers straight into the float dtype, or None to take the checked path (strings, bools, ragged...).
 
     NOTE: not ``np.array(data).astype(dtype)``: numpy releases the GIL for a cast of more than 500 elements, and
     the event loop then waits for it behind the batch leader's thread (~200 us a request on the wide MLP)."""
-    if not data or not all(type(v) is float or type(v) is int for v in data):
+    if not data or not _NUMBERS.issuperset(map(type, data)):  # NOTE: in C; bool is not int here
         return None  # nested, or not all numbers (null, strings, booleans): the checked path says what is wrong
     try:
         with np.errstate(over="ignore"):  # NOTE: 1e300 as FP32 is inf, as onnxruntime would make it; the guard decides

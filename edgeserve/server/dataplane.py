@@ -8,6 +8,7 @@ that is not the model's, unknown outputs — is found here, with the same messag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -173,6 +174,8 @@ class DataPlane:
             started = time.perf_counter()
             try:
                 done = model.answer_if_fast(feed, timeout_ms=request.timeout_ms)
+                if done is None and self._inflight == 1:
+                    done = await self._alone(model, feed, request.timeout_ms)
                 if done is None:
                     watch = waiting() if waiting is not None else None
                     try:
@@ -188,13 +191,22 @@ class DataPlane:
             out, flags = done
             explained = None
             if explain:
-                import asyncio
-
                 explained = await asyncio.get_running_loop().run_in_executor(None, self._explain, model, feed)
             if audit is not None:  # answered only once its audit record is committed
                 await audit.wait_async(self._record(model, version, feed, out, started, flags, request,
                                                     detail=_explanation_detail(explained)))
             return self._response(request, version, out, wanted, explained)
+
+    async def _alone(self, model: Model, feed: dict[str, np.ndarray],
+                     timeout_ms: float | None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
+        """Run the server's only request in flight now, in the event loop, if its model is quick enough for that
+        (``Model.answer_if_fast(alone=True)``): at one connection a thread hand-off and back would cost more than
+        the loop is held. One turn of the loop first, so requests read together with this one are counted in and
+        go to the batcher together instead of each holding the loop in turn."""
+        await asyncio.sleep(0)
+        if self._inflight != 1:
+            return None
+        return model.answer_if_fast(feed, timeout_ms=timeout_ms, alone=True)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
         """The same from a worker thread (gRPC): the batcher's blocking path, where callers lead batches."""
