@@ -15,7 +15,8 @@ offered load both ways answer everything, so a tie costs nothing. The first epoc
 of silence) is not measured: callers are still arriving. A fresh model whose first runs are shorter than ``QUICK_RUN_S`` starts direct. The winner runs;
 the other way is tried for one epoch now and then, less
 often each time it loses again (``RECHECK_S``), or at once when the winner's rate falls below the other's last
-one. The challenger takes over only if it beats the winner's epochs on both sides of its own by ``MARGIN``, so
+one by more than ``MARGIN`` (within it, a tie: one caller runs its request at once either way, and retrying the
+other way whenever the winner's epoch reads a little low would spend a third of the time on trials). The challenger takes over only if it beats the winner's epochs on both sides of its own by ``MARGIN``, so
 one slow epoch (callers still starting, a noisy neighbour) cannot hand it the model. Neither way is ruled out
 without measuring it: an engine kept busy by batches is not proof that batching pays (a small transformer at 4
 callers kept the engine busy with batches and answered 0.6x what callers running side by side did, since its
@@ -128,6 +129,6 @@ class Chooser:
             self._before = self._trial = None
             return
         theirs = self.rates[other]
-        if theirs is None or now >= self._recheck_at or rate < theirs:
+        if theirs is None or now >= self._recheck_at or rate * (1 + MARGIN) < theirs:  # NOTE: not at a tie
             self._before = rate
             self.mode = other

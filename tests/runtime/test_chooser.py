@@ -79,6 +79,22 @@ def test_trials_grow_rarer_while_the_winner_keeps_winning() -> None:
     assert gaps[0] >= RECHECK_S[0]
 
 
+def test_a_tie_within_the_noise_is_not_retried_every_epoch() -> None:
+    """Both ways answer about as fast (one caller: either way runs its request at once), each epoch's rate noisy by
+    a few percent: the loser is tried on the recheck schedule, not whenever one winner's epoch reads a little low
+    (each trial of the other way costs its bookkeeping for a whole epoch)."""
+    rng = np.random.default_rng(0)
+    chooser = Chooser()
+    now, modes = 0.0, []
+    for _ in range(int(10 / EPOCH_S)):
+        mode = chooser.arrived(now)
+        modes.append(mode)
+        chooser.answered(EPOCH_MIN, int(10_000 * (1 + rng.uniform(-0.03, 0.03)) * EPOCH_S), 0.05 * EPOCH_S)
+        now += EPOCH_S * 1.001
+    loser = DIRECT if chooser.winner == BATCH else BATCH
+    assert modes.count(loser) <= 8  # ~log2(10 s / 1 s) + 1 rechecks, and the epochs that judge them
+
+
 def test_a_load_that_changes_turns_the_choice() -> None:
     load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500})
     load.epochs(20)
