@@ -280,17 +280,21 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
             if results[n].status != "ok":
                 continue
             try:
-                results[n].concurrency[str(callers)] = measure.concurrent(
-                    cycling(models[n], feeds1), callers=callers, duration_s=duration)
                 batched = _batched_twin(models[n], config.threads)
-                if batched is not None:
-                    with batched:
-                        # NOTE: warmed up first, uncounted, as the unbatched model is by the measures before this
-                        # one: a fresh session's first runs are slow, and the batcher takes ~0.1 s of this load to
-                        # measure whether batching pays for it
-                        measure.concurrent(cycling(batched, feeds1), callers=callers, duration_s=min(0.25, duration))
-                        results[n].concurrency_batched[str(callers)] = measure.concurrent(
-                            cycling(batched, feeds1), callers=callers, duration_s=duration)
+                if batched is None:
+                    results[n].concurrency[str(callers)] = measure.concurrent(
+                        cycling(models[n], feeds1), callers=callers, duration_s=duration)
+                    continue
+                with batched:
+                    # NOTE: warmed up first, uncounted, as the unbatched model is by the measures before this one: a
+                    # fresh session's first runs are slow, and the batcher takes ~0.1 s of this load to measure
+                    # whether batching pays for it. Then off and on in interleaved rounds (one reading each swings
+                    # by 2x on a shared VM)
+                    measure.concurrent(cycling(batched, feeds1), callers=callers, duration_s=min(0.25, duration))
+                    both = measure.interleaved({"off": cycling(models[n], feeds1), "on": cycling(batched, feeds1)},
+                                               callers=callers, duration_s=2 * duration)
+                results[n].concurrency[str(callers)] = both["off"]
+                results[n].concurrency_batched[str(callers)] = both["on"]
             except EdgeserveError as exc:
                 results[n].fail("concurrency", exc)
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..fidelity import percentiles
 from ..timing import NOISY_SPREAD, Call, calls_for, estimate_call_time, latency, order, summarise_rounds
 
-__all__ = ["calls_for", "cold_start", "concurrent", "estimate_call_time", "latency", "order", "run_probe",
+__all__ = ["calls_for", "cold_start", "concurrent", "estimate_call_time", "interleaved", "latency", "order", "run_probe",
            "summarise_rounds", "throughput"]
 
 
@@ -77,6 +77,21 @@ def concurrent(call: Call, *, callers: int, duration_s: float, rows_per_call: in
         raise errors[0]
     flat = [x for slot in latencies for x in slot]
     return {"callers": callers, "rows_per_s": rows_per_call * len(flat) / elapsed, "calls": len(flat), **percentiles(flat)}
+
+
+def interleaved(calls: dict[str, Call], *, callers: int, duration_s: float, rounds: int = 5) -> dict[str, dict[str, Any]]:
+    """:func:`concurrent` for several setups in ``rounds`` short rounds, interleaved (the order flips each round),
+    ``duration_s`` each in all: per setup its median round (with ``round_values``, every round's rows/s). Setups
+    compared side by side this way see the same moments of a noisy machine, where one long reading each would not."""
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in calls}
+    for r in range(rounds):
+        for n in order(list(calls), r):
+            runs[n].append(concurrent(calls[n], callers=callers, duration_s=duration_s / rounds))
+    out = {}
+    for n, got in runs.items():
+        ordered = sorted(got, key=lambda g: g["rows_per_s"])
+        out[n] = {**ordered[len(ordered) // 2], "round_values": [g["rows_per_s"] for g in got]}
+    return out
 
 
 def _probe_command(package: Path | None, inputs: Path | None, threads: int, cache_dir: Path | None) -> list[str]:

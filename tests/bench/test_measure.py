@@ -25,6 +25,23 @@ def test_interleaved_order_alternates() -> None:
     assert measure.order(["a", "b", "c"], 1) == ["c", "b", "a"]
 
 
+def test_concurrent_setups_are_measured_in_alternating_rounds_and_reported_by_their_median(monkeypatch) -> None:
+    seen: list[str] = []
+    readings = {"off": iter([10.0, 50.0, 20.0, 30.0, 40.0]), "on": iter([5.0, 1.0, 2.0, 4.0, 3.0])}
+
+    def fake(call, *, callers, duration_s):
+        name = call()
+        seen.append(name)
+        return {"callers": callers, "rows_per_s": next(readings[name]), "duration": duration_s}
+
+    monkeypatch.setattr(measure, "concurrent", fake)
+    out = measure.interleaved({"off": lambda: "off", "on": lambda: "on"}, callers=4, duration_s=1.0, rounds=5)
+    assert seen == ["off", "on", "on", "off", "off", "on", "on", "off", "off", "on"]
+    assert out["off"]["rows_per_s"] == 30.0 and out["on"]["rows_per_s"] == 3.0  # the median rounds
+    assert out["off"]["round_values"] == [10.0, 50.0, 20.0, 30.0, 40.0]
+    assert out["off"]["duration"] == pytest.approx(0.2)  # the time split over the rounds
+
+
 def test_latency_measures_each_variant_separately() -> None:
     calls = {"fast": lambda: None, "slow": lambda: time.sleep(0.002)}
     result = measure.latency(calls, rounds=2, budget_s=0.2)
