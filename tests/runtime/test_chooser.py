@@ -39,23 +39,23 @@ class Load:
 
 def test_a_model_faster_than_a_hand_off_goes_direct() -> None:
     load = Load(Chooser(), {BATCH: 15_000, DIRECT: 30_000})
-    load.epochs(10)
-    assert load.chooser.winner == DIRECT and load.modes[-3:] == [DIRECT] * 3
+    load.epochs(20)
+    assert load.chooser.winner == DIRECT and load.modes[-10:].count(DIRECT) >= 8  # a recheck of batching may run
 
 
 def test_a_model_that_batching_speeds_up_stays_batched() -> None:
     load = Load(Chooser(), {BATCH: 6_000, DIRECT: 2_500})
     load.epochs(200)  # 4 s: trials come and go, the winner does not change
     assert load.chooser.winner == BATCH
-    assert load.modes.count(DIRECT) <= 4  # a trial costs one epoch, and they grow rarer
+    assert load.modes.count(DIRECT) <= 6  # a trial costs one epoch, and they grow rarer: ~log2(4 s / 0.1 s)
 
 
 def test_an_engine_busy_with_batches_still_goes_direct_when_that_answers_more() -> None:
     """A small transformer at 4 callers keeps the engine busy with batches, yet answers more rows side by side
     (its operators parallelise poorly inside one run): busy batches are no proof that batching pays."""
     load = Load(Chooser(), {BATCH: 1_900, DIRECT: 3_100}, busy={BATCH: 0.95, DIRECT: 0.0})
-    load.epochs(10)
-    assert load.chooser.winner == DIRECT and load.modes[-3:] == [DIRECT] * 3
+    load.epochs(20)
+    assert load.chooser.winner == DIRECT and load.modes[-10:].count(DIRECT) >= 8
 
 
 def test_one_slow_epoch_does_not_hand_over_the_model() -> None:
@@ -77,6 +77,18 @@ def test_trials_grow_rarer_while_the_winner_keeps_winning() -> None:
     gaps = np.diff(trials)
     assert len(trials) >= 3 and all(b > a for a, b in zip(gaps, gaps[1:]))
     assert gaps[0] >= RECHECK_S[0]
+
+
+def test_a_trial_lost_to_a_cold_start_is_soon_repeated() -> None:
+    """The other way's first trial comes while its first runs are still slow (a fresh session; fp16 graphs): it
+    loses, and is tried again within a fraction of a second, not after a whole second that a short load may never
+    reach (a benchmark's half-second reading stayed batched at 0.7x of running side by side)."""
+    load = Load(Chooser(), {BATCH: 7_000, DIRECT: 3_000})
+    load.epochs(4)  # settling, measured, the trial (slow), judged
+    assert load.chooser.winner == BATCH
+    load.rates[DIRECT] = 16_000
+    load.epochs(int(0.3 / EPOCH_S))
+    assert load.chooser.winner == DIRECT
 
 
 def test_a_tie_within_the_noise_is_not_retried_every_epoch() -> None:
