@@ -4,20 +4,25 @@ reference, with thresholds set from a false-alarm budget.
 How a live value is judged. Each feature's reference keeps quantile knots (see :mod:`.reference`); a live value
 ``x`` becomes its probability under the reference, ``u = F(x)``, drawn uniformly across the probability of the
 small bucket ``x`` falls in — which, where ``x`` sits on an atom (a pixel that is mostly 0), is the atom's mass:
-the *randomised probability integral transform* (see :class:`FeatureRanks`). Under the reference ``u`` is uniform on [0, 1] whatever the feature's distribution, so one
-threshold fits every feature: skewed, discrete or constant. Two scores per value, both mean 0 and variance 1 under
-the reference: ``m = sqrt(12) (u - 1/2)`` (location) and ``v = (m^2 - 1) / sqrt(0.8)`` (scale: noise pushes ``u``
-to the tails, a stuck sensor to the middle). Each feeds a two-sided CUSUM, ``S = max(0, S + score - k)``, with
-``k`` half the shift to detect quickly (``GuardConfig.shift`` in reference standard deviations, 0.5 by default).
+the *randomised probability integral transform*. Under the reference ``u`` is uniform on [0, 1] whatever the
+feature's distribution, so one threshold fits every feature: skewed, discrete or constant. Two scores per value,
+both mean 0 and variance 1 under the reference: ``m = sqrt(12) (u - 1/2)`` (location) and ``v = (m^2 - 1) /
+sqrt(0.8)`` (scale: noise pushes ``u`` to the tails, a stuck sensor to the middle). The detectors do not draw
+``u``: they take each score's *expectation over the draw* given the bucket (a table per feature, see
+:class:`FeatureRanks`) — the same mean under the reference and under any shift, less variance, and no random
+numbers to generate on the hot path. Each feeds a two-sided CUSUM, ``S = max(0, S + score - k)``, with ``k`` half
+the shift to detect quickly (``GuardConfig.shift`` in reference standard deviations, 0.5 by default).
 
 Thresholds. For increments ``y = score - k`` the CUSUM's false-alarm run length is at least ``exp(theta h)``,
 where ``theta > 0`` solves ``E[exp(theta y)] = 1`` under the reference (Wald's identity; computed here from the
-exact distribution of each score). With ``D`` detectors (4 per feature) and a budget of at most one false alarm per
-``B`` requests across all of them, ``h = ln(D B) / theta``. The reference is a finite sample: ``k`` is lowered
-for ``theta`` by the largest error its quantiles can make (``sqrt(12) (1/(2 sqrt(n)) + 1/(knots-1))``), so a
-stream drawn from the same population as the reference, not from the reference rows themselves, stays inside the
-budget. A 0.5 sigma mean shift on one feature of 64 moves ``m`` by ~0.48 per request: detected in ~250 requests
-at a budget of one false alarm per 10^6 (``tests/guard/test_drift.py`` measures it).
+exact distribution of each randomised score). The expected scores keep that bound: by Jensen's inequality
+``E[exp(theta E[y | bucket])] <= E[exp(theta y)] = 1``, so ``exp(theta S)`` is still a supermartingale. With ``D``
+detectors (4 per feature) and a budget of at most one false alarm per ``B`` requests across all of them, ``h =
+ln(D B) / theta``. The reference is a finite sample: ``k`` is lowered for ``theta`` by the largest error its
+quantiles can make (``sqrt(12) (1/(2 sqrt(n)) + 1/(knots-1))``), so a stream drawn from the same population as the
+reference, not from the reference rows themselves, stays inside the budget. A 0.5 sigma mean shift on one feature
+of 64 moves ``m`` by ~0.48 per request: detected in ~250 requests at a budget of one false alarm per 10^6
+(``tests/guard/test_drift.py`` measures it).
 
 State is ``4 x features`` floats; a batch of rows updates it with a few numpy operations over the batch, never
 a Python loop over values.
@@ -80,14 +85,16 @@ def thresholds(k: float, detectors: int, budget: float, rows: int, knots: int) -
 
 
 class FeatureRanks:
-    """Maps ``[rows, features]`` values to their probabilities under the reference (see the module docstring).
+    """Maps ``[rows, features]`` values to their location and scale scores' sums per feature (see the module
+    docstring).
 
-    Each feature's range, widened by its span on both sides, is cut into ``BUCKETS`` equal buckets; a table
-    holds the reference probability below each bucket's edge (from the quantile knots: linear between knots,
-    jumps at atoms, and a thin tail of ``1 / (rows + 1)`` spread over the widening). A value's bucket is found
-    by arithmetic, not by search, and ``u`` is drawn uniformly over its bucket's probability: the randomised
-    probability integral transform of the bucketed value, uniform under the reference whatever the feature's
-    distribution (atoms included, since an atom falls inside one bucket)."""
+    Each feature's range, widened by its span on both sides, is cut into ``BUCKETS`` equal buckets; from the
+    quantile knots (linear between knots, jumps at atoms, and a thin tail of ``1 / (rows + 1)`` spread over the
+    widening) each bucket gets the reference probability below it, ``lower``, and its own, ``mass``. A value's
+    bucket is found by arithmetic, not by search, and its scores are the expectations of ``m`` and ``v`` for ``u``
+    uniform on ``[lower, lower + mass]`` — the randomised probability integral transform of the bucketed value,
+    averaged over its draw (uniform under the reference whatever the feature's distribution, atoms included, since
+    an atom falls inside one bucket)."""
 
     BUCKETS = 768
 
@@ -98,28 +105,45 @@ class FeatureRanks:
         # NOTE: a floor on the span, relative to the values: a feature that barely varies (a layer-normed output's
         # norm) must not turn the last digits of float rounding on another CPU into drift
         span = np.maximum(hi - lo, RELATIVE_FLOOR * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0))
-        self.start = lo - span  # buckets cover [min - span, max + span]
+        start = lo - span  # buckets cover [min - span, max + span]
         width = 3.0 * span / self.BUCKETS
-        self.inverse = 1.0 / width
-        self.neg_start_scaled = -self.start * self.inverse
-        edges = self.start[:, None] + width[:, None] * np.arange(self.BUCKETS + 1)[None, :]
+        edges = start[:, None] + width[:, None] * np.arange(self.BUCKETS + 1)[None, :]
         cdf = np.stack([_below(table[j], edges[j], 1.0 / (rows + 1), span[j]) for j in range(self.features)])
-        self.lower = cdf[:, :-1].ravel().astype(np.float32)  # [features * BUCKETS]: P(x < bucket's left edge)
-        self.mass = (cdf[:, 1:] - cdf[:, :-1]).ravel().astype(np.float32)
+        self.lower = cdf[:, :-1].ravel()  # [features * BUCKETS]: P(x < bucket's left edge)
+        self.mass = cdf[:, 1:].ravel() - self.lower
+        m, v = expected_scores(self.lower, self.mass)
+        self.m, self.v = m.astype(np.float32), v.astype(np.float32)
+        # NOTE: float32, as the values mostly are: float64 factors would double every pass over the rows. The span's
+        # relative floor keeps x / width under ~3e5 inside the widened range, where float32 resolves 1/30 of a bucket
+        self.inverse = (1.0 / width).astype(np.float32)
+        self.neg_start_scaled = (-start / width).astype(np.float32)
         self.offsets = (np.arange(self.features) * self.BUCKETS)[None, :]
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``u`` for every value of ``[rows, features]`` ``x`` (float32)."""
+    def index(self, x: np.ndarray) -> np.ndarray:
+        """Each value's bucket, as an index into the flattened ``[features * BUCKETS]`` tables."""
         scaled = x * self.inverse
         scaled += self.neg_start_scaled
         np.fmax(scaled, 0.0, out=scaled)  # NOTE: fmax, not maximum: a NaN (a guard that lets NaN through) becomes 0
         np.minimum(scaled, self.BUCKETS - 1, out=scaled)
         index = scaled.astype(np.intp)
         index += self.offsets
-        u = rng.random(x.shape, dtype=np.float32)
-        u *= self.mass.take(index)
-        u += self.lower.take(index)
-        return u
+        return index
+
+    def sums(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per feature, the sums over the rows of ``[rows, features]`` ``x`` of the expected location and scale
+        scores (float64)."""
+        index = self.index(x)
+        return (self.m.take(index).sum(axis=0, dtype=np.float64),
+                self.v.take(index).sum(axis=0, dtype=np.float64))
+
+
+def expected_scores(lower: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E[m] and E[v] for ``u`` uniform on ``[lower, lower + mass]`` (``mass`` may be 0)."""
+    b = lower - 0.5
+    a = b + mass
+    m = SQRT12 * (a + b) / 2.0
+    m2 = 12.0 * (a * a + a * b + b * b) / 3.0  # 12 E[(u - 1/2)^2] = 12 (a^3 - b^3) / (3 (a - b)), no division
+    return m, (m2 - 1.0) / SCALE_SD
 
 
 def _below(knots: np.ndarray, edges: np.ndarray, tail: float, span: float) -> np.ndarray:
@@ -144,8 +168,7 @@ def _below(knots: np.ndarray, edges: np.ndarray, tail: float, span: float) -> np
 class Cusum:
     """Two-sided CUSUM on location and scale scores of every feature (4 sums per feature)."""
 
-    def __init__(self, knots: Sequence[Sequence[float]], *, shift: float, budget: float, rows: int,
-                 seed: int | None = None) -> None:
+    def __init__(self, knots: Sequence[Sequence[float]], *, shift: float, budget: float, rows: int) -> None:
         self.ranks = FeatureRanks(knots, rows)
         self.features = self.ranks.features
         self.k = shift / 2.0
@@ -153,20 +176,14 @@ class Cusum:
         self.limit = np.repeat(self.h, self.features)  # [4F], detector order: m+, m-, v+, v-
         self.cap = CAP * self.limit
         self.sums = np.zeros(4 * self.features)
-        self.rng = np.random.default_rng(seed)
 
     def update(self, x: np.ndarray) -> None:
         """Fold ``[rows, features]`` values in as one step: the sums move by the rows' total scores.
 
         A CUSUM on batch totals keeps the same false-alarm bound (``theta`` solves the same equation for a sum
         of i.i.d. increments) and detects at most one batch later than one row at a time."""
-        u = self.ranks(x, self.rng)
-        rows = len(x)
-        s1 = u.sum(axis=0, dtype=np.float64)
-        s2 = np.einsum("ij,ij->j", u, u, dtype=np.float64)
-        ms = SQRT12 * (s1 - rows / 2)  # the sum of m = sqrt(12) (u - 1/2) over the rows
-        vs = (12.0 * (s2 - s1 + rows / 4) - rows) / SCALE_SD  # the sum of v = (m^2 - 1) / sqrt(0.8)
-        step = np.concatenate([ms, -ms, vs, -vs]) - rows * self.k
+        ms, vs = self.ranks.sums(x)
+        step = np.concatenate([ms, -ms, vs, -vs]) - len(x) * self.k
         np.add(self.sums, step, out=self.sums)
         np.clip(self.sums, 0.0, self.cap, out=self.sums)
 

@@ -4,6 +4,7 @@ the retraining trigger firing once per episode."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 import edgeserve
 from edgeserve import GuardConfig, TriggerConfig
-from edgeserve.guard.drift import Cusum
+from edgeserve.guard.drift import Cusum, FeatureRanks, expected_scores
 from edgeserve.guard.reference import feature_reference
 
 REQUEST_ROWS = 1  # one digit per request, as a client sends them; the monitor folds 32 at a time
@@ -66,7 +67,7 @@ def test_class_mix_change_is_detected(digits_package: Path, digits) -> None:
 def test_in_distribution_stream_raises_no_alarm_in_a_million_requests(digits) -> None:
     reference, stream, _ = digits
     ref = feature_reference(reference.astype(np.float64))
-    detector = Cusum(ref["knots"], shift=0.5, budget=1e6, rows=len(reference), seed=11)
+    detector = Cusum(ref["knots"], shift=0.5, budget=1e6, rows=len(reference))
     rng = np.random.default_rng(12)
     alarms = 0
     for _ in range(1_000_000 // 32):  # requests of one row each, folded 32 at a time as the monitor does
@@ -138,7 +139,7 @@ def test_float_rounding_on_a_near_constant_feature_is_not_drift() -> None:
     the last digits. That is not drift."""
     rng = np.random.default_rng(0)
     reference = 64.0 + rng.normal(0, 1e-6, (500, 1))
-    detector = Cusum(feature_reference(reference)["knots"], shift=0.5, budget=1e6, rows=500, seed=1)
+    detector = Cusum(feature_reference(reference)["knots"], shift=0.5, budget=1e6, rows=500)
     for _ in range(200):
         detector.update(64.0 + 3e-5 + rng.normal(0, 1e-6, (32, 1)))  # 30 sd of the reference, 5e-7 relative
     assert detector.score().max() < 1.0
@@ -256,3 +257,24 @@ def test_shorter_sequences_are_drift(tmp_path: Path) -> None:
             model.predict(batch)
         report = model.monitor.report()
     assert report["alarms"] >= 1 and "input:input_ids: length" in report["top"]
+
+
+def test_expected_scores_are_the_randomised_scores_averaged_over_their_draw() -> None:
+    m, v = expected_scores(np.array([0.25, 1.0, 0.0]), np.array([0.5, 0.0, 0.1]))
+    assert m[0] == pytest.approx(0.0) and v[0] == pytest.approx((0.25 - 1.0) / math.sqrt(0.8))  # u ~ U[.25, .75]
+    assert m[1] == pytest.approx(math.sqrt(3.0)) and v[1] == pytest.approx(2.0 / math.sqrt(0.8))  # an atom at u = 1
+    draws = np.random.default_rng(0).uniform(0.0, 0.1, 200_000)  # the third bucket, by simulation
+    simulated = math.sqrt(12.0) * (draws - 0.5)
+    assert m[2] == pytest.approx(simulated.mean(), abs=2e-3)
+    assert v[2] == pytest.approx(((simulated**2 - 1) / math.sqrt(0.8)).mean(), abs=2e-3)
+
+
+def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(digits) -> None:
+    """Weighted by each bucket's reference probability, both scores average to 0 on every feature — skewed, discrete
+    and constant ones alike (digits has all three): the detectors drift only when the data does."""
+    reference, _, _ = digits
+    ranks = FeatureRanks(feature_reference(reference.astype(np.float64))["knots"], rows=len(reference))
+    mass = ranks.mass.reshape(ranks.features, -1)
+    assert np.allclose(mass.sum(axis=1), 1.0, atol=1e-9)
+    assert np.abs((mass * ranks.m.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
+    assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
