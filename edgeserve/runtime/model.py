@@ -41,8 +41,9 @@ ALONE_S = 0.005
 measured run is under this: a hand-off to a thread and back then costs more than sharing the loop does (nothing
 else is waiting to be read, and a request arriving meanwhile would wait for the engine anyway), and at this bound
 the loop is never held longer than a few milliseconds."""
-OFF_LOOP_CHECK = 1 << 16
-"""Requests with more values than this have their envelope checked on a worker thread, not in the event loop."""
+OFF_LOOP_CHECK = 8192
+"""Requests with more values than this have their envelope checked on a worker thread, not in the event loop (up to
+it the check holds the interpreter lock: see ``guard.checks.PIECEWISE``)."""
 
 log = logging.getLogger(__name__)
 

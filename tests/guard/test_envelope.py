@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import edgeserve
 from edgeserve import EnvelopeError, GuardConfig
@@ -104,3 +106,37 @@ def test_an_attention_mask_is_a_sequence_not_a_table(tmp_path: Path) -> None:
         assert model.answer(short)[1] == ()
         longer = {k: np.concatenate([v[:2], v[:2, :4]], axis=1) for k, v in data.items()}  # 16 steps
         assert model.answer(longer)[1] == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), limit=st.integers(1, 600))
+def test_pieces_cover_every_value_once_and_none_is_bigger_than_the_limit(shape, limit) -> None:
+    from edgeserve.guard.checks import pieces
+
+    seen = np.zeros(shape, dtype=np.int64)
+    for p in pieces(tuple(shape), limit):
+        assert seen[p].size <= limit
+        seen[p] += 1
+    assert (seen == 1).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 6), features=st.integers(90, 1400), kind=st.sampled_from(["features", "scalar", "channels"]),
+       nan=st.booleans(), outside=st.booleans(), seed=st.integers(0, 2**16))
+def test_piecewise_check_agrees_with_the_plain_one(rows, features, kind, nan, outside, seed) -> None:
+    from edgeserve.guard.checks import within
+
+    rng = np.random.default_rng(seed)
+    if kind == "channels":  # [rows, channels, h, w] with per-channel bounds
+        x = rng.uniform(0, 1, (rows, 3, features // 30 + 1, 10)).astype(np.float32)
+        lo, hi = np.full((1, 3, 1, 1), -0.01, np.float32), np.full((1, 3, 1, 1), 1.01, np.float32)
+    else:
+        x = rng.uniform(0, 1, (rows, features)).astype(np.float32)
+        lo, hi = ((np.full((1, features), -0.01, np.float32), np.full((1, features), 1.01, np.float32))
+                  if kind == "features" else (np.array(-0.01, np.float32), np.array(1.01, np.float32)))
+    flat = x.reshape(-1)
+    if nan:
+        flat[rng.integers(0, flat.size)] = np.nan
+    if outside:
+        flat[rng.integers(0, flat.size)] = 1.5
+    assert within(x, lo, hi) == bool(((x >= lo) & (x <= hi)).all()) == (not nan and not outside)
