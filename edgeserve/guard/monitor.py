@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,24 @@ SHOWN = 10
 RAW = frozenset({"tabular", "value", "confidence"})
 """Layouts whose rows are small and of a fixed width: kept as they are and summarised a chunk at a time."""
 log = logging.getLogger(__name__)
+
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+_FOLDER: ThreadPoolExecutor | None = None
+_FOLDER_LOCK = threading.Lock()
+
+
+def _folder() -> ThreadPoolExecutor:
+    """One thread that folds deferred chunks for every monitor in the process."""
+    global _FOLDER
+    with _FOLDER_LOCK:
+        if _FOLDER is None:
+            from concurrent.futures import ThreadPoolExecutor  # NOTE: here: only async callers defer folds
+
+            _FOLDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeserve-drift")
+        return _FOLDER
 
 
 class DriftMonitor:
@@ -60,6 +78,7 @@ class DriftMonitor:
         self._warned = False
         self._draw = random.Random().random
         self._lock = threading.Lock()
+        self._scheduled = False
         self.rows = 0
         """Rows folded in so far."""
         self.alarms = 0
@@ -93,10 +112,12 @@ class DriftMonitor:
         return cls(tensors, knots, int(reference.get("rows", 0)), config, identity, trigger)
 
     # -- the hot path ---------------------------------------------------------------------------------------------
-    def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int, *,
+                defer: bool = False) -> None:
         """Take one answered request (``rows`` rows; what is kept is a copy, so the caller may reuse its arrays);
-        fold the pending ones in once a chunk is full. A request whose tensors do not have the reference's number
-        of features (a sequence of another length) is not watched, and counted in :attr:`skipped`."""
+        fold the pending ones in once a chunk is full — in this thread, or with ``defer`` (an event loop's caller)
+        on the monitors' own thread. A request whose tensors do not have the reference's number of features (a
+        sequence of another length) is not watched, and counted in :attr:`skipped`."""
         if self._sample < 1.0 and self._draw() >= self._sample:
             return
         kept = []
@@ -116,11 +137,29 @@ class DriftMonitor:
                 kept.append(summary)
         self._pending.append(kept)
         self._pending_rows += rows  # NOTE: a racy counter only decides when to fold; the fold counts exactly
-        if self._pending_rows >= self.config.chunk and self._lock.acquire(blocking=False):
+        if self._pending_rows < self.config.chunk:
+            return
+        if defer:
+            self._fold_later()
+        elif self._lock.acquire(blocking=False):
             try:
                 self._fold()
             finally:
                 self._lock.release()
+
+    def _fold_later(self) -> None:
+        """Have the monitors' thread fold what is pending (once, however many callers ask before it runs).
+        NOTE: numpy gives up the interpreter lock for each pass over more than 500 values, and a thread that gives it
+        up waits behind every thread that wants it (0.7-5 ms under load): an event loop must not be that thread."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        _folder().submit(self._fold_scheduled)
+
+    def _fold_scheduled(self) -> None:
+        self._scheduled = False
+        with self._lock:
+            self._fold()
 
     def flush(self) -> None:
         """Fold in whatever is pending (reports call this)."""

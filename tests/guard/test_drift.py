@@ -3,9 +3,11 @@ the retraining trigger firing once per episode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import edgeserve
 from edgeserve import GuardConfig, TriggerConfig
 from edgeserve.guard.drift import Cusum, FeatureRanks, expected_scores
+from edgeserve.guard.monitor import _folder
 from edgeserve.guard.reference import feature_reference
 
 REQUEST_ROWS = 1  # one digit per request, as a client sends them; the monitor folds 32 at a time
@@ -278,3 +281,31 @@ def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(di
     assert np.allclose(mass.sum(axis=1), 1.0, atol=1e-9)
     assert np.abs((mass * ranks.m.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
     assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
+
+
+def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_package: Path, digits) -> None:
+    """A fold's numpy passes give up the interpreter lock, and an event loop that gives it up waits behind every
+    thread that wants it: predict_async hands full chunks to the monitors' thread, and every row is still folded."""
+    _, stream, _ = digits
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
+        monitor = model.monitor
+        folded_on: list[threading.Thread] = []
+        fold = monitor._fold
+
+        def spy() -> None:
+            folded_on.append(threading.current_thread())
+            fold()
+
+        monitor._fold = spy
+
+        async def go() -> threading.Thread:
+            for i in range(200):
+                await model.predict_async(stream[i:i + 1])
+            return threading.current_thread()
+
+        loop_thread = asyncio.run(go())
+        _folder().submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
+        assert folded_on and loop_thread not in folded_on
+        assert monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
+        monitor.flush()
+        assert monitor.rows == 200
