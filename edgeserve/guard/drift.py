@@ -109,9 +109,10 @@ class FeatureRanks:
         width = 3.0 * span / self.BUCKETS
         edges = start[:, None] + width[:, None] * np.arange(self.BUCKETS + 1)[None, :]
         cdf = np.stack([_below(table[j], edges[j], 1.0 / (rows + 1), span[j]) for j in range(self.features)])
-        self.lower = cdf[:, :-1].ravel()  # [features * BUCKETS]: P(x < bucket's left edge)
-        self.mass = cdf[:, 1:].ravel() - self.lower
-        m, v = expected_scores(self.lower, self.mass)
+        lower = cdf[:, :-1].ravel()  # [features * BUCKETS]: P(x < bucket's left edge)
+        mass = cdf[:, 1:].ravel() - lower
+        self.mass = mass.astype(np.float32)
+        m, v = expected_scores(lower, mass)
         self.m, self.v = m.astype(np.float32), v.astype(np.float32)
         # NOTE: float32, as the values mostly are: float64 factors would double every pass over the rows. The span's
         # relative floor keeps x / width under ~3e5 inside the widened range, where float32 resolves 1/30 of a bucket
