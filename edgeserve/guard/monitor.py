@@ -18,11 +18,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..config import GuardConfig, TriggerConfig
+from ..pools import LazyPool
 from ..tensors import TensorSpec
 from .drift import Cusum, describe_thresholds
 from .reference import Layout, row_features
@@ -34,22 +35,8 @@ RAW = frozenset({"tabular", "value", "confidence"})
 log = logging.getLogger(__name__)
 
 
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
-_FOLDER: ThreadPoolExecutor | None = None
-_FOLDER_LOCK = threading.Lock()
-
-
-def _folder() -> ThreadPoolExecutor:
-    """One thread that folds deferred chunks for every monitor in the process."""
-    global _FOLDER
-    with _FOLDER_LOCK:
-        if _FOLDER is None:
-            from concurrent.futures import ThreadPoolExecutor  # NOTE: here: only async callers defer folds
-
-            _FOLDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeserve-drift")
-        return _FOLDER
+_FOLDER = LazyPool(1, "edgeserve-drift")
+"""One thread that folds deferred chunks for every monitor in the process."""
 
 
 class DriftMonitor:
@@ -154,7 +141,7 @@ class DriftMonitor:
         if self._scheduled:
             return
         self._scheduled = True
-        _folder().submit(self._fold_scheduled)
+        _FOLDER.submit(self._fold_scheduled)
 
     def _fold_scheduled(self) -> None:
         self._scheduled = False

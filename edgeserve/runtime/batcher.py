@@ -43,11 +43,12 @@ import numpy as np
 
 from ..config import BatchConfig
 from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
+from ..pools import LazyPool
 from ..tensors import TensorSpec
 from .chooser import DIRECT, Chooser
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -220,20 +221,8 @@ ROW_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 GATHER_MAX_S = 0.002
 """The longest an engine that just answered several callers waits for them to come back (see ``plan``)."""
 
-_EXECUTOR: ThreadPoolExecutor | None = None
-_EXECUTOR_LOCK = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    """Threads that lead a batch for callers that cannot (``submit``, ``call_async``): one job per batch."""
-    global _EXECUTOR
-    with _EXECUTOR_LOCK:
-        if _EXECUTOR is None:
-            from concurrent.futures import ThreadPoolExecutor  # NOTE: only for submit and async callers
-
-
-            _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgeserve-batch")
-        return _EXECUTOR
+_EXECUTOR = LazyPool(8, "edgeserve-batch")
+"""Threads that lead a batch for callers that cannot (``submit``, ``call_async``): one job per batch."""
 
 
 class Batcher:
@@ -441,7 +430,7 @@ class Batcher:
             if start:
                 self._busy = True
         if start:
-            _executor().submit(self._lead)
+            _EXECUTOR.submit(self._lead)
         return item, deadline
 
     def _run_alone(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
@@ -700,7 +689,7 @@ class Batcher:
                 head.state = LEADING
             job = None if head.can_lead else self._lead
         if job is not None:
-            _executor().submit(job)
+            _EXECUTOR.submit(job)
         else:
             assert head.signal is not None
             head.signal.release()

@@ -16,7 +16,7 @@ import pytest
 import edgeserve
 from edgeserve import GuardConfig, TriggerConfig
 from edgeserve.guard.drift import Cusum, FeatureRanks, expected_scores
-from edgeserve.guard.monitor import _folder
+from edgeserve.guard.monitor import _FOLDER
 from edgeserve.guard.reference import feature_reference
 
 REQUEST_ROWS = 1  # one digit per request, as a client sends them; the monitor folds 32 at a time
@@ -304,7 +304,7 @@ def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_packag
             return threading.current_thread()
 
         loop_thread = asyncio.run(go())
-        _folder().submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
+        _FOLDER.submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
         assert folded_on and loop_thread not in folded_on
         assert monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
         monitor.flush()
