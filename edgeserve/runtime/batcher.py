@@ -292,7 +292,7 @@ class Batcher:
         is running, its answer discarded) and :class:`Timeout` raised."""
         now = self._clock()
         chooser = self.chooser
-        if chooser is not None and chooser.mode == DIRECT and chooser.settled(now):
+        if chooser is not None and now < chooser.direct_until:
             # NOTE: the direct way, without the lock: under load, a lock every caller takes twice per request costs
             # more than a small model's run (and on a ~14 us model each Python call here is ~1% of its throughput)
             self._direct.append(None)
@@ -474,16 +474,23 @@ class Batcher:
             if isinstance(exc, Exception):
                 raise _edgeserve_error(exc) from exc
             raise
-        self._direct_left(rows)
+        self._direct_done.append(rows)  # NOTE: _direct_left inline: this is the direct way's every call
+        self._direct.pop()
+        if self._closing:
+            self._closed_direct()
         return dict(zip(self._output_names, values))
 
     def _direct_left(self, entry: int) -> None:
         """A direct call ended: its rows if it ran, ``-rows - 1`` if it failed (see ``_direct_done``)."""
         self._direct_done.append(entry)
         self._direct.pop()
-        if self._closing:  # close() may be waiting for the direct callers to finish
-            with self._lock:
-                self._cond.notify_all()
+        if self._closing:
+            self._closed_direct()
+
+    def _closed_direct(self) -> None:
+        """A direct call ended while closing: close() may be waiting for the direct callers to finish."""
+        with self._lock:
+            self._cond.notify_all()
 
     def _measured(self, busy_s: float, rows: int) -> None:
         """Fold one engine run into the time per row (holding the lock): what ``max_wait_ms`` estimates with."""

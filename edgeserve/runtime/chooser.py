@@ -65,6 +65,10 @@ class Chooser:
         self._requests = 0
         self._busy_s = 0.0
         self._last = float("-inf")
+        self.direct_until = float("-inf")
+        """Until when a request may run the direct way without coming here (and so without the batcher's lock):
+        the end of the current epoch while the way is direct, else never. A request past it comes here, and under
+        load one does every epoch, so a gap longer than ``IDLE_S`` since the last arrival seen here is silence."""
 
     def arrived(self, now: float) -> str:
         """A request arrives at ``now``: the way it runs."""
@@ -81,17 +85,9 @@ class Chooser:
             else:
                 self._end_epoch(now, self._answered / (now - self._epoch_start))
             self._new_epoch(now)
+        assert self._epoch_start is not None
+        self.direct_until = self._epoch_start + EPOCH_S if self.mode == DIRECT else float("-inf")
         return self.mode
-
-    def settled(self, now: float) -> bool:
-        """True when a request arriving at ``now`` changes nothing here (no epoch ends, no burst begins), so the
-        batcher may run it the current way without its lock; the arrival is noted. NOTE: called without the
-        batcher's lock: it only reads, and writes one time, which any concurrent caller may overwrite with its own."""
-        start = self._epoch_start
-        if start is None or now - self._last > IDLE_S or now - start >= EPOCH_S:
-            return False
-        self._last = now
-        return True
 
     def answered(self, requests: int, rows: int, busy_s: float = 0.0) -> None:
         """``requests`` of ``rows`` rows in all were answered (successfully or not: the engine ran them);

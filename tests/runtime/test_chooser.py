@@ -129,13 +129,15 @@ def test_the_first_epoch_of_a_burst_is_not_measured() -> None:
     assert chooser.rates == before
 
 
-def test_settled_only_inside_an_epoch() -> None:
-    chooser = Chooser()
-    assert not chooser.settled(0.0)  # no epoch yet: the batcher must take its lock
+def test_the_direct_way_skips_the_lock_only_inside_a_direct_epoch() -> None:
+    chooser = Chooser(start=DIRECT)
+    assert not 0.0 < chooser.direct_until  # no epoch yet: the batcher must take its lock
     chooser.arrived(0.0)
-    assert chooser.settled(EPOCH_S / 2)
-    assert not chooser.settled(EPOCH_S)  # an epoch ends: bookkeeping under the lock
-    assert not chooser.settled(EPOCH_S / 2 + IDLE_S * 2)
+    assert EPOCH_S / 2 < chooser.direct_until
+    assert not EPOCH_S < chooser.direct_until  # an epoch ends: bookkeeping under the lock
+    batched = Chooser(start=BATCH)
+    batched.arrived(0.0)
+    assert not EPOCH_S / 2 < batched.direct_until  # batched requests always queue under the lock
 
 
 # --- the direct way, on threads -------------------------------------------------------------------------------------
