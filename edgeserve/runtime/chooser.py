@@ -39,7 +39,7 @@ IDLE_S = 0.1
 QUICK_RUN_S = 0.0001
 """Runs shorter than this (a thread wake-up is ~50 us on a busy 2-core machine) make a fresh model start direct."""
 MARGIN = 0.05
-RECHECK_S = (0.1, 16.0)
+RECHECK_S = (0.5, 16.0)
 """The loser is measured again after the first interval, doubled each time it loses again, up to the second."""
 
 
