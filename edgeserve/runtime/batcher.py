@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import held
 from ..config import BatchConfig
 from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
 from ..pools import LazyPool
@@ -713,7 +714,7 @@ class Batcher:
             if len(live) == 1:
                 results = [self._outputs_of(self._run(live[0].feed))]
             else:
-                merged = {s.name: np.concatenate([p.feed[s.name] for p in live], axis=s.batch_axis or 0)
+                merged = {s.name: held.concat([p.feed[s.name] for p in live], axis=s.batch_axis or 0)
                           for s in self._inputs}
                 results = self._split(self._outputs_of(self._run(merged)), [p.rows for p in live])
         except Exception as exc:

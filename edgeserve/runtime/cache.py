@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import held
 from ..config import CacheConfig
 
 MISS = object()
@@ -42,7 +43,7 @@ def cache_key(identity: str, inputs: Mapping[str, np.ndarray]) -> bytes:
                 h.update(len(data).to_bytes(8, "little"))
                 h.update(data)
         else:
-            h.update(np.ascontiguousarray(arr).data)
+            held.update(h, arr)
     return h.digest()
 
 
@@ -77,7 +78,7 @@ class ResponseCache:
         """Store a private, read-only copy of ``outputs`` (the caller keeps its own arrays) under ``identity``."""
         frozen = {}
         for name, value in outputs.items():
-            arr = np.array(value, copy=True)
+            arr = held.copy(value)
             arr.flags.writeable = False
             frozen[name] = arr
         size = sum(a.nbytes for a in frozen.values()) + 256  # a little per entry for the key and bookkeeping

@@ -283,9 +283,11 @@ def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(di
     assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
 
 
-def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_package: Path, digits) -> None:
-    """A fold's numpy passes give up the interpreter lock, and an event loop that gives it up waits behind every
-    thread that wants it: predict_async hands full chunks to the monitors' thread, and every row is still folded."""
+@pytest.mark.parametrize("caller", ["predict", "predict_async"])
+def test_no_request_waits_for_a_fold(digits_package: Path, digits, caller: str) -> None:
+    """A fold's numpy passes give up the interpreter lock, and under load a thread that gives it up waits behind
+    every thread that wants it: full chunks are folded on the monitors' thread, never in a request's (a plain
+    caller's or an event loop's), and every row is still folded."""
     _, stream, _ = digits
     with edgeserve.load(digits_package, guard=GuardConfig()) as model:
         monitor = model.monitor
@@ -303,9 +305,36 @@ def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_packag
                 await model.predict_async(stream[i:i + 1])
             return threading.current_thread()
 
-        loop_thread = asyncio.run(go())
+        if caller == "predict":
+            for i in range(200):
+                model.predict(stream[i:i + 1])
+            request_thread = threading.current_thread()
+        else:
+            request_thread = asyncio.run(go())
         _FOLDER.submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
-        assert folded_on and loop_thread not in folded_on
+        assert folded_on and request_thread not in folded_on
         assert monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
         monitor.flush()
         assert monitor.rows == 200
+
+
+def test_a_monitor_that_falls_behind_stops_watching_instead_of_growing(digits_package: Path, digits,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``BACKLOG`` chunks pending (the monitors' thread cannot keep up), requests are answered but not watched,
+    and counted; once it catches up, every watched row is folded."""
+    import edgeserve.guard.monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "BACKLOG", 2)
+    _, stream, _ = digits
+    with edgeserve.load(digits_package, guard=GuardConfig(chunk=16)) as model:
+        monitor = model.monitor
+        with monitor._lock:  # the monitors' thread cannot fold until this is released
+            for i in range(100):
+                model.predict(stream[i:i + 1])
+            assert monitor.skipped == 100 - 32  # two chunks of 16 rows pending, the rest not watched
+        _FOLDER.submit(lambda: None).result()
+        monitor.flush()
+        assert monitor.rows == 32
+        model.predict(stream[:1])  # watching again
+        monitor.flush()
+        assert monitor.rows == 33 and monitor.skipped == 68
