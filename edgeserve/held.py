@@ -63,6 +63,9 @@ def _bytes(a: np.ndarray) -> memoryview | bytes:
 def update(h: Any, a: np.ndarray) -> None:
     """Feed ``a``'s bytes (C order) to the hashlib object ``h``, in pieces small enough that hashing keeps the lock
     (same digest as one ``h.update``)."""
+    if a.nbytes < 2048 and a.flags.c_contiguous and a.ndim:
+        h.update(a)  # hashlib reads the buffer as it is
+        return
     data = memoryview(_bytes(a))
     if len(data) < 2048 or len(data) > HELD_BYTES:
         h.update(data)
