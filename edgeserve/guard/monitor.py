@@ -6,12 +6,16 @@ score has stayed at or above ``exit_level`` for ``span`` requests since the onse
 trigger re-arms) only after ``rearm`` requests in a row under ``exit_level``.
 
 Each request hands over copies of its small tabular and output arrays, or the few numbers per row that summarise an
-image, series or sequence (a deque append); once a chunk is pending, the monitors' own thread folds in everything
-pending — one set of numpy operations for all of it — while the callers go on. No request ever waits for a fold: a
-fold's numpy passes give up the interpreter lock, and under load a thread that gives it up waits behind every thread
-that wants it (at 32 callers of 32 rows each, folding in the callers' threads cost 0.26x of the throughput without
-drift monitoring, on the monitors' thread 0.49x). A monitor that falls behind folds more rows at once (cheaper per
-row); past ``BACKLOG`` chunks pending, requests are not watched (counted in ``skipped``) until it catches up.
+image, series or sequence (a deque append); whichever caller brings the pending rows to a chunk folds them in — one
+set of numpy operations for the chunk — while the others go on (a caller that finds the fold busy does not wait).
+An event loop's requests (``defer``) are folded on the monitors' own thread instead: a fold's numpy passes give up the
+interpreter lock, and a thread that gives it up waits behind every thread that wants it — the loop must not be that
+thread. NOTE: under load that thread is starved of the lock just the same (measured: handing every caller's chunks
+to it at 32 callers of 32 rows, the rows pending outgrew any bound), so plain callers keep folding their own
+chunks. The rows pending are bounded (``BACKLOG_BYTES``): a plain caller that finds them over it waits to fold them
+itself (the runtime slows to what watching costs, and every row is watched); an event loop's request, which must not
+wait, is then answered but not watched, and counted in ``skipped``. On a model so fast that watching every row costs
+more than answering it, say so with ``GuardConfig(sample=...)``.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ log = logging.getLogger(__name__)
 
 _FOLDER = LazyPool(1, "edgeserve-drift")
 """One thread that folds the pending chunks of every monitor in the process."""
-BACKLOG = 256
-"""Chunks pending at most (with the default chunk, 16k rows); requests beyond are not watched."""
+BACKLOG_BYTES = 64 << 20
+"""Bytes of rows pending at most (a starved fold must not grow memory without bound); requests beyond are not
+watched."""
 
 
 class DriftMonitor:
@@ -66,6 +71,7 @@ class DriftMonitor:
         self._clock = clock
         self._pending: deque[list[np.ndarray]] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._sample = config.sample
         self.skipped = 0
         """Requests not watched: features unlike the reference's (another sequence length), or a failed fold."""
@@ -106,16 +112,21 @@ class DriftMonitor:
         return cls(tensors, knots, int(reference.get("rows", 0)), config, identity, trigger)
 
     # -- the hot path ---------------------------------------------------------------------------------------------
-    def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int, *,
+                defer: bool = False) -> None:
         """Take one answered request (``rows`` rows; what is kept is a copy, so the caller may reuse its arrays);
-        once a chunk is pending, have the monitors' thread fold it in. A request whose tensors do not have the
-        reference's number of features (a sequence of another length), or that finds ``BACKLOG`` chunks pending, is
-        not watched, and counted in :attr:`skipped`."""
+        once a chunk is pending, fold it in — here, or with ``defer`` (an event loop's caller) on the monitors'
+        thread. A request whose tensors do not have the reference's number of features (a sequence of another
+        length), or a deferred one that finds ``BACKLOG_BYTES`` pending, is not watched, and counted in
+        :attr:`skipped`; a plain caller that finds them pending folds them first."""
         if self._sample < 1.0 and self._draw() >= self._sample:
             return
-        if self._pending_rows >= BACKLOG * self.config.chunk:
-            self.skipped += 1
-            return
+        if self._pending_bytes >= BACKLOG_BYTES:
+            if defer:
+                self.skipped += 1
+                return
+            with self._lock:  # NOTE: backpressure: a caller that outruns its monitor waits for it
+                self._fold()
         kept = []
         for side, name, layout, n in self._tensors:
             value = (feed if side == "input" else outputs)[name]
@@ -132,9 +143,17 @@ class DriftMonitor:
                     return
                 kept.append(summary)
         self._pending.append(kept)
-        self._pending_rows += rows  # NOTE: a racy counter only decides when to fold; the fold counts exactly
-        if self._pending_rows >= self.config.chunk:
+        self._pending_rows += rows  # NOTE: racy counters only decide when to fold; the fold counts exactly
+        self._pending_bytes += sum(a.nbytes for a in kept)
+        if self._pending_rows < self.config.chunk:
+            return
+        if defer:
             self._fold_later()
+        elif self._lock.acquire(blocking=False):
+            try:
+                self._fold()
+            finally:
+                self._lock.release()
 
     def _fold_later(self) -> None:
         """Have the monitors' thread fold what is pending (once, however many callers ask before it runs)."""
@@ -158,7 +177,7 @@ class DriftMonitor:
         pending = self._pending
         while pending:
             items.append(pending.popleft())
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
         if not items:
             return
         try:

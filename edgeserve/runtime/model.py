@@ -193,10 +193,10 @@ class Model:
                 flags = self.envelope.check(feed)
         key, hit = self._cached(feed)
         if hit is not None:
-            return self._watched(feed, hit), flags
+            return self._watched(feed, hit, defer=True), flags
         rows = _rows(feed, self.inputs)
         if self._inline(rows):
-            return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms))), flags
+            return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms)), defer=True), flags
         if self._inline_calls < INLINE_PROBES:  # measured on a worker thread: a probe never blocks the loop
             import asyncio
 
@@ -204,7 +204,7 @@ class Model:
             self._inline_calls += 1
             if took < self._inline_cost:  # NOTE: the fastest of the first calls: a session's first run is slow
                 self._inline_cost, self._inline_rows = took, rows
-            return self._watched(feed, self._remember(key, out)), flags
+            return self._watched(feed, self._remember(key, out), defer=True), flags
         if self.batcher is not None:
             out = await self.batcher.call_async(feed, timeout_ms)
         else:
@@ -212,7 +212,7 @@ class Model:
 
             values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
             out = dict(zip(self._output_names, values))
-        return self._watched(feed, self._remember(key, out)), flags
+        return self._watched(feed, self._remember(key, out), defer=True), flags
 
     def predict_if_fast(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
                         **named: Any) -> dict[str, np.ndarray] | None:
@@ -234,8 +234,8 @@ class Model:
         flags = self.envelope.check(feed) if self.envelope is not None else ()
         key, hit = self._cached(feed)
         if hit is not None:
-            return self._watched(feed, hit), flags
-        return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms))), flags
+            return self._watched(feed, hit, defer=True), flags
+        return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms)), defer=True), flags
 
     def explain(self, inputs: Any = None, /, *, input: str | None = None, patch: int | None = None,
                 **named: Any) -> Explanation:
@@ -280,10 +280,12 @@ class Model:
             raise ClosedError(f"model '{self.name}' is closed; load it again to use it")
         return self._contract.feed(inputs, named)
 
-    def _watched(self, feed: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Hand the answered request to the drift monitor (which folds it in on its own thread)."""
+    def _watched(self, feed: dict[str, np.ndarray], out: dict[str, np.ndarray], *,
+                 defer: bool = False) -> dict[str, np.ndarray]:
+        """Hand the answered request to the drift monitor; ``defer``: an event loop's caller, whose chunks are
+        always folded on the monitors' own thread (see :meth:`DriftMonitor.observe`)."""
         if self.monitor is not None:
-            self.monitor.observe(feed, out, _rows(feed, self.inputs))
+            self.monitor.observe(feed, out, _rows(feed, self.inputs), defer=defer)
         return out
 
     def _cached(self, feed: dict[str, np.ndarray]) -> tuple[bytes | None, dict[str, np.ndarray] | None]:

@@ -283,11 +283,9 @@ def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(di
     assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
 
 
-@pytest.mark.parametrize("caller", ["predict", "predict_async"])
-def test_no_request_waits_for_a_fold(digits_package: Path, digits, caller: str) -> None:
-    """A fold's numpy passes give up the interpreter lock, and under load a thread that gives it up waits behind
-    every thread that wants it: full chunks are folded on the monitors' thread, never in a request's (a plain
-    caller's or an event loop's), and every row is still folded."""
+def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_package: Path, digits) -> None:
+    """A fold's numpy passes give up the interpreter lock, and an event loop that gives it up waits behind every
+    thread that wants it: predict_async hands full chunks to the monitors' thread, and every row is still folded."""
     _, stream, _ = digits
     with edgeserve.load(digits_package, guard=GuardConfig()) as model:
         monitor = model.monitor
@@ -305,36 +303,91 @@ def test_no_request_waits_for_a_fold(digits_package: Path, digits, caller: str) 
                 await model.predict_async(stream[i:i + 1])
             return threading.current_thread()
 
-        if caller == "predict":
-            for i in range(200):
-                model.predict(stream[i:i + 1])
-            request_thread = threading.current_thread()
-        else:
-            request_thread = asyncio.run(go())
+        loop_thread = asyncio.run(go())
         _FOLDER.submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
-        assert folded_on and request_thread not in folded_on
+        assert folded_on and loop_thread not in folded_on
         assert monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
         monitor.flush()
         assert monitor.rows == 200
 
 
-def test_a_monitor_that_falls_behind_stops_watching_instead_of_growing(digits_package: Path, digits,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past ``BACKLOG`` chunks pending (the monitors' thread cannot keep up), requests are answered but not watched,
-    and counted; once it catches up, every watched row is folded."""
+def _row_bytes(model, row: np.ndarray) -> int:
+    """What one request leaves pending: copies of its input row and its outputs."""
+    model.predict(row)
+    size = model.monitor._pending_bytes
+    model.monitor.flush()
+    return size
+
+
+def test_a_caller_that_outruns_its_monitor_waits_to_fold(digits_package: Path, digits,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``BACKLOG_BYTES`` of rows pending (someone else's fold holds the monitor), a plain caller waits for the
+    fold and folds the backlog itself: memory stays bounded and every row is watched."""
     import edgeserve.guard.monitor as monitor_module
 
-    monkeypatch.setattr(monitor_module, "BACKLOG", 2)
     _, stream, _ = digits
     with edgeserve.load(digits_package, guard=GuardConfig(chunk=16)) as model:
         monitor = model.monitor
+        monkeypatch.setattr(monitor_module, "BACKLOG_BYTES", 32 * _row_bytes(model, stream[:1]))
+        waited = threading.Event()
+        inner = threading.Lock()
+
+        class Watched:
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                if blocking:
+                    waited.set()
+                return inner.acquire(blocking, timeout)
+
+            def release(self) -> None:
+                inner.release()
+
+            __enter__ = acquire
+
+            def __exit__(self, *exc: object) -> None:
+                inner.release()
+
+        monitor._lock = Watched()
+        inner.acquire()  # a fold in progress elsewhere, until a caller has to wait for it
+
+        def finish_the_fold() -> None:
+            waited.wait(30)
+            inner.release()
+
+        holder = threading.Thread(target=finish_the_fold)
+        holder.start()
+        peak = 0
+        for i in range(100):
+            model.predict(stream[i:i + 1])
+            peak = max(peak, monitor._pending_bytes)
+        holder.join()
+        assert waited.is_set() and monitor.skipped == 0
+        assert peak <= monitor_module.BACKLOG_BYTES
+        monitor.flush()
+        assert monitor.rows == 101
+
+
+def test_an_event_loop_that_outruns_its_monitor_stops_watching(digits_package: Path, digits,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event loop's request must not wait for a fold: past ``BACKLOG_BYTES`` pending it is answered but not
+    watched, and counted; once the monitor catches up, every watched row is folded and watching resumes."""
+    import edgeserve.guard.monitor as monitor_module
+
+    _, stream, _ = digits
+    with edgeserve.load(digits_package, guard=GuardConfig(chunk=16)) as model:
+        monitor = model.monitor
+        monkeypatch.setattr(monitor_module, "BACKLOG_BYTES", 32 * _row_bytes(model, stream[:1]))
+
+        async def send(count: int) -> None:
+            for i in range(count):
+                await model.predict_async(stream[i:i + 1])
+
         with monitor._lock:  # the monitors' thread cannot fold until this is released
-            for i in range(100):
-                model.predict(stream[i:i + 1])
-            assert monitor.skipped == 100 - 32  # two chunks of 16 rows pending, the rest not watched
+            asyncio.run(send(100))
+            assert monitor.skipped == 100 - 32  # 32 requests pending, the rest not watched
         _FOLDER.submit(lambda: None).result()
         monitor.flush()
-        assert monitor.rows == 32
-        model.predict(stream[:1])  # watching again
+        assert monitor.rows == 1 + 32
+        asyncio.run(send(1))  # watching again
         monitor.flush()
-        assert monitor.rows == 33 and monitor.skipped == 68
+        assert monitor.rows == 34 and monitor.skipped == 68
+
