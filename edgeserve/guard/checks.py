@@ -3,7 +3,7 @@ reference range (by a margin), token ids outside the embedding table. Each check
 request fails with :class:`EnvelopeError`, naming the input, the check, and where and what broke it), ``warn``
 (it runs, and the check's counter goes up), ``off``.
 
-Passing requests cost one fused comparison per input (``lo <= x <= hi`` is False for NaN too); only a request that
+Passing requests cost one bounds check per input (``lo <= x`` and ``x <= hi``, both False for NaN too); only a request that
 fails it is looked at closely.
 """
 
@@ -105,7 +105,7 @@ class Envelope:
                     with np.errstate(invalid="ignore"):
                         return np.isfinite(x) & ((x < lo) | (x > hi))
 
-                # all finite: the fused check failed on a value out of range; else only a closer look can tell
+                # all finite: the bounds check failed on a value out of range; else only a closer look can tell
                 if finite or outside().any():
                     warned += self._failed("range", c.name, x, outside,
                                            f"values outside the reference range (margin {self.config.range_margin:g} "

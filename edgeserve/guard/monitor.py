@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 
 
 _FOLDER = LazyPool(1, "edgeserve-drift")
-"""One thread that folds the pending chunks of every monitor in the process."""
+"""One thread that folds the event loops' chunks for every monitor in the process."""
 BACKLOG_BYTES = 64 << 20
-"""Bytes of rows pending at most (a starved fold must not grow memory without bound); requests beyond are not
-watched."""
+"""Bytes of rows pending at most (a starved fold must not grow memory without bound): past it a plain caller folds
+them first, an event loop's request is not watched."""
 
 
 class DriftMonitor:
