@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -48,6 +52,37 @@ def test_update_gives_the_one_shot_digest(a: np.ndarray) -> None:
         h = hashlib.blake2b(digest_size=16)
         held.update(h, source)
         assert h.hexdigest() == hashlib.blake2b(np.ascontiguousarray(source).tobytes(), digest_size=16).hexdigest()
+
+
+@pytest.fixture
+def rival() -> Iterator[Callable[[Callable[[], object]], int]]:
+    """How many steps a busy thread takes while the calling thread runs ``op``: 0 when ``op`` keeps the
+    interpreter lock. The switch interval is long enough that the lock is never taken from a holder during ``op``;
+    a ``sleep(0)`` first lets the rival run, so the interval starts afresh just before ``op``."""
+    steps = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            steps[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+
+    def steps_during(op: Callable[[], object]) -> int:
+        time.sleep(0)
+        before = steps[0]
+        op()
+        return steps[0] - before
+
+    try:
+        yield steps_during
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def test_request_sized_work_keeps_the_interpreter_lock(rival: Callable[[Callable[[], object]], int]) -> None:
