@@ -12,8 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,13 +108,10 @@ class DataPlane:
             report = self.runtime.drift(name)
         return json.loads(json.dumps(report, default=str))
 
-    @contextmanager
-    def _model(self, name: str, version: str | None) -> Iterator[tuple[Model, int]]:
-        try:
-            with self.runtime.using(name, _version(version)) as held:
-                yield held
-        except EdgeserveError as exc:
-            raise from_core(exc) from None
+    def _model(self, name: str, version: str | None) -> _Held:
+        """``with self._model(name, version) as (model, number)``: the version held while the block runs, and
+        any core error in it raised as its protocol error."""
+        return _Held(self.runtime, name, _version(version))
 
     # -- model control (Triton's repository extension) ----------------------------------------------------------------
     def repository_index(self) -> list[dict[str, Any]]:
@@ -150,11 +146,15 @@ class DataPlane:
     def refuses(self, name: str, version: str | None) -> None:
         """Raise 503 now if the model's queue would refuse a request for its wait (``max_wait_ms``): lets REST
         answer before reading the body, so an overloaded server spends little on what it turns away."""
-        try:
-            with self.runtime.using(name, _version(version)) as (model, _):
-                why = model.batcher.refuses_now() if model.batcher is not None else None
-        except EdgeserveError:
-            return  # unknown model or version: the request itself gets the right error
+        if version is None:  # NOTE: the serving version, not held: a racy look either way, on every request
+            model: Model | None = self.runtime.serving(name)
+            why = model.batcher.refuses_now() if model is not None and model.batcher is not None else None
+        else:
+            try:
+                with self.runtime.using(name, _version(version)) as (model, _):
+                    why = model.batcher.refuses_now() if model.batcher is not None else None
+            except EdgeserveError:
+                return  # unknown model or version: the request itself gets the right error
         if why is not None:
             if self.observer is not None:
                 self.observer.observe(name, version or "", "rejected", 0.0)
@@ -241,25 +241,10 @@ class DataPlane:
         return self.runtime.record(model, version, feed, None, out, started, flags, request_id=request.id,
                                    caller=request.caller, outcome=outcome, name=request.model, detail=detail)
 
-    @contextmanager
-    def _accounted(self, request: InferRequest) -> Iterator[list[int]]:
-        """Count the request in (refused while draining) and tell the observer how it ended and which version
-        served it (appended to the yielded list once known)."""
-        started = time.perf_counter()
-        outcome = "success"
-        served: list[int] = []
-        self._enter()
-        try:
-            yield served
-        except ProtocolError as exc:  # NOTE: core errors arrive mapped already (by _model, inside this block)
-            outcome = _outcome(exc)
-            raise
-        except BaseException:
-            outcome = "error"
-            raise
-        finally:
-            version = str(served[0]) if served else (request.version or "")
-            self._leave(request.model, version, outcome, time.perf_counter() - started)
+    def _accounted(self, request: InferRequest) -> _Accounted:
+        """``with self._accounted(request) as served``: count the request in (refused while draining) and tell the
+        observer how it ended and which version served it (appended to ``served`` once known)."""
+        return _Accounted(self, request)
 
     def _enter(self) -> None:
         if self.draining:
@@ -363,3 +348,49 @@ def _dims(spec: TensorSpec) -> list[int]:
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": datatype_of(spec.np_dtype), "shape": _dims(spec)}
+
+
+class _Held:
+    """:meth:`DataPlane._model`'s context manager (a class: one per request; see ``runtime.Holding``)."""
+
+    __slots__ = ("_holding",)
+
+    def __init__(self, runtime: Runtime, name: str, version: int | None) -> None:
+        self._holding = runtime.using(name, version)
+
+    def __enter__(self) -> tuple[Model, int]:
+        try:
+            return self._holding.__enter__()
+        except EdgeserveError as exc:
+            raise from_core(exc) from None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._holding.__exit__(kind, exc, tb)
+        if isinstance(exc, EdgeserveError):
+            raise from_core(exc) from None
+
+
+class _Accounted:
+    """:meth:`DataPlane._accounted`'s context manager (a class: one per request)."""
+
+    __slots__ = ("_plane", "_request", "_started", "served")
+
+    def __init__(self, plane: DataPlane, request: InferRequest) -> None:
+        self._plane, self._request = plane, request
+        self.served: list[int] = []
+
+    def __enter__(self) -> list[int]:
+        self._started = time.perf_counter()
+        self._plane._enter()
+        return self.served
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            outcome = "success"
+        elif isinstance(exc, ProtocolError):  # NOTE: core errors arrive mapped already (by _model, inside the block)
+            outcome = _outcome(exc)
+        else:
+            outcome = "error"
+        request = self._request
+        version = str(self.served[0]) if self.served else (request.version or "")
+        self._plane._leave(request.model, version, outcome, time.perf_counter() - self._started)
