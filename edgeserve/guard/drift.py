@@ -183,8 +183,11 @@ class Cusum:
 
         A CUSUM on batch totals keeps the same false-alarm bound (``theta`` solves the same equation for a sum
         of i.i.d. increments) and detects at most one batch later than one row at a time."""
-        ms, vs = self.ranks.sums(x)
-        step = np.concatenate([ms, -ms, vs, -vs]) - len(x) * self.k
+        self.add(*self.ranks.sums(x), len(x))
+
+    def add(self, ms: np.ndarray, vs: np.ndarray, rows: int) -> None:
+        """:meth:`update` from the rows' score sums per feature (``FeatureRanks.sums``, added up over pieces)."""
+        step = np.concatenate([ms, -ms, vs, -vs]) - rows * self.k
         np.add(self.sums, step, out=self.sums)
         np.clip(self.sums, 0.0, self.cap, out=self.sums)
 

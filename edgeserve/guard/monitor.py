@@ -8,11 +8,18 @@ trigger re-arms) only after ``rearm`` requests in a row under ``exit_level``.
 Each request hands over copies of its small tabular and output arrays, or the few numbers per row that summarise an
 image, series or sequence (a deque append); whichever caller brings the pending rows to a chunk folds them in — one
 set of numpy operations for the chunk — while the others go on (a caller that finds the fold busy does not wait).
-An event loop's requests (``defer``) are folded on the monitors' own thread instead: a fold's numpy passes give up the
-interpreter lock, and a thread that gives it up waits behind every thread that wants it — the loop must not be that
-thread. NOTE: under load that thread is starved of the lock just the same (measured: handing every caller's chunks
-to it at 32 callers of 32 rows, the rows pending outgrew any bound), so plain callers keep folding their own
-chunks. The rows pending are bounded (``BACKLOG_BYTES``): a plain caller that finds them over it waits to fold them
+
+An event loop's requests (``defer``) are folded differently, since numpy gives up the interpreter lock for any
+operation over ``held.NUMPY_HOLDS`` values, and a thread that gives it up waits behind every thread that wants it —
+the loop must not be that thread. Requests of up to that many values each (a row of features and its scores) are
+folded in the loop, a few requests at a time, so that no operation gives the lock up. A chunk holding a bigger request is
+folded on the monitors' own thread. NOTE: not every chunk there: measured on the server's loop (digits MLP, one
+thread), handing chunks to that thread cost 30-55 us of the loop's time per request, against ~2 us for folding in
+pieces, because the two threads then take the lock from each other at every engine run and numpy call. And plain
+callers fold their own chunks, never that thread: under load it is starved of the lock (measured: handing every
+caller's chunks to it at 32 callers of 32 rows, the rows pending outgrew any bound).
+
+The rows pending are bounded (``BACKLOG_BYTES``): a plain caller that finds them over it waits to fold them
 itself (the runtime slows to what watching costs, and every row is watched); an event loop's request, which must not
 wait, is then answered but not watched, and counted in ``skipped``. On a model so fast that watching every row costs
 more than answering it, say so with ``GuardConfig(sample=...)``.
@@ -45,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 _FOLDER = LazyPool(1, "edgeserve-drift")
-"""One thread that folds the event loops' chunks for every monitor in the process."""
+"""One thread that folds the event loops' chunks that hold a big request, for every monitor in the process."""
 BACKLOG_BYTES = 64 << 20
 """Bytes of rows pending at most (a starved fold must not grow memory without bound): past it a plain caller folds
 them first, an event loop's request is not watched."""
@@ -72,6 +79,8 @@ class DriftMonitor:
         self._pending: deque[list[np.ndarray]] = deque()
         self._pending_rows = 0
         self._pending_bytes = 0
+        self._pending_big = False
+        """A pending request holds more than ``held.NUMPY_HOLDS`` values: an event loop's chunk is folded elsewhere."""
         self._sample = config.sample
         self.skipped = 0
         """Requests not watched: features unlike the reference's (another sequence length), or a failed fold."""
@@ -115,10 +124,11 @@ class DriftMonitor:
     def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int, *,
                 defer: bool = False) -> None:
         """Take one answered request (``rows`` rows; what is kept is a copy, so the caller may reuse its arrays);
-        once a chunk is pending, fold it in — here, or with ``defer`` (an event loop's caller) on the monitors'
-        thread. A request whose tensors do not have the reference's number of features (a sequence of another
-        length), or a deferred one that finds ``BACKLOG_BYTES`` pending, is not watched, and counted in
-        :attr:`skipped`; a plain caller that finds them pending folds them first."""
+        once a chunk is pending, fold it in — here, or with ``defer`` (an event loop's caller) here in pieces that
+        keep the interpreter lock, or on the monitors' thread when a request pending is too big for that. A
+        request whose tensors do not have the reference's number of features (a sequence of another length), or a
+        deferred one that finds ``BACKLOG_BYTES`` pending, is not watched, and counted in :attr:`skipped`; a plain
+        caller that finds them pending folds them first."""
         if self._sample < 1.0 and self._draw() >= self._sample:
             return
         if self._pending_bytes >= BACKLOG_BYTES:
@@ -143,15 +153,17 @@ class DriftMonitor:
                     return
                 kept.append(summary)
         self._pending.append(kept)
-        self._pending_rows += rows  # NOTE: racy counters only decide when to fold; the fold counts exactly
+        self._pending_rows += rows  # NOTE: racy counters only decide when and where to fold; the fold counts exactly
         self._pending_bytes += sum(a.nbytes for a in kept)
+        if defer and sum(a.size for a in kept) > held.NUMPY_HOLDS:
+            self._pending_big = True
         if self._pending_rows < self.config.chunk:
             return
-        if defer:
+        if defer and self._pending_big:
             self._fold_later()
         elif self._lock.acquire(blocking=False):
             try:
-                self._fold()
+                self._fold(pieces=defer)
             finally:
                 self._lock.release()
 
@@ -172,30 +184,56 @@ class DriftMonitor:
         with self._lock:
             self._fold()
 
-    def _fold(self) -> None:
+    def _fold(self, pieces: bool = False) -> None:
+        """Fold what is pending as one step of the detectors; ``pieces``: score the rows a few requests at a time,
+        at most ``held.NUMPY_HOLDS`` values each time (one request at least), so that no numpy operation gives up
+        the interpreter lock (see the module docstring)."""
         items = []
         pending = self._pending
         while pending:
             items.append(pending.popleft())
         self._pending_rows = self._pending_bytes = 0
+        self._pending_big = False
         if not items:
             return
+        groups = [items]
+        if pieces:
+            groups, size = [[]], 0
+            for item in items:
+                n = sum(a.size for a in item)
+                if groups[-1] and size + n > held.NUMPY_HOLDS:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(item)
+                size += n
         try:
-            parts = []
-            for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
-                values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-                parts.append(row_features(layout, values) if layout.kind in RAW else values)
-            self.update(parts[0] if len(parts) == 1 else np.hstack(parts))
+            ms, vs = self.detector.ranks.sums(x := self._features(groups[0]))
+            rows = len(x)
+            for group in groups[1:]:
+                m, v = self.detector.ranks.sums(x := self._features(group))
+                ms, vs, rows = ms + m, vs + v, rows + len(x)
+            self._advance(ms, vs, rows)
         except Exception:  # noqa: BLE001 - watching must never fail the requests it watches
             self.skipped += len(items)
             if not self._warned:
                 self._warned = True
                 log.exception("drift monitor of %s: could not fold requests in; they are skipped", self.identity)
 
+    def _features(self, items: list[list[np.ndarray]]) -> np.ndarray:
+        """``[rows, features]`` of the requests ``items`` (in :attr:`labels` order)."""
+        parts = []
+        for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
+            values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            parts.append(row_features(layout, values) if layout.kind in RAW else values)
+        return parts[0] if len(parts) == 1 else np.hstack(parts)
+
     def update(self, x: np.ndarray) -> None:
         """Fold ``[rows, features]`` values (in :attr:`labels` order) in and move the episode along."""
-        self.detector.update(x)
-        n = len(x)
+        self._advance(*self.detector.ranks.sums(x), len(x))
+
+    def _advance(self, ms: np.ndarray, vs: np.ndarray, n: int) -> None:
+        """One step of the detectors (the rows' score sums per feature) and of the episode."""
+        self.detector.add(ms, vs, n)
         self.rows += n
         self._score = score = self.detector.score()
         top = float(score.max())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import edgeserve
-from edgeserve import GuardConfig, TriggerConfig
+from edgeserve import GuardConfig, TriggerConfig, held
 from edgeserve.guard.drift import Cusum, FeatureRanks, expected_scores
 from edgeserve.guard.monitor import _FOLDER
 from edgeserve.guard.reference import feature_reference
@@ -283,20 +283,31 @@ def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(di
     assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
 
 
-def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_package: Path, digits) -> None:
-    """A fold's numpy passes give up the interpreter lock, and an event loop that gives it up waits behind every
-    thread that wants it: predict_async hands full chunks to the monitors' thread, and every row is still folded."""
+def _fold_threads(monitor) -> list[tuple[threading.Thread, int]]:
+    """Spy on a monitor's scoring: (thread, values scored) per call."""
+    calls: list[tuple[threading.Thread, int]] = []
+    ranks = monitor.detector.ranks
+    sums = ranks.sums
+
+    def spy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((threading.current_thread(), x.size))
+        return sums(x)
+
+    ranks.sums = spy
+    return calls
+
+
+def test_an_event_loops_small_requests_are_folded_in_the_loop_in_pieces_that_keep_the_lock(
+        digits_package: Path, digits) -> None:
+    """numpy gives up the interpreter lock over ``held.NUMPY_HOLDS`` values, and a loop that gives it up waits
+    behind every thread that wants it; handing chunks to another thread costs the loop more (both take the lock
+    from each other). So predict_async folds one-row requests in the loop, scoring at most NUMPY_HOLDS values at a
+    time, and the detectors end exactly where one fold of the same rows leaves them."""
     _, stream, _ = digits
-    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
-        monitor = model.monitor
-        folded_on: list[threading.Thread] = []
-        fold = monitor._fold
-
-        def spy() -> None:
-            folded_on.append(threading.current_thread())
-            fold()
-
-        monitor._fold = spy
+    stream = np.clip(stream[:200] + 3.0, 0.0, 16.0).astype(stream.dtype)  # shifted, so the sums move off zero
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model, \
+            edgeserve.load(digits_package, guard=GuardConfig()) as plain:
+        calls = _fold_threads(model.monitor)
 
         async def go() -> threading.Thread:
             for i in range(200):
@@ -304,11 +315,41 @@ def test_an_event_loops_requests_are_folded_on_the_monitors_thread(digits_packag
             return threading.current_thread()
 
         loop_thread = asyncio.run(go())
+        assert calls and all(thread is loop_thread for thread, _ in calls)
+        assert max(size for _, size in calls) <= held.NUMPY_HOLDS
+        assert len(calls) > 200 // GuardConfig().chunk  # pieces, not one pass per chunk
+        folded = model.monitor.rows
+        assert folded >= 200 - GuardConfig().chunk
+        for i in range(folded):
+            plain.predict(stream[i:i + 1])
+        plain.monitor.flush()
+        assert plain.monitor.rows == folded
+        assert model.monitor.detector.sums.max() > 1.0
+        assert np.allclose(model.monitor.detector.sums, plain.monitor.detector.sums, rtol=1e-12, atol=1e-9)
+        model.monitor.flush()
+        assert model.monitor.rows == 200
+
+
+def test_an_event_loops_big_requests_are_folded_on_the_monitors_thread(digits_package: Path, digits) -> None:
+    """A request over ``held.NUMPY_HOLDS`` values cannot be scored without giving the lock up: its chunk is
+    folded on the monitors' thread, and every row is still folded."""
+    _, stream, _ = digits
+    with edgeserve.load(digits_package, guard=GuardConfig()) as model:
+        calls = _fold_threads(model.monitor)
+        rows = 8  # 8 x 64 input values: over NUMPY_HOLDS
+        assert rows * stream.shape[1] > held.NUMPY_HOLDS
+
+        async def go() -> threading.Thread:
+            for i in range(25):
+                await model.predict_async(stream[i * rows:(i + 1) * rows])
+            return threading.current_thread()
+
+        loop_thread = asyncio.run(go())
         _FOLDER.submit(lambda: None).result()  # one thread, in order: every fold asked for so far has run
-        assert folded_on and loop_thread not in folded_on
-        assert monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
-        monitor.flush()
-        assert monitor.rows == 200
+        assert calls and all(thread is not loop_thread for thread, _ in calls)
+        assert model.monitor.rows >= 200 - GuardConfig().chunk  # folded there, not left for a report to do
+        model.monitor.flush()
+        assert model.monitor.rows == 200
 
 
 def _row_bytes(model, row: np.ndarray) -> int:
