@@ -114,6 +114,9 @@ class FeatureRanks:
         self.mass = mass.astype(np.float32)
         m, v = expected_scores(lower, mass)
         self.m, self.v = m.astype(np.float32), v.astype(np.float32)
+        self._mv = np.stack([self.m, self.v], axis=1)
+        """``[features * BUCKETS, 2]``: both scores of a bucket side by side, so one gather and one sum serve both
+        (7.8 -> 3.4 us for 6 rows of 75 features, 17 -> 10 us for 64)."""
         # NOTE: float32, as the values mostly are: float64 factors would double every pass over the rows. The span's
         # relative floor keeps x / width under ~3e5 inside the widened range, where float32 resolves 1/30 of a bucket
         self.inverse = (1.0 / width).astype(np.float32)
@@ -133,9 +136,8 @@ class FeatureRanks:
     def sums(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per feature, the sums over the rows of ``[rows, features]`` ``x`` of the expected location and scale
         scores (float64)."""
-        index = self.index(x)
-        return (self.m.take(index).sum(axis=0, dtype=np.float64),
-                self.v.take(index).sum(axis=0, dtype=np.float64))
+        both = self._mv.take(self.index(x), axis=0).sum(axis=0, dtype=np.float64)  # [features, 2]
+        return both[:, 0], both[:, 1]
 
 
 def expected_scores(lower: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

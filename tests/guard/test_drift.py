@@ -283,6 +283,19 @@ def test_expected_scores_have_mean_zero_under_the_reference_for_every_feature(di
     assert np.abs((mass * ranks.v.reshape(mass.shape)).sum(axis=1)).max() < 1e-5
 
 
+def test_a_batch_scores_each_value_by_its_own_buckets_location_and_scale(digits) -> None:
+    """What the detectors fold per feature is, for each value, its bucket's expected location score summed, and its
+    scale score summed — each from its own table (they share one gather), on every feature."""
+    reference, stream, _ = digits
+    ranks = FeatureRanks(feature_reference(reference.astype(np.float64))["knots"], rows=len(reference))
+    x = (stream[:40] * np.linspace(0.5, 1.5, 64)).astype(np.float64)  # values across the buckets, some far out
+    index = ranks.index(x)
+    ms, vs = ranks.sums(x)
+    assert np.allclose(ms, ranks.m[index].sum(axis=0, dtype=np.float64), rtol=1e-12, atol=1e-9)
+    assert np.allclose(vs, ranks.v[index].sum(axis=0, dtype=np.float64), rtol=1e-12, atol=1e-9)
+    assert not np.allclose(ms, vs)  # the two scores differ here, so a mix-up of the tables shows
+
+
 def _fold_threads(monitor) -> list[tuple[threading.Thread, int]]:
     """Spy on a monitor's scoring: (thread, values scored) per call."""
     calls: list[tuple[threading.Thread, int]] = []
