@@ -27,8 +27,10 @@ SHOWN = 5
 GIL_HELD = 500
 """numpy gives up the interpreter lock for one operation over more values than this, and a thread that gives it up
 waits to get it back behind every thread that wants it: with three busy threads, a check of 512 values took 0.7-5 ms
-against 2.6 us for 500 (an event loop checking every request of a wide model spent 40% of its time there). Checks
-of up to ``PIECEWISE`` values compare in pieces of at most this many, keeping the lock."""
+against 2.6 us for 500 (an event loop checking every request of a wide model spent 40% of its time there). An event
+loop's checks (``hold``) of up to ``PIECEWISE`` values compare in pieces of at most this many, keeping the lock.
+NOTE: a plain thread's checks do not: at 32 threads of 8 or 32 rows of 64 values each, checks in pieces answered
+0.67-0.76x of what whole checks did (the lock given up there lets another caller run)."""
 PIECEWISE = 8192
 
 
@@ -74,15 +76,16 @@ class Envelope:
         """False when no input has anything to check."""
         return bool(self._checks)
 
-    def check(self, feed: Mapping[str, np.ndarray]) -> tuple[str, ...]:
-        """Raise :class:`EnvelopeError` for a check whose policy rejects; return the checks that warned."""
+    def check(self, feed: Mapping[str, np.ndarray], *, hold: bool = False) -> tuple[str, ...]:
+        """Raise :class:`EnvelopeError` for a check whose policy rejects; return the checks that warned. ``hold``:
+        the caller is an event loop, which must keep the interpreter lock (see ``GIL_HELD``)."""
         warned: tuple[str, ...] = ()
         for c in self._checks:
             x = feed.get(c.name)
             if x is None:
                 continue
             if c.vocabulary is not None:
-                if not within(x, _ZERO, np.array(c.vocabulary - 1)):
+                if not within(x, _ZERO, np.array(c.vocabulary - 1), hold):
                     warned += self._failed("vocabulary", c.name, x, partial(_outside_table, x, c.vocabulary),
                                            f"token ids outside the embedding table (0..{c.vocabulary - 1})")
                 continue
@@ -94,7 +97,7 @@ class Envelope:
                     assert lo is not None and hi is not None
                 else:
                     c.fits = x.shape  # the per-feature bounds broadcast against this shape: no need to look again
-            if within(x, lo, hi):
+            if within(x, lo, hi, hold):
                 continue
             finite = not c.floating or bool(np.isfinite(x).all())
             if not finite and self.config.non_finite != "off":
@@ -137,10 +140,10 @@ class Envelope:
 _ZERO = np.array(0)
 
 
-def within(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
-    """``lo <= x <= hi`` everywhere (bounds broadcast against ``x``; False where ``x`` is NaN), holding the
-    interpreter lock for up to ``PIECEWISE`` values (see ``GIL_HELD``)."""
-    if x.size <= GIL_HELD or x.size > PIECEWISE:
+def within(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, hold: bool = False) -> bool:
+    """``lo <= x <= hi`` everywhere (bounds broadcast against ``x``; False where ``x`` is NaN); ``hold``: keeping
+    the interpreter lock for up to ``PIECEWISE`` values (see ``GIL_HELD``)."""
+    if not hold or x.size <= GIL_HELD or x.size > PIECEWISE:
         return _inside(x, lo, hi)
     lo, hi = np.broadcast_to(lo, x.shape), np.broadcast_to(hi, x.shape)
     return all(_inside(x[p], lo[p], hi[p]) for p in pieces(x.shape, GIL_HELD))

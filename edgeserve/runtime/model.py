@@ -190,7 +190,7 @@ class Model:
 
                 flags = await asyncio.get_running_loop().run_in_executor(None, self.envelope.check, feed)
             else:
-                flags = self.envelope.check(feed)
+                flags = self.envelope.check(feed, hold=True)
         key, hit = self._cached(feed)
         if hit is not None:
             return self._watched(feed, hit, defer=True), flags
@@ -231,7 +231,7 @@ class Model:
         feed = self._fed(inputs, named)
         if not self._inline(_rows(feed, self.inputs), alone):
             return None  # NOTE: before the envelope: the caller's answer_async checks it, once
-        flags = self.envelope.check(feed) if self.envelope is not None else ()
+        flags = self.envelope.check(feed, hold=True) if self.envelope is not None else ()
         key, hit = self._cached(feed)
         if hit is not None:
             return self._watched(feed, hit, defer=True), flags
