@@ -94,9 +94,12 @@ def test_sensitive_nodes_are_kept_in_fp32(tmp_path: Path) -> None:
     # NOTE: whether the repair runs depends on a measured speedup (it repairs only candidates that beat fp32), so
     # the repair itself is driven here with the search's own functions, independent of this machine's speed
     # the search's own rule: it repairs a candidate that beats fp32 and every candidate already inside the budget
-    best_fit = max([c["speedup"] or 0 for c in cands if c["within_budget"] and "+fp32" not in c["name"]], default=0)
+    # NOTE: with the speedups the repair was decided on: the final round re-times the finalists afterwards
+    # (``speedup``), keeping the first measure in ``speedup_first``
+    best_fit = max([(c["speedup_first"] if c["speedup_first"] is not None else c["speedup"]) or 0
+                    for c in cands if c["within_budget"] and "+fp32" not in c["name"]], default=0)
     fast = [c for c in failed_first if (c["speedup"] or 0) >= max(MIN_SPEEDUP, best_fit)
-            and c["recipe"].get("mode") in ("static", "dynamic", "nncf")]
+            and c["recipe"].get("mode") in ("static", "dynamic", "nncf") and c["shortfall"] < float("inf")]
     if fast and auto["search_s"] < 30:  # (and the time budget was not spent before the repair)
         assert repaired and all(c["nodes_kept_fp32"] for c in repaired)
         dynamic = [c for c in repaired if c["name"].startswith("int8-dynamic+")]
