@@ -14,8 +14,8 @@ operation over ``held.NUMPY_HOLDS`` values, and a thread that gives it up waits 
 the loop must not be that thread. Requests of up to that many values each (a row of features and its scores) are
 folded in the loop, a few requests at a time, so that no operation gives the lock up. A chunk holding a bigger request is
 folded on the monitors' own thread. NOTE: not every chunk there: measured on the server's loop (digits MLP, one
-thread), handing chunks to that thread cost 30-55 us of the loop's time per request, against ~2 us for folding in
-pieces, because the two threads then take the lock from each other at every engine run and numpy call. And plain
+thread), handing chunks to that thread cost 30-55 us of the loop's time per request, against ~5-7 us for folding
+in pieces, because the two threads then take the lock from each other at every engine run and numpy call. And plain
 callers fold their own chunks, never that thread: under load it is starved of the lock (measured: handing every
 caller's chunks to it at 32 callers of 32 rows, the rows pending outgrew any bound).
 
