@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import edgeserve
 from edgeserve.cli import main
 from edgeserve.config import QuantizeConfig
-from edgeserve.converter.autotune import MIN_SPEEDUP, rank_sensitivity
+from edgeserve.converter.autotune import MIN_SPEEDUP, Candidate, rank_sensitivity, worth_repairing
 from edgeserve.converter.data import check_samples
 from edgeserve.converter.prepare import preprocess_for_quantization
 from edgeserve.converter.quantize import quantize
@@ -111,6 +111,32 @@ def test_sensitive_nodes_are_kept_in_fp32(tmp_path: Path) -> None:
     held = check_samples({"x": rows(32, seed=5)}, _specs(src), what="test")
     ranking = rank_sensitivity(prepared, quantised, held, threads=1)
     assert ranking[0][0].startswith("fc1")  # the outlier layer ranks as most sensitive: the node a repair keeps
+
+
+def test_the_repair_works_on_fast_near_misses_only() -> None:
+    """Decided on made-up measures, so it holds on any machine (the search above repairs only where int8 beats
+    fp32, which on a slow VM it may not): only int8 candidates outside the budget that beat fp32 and everything
+    inside it are repaired, near misses first, at most two."""
+
+    def cand(name: str, mode: str, speedup: float, inside: bool, shortfall: float = 0.0) -> Candidate:
+        return Candidate(name, QuantizeConfig(mode=mode), status="ok", speedup=speedup, within_budget=inside,
+                         shortfall=0.0 if inside else shortfall)
+
+    fit = cand("fp16", "fp16", 1.2, True)
+    plan = [fit,
+            cand("far", "dynamic", 1.9, False, 0.5),
+            cand("near", "static", 1.3, False, 0.001),
+            cand("nearer-but-slow", "static", 1.1, False, 0.0001),  # beats fp32, not what fits already
+            cand("fp16-miss", "fp16", 2.0, False, 0.001),  # not int8: nothing to keep in fp32
+            cand("broken", "dynamic", 2.0, False, float("inf")),
+            cand("middle", "nncf", 1.5, False, 0.01)]
+    assert [c.name for c in worth_repairing(plan)] == ["near", "middle"]
+    assert [c.name for c in worth_repairing(plan, most=5)] == ["near", "middle", "far"]
+    fit.speedup = 1.6  # the fit is faster than "near" and "middle" now
+    assert [c.name for c in worth_repairing(plan)] == ["far"]
+    assert worth_repairing([c for c in plan if c.within_budget]) == []
+    slow = [cand("int8", "dynamic", MIN_SPEEDUP - 0.01, False, 0.001)]  # no faster than fp32: not worth it
+    assert worth_repairing(slow) == []
 
 
 def test_rank_sensitivity_finds_the_outlier_layer(tmp_path: Path) -> None:

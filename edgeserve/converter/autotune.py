@@ -240,6 +240,17 @@ def search(
     return path, recipe
 
 
+def worth_repairing(plan: Sequence[Candidate], most: int = 2) -> list[Candidate]:
+    """The int8 candidates outside the budget that are faster than fp32 (by ``MIN_SPEEDUP``) and than every
+    candidate inside it, near misses first (then the faster), at most ``most``: what the repair works on."""
+    best_fit = max([c.speedup or 0.0 for c in plan if c.status == "ok" and c.within_budget], default=0.0)
+    return sorted(
+        (c for c in plan if c.status == "ok" and not c.within_budget and c.config.mode in REPAIRABLE
+         and (c.speedup or 0) >= max(MIN_SPEEDUP, best_fit) and c.shortfall < math.inf),
+        key=lambda c: (c.shortfall, -(c.speedup or 0)),
+    )[:most]
+
+
 @dataclass
 class Search:
     """One auto search: try every candidate, repair the near misses, race the best, choose."""
@@ -323,13 +334,7 @@ class Search:
         nodes in fp32, doubling their number until the budget holds. Nodes are ranked by activation error, then the
         first few by their measured effect on the budget's metrics. Near misses go first: 0.0003 short of the
         threshold is more likely to be repaired within the time left than a candidate far outside it."""
-        best_fit = max([c.speedup or 0.0 for c in self.plan if c.status == "ok" and c.within_budget], default=0.0)
-        failing = sorted(
-            (c for c in self.plan if c.status == "ok" and not c.within_budget and c.config.mode in REPAIRABLE
-             and (c.speedup or 0) >= max(MIN_SPEEDUP, best_fit) and c.shortfall < math.inf),
-            key=lambda c: (c.shortfall, -(c.speedup or 0)),
-        )[:most]
-        for cand in failing:
+        for cand in worth_repairing(self.plan, most):
             if time.monotonic() > self.deadline:
                 return
             assert cand.path is not None
