@@ -10,7 +10,9 @@ Built-ins (``name[,option=value…]`` on the command line, e.g. ``map-iou,thresh
 name                      better  compares
 ========================  ======  =====================================================================
 ``cosine``                higher  per-row cosine of each output (worst row); rows whose reference is near
-                                  zero (norm below ``floor`` × the largest row's) by absolute error instead
+                                  zero (norm below ``floor`` × the largest row's) by absolute error instead;
+                                  integer outputs by the fraction of equal values (lists of another length,
+                                  such as kept indices, by the overlap of their entries)
 ``rel-l2``                lower   ‖candidate − reference‖ / ‖reference‖ per output (worst output)
 ``max-abs``               lower   largest absolute difference of any value
 ``top1``                  higher  fraction of rows whose argmax class (or integer label) is the same
@@ -201,12 +203,28 @@ def _cosine(options: Mapping[str, str]) -> MetricFn:
             if ref.size:
                 worst = min(worst, float(np.min(robust_cosine_rows(ref, cand, floor))))
         for name, ref in _pick(reference, options).items():  # integer outputs (labels, ids): exact agreement
-            if not np.issubdtype(ref.dtype, np.floating) and ref.size:
-                cand = np.asarray(candidate[name])
-                worst = min(worst, float(np.mean(cand == ref)) if cand.shape == ref.shape else 0.0)
+            if not np.issubdtype(ref.dtype, np.floating) and ref.dtype != object:  # (an empty list counts too)
+                worst = min(worst, integer_agreement(ref, np.asarray(candidate[name])))
         return worst
 
     return cosine
+
+
+def integer_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """How far two integer outputs agree: the fraction of equal values for equal shapes; for a list of a
+    data-dependent length (the indices a ``NonZero`` or an NMS keeps: ``[count, ...]``, the counts differing), the
+    overlap of the two lists' entries as sets (intersection over union), so one index more or fewer is a small
+    difference, not total disagreement; 0 for shapes that differ otherwise."""
+    if candidate.shape == reference.shape:
+        return float(np.mean(candidate == reference)) if reference.size else 1.0
+    if candidate.ndim != reference.ndim or candidate.ndim == 0 or candidate.shape[1:] != reference.shape[1:] \
+            or not np.issubdtype(candidate.dtype, np.integer):
+        return 0.0
+    width = math.prod(reference.shape[1:])
+    ref_rows = {tuple(r) for r in reference.reshape(len(reference), width).tolist()}
+    cand_rows = {tuple(r) for r in candidate.reshape(len(candidate), width).tolist()}
+    union = ref_rows | cand_rows
+    return len(ref_rows & cand_rows) / len(union) if union else 1.0
 
 
 def _rel_l2(options: Mapping[str, str]) -> MetricFn:

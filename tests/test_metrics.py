@@ -289,3 +289,22 @@ def test_a_language_models_logits_are_judged_by_the_top_token_at_real_positions(
     one_real = ref.copy()
     one_real[0, 1] = -ref[0, 1]  # one real position of 16 changes its top token
     assert judge({"logits": ref}, {"logits": one_real}, inputs) == pytest.approx(15 / 16)
+
+
+def test_kept_indices_of_another_count_are_judged_by_their_overlap_not_as_total_disagreement() -> None:
+    """A detector's post-processing (NonZero, NMS) returns the indices it keeps, ``[count, 2]``: int8 keeping one
+    box fewer is a small difference, keeping other boxes a total one; labels of equal shape count equal values."""
+    cosine = metric("cosine").score
+    scores = np.array([0.9, 0.7], np.float32)
+    ref = {"keep": np.array([[0, 1], [0, 5], [1, 3]], np.int64), "best": scores}
+    one_fewer = {"keep": np.array([[0, 1], [1, 3]], np.int64), "best": scores}
+    others = {"keep": np.array([[2, 2], [3, 3], [4, 4]], np.int64), "best": scores}
+    assert cosine(ref, ref, {}) == 1.0
+    assert cosine(ref, one_fewer, {}) == pytest.approx(2 / 3)
+    assert cosine(ref, {"keep": np.zeros((0, 2), np.int64), "best": scores}, {}) == 0.0  # kept nothing
+    assert cosine(ref, others, {}) == 0.0
+    none = {"keep": np.zeros((0, 2), np.int64), "best": scores}
+    assert cosine(none, none, {}) == 1.0 and cosine(none, ref, {}) == 0.0  # fp32 kept nothing: so must int8
+    assert cosine(ref, {"keep": np.array([0, 1, 0, 5], np.int64), "best": scores}, {}) == 0.0  # another layout
+    labels = {"label": np.array([3, 1, 4, 1])}
+    assert cosine(labels, {"label": np.array([3, 1, 4, 2])}, {}) == 0.75
