@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -149,6 +150,32 @@ def test_rank_sensitivity_finds_the_outlier_layer(tmp_path: Path) -> None:
     ranking = rank_sensitivity(prepared, quantised, held, threads=1)
     assert ranking[0][0].startswith("fc2") and ranking[0][1] > ranking[1][1]
     assert not list(tmp_path.glob("*.probe.onnx"))
+
+
+def test_rank_sensitivity_leaves_out_nodes_that_add_no_error(tmp_path: Path) -> None:
+    """A Gather that reorders activations (or reads a shape, as exporters write before every Reshape) is in the
+    ops a quantiser may touch, but it adds no error: keeping it in fp32 cannot repair anything, and ranking it
+    would spend one of the repair's trials on it."""
+    from onnx import helper, numpy_helper
+
+    model = mlp_model(n_in=16, hidden=64, n_out=8)
+    graph = model.graph
+    fc2 = next(n for n in graph.node if n.name == "fc2")
+    fc2.input[0] = "h2r"
+    graph.initializer.append(numpy_helper.from_array(np.arange(64, dtype=np.int64)[::-1].copy(), "reverse"))
+    graph.node.insert(list(graph.node).index(fc2),
+                      helper.make_node("Gather", ["h2", "reverse"], ["h2r"], name="reorder", axis=1))
+    onnx.checker.check_model(model)
+    src = save(model, tmp_path / "m.onnx")
+    prepared, quantised = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
+    preprocess_for_quantization(src, prepared)
+    quantize(prepared, quantised, QuantizeConfig(mode="static"),
+             calibration=check_samples({"x": rows(16, seed=2)}, _specs(src), what="test"))
+    held = check_samples({"x": rows(32, seed=5)}, _specs(src), what="test")
+    ranking = rank_sensitivity(prepared, quantised, held, threads=1)
+    assert "reorder" in {n.name for n in onnx.load(str(prepared)).graph.node}  # it reached the ranking's graph
+    assert [name for name, _ in ranking] and all(name.startswith("fc") for name, _ in ranking)
+    assert all(score > 0 for _, score in ranking)
 
 
 def _specs(path: Path):

@@ -44,6 +44,9 @@ QUANTISABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attenti
 MIN_SPEEDUP = 1.03
 """A candidate must beat fp32 by at least this much: anything closer is within timing noise, not a win."""
 SENSITIVITY_ROWS = 32
+ADDS_ERROR = 1e-6
+"""A node whose quantisation raises the relative error of its output over its input's by no more than this adds
+none: float32 round-off of the same computation, not quantisation."""
 REPAIRABLE = ("static", "dynamic", "nncf")
 PROBE_NODES = 3
 """How many of the nodes with the largest activation error the repair tries alone, to rank them by the metric."""
@@ -411,7 +414,8 @@ class Search:
 def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads: int) -> list[tuple[str, float]]:
     """Nodes ranked by the error their quantisation adds: relative error of the node's output minus that of its
     input, from activations of the fp32 and the quantised graph on the same held-out rows (names match, as the
-    quantisers keep the float tensors' names). Streams: both graphs run batch by batch and only the sums of
+    quantisers keep the float tensors' names). Only nodes that add error are ranked: keeping in fp32 a node that
+    adds none (a Gather of a shape, an LSTM the recipe left in float) costs a trial and cannot repair. Streams: both graphs run batch by batch and only the sums of
     squares per tensor are kept, so memory is one batch of activations whatever the number of rows."""
     import onnx
 
@@ -455,7 +459,7 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
         return math.sqrt(diff2[t]) / (math.sqrt(ref2[t]) + 1e-12)
 
     scores = [(name, rel(out) - rel(inp)) for name, (out, inp) in probes.items() if out in diff2]
-    return sorted(scores, key=lambda s: -s[1])
+    return sorted((s for s in scores if s[1] > ADDS_ERROR), key=lambda s: -s[1])
 
 
 def _expose(path: Path, tensors: Sequence[str], onnx: Any, folder: Path, tag: str = "") -> Path:
