@@ -152,6 +152,32 @@ def test_rank_sensitivity_finds_the_outlier_layer(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.probe.onnx"))
 
 
+def test_rank_sensitivity_sees_convolutions_whose_activation_the_quantiser_folded(tmp_path: Path) -> None:
+    """Static int8 folds each Relu into the Conv before it (the Conv writes the Relu's output and its
+    QuantizeLinear clamps): the ranking must still score every Conv, by the values its consumers read, so a CNN's
+    repair can keep the convolution that breaks it in fp32 (before, only the final Gemm was ever ranked)."""
+    from onnx import numpy_helper
+
+    model = cnn_opset11()
+    w2 = next(t for t in model.graph.initializer if t.name == "w2")
+    values = numpy_helper.to_array(w2).copy()
+    values[0, 0, 0, 0] = 60.0  # an outlier: per-tensor int8 steps of conv2's weights become coarse
+    w2.CopyFrom(numpy_helper.from_array(values, "w2"))
+    src = save(model, tmp_path / "cnn.onnx")
+    prepared, quantised = tmp_path / "prepared.onnx", tmp_path / "q.onnx"
+    preprocess_for_quantization(src, prepared)
+    x = np.random.default_rng(0).standard_normal((48, 3, 16, 16)).astype(np.float32)
+    specs = _specs(src)
+    quantize(prepared, quantised, QuantizeConfig(mode="static"), calibration=check_samples({"x": x[:16]}, specs,
+                                                                                          what="test"))
+    writers = {n.name: n.output[0] for n in onnx.load(str(quantised)).graph.node}
+    assert writers["conv1"] == "r1"  # the fold this test is about happened
+    ranking = rank_sensitivity(prepared, quantised, check_samples({"x": x[16:]}, specs, what="test"), threads=1)
+    names = [name for name, _ in ranking]
+    assert {"conv1", "conv2"} <= set(names) and names[0] == "conv2", ranking
+    assert ranking[0][1] < 0.5  # the clamp is compared with the Relu, not with the Conv's raw output
+
+
 def test_rank_sensitivity_leaves_out_nodes_that_add_no_error(tmp_path: Path) -> None:
     """A Gather that reorders activations (or reads a shape, as exporters write before every Reshape) is in the
     ops a quantiser may touch, but it adds no error: keeping it in fp32 cannot repair anything, and ranking it

@@ -413,53 +413,79 @@ class Search:
 
 def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads: int) -> list[tuple[str, float]]:
     """Nodes ranked by the error their quantisation adds: relative error of the node's output minus that of its
-    input, from activations of the fp32 and the quantised graph on the same held-out rows (names match, as the
-    quantisers keep the float tensors' names). Only nodes that add error are ranked: keeping in fp32 a node that
-    adds none (a Gather of a shape, an LSTM the recipe left in float) costs a trial and cannot repair. Streams: both graphs run batch by batch and only the sums of
-    squares per tensor are kept, so memory is one batch of activations whatever the number of rows."""
+    input, from activations of the fp32 and the quantised graph on the same held-out rows. Tensors are compared
+    as the next node sees them (see ``_as_seen``). Only nodes that add error are ranked: keeping in fp32 a node
+    that adds none (a Gather of a shape, an LSTM the recipe left in float) costs a trial and cannot repair."""
     import onnx
-
-    from ..backends.onnxruntime import BACKEND
 
     model = onnx.load(str(fp32), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type in QUANTISABLE_OPS and n.name and n.output]
     if not nodes:
         return []
+    seen = _as_seen(onnx.load(str(quantised), load_external_data=False).graph)
     init = {t.name for t in model.graph.initializer}
     probes: dict[str, tuple[str, str | None]] = {}
     for n in nodes:
         act_in = next((i for i in n.input if i and i not in init), None)
-        probes[n.name] = (n.output[0], act_in)
-    wanted = sorted({t for pair in probes.values() for t in pair if t})
+        probes[n.name] = (seen.outputs.get(n.name, n.output[0]), act_in)
+    tensors = sorted({t for pair in probes.values() for t in pair if t})
+    rel = _relative_errors(fp32, quantised, {t: seen.values.get(t, t) for t in tensors}, held_out, threads, onnx)
+    scores = [(name, rel[out] - rel.get(inp or "", 0.0)) for name, (out, inp) in probes.items() if out in rel]
+    return sorted((s for s in scores if s[1] > ADDS_ERROR), key=lambda s: -s[1])
+
+
+@dataclass(frozen=True)
+class _Seen:
+    outputs: dict[str, str]
+    """Node name -> the float tensor it writes in the quantised graph. A static quantiser folds an activation into
+    the node before it (Conv + Relu: the Conv writes the Relu's output, which its QuantizeLinear clamps)."""
+    values: dict[str, str]
+    """Float tensor -> the tensor that carries it to its consumers in the quantised graph: the DequantizeLinear
+    after its QuantizeLinear where there is one (the value the next node really reads, clamp and rounding
+    included), else itself."""
+
+
+def _as_seen(graph: Any) -> _Seen:
+    dequantised = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
+    values = {n.input[0]: dequantised[n.output[0]] for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input and n.output and n.output[0] in dequantised}
+    outputs = {n.name: n.output[0] for n in graph.node
+               if n.name and n.output and n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
+    return _Seen(outputs, values)
+
+
+def _relative_errors(fp32: Path, quantised: Path, pairs: dict[str, str], held_out: Samples, threads: int,
+                     onnx: Any) -> dict[str, float]:
+    """||quantised[pairs[t]] - fp32[t]|| / ||fp32[t]|| for each tensor t both graphs produce with the same shape.
+    Streams: both graphs run batch by batch and only the sums of squares per tensor are kept, so memory is one
+    batch of activations whatever the number of rows."""
+    from ..backends.onnxruntime import BACKEND
+
     rows = held_out.take(0, min(SENSITIVITY_ROWS, held_out.rows))
     config = SessionConfig(intra_op_threads=threads, cache_dir=None)
     diff2: dict[str, float] = {}
     ref2: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgeserve-probe-") as tmp, ExitStack() as stack:
         sessions = []
-        for i, path in enumerate((fp32, quantised)):
-            session = BACKEND.open(_expose(path, wanted, onnx, Path(tmp), f"{i}"), config, label=path.name)
+        for i, (path, names) in enumerate(((fp32, list(pairs)), (quantised, list(pairs.values())))):
+            session = BACKEND.open(_expose(path, names, onnx, Path(tmp), f"{i}"), config, label=path.name)
             stack.callback(session.close)
             sessions.append(session)
-        names = sorted({o.name for o in sessions[0].outputs} & {o.name for o in sessions[1].outputs} & set(wanted))
+        ref_session, got_session = sessions
+        have_ref, have_got = {o.name for o in ref_session.outputs}, {o.name for o in got_session.outputs}
+        both = {t: q for t, q in pairs.items() if t in have_ref and q in have_got}
         for feed in rows.feeds(work_rows(rows.arrays, rows.rows, most=SENSITIVITY_ROWS)):
-            ref_values, got_values = (dict(zip(names, s.run(feed, names))) for s in sessions)
-            for name in names:
-                r, g = np.asarray(ref_values[name], np.float64), np.asarray(got_values[name], np.float64)
+            refs = ref_session.run(feed, list(both))
+            gots = got_session.run(feed, list(both.values()))
+            for name, ref, got in zip(both, refs, gots):
+                r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
                 if r.shape != g.shape:
                     continue
                 with np.errstate(invalid="ignore", over="ignore"):
                     d = float(np.sum(np.nan_to_num(g - r, posinf=1e30, neginf=1e30) ** 2))
                 diff2[name] = diff2.get(name, 0.0) + d
                 ref2[name] = ref2.get(name, 0.0) + float(np.sum(np.nan_to_num(r, posinf=0, neginf=0) ** 2))
-
-    def rel(t: str | None) -> float:
-        if not t or t not in diff2:
-            return 0.0
-        return math.sqrt(diff2[t]) / (math.sqrt(ref2[t]) + 1e-12)
-
-    scores = [(name, rel(out) - rel(inp)) for name, (out, inp) in probes.items() if out in diff2]
-    return sorted((s for s in scores if s[1] > ADDS_ERROR), key=lambda s: -s[1])
+    return {t: math.sqrt(diff2[t]) / (math.sqrt(ref2[t]) + 1e-12) for t in diff2}
 
 
 def _expose(path: Path, tensors: Sequence[str], onnx: Any, folder: Path, tag: str = "") -> Path:
