@@ -414,8 +414,9 @@ class Search:
 def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads: int) -> list[tuple[str, float]]:
     """Nodes ranked by the error their quantisation adds: relative error of the node's output minus that of its
     input, from activations of the fp32 and the quantised graph on the same held-out rows. Tensors are compared
-    as the next node sees them (see ``_as_seen``). Only nodes that add error are ranked: keeping in fp32 a node
-    that adds none (a Gather of a shape, an LSTM the recipe left in float) costs a trial and cannot repair."""
+    as the next node sees them (see ``_as_seen``). Only nodes the recipe changed and that add error are ranked:
+    keeping in fp32 a node that adds none (a Gather of a shape, an LSTM the recipe left in float) costs a trial of
+    the repair and cannot repair anything."""
     import onnx
 
     model = onnx.load(str(fp32), load_external_data=False)
@@ -426,6 +427,8 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     init = {t.name for t in model.graph.initializer}
     probes: dict[str, tuple[str, str | None]] = {}
     for n in nodes:
+        if _left_in_float(n, seen, init):
+            continue  # nothing to keep in fp32
         act_in = next((i for i in n.input if i and i not in init), None)
         probes[n.name] = (seen.outputs.get(n.name, n.output[0]), act_in)
     tensors = sorted({t for pair in probes.values() for t in pair if t})
@@ -443,6 +446,24 @@ class _Seen:
     """Float tensor -> the tensor that carries it to its consumers in the quantised graph: the DequantizeLinear
     after its QuantizeLinear where there is one (the value the next node really reads, clamp and rounding
     included), else itself."""
+    nodes: dict[str, tuple[str, tuple[str, ...]]]
+    """Node name -> (op type, inputs) in the quantised graph: a node found there as it was in fp32 was not
+    quantised."""
+
+
+def _left_in_float(node: Any, seen: _Seen, init: set[str]) -> bool:
+    """True when the recipe did not quantise ``node``: it is in the quantised graph with the same inputs (an
+    Attention or GRU the recipe does not cover, a Gather of a shape), or with the same weights and only its
+    activations read through the QuantizeLinear/DequantizeLinear pair the node before it writes (a node the
+    recipe excludes). A node without weights whose inputs are quantised counts as quantised: keeping it in fp32
+    may drop those pairs."""
+    got = seen.nodes.get(node.name)
+    if got is None or got[0] != node.op_type or len(got[1]) != len(node.input):
+        return False
+    if got[1] == tuple(node.input):
+        return True
+    return any(i in init for i in node.input) and all(
+        j == i or (i not in init and j == seen.values.get(i)) for i, j in zip(node.input, got[1]))
 
 
 def _as_seen(graph: Any) -> _Seen:
@@ -451,7 +472,7 @@ def _as_seen(graph: Any) -> _Seen:
               if n.op_type == "QuantizeLinear" and n.input and n.output and n.output[0] in dequantised}
     outputs = {n.name: n.output[0] for n in graph.node
                if n.name and n.output and n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
-    return _Seen(outputs, values)
+    return _Seen(outputs, values, {n.name: (n.op_type, tuple(n.input)) for n in graph.node if n.name})
 
 
 def _relative_errors(fp32: Path, quantised: Path, pairs: dict[str, str], held_out: Samples, threads: int,
