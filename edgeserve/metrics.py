@@ -588,13 +588,15 @@ def targets_from_record(records: Sequence[Mapping[str, Any]]) -> list[Target]:
 # --- the default when the user names none -------------------------------------------------------------------
 
 
-def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], str]:
+def infer_targets(inputs: Outputs, reference: Outputs,
+                  batch_axes: Mapping[str, int | None] | None = None) -> tuple[list[Target], str]:
     """The metric a task like this is judged by, from the model's inputs and fp32 outputs, and why.
 
     A mask input with a ``[batch, seq, classes]`` output named like scores (``logits``): top-1 agreement at every
     position that is not padding. A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
     shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs.
-    YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings. A sparse
+    YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings (time-major
+    where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). A sparse
     probability map: thresholded-map IoU. Class scores or probabilities: top-1 agreement and the largest
     probability change, since scores get thresholded. Otherwise: the robust per-row cosine.
     """
@@ -626,10 +628,12 @@ def infer_targets(inputs: Outputs, reference: Outputs) -> tuple[list[Target], st
                 "anchors scored above 0.25 by either model must keep their class and a box IoU >= 0.5")
     sequences = [k for k, v in outs.items() if _looks_like_step_scores(v)]
     if sequences and len(sequences) == len(outs):
-        return ([target(metric("ctc", output=k)) for k in sequences],
-                f"per-step class scores in {', '.join(sequences)} ([batch, steps, classes], probabilities or "
-                "log-probabilities): the greedy CTC decoded strings are compared (blank = class 0; name "
-                "--metric top1 for a per-token tagger)")
+        time_first = {k for k in sequences if (batch_axes or {}).get(k) == 1}
+        shapes = ", ".join(f"{k} ({'[steps, batch, classes]' if k in time_first else '[batch, steps, classes]'})"
+                           for k in sequences)
+        return ([target(metric("ctc", output=k, **({"layout": "tbc"} if k in time_first else {}))) for k in sequences],
+                f"per-step class scores in {shapes}, probabilities or log-probabilities: the greedy CTC decoded "
+                "strings are compared (blank = class 0; name --metric top1 for a per-token tagger)")
     maps = [k for k, v in outs.items() if _looks_like_map(v)]
     if maps and len(maps) == len(outs):
         return ([target(metric("map-iou", output=k)) for k in maps],

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 import edgeserve
 from edgeserve.cli import main
@@ -147,6 +148,26 @@ def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
     assert ctc.metric.score(ref, {"logits": noisy}, feed) == 1.0
     reversed_time = {"logits": ref["logits"][:, ::-1].copy()}
     assert not ctc.holds(ctc.metric.score(ref, reversed_time, feed))
+
+
+def test_a_time_major_ctc_output_is_judged_per_sequence(tmp_path: Path) -> None:
+    """CRNN exports often hand CTC its ``[steps, batch, classes]`` layout: the batch axis the signature declares
+    (axis 1) makes the inferred metric decode each sequence of the batch, not each time step across the batch."""
+    model = ctc_model()
+    model.graph.node.append(helper.make_node("Transpose", ["logits"], ["log_probs"], name="time_major", perm=[1, 0, 2]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, [20, "batch", 12]))
+    src = save(model, tmp_path / "ctc_tbc.onnx")
+    feed = {"features": ctc_data()}
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="dynamic", calibration=feed)
+    judged = pkg.manifest.fidelity["budget"]
+    assert "layout=tbc" in str(judged) and "[steps, batch, classes]" in judged["because"], judged
+    ref = _run(src, feed)
+    rows = ref["log_probs"].shape[1]
+    one_sequence_wrong = ref["log_probs"].copy()
+    one_sequence_wrong[:, 0] = one_sequence_wrong[::-1, 0]  # the first sequence read backwards
+    ctc = target("ctc,layout=tbc", min=0.98)
+    assert ctc.metric.score(ref, {"log_probs": one_sequence_wrong}, feed) == pytest.approx(1 - 1 / rows)
 
 
 def test_detection_agreement_counts_classes_and_boxes() -> None:

@@ -281,7 +281,7 @@ def choose_budget(c: Conversion) -> None:
         if c.labels is not None:
             c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
         else:
-            targets, why = infer_targets(c.held_out.arrays, c.ref_out)
+            targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
             c.budget = Budget(tuple(targets), because=f"inferred: {why}")
             c.enforce = c.qconfig.mode == "auto"
         log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
