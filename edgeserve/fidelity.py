@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import Target, target
+from .metrics import Target, is_ragged, target
 
 _EPS = 1e-12
 
@@ -66,9 +66,18 @@ def compare_output(candidate: np.ndarray, reference: np.ndarray) -> dict[str, fl
 
 
 def compare_outputs(candidate: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Per-output measures plus a summary of the worst values across outputs."""
-    per_output = {name: compare_output(candidate[name], reference[name]) for name in reference}
+    """Per-output measures plus a summary of the worst values across outputs (outputs kept per sample: the worst
+    over the samples)."""
+    per_output = {name: _compare_per_sample(candidate[name], reference[name])
+                  if is_ragged(reference[name]) or is_ragged(candidate[name])
+                  else compare_output(candidate[name], reference[name]) for name in reference}
     return {"outputs": per_output, "summary": summarise(per_output)}
+
+
+def _compare_per_sample(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    if not (is_ragged(candidate) and is_ragged(reference) and len(candidate) == len(reference)):
+        return {"shape_mismatch": 1.0, "cosine_mean": 0.0, "cosine_min": 0.0}
+    return summarise({str(i): compare_output(c, r) for i, (c, r) in enumerate(zip(candidate, reference))})
 
 
 def summarise(per_output: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -51,6 +51,21 @@ MetricFn = Callable[[Outputs, Outputs, Outputs], float]
 _TINY = 1e-12
 
 
+def ragged(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Outputs kept one array per sample (or per batch), because their shapes differ from one to the next: the
+    boxes a detector keeps, an NMS's indices. An object array of arrays; metrics compare it sample by sample."""
+    out = np.empty(len(parts), dtype=object)
+    for i, part in enumerate(parts):
+        out[i] = np.asarray(part)
+    return out
+
+
+def is_ragged(values: Any) -> bool:
+    """True for what :func:`ragged` makes (an object array of strings, a text output, is not)."""
+    return (isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1 and values.size > 0
+            and all(isinstance(v, np.ndarray) for v in values))
+
+
 @dataclass(frozen=True)
 class Metric:
     """A named comparison of candidate outputs with reference outputs."""
@@ -70,6 +85,8 @@ class Metric:
         return ",".join([self.name] + [f"{k}={v}" for k, v in self.options])
 
     def score(self, reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        if self.name not in LIST_METRICS and any(is_ragged(v) for v in (*reference.values(), *candidate.values())):
+            return self._per_sample(reference, candidate, inputs)
         try:
             value = self.fn(reference, candidate, inputs)
         except MetricError:
@@ -83,8 +100,25 @@ class Metric:
         except (TypeError, ValueError):
             raise MetricError(f"metric {self.spec} returned {value!r}; it must return one number") from None
         if math.isnan(value):  # NaN never passes: treat it as the worst score there is
-            return -math.inf if self.higher_is_better else math.inf
+            return self._worst
         return value
+
+    @property
+    def _worst(self) -> float:
+        return -math.inf if self.higher_is_better else math.inf
+
+    def _per_sample(self, reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        """Outputs kept per sample (see :func:`ragged`): the worst of the metric on each sample's outputs (each
+        sample's inputs too, where the inputs are stacked per sample), as row metrics take their worst row."""
+        feeds = {len(v) if is_ragged(v) else -1 for v in (*reference.values(), *candidate.values())}
+        if len(feeds) != 1 or -1 in feeds or set(reference) - set(candidate):
+            return self._worst  # one side per sample, the other joined: the candidate changed a shape
+        (n,) = feeds
+        split = all(np.asarray(v).shape[:1] == (n,) for v in inputs.values())
+        scores = [self.score({k: v[i] for k, v in reference.items()}, {k: v[i] for k, v in candidate.items()},
+                             {k: np.asarray(v)[i] for k, v in inputs.items()} if split else inputs)
+                  for i in range(n)]
+        return (min if self.higher_is_better else max)(scores) if scores else 1.0
 
 
 @dataclass(frozen=True)
@@ -465,6 +499,91 @@ def _detection(options: Mapping[str, str]) -> MetricFn:
     return detection
 
 
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every row of ``a`` [n, 4] with every row of ``b`` [m, 4], corners (x1, y1, x2, y2); NaN counts 0."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(hi - lo, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        iou = np.nan_to_num(inter / (area_a[:, None] + area_b[None, :] - inter), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.where(np.all(a[:, None] == b[None, :], axis=-1), 1.0, iou)  # equal boxes agree, even degenerate ones
+
+
+def _corners(boxes: np.ndarray, layout: str) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if layout == "cxcywh":
+        return np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], axis=1)
+    return b
+
+
+def _matched(ref: np.ndarray, cand: np.ndarray, iou_min: float, ref_labels: np.ndarray | None,
+             cand_labels: np.ndarray | None, ref_scores: np.ndarray | None) -> int:
+    """Reference boxes matched one-to-one by a candidate box with IoU >= ``iou_min`` (and the same label), the
+    reference's most confident first, as an evaluator's greedy matching does."""
+    if not len(ref) or not len(cand):
+        return 0
+    iou = _pairwise_iou(ref, cand)
+    if ref_labels is not None and cand_labels is not None:
+        iou = np.where(ref_labels[:, None] == cand_labels[None, :], iou, 0.0)
+    order = np.argsort(-ref_scores, kind="stable") if ref_scores is not None else range(len(ref))
+    free = np.ones(len(cand), dtype=bool)
+    matched = 0
+    for i in order:
+        row = np.where(free, iou[i], -1.0)
+        j = int(np.argmax(row))
+        if row[j] >= iou_min:
+            free[j] = False
+            matched += 1
+    return matched
+
+
+def _per_sample_list(values: Any) -> list[np.ndarray]:
+    return list(values) if is_ragged(values) else [np.asarray(values)]
+
+
+def _box_match(options: Mapping[str, str]) -> MetricFn:
+    iou_min, layout = float(options.get("iou", 0.5)), options.get("format", "xyxy")
+    labels, scores = options.get("labels"), options.get("scores")
+
+    def box_match(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        name = options.get("output") or next((k for k, v in reference.items() if _box_list(v)), None)
+        if name is None or name not in reference or not _box_list(reference[name]):
+            raise MetricError("box-match needs an output of boxes [count, 4] (x1, y1, x2, y2; format=cxcywh for "
+                              "centres), one list per sample: output=NAME")
+        for extra in (labels, scores):
+            if extra is not None and extra not in reference:
+                raise MetricError(f"box-match: the model has no output '{extra}'; it has {', '.join(reference)}")
+        ref_b, cand_b = _per_sample_list(reference[name]), _per_sample_list(candidate[name])
+        if len(ref_b) != len(cand_b):
+            return 0.0
+        per = {k: (_per_sample_list(reference[k]), _per_sample_list(candidate[k])) for k in (labels, scores) if k}
+        matched = total = 0
+        for i, (r, c) in enumerate(zip(ref_b, cand_b)):
+            r, c = _corners(r, layout), _corners(c, layout)
+            rl, cl = ((per[labels][0][i].reshape(-1), per[labels][1][i].reshape(-1)) if labels else (None, None))
+            if rl is not None and cl is not None and (len(rl) != len(r) or len(cl) != len(c)):
+                return 0.0  # labels no longer one per box: the candidate's outputs fell apart
+            rs = per[scores][0][i].reshape(-1) if scores else None
+            matched += _matched(r, c, iou_min, rl, cl, rs if rs is not None and len(rs) == len(r) else None)
+            total += len(r) + len(c)
+        return 1.0 if total == 0 else 2.0 * matched / total
+
+    return box_match
+
+
+def _box_list(values: Any) -> bool:
+    """Boxes kept per sample: float ``[count, 4]`` (or ``[1, count, 4]``) arrays, one per sample."""
+    parts = _per_sample_list(values)
+    return all(np.issubdtype(p.dtype, np.floating) and p.ndim in (2, 3) and p.shape[-1] == 4
+               and (p.ndim == 2 or p.shape[0] == 1) for p in parts)
+
+
+LIST_METRICS = frozenset({"box-match"})
+"""Metrics that compare outputs kept per sample (:func:`ragged`) themselves, pooled over the samples."""
+
 _BuiltIn = tuple[Callable[[Mapping[str, str]], MetricFn], bool, float, str, tuple[str, ...]]
 BUILTINS: dict[str, _BuiltIn] = {
     # name: (factory, higher is better, default threshold, what it compares, its options)
@@ -478,6 +597,8 @@ BUILTINS: dict[str, _BuiltIn] = {
     "map-iou": (_map_iou, True, 0.95, "IoU of thresholded maps", ("output", "threshold")),
     "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
     "detection": (_detection, True, 0.95, "detections with the same class and box", ("output", "conf", "iou")),
+    "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
+                  ("output", "labels", "scores", "iou", "format")),
 }
 
 
@@ -513,6 +634,8 @@ def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
                 float(opts[key])
             except ValueError:
                 raise ConfigError(f"metric {name}: {key}={opts[key]!r} is not a number") from None
+    if opts.get("format", "xyxy") not in ("xyxy", "cxcywh"):
+        raise ConfigError(f"metric {name}: format must be xyxy or cxcywh, got {opts['format']!r}")
     if opts.get("layout", "btc") not in ("btc", "tbc"):
         raise ConfigError(f"metric {name}: layout must be btc or tbc, got {opts['layout']!r}")
     return Metric(name, factory(opts), higher, default, compares, tuple(sorted(opts.items())))
@@ -601,6 +724,9 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     probability change, since scores get thresholded. Otherwise: the robust per-row cosine.
     """
     outs = {k: np.asarray(v) for k, v in reference.items()}
+    box_lists = _infer_box_match(outs)
+    if box_lists is not None:
+        return box_lists
     for name, value in outs.items():
         if value.ndim == 3 and np.issubdtype(value.dtype, np.floating):
             mask = find_mask(inputs, value.shape)
@@ -647,6 +773,28 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
                         "probability, since scores are often thresholded")
     return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+
+
+def _infer_box_match(outs: Mapping[str, np.ndarray]) -> tuple[list[Target], str] | None:
+    """A post-processed detector (torchvision's boxes, labels and scores; an NMS's kept boxes): box-match, with
+    the integer and float outputs that hold one value per kept box as its labels and scores."""
+    boxes = next((k for k, v in outs.items() if is_ragged(v) and _box_list(v)), None)
+    if boxes is None:
+        return None
+    counts = [len(p.reshape(-1, 4)) for p in outs[boxes]]
+
+    def per_box(values: np.ndarray, kind: str) -> bool:
+        return (is_ragged(values) and len(values) == len(counts)
+                and all(p.size == n and p.dtype.kind in kind for p, n in zip(values, counts)))
+
+    labels = next((k for k, v in outs.items() if k != boxes and per_box(v, "iu")), None)
+    scores = next((k for k, v in outs.items() if k != boxes and per_box(v, "f")), None)
+    options = {"output": boxes, **({"labels": labels} if labels else {}), **({"scores": scores} if scores else {})}
+    return ([target(metric("box-match", **options))],
+            f"boxes kept per sample in '{boxes}' (their number depends on the input)"
+            + (f" with labels '{labels}'" if labels else "") + (f" and scores '{scores}'" if scores else "")
+            + ": the boxes are matched one-to-one by IoU >= 0.5" + (" and the same label" if labels else "")
+            + ", F1 over all samples, so one box more or fewer is a small difference, not a failed shape")
 
 
 def _looks_like_detections(values: np.ndarray) -> bool:

@@ -383,6 +383,59 @@ def detection_outputs(rows: int = 8, classes: int = 3, anchors: int = 60, seed: 
     return np.concatenate([boxes, scores], 1).astype(np.float32)
 
 
+def kept_boxes_model(anchors: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """A post-processed detector exported at batch 1, as torchvision's are: ``candidates [1, anchors, 6]``
+    (x1, y1, x2, y2, objectness logit, class logit) → the boxes scored above 0.5 (``boxes [kept, 4]``, through a
+    learned 4x4 refinement, ``scores [kept]``, ``labels [kept]`` int64), their number depending on the values."""
+    rng = np.random.default_rng(seed)
+    refine = numpy_helper.from_array((np.eye(4) + rng.normal(0, 0.01, (4, 4))).astype(np.float32), "refine")
+    consts = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in
+              (("zero", 0), ("axis1", [1]), ("s0", [0]), ("s4", [4]), ("s5", [5]), ("s6", [6]))]
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    zero_f = numpy_helper.from_array(np.array(0.0, np.float32), "zero_f")
+    nodes = [
+        helper.make_node("Gather", ["candidates", "zero"], ["c"], axis=0, name="first"),  # [anchors, 6]
+        helper.make_node("Slice", ["c", "s0", "s4", "axis1"], ["xyxy"], name="coords"),
+        helper.make_node("MatMul", ["xyxy", "refine"], ["refined"], name="refine_boxes"),
+        helper.make_node("Slice", ["c", "s4", "s5", "axis1"], ["obj"], name="objectness"),
+        helper.make_node("Sigmoid", ["obj"], ["prob2"], name="sigmoid"),
+        helper.make_node("Squeeze", ["prob2", "axis1"], ["prob"], name="squeeze_prob"),
+        helper.make_node("Slice", ["c", "s5", "s6", "axis1"], ["cls2"], name="class_logit"),
+        helper.make_node("Squeeze", ["cls2", "axis1"], ["cls"], name="squeeze_cls"),
+        helper.make_node("Greater", ["cls", "zero_f"], ["cls_on"], name="class_of"),
+        helper.make_node("Cast", ["cls_on"], ["cls_id"], to=TensorProto.INT64, name="as_label"),
+        helper.make_node("Greater", ["prob", "half"], ["on"], name="threshold"),
+        helper.make_node("NonZero", ["on"], ["nz"], name="kept"),
+        helper.make_node("Squeeze", ["nz", "s0"], ["idx"], name="squeeze_idx"),
+        helper.make_node("Gather", ["refined", "idx"], ["boxes"], axis=0, name="gather_boxes"),
+        helper.make_node("Gather", ["prob", "idx"], ["scores"], axis=0, name="gather_scores"),
+        helper.make_node("Gather", ["cls_id", "idx"], ["labels"], axis=0, name="gather_labels"),
+    ]
+    graph = helper.make_graph(
+        nodes, "kept_boxes",
+        [helper.make_tensor_value_info("candidates", TensorProto.FLOAT, [1, anchors, 6])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["kept", 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["kept"]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, ["kept"])],
+        [refine, half, zero_f, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def kept_boxes_data(samples: int = 24, anchors: int = 48, seed: int = 1) -> np.ndarray:
+    """``[samples, anchors, 6]``: boxes 8-40 px wide on a 256 px image, objectness logits of a few anchors
+    high, the rest low (a handful kept per sample, a different number each). Rows are stacked on the model's
+    batch-1 axis."""
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(0, 216, (samples, anchors, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(8, 40, (samples, anchors, 2))], -1)
+    objectness = np.where(rng.random((samples, anchors, 1)) < 0.15, 4.0, -4.0) + rng.normal(0, 0.5, (samples, anchors, 1))
+    return np.concatenate([boxes, objectness, rng.normal(0, 1, (samples, anchors, 1))], -1).astype(np.float32)
+
+
 def ctc_data(rows: int = 64, classes: int = 12, steps: int = 20, seed: int = 1) -> np.ndarray:
     """Label sequences with blanks between characters, as one-hot evidence plus noise."""
     rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@ candidate; the inferred default fits each stand-in; thresholds, user functions a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,17 @@ from onnx import TensorProto, helper
 
 import edgeserve
 from edgeserve.cli import main
+from edgeserve.converter.data import check_samples, run_samples
 from edgeserve.fidelity import Budget, compare_outputs
-from edgeserve.metrics import infer_targets, metric, robust_cosine_rows, target
+from edgeserve.metrics import infer_targets, is_ragged, metric, ragged, robust_cosine_rows, target
 from tests.factories import (
     ctc_data,
     ctc_model,
     detection_outputs,
     encoder_data,
     encoder_model,
+    kept_boxes_data,
+    kept_boxes_model,
     prob_map_data,
     prob_map_model,
     save,
@@ -168,6 +172,70 @@ def test_a_time_major_ctc_output_is_judged_per_sequence(tmp_path: Path) -> None:
     one_sequence_wrong[:, 0] = one_sequence_wrong[::-1, 0]  # the first sequence read backwards
     ctc = target("ctc,layout=tbc", min=0.98)
     assert ctc.metric.score(ref, {"log_probs": one_sequence_wrong}, feed) == pytest.approx(1 - 1 / rows)
+
+
+def test_box_match_pairs_kept_boxes_one_to_one() -> None:
+    """A detector's kept boxes, a list per sample: F1 of boxes matched by IoU and label, pooled over samples."""
+    ref_boxes = [np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 30], [0, 50, 30, 60]], np.float32),
+                 np.zeros((0, 4), np.float32)]
+    ref_labels = [np.array([1, 2, 1, 3]), np.zeros(0, np.int64)]
+    ref = {"boxes": ragged(ref_boxes), "labels": ragged(ref_labels)}
+    m = metric("box-match", output="boxes", labels="labels")
+    assert m.score(ref, ref, {}) == 1.0
+    jitter = [b + 0.5 for b in ref_boxes]
+    assert m.score(ref, {"boxes": ragged(jitter), "labels": ragged(ref_labels)}, {}) == 1.0
+    one_fewer = {"boxes": ragged([ref_boxes[0][:3], ref_boxes[1]]), "labels": ragged([ref_labels[0][:3], ref_labels[1]])}
+    assert m.score(ref, one_fewer, {}) == pytest.approx(2 * 3 / 7)
+    relabelled = {"boxes": ref["boxes"], "labels": ragged([np.array([1, 2, 1, 0]), ref_labels[1]])}
+    assert m.score(ref, relabelled, {}) == pytest.approx(2 * 3 / 8)
+    moved = {"boxes": ragged([b[::-1] + np.float32(100) for b in ref_boxes]), "labels": ref["labels"]}
+    assert m.score(ref, moved, {}) == 0.0
+    nothing = {"boxes": ragged([np.zeros((0, 4), np.float32)] * 2), "labels": ragged([np.zeros(0, np.int64)] * 2)}
+    assert m.score(ref, nothing, {}) == 0.0 and m.score(nothing, nothing, {}) == 1.0
+    twins = {"b": ragged([np.array([[0, 0, 10, 10], [1, 0, 11, 10]], np.float32)])}  # two boxes over one object
+    assert metric("box-match").score(twins, {"b": ragged([np.array([[0, 0, 10, 10]], np.float32)])}, {}) \
+        == pytest.approx(2 * 1 / 3)  # one candidate box answers one of them, not both
+    centres = metric("box-match,format=cxcywh")  # (cx, cy, w, h): the same box read as corners would not match
+    as_centres = ragged([np.array([[20, 20, 10, 10]], np.float32)])  # as corners: x2 < x1, no area
+    shifted = ragged([np.array([[21, 20, 10, 10]], np.float32)])
+    assert centres.score({"b": as_centres}, {"b": shifted}, {}) == 1.0
+    assert metric("box-match").score({"b": as_centres}, {"b": shifted}, {}) == 0.0
+
+
+def test_outputs_kept_per_sample_are_compared_sample_by_sample() -> None:
+    """Any metric compares outputs kept per sample one sample at a time and keeps the worst: a change in the
+    last sample counts (the converter once kept only the first sample of such outputs)."""
+    rng = np.random.default_rng(0)
+    ref = {"v": ragged([rng.normal(size=(n, 3)).astype(np.float32) for n in (2, 5, 4)])}
+    cosine = metric("cosine")
+    assert cosine.score(ref, ref, {}) == 1.0
+    last_changed = ragged([*ref["v"][:2], -ref["v"][2]])
+    assert cosine.score(ref, {"v": last_changed}, {}) == pytest.approx(-1.0)
+    a_count_changed = ragged([*ref["v"][:2], ref["v"][2][:3]])
+    assert cosine.score(ref, {"v": a_count_changed}, {}) == -1.0  # a shape change is the worst score
+    assert cosine.score(ref, {"v": np.zeros((3, 3), np.float32)}, {}) == -math.inf  # per sample against joined
+    fewer_samples = {"v": ragged(list(ref["v"][:2]))}
+    assert metric("max-abs").score(ref, fewer_samples, {}) == math.inf
+
+
+def test_a_post_processed_detector_is_judged_by_its_kept_boxes(tmp_path: Path) -> None:
+    """A batch-1 export whose outputs' length depends on the values (torchvision-style boxes, scores and labels):
+    rows stacked on the batch-1 axis are samples, every sample's outputs are kept and compared, and the inferred
+    metric matches boxes rather than failing every candidate whose count moved by one."""
+    src = save(kept_boxes_model(), tmp_path / "det.onnx")
+    data = kept_boxes_data()
+    specs = check_samples({"candidates": data}, edgeserve.load(src).inputs, what="test")
+    assert specs.rows == len(data)  # [24, 48, 6] for a [1, 48, 6] input: 24 samples, not one of the wrong shape
+    with edgeserve.load(src) as model:
+        out = run_samples(model._session, specs, model.outputs)
+    assert all(is_ragged(v) and len(v) == len(data) for v in out.values())
+    assert len({len(b) for b in out["boxes"]}) > 1  # the counts differ: joining them was never possible
+    with edgeserve.load(src) as model:  # one sample joins fine, but is kept per sample as any number would be
+        assert is_ragged(run_samples(model._session, specs.take(0, 1), model.outputs)["boxes"])
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="dynamic", calibration={"candidates": data})
+    judged = pkg.manifest.fidelity["budget"]
+    assert judged["targets"][0]["metric"] == "box-match,labels=labels,output=boxes,scores=scores", judged
+    assert pkg.manifest.fidelity["metrics"]["box-match,labels=labels,output=boxes,scores=scores"] > 0.9
 
 
 def test_detection_agreement_counts_classes_and_boxes() -> None:

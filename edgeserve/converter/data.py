@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from ..metrics import ragged
 from ..tensors import TensorSpec, format_shape, stand_in
 
 
@@ -81,20 +82,33 @@ class Samples:
 
 
 def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample)."""
+    """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample).
+
+    Outputs whose size depends on the values (the boxes a detector keeps: a dimension without a batch axis that no
+    input names) or that differ in shape from one batch to the next are kept per sample (per batch), every output
+    alike, as :func:`edgeserve.metrics.ragged` arrays: the metrics compare them sample by sample."""
     names = [o.name for o in out_specs]
     axes = {o.name: (o.batch_axis if o.batch_axis is not None else 0) for o in out_specs}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in samples.feeds(batch_size):
         for n, value in zip(names, session.run(feed, names)):
-            parts[n].append(np.asarray(value) if samples.stacked else np.asarray(value)[np.newaxis])
+            parts[n].append(np.asarray(value))
+    if not samples.stacked and _sized_by_values(out_specs, samples.specs):
+        return {n: ragged(chunks) for n, chunks in parts.items()}
     joined = {}
     for n, chunks in parts.items():
         try:
-            joined[n] = np.concatenate(chunks, axis=axes[n] if samples.stacked else 0)
-        except ValueError:  # an output whose shape varies per batch cannot be joined: keep the first batch
-            joined[n] = chunks[0]
+            joined[n] = np.concatenate(chunks, axis=axes[n]) if samples.stacked else np.stack(chunks)
+        except ValueError:  # shapes vary from one batch to the next
+            return {n: ragged(chunks) for n, chunks in parts.items()}
     return joined
+
+
+def _sized_by_values(out_specs: Sequence[TensorSpec], in_specs: Sequence[TensorSpec]) -> bool:
+    """Some output of a model without a batch axis has a variable size that no input's dimensions name: the
+    number of boxes, indices or tokens it keeps depends on the values."""
+    named = {d for s in in_specs for d in s.shape if isinstance(d, str)}
+    return any(isinstance(d, str) and d not in named for s in out_specs for d in s.shape)
 
 
 def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str) -> Samples:
@@ -137,7 +151,10 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
             out[spec.name] = arr
             continue
         if not stacked and arr.ndim == rank:
-            arr = arr[np.newaxis]  # one sample for a model without a batch axis
+            if rank and spec.shape[0] == 1 and arr.shape[0] != 1:
+                arr = arr[:, np.newaxis]  # an export fixed at batch 1 given rows stacked on that axis: one each
+            else:
+                arr = arr[np.newaxis]  # one sample for a model without a batch axis
         want_rank = rank if stacked else rank + 1
         if arr.ndim != want_rank:
             layout = format_shape(spec.shape) if stacked else "[samples] + " + format_shape(spec.shape)
