@@ -499,6 +499,32 @@ def _detection(options: Mapping[str, str]) -> MetricFn:
     return detection
 
 
+def _seg_miou(options: Mapping[str, str]) -> MetricFn:
+    axis = int(options.get("axis", 1))
+
+    @_guarded(0.0)
+    def seg_miou(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst, seen = 1.0, False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.ndim < 3 or not -ref.ndim <= axis < ref.ndim or ref.shape[axis] < 2:
+                continue
+            seen = True
+            classes = ref.shape[axis]
+            r = ref.argmax(axis).reshape(-1)
+            broken = (~np.isfinite(cand) & np.isfinite(ref)).any(axis).reshape(-1)
+            c = np.where(broken, -1, cand.argmax(axis).reshape(-1))  # a NaN pixel has no class: it disagrees
+            both = np.bincount(r[r == c], minlength=classes)
+            either = np.bincount(r, minlength=classes) + np.bincount(c[c >= 0], minlength=classes) - both
+            present = either > 0
+            worst = min(worst, float(np.mean(both[present] / either[present])) if present.any() else 1.0)
+        if not seen:
+            raise MetricError("seg-miou needs per-pixel class scores, [batch, classes, H, W] (axis=-1 for "
+                              "[batch, H, W, classes]): name the output with output=")
+        return worst
+
+    return seg_miou
+
+
 def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every row of ``a`` [n, 4] with every row of ``b`` [m, 4], corners (x1, y1, x2, y2); NaN counts 0."""
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -597,6 +623,7 @@ BUILTINS: dict[str, _BuiltIn] = {
     "map-iou": (_map_iou, True, 0.95, "IoU of thresholded maps", ("output", "threshold")),
     "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
     "detection": (_detection, True, 0.95, "detections with the same class and box", ("output", "conf", "iou")),
+    "seg-miou": (_seg_miou, True, 0.95, "mean IoU over classes of the per-pixel argmax maps", ("output", "axis")),
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
 }
@@ -628,6 +655,8 @@ def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
     unknown = set(opts) - set(allowed)
     if unknown:
         raise ConfigError(f"metric {name} has no option {', '.join(sorted(unknown))}; it takes {', '.join(allowed)}")
+    if "axis" in opts and not re.fullmatch(r"-?\d+", opts["axis"]):
+        raise ConfigError(f"metric {name}: axis={opts['axis']!r} is not a whole number")
     for key in ("floor", "threshold", "conf", "iou", "blank"):
         if key in opts:
             try:
@@ -719,9 +748,10 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     position that is not padding. A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
     shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs.
     YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings (time-major
-    where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). A sparse
-    probability map: thresholded-map IoU. Class scores or probabilities: top-1 agreement and the largest
-    probability change, since scores get thresholded. Otherwise: the robust per-row cosine.
+    where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). A sparse probability map:
+    thresholded-map IoU. Per-pixel class scores: mean IoU of the class maps. Class scores or probabilities: top-1
+    agreement and the largest probability change, since scores get thresholded. Otherwise: the robust per-row
+    cosine.
     """
     outs = {k: np.asarray(v) for k, v in reference.items()}
     box_lists = _infer_box_match(outs)
@@ -765,6 +795,11 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return ([target(metric("map-iou", output=k)) for k in maps],
                 f"a probability map in {', '.join(maps)} (values in [0, 1], mostly near 0, [batch, (1,) H, W]): "
                 "the maps thresholded at 0.5 are compared by IoU, as a detector's post-processing reads them")
+    pixels = [k for k, v in outs.items() if _looks_like_pixel_scores(k, v)]
+    if pixels and len(pixels) == len(outs):
+        return ([target(metric("seg-miou", output=k)) for k in pixels],
+                f"per-pixel class scores in {', '.join(pixels)} ([batch, classes, H, W], named like scores): the "
+                "argmax class maps are compared by mean IoU over classes, as segmentation is scored")
     scores = [k for k, v in outs.items() if _looks_like_scores(k, v)]
     if scores:
         chosen = []
@@ -829,6 +864,16 @@ def _looks_like_map(values: np.ndarray) -> bool:
     finite = values[np.isfinite(values)]
     return bool(finite.size and finite.min() >= 0.0 and finite.max() <= 1.0 and np.median(finite) < 0.05)
 
+
+def _looks_like_pixel_scores(name: str, values: np.ndarray) -> bool:
+    """``[batch, classes, H, W]`` floats named like scores (a segmentation head's logits; an image output, a
+    super-resolution's, is not named so)."""
+    return bool(values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and 2 <= values.shape[1] <= 1024
+                and min(values.shape[2:]) >= 4 and (SCORE_NAME.search(name) or SEG_NAME.search(name)))
+
+
+SEG_NAME = re.compile(r"seg|semantic|mask", re.IGNORECASE)
+"""Output names that say the values are per-pixel classes."""
 
 SCORE_NAME = re.compile(r"prob|logit|score|class|softmax", re.IGNORECASE)
 """Output names that say the values are class scores."""

@@ -238,6 +238,33 @@ def test_a_post_processed_detector_is_judged_by_its_kept_boxes(tmp_path: Path) -
     assert pkg.manifest.fidelity["metrics"]["box-match,labels=labels,output=boxes,scores=scores"] > 0.9
 
 
+def test_segmentation_is_judged_by_the_mean_iou_of_its_class_maps() -> None:
+    """Per-pixel logits: what matters is each pixel's class, and a small class lost entirely matters as much
+    as a large one (mean IoU over classes), however close the raw logits stay."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (2, 4, 16, 16)).astype(np.float32)
+    logits[:, 0] += 3.0  # background almost everywhere
+    logits[:, 3, 2:4, 2:4] += 8.0  # a small object of class 3
+    ref = {"logits": logits}
+    targets, why = infer_targets({"pixel_values": np.zeros((2, 3, 64, 64), np.float32)}, ref)
+    assert [t.metric.spec for t in targets] == ["seg-miou,output=logits"] and "mean IoU" in why
+    seg = targets[0]
+    assert seg.metric.score(ref, ref, {}) == 1.0
+    keeps_classes = logits + np.where(logits == logits.max(1, keepdims=True), 0.0, -2.0).astype(np.float32)
+    assert _raw_cosine(ref, {"logits": keeps_classes}) < 0.95 and seg.metric.score(ref, {"logits": keeps_classes}, {}) == 1.0
+    lost = logits.copy()
+    lost[:, 3] -= 20.0  # the small object is gone: 8 of 512 pixels, a whole class
+    pixels_agree = float(np.mean(lost.argmax(1) == logits.argmax(1)))
+    assert pixels_agree > 0.97 and not seg.holds(seg.metric.score(ref, {"logits": lost}, {}))
+    broken = np.full_like(logits, np.nan)  # argmax would read each pixel as class 0, the background
+    assert seg.metric.score(ref, {"logits": broken}, {}) == 0.0
+    last = {"logits": logits.transpose(0, 2, 3, 1)}  # channels last, named with axis=-1
+    assert metric("seg-miou,axis=-1").score(last, {"logits": lost.transpose(0, 2, 3, 1)}, {}) \
+        == pytest.approx(seg.metric.score(ref, {"logits": lost}, {}))
+    image_out = {"upscaled": rng.random((2, 3, 32, 32)).astype(np.float32)}  # a super-resolution's image: no classes
+    assert [t.metric.name for t in infer_targets({}, image_out)[0]] == ["cosine"]
+
+
 def test_detection_agreement_counts_classes_and_boxes() -> None:
     ref = {"output0": detection_outputs()}
     targets, why = infer_targets({"images": np.zeros((8, 3, 32, 32), np.float32)}, ref)
