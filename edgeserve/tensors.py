@@ -39,6 +39,12 @@ class TensorSpec:
     def np_dtype(self) -> np.dtype[Any]:
         return np.dtype(object) if self.dtype == "str" else np.dtype(self.dtype)
 
+    @property
+    def rows_on_axis0(self) -> bool:
+        """Requests hold rows along axis 0: a batch axis there, or an export fixed at batch 1 (``[1, 3, H, W]``,
+        one row per request), which the guard's statistics and checks read the same way."""
+        return self.batch_axis == 0 or (self.batch_axis is None and self.shape[:1] == (1,))
+
     def describe(self) -> str:
         """``float32 [batch, 64]``: the form error messages and ``inspect`` use."""
         return f"{self.dtype} {format_shape(self.shape)}"

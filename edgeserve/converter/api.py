@@ -28,7 +28,7 @@ from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, Fi
 from ..fidelity import Budget, accuracy, compare_outputs, make_budget
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
-from ..metrics import MetricError, Target, infer_targets
+from ..metrics import MetricError, Target, infer_targets, is_ragged
 from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
@@ -494,13 +494,21 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
 def _reference_statistics(c: Conversion) -> dict[str, Any]:
     """The envelope: statistics of the baseline rows, and of the converted model's answers on them."""
     base = c.baseline
-    if base is None or not base.stacked:
+    if base is None:
+        return {}
+    batch_one = not base.stacked and all(s.rows_on_axis0 for s in c.in_specs)
+    if not (base.stacked or batch_one):
         return {}
     source = "reference" if c.options.reference is not None else (
         "calibration" if c.options.calibration is not None else "evaluation")
     outputs = _run_all(c.candidate, base, c.out_specs) if c.candidate is not None else None
+    arrays = base.arrays
+    if batch_one:  # one sample per request, [1, ...] each: the samples are the rows, as requests will hold them
+        arrays = {k: v[:, 0] for k, v in arrays.items()}
+        outputs = {s.name: outputs[s.name][:, 0] for s in c.out_specs
+                   if outputs is not None and s.rows_on_axis0 and not is_ragged(outputs[s.name])}
     sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
-    return envelope(base.arrays, source=source, outputs=outputs,
+    return envelope(arrays, source=source, outputs=outputs,
                     vocabularies=embedding_inputs(c.staging / MODEL_FILE), sequences=sequences)
 
 

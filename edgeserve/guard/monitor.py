@@ -106,7 +106,7 @@ class DriftMonitor:
                                    ("output", outputs, reference.get("outputs", {}))):
             for spec in specs:
                 ref = stats.get(spec.name) or {}
-                if "drift" not in ref or "layout" not in ref or spec.batch_axis != 0:
+                if "drift" not in ref or "layout" not in ref or not spec.rows_on_axis0:
                     continue
                 layout = Layout.from_dict(ref["layout"])
                 tensors.append((side, spec.name, layout, len(ref["drift"]["knots"])))

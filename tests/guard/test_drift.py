@@ -262,6 +262,36 @@ def test_shorter_sequences_are_drift(tmp_path: Path) -> None:
     assert report["alarms"] >= 1 and "input:input_ids: length" in report["top"]
 
 
+def test_an_export_fixed_at_batch_1_is_guarded_like_a_batched_one(tmp_path: Path) -> None:
+    """Detectors and model-zoo classifiers are often exported at batch 1 ([1, ...]): the reference rows are the
+    samples, and each request's one row is checked and watched (before, such a package had no reference
+    statistics at all, so the guard silently did nothing)."""
+    from tests.factories import kept_boxes_data, kept_boxes_model, save
+
+    pkg = edgeserve.convert(save(kept_boxes_model(), tmp_path / "det.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"candidates": kept_boxes_data(samples=300)})
+    reference = pkg.manifest.envelope["inputs"]["candidates"]
+    assert pkg.manifest.envelope["rows"] == 300 and "drift" in reference
+    stream = kept_boxes_data(samples=400, seed=7)
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        assert model.monitor is not None and model.envelope is not None
+        for row in stream[:150]:
+            model.predict(row[np.newaxis])
+        assert model.monitor.report()["alarms"] == 0 and model.monitor.report()["requests"] == 150
+        shifted = stream[150:].copy()
+        shifted[..., :4] += 60.0  # every box 60 px further right and down
+        for row in shifted:
+            model.predict(row[np.newaxis])
+            if model.monitor.drifting:
+                break
+        report = model.monitor.report()
+        assert report["alarms"] >= 1, report
+        x = stream[:1].copy()
+        x[0, 3, 0] = np.inf
+        with pytest.raises(edgeserve.EnvelopeError, match=r"\[0, 3, 0\]"):
+            model.predict(x)
+
+
 def test_expected_scores_are_the_randomised_scores_averaged_over_their_draw() -> None:
     m, v = expected_scores(np.array([0.25, 1.0, 0.0]), np.array([0.5, 0.0, 0.1]))
     assert m[0] == pytest.approx(0.0) and v[0] == pytest.approx((0.25 - 1.0) / math.sqrt(0.8))  # u ~ U[.25, .75]
