@@ -96,9 +96,10 @@ def test_request_sized_work_keeps_the_interpreter_lock(rival: Callable[[Callable
         held.update(h, a)
         return h.hexdigest()
 
-    # the control: numpy and hashlib give the lock up for these (else this test could not fail)
-    assert max(rival(lambda: np.array(a)) for _ in range(5)) > 0
-    assert max(rival(lambda: np.concatenate(parts)) for _ in range(5)) > 0
-    assert max(rival(lambda: hashlib.blake2b(a.tobytes()).hexdigest()) for _ in range(5)) > 0
+    # the control: numpy and hashlib give the lock up for these (else this test could not fail); the rival needs a
+    # free core at that moment to show it, which a loaded machine may not have for a few tries in a row
+    assert any(rival(lambda: np.array(a)) > 0 for _ in range(50))
+    assert any(rival(lambda: np.concatenate(parts)) > 0 for _ in range(50))
+    assert any(rival(lambda: hashlib.blake2b(a.tobytes()).hexdigest()) > 0 for _ in range(50))
     for op in (lambda: held.copy(a), lambda: held.concat(parts), lambda: held.concat(rows), digest):
         assert sum(rival(op) == 0 for _ in range(5)) >= 4  # (one try spared for a machine that stalls this thread)

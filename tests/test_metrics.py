@@ -24,8 +24,10 @@ from tests.factories import (
     encoder_model,
     kept_boxes_data,
     kept_boxes_model,
+    mlp_model,
     prob_map_data,
     prob_map_model,
+    rows,
     save,
     vad_like_data,
     vad_like_model,
@@ -216,6 +218,17 @@ def test_outputs_kept_per_sample_are_compared_sample_by_sample() -> None:
     assert cosine.score(ref, {"v": np.zeros((3, 3), np.float32)}, {}) == -math.inf  # per sample against joined
     fewer_samples = {"v": ragged(list(ref["v"][:2]))}
     assert metric("max-abs").score(ref, fewer_samples, {}) == math.inf
+
+
+def test_a_classifier_exported_at_batch_1_is_judged_as_a_classifier(tmp_path: Path) -> None:
+    """Model-zoo classifiers are often fixed at batch 1 (``[1, 16]`` → ``[1, 4]``): rows stacked on that axis are
+    samples, and their answers join on it into ``[samples, 4]`` class scores, judged by top-1 and probability
+    change rather than as an unknown ``[samples, 1, 4]`` tensor."""
+    src = save(mlp_model(n_in=16, n_out=4, batch=1), tmp_path / "m.onnx")
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="dynamic", calibration={"x": rows(64)})
+    judged = [t["metric"] for t in pkg.manifest.fidelity["budget"]["targets"]]
+    assert judged == ["top1,output=logits", "prob-change,output=logits"], judged
+    assert pkg.manifest.envelope["rows"] == 64  # and the guard's reference has a row per sample
 
 
 def test_a_post_processed_detector_is_judged_by_its_kept_boxes(tmp_path: Path) -> None:

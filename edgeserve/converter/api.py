@@ -505,7 +505,7 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
     arrays = base.arrays
     if batch_one:  # one sample per request, [1, ...] each: the samples are the rows, as requests will hold them
         arrays = {k: v[:, 0] for k, v in arrays.items()}
-        outputs = {s.name: outputs[s.name][:, 0] for s in c.out_specs
+        outputs = {s.name: outputs[s.name] for s in c.out_specs  # joined on their batch-1 axis already
                    if outputs is not None and s.rows_on_axis0 and not is_ragged(outputs[s.name])}
     sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
     return envelope(arrays, source=source, outputs=outputs,

@@ -82,7 +82,8 @@ class Samples:
 
 
 def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample).
+    """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample;
+    joined along axis 0 for an export fixed at batch 1).
 
     Outputs whose size depends on the values (the boxes a detector keeps: a dimension without a batch axis that no
     input names) or that differ in shape from one batch to the next are kept per sample (per batch), every output
@@ -95,10 +96,13 @@ def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batc
             parts[n].append(np.asarray(value))
     if not samples.stacked and _sized_by_values(out_specs, samples.specs):
         return {n: ragged(chunks) for n, chunks in parts.items()}
+    # an export fixed at batch 1 answers [1, ...] per sample: the samples join along that axis, as rows would
+    batch_one = {o.name for o in out_specs if o.rows_on_axis0} if all(s.rows_on_axis0 for s in samples.specs) else set()
     joined = {}
     for n, chunks in parts.items():
         try:
-            joined[n] = np.concatenate(chunks, axis=axes[n]) if samples.stacked else np.stack(chunks)
+            joined[n] = (np.concatenate(chunks, axis=axes[n]) if samples.stacked or n in batch_one
+                         else np.stack(chunks))
         except ValueError:  # shapes vary from one batch to the next
             return {n: ragged(chunks) for n, chunks in parts.items()}
     return joined
