@@ -96,10 +96,12 @@ def test_request_sized_work_keeps_the_interpreter_lock(rival: Callable[[Callable
         held.update(h, a)
         return h.hexdigest()
 
-    # the control: numpy and hashlib give the lock up for these (else this test could not fail); the rival needs a
-    # free core at that moment to show it, which a loaded machine may not have for a few tries in a row
-    assert any(rival(lambda: np.array(a)) > 0 for _ in range(50))
-    assert any(rival(lambda: np.concatenate(parts)) > 0 for _ in range(50))
-    assert any(rival(lambda: hashlib.blake2b(a.tobytes()).hexdigest()) > 0 for _ in range(50))
+    # the control: numpy and hashlib give the lock up for these (else this test could not fail). The rival needs a
+    # free core within the ~30 us of a copy to show it: on a machine whose cores are all busy with other processes
+    # it gets none, and then nothing here can be measured either way
+    controls = (lambda: np.array(a), lambda: np.concatenate(parts), lambda: hashlib.blake2b(a.tobytes()).hexdigest())
+    if not all(any(rival(op) > 0 for _ in range(50)) for op in controls):
+        pytest.skip("every core is busy with other processes: the rival thread never runs within a copy, so "
+                    "whether an operation keeps the interpreter lock cannot be observed here")
     for op in (lambda: held.copy(a), lambda: held.concat(parts), lambda: held.concat(rows), digest):
         assert sum(rival(op) == 0 for _ in range(5)) >= 4  # (one try spared for a machine that stalls this thread)
