@@ -119,7 +119,12 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
             yield (f"  output {name} [{kind}]: mean {_fmt(st.get('mean'))}, p5 {_fmt(q.get('p5'))}, "
                    f"p50 {_fmt(q.get('p50'))}, p95 {_fmt(q.get('p95'))}")
     elif m.envelope == {}:
-        yield "reference statistics: none (convert with calibration or --reference data for envelope and drift checks)"
+        if m.inputs and not any(s.rows_on_axis0 or s.batch_axis is not None for s in m.inputs):
+            yield ("reference statistics: none (the inputs have no batch axis, so requests hold no rows to compare "
+                   "with a reference; export the model with a batch axis for envelope and drift checks)")
+        else:
+            yield ("reference statistics: none (convert with calibration or --reference data for envelope and drift "
+                   "checks)")
     env = m.environment
     cpu = env.get("cpu", {})
     yield (f"environment: python {env.get('python')}, onnx {env.get('onnx')}, onnxruntime {env.get('onnxruntime')}, "

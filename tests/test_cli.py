@@ -106,3 +106,25 @@ def test_import_prints_nothing_and_stays_light() -> None:
 def test_module_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "edgeserve", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "edgeserve" in proc.stdout
+
+
+def test_inspect_says_why_a_model_without_a_batch_axis_has_no_reference(tmp_path: Path) -> None:
+    """A model whose input is one sample ([16], no batch axis) cannot be guarded, whatever data it was converted
+    with: inspect says that, not "convert with calibration data", which it was."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "one",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "one.onnx"
+    onnx.save(model, str(src))
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rows(200))
+    out = tmp_path / "pkg"
+    assert invoke("convert", src, "-o", out, "--calibration", cal).exit_code == 0
+    result = invoke("inspect", out)
+    assert "reference statistics: none (the inputs have no batch axis" in result.stdout, result.stdout
