@@ -14,11 +14,11 @@ from edgeserve import InputError
 from tests.factories import cnn_opset11, save
 
 
-def _linear(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
+def _linear(path: Path, w: np.ndarray, b: np.ndarray, batch: str | int = "batch") -> Path:
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "linear",
-        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", w.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", w.shape[1]])],
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, w.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [batch, w.shape[1]])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
@@ -49,6 +49,24 @@ def test_attributions_are_exact_for_a_linear_model(linear) -> None:
     f_x, f_ref = x @ w + b, ref @ w + b
     np.testing.assert_allclose(att.sum(axis=1), f_x - f_ref, atol=1e-6, rtol=0)
     assert e.reference == "reference mean per feature" and e.rows_run == 65
+
+
+def test_an_export_fixed_at_batch_1_is_explained_one_row_at_a_time(tmp_path: Path) -> None:
+    """A model exported at batch 1 cannot take the M + 1 occluded rows in one call: each runs alone, and the
+    attributions are as exact as a batched model's."""
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((12, 3)), rng.standard_normal(3)
+    reference = rng.normal(2.0, 3.0, (400, 12))
+    pkg = edgeserve.convert(_linear(tmp_path / "lin1.onnx", w, b, batch=1), tmp_path / "pkg", quantize="none",
+                            calibration={"x": reference})
+    x = rng.normal(0, 4, (1, 12))
+    calls = []
+    with edgeserve.load(pkg.path) as model:
+        run = model._run_feed
+        model._run_feed = lambda feed: calls.append(len(feed["x"])) or run(feed)  # type: ignore[method-assign]
+        e = model.explain(x)
+    assert calls == [1] * 13
+    np.testing.assert_allclose(e.attributions["y"], w[None] * (x - reference.mean(axis=0))[:, :, None], atol=1e-6)
 
 
 def test_a_wrong_reference_is_visible(linear) -> None:
