@@ -34,7 +34,7 @@ def test_torch_module_with_dynamic_batch(tmp_path: Path) -> None:
     m = pkg.manifest
     assert m.source["framework"] == "torch" and m.source["class"].endswith("_TwoHeads")
     assert [o.name for o in m.outputs] == ["scores", "value"]
-    assert m.inputs[0].name == "input" and m.inputs[0].batch_axis == 0
+    assert m.inputs[0].name == "x" and m.inputs[0].batch_axis == 0  # named after forward's parameter
     x = np.random.default_rng(0).standard_normal((7, 8)).astype(np.float32)  # another batch size than exported
     with torch.no_grad():
         scores, value = (t.numpy() for t in net(torch.from_numpy(x)))
@@ -109,3 +109,28 @@ def test_an_onnx_file_with_skl2onnx_zipmap_answers_probabilities(tmp_path: Path,
         out = model.predict({"X": x[:5]})
     np.testing.assert_allclose(out["output_probability"], clf.predict_proba(x[:5]), rtol=1e-4, atol=1e-5)
     assert list(out["output_label"]) == list(clf.predict(x[:5]))
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, input_ids, attention_mask):
+        return self.proj(self.emb(input_ids)) * attention_mask.unsqueeze(-1).float()
+
+
+def test_torch_inputs_are_named_after_forwards_parameters(tmp_path: Path) -> None:
+    """Without input_names, the inputs take forward's parameter names (as torch's newer exporter names them), so
+    calibration files use the model's own words and a mask is recognised when the task metric is inferred."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, (64, 10)).astype(np.int64)
+    mask = (np.arange(10)[None] < rng.integers(3, 11, (64, 1))).astype(np.int64)
+    pkg = edgeserve.convert(_Encoder().eval(), tmp_path / "pkg", example_inputs=(torch.from_numpy(ids[:2]),
+                                                                               torch.from_numpy(mask[:2])),
+                            quantize="dynamic", calibration={"input_ids": ids, "attention_mask": mask})
+    assert [s.name for s in pkg.manifest.inputs] == ["input_ids", "attention_mask"]
+    judged = pkg.manifest.fidelity["budget"]["targets"][0]["metric"]
+    assert judged.startswith("pooled-cosine") and "mask=attention_mask" in judged, judged

@@ -86,7 +86,7 @@ def test_yolo_like_detector_with_several_outputs(tmp_path: Path) -> None:
     x = np.random.default_rng(0).random((24, 3, 32, 32), dtype=np.float32)
     for mode in ("static", "dynamic"):
         pkg = edgeserve.convert(net, tmp_path / mode, example_inputs=torch.from_numpy(x[:2]), quantize=mode,
-                                output_names=["boxes", "objectness"], calibration={"input": x})
+                                output_names=["boxes", "objectness"], calibration={"x": x})
         assert [o.name for o in pkg.manifest.outputs] == ["boxes", "objectness"]
         with edgeserve.load(pkg.path) as model, torch.no_grad():
             out = model.predict(x[:3])

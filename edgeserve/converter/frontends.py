@@ -180,7 +180,8 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
         raise ConversionError("example_inputs must be torch tensors or numpy arrays")
     if input_names is None:
         input_names = list(example_inputs.keys()) if isinstance(example_inputs, Mapping) else (
-            ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+            _parameter_names(module, len(args))
+            or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))])
         )
     if len(input_names) != len(args):
         raise ConversionError(f"{len(input_names)} input_names given for {len(args)} example inputs")
@@ -210,6 +211,20 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
         "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "sha256": sha256_file(dst), "opset": opset,
     })
+
+
+def _parameter_names(module: Any, count: int) -> list[str] | None:
+    """The names of ``forward``'s first ``count`` positional parameters (``input_ids``, ``attention_mask``), as
+    torch's newer exporter names the inputs: what the calibration file's arrays are naturally called, and how a mask
+    is recognised when the task metric is inferred. None when they cannot be read."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[:count] if len(names) >= count else None
 
 
 def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | None) -> SourceModel:
