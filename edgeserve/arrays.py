@@ -12,14 +12,24 @@ import numpy as np
 
 from .errors import DataError, first_line
 
-DataSource = str | os.PathLike[str] | Mapping[str, Any]
-"""An ``.npz`` path, a folder of ``NAME.npy`` files, or a mapping of name to array."""
+DataSource = str | os.PathLike[str] | Mapping[str, Any] | np.ndarray
+"""An ``.npz`` path, a folder of ``NAME.npy`` files, a mapping of name to array, or (for a model with one input)
+the array itself."""
 
 
-def read_arrays(source: DataSource, *, what: str) -> dict[str, np.ndarray]:
-    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, or a mapping. No pickles are loaded."""
+def read_arrays(source: DataSource, *, what: str, single: str | None = None) -> dict[str, np.ndarray]:
+    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, or a mapping; a bare array is named
+    ``single`` (the model's one input). No pickles are loaded."""
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
+    if not isinstance(source, (str, os.PathLike)):
+        if not hasattr(source, "__array__") and not isinstance(source, (list, tuple)):
+            raise DataError(f"{what}: expected an .npz path, a folder of NAME.npy files or a mapping of input name "
+                            f"to array, got {type(source).__name__}")
+        if single is None:
+            raise DataError(f"{what}: a bare array fits a model with one input; give a mapping of input name to "
+                            "array (or an .npz file) instead")
+        return {single: np.asarray(source)}
     path = Path(source)
     try:
         if path.is_dir():

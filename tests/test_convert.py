@@ -12,7 +12,7 @@ import edgeserve
 from edgeserve import ConversionError, DataError, FidelityError, QuantizeConfig
 from edgeserve.arrays import read_arrays
 from edgeserve.fidelity import compare_outputs
-from tests.factories import EXAMPLES, example, mlp_model, rows, save
+from tests.factories import EXAMPLES, example, mlp_model, rows, save, two_input_model
 
 MODES = ["none", "dynamic", "static", "fp16"]
 
@@ -171,6 +171,18 @@ def test_calibration_from_a_folder_of_npy(tmp_path: Path, mlp_path: Path) -> Non
     np.save(folder / "x.npy", rows(30))
     pkg = edgeserve.convert(mlp_path, tmp_path / "out", quantize="static", calibration=folder)
     assert pkg.manifest.recipe["calibration"]["samples"] == 24
+
+
+def test_a_model_with_one_input_takes_a_bare_array(tmp_path: Path, mlp_path: Path) -> None:
+    """calibration=X (what a notebook has at hand) for a one-input model; for several inputs, or something that is
+    no data at all, a DataError saying what to give, not a TypeError from deep inside pathlib."""
+    pkg = edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="static", calibration=rows(40), eval_data=rows(20))
+    assert pkg.manifest.envelope["rows"] == 40
+    two = save(two_input_model(), tmp_path / "two.onnx")
+    with pytest.raises(DataError, match="a bare array fits a model with one input"):
+        edgeserve.convert(two, tmp_path / "two-pkg", calibration=np.zeros((4, 3), np.int64))
+    with pytest.raises(DataError, match="expected an .npz path.*got int"):
+        edgeserve.convert(mlp_path, tmp_path / "bad", calibration=7)  # type: ignore[arg-type]
 
 
 def test_labels_must_exist(tmp_path: Path, mlp_path: Path, mlp_data) -> None:

@@ -467,13 +467,17 @@ def _verify_fallback(c: Conversion, ref_out: dict[str, np.ndarray]) -> dict[str,
 
 
 def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str) -> Samples:
-    return check_samples(read_arrays(source, what=what), specs, what=what)
+    return check_samples(read_arrays(source, what=what, single=_only_input(specs)), specs, what=what)
+
+
+def _only_input(specs: Sequence[TensorSpec]) -> str | None:
+    return specs[0].name if len(specs) == 1 else None
 
 
 def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | None,
               specs: Sequence[TensorSpec]) -> tuple[Samples, np.ndarray | None, str]:
     if eval_data is not None:
-        arrays = read_arrays(eval_data, what="evaluation data")
+        arrays = read_arrays(eval_data, what="evaluation data", single=_only_input(specs))
         label_values = None
         if labels is not None:
             if labels not in arrays:
