@@ -12,7 +12,7 @@ import pytest
 import edgeserve
 from edgeserve import ClosedError, GoldenMismatchError, InputError, SessionConfig
 from edgeserve.package import MANIFEST, compute_digests
-from tests.factories import gather_model, rows, save, two_input_model
+from tests.factories import gather_model, mlp_model, rows, save, two_input_model
 
 
 def test_predict_matches_plain_onnxruntime(mlp_path: Path) -> None:
@@ -63,6 +63,14 @@ def test_multi_input_model_needs_a_mapping(tmp_path: Path) -> None:
             model.predict(ids)
         with pytest.raises(InputError, match=r"input 'scale'.*dimension 1 must be 1"):
             model.predict({"ids": ids, "scale": np.ones((2, 2), np.float32)})
+
+
+def test_an_export_fixed_at_batch_1_says_so_when_given_more_rows(tmp_path: Path) -> None:
+    path = save(mlp_model(batch=1), tmp_path / "one.onnx")
+    with edgeserve.load(path) as model:
+        assert model.predict(rows(1))["logits"].shape == (1, 4)
+        with pytest.raises(InputError, match=r"dimension 0 must be 1; the model was exported at batch 1: send one row"):
+            model.predict(rows(3))
 
 
 def test_engine_errors_are_wrapped(tmp_path: Path) -> None:

@@ -70,9 +70,11 @@ class InputContract:
                 )
             for axis, size in fixed:
                 if value.shape[axis] != size:
+                    hint = ("; the model was exported at batch 1: send one row at a time, or export it with a "
+                            "dynamic batch axis" if axis == 0 and size == 1 and spec.rows_on_axis0 else "")
                     raise InputError(
                         f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)} "
-                        f"(dimension {axis} must be {size})"
+                        f"(dimension {axis} must be {size}{hint})"
                     )
             feed[name] = value
         if len(self._batched) > 1:
