@@ -249,6 +249,7 @@ def test_a_post_processed_detector_is_judged_by_its_kept_boxes(tmp_path: Path) -
     judged = pkg.manifest.fidelity["budget"]
     assert judged["targets"][0]["metric"] == "box-match,labels=labels,output=boxes,scores=scores", judged
     assert pkg.manifest.fidelity["metrics"]["box-match,labels=labels,output=boxes,scores=scores"] > 0.9
+    assert "top1_agreement" not in pkg.manifest.fidelity["summary"]  # the [count, 4] boxes are no class scores
 
 
 def test_segmentation_is_judged_by_the_mean_iou_of_its_class_maps() -> None:
