@@ -128,3 +128,40 @@ def test_inspect_says_why_a_model_without_a_batch_axis_has_no_reference(tmp_path
     assert invoke("convert", src, "-o", out, "--calibration", cal).exit_code == 0
     result = invoke("inspect", out)
     assert "reference statistics: none (the inputs have no batch axis" in result.stdout, result.stdout
+
+
+def test_quantising_prints_no_engine_chatter(tmp_path: Path) -> None:
+    """The quantisation tools open onnxruntime sessions with default options: a graph with an unused initializer
+    (skl2onnx writes them) made each print a raw C++ warning line to the terminal. Errors still come through."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.factories import mlp_model
+
+    model = mlp_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "left_over"))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=rows(40))
+    proc = subprocess.run([sys.executable, "-m", "edgeserve", "convert", str(src), "-o", str(tmp_path / "pkg"), "-q",
+                           "static", "--calibration", str(cal)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime" not in proc.stderr and "left_over" not in proc.stderr, proc.stderr
+
+
+def test_the_converters_worker_process_keeps_engine_chatter_to_itself(tmp_path: Path) -> None:
+    """A host that keeps its own onnxruntime logger quiet still got the quantisation worker's warnings (an
+    skl2onnx graph's unused initializers) on its stderr: the worker is edgeserve's process, so it quiets itself."""
+    code = (
+        "import sys, numpy as np, onnxruntime, edgeserve\n"
+        "onnxruntime.set_default_logger_severity(3)\n"
+        "from sklearn.datasets import load_digits\n"
+        "from sklearn.ensemble import GradientBoostingClassifier\n"
+        "X, y = load_digits(return_X_y=True); X = X.astype(np.float32)\n"
+        "est = GradientBoostingClassifier(n_estimators=5, random_state=0).fit(X[:500], y[:500])\n"
+        "edgeserve.convert(est, sys.argv[1], example_inputs=X[:4], quantize='static', calibration=X[:100])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pkg")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "W:onnxruntime" not in proc.stderr, proc.stderr

@@ -61,6 +61,20 @@ def _debug(ctx: click.Context) -> bool:
     return bool(ctx.find_root().params.get("debug")) or os.environ.get("EDGESERVE_DEBUG") == "1"
 
 
+def quiet_engine_logs() -> None:
+    """onnxruntime's quantisation pre-processing opens sessions with default options, whose C++ warnings ("Removing
+    initializer ... It is not used by any node") reach the terminal as raw log lines the user cannot act on. The CLI
+    is its own process, so it keeps the engine's default logger to errors unless --debug or --verbose asks for more
+    (the Python API leaves that process-wide setting to the host; the converter's worker process quiets its own)."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.find_root().params if ctx is not None else {}
+    if params.get("debug") or params.get("verbose") or os.environ.get("EDGESERVE_DEBUG") == "1":
+        return
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Show progress and info logs.")

@@ -56,7 +56,10 @@ def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path 
     from ..bench.harness import bench as run_bench
     from ..bench.report import comparison_lines, table
     from ..bench.variants import parse_variants
+    from . import quiet_engine_logs
     from .convert import parse_targets
+
+    quiet_engine_logs()
 
     config = BenchConfig(
         variants=tuple(v.name for v in parse_variants(variants)), threads=threads,

@@ -88,6 +88,9 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     """
     from ..config import QuantizeConfig
     from ..converter.api import convert as do_convert
+    from . import quiet_engine_logs
+
+    quiet_engine_logs()
 
     targets = parse_targets(metric_names, min_values, max_values)
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]

@@ -280,6 +280,12 @@ def _receive(conn: Any, progress: Callable[[str, int, int], None] | None) -> tup
 def _serve_fd(fd: int) -> None:
     from multiprocessing.connection import Connection
 
+    if os.environ.get("EDGESERVE_DEBUG") != "1":
+        import onnxruntime
+
+        # the worker is edgeserve's own process: the tools' sessions (opened with default options) keep their C++
+        # warnings ("Removing initializer ... not used by any node") to themselves; errors still come through
+        onnxruntime.set_default_logger_severity(3)
     _serve(Connection(fd))
 
 
