@@ -62,6 +62,13 @@ class TensorSpec:
         )
 
 
+def rows_one_at_a_time(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
+    """An export fixed at batch 1 whose every input and output is ``[1, ...]``: several rows can be answered by
+    running them one at a time and joining the answers on that axis (a model whose outputs' length depends on the
+    values, a detector's kept boxes, cannot: its answers would run together)."""
+    return bool(inputs) and all(s.batch_axis is None and s.shape[:1] == (1,) for s in (*inputs, *outputs))
+
+
 def format_shape(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

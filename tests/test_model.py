@@ -65,12 +65,30 @@ def test_multi_input_model_needs_a_mapping(tmp_path: Path) -> None:
             model.predict({"ids": ids, "scale": np.ones((2, 2), np.float32)})
 
 
-def test_an_export_fixed_at_batch_1_says_so_when_given_more_rows(tmp_path: Path) -> None:
+def test_an_export_fixed_at_batch_1_answers_several_rows_one_at_a_time(tmp_path: Path) -> None:
+    """Model-zoo exports are often fixed at batch 1 ([1, 16] -> [1, 4]): several rows run one at a time and the
+    answers join on that axis, exactly as row-by-row calls would give them."""
     path = save(mlp_model(batch=1), tmp_path / "one.onnx")
+    x = rows(5)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([plain.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
     with edgeserve.load(path) as model:
-        assert model.predict(rows(1))["logits"].shape == (1, 4)
+        np.testing.assert_array_equal(model.predict(x)["logits"], expected)
+        np.testing.assert_array_equal(model.predict(x[:1])["logits"], expected[:1])
+        with pytest.raises(InputError, match=r"dimension 1 must be 16"):
+            model.predict(rows(2, n_in=15))
+
+
+def test_a_batch_1_export_whose_answers_vary_in_length_takes_one_row(tmp_path: Path) -> None:
+    """A detector's kept boxes from several rows would run together: such a model says to send one row."""
+    from tests.factories import kept_boxes_data, kept_boxes_model
+
+    path = save(kept_boxes_model(), tmp_path / "det.onnx")
+    data = kept_boxes_data(samples=2)
+    with edgeserve.load(path) as model:
+        assert model.predict(data[:1])["boxes"].shape[1] == 4
         with pytest.raises(InputError, match=r"dimension 0 must be 1; the model was exported at batch 1: send one row"):
-            model.predict(rows(3))
+            model.predict(data)
 
 
 def test_engine_errors_are_wrapped(tmp_path: Path) -> None:

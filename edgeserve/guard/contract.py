@@ -17,17 +17,21 @@ from ..tensors import TensorSpec, format_shape
 class InputContract:
     """Turns what a caller passed into the feed a backend runs, or raises :class:`InputError`."""
 
-    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], *, rows_on_batch_one: bool = False) -> None:
+        """``rows_on_batch_one``: the model is fixed at batch 1 and answers several rows one at a time, so axis 0
+        takes any number of rows (see :func:`edgeserve.tensors.rows_one_at_a_time`)."""
         self.specs = tuple(specs)
         self._names = frozenset(s.name for s in self.specs)
         # (name, dtype, rank, fixed dims as (axis, size)) per input, computed once
         self._checks = [
-            (s.name, s.np_dtype, len(s.shape), tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)), s)
+            (s.name, s.np_dtype, len(s.shape), tuple((i, d) for i, d in enumerate(s.shape)
+                                                     if isinstance(d, int) and not (rows_on_batch_one and i == 0)), s)
             for s in self.specs
         ]
         self._single = self.specs[0].name if len(self.specs) == 1 else None
         self._only = self._checks[0] if len(self.specs) == 1 else None
-        self._batched = [(s.name, s.batch_axis) for s in self.specs if s.batch_axis is not None]
+        self._batched = [(s.name, s.batch_axis or 0) for s in self.specs  # (rows on batch 1: axis 0)
+                         if rows_on_batch_one or s.batch_axis is not None]
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` (one array for a single-input model, or a mapping of name to array)."""

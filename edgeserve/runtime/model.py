@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import check_model_file, sha256_file
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
-from ..tensors import TensorSpec
+from ..tensors import TensorSpec, rows_one_at_a_time
 from .batcher import Batcher, can_batch
 from .cache import MISS, ResponseCache, cache_key
 
@@ -69,10 +69,11 @@ class Model:
         self._session = session
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs if manifest else session.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs if manifest else session.outputs
-        self._contract = InputContract(self.inputs)
+        one_at_a_time = rows_one_at_a_time(self.inputs, self.outputs)
+        self._contract = InputContract(self.inputs, rows_on_batch_one=one_at_a_time)
         self._output_names = [o.name for o in self.outputs]
-        self._run = session.run
-        self._engine = getattr(session, "engine_run", None)
+        self._run = _row_by_row(session.run) if one_at_a_time else session.run
+        self._engine = None if one_at_a_time else getattr(session, "engine_run", None)
         self.from_cache: bool = bool(getattr(session, "from_cache", False))
         """True when the backend took the optimised graph from the on-disk cache instead of optimising again."""
         self._closed = False
@@ -485,6 +486,21 @@ def _trigger(guard: GuardConfig) -> Trigger | None:
 def _rows(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> int:
     for spec in specs:
         value = feed.get(spec.name)
-        if value is not None and spec.batch_axis is not None and value.ndim > spec.batch_axis:
-            return int(value.shape[spec.batch_axis])
+        axis = spec.batch_axis if spec.batch_axis is not None else 0 if spec.rows_on_axis0 else None
+        if value is not None and axis is not None and value.ndim > axis:
+            return int(value.shape[axis])
     return 1
+
+
+def _row_by_row(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
+                ) -> Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]:
+    """An export fixed at batch 1 given several rows: each runs alone, the answers join on the batch-1 axis."""
+
+    def each(feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        rows = len(next(iter(feed.values())))
+        if rows == 1:
+            return run(feed, names)
+        answers = [run({k: v[i:i + 1] for k, v in feed.items()}, names) for i in range(rows)]
+        return [np.concatenate([a[j] for a in answers]) for j in range(len(names))]
+
+    return each
