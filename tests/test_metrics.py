@@ -231,6 +231,19 @@ def test_a_classifier_exported_at_batch_1_is_judged_as_a_classifier(tmp_path: Pa
     assert pkg.manifest.envelope["rows"] == 64  # and the guard's reference has a row per sample
 
 
+def test_only_sizes_no_input_names_make_outputs_per_sample() -> None:
+    """A size an input names, even inside an exporter's expression (``floor(W/4)``, ``s53*2``), follows the input:
+    samples of one shape give outputs of one shape, joined as usual. A size nothing names is the values' doing."""
+    from edgeserve.converter.data import _sized_by_values
+    from edgeserve.tensors import TensorSpec
+
+    image = [TensorSpec("image", "float32", (1, 1, 32, "W"))]
+    assert not _sized_by_values([TensorSpec("steps", "float32", ("floor(W/4)", 1, 37))], image)
+    assert not _sized_by_values([TensorSpec("twice", "float32", ("W*2",))], image)
+    assert _sized_by_values([TensorSpec("boxes", "float32", ("Addboxes_dim_0", 4))], image)
+    assert _sized_by_values([TensorSpec("boxes", "float32", ("u0", 4))], [TensorSpec("x", "float32", (1, 8))])
+
+
 def test_a_post_processed_detector_is_judged_by_its_kept_boxes(tmp_path: Path) -> None:
     """A batch-1 export whose outputs' length depends on the values (torchvision-style boxes, scores and labels):
     rows stacked on the batch-1 axis are samples, every sample's outputs are kept and compared, and the inferred

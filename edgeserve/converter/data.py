@@ -8,6 +8,7 @@ has a batch axis, arrays carry an extra leading sample axis. Data that does not 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,10 +110,12 @@ def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batc
 
 
 def _sized_by_values(out_specs: Sequence[TensorSpec], in_specs: Sequence[TensorSpec]) -> bool:
-    """Some output of a model without a batch axis has a variable size that no input's dimensions name: the
-    number of boxes, indices or tokens it keeps depends on the values."""
+    """Some output of a model without a batch axis has a variable size that no input's dimensions name, not even
+    in an expression (``floor(W/4)``, ``s53*2``): the number of boxes, indices or tokens it keeps depends on the
+    values."""
     named = {d for s in in_specs for d in s.shape if isinstance(d, str)}
-    return any(isinstance(d, str) and d not in named for s in out_specs for d in s.shape)
+    return any(isinstance(d, str) and named.isdisjoint(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", d))
+               for s in out_specs for d in s.shape)
 
 
 def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str) -> Samples:
