@@ -118,7 +118,7 @@ class Metric:
         scores = [self.score({k: v[i] for k, v in reference.items()}, {k: v[i] for k, v in candidate.items()},
                              {k: np.asarray(v)[i] for k, v in inputs.items()} if split else inputs)
                   for i in range(n)]
-        return (min if self.higher_is_better else max)(scores) if scores else 1.0
+        return (min if self.higher_is_better else max)(scores)
 
 
 @dataclass(frozen=True)

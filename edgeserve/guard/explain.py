@@ -69,10 +69,8 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     spec = next((s for s in inputs if s.name == name), None)
     if spec is None:
         raise InputError(f"no input named '{name}' to explain; the model has {', '.join(s.name for s in inputs)}")
-    if spec.batch_axis != 0:
-        if not all(s.rows_on_axis0 for s in inputs):
-            raise InputError(f"input '{name}' has no batch axis 0: occlusion explains rows of a batched input")
-        run = _one_row_at_a_time(run)  # an export fixed at batch 1
+    if not spec.rows_on_axis0:  # (an export fixed at batch 1 runs the occluded rows one at a time: see Model)
+        raise InputError(f"input '{name}' has no batch axis 0: occlusion explains rows of a batched input")
     x = np.asarray(feed[name])
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"input '{name}' is {x.dtype}: occlusion replaces values with reference means, which needs a "
@@ -90,20 +88,6 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
         return _patches(run, feed, name, x, axis, fill, patch)
     raise InputError(f"input '{name}' has shape {list(x.shape)}: occlusion explains [rows, features] and image "
                      "[rows, C, H, W] / [rows, H, W, C] inputs")
-
-
-def _one_row_at_a_time(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-                       ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """For an export fixed at batch 1: each occluded row runs alone and the answers join on the batch-1 axis.
-    Outputs without one row per run (the boxes a detector keeps) are left out: they have no row to attribute."""
-
-    def each(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = len(next(iter(batch.values())))
-        answers = [run({k: v[i:i + 1] for k, v in batch.items()}) for i in range(rows)]
-        return {k: np.concatenate([a[k] for a in answers]) for k in answers[0]
-                if all(a[k].shape[:1] == (1,) and a[k].shape == answers[0][k].shape for a in answers)}
-
-    return each
 
 
 def _explained_input(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarray]) -> str:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ import numpy as np
 from .. import held
 from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig
-from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, PackageError
+from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, InputError, PackageError
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import check_model_file, sha256_file
@@ -72,7 +72,8 @@ class Model:
         one_at_a_time = rows_one_at_a_time(self.inputs, self.outputs)
         self._contract = InputContract(self.inputs, rows_on_batch_one=one_at_a_time)
         self._output_names = [o.name for o in self.outputs]
-        self._run = _row_by_row(session.run) if one_at_a_time else session.run
+        self._one_at_a_time = one_at_a_time
+        self._run = self._row_by_row if one_at_a_time else session.run
         self._engine = None if one_at_a_time else getattr(session, "engine_run", None)
         self.from_cache: bool = bool(getattr(session, "from_cache", False))
         """True when the backend took the optimised graph from the on-disk cache instead of optimising again."""
@@ -128,6 +129,15 @@ class Model:
         names = self._output_names
         return confirm_batch_axes(lambda feed: dict(zip(names, self._session.run(feed, names))), self.inputs,
                                   self.outputs, rows, label=f"model '{self.name}'")
+
+    def _row_by_row(self, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """An export fixed at batch 1 given several rows: each runs alone, the answers join on the batch-1 axis."""
+        run = self._session.run
+        rows = len(next(iter(feed.values())))
+        if rows == 1:
+            return run(feed, names)  # type: ignore[no-any-return]
+        answers = [run({k: v[i:i + 1] for k, v in feed.items()}, names) for i in range(rows)]
+        return [np.concatenate([a[j] for a in answers]) for j in range(len(names))]
 
     def _run_feed(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         engine = self._engine
@@ -246,6 +256,9 @@ class Model:
         from ..guard.explain import explain
 
         feed, _ = self._checked(inputs, named)
+        if not self._one_at_a_time and all(s.batch_axis is None and s.shape[:1] == (1,) for s in self.inputs):
+            raise InputError(f"model '{self.name}' was exported at batch 1 and the length of its outputs depends on "
+                             "the values: an occluded copy's answer has no row to attribute")
 
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(self._output_names, self._run_feed(batch)))
@@ -490,17 +503,3 @@ def _rows(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> int:
         if value is not None and axis is not None and value.ndim > axis:
             return int(value.shape[axis])
     return 1
-
-
-def _row_by_row(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
-                ) -> Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]:
-    """An export fixed at batch 1 given several rows: each runs alone, the answers join on the batch-1 axis."""
-
-    def each(feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        rows = len(next(iter(feed.values())))
-        if rows == 1:
-            return run(feed, names)
-        answers = [run({k: v[i:i + 1] for k, v in feed.items()}, names) for i in range(rows)]
-        return [np.concatenate([a[j] for a in answers]) for j in range(len(names))]
-
-    return each

@@ -62,11 +62,30 @@ def test_an_export_fixed_at_batch_1_is_explained_one_row_at_a_time(tmp_path: Pat
     x = rng.normal(0, 4, (1, 12))
     calls = []
     with edgeserve.load(pkg.path) as model:
-        run = model._run_feed
-        model._run_feed = lambda feed: calls.append(len(feed["x"])) or run(feed)  # type: ignore[method-assign]
+        run = model._session.run  # the engine's own calls
+        model._session.run = lambda feed, names: calls.append(len(feed["x"])) or run(feed, names)
         e = model.explain(x)
     assert calls == [1] * 13
     np.testing.assert_allclose(e.attributions["y"], w[None] * (x - reference.mean(axis=0))[:, :, None], atol=1e-6)
+
+
+def test_a_batch_1_model_whose_outputs_vary_in_length_is_not_explained(tmp_path: Path) -> None:
+    """Kept values (boxes, pixels) vary in number from one occluded copy to the next: there is no row to attribute, and the
+    refusal says so instead of an engine error about the batch size."""
+    nodes = [helper.make_node("Reshape", ["image", "flat"], ["pixels"]),
+             helper.make_node("Greater", ["pixels", "half"], ["bright"]),
+             helper.make_node("NonZero", ["bright"], ["where"]),
+             helper.make_node("Squeeze", ["where", "zero"], ["index"]),
+             helper.make_node("Gather", ["pixels", "index"], ["kept"], axis=0)]
+    graph = helper.make_graph(
+        nodes, "bright_pixels", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, ["kept_count"])],
+        [numpy_helper.from_array(np.array([64], np.int64), "flat"), numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+         numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "bright.onnx")
+    with edgeserve.load(path) as model:
+        with pytest.raises(InputError, match="exported at batch 1 and the length of its outputs depends"):
+            model.explain(np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32), patch=4)
 
 
 def test_a_wrong_reference_is_visible(linear) -> None:
