@@ -748,7 +748,8 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     position that is not padding. A mask input with a ``[batch, seq, hidden]`` output: masked pooled cosine. A stateful model (a float input
     shaped like one of its outputs, the state fed back): the largest absolute error of the other outputs.
     YOLO-style detections: detection agreement. Per-step class distributions: CTC decoded strings (time-major
-    where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). A sparse probability map:
+    where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). Per-step scores named like
+    scores (a wav2vec2's raw logits): top-1 agreement at every step. A sparse probability map:
     thresholded-map IoU. Per-pixel class scores: mean IoU of the class maps. Class scores or probabilities: top-1
     agreement and the largest probability change, since scores get thresholded. Otherwise: the robust per-row
     cosine.
@@ -790,6 +791,12 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return ([target(metric("ctc", output=k, **({"layout": "tbc"} if k in time_first else {}))) for k in sequences],
                 f"per-step class scores in {shapes}, probabilities or log-probabilities: the greedy CTC decoded "
                 "strings are compared (blank = class 0; name --metric top1 for a per-token tagger)")
+    steps = [k for k, v in outs.items() if _looks_like_step_logits(k, v)]
+    if steps and len(steps) == len(outs):
+        return ([target(metric("top1", output=k)) for k in steps],
+                f"per-step class scores in {', '.join(steps)} ([batch, steps, classes], named like scores, no mask "
+                "input): the top-1 class at every step is compared (a speech or OCR model's frames before CTC "
+                "decoding, a tagger's tokens; name --metric ctc to compare decoded strings instead)")
     maps = [k for k, v in outs.items() if _looks_like_map(v)]
     if maps and len(maps) == len(outs):
         return ([target(metric("map-iou", output=k)) for k in maps],
@@ -854,6 +861,12 @@ def _looks_like_step_scores(values: np.ndarray) -> bool:
     if v.min() >= 0.0 and v.max() <= 1.0:
         return bool(np.allclose(v.sum(-1), 1.0, atol=1e-3))
     return bool(v.max() <= 1e-6 and np.allclose(np.exp(v).sum(-1), 1.0, atol=1e-3))
+
+
+def _looks_like_step_logits(name: str, values: np.ndarray) -> bool:
+    """``[batch, steps, classes]`` floats named like scores: unnormalised per-step class scores."""
+    return bool(values.ndim == 3 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)
+                and SCORE_NAME.search(name))
 
 
 def _looks_like_map(values: np.ndarray) -> bool:

@@ -434,6 +434,21 @@ def test_a_language_models_logits_are_judged_by_the_top_token_at_real_positions(
     assert judge({"logits": ref}, {"logits": one_real}, inputs) == pytest.approx(15 / 16)
 
 
+def test_per_step_logits_without_a_mask_are_judged_by_the_top_class_at_every_step() -> None:
+    """A speech model's raw CTC logits ([batch, frames, vocab], not normalised, from a waveform): the per-row
+    cosine over a whole utterance lets a changed frame pass; the top class per frame does not."""
+    rng = np.random.default_rng(0)
+    inputs = {"input_values": rng.standard_normal((4, 4000)).astype(np.float32)}
+    ref = rng.standard_normal((4, 12, 32)).astype(np.float32) * 3
+    targets, why = infer_targets(inputs, {"logits": ref})
+    assert [t.metric.spec for t in targets] == ["top1,output=logits"] and "every step" in why
+    one_frame = ref.copy()
+    one_frame[2, 5] = -ref[2, 5]  # one frame of 48 changes its top class
+    assert targets[0].metric.fn({"logits": ref}, {"logits": one_frame}, inputs) == pytest.approx(47 / 48)
+    assert metric("cosine").score({"logits": ref}, {"logits": one_frame}, inputs) > 0.8
+    assert [t.metric.name for t in infer_targets(inputs, {"features": ref})[0]] == ["cosine"]  # not named so
+
+
 def test_kept_indices_of_another_count_are_judged_by_their_overlap_not_as_total_disagreement() -> None:
     """A detector's post-processing (NonZero, NMS) returns the indices it keeps, ``[count, 2]``: int8 keeping one
     box fewer is a small difference, keeping other boxes a total one; labels of equal shape count equal values."""

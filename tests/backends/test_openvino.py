@@ -66,6 +66,26 @@ def test_batching_and_cache_work_on_openvino(mlp_path: Path) -> None:
         assert model.cache.stats()["hits"] >= 1
 
 
+def test_an_output_openvino_fuses_with_another_keeps_its_name(tmp_path: Path) -> None:
+    """A Linear with a zero bias (a freshly initialised head): OpenVINO drops the Add, and the compiled output then
+    carries the MatMul's name too, which ``get_any_name`` may return (a wav2vec2 export was refused so)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a/MatMul_output_0"]),
+         helper.make_node("Add", ["a/MatMul_output_0", "b"], ["logits"])], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(3, np.float32), "b")])
+    path = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(1).random((5, 4)).astype(np.float32)
+    with edgeserve.load(path, config=OV) as model:
+        np.testing.assert_allclose(model.predict(x)["logits"], x @ w, rtol=1e-5)
+
+
 def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
     model, _, _ = example("digits-mlp")  # scikit-learn graph: ai.onnx.ml operators OpenVINO cannot convert
     with pytest.raises(edgeserve.ModelFileError, match="openvino cannot load digits_mlp.onnx: .*ai.onnx.ml"):
