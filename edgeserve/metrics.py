@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, MetricError
+from .tensors import fed_back
 
 Outputs = Mapping[str, np.ndarray]
 MetricFn = Callable[[Outputs, Outputs, Outputs], float]
@@ -770,10 +771,8 @@ def infer_targets(inputs: Outputs, reference: Outputs,
                 return ([target(metric("pooled-cosine", output=name, mask=mask))],
                         f"a [batch, seq, hidden] output '{name}' with the mask input '{mask}': padded positions "
                         "are meaningless, so the mask-weighted mean-pooled embeddings are compared")
-    state_outputs = {k for k, v in outs.items()
-                     if any(np.asarray(i).shape == v.shape and np.issubdtype(np.asarray(i).dtype, np.floating)
-                            and np.issubdtype(v.dtype, np.floating) for i in inputs.values())}
-    if state_outputs and len(state_outputs) < len(outs):
+    state_outputs = fed_back(inputs, outs)[1]
+    if state_outputs:
         others = [k for k in outs if k not in state_outputs]
         chosen = [target(metric("max-abs", output=k)) for k in others]
         return chosen, (f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): "

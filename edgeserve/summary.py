@@ -101,8 +101,9 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
                 layout = st.get("layout") or {}
                 kind = f" [{layout['kind']}]" if layout else ""
                 feats = f", {len(st['features'])} features" if "features" in st else ""
+                state = " (a state fed back: checked for NaN/inf only, not watched for drift)" if st.get("state") else ""
                 yield (f"  {name}{kind}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
-                       f"std {_fmt(st['std'])}{feats}")
+                       f"std {_fmt(st['std'])}{feats}{state}")
             if "tokens" in st:
                 t = st["tokens"]
                 lengths = t["lengths"]

@@ -69,6 +69,20 @@ def rows_one_at_a_time(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpe
     return bool(inputs) and all(s.batch_axis is None and s.shape[:1] == (1,) for s in (*inputs, *outputs))
 
 
+def fed_back(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """A stateful model's (state inputs, state outputs): float outputs shaped like a float input (an RNN's ``hn``
+    for its ``h0``, a VAD's ``stateN`` for its ``state``), when at least one output is not such a state (an
+    autoencoder's reconstruction, shaped like its input, is its answer, not a state). Empty sets otherwise."""
+    def floating(a: Any) -> bool:
+        return bool(np.issubdtype(np.asarray(a).dtype, np.floating))
+
+    shapes = {k: np.shape(v) for k, v in inputs.items() if floating(v)}
+    states = {k for k, v in outputs.items() if floating(v) and np.shape(v) in shapes.values()}
+    if not states or len(states) == len(outputs):
+        return set(), set()
+    return {k for k, shape in shapes.items() if any(np.shape(outputs[o]) == shape for o in states)}, states
+
+
 def format_shape(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

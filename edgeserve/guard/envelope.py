@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tensors import fed_back
 from .reference import MAX_FEATURES, feature_reference, input_layout, output_layout, row_features, value_range
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -43,8 +44,13 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
     needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
     sequences (``vocabularies``: inputs that index an embedding table, with its size; ``sequences``: 2-D inputs
     whose second axis varies in size); and for ``outputs`` (the
-    package's answers on the same rows) the distribution of confidence or norm."""
+    package's answers on the same rows) the distribution of confidence or norm.
+
+    A state fed back (an RNN's ``h0`` and the ``hn`` it is given next) gets neither a range nor a drift reference:
+    calibration rows hold the first state of a stream (zeros, most often), served ones whatever the stream has
+    reached, so every such request would warn and the monitor would alarm on nothing but a stream going on."""
     vocabularies = vocabularies or {}
+    state_in, state_out = fed_back(data, outputs or {})
     inputs: dict[str, Any] = {}
     rows = next((int(np.asarray(v).shape[0]) for v in data.values() if np.asarray(v).ndim), 0)
     for name, values in data.items():
@@ -57,6 +63,10 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         if arr.ndim >= 1 and arr.dtype != bool:
             layout = input_layout(arr, vocabulary=vocabularies.get(name), sequence=name in sequences)
             entry["layout"] = layout.to_dict()
+            if name in state_in:
+                entry["state"] = True
+                inputs[name] = entry
+                continue
             entry["range"] = value_range(layout, arr)
             if name in vocabularies:
                 entry["tokens"] = _tokens(arr, layout, vocabularies[name])
@@ -68,7 +78,8 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         out["outputs"] = {}
         for name, values in outputs.items():
             arr = np.asarray(values)
-            if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS:
+            if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS \
+                    or name in state_out:
                 continue
             layout = output_layout(arr)
             summary = row_features(layout, arr)

@@ -167,3 +167,31 @@ def test_an_event_loop_checks_in_pieces_that_keep_the_lock_and_a_thread_in_one_p
         sizes.clear()
         asyncio.run(model.predict_async(x))
         assert len(sizes) > 1 and max(sizes) <= checks.GIL_HELD and sum(sizes) == x.size
+
+
+def test_a_state_fed_back_is_checked_for_nan_only_and_never_watched_for_drift(tmp_path: Path) -> None:
+    """Calibration holds a stream's first state (zeros); served requests hold whatever the stream reached. A range
+    or drift reference of that state would warn on, or reject, every request after the first."""
+    from tests.factories import vad_like_data, vad_like_model
+
+    data = vad_like_data(rows=150)
+    data["state"] = np.zeros_like(data["state"])
+    pkg = edgeserve.convert(save(vad_like_model(), tmp_path / "vad.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration=data)
+    env = read_manifest(pkg.path).envelope
+    assert env["inputs"]["state"].get("state") and "range" not in env["inputs"]["state"]
+    assert "range" in env["inputs"]["input"] and "drift" in env["inputs"]["input"]
+    assert "stateN" not in env.get("outputs", {})
+    with edgeserve.load(pkg.path, guard=GuardConfig(range="reject")) as model:
+        feed = {k: v[:, :4] if k == "state" else v[:4] if v.ndim else v for k, v in data.items()}
+        for _ in range(5):  # a stream: each answer's state goes into the next request
+            feed["state"] = model.predict(feed)["stateN"] * 3
+        assert float(np.abs(feed["state"]).max()) > 1.0  # far outside the zeros the calibration held
+        assert model.monitor is not None and "state" not in " ".join(model.monitor.labels)
+        broken = dict(feed, state=feed["state"].copy())
+        broken["state"][1, 2, 3] = np.nan
+        with pytest.raises(EnvelopeError, match=r"'state'.*non_finite.*\[1, 2, 3\] = nan"):
+            model.predict(broken)
+        far = dict(feed, input=feed["input"] + 1000)
+        with pytest.raises(EnvelopeError, match="'input'.*range"):
+            model.predict(far)
