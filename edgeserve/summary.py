@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from .package import Package
+from .tensors import TensorSpec
 
 
 def _fmt(value: Any) -> str:
@@ -68,13 +71,47 @@ def budget_text(budget: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
+def model_file_lines(path: Path) -> Iterator[str]:
+    """A bare ONNX file (not yet a package): its signature as the runtime reads it, opsets, operators, size."""
+    import onnx
+
+    from .modelfile import check_model_file
+    from .runtime.model import load
+
+    view = check_model_file(path)  # refused files stop here, before any engine or parser sees them
+    model = onnx.load(str(path), load_external_data=False)
+    with load(path, golden="off") as loaded:
+        inputs, outputs = loaded.inputs, loaded.outputs
+    yield f"{path.name}: an ONNX model, not an edgeserve package ({path.stat().st_size / 1024:.1f} KiB)"
+    yield (f"  ir_version {model.ir_version}, opsets "
+           + ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in view.opset_import)
+           + (f", produced by {model.producer_name} {model.producer_version}".rstrip() if model.producer_name else ""))
+    yield "inputs:"
+    for spec in inputs:
+        yield f"  {spec.name}: {spec.describe()}" + _axis(spec)
+    yield "outputs:"
+    for spec in outputs:
+        yield f"  {spec.name}: {spec.describe()}" + _axis(spec)
+    ops = Counter(node.op_type for node in model.graph.node)
+    yield (f"graph: {len(model.graph.node)} nodes, {len(model.graph.initializer)} initializers; "
+           + ", ".join(f"{op} {n}" for op, n in ops.most_common(8)) + (", …" if len(ops) > 8 else ""))
+    yield (f"next: edgeserve convert {path} -o PACKAGE --quantize auto --calibration DATA.npz "
+           "(a verified package with reference statistics; see --help)")
+
+
+def _axis(spec: TensorSpec) -> str:
+    if spec.batch_axis is not None:
+        return f"  batch axis {spec.batch_axis}"
+    return "  batch 1 (rows run one at a time)" if spec.rows_on_axis0 else "  no batch axis"
+
+
 def manifest_lines(pkg: Package) -> Iterator[str]:
     m = pkg.manifest
     yield f"{m.name}@{m.version}  ({pkg.path})"
     yield f"  created {m.created_at}, schema {m.schema_version}, backend {m.backend}"
     yield "inputs:"
     for s in m.inputs:
-        yield f"  {s.name}: {s.describe()}" + (f"  batch axis {s.batch_axis}" if s.batch_axis is not None else "  no batch axis")
+        yield f"  {s.name}: {s.describe()}" + _axis(s)
     yield "outputs:"
     for s in m.outputs:
         yield f"  {s.name}: {s.describe()}"

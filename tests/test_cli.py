@@ -165,3 +165,16 @@ def test_the_converters_worker_process_keeps_engine_chatter_to_itself(tmp_path: 
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pkg")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "W:onnxruntime" not in proc.stderr, proc.stderr
+
+
+def test_inspect_of_a_bare_model_file_shows_its_signature_and_what_to_do_next(mlp_path: Path, tmp_path: Path) -> None:
+    result = invoke("inspect", mlp_path)
+    assert result.exit_code == 0, result.output
+    assert "an ONNX model, not an edgeserve package" in result.output
+    assert "x: float32 [batch, 16]  batch axis 0" in result.output and "logits: float32" in result.output
+    assert "next: edgeserve convert" in result.output
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model at all")
+    refused = invoke("inspect", junk)
+    assert refused.exit_code == 1 and "not a readable ONNX model" in refused.stderr
+    assert invoke("inspect", mlp_path, "--json").exit_code == 2

@@ -168,12 +168,19 @@ def _parse_drop(text: str | None) -> tuple[float | None, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip checking file digests.")
 def inspect(package: Path, as_json: bool, no_verify: bool) -> None:
-    """Summarise a package's manifest: signature, recipe, fidelity, envelope, environment."""
+    """Summarise a package's manifest: signature, recipe, fidelity, envelope, environment (or, for a bare
+    .onnx file, its signature as edgeserve reads it)."""
     import json
 
     from ..package import Package
-    from ..summary import manifest_lines
+    from ..summary import manifest_lines, model_file_lines
 
+    if package.is_file():
+        if as_json:
+            raise click.UsageError("--json prints a package's manifest; a bare model file has none")
+        for line in model_file_lines(package):
+            click.echo(line)
+        return
     pkg = Package.open(package, verify=not no_verify)
     if as_json:
         click.echo(json.dumps(pkg.manifest.to_dict(), indent=2))
