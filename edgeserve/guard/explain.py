@@ -6,6 +6,12 @@ occluded copies run as one batch of M + 1 rows. For a linear model this is exact
 to ``f(x) - f(ref)``. For images (``[rows, C, H, W]`` or ``[rows, H, W, C]``) patches of ``patch x patch`` pixels
 are occluded across all channels with each channel's reference mean: one batch of (patches + 1) rows.
 
+Signals and sequences are occluded a window of steps at a time (``segments``): a waveform ``[rows, samples]``
+wider than a table (more than ``MAX_FEATURES`` values) and a series ``[rows, steps, features]``, with the
+reference mean (per feature for a series); ``patch`` steps per window, ``SEGMENTS`` windows by default. Token ids
+(``tokens``) cannot be averaged: each position is removed in turn — its attention mask set to 0 where the model has
+one, else its id replaced by the padding id — so the attribution of a token is what the answer loses without it.
+
 SHAP's KernelExplainer, by comparison, evaluates ``(2M + 2048) x background`` rows per explained row.
 """
 
@@ -19,9 +25,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..tensors import TensorSpec
-from .reference import Layout
+from .reference import MAX_FEATURES, Layout
 
 MAX_ROWS_PER_RUN = 4096
+SEGMENTS = 32
+"""Windows a signal or sequence is cut into when no window size is given."""
 
 
 @dataclass
@@ -30,14 +38,16 @@ class Explanation:
 
     input: str
     kind: str
-    """``features`` or ``patches``."""
+    """``features``, ``patches``, ``segments`` or ``tokens``."""
     attributions: dict[str, np.ndarray]
-    """Per output: ``[rows, M, *output row shape]`` (M features, or patches in row-major order)."""
+    """Per output: ``[rows, M, *output row shape]`` (M features, patches in row-major order, windows or token
+    positions)."""
     outputs: dict[str, np.ndarray]
     """The model's answers on the rows as given."""
     reference: str
     """Where the occlusion values came from."""
     patch: int | None = None
+    """patches: pixels per side; segments: steps per window."""
     grid: tuple[int, int] | None = None
     """patches: how many patch rows and columns (M = rows x columns)."""
     rows_run: int = 0
@@ -63,8 +73,9 @@ class Explanation:
 
 def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: tuple[TensorSpec, ...],
             feed: Mapping[str, np.ndarray], reference: Mapping[str, Any], *, input: str | None = None,
-            patch: int | None = None) -> Explanation:
-    """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine."""
+            patch: int | None = None, out_axes: Mapping[str, int] | None = None) -> Explanation:
+    """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine;
+    ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
     name = input or _explained_input(inputs, feed)
     spec = next((s for s in inputs if s.name == name), None)
     if spec is None:
@@ -72,57 +83,104 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     if not spec.rows_on_axis0:  # (an export fixed at batch 1 runs the occluded rows one at a time: see Model)
         raise InputError(f"input '{name}' has no batch axis 0: occlusion explains rows of a batched input")
     x = np.asarray(feed[name])
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"input '{name}' is {x.dtype}: occlusion replaces values with reference means, which needs a "
-                         "float input (token ids cannot be averaged)")
+    feed = _Feed(feed)
+    feed.axes = {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None for s in inputs}
+    feed.out_axes = dict(out_axes or {})
     stats = (reference.get("inputs") or {}).get(name) or {}
     layout = Layout.from_dict(stats["layout"]) if "layout" in stats else None
-    means = np.asarray(stats["drift"]["mean"], dtype=np.float64) if "drift" in stats else None
-    if x.ndim == 2:
+    if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
+        return _tokens(run, feed, name, x, layout.pad if layout is not None and layout.kind == "tokens" else 0)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"input '{name}' is {x.dtype} {list(x.shape)}: occlusion explains float inputs (features, "
+                         "images, signals, series) and token ids [rows, seq]")
+    means = (np.asarray(stats["drift"]["mean"], dtype=np.float64) if "drift" in stats
+             else np.asarray([f.get("mean", 0.0) for f in stats["features"]], dtype=np.float64) if "features" in stats
+             else None)  # NOTE: per-feature statistics exist for tables of fewer rows than a drift reference needs
+    overall = float(stats["mean"]) if "mean" in stats else None
+    if x.ndim == 2 and x.shape[1] <= MAX_FEATURES:
         fill = means if means is not None and len(means) == x.shape[1] else None
         return _features(run, feed, name, x, fill)
+    if x.ndim in (2, 3):  # a waveform too wide for a table, or [rows, steps, features]
+        fill = (means if x.ndim == 3 and means is not None and len(means) == x.shape[2]
+                else None if overall is None else np.asarray([overall]))
+        return _segments(run, feed, name, x, fill, patch)
     if x.ndim == 4:
         axis = (layout.axis if layout is not None and layout.kind == "channels" and layout.axis is not None
                 else (1 if x.shape[1] <= x.shape[3] else 3))
-        fill = means if means is not None and len(means) == x.shape[axis] else None
-        return _patches(run, feed, name, x, axis, fill, patch)
-    raise InputError(f"input '{name}' has shape {list(x.shape)}: occlusion explains [rows, features] and image "
-                     "[rows, C, H, W] / [rows, H, W, C] inputs")
+        per_channel = means is not None and len(means) == x.shape[axis]
+        fill = means if per_channel else None if overall is None else np.full(x.shape[axis], overall)
+        return _patches(run, feed, name, x, axis, fill, patch,
+                        "reference mean per channel" if per_channel else "reference mean")
+    raise InputError(f"input '{name}' has shape {list(x.shape)}: occlusion explains [rows, features], [rows, "
+                     "samples], [rows, steps, features], image [rows, C, H, W] / [rows, H, W, C] and token inputs")
 
 
 def _explained_input(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarray]) -> str:
+    """The first float input with rows of features, pixels or steps; else the first token ids (not a mask)."""
     for spec in inputs:
         value = feed.get(spec.name)
-        if value is not None and np.issubdtype(value.dtype, np.floating) and value.ndim in (2, 4):
+        if value is not None and np.issubdtype(value.dtype, np.floating) and value.ndim in (2, 3, 4):
             return spec.name
-    raise InputError("no float [rows, features] or image input to explain; name one with input=")
+    from ..metrics import MASK_NAME
+
+    for spec in inputs:
+        value = feed.get(spec.name)
+        if value is not None and np.issubdtype(value.dtype, np.integer) and value.ndim == 2 \
+                and not MASK_NAME.search(spec.name) and "type" not in spec.name:
+            return spec.name
+    raise InputError("no float [rows, features], signal, series or image input, and no token ids, to explain; "
+                     "name one with input=")
 
 
 def _run_rows(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-              name: str, rows: np.ndarray, source_row: int) -> dict[str, np.ndarray]:
-    """Run ``rows`` (variants of ``source_row``) with the other inputs' values of that row repeated."""
+              varied: Mapping[str, np.ndarray], source_row: int) -> dict[str, np.ndarray]:
+    """Run the ``varied`` inputs' rows (variants of ``source_row``) with the other inputs' values of that row
+    repeated along their own batch axes (an RNN's ``h0 [layers, batch, hidden]``); an input without one (a
+    sample rate) is shared as it is."""
+    axes = getattr(feed, "axes", {})
+    count = len(next(iter(varied.values())))
     pieces: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(rows), MAX_ROWS_PER_RUN):
-        chunk = rows[start:start + MAX_ROWS_PER_RUN]
-        batch = {k: (chunk if k == name else np.repeat(np.asarray(v)[source_row:source_row + 1], len(chunk), axis=0))
-                 for k, v in feed.items()}
+    for start in range(0, count, MAX_ROWS_PER_RUN):
+        n = min(MAX_ROWS_PER_RUN, count - start)
+        batch = {}
+        for k, v in feed.items():
+            axis = axes.get(k, 0)
+            if k in varied:
+                batch[k] = varied[k][start:start + n]
+            elif axis is None:
+                batch[k] = np.asarray(v)
+            else:
+                batch[k] = np.repeat(np.take(np.asarray(v), [source_row], axis=axis), n, axis=axis)
         pieces.append(run(batch))
-    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    return {k: np.concatenate([p[k] for p in pieces], axis=getattr(feed, "out_axes", {}).get(k, 0))
+            for k in pieces[0]}
+
+
+class _Feed(dict):  # type: ignore[type-arg]
+    """The explained request, with each input's and output's batch axis (None: no rows)."""
+
+    axes: dict[str, int | None]
+    out_axes: dict[str, int]
 
 
 def _occlude(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-             name: str, rows: int, variants: Callable[[int], np.ndarray]
+             name: str, rows: int, variants: Callable[[int], np.ndarray | dict[str, np.ndarray]]
              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Run each row's variants (the row itself first, then one per occluded part) and difference them: per
-    output ``[rows, parts, *output row shape]`` attributions, and the answers to the rows as given."""
+    """Run each row's variants (the row itself first, then one per occluded part; of input ``name``, or of the
+    inputs a dict names) and difference them: per output ``[rows, parts, *output row shape]`` attributions, and
+    the answers to the rows as given."""
     attributions: dict[str, list[np.ndarray]] = {}
     answers: dict[str, list[np.ndarray]] = {}
     for i in range(rows):
-        for k, v in _run_rows(run, feed, name, variants(i), i).items():
+        varied = variants(i)
+        for k, v in _run_rows(run, feed, varied if isinstance(varied, dict) else {name: varied}, i).items():
+            v = np.moveaxis(v, getattr(feed, "out_axes", {}).get(k, 0), 0)
             v64 = v.astype(np.float64)
             attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
             answers.setdefault(k, []).append(v[0:1])
-    return ({k: np.stack(v) for k, v in attributions.items()}, {k: np.concatenate(v) for k, v in answers.items()})
+    back = getattr(feed, "out_axes", {})
+    return ({k: np.stack(v) for k, v in attributions.items()},
+            {k: np.moveaxis(np.concatenate(v), 0, back.get(k, 0)) for k, v in answers.items()})
 
 
 def _features(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
@@ -142,7 +200,8 @@ def _features(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], fee
 
 
 def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-             name: str, x: np.ndarray, axis: int, fill: np.ndarray | None, patch: int | None) -> Explanation:
+             name: str, x: np.ndarray, axis: int, fill: np.ndarray | None, patch: int | None,
+             label: str = "reference mean per channel") -> Explanation:
     spatial = [a for a in (1, 2, 3) if a != axis]
     h, w = x.shape[spatial[0]], x.shape[spatial[1]]
     size = patch or max(1, min(h, w) // 8)
@@ -163,5 +222,50 @@ def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed
 
     attributions, answers = _occlude(run, feed, name, len(x), variants)
     return Explanation(name, "patches", attributions, answers,
-                       "reference mean per channel" if fill is not None else "zeros (the package has no reference)",
+                       label if fill is not None else "zeros (the package has no reference)",
                        patch=size, grid=(gh, gw), rows_run=len(x) * (gh * gw + 1))
+
+
+def _segments(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+              name: str, x: np.ndarray, fill: np.ndarray | None, window: int | None) -> Explanation:
+    """Windows of ``window`` steps along axis 1 (of a waveform, or of a series across all its features)."""
+    steps = x.shape[1]
+    size = window or max(1, -(-steps // SEGMENTS))
+    count = -(-steps // size)
+    ref = (fill if fill is not None else np.zeros(1)).astype(x.dtype)
+
+    def variants(i: int) -> np.ndarray:
+        rows = np.repeat(x[i:i + 1], count + 1, axis=0)
+        for p in range(count):  # row p + 1: window p occluded
+            part = rows[p + 1, p * size:(p + 1) * size]
+            part[...] = np.broadcast_to(ref, part.shape)
+        return rows
+
+    attributions, answers = _occlude(run, feed, name, len(x), variants)
+    return Explanation(name, "segments", attributions, answers,
+                       "reference mean" + (" per feature" if fill is not None and len(fill) > 1 else "")
+                       if fill is not None else "zeros (the package has no reference)",
+                       patch=size, rows_run=len(x) * (count + 1))
+
+
+def _tokens(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+            name: str, ids: np.ndarray, pad: int) -> Explanation:
+    """Each token position removed in turn: its mask set to 0 where the model has a mask, else its id padded."""
+    from ..metrics import find_mask
+
+    mask_name = find_mask({k: v for k, v in feed.items() if k != name}, ids.shape)
+    seq = ids.shape[1]
+    eye = np.eye(seq, dtype=bool)
+
+    def variants(i: int) -> dict[str, np.ndarray]:
+        if mask_name is not None:
+            mask = np.repeat(np.asarray(feed[mask_name])[i:i + 1], seq + 1, axis=0)
+            mask[1:][eye] = 0  # row j + 1: token j removed
+            return {mask_name: mask}
+        rows = np.repeat(ids[i:i + 1], seq + 1, axis=0)
+        rows[1:][eye] = pad
+        return {name: rows}
+
+    attributions, answers = _occlude(run, feed, name, len(ids), variants)
+    how = f"each token removed (its '{mask_name}' set to 0)" if mask_name else f"each token replaced by the padding id {pad}"
+    return Explanation(name, "tokens", attributions, answers, how, rows_run=len(ids) * (seq + 1))

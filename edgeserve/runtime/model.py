@@ -264,7 +264,7 @@ class Model:
             return dict(zip(self._output_names, self._run_feed(batch)))
 
         return explain(run, self.inputs, feed, self.manifest.envelope if self.manifest else {}, input=input,
-                       patch=patch)
+                       patch=patch, out_axes={s.name: s.batch_axis for s in self.outputs if s.batch_axis})
 
     def _inline(self, rows: int, alone: bool = False) -> bool:
         if self._inline_calls < INLINE_PROBES or rows > self._inline_rows:

@@ -114,10 +114,78 @@ def test_image_patches_and_top_features(tmp_path: Path) -> None:
     assert len(top) == 2 and len(top[0]) == 3 and all(0 <= j < 16 for j, _ in top[0])
 
 
-def test_token_inputs_are_refused_with_a_reason(tmp_path: Path) -> None:
-    from tests.factories import encoder_data, encoder_model
+def _bag_of_words(path: Path, table: np.ndarray, *, mask: bool) -> Path:
+    """logits = sum over positions of (mask x) the token's embedding row: removing a token takes its row away."""
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["rows"])]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    summed = "rows"
+    if mask:
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]))
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.DOUBLE),
+                  helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+                  helper.make_node("Mul", ["rows", "m3"], ["kept"])]
+        summed = "kept"
+    nodes.append(helper.make_node("ReduceSum", [summed, "one"], ["logits"], keepdims=0))
+    graph = helper.make_graph(nodes, "bag", inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", table.shape[1]])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(np.array([-1], np.int64), "last"),
+                               numpy_helper.from_array(np.array([1], np.int64), "one")])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
-    pkg = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "pkg", quantize="none",
-                            calibration=encoder_data())
-    with edgeserve.load(pkg.path) as model, pytest.raises(InputError, match="no float"):
-        model.explain({k: v[:1] for k, v in encoder_data().items()})
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_each_token_is_removed_in_turn_and_its_attribution_is_exact_for_a_bag_of_words(tmp_path: Path,
+                                                                                      mask: bool) -> None:
+    """Token ids cannot be averaged: a token is removed (its mask set to 0), or without a mask replaced by the
+    padding id; for a bag of words the attribution of position j is then exactly its embedding row (less the
+    padding row's)."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((20, 3))
+    table[0] = 0.5  # the padding id's row
+    ids = np.array([[3, 7, 7, 12, 0, 0], [5, 1, 2, 3, 4, 9]], np.int64)
+    feed = {"input_ids": ids}
+    if mask:
+        feed["attention_mask"] = (ids != 0).astype(np.int64)
+    with edgeserve.load(_bag_of_words(tmp_path / "bag.onnx", table, mask=mask)) as model:
+        out = model.explain(feed)
+        assert out.kind == "tokens" and out.input == "input_ids"
+        att = out.attributions["logits"]  # [rows, positions, classes]
+        expected = table[ids] * feed["attention_mask"][..., None] if mask else table[ids] - table[0]
+        np.testing.assert_allclose(att, expected, atol=1e-9)
+        np.testing.assert_allclose(out.outputs["logits"], model.predict(feed)["logits"])
+
+
+def test_a_waveform_is_occluded_a_window_at_a_time_exactly_for_a_linear_model(tmp_path: Path) -> None:
+    """A signal wider than a table (4000 samples) would cost 4001 rows per explanation as features; windows of
+    samples cost 33, and for a linear model each window's attribution is w . (x - mean) over its samples."""
+    rng = np.random.default_rng(2)
+    w, b = rng.standard_normal((4000, 2)), np.zeros(2)
+    reference = rng.normal(0.3, 1.0, (120, 4000))
+    pkg = edgeserve.convert(_linear(tmp_path / "wave.onnx", w, b), tmp_path / "pkg", quantize="none",
+                            calibration={"x": reference})
+    x = rng.normal(0, 1, (2, 4000))
+    with edgeserve.load(pkg.path) as model:
+        out = model.explain(x)
+    assert out.kind == "segments" and out.patch == 125 and out.rows_run == 2 * 33
+    mean = reference.mean()
+    expected = np.stack([((x[:, None, :] - mean) * w[:, k]).reshape(2, 32, 125).sum(-1) for k in range(2)], -1)
+    np.testing.assert_allclose(out.attributions["y"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_whose_rows_are_not_on_axis_0_are_repeated_along_their_own_axis(tmp_path: Path) -> None:
+    """A VAD-like model: ``state [2, batch, hidden]`` and a scalar sample rate beside the explained input. The
+    occluded copies of a row must carry that row's state (on axis 1), and the one shared sample rate."""
+    from tests.factories import vad_like_data, vad_like_model
+
+    data = vad_like_data(rows=3)
+    with edgeserve.load(save(vad_like_model(), tmp_path / "vad.onnx")) as model:
+        out = model.explain(data, input="input")
+        direct = model.predict(data)
+        assert out.kind == "features" and out.attributions["output"].shape == (3, 64, 1)
+        np.testing.assert_allclose(out.outputs["stateN"], direct["stateN"], rtol=1e-6)
+        np.testing.assert_allclose(out.outputs["output"], direct["output"], rtol=1e-6)
+        row = {"input": data["input"][1:2].copy(), "state": data["state"][:, 1:2], "sr": data["sr"]}
+        row["input"][0, 5] = 0.0  # the occlusion of feature 5, by hand (no reference: zeros)
+        by_hand = direct["output"][1] - model.predict(row)["output"][0]
+        np.testing.assert_allclose(out.attributions["output"][1, 5], by_hand, rtol=1e-5, atol=1e-7)
