@@ -134,3 +134,43 @@ def test_torch_inputs_are_named_after_forwards_parameters(tmp_path: Path) -> Non
     assert [s.name for s in pkg.manifest.inputs] == ["input_ids", "attention_mask"]
     judged = pkg.manifest.fidelity["budget"]["targets"][0]["metric"]
     assert judged.startswith("pooled-cosine") and "mask=attention_mask" in judged, judged
+
+
+class _Classifier(torch.nn.Module):
+    """Like a transformers model: keyword inputs (type ids optional), a dict-like answer with a None entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        self.types = torch.nn.Embedding(2, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        h = self.emb(input_ids) + (0 if token_type_ids is None else self.types(token_type_ids))
+        m = attention_mask.unsqueeze(-1).float()
+        pooled = (h * m).sum(1) / m.sum(1)
+        return {"loss": None, "logits": self.head(pooled), "pooled": pooled}
+
+
+def test_named_example_inputs_go_in_by_name_and_a_dict_answer_names_the_outputs(tmp_path: Path) -> None:
+    """A dict of example inputs in another order than forward's parameters must not feed token_type_ids as the
+    mask; the answer's keys name the outputs (so 'logits' is judged as class scores); token ids get a variable
+    sequence axis, since requests come at other lengths than the example's."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 50, (80, 12)).astype(np.int64)
+    mask = (np.arange(12)[None] < rng.integers(3, 13, (80, 1))).astype(np.int64)
+    types = (np.arange(12)[None] >= 6).astype(np.int64).repeat(80, 0)
+    data = {"token_type_ids": types, "attention_mask": mask, "input_ids": ids}  # not forward's order
+    module = _Classifier().eval()
+    pkg = edgeserve.convert(module, tmp_path / "pkg", example_inputs={k: v[:2] for k, v in data.items()},
+                            quantize="none", calibration=data)
+    assert [s.name for s in pkg.manifest.outputs] == ["logits", "pooled"]
+    assert all(s.shape == ("batch", "sequence") for s in pkg.manifest.inputs)
+    assert pkg.manifest.fidelity["budget"]["targets"][0]["metric"] == "top1,output=logits"
+    short = {k: v[:4, :7] for k, v in data.items()}  # another length than the example's 12
+    with edgeserve.load(pkg.path) as model, torch.no_grad():
+        got = model.predict(short)
+        want = module(**{k: torch.from_numpy(v) for k, v in short.items()})
+    np.testing.assert_allclose(got["logits"], want["logits"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["pooled"], want["pooled"].numpy(), rtol=1e-5, atol=1e-6)

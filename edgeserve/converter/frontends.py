@@ -187,15 +187,23 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
         raise ConversionError(f"{len(input_names)} input_names given for {len(args)} example inputs")
     module = module.eval()
     with torch.no_grad():
-        sample_out = module(*args)
-    n_out = len(sample_out) if isinstance(sample_out, (tuple, list)) else 1
+        sample_out = module(**dict(zip(example_inputs, args))) if isinstance(example_inputs, Mapping) else module(*args)
+    keys = _output_keys(sample_out)
+    if isinstance(example_inputs, Mapping) or keys is not None:
+        # NOTE: named inputs go in by name (a dict in another order than forward's parameters must not feed
+        # token_type_ids as attention_mask), and a transformers ModelOutput comes out as its tensors, named
+        module = _named(module, list(example_inputs) if isinstance(example_inputs, Mapping) else None)
+        with torch.no_grad():
+            sample_out = module(*args)
+    outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
     if output_names is None:
-        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+        output_names = keys or (["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))])
     if dynamic_axes is None:
-        # by default every input and output gets a dynamic batch axis 0 (scalars excepted); models whose batch sits
-        # elsewhere (recurrent state [layers, batch, hidden]) or that take variable lengths pass dynamic_axes
-        outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
-        dynamic_axes = {n: {0: "batch"} for n, a in zip(input_names, args) if a.dim() > 0}
+        # by default every input and output gets a dynamic batch axis 0 (scalars excepted), and token ids and
+        # masks ([batch, seq] integers) a dynamic sequence axis; models whose batch sits elsewhere (recurrent state
+        # [layers, batch, hidden]) or that take other variable sizes pass dynamic_axes
+        dynamic_axes = {n: ({0: "batch", 1: "sequence"} if a.dim() == 2 and not a.is_floating_point() else {0: "batch"})
+                        for n, a in zip(input_names, args) if a.dim() > 0}
         dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
     dst = workdir / "source.onnx"
     try:
@@ -211,6 +219,35 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
         "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "sha256": sha256_file(dst), "opset": opset,
     })
+
+
+def _output_keys(out: Any) -> list[str] | None:
+    """The names of a dict-like answer's tensors (a transformers ``ModelOutput``: ``logits``; ``last_hidden_state``,
+    ``pooler_output``), in order, leaving out what is None; None for a tensor or a tuple."""
+    if not isinstance(out, Mapping):
+        return None
+    return [k for k, v in out.items() if v is not None]
+
+
+def _tensors(out: Any) -> Any:
+    return tuple(v for v in out.values() if v is not None) if isinstance(out, Mapping) else out
+
+
+def _named(module: Any, keys: list[str] | None) -> Any:
+    import torch
+
+    class Named(torch.nn.Module):
+        """``module`` called with its inputs by name, answering a tuple of tensors (what the exporter traces)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args: Any) -> Any:
+            return _tensors(self.module(**dict(zip(keys, args))) if keys is not None else self.module(*args))
+
+    return Named().eval()
+
 
 
 def _parameter_names(module: Any, count: int) -> list[str] | None:
