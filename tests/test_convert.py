@@ -319,3 +319,15 @@ def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -
     strided = edgeserve.convert(save(even, tmp_path / "even.onnx"), tmp_path / "even", quantize="none",
                                 calibration={"x": rows(40, n_in=4)})
     assert "fixed_sizes" not in strided.manifest.recipe  # a size with a stride is not a fixed one
+
+
+def test_int8_of_a_float16_model_fails_saying_that_int8_needs_float32_weights(tmp_path: Path) -> None:
+    """An exporter's --fp16 model: onnxruntime's dynamic quantiser fails on it with its own words ("Expected
+    ... to be an initializer"); the error says what that means and what to do."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from tests.factories import cnn_opset11
+
+    half = save(convert_float_to_float16(cnn_opset11(), keep_io_types=False), tmp_path / "cnn16.onnx")
+    with pytest.raises(ConversionError, match="float16 weights.*export it in float32"):
+        edgeserve.convert(half, tmp_path / "pkg", quantize="dynamic")
