@@ -17,9 +17,36 @@ DataSource = str | os.PathLike[str] | Mapping[str, Any] | np.ndarray
 the array itself."""
 
 
+def is_frame(value: Any) -> bool:
+    """A pandas DataFrame (duck-typed: pandas is never imported here)."""
+    return hasattr(value, "columns") and hasattr(value, "dtypes") and hasattr(value, "to_numpy")
+
+
+def frame_columns(frame: Any) -> dict[str, np.ndarray]:
+    """A DataFrame's columns as a scikit-learn model converted from one takes them (see :func:`column`)."""
+    return {str(name): column(str(name), frame[name].to_numpy()) for name in frame.columns}
+
+
+def column(name: str, values: Any) -> np.ndarray:
+    """One column as a ``[rows, 1]`` input: float32 for floats, int64 for integers, strings for text and
+    categories (what skl2onnx makes of a DataFrame's columns)."""
+    a = np.asarray(values)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise DataError(f"column '{name}': expected one value per row, got shape {list(a.shape)}")
+    kind = a.dtype.kind
+    a = a.astype(np.float32) if kind == "f" else a.astype(np.int64) if kind in "iu" else a if kind == "b" \
+        else a.astype(str)
+    return a.reshape(-1, 1)
+
+
 def read_arrays(source: DataSource, *, what: str, single: str | None = None) -> dict[str, np.ndarray]:
-    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, or a mapping; a bare array is named
-    ``single`` (the model's one input). No pickles are loaded."""
+    """Arrays by name from a ``.npz`` file, a folder of ``NAME.npy`` files, a mapping, or a DataFrame (one
+    ``[rows, 1]`` array per column); a bare array is named ``single`` (the model's one input). No pickles are
+    loaded."""
+    if is_frame(source):
+        return frame_columns(source)
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
     if not isinstance(source, (str, os.PathLike)):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import column, frame_columns, is_frame
 from ..errors import ConversionError, DataError, ModelFileError, first_line
 from ..modelfile import load_model, sha256_file, uses_external_data
 
@@ -266,24 +267,57 @@ def _parameter_names(module: Any, count: int) -> list[str] | None:
 
 def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | None) -> SourceModel:
     try:
-        import sklearn
+        import sklearn  # noqa: F401 - the extra's presence
         from skl2onnx import to_onnx
     except ImportError:
         raise ConversionError("converting scikit-learn models needs the extra: pip install 'edgeserve[sklearn]'") from None
     if example_inputs is None:
-        raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array)")
+        raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array, or a "
+                              "DataFrame for a pipeline of named columns)")
+    options = {id(est): {"zipmap": False} for est in _estimators(model) if hasattr(est, "predict_proba")}
+    if is_frame(example_inputs) or isinstance(example_inputs, Mapping):
+        return _from_sklearn_columns(model, workdir, example_inputs, opset, options)
     x = np.asarray(example_inputs)
     if x.ndim != 2:
         raise DataError(f"example_inputs for a scikit-learn model must be 2-D [rows, features], got {list(x.shape)}")
     if x.dtype == np.float64:
         x = x.astype(np.float32)  # float32 runs on every ONNX kernel; sklearn trains in float64 either way
-    options = {id(est): {"zipmap": False} for est in _estimators(model) if hasattr(est, "predict_proba")}
+    if x.dtype == object:
+        raise DataError("example_inputs mix text and numbers in one array; give a DataFrame (or a dict of column "
+                        "name to values) so that each column becomes an input of its own type")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {first_line(exc)}") from exc
+    return _sklearn_source(model, workdir, onx)
+
+
+def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset: int | None,
+                          options: dict[int, Any]) -> SourceModel:
+    """A pipeline fit on named columns (a ColumnTransformer of text categories and numbers): one ``[rows, 1]``
+    input per column, typed after the column, as skl2onnx maps them to the columns by name."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import BooleanTensorType, FloatTensorType, Int64TensorType, StringTensorType
+
+    columns = frame_columns(example_inputs) if is_frame(example_inputs) else {
+        str(k): column(str(k), v) for k, v in example_inputs.items()}
+    kinds = {"f": FloatTensorType, "i": Int64TensorType, "b": BooleanTensorType, "U": StringTensorType}
+    initial = [(name, kinds[values.dtype.kind]([None, 1])) for name, values in columns.items()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onx = to_onnx(model, initial_types=initial, options=options or None, target_opset=opset)
+    except Exception as exc:
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
+                              f"{', '.join(columns)}: {first_line(exc)}") from exc
+    return _sklearn_source(model, workdir, onx)
+
+
+def _sklearn_source(model: Any, workdir: Path, onx: Any) -> SourceModel:
+    import sklearn
+
     from .prepare import dedupe_opset_imports
 
     dedupe_opset_imports(onx)

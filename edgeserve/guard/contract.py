@@ -45,6 +45,11 @@ class InputContract:
                 raise InputError("pass inputs either as one mapping or as keyword arguments, not both")
             inputs = named
         if not isinstance(inputs, Mapping):
+            if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame: one input per column
+                from ..arrays import frame_columns
+
+                inputs = frame_columns(inputs)
+        if not isinstance(inputs, Mapping):
             if inputs is None:
                 raise InputError(f"no inputs given; the model expects {self._expected()}")
             if self._single is None:
