@@ -236,6 +236,9 @@ class GuardConfig:
     """A value outside the reference's range for its feature (or channel), widened by ``range_margin``."""
     vocabulary: GuardPolicy = "reject"
     """A token id outside the model's embedding table."""
+    category: GuardPolicy = "warn"
+    """A text value in a categorical input (a DataFrame's column) that the reference never held: an encoder that
+    ignores unknown categories answers for it silently, as if the column were empty."""
     range_margin: float = 0.1
     """How far outside the reference range a value may go, as a fraction of the feature's span."""
     drift: bool = True
@@ -257,7 +260,7 @@ class GuardConfig:
     def __post_init__(self) -> None:
         if not 0 < self.sample <= 1:
             raise ConfigError(f"guard sample must be in (0, 1], got {self.sample}")
-        for name in ("non_finite", "range", "vocabulary"):
+        for name in ("non_finite", "range", "vocabulary", "category"):
             if getattr(self, name) not in _POLICIES:
                 raise ConfigError(f"guard {name} must be one of {', '.join(_POLICIES)}, got {getattr(self, name)!r}")
         if not 0 <= self.range_margin <= 100:
@@ -273,4 +276,4 @@ class GuardConfig:
 
     @classmethod
     def off(cls) -> GuardConfig:
-        return cls(non_finite="off", range="off", vocabulary="off", drift=False)
+        return cls(non_finite="off", range="off", vocabulary="off", category="off", drift=False)

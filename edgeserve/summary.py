@@ -141,6 +141,9 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
                 state = " (a state fed back: checked for NaN/inf only, not watched for drift)" if st.get("state") else ""
                 yield (f"  {name}{kind}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
                        f"std {_fmt(st['std'])}{feats}{state}")
+            if "categories" in st:
+                cats = st["categories"]
+                yield f"  {name} [categories]: {len(cats)} values: " + ", ".join(cats[:12]) + (" …" if len(cats) > 12 else "")
             if "tokens" in st:
                 t = st["tokens"]
                 lengths = t["lengths"]

@@ -44,6 +44,7 @@ class _InputCheck:
     floating: bool
     vocabulary: int | None
     fits: tuple[int, ...] | None = None  # the last shape seen that the per-feature bounds broadcast against
+    categories: frozenset[str] | None = None  # a text input's values in the reference
 
 
 class Envelope:
@@ -51,14 +52,19 @@ class Envelope:
 
     def __init__(self, specs: Sequence[TensorSpec], reference: Mapping[str, Any], config: GuardConfig) -> None:
         self.config = config
-        self.warnings: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0}
-        self.rejections: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0}
+        self.warnings: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0, "category": 0}
+        self.rejections: dict[str, int] = {"non_finite": 0, "range": 0, "vocabulary": 0, "category": 0}
         self._lock = threading.Lock()
         self._checks: list[_InputCheck] = []
         stats = reference.get("inputs", {}) if reference else {}
         for spec in specs:
             floating = np.issubdtype(spec.np_dtype, np.floating) if spec.dtype != "str" else False
             ref = stats.get(spec.name, {})
+            if spec.dtype == "str":
+                if config.category != "off" and ref.get("categories") is not None:
+                    self._checks.append(_InputCheck(spec.name, None, None, None, None, False, None,
+                                                    categories=frozenset(ref["categories"])))
+                continue
             lo = hi = None
             if config.range != "off" and ref.get("range") and spec.dtype != "str":
                 lo, hi = _native(*_bounds(ref, len(spec.shape), config.range_margin), spec.np_dtype)
@@ -83,6 +89,12 @@ class Envelope:
         for c in self._checks:
             x = feed.get(c.name)
             if x is None:
+                continue
+            if c.categories is not None:
+                known = c.categories
+                if not all(v in known for v in x.reshape(-1).tolist()):
+                    warned += self._failed("category", c.name, x, partial(_unknown, x, known),
+                                           f"values the reference never held (it held {_listed(known)})")
                 continue
             if c.vocabulary is not None:
                 if not within(x, _ZERO, np.array(c.vocabulary - 1), hold):
@@ -125,7 +137,7 @@ class Envelope:
             return (f"{check}:{name}",)
         bad = where_bad()
         where = np.argwhere(bad)[:SHOWN]
-        shown = ", ".join(f"{list(map(int, p))} = {x[tuple(p)].item()!r}" for p in where)
+        shown = ", ".join(f"{list(map(int, p))} = {_value(x[tuple(p)])!r}" for p in where)
         count = int(bad.sum())
         raise EnvelopeError(
             f"input '{name}' fails the envelope check '{check}': {count} {what}, at {shown}"
@@ -191,6 +203,19 @@ def _native(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.nd
 
 def _outside_table(x: np.ndarray, vocabulary: int) -> np.ndarray:
     return (x < 0) | (x >= vocabulary)  # type: ignore[no-any-return]
+
+
+def _value(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _unknown(x: np.ndarray, known: frozenset[str]) -> np.ndarray:
+    return np.array([v not in known for v in x.reshape(-1).tolist()]).reshape(x.shape)
+
+
+def _listed(known: frozenset[str], count: int = 8) -> str:
+    shown = sorted(known)[:count]
+    return ", ".join(map(repr, shown)) + (f" and {len(known) - count} more" if len(known) > count else "")
 
 
 def _not_finite(x: np.ndarray) -> np.ndarray:

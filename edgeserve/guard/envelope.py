@@ -13,6 +13,8 @@ from .reference import MAX_FEATURES, feature_reference, input_layout, output_lay
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 20
+MAX_CATEGORIES = 1000
+"""A text input with at most this many distinct values in the reference is categorical: its values are recorded."""
 MIN_DRIFT_ROWS = 100
 """Fewer reference rows than this record no drift reference: quantiles of so few rows would raise false alarms."""
 
@@ -55,6 +57,11 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
     rows = next((int(np.asarray(v).shape[0]) for v in data.values() if np.asarray(v).ndim), 0)
     for name, values in data.items():
         arr = np.asarray(values)
+        if arr.dtype.kind in "UO" and arr.ndim >= 1:
+            seen = categories(arr)
+            if seen is not None:
+                inputs[name] = {"count": int(arr.size), "categories": seen}
+            continue
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             continue
         entry = _stats(arr.reshape(-1))
@@ -86,6 +93,15 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             out["outputs"][name] = {"layout": layout.to_dict(), **_stats(summary.reshape(-1)),
                                     "drift": feature_reference(summary)}
     return out
+
+
+def categories(arr: np.ndarray) -> list[str] | None:
+    """The distinct text values of a categorical input, sorted; None for free text (more than ``MAX_CATEGORIES``
+    distinct values, or more distinct values than half the rows: a name, a comment)."""
+    values = sorted({str(v) for v in arr.reshape(-1).tolist()})
+    if len(values) > MAX_CATEGORIES or (len(arr) >= 20 and len(values) > len(arr) // 2):
+        return None
+    return values
 
 
 def _tokens(arr: np.ndarray, layout: Any, vocabulary: int) -> dict[str, Any]:

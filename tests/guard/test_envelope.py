@@ -35,7 +35,7 @@ def test_no_false_rejection_on_the_reference_itself(digits_package: Path, digits
         for i in range(0, len(digits[0]), 37):
             model.predict(digits[0][i:i + 37])  # every reference row, through the strictest envelope
         assert model.envelope is not None and model.envelope.stats()["rejections"] == {
-            "non_finite": 0, "range": 0, "vocabulary": 0}
+            "non_finite": 0, "range": 0, "vocabulary": 0, "category": 0}
 
 
 def test_nan_is_rejected_naming_input_position_and_value(digits_package: Path, digits) -> None:
@@ -195,3 +195,33 @@ def test_a_state_fed_back_is_checked_for_nan_only_and_never_watched_for_drift(tm
         far = dict(feed, input=feed["input"] + 1000)
         with pytest.raises(EnvelopeError, match="'input'.*range"):
             model.predict(far)
+
+
+def test_an_unseen_category_is_flagged_naming_it_and_free_text_records_none(tmp_path: Path) -> None:
+    """A OneHotEncoder(handle_unknown='ignore') answers for a city it never saw as if the column were empty:
+    the guard says so (warn by default, reject on request), never on the reference's own values."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from edgeserve.guard.envelope import categories
+
+    rng = np.random.default_rng(0)
+    cities = rng.choice(["oslo", "lima", "pune"], (300, 1))
+    pipe = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression())
+    pipe.fit(cities, (cities[:, 0] == "lima").astype(int))
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", example_inputs=cities[:4], calibration=cities)
+    name = pkg.manifest.inputs[0].name
+    assert read_manifest(pkg.path).envelope["inputs"][name]["categories"] == ["lima", "oslo", "pune"]
+    unseen = np.array([["oslo"], ["paris"], ["lima"]])
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        assert model.answer(unseen)[1] == (f"category:{name}",)
+        assert model.answer(cities[:50])[1] == ()
+    with edgeserve.load(pkg.path, guard=GuardConfig(category="reject")) as model:
+        model.predict(cities)  # the reference itself passes
+        with pytest.raises(EnvelopeError, match=r"'category'.*'lima', 'oslo', 'pune'.*\[1, 0\] = 'paris'"):
+            model.predict(unseen)
+    with edgeserve.load(pkg.path, guard=GuardConfig(category="off")) as model:
+        assert model.answer(unseen)[1] == ()
+    names = np.array([[f"customer {i}"] for i in range(300)])
+    assert categories(names) is None  # free text: no category list
