@@ -64,8 +64,8 @@ class InputContract:
             value = inputs[name]
             if type(value) is not np.ndarray:
                 value = self._coerce(name, value, spec)
-            if value.dtype != dtype and dtype.kind == "O" and value.dtype.kind == "U":
-                value = value.astype(object)  # np.array(["a", "b"]) is fixed-width unicode; engines take str objects
+            if dtype.kind == "O":
+                value = _text(name, value)
             if value.dtype != dtype:
                 raise InputError(
                     f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)}; "
@@ -124,3 +124,28 @@ class InputContract:
         if unknown:
             parts.append("unknown " + ", ".join(f"'{u}'" for u in unknown))
         raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model expects {self._expected()}")
+
+
+def _text(name: str, value: np.ndarray) -> np.ndarray:
+    """A string input as the engine takes it: an object array of ``str``. Fixed-width unicode is converted, and
+    ``bytes`` elements (numpy's ``S``, a protocol's BYTES) are decoded as UTF-8: the engine would read one as its
+    ``repr`` — ``b'oslo'`` is then another category than ``oslo``."""
+    if value.dtype.kind == "U":
+        return value.astype(object)
+    if value.dtype.kind == "S":
+        value = value.astype(object)
+    if value.dtype.kind != "O":
+        return value
+    flat = value.reshape(-1).tolist()
+    if not any(isinstance(v, bytes) for v in flat):
+        return value
+    out = np.empty(len(flat), dtype=object)
+    for i, v in enumerate(flat):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"input '{name}': element {i} is bytes that are not UTF-8 text; the model's string "
+                                 "input takes text") from None
+        out[i] = v
+    return out.reshape(value.shape)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgeserve
+from edgeserve.runtime.repository import Repository
+from edgeserve.server.app import ServeConfig
 from tests.factories import ECHO_TYPES, echo_inputs, rows
 from tests.server.client import call, infer_json
+from tests.server.conftest import start, stop
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
@@ -231,3 +235,44 @@ def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
     assert value("edgeserve_engine_rows_total", model="mlp") >= 1
     assert value("edgeserve_compute_duration_seconds_count", model="mlp") >= 1
     assert value("edgeserve_batch_size_bucket", model="mlp", le="+Inf") == value("edgeserve_batch_size_count", model="mlp")
+
+
+def test_text_sent_as_bytes_reaches_a_string_model_as_the_same_text(tmp_path: Path) -> None:
+    """BYTES travel as bytes; a string tensor takes text. A category pipeline answers over every client exactly
+    as in-process predict on the same words (the engine read b'oslo' as another value than 'oslo'), and bytes
+    that are no UTF-8 text are a 400 naming the input."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    cities = np.random.default_rng(0).choice(["oslo", "lima", "pune"], (200, 1))
+    pipe = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression())
+    pipe.fit(cities, (cities[:, 0] == "lima").astype(int))
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", example_inputs=cities[:4], quantize="none", calibration=cities)
+    name = pkg.manifest.inputs[0].name
+    repository = Repository(tmp_path / "repo", create=True)
+    repository.publish("cities", pkg.path)
+    words = np.array([["lima"], ["oslo"], ["lima"]], dtype=object)
+    with edgeserve.load(pkg.path) as model:
+        want = model.predict(words.astype(str))["probabilities"]
+    assert want[0, 1] > 0.5 > want[1, 1]  # the words matter: a request read wrongly would not answer this
+    running = start(repository.root, ServeConfig(port=0, grpc_port=0))
+    try:
+        for binary in (False, True):
+            client = tritonhttp.InferenceServerClient(running.host_port)
+            request = tritonhttp.InferInput(name, [3, 1], "BYTES")
+            request.set_data_from_numpy(words, binary_data=binary)
+            got = client.infer("cities", [request]).as_numpy("probabilities")
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+        client = tritongrpc.InferenceServerClient(running.grpc)
+        request = tritongrpc.InferInput(name, [3, 1], "BYTES")
+        request.set_data_from_numpy(words)
+        np.testing.assert_allclose(client.infer("cities", [request]).as_numpy("probabilities"), want, rtol=1e-6)
+        raw = struct.pack("<I", 2) + b"\xff\xfe"
+        header = json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [1, 1],
+                                         "parameters": {"binary_data_size": len(raw)}}]}).encode()
+        answer = call(running.host_port, "POST", "/v2/models/cities/infer", header + raw,
+                      {"Inference-Header-Content-Length": str(len(header))})
+        assert answer.status == 400 and "not UTF-8 text" in answer.error, answer.error
+    finally:
+        stop(running)
