@@ -117,6 +117,14 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
         yield f"  {s.name}: {s.describe()}"
     src = m.source
     yield f"source: {src.get('framework', '?')} {src.get('class') or src.get('file') or ''} sha256 {str(src.get('sha256', ''))[:16]}…"
+    check = src.get("estimator_check")
+    if check:
+        measure = (f"probabilities differ by {check['max_abs_diff']:.3g}" if "max_abs_diff" in check
+                   else f"labels agree on {check['agreement']:.1%}")
+        yield (f"  the converted graph against the estimator on {check['rows']} example rows: {measure}"
+               + ("" if check.get("ok") else " (WARNING: not the estimator's answers; check it on your data)"))
+    for node, named in (src.get("locales_replaced") or {}).items():
+        yield f"  {node}: the locale {named} could not be loaded when converting; it uses C.UTF-8"
     for name, labels in (src.get("zipmap_removed") or {}).items():
         yield f"  output {name} was a ZipMap: answers [rows, {len(labels)}] probabilities, classes {labels[:20]}"
     for fixed in m.recipe.get("fixed_sizes") or []:

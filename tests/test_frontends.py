@@ -233,3 +233,43 @@ def test_a_dict_of_columns_converts_like_a_dataframe_and_mixed_arrays_are_refuse
     with edgeserve.load(pkg.path) as model:
         np.testing.assert_allclose(model.predict(feed)["probabilities"],
                                    pipe.predict_proba(pd.DataFrame(columns)[:20]), atol=1e-5)
+
+
+def test_a_text_normaliser_whose_locale_is_missing_here_still_loads(tmp_path: Path) -> None:
+    """skl2onnx's TfidfVectorizer lowercases with a StringNormalizer in en_US.UTF-8, which slim containers lack:
+    onnxruntime then refuses the model ("Failed to construct locale"). It is pointed at C.UTF-8, and says so."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("StringNormalizer", ["text"], ["lowered"], name="norm", case_change_action="LOWER",
+                            locale="xx_NOWHERE.UTF-8")
+    graph = helper.make_graph([node], "norm", [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+                              [helper.make_tensor_value_info("lowered", TensorProto.STRING, ["n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "norm.onnx"))
+    words = np.array(["Oslo", "LIMA", "pune"])
+    pkg = edgeserve.convert(tmp_path / "norm.onnx", tmp_path / "pkg", calibration={"text": words})
+    assert pkg.manifest.source["locales_replaced"] == {"norm": "xx_NOWHERE.UTF-8"}
+    with edgeserve.load(pkg.path) as loaded:
+        assert loaded.predict(words)["lowered"].tolist() == ["oslo", "lima", "pune"]
+
+
+def test_a_conversion_that_answers_unlike_the_estimator_is_flagged(tmp_path: Path) -> None:
+    """skl2onnx's tokenizer knows ASCII words only: a TF-IDF model of accented words converts into a graph that
+    answers otherwise than the estimator. The converter's checks compare against that graph, so the estimator
+    itself is asked too, on the example rows, and a difference is recorded (and warned about)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    checks = {}
+    for label, words in (("ascii", ["good", "bad", "nice", "meh"]), ("accented", ["été", "éclair", "naïve", "bon"])):
+        rng = np.random.default_rng(0)
+        texts = [" ".join(rng.choice(words, 5)) for _ in range(200)]
+        labels = np.array([t.split().count(words[0]) > 1 for t in texts]).astype(int)
+        pipe = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, labels)
+        column = np.array(texts).reshape(-1, 1)
+        pkg = edgeserve.convert(pipe, tmp_path / label, example_inputs=column[:8], calibration=column)
+        checks[label] = pkg.manifest.source["estimator_check"]
+    assert checks["ascii"]["ok"] and checks["ascii"]["max_abs_diff"] < 1e-5
+    assert not checks["accented"]["ok"] and checks["accented"]["max_abs_diff"] > 0.05

@@ -77,21 +77,72 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
     dst = workdir / "source.onnx"
     info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
     zipmaps = unzipped_outputs(model)
+    locales = portable_locales(model)
     if uses_external_data(model):
         import onnx
 
         model = load_model(path, allowed_domains=allowed_domains)  # checked, then loaded from beside the model
         unzip(model)
+        portable_locales(model)
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
-    elif zipmaps:
+    elif zipmaps or locales:
         unzip(model)
         dst.write_bytes(model.SerializeToString())
     else:
         shutil.copyfile(path, dst)
+    if locales:
+        info["locales_replaced"] = locales
     if zipmaps:
         info["zipmap_removed"] = zipmaps
         _say_unzipped(zipmaps)
     return SourceModel(dst, info)
+
+
+PORTABLE_LOCALE = "C.UTF-8"
+"""The locale a StringNormalizer is given when the one it names cannot be loaded here: glibc systems, slim
+containers included, have it built in."""
+
+
+def portable_locales(model: Any) -> dict[str, str]:
+    """Point each StringNormalizer (skl2onnx's TfidfVectorizer lowercases with one) whose locale this machine
+    cannot load at ``PORTABLE_LOCALE``; returns node name → the locale it named. onnxruntime refuses to load the
+    model otherwise ("Failed to construct locale with name: en_US.UTF-8", its default, which containers lack)."""
+    changed: dict[str, str] = {}
+    if not _locale_usable(PORTABLE_LOCALE):
+        return changed
+    for node in model.graph.node:
+        if node.op_type != "StringNormalizer":
+            continue
+        attr = next((a for a in node.attribute if a.name == "locale"), None)
+        named = attr.s.decode("utf-8", "replace") if attr is not None else "en_US.UTF-8"
+        if _locale_usable(named):
+            continue
+        if attr is None:
+            from onnx import helper
+
+            node.attribute.append(helper.make_attribute("locale", PORTABLE_LOCALE))
+        else:
+            attr.s = PORTABLE_LOCALE.encode()
+        changed[node.name or f"StringNormalizer {len(changed)}"] = named
+    if changed:
+        log.warning("the locale%s %s that the model's text normalisation names cannot be loaded here: it uses %s "
+                    "instead (the same lowercasing for ASCII text; install the locale to keep it)",
+                    "s" if len(set(changed.values())) > 1 else "", ", ".join(sorted(set(changed.values()))),
+                    PORTABLE_LOCALE)
+    return changed
+
+
+def _locale_usable(name: str) -> bool:
+    import locale
+
+    previous = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, name)
+        return True
+    except locale.Error:
+        return False
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
 
 
 def unzipped_outputs(model: Any) -> dict[str, list[Any]]:
@@ -149,14 +200,18 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
 
     info: dict[str, Any] = {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()}
     zipmaps = unzipped_outputs(model)
-    if zipmaps:
+    if zipmaps or any(n.op_type == "StringNormalizer" for n in model.graph.node):
         import onnx
 
         model = onnx.ModelProto.FromString(data)  # the caller's model stays as it was
         unzip(model)
+        locales = portable_locales(model)
         data = model.SerializeToString()
-        info["zipmap_removed"] = zipmaps
-        _say_unzipped(zipmaps)
+        if locales:
+            info["locales_replaced"] = locales
+        if zipmaps:
+            info["zipmap_removed"] = zipmaps
+            _say_unzipped(zipmaps)
     dst.write_bytes(data)
     return SourceModel(dst, info)
 
@@ -291,7 +346,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
             onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {first_line(exc)}") from exc
-    return _sklearn_source(model, workdir, onx)
+    return _sklearn_source(model, workdir, onx, example_inputs, {onx.graph.input[0].name: x})
 
 
 def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset: int | None,
@@ -312,21 +367,74 @@ def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset:
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
                               f"{', '.join(columns)}: {first_line(exc)}") from exc
-    return _sklearn_source(model, workdir, onx)
+    return _sklearn_source(model, workdir, onx, example_inputs, columns)
 
 
-def _sklearn_source(model: Any, workdir: Path, onx: Any) -> SourceModel:
+def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> SourceModel:
     import sklearn
 
     from .prepare import dedupe_opset_imports
 
     dedupe_opset_imports(onx)
+    locales = portable_locales(onx)
+    check = _against_estimator(model, onx, examples, feed)
     dst = workdir / "source.onnx"
     dst.write_bytes(onx.SerializeToString())
     return SourceModel(dst, {
         "framework": "sklearn", "sklearn": sklearn.__version__, "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "sha256": sha256_file(dst),
+        "sha256": sha256_file(dst), **({"locales_replaced": locales} if locales else {}),
+        **({"estimator_check": check} if check else {}),
     })
+
+
+def _against_estimator(model: Any, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The converted graph's answers to the example rows against the estimator's own (``predict_proba``, else
+    ``predict``): skl2onnx cannot convert everything exactly (its text tokenizer's ``\\w`` is ASCII-only, so
+    'été' is no word to it), and the converter's later checks compare against this graph, not the estimator. A
+    difference is warned about and recorded; None when the check cannot run."""
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        answers = session.run(None, {n: feed[n].astype(object) if feed[n].dtype.kind == "U" else feed[n]
+                                     for n in names})
+        x = examples if not isinstance(examples, Mapping) else None
+        if x is None:
+            import pandas as pd  # a dict of columns: the estimator was fit on a DataFrame
+
+            x = pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in examples.items()})
+        elif isinstance(x, np.ndarray) and x.dtype.kind == "U" and x.ndim == 2 and x.shape[1] == 1:
+            x = x[:, 0] if _takes_documents(model) else x
+        proba = hasattr(model, "predict_proba")
+        want = np.asarray(model.predict_proba(x) if proba else model.predict(x))
+        got = next((a for a in answers if np.asarray(a).shape == want.shape and np.asarray(a).dtype.kind == "f"), None) \
+            if proba else np.asarray(answers[0])
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run says so and lets the conversion go on
+        log.debug("the converted graph was not compared with the estimator: %s", exc)
+        return None
+    if got is None:
+        return None
+    if want.dtype.kind in "fc":
+        worst = float(np.max(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want))) if want.size else 0.0
+        ok = worst <= 1e-3 * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
+        result = {"rows": len(want), "max_abs_diff": worst, "ok": ok}
+    else:
+        agree = float(np.mean(np.asarray(got).reshape(-1).astype(str) == want.reshape(-1).astype(str))) if want.size else 1.0
+        result = {"rows": len(want), "agreement": agree, "ok": agree == 1.0}
+    if not result["ok"]:
+        log.warning("the converted %s does not answer the example rows as the estimator does (%s over %d rows): "
+                    "skl2onnx converts some steps only approximately (its text tokenizer knows ASCII words only); "
+                    "the converter's checks compare with the converted graph, so check it on your data",
+                    type(model).__name__, ", ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                  if k in ("max_abs_diff", "agreement")), len(want))
+    return result
+
+
+def _takes_documents(model: Any) -> bool:
+    """A pipeline that starts with a text vectoriser takes a 1-D array of documents, not a [rows, 1] column."""
+    first = model.steps[0][1] if hasattr(model, "steps") else model
+    return hasattr(first, "build_analyzer")
 
 
 def _estimators(model: Any) -> list[Any]:
