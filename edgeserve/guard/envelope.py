@@ -3,6 +3,7 @@ the runtime makes (:mod:`.checks`, :mod:`.drift`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -60,7 +61,8 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         if arr.dtype.kind in "UO" and arr.ndim >= 1:
             seen = categories(arr)
             if seen is not None:
-                inputs[name] = {"count": int(arr.size), "categories": seen}
+                counts = Counter(_text(v) for v in arr.reshape(-1).tolist())
+                inputs[name] = {"count": int(arr.size), "categories": seen, "mode": counts.most_common(1)[0][0]}
             continue
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             continue
@@ -98,10 +100,15 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
 def categories(arr: np.ndarray) -> list[str] | None:
     """The distinct text values of a categorical input, sorted; None for free text (more than ``MAX_CATEGORIES``
     distinct values, or more distinct values than half the rows: a name, a comment)."""
-    values = sorted({str(v) for v in arr.reshape(-1).tolist()})
+    values = sorted({_text(v) for v in arr.reshape(-1).tolist()})
     if len(values) > MAX_CATEGORIES or (len(arr) >= 20 and len(values) > len(arr) // 2):
         return None
     return values
+
+
+def _text(value: Any) -> str:
+    """A text value as requests carry it to the checks (bytes decoded as UTF-8, as the input contract does)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _tokens(arr: np.ndarray, layout: Any, vocabulary: int) -> dict[str, Any]:

@@ -38,7 +38,8 @@ class Explanation:
 
     input: str
     kind: str
-    """``features``, ``patches``, ``segments`` or ``tokens``."""
+    """``features``, ``patches``, ``segments``, ``tokens`` or ``columns`` (one per input of a model of named
+    columns, ``extra["columns"]`` naming them)."""
     attributions: dict[str, np.ndarray]
     """Per output: ``[rows, M, *output row shape]`` (M features, patches in row-major order, windows or token
     positions)."""
@@ -76,6 +77,8 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
             patch: int | None = None, out_axes: Mapping[str, int] | None = None) -> Explanation:
     """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine;
     ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
+    if input is None and _one_column_each(inputs, feed):
+        return _columns(run, feed, inputs, reference)
     name = input or _explained_input(inputs, feed)
     spec = next((s for s in inputs if s.name == name), None)
     if spec is None:
@@ -269,3 +272,43 @@ def _tokens(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed:
     attributions, answers = _occlude(run, feed, name, len(ids), variants)
     how = f"each token removed (its '{mask_name}' set to 0)" if mask_name else f"each token replaced by the padding id {pad}"
     return Explanation(name, "tokens", attributions, answers, how, rows_run=len(ids) * (seq + 1))
+
+
+def _one_column_each(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarray]) -> bool:
+    """A model of named columns (a scikit-learn pipeline over a DataFrame): several inputs, each ``[rows, 1]``."""
+    return len(inputs) > 1 and all(
+        s.rows_on_axis0 and s.name in feed and np.asarray(feed[s.name]).ndim == 2
+        and np.asarray(feed[s.name]).shape[1] == 1 for s in inputs)
+
+
+def _columns(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+             inputs: tuple[TensorSpec, ...], reference: Mapping[str, Any]) -> Explanation:
+    """Each column replaced in turn by its reference value: the mean of a float column, the median of an integer
+    one, the most frequent category of a text one (zero, or the empty string, without a reference)."""
+    stats = reference.get("inputs") or {}
+    names = [s.name for s in inputs]
+    fills = {}
+    for name in names:
+        x = np.asarray(feed[name])
+        ref = stats.get(name) or {}
+        if x.dtype.kind in "OU":
+            fills[name] = np.array([[ref.get("mode", "")]], dtype=x.dtype)
+        elif x.dtype.kind == "f":
+            fills[name] = np.array([[ref.get("mean", 0.0)]], dtype=x.dtype)
+        else:
+            fills[name] = np.array([[round((ref.get("quantiles") or {}).get("p50", 0))]], dtype=x.dtype)
+    m = len(names)
+
+    def variants(i: int) -> dict[str, np.ndarray]:
+        out = {}
+        for j, name in enumerate(names):
+            rows = np.repeat(np.asarray(feed[name])[i:i + 1], m + 1, axis=0)
+            rows[j + 1] = fills[name][0]  # row j + 1: column j replaced
+            out[name] = rows
+        return out
+
+    attributions, answers = _occlude(run, feed, names[0], len(next(iter(feed.values()))), variants)
+    return Explanation("(columns)", "columns", attributions, answers,
+                       "reference mean, median or most frequent value per column" if stats
+                       else "zeros (the package has no reference)",
+                       rows_run=len(next(iter(feed.values()))) * (m + 1), extra={"columns": names})

@@ -536,6 +536,10 @@ def _guard_config(data: Any, base: GuardConfig | None) -> GuardConfig:
 def _as_feed(model: Model, inputs: Any, named: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
     """What a caller passed, by input name (for the audit record's input digest)."""
     feed: dict[str, Any] = {}
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame: its columns, as the model takes them
+        from ..arrays import frame_columns
+
+        inputs = frame_columns(inputs)
     if isinstance(inputs, Mapping):
         feed.update(inputs)
     elif inputs is not None and model.inputs:

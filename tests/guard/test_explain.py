@@ -189,3 +189,37 @@ def test_inputs_whose_rows_are_not_on_axis_0_are_repeated_along_their_own_axis(t
         row["input"][0, 5] = 0.0  # the occlusion of feature 5, by hand (no reference: zeros)
         by_hand = direct["output"][1] - model.predict(row)["output"][0]
         np.testing.assert_allclose(out.attributions["output"][1, 5], by_hand, rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_of_named_columns_is_explained_a_column_at_a_time(tmp_path: Path) -> None:
+    """A pipeline over a DataFrame (text category, integer and float columns, one [rows, 1] input each): each
+    column is replaced in turn by its reference value (most frequent category, median, mean), and its
+    attribution is exactly the estimator's answer less its answer with that column replaced."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"city": rng.choice(["oslo", "lima", "pune"], 300, p=[0.5, 0.3, 0.2]),
+                          "age": rng.integers(18, 80, 300), "income": rng.normal(50, 10, 300)})
+    target = frame.age * 0.3 + frame.income * 0.1 + (frame.city == "lima") * 5.0
+    prep = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                              ("num", StandardScaler(), ["age", "income"])])
+    pipe = Pipeline([("prep", prep), ("lin", LinearRegression())]).fit(frame, target)
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", example_inputs=frame[:4], calibration=frame, quantize="none")
+    rows = frame.iloc[[3, 7, 11]].reset_index(drop=True)
+    rows.loc[0, "city"] = "lima"  # not the most frequent: its replacement changes the answer
+    with edgeserve.load(pkg.path) as model:
+        out = model.explain(rows)
+    assert out.kind == "columns" and out.extra["columns"] == ["city", "age", "income"]
+    fills = {"city": "oslo", "age": int(round(np.percentile(frame.age, 50))),
+             "income": float(np.float32(frame.income.mean()))}
+    base = pipe.predict(rows)
+    for j, name in enumerate(out.extra["columns"]):
+        replaced = rows.copy()
+        replaced[name] = fills[name]
+        np.testing.assert_allclose(out.attributions["variable"][:, j, 0], base - pipe.predict(replaced),
+                                   rtol=1e-3, atol=1e-3)
+    assert abs(out.attributions["variable"][0, 0, 0]) > 1.0  # lima -> oslo moves the answer by about 5
