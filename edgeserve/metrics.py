@@ -774,9 +774,11 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     state_outputs = fed_back(inputs, outs)[1]
     if state_outputs:
         others = [k for k in outs if k not in state_outputs]
-        chosen = [target(metric("max-abs", output=k)) for k in others]
-        return chosen, (f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): "
-                        f"the largest absolute error of {', '.join(others)}")
+        chosen, why = infer_targets(inputs, {k: outs[k] for k in others}, batch_axes)
+        if [t.metric.name for t in chosen] == ["cosine"]:  # nothing recognised: the answer's own error
+            chosen = [target(metric("max-abs", output=k)) for k in others]
+            why = f"the largest absolute error of {', '.join(others)}"
+        return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
     detections = [k for k, v in outs.items() if _looks_like_detections(v)]
     if detections:
         return ([target(metric("detection", output=k)) for k in detections],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,18 +70,30 @@ def rows_one_at_a_time(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpe
     return bool(inputs) and all(s.batch_axis is None and s.shape[:1] == (1,) for s in (*inputs, *outputs))
 
 
+CACHE_NAME = re.compile(r"past|present|cache|state|hidden", re.IGNORECASE)
+"""Names of a state fed back whose length grows with each call (a decoder's ``past_key`` and ``present_key``)."""
+
+
 def fed_back(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     """A stateful model's (state inputs, state outputs): float outputs shaped like a float input (an RNN's ``hn``
-    for its ``h0``, a VAD's ``stateN`` for its ``state``), when at least one output is not such a state (an
-    autoencoder's reconstruction, shaped like its input, is its answer, not a state). Empty sets otherwise."""
+    for its ``h0``, a VAD's ``stateN`` for its ``state``), or named like a cache and grown along one axis from an
+    input named so (a decoder's ``present_key [batch, heads, past + seq, dim]`` from ``past_key``), when at least
+    one output is not such a state (an autoencoder's reconstruction, shaped like its input, is its answer, not a
+    state). Empty sets otherwise."""
     def floating(a: Any) -> bool:
         return bool(np.issubdtype(np.asarray(a).dtype, np.floating))
 
+    def grown(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+        return len(before) == len(after) and sum(b != a for b, a in zip(before, after)) == 1 and all(
+            a >= b for b, a in zip(before, after))
+
     shapes = {k: np.shape(v) for k, v in inputs.items() if floating(v)}
-    states = {k for k, v in outputs.items() if floating(v) and np.shape(v) in shapes.values()}
+    pairs = {(i, o) for o, v in outputs.items() if floating(v) for i, shape in shapes.items()
+             if np.shape(v) == shape or (grown(shape, np.shape(v)) and CACHE_NAME.search(i) and CACHE_NAME.search(o))}
+    states = {o for _, o in pairs}
     if not states or len(states) == len(outputs):
         return set(), set()
-    return {k for k, shape in shapes.items() if any(np.shape(outputs[o]) == shape for o in states)}, states
+    return {i for i, _ in pairs}, states
 
 
 def format_shape(shape: Sequence[Dim]) -> str:

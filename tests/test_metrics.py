@@ -466,3 +466,21 @@ def test_kept_indices_of_another_count_are_judged_by_their_overlap_not_as_total_
     assert cosine(ref, {"keep": np.array([0, 1, 0, 5], np.int64), "best": scores}, {}) == 0.0  # another layout
     labels = {"label": np.array([3, 1, 4, 1])}
     assert cosine(labels, {"label": np.array([3, 1, 4, 2])}, {}) == 0.75
+
+
+def test_a_decoder_with_a_kv_cache_is_judged_by_its_next_tokens_not_by_the_cache() -> None:
+    """present_key [batch, heads, past + seq, dim] grows from past_key: a state fed back, though not shaped like
+    its input. The logits beside it are judged per step (the whole-output cosine would let a changed token pass);
+    a cache-like name alone, without the input it grows from, makes no state."""
+    from edgeserve.tensors import fed_back
+
+    rng = np.random.default_rng(0)
+    inputs = {"input_ids": rng.integers(0, 100, (4, 3)), "past_key": rng.standard_normal((4, 2, 5, 8)),
+              "past_value": rng.standard_normal((4, 2, 5, 8))}
+    outs = {"logits": rng.standard_normal((4, 3, 100)).astype(np.float32),
+            "present_key": rng.standard_normal((4, 2, 8, 8)).astype(np.float32),
+            "present_value": rng.standard_normal((4, 2, 8, 8)).astype(np.float32)}
+    assert fed_back(inputs, outs) == ({"past_key", "past_value"}, {"present_key", "present_value"})
+    targets, why = infer_targets(inputs, outs)
+    assert [t.metric.spec for t in targets] == ["top1,output=logits"] and "stateful" in why
+    assert fed_back({"x": inputs["past_key"]}, {"present": outs["present_key"], "y": outs["logits"]}) == (set(), set())
