@@ -121,8 +121,9 @@ def plan_candidates(model_path: Path, *, has_calibration: bool) -> list[Candidat
                                       precision="f32"))
     # NOTE: dynamic int8 on convolutions is usually slower than fp32 (ConvInteger lacks fast kernels); it stays in
     # the plan so that the measurement, not an assumption, rules it out.
-    if quantised_ops(model_path):  # quantised already: only what does not quantise it again
-        plan = [c for c in plan if c.config.mode not in ("dynamic", "static", "nncf", "int4")]
+    if quantised_ops(model_path):  # quantised already: only what does not quantise it again (nor cast its
+        # QuantizeLinear scales to fp16, which onnxruntime's fp16 converter does and then cannot load)
+        plan = [c for c in plan if c.config.mode not in ("dynamic", "static", "nncf", "int4", "fp16")]
     return plan
 
 
@@ -408,7 +409,9 @@ class Search:
         in_budget = [c for c in self.plan if c.status == "ok" and c.within_budget]
         reason = ("no candidate met the budget" if not in_budget else
                   f"no candidate inside the budget beat fp32 by {MIN_SPEEDUP:.2f}x or more")
-        return None, self.graphs.fp32, reason + "; keeping the optimised fp32 model"
+        kept = "the optimised source model (quantised already)" if quantised_ops(self.graphs.exported) \
+            else "the optimised fp32 model"
+        return None, self.graphs.fp32, f"{reason}; keeping {kept}"
 
 
 def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads: int) -> list[tuple[str, float]]:
