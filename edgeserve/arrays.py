@@ -84,7 +84,19 @@ def read_arrays(source: DataSource, *, what: str, single: str | None = None) -> 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays to ``path`` whole: a temporary file renamed into place, so readers never see half a file."""
     path = Path(path)
+    plain = {k: _storable(k, np.asarray(v)) for k, v in arrays.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **dict(arrays))  # type: ignore[arg-type]  # numpy's stub confuses **kwargs with allow_pickle
+        np.savez(f, **plain)  # type: ignore[arg-type]  # numpy's stub confuses **kwargs with allow_pickle
     os.replace(tmp, path)
+
+
+def _storable(name: str, a: np.ndarray) -> np.ndarray:
+    """Text held as Python objects (what a string model takes and answers) as fixed-width unicode: an object array
+    would be pickled, and edgeserve reads no pickles back."""
+    if a.dtype != object:
+        return a
+    flat = a.reshape(-1).tolist()
+    if not all(isinstance(v, (str, bytes)) for v in flat):
+        raise DataError(f"array '{name}' holds Python objects other than text; it cannot be written without pickles")
+    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat], dtype=str).reshape(a.shape)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edgeserve.cli import main
@@ -178,3 +179,28 @@ def test_inspect_of_a_bare_model_file_shows_its_signature_and_what_to_do_next(ml
     refused = invoke("inspect", junk)
     assert refused.exit_code == 1 and "not a readable ONNX model" in refused.stderr
     assert invoke("inspect", mlp_path, "--json").exit_code == 2
+
+
+def test_text_answers_are_written_without_pickles_and_read_back(tmp_path: Path) -> None:
+    """A classifier of named classes answers text (Python objects): `run -o` (and bench's cold-start probe, which
+    reads its input file back) wrote it pickled, which edgeserve then refused to read."""
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeserve
+    from edgeserve.arrays import read_arrays, write_npz
+
+    x = rows(60, seed=4)
+    names = np.array(["cat", "dog", "émeu"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)]
+    pkg = edgeserve.convert(LogisticRegression().fit(x, names), tmp_path / "pkg", example_inputs=x[:4],
+                            calibration={"X": x})
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, X=x[:5])
+    result = invoke("run", pkg.path, "-i", inputs, "-o", tmp_path / "out.npz")
+    assert result.exit_code == 0, result.output
+    back = read_arrays(tmp_path / "out.npz", what="answers")
+    with edgeserve.load(pkg.path) as model:
+        assert back["label"].tolist() == model.predict(x[:5])["label"].tolist()
+    write_npz(tmp_path / "b.npz", {"t": np.array([b"caf\xc3\xa9", "x"], dtype=object)})
+    assert read_arrays(tmp_path / "b.npz", what="t")["t"].tolist() == ["café", "x"]
+    with pytest.raises(edgeserve.DataError, match="other than text"):
+        write_npz(tmp_path / "c.npz", {"t": np.array([{"a": 1}], dtype=object)})
