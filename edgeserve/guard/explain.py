@@ -103,10 +103,11 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     if x.ndim == 2 and x.shape[1] <= MAX_FEATURES:
         fill = means if means is not None and len(means) == x.shape[1] else None
         return _features(run, feed, name, x, fill)
-    if x.ndim in (2, 3):  # a waveform too wide for a table, or [rows, steps, features]
-        fill = (means if x.ndim == 3 and means is not None and len(means) == x.shape[2]
+    if x.ndim in (2, 3):  # a waveform too wide for a table, [rows, steps, features] or [rows, features, steps]
+        time = _time_axis(spec, x, layout)
+        fill = (means if x.ndim == 3 and time == 1 and means is not None and len(means) == x.shape[2]
                 else None if overall is None else np.asarray([overall]))
-        return _segments(run, feed, name, x, fill, patch)
+        return _segments(run, feed, name, x, fill, patch, time)
     if x.ndim == 4:
         axis = (layout.axis if layout is not None and layout.kind == "channels" and layout.axis is not None
                 else (1 if x.shape[1] <= x.shape[3] else 3))
@@ -229,10 +230,24 @@ def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed
                        patch=size, grid=(gh, gw), rows_run=len(x) * (gh * gw + 1))
 
 
+def _time_axis(spec: TensorSpec, x: np.ndarray, layout: Layout | None) -> int:
+    """The axis of steps of ``[rows, a, b]``: the one the model declares of variable size (lengths vary, feature
+    counts do not); else axis 1 of what the reference read as a series of features, or the longer axis (a
+    spectrogram [rows, 80 mel, 3000 frames])."""
+    if x.ndim == 2:
+        return 1
+    variable = [a for a in (1, 2) if a < len(spec.shape) and not isinstance(spec.shape[a], int)]
+    if len(variable) == 1:
+        return variable[0]
+    if layout is not None and layout.kind == "series":
+        return 1
+    return 1 if x.shape[1] >= x.shape[2] else 2
+
+
 def _segments(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-              name: str, x: np.ndarray, fill: np.ndarray | None, window: int | None) -> Explanation:
-    """Windows of ``window`` steps along axis 1 (of a waveform, or of a series across all its features)."""
-    steps = x.shape[1]
+              name: str, x: np.ndarray, fill: np.ndarray | None, window: int | None, axis: int = 1) -> Explanation:
+    """Windows of ``window`` steps along ``axis`` (of a waveform, or of a series across all its features)."""
+    steps = x.shape[axis]
     size = window or max(1, -(-steps // SEGMENTS))
     count = -(-steps // size)
     ref = (fill if fill is not None else np.zeros(1)).astype(x.dtype)
@@ -240,8 +255,10 @@ def _segments(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], fee
     def variants(i: int) -> np.ndarray:
         rows = np.repeat(x[i:i + 1], count + 1, axis=0)
         for p in range(count):  # row p + 1: window p occluded
-            part = rows[p + 1, p * size:(p + 1) * size]
-            part[...] = np.broadcast_to(ref, part.shape)
+            index: list[Any] = [p + 1, slice(None), slice(None)][:x.ndim]
+            index[axis] = slice(p * size, (p + 1) * size)
+            part = rows[tuple(index)]
+            part[...] = np.broadcast_to(ref if axis == 1 else ref.reshape(-1, *([1] * (x.ndim - 2))), part.shape)
         return rows
 
     attributions, answers = _occlude(run, feed, name, len(x), variants)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgeserve
 from edgeserve import InputError
+from edgeserve.package import read_manifest
 from tests.factories import cnn_opset11, save
 
 
@@ -223,3 +224,29 @@ def test_a_model_of_named_columns_is_explained_a_column_at_a_time(tmp_path: Path
         np.testing.assert_allclose(out.attributions["variable"][:, j, 0], base - pipe.predict(replaced),
                                    rtol=1e-3, atol=1e-3)
     assert abs(out.attributions["variable"][0, 0, 0]) > 1.0  # lima -> oslo moves the answer by about 5
+
+
+def test_a_spectrogram_is_occluded_along_its_frames_not_its_mel_bins(tmp_path: Path) -> None:
+    """[rows, 80 mel, frames] (a speech encoder's input) has its time on axis 2, the axis of variable size:
+    windows of frames across every bin, exactly w . (x - mean) over each window for a linear model."""
+    rng = np.random.default_rng(3)
+    mel, frames = 8, 200
+    w = rng.standard_normal((mel * frames, 2))
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["y"])], "spec",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", mel, "frames"])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["batch", 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(2), "b")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "spec.onnx")
+    reference = rng.normal(0.5, 1.0, (40, mel, frames))
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"x": reference})
+    x = rng.normal(0, 1, (2, mel, frames))
+    with edgeserve.load(pkg.path) as model:
+        out = model.explain(x)
+    size = -(-frames // 32)
+    count = -(-frames // size)
+    assert out.kind == "segments" and out.patch == size
+    mean = float(np.float64(read_manifest(pkg.path).envelope["inputs"]["x"]["mean"]))
+    contrib = ((x - mean)[:, :, :, None] * w.reshape(mel, frames, 2)[None]).sum(1)  # [rows, frames, 2]
+    expected = np.stack([contrib[:, p * size:(p + 1) * size].sum(1) for p in range(count)], 1)
+    np.testing.assert_allclose(out.attributions["y"], expected, rtol=1e-6, atol=1e-6)
