@@ -152,6 +152,10 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
             if "categories" in st:
                 cats = st["categories"]
                 yield f"  {name} [categories]: {len(cats)} values: " + ", ".join(cats[:12]) + (" …" if len(cats) > 12 else "")
+                if "drift" in st:
+                    yield (f"    drift reference: the shares of {len(st['drift']['knots'])} most frequent values "
+                           f"(reference {', '.join(f'{v} {m:.0%}' for v, m in zip(st['layout']['values'], st['drift']['mean']))})")
+                continue
             if "tokens" in st:
                 t = st["tokens"]
                 lengths = t["lengths"]
@@ -193,4 +197,4 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
 def _unit(layout: dict[str, Any] | None) -> str:
     kind = (layout or {}).get("kind")
     return {"tabular": "features", "channels": "channels", "series": "features", "tokens": "sequence summaries",
-            "flat": "row summaries"}.get(str(kind), "features")
+            "flat": "row summaries", "categories": "category shares"}.get(str(kind), "features")

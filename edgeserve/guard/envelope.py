@@ -10,7 +10,16 @@ from typing import Any
 import numpy as np
 
 from ..tensors import fed_back
-from .reference import MAX_FEATURES, feature_reference, input_layout, output_layout, row_features, value_range
+from .reference import (
+    MAX_FEATURES,
+    WATCHED_CATEGORIES,
+    Layout,
+    feature_reference,
+    input_layout,
+    output_layout,
+    row_features,
+    value_range,
+)
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 20
@@ -62,7 +71,11 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             seen = categories(arr)
             if seen is not None:
                 counts = Counter(_text(v) for v in arr.reshape(-1).tolist())
-                inputs[name] = {"count": int(arr.size), "categories": seen, "mode": counts.most_common(1)[0][0]}
+                entry = {"count": int(arr.size), "categories": seen, "mode": counts.most_common(1)[0][0]}
+                if len(arr) >= MIN_DRIFT_ROWS and len(seen) > 1 and (arr.ndim == 1 or arr[0].size == 1):
+                    layout = Layout("categories", values=tuple(v for v, _ in counts.most_common(WATCHED_CATEGORIES)))
+                    entry.update(layout=layout.to_dict(), drift=feature_reference(row_features(layout, arr)))
+                inputs[name] = entry
             continue
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             continue

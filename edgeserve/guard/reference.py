@@ -28,6 +28,8 @@ import numpy as np
 
 MAX_FEATURES = 1024
 """Tabular and series inputs keep per-feature statistics up to this many features (else ``flat``)."""
+WATCHED_CATEGORIES = 16
+"""A categorical input's most frequent values whose shares the drift detectors watch."""
 KNOTS = 129
 """Quantile levels kept per feature (fewer for wide inputs, see :func:`knots_for`)."""
 TOP_TOKENS = 256
@@ -47,11 +49,15 @@ class Layout:
     """tokens: the reference's most frequent ids."""
     probabilities: bool = False
     """confidence: the output already holds probabilities (no softmax)."""
+    values: tuple[str, ...] = ()
+    """categories: the text values whose share of the rows is watched (the reference's most frequent)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "axis": self.axis}
         if self.kind == "tokens":
             out.update(pad=self.pad, common=list(self.common))
+        if self.kind == "categories":
+            out["values"] = list(self.values)
         if self.kind == "confidence":
             out["probabilities"] = self.probabilities
         return out
@@ -60,7 +66,8 @@ class Layout:
     def from_dict(cls, data: Mapping[str, Any]) -> Layout:
         return cls(kind=str(data["kind"]), axis=data.get("axis"), pad=int(data.get("pad", 0)),
                    common=tuple(int(t) for t in data.get("common", ())),
-                   probabilities=bool(data.get("probabilities", False)))
+                   probabilities=bool(data.get("probabilities", False)),
+                   values=tuple(str(v) for v in data.get("values", ())))
 
     def labels(self, count: int) -> list[str]:
         """Names of the features :func:`row_features` returns, for reports."""
@@ -68,6 +75,8 @@ class Layout:
             return ["length", "common-token share"]
         if self.kind == "flat":
             return ["mean", "std"]
+        if self.kind == "categories":
+            return [f"share of {v!r}" for v in self.values]
         if self.kind in ("confidence", "value", "norm"):
             return [self.kind]
         word = {"tabular": "feature", "channels": "channel", "series": "feature"}[self.kind]
@@ -119,6 +128,16 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
         return x.mean(axis=other, dtype=np.float64)
     if kind == "series":
         return x.mean(axis=1, dtype=np.float64)
+    if kind == "categories":  # one column per watched value: 1 where the row holds it
+        first = x.reshape(len(x), -1)[:, 0].tolist()
+        texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in first]
+        index = {v: j for j, v in enumerate(layout.values)}
+        out = np.zeros((len(texts), len(layout.values)))
+        for i, t in enumerate(texts):
+            j = index.get(t)
+            if j is not None:
+                out[i, j] = 1.0
+        return out
     if kind == "tokens":
         length = (x != layout.pad).sum(axis=1)
         common = np.isin(x, layout.common).sum(axis=1) / np.maximum(length, 1)

@@ -475,3 +475,54 @@ def test_an_event_loop_that_outruns_its_monitor_stops_watching(digits_package: P
         monitor.flush()
         assert monitor.rows == 34 and monitor.skipped == 68
 
+
+
+def test_a_change_in_the_mix_of_a_categorical_input_is_detected_and_the_same_mix_is_not(tmp_path: Path) -> None:
+    """Tabular skew that no range check sees: the same cities in other shares (60/30/10 -> 30/40/30). Each watched
+    value's share feeds the detectors as a 0/1 feature; a long stream of the reference's own mix raises nothing."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(5)
+    cities = np.array(["oslo", "lima", "pune"])
+
+    def draw(n: int, p: list[float]) -> np.ndarray:
+        return cities[rng.choice(3, (n, 1), p=p)]
+
+    reference = draw(1000, [0.6, 0.3, 0.1])
+    pipe = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression())
+    pipe.fit(reference, (reference[:, 0] == "lima").astype(int))
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", example_inputs=reference[:4], calibration=reference,
+                            quantize="none")
+    layout = pkg.manifest.envelope["inputs"][pkg.manifest.inputs[0].name]["layout"]
+    assert layout == {"kind": "categories", "axis": None, "values": ["oslo", "lima", "pune"]}
+    alarms = {}
+    for label, mix in (("same", [0.6, 0.3, 0.1]), ("changed", [0.3, 0.4, 0.3])):
+        with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+            stream, sent = draw(4000, mix), 0
+            while sent < len(stream) and not model.monitor.alarms:
+                model.predict(stream[sent:sent + 1])
+                sent += 1
+            alarms[label] = sent if model.monitor.alarms else None
+    assert alarms["same"] is None and alarms["changed"] is not None and alarms["changed"] <= 1000, alarms
+
+
+def test_a_discrete_feature_at_float32_values_scores_zero_on_average_under_its_own_mix() -> None:
+    """A classifier of few inputs has a few confidences (atoms). The reference's min and max sat on bucket edges,
+    and a live value one float32 step off (the engine computes a batch of 1 with other kernels than the
+    reference's batch) fell into the tail beside them, scoring like a far outlier: a 3-valued confidence alarmed
+    after 128 requests of the reference's own mix."""
+    from edgeserve.guard.reference import feature_reference
+
+    rng = np.random.default_rng(0)
+    atoms = np.array([0.6634297, 0.7312453, 0.9023417], dtype=np.float32)
+    mix = [0.6, 0.3, 0.1]
+    reference = atoms[rng.choice(3, 1000, p=mix)].astype(np.float64)[:, None]
+    ranks = FeatureRanks(feature_reference(reference)["knots"], rows=1000)
+    stream = atoms[rng.choice(3, 20000, p=mix)]
+    step = rng.choice([-1, 0, 1], len(stream))  # one float32 step either way, or none
+    stream = np.where(step < 0, np.nextafter(stream, np.float32(0)),
+                      np.where(step > 0, np.nextafter(stream, np.float32(2)), stream))[:, None]
+    location, scale = ranks.sums(stream)
+    assert abs(location[0] / len(stream)) < 0.05 and abs(scale[0] / len(stream)) < 0.05, (location, scale)
