@@ -322,13 +322,22 @@ def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -
     assert "fixed_sizes" not in strided.manifest.recipe  # a size with a stride is not a fixed one
 
 
-def test_int8_of_a_float16_model_fails_saying_that_int8_needs_float32_weights(tmp_path: Path) -> None:
-    """An exporter's --fp16 model: onnxruntime's dynamic quantiser fails on it with its own words ("Expected
-    ... to be an initializer"); the error says what that means and what to do."""
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_of_a_float16_model_starts_from_it_upcast_and_keeps_its_float16_signature(tmp_path: Path,
+                                                                                    mode: str) -> None:
+    """An exporter's --fp16 model: onnxruntime's int8 tools expect float32 weights (dynamic failed with "Expected
+    ... to be an initializer"). The converter upcasts it inside, and the package still takes and answers float16."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from tests.factories import cnn_opset11
 
     half = save(convert_float_to_float16(cnn_opset11(), keep_io_types=False), tmp_path / "cnn16.onnx")
-    with pytest.raises(ConversionError, match="float16 weights.*export it in float32"):
-        edgeserve.convert(half, tmp_path / "pkg", quantize="dynamic")
+    x = np.random.default_rng(0).standard_normal((48, 3, 16, 16)).astype(np.float16)
+    pkg = edgeserve.convert(half, tmp_path / "pkg", quantize=mode, calibration={"x": x})
+    assert pkg.manifest.recipe["upcast_from_float16"] is True
+    assert [s.dtype for s in (*pkg.manifest.inputs, *pkg.manifest.outputs)] == ["float16", "float16"]
+    with edgeserve.load(pkg.path) as model, edgeserve.load(half) as source:
+        got, want = model.predict(x[:8]), source.predict(x[:8])
+    (name,) = want
+    assert got[name].dtype == np.float16
+    assert compare_outputs(got, want)["summary"]["cosine_min"] > 0.99

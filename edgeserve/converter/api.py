@@ -44,6 +44,7 @@ from .prepare import (
     optimize_fp32,
     preprocess_for_quantization,
     quantised_ops,
+    upcast_half,
     upgrade_opset,
 )
 from .quantize import Progress, quantize
@@ -302,8 +303,9 @@ def prepare_graph(c: Conversion) -> None:
     c.step("preparing graph", 0, 1)
     mode, work = c.qconfig.mode, c.work
     if mode in ("dynamic", "static", "nncf", "auto"):
-        pre, upgraded = work / "pre.onnx", work / "pre13.onnx"
-        c.recipe.update(preprocess_for_quantization(c.src.path, pre))
+        full, pre, upgraded = work / "float32-source.onnx", work / "pre.onnx", work / "pre13.onnx"
+        c.recipe.update(upcast_half(c.src.path, full))
+        c.recipe.update(preprocess_for_quantization(full, pre))
         c.recipe.update(upgrade_opset(pre, upgraded))
         c.recipe.update(fill_missing_types(upgraded, work / "int8-source.onnx"))
     if mode not in ("dynamic", "static", "nncf"):

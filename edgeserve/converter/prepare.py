@@ -157,6 +157,87 @@ def symbolic_shapes(model: Any) -> Any:
     return inference.out_mp_
 
 
+def half_weights(path: Path) -> bool:
+    """Most of the model's float weights are float16 (an exporter's ``--fp16``, a mixed-precision conversion)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - only a question
+        return False
+    kinds = [t.data_type for t in model.graph.initializer
+             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    return bool(kinds) and kinds.count(onnx.TensorProto.FLOAT16) * 2 > len(kinds)
+
+
+def upcast_half(src: Path, dst: Path) -> dict[str, Any]:
+    """A float16 model as float32 inside, for onnxruntime's int8 tools (which expect float32 weights): weights,
+    constants and casts become float32, and float16 inputs and outputs keep their type through a Cast at the
+    boundary, so the package takes and answers what the source did. Copies a float32 model as it is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if not half_weights(src):
+        if src != dst:
+            shutil.copyfile(src, dst)
+        return {}
+    model = onnx.load(str(src))
+    half, full = TensorProto.FLOAT16, TensorProto.FLOAT
+
+    def tensor(t: Any) -> Any:
+        if t.data_type != half:
+            return t
+        up = numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name)
+        return up
+
+    def graph_up(graph: Any) -> None:
+        for i, t in enumerate(graph.initializer):
+            if t.data_type == half:
+                graph.initializer[i].CopyFrom(tensor(t))
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == half:
+                    attr.t.CopyFrom(tensor(attr.t))
+                elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == half:
+                    attr.i = full
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    graph_up(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        graph_up(g)
+        del graph.value_info[:]  # re-inferred from the float32 weights
+
+    graph = model.graph
+    graph_up(graph)
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    casts_in = []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == half:
+            inner = _fresh(f"{value.name}_float32", taken)
+            for node in graph.node:
+                node.input[:] = [inner if x == value.name else x for x in node.input]
+            casts_in.append(helper.make_node("Cast", [value.name], [inner], to=full, name=f"{inner}_cast"))
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == half:
+            inner = _fresh(f"{value.name}_float32", taken)
+            for node in graph.node:
+                node.output[:] = [inner if x == value.name else x for x in node.output]
+                node.input[:] = [inner if x == value.name else x for x in node.input]
+            graph.node.append(helper.make_node("Cast", [inner], [value.name], to=half, name=f"{value.name}_cast"))
+    for node in reversed(casts_in):
+        graph.node.insert(0, node)
+    onnx.save(model, str(dst))
+    log.info("the model holds float16 weights: int8 recipes start from it upcast to float32 inside")
+    return {"upcast_from_float16": True}
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
 def fill_missing_types(src: Path, dst: Path) -> dict[str, Any]:
     """Record the element type of every intermediate tensor onnx's inference left untyped.
 

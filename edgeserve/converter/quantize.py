@@ -103,12 +103,8 @@ def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Sampl
     except ConversionError:
         raise
     except Exception as exc:
-        hint = ""
-        if _half_weights(src):
-            hint = ("; the model holds float16 weights, and onnxruntime's int8 tools expect a float32 model: export it "
-                    "in float32 to quantise it to int8 (or choose fp16, an openvino recipe, or auto)")
         raise ConversionError(
-            f"{config.mode} quantisation failed in onnxruntime.quantization: {first_line(exc)}{hint}"
+            f"{config.mode} quantisation failed in onnxruntime.quantization: {first_line(exc)}"
         ) from exc
 
 
@@ -326,15 +322,3 @@ def _has_op(path: Path, op_type: str) -> bool:
     return any(n.op_type == op_type for n in model.graph.node)
 
 
-
-def _half_weights(path: Path) -> bool:
-    """Most of the model's float weights are float16 (an exporter's ``--fp16``, a mixed-precision conversion)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - only a hint
-        return False
-    kinds = [t.data_type for t in model.graph.initializer
-             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
-    return bool(kinds) and kinds.count(onnx.TensorProto.FLOAT16) * 2 > len(kinds)
