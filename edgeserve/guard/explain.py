@@ -77,8 +77,10 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
             patch: int | None = None, out_axes: Mapping[str, int] | None = None) -> Explanation:
     """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine;
     ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
+    req = _Request(run, feed, {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None
+                               for s in inputs}, dict(out_axes or {}))
     if input is None and _one_column_each(inputs, feed):
-        return _columns(run, feed, inputs, reference)
+        return _columns(req, inputs, reference)
     name = input or _explained_input(inputs, feed)
     spec = next((s for s in inputs if s.name == name), None)
     if spec is None:
@@ -86,34 +88,39 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     if not spec.rows_on_axis0:  # (an export fixed at batch 1 runs the occluded rows one at a time: see Model)
         raise InputError(f"input '{name}' has no batch axis 0: occlusion explains rows of a batched input")
     x = np.asarray(feed[name])
-    feed = _Feed(feed)
-    feed.axes = {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None for s in inputs}
-    feed.out_axes = dict(out_axes or {})
     stats = (reference.get("inputs") or {}).get(name) or {}
     layout = Layout.from_dict(stats["layout"]) if "layout" in stats else None
     if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
-        return _tokens(run, feed, name, x, layout.pad if layout is not None and layout.kind == "tokens" else 0)
+        return _tokens(req, name, x, layout.pad if layout is not None and layout.kind == "tokens" else 0)
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"input '{name}' is {x.dtype} {list(x.shape)}: occlusion explains float inputs (features, "
                          "images, signals, series) and token ids [rows, seq]")
+    return _floats(req, spec, x, stats, layout, patch)
+
+
+def _floats(req: _Request, spec: TensorSpec, x: np.ndarray, stats: Mapping[str, Any], layout: Layout | None,
+            patch: int | None) -> Explanation:
+    """A float input by its shape: features of a table, windows of a signal or series, patches of an image; each
+    occluded with the reference's mean (per feature or channel where it has one)."""
+    name = spec.name
     means = (np.asarray(stats["drift"]["mean"], dtype=np.float64) if "drift" in stats
              else np.asarray([f.get("mean", 0.0) for f in stats["features"]], dtype=np.float64) if "features" in stats
              else None)  # NOTE: per-feature statistics exist for tables of fewer rows than a drift reference needs
     overall = float(stats["mean"]) if "mean" in stats else None
     if x.ndim == 2 and x.shape[1] <= MAX_FEATURES:
         fill = means if means is not None and len(means) == x.shape[1] else None
-        return _features(run, feed, name, x, fill)
+        return _features(req, name, x, fill)
     if x.ndim in (2, 3):  # a waveform too wide for a table, [rows, steps, features] or [rows, features, steps]
         time = _time_axis(spec, x, layout)
         fill = (means if x.ndim == 3 and time == 1 and means is not None and len(means) == x.shape[2]
                 else None if overall is None else np.asarray([overall]))
-        return _segments(run, feed, name, x, fill, patch, time)
+        return _segments(req, name, x, fill, patch, time)
     if x.ndim == 4:
         axis = (layout.axis if layout is not None and layout.kind == "channels" and layout.axis is not None
                 else (1 if x.shape[1] <= x.shape[3] else 3))
         per_channel = means is not None and len(means) == x.shape[axis]
         fill = means if per_channel else None if overall is None else np.full(x.shape[axis], overall)
-        return _patches(run, feed, name, x, axis, fill, patch,
+        return _patches(req, name, x, axis, fill, patch,
                         "reference mean per channel" if per_channel else "reference mean")
     raise InputError(f"input '{name}' has shape {list(x.shape)}: occlusion explains [rows, features], [rows, "
                      "samples], [rows, steps, features], image [rows, C, H, W] / [rows, H, W, C] and token inputs")
@@ -136,58 +143,63 @@ def _explained_input(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarr
                      "name one with input=")
 
 
-def _run_rows(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-              varied: Mapping[str, np.ndarray], source_row: int) -> dict[str, np.ndarray]:
+def _run_rows(req: _Request, varied: Mapping[str, np.ndarray], source_row: int) -> dict[str, np.ndarray]:
     """Run the ``varied`` inputs' rows (variants of ``source_row``) with the other inputs' values of that row
     repeated along their own batch axes (an RNN's ``h0 [layers, batch, hidden]``); an input without one (a
     sample rate) is shared as it is."""
-    axes = getattr(feed, "axes", {})
     count = len(next(iter(varied.values())))
     pieces: list[dict[str, np.ndarray]] = []
     for start in range(0, count, MAX_ROWS_PER_RUN):
         n = min(MAX_ROWS_PER_RUN, count - start)
         batch = {}
-        for k, v in feed.items():
-            axis = axes.get(k, 0)
+        for k, v in req.feed.items():
+            axis = req.axes.get(k, 0)
             if k in varied:
                 batch[k] = varied[k][start:start + n]
             elif axis is None:
                 batch[k] = np.asarray(v)
             else:
                 batch[k] = np.repeat(np.take(np.asarray(v), [source_row], axis=axis), n, axis=axis)
-        pieces.append(run(batch))
-    return {k: np.concatenate([p[k] for p in pieces], axis=getattr(feed, "out_axes", {}).get(k, 0))
-            for k in pieces[0]}
+        pieces.append(req.run(batch))
+    return {k: np.concatenate([p[k] for p in pieces], axis=req.out_axes.get(k, 0)) for k in pieces[0]}
 
 
-class _Feed(dict):  # type: ignore[type-arg]
-    """The explained request, with each input's and output's batch axis (None: no rows)."""
+@dataclass
+class _Request:
+    """The explained request: the engine to run its variants on, its inputs, and where their rows are."""
 
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    feed: Mapping[str, np.ndarray]
     axes: dict[str, int | None]
+    """Each input's batch axis (None: no rows, one value shared by every row: a sample rate)."""
     out_axes: dict[str, int]
+    """Outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows in the request (of an input whose rows are on axis 0: the explained one is)."""
+        return next(len(v) for k, v in self.feed.items() if self.axes.get(k, 0) == 0)
 
 
-def _occlude(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-             name: str, rows: int, variants: Callable[[int], np.ndarray | dict[str, np.ndarray]]
+def _occlude(req: _Request, name: str, variants: Callable[[int], np.ndarray | dict[str, np.ndarray]]
              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run each row's variants (the row itself first, then one per occluded part; of input ``name``, or of the
     inputs a dict names) and difference them: per output ``[rows, parts, *output row shape]`` attributions, and
     the answers to the rows as given."""
     attributions: dict[str, list[np.ndarray]] = {}
     answers: dict[str, list[np.ndarray]] = {}
-    for i in range(rows):
+    for i in range(req.rows):
         varied = variants(i)
-        for k, v in _run_rows(run, feed, varied if isinstance(varied, dict) else {name: varied}, i).items():
-            v = np.moveaxis(v, getattr(feed, "out_axes", {}).get(k, 0), 0)
+        for k, v in _run_rows(req, varied if isinstance(varied, dict) else {name: varied}, i).items():
+            v = np.moveaxis(v, req.out_axes.get(k, 0), 0)
             v64 = v.astype(np.float64)
             attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
             answers.setdefault(k, []).append(v[0:1])
-    back = getattr(feed, "out_axes", {})
     return ({k: np.stack(v) for k, v in attributions.items()},
-            {k: np.moveaxis(np.concatenate(v), 0, back.get(k, 0)) for k, v in answers.items()})
+            {k: np.moveaxis(np.concatenate(v), 0, req.out_axes.get(k, 0)) for k, v in answers.items()})
 
 
-def _features(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+def _features(req: _Request,
               name: str, x: np.ndarray, fill: np.ndarray | None) -> Explanation:
     m = x.shape[1]
     ref = fill.astype(x.dtype) if fill is not None else np.zeros(m, dtype=x.dtype)
@@ -198,12 +210,13 @@ def _features(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], fee
         rows[1:][eye] = ref  # row j + 1: feature j occluded
         return rows
 
-    attributions, answers = _occlude(run, feed, name, len(x), variants)
-    return Explanation(name, "features", attributions, answers, "reference mean per feature" if fill is not None else "zeros (the package has no reference)",
+    attributions, answers = _occlude(req, name, variants)
+    return Explanation(name, "features", attributions, answers,
+                       "reference mean per feature" if fill is not None else "zeros (the package has no reference)",
                        rows_run=len(x) * (m + 1))
 
 
-def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+def _patches(req: _Request,
              name: str, x: np.ndarray, axis: int, fill: np.ndarray | None, patch: int | None,
              label: str = "reference mean per channel") -> Explanation:
     spatial = [a for a in (1, 2, 3) if a != axis]
@@ -224,7 +237,7 @@ def _patches(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed
             rows[tuple(index)] = np.broadcast_to(ref[0], rows[tuple(index)].shape)
         return rows
 
-    attributions, answers = _occlude(run, feed, name, len(x), variants)
+    attributions, answers = _occlude(req, name, variants)
     return Explanation(name, "patches", attributions, answers,
                        label if fill is not None else "zeros (the package has no reference)",
                        patch=size, grid=(gh, gw), rows_run=len(x) * (gh * gw + 1))
@@ -244,7 +257,7 @@ def _time_axis(spec: TensorSpec, x: np.ndarray, layout: Layout | None) -> int:
     return 1 if x.shape[1] >= x.shape[2] else 2
 
 
-def _segments(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+def _segments(req: _Request,
               name: str, x: np.ndarray, fill: np.ndarray | None, window: int | None, axis: int = 1) -> Explanation:
     """Windows of ``window`` steps along ``axis`` (of a waveform, or of a series across all its features)."""
     steps = x.shape[axis]
@@ -261,32 +274,32 @@ def _segments(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], fee
             part[...] = np.broadcast_to(ref if axis == 1 else ref.reshape(-1, *([1] * (x.ndim - 2))), part.shape)
         return rows
 
-    attributions, answers = _occlude(run, feed, name, len(x), variants)
+    attributions, answers = _occlude(req, name, variants)
     return Explanation(name, "segments", attributions, answers,
                        "reference mean" + (" per feature" if fill is not None and len(fill) > 1 else "")
                        if fill is not None else "zeros (the package has no reference)",
                        patch=size, rows_run=len(x) * (count + 1))
 
 
-def _tokens(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
+def _tokens(req: _Request,
             name: str, ids: np.ndarray, pad: int) -> Explanation:
     """Each token position removed in turn: its mask set to 0 where the model has a mask, else its id padded."""
     from ..metrics import find_mask
 
-    mask_name = find_mask({k: v for k, v in feed.items() if k != name}, ids.shape)
+    mask_name = find_mask({k: v for k, v in req.feed.items() if k != name}, ids.shape)
     seq = ids.shape[1]
     eye = np.eye(seq, dtype=bool)
 
     def variants(i: int) -> dict[str, np.ndarray]:
         if mask_name is not None:
-            mask = np.repeat(np.asarray(feed[mask_name])[i:i + 1], seq + 1, axis=0)
+            mask = np.repeat(np.asarray(req.feed[mask_name])[i:i + 1], seq + 1, axis=0)
             mask[1:][eye] = 0  # row j + 1: token j removed
             return {mask_name: mask}
         rows = np.repeat(ids[i:i + 1], seq + 1, axis=0)
         rows[1:][eye] = pad
         return {name: rows}
 
-    attributions, answers = _occlude(run, feed, name, len(ids), variants)
+    attributions, answers = _occlude(req, name, variants)
     how = f"each token removed (its '{mask_name}' set to 0)" if mask_name else f"each token replaced by the padding id {pad}"
     return Explanation(name, "tokens", attributions, answers, how, rows_run=len(ids) * (seq + 1))
 
@@ -298,15 +311,14 @@ def _one_column_each(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarr
         and np.asarray(feed[s.name]).shape[1] == 1 for s in inputs)
 
 
-def _columns(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed: Mapping[str, np.ndarray],
-             inputs: tuple[TensorSpec, ...], reference: Mapping[str, Any]) -> Explanation:
+def _columns(req: _Request, inputs: tuple[TensorSpec, ...], reference: Mapping[str, Any]) -> Explanation:
     """Each column replaced in turn by its reference value: the mean of a float column, the median of an integer
     one, the most frequent category of a text one (zero, or the empty string, without a reference)."""
     stats = reference.get("inputs") or {}
     names = [s.name for s in inputs]
     fills = {}
     for name in names:
-        x = np.asarray(feed[name])
+        x = np.asarray(req.feed[name])
         ref = stats.get(name) or {}
         if x.dtype.kind in "OU":
             fills[name] = np.array([[ref.get("mode", "")]], dtype=x.dtype)
@@ -319,13 +331,13 @@ def _columns(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feed
     def variants(i: int) -> dict[str, np.ndarray]:
         out = {}
         for j, name in enumerate(names):
-            rows = np.repeat(np.asarray(feed[name])[i:i + 1], m + 1, axis=0)
+            rows = np.repeat(np.asarray(req.feed[name])[i:i + 1], m + 1, axis=0)
             rows[j + 1] = fills[name][0]  # row j + 1: column j replaced
             out[name] = rows
         return out
 
-    attributions, answers = _occlude(run, feed, names[0], len(next(iter(feed.values()))), variants)
+    attributions, answers = _occlude(req, names[0], variants)
     return Explanation("(columns)", "columns", attributions, answers,
                        "reference mean, median or most frequent value per column" if stats
                        else "zeros (the package has no reference)",
-                       rows_run=len(next(iter(feed.values()))) * (m + 1), extra={"columns": names})
+                       rows_run=req.rows * (m + 1), extra={"columns": names})
