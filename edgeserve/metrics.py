@@ -792,22 +792,10 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return ([target(metric("ctc", output=k, **({"layout": "tbc"} if k in time_first else {}))) for k in sequences],
                 f"per-step class scores in {shapes}, probabilities or log-probabilities: the greedy CTC decoded "
                 "strings are compared (blank = class 0; name --metric top1 for a per-token tagger)")
-    steps = [k for k, v in outs.items() if _looks_like_step_logits(k, v)]
-    if steps and len(steps) == len(outs):
-        return ([target(metric("top1", output=k)) for k in steps],
-                f"per-step class scores in {', '.join(steps)} ([batch, steps, classes], named like scores, no mask "
-                "input): the top-1 class at every step is compared (a speech or OCR model's frames before CTC "
-                "decoding, a tagger's tokens; name --metric ctc to compare decoded strings instead)")
-    maps = [k for k, v in outs.items() if _looks_like_map(v)]
-    if maps and len(maps) == len(outs):
-        return ([target(metric("map-iou", output=k)) for k in maps],
-                f"a probability map in {', '.join(maps)} (values in [0, 1], mostly near 0, [batch, (1,) H, W]): "
-                "the maps thresholded at 0.5 are compared by IoU, as a detector's post-processing reads them")
-    pixels = [k for k, v in outs.items() if _looks_like_pixel_scores(k, v)]
-    if pixels and len(pixels) == len(outs):
-        return ([target(metric("seg-miou", output=k)) for k in pixels],
-                f"per-pixel class scores in {', '.join(pixels)} ([batch, classes, H, W], named like scores): the "
-                "argmax class maps are compared by mean IoU over classes, as segmentation is scored")
+    for looks, name, why in _EVERY_OUTPUT:
+        matched = [k for k, v in outs.items() if looks(k, v)]
+        if matched and len(matched) == len(outs):
+            return [target(metric(name, output=k)) for k in matched], why.format(", ".join(matched))
     scores = [k for k, v in outs.items() if _looks_like_scores(k, v)]
     if scores:
         chosen = []
@@ -816,6 +804,21 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
                         "probability, since scores are often thresholded")
     return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+
+
+_EVERY_OUTPUT: tuple[tuple[Callable[[str, np.ndarray], bool], str, str], ...] = (
+    (lambda k, v: _looks_like_step_logits(k, v), "top1",
+     "per-step class scores in {} ([batch, steps, classes], named like scores, no mask input): the top-1 class at "
+     "every step is compared (a speech or OCR model's frames before CTC decoding, a tagger's tokens; name --metric "
+     "ctc to compare decoded strings instead)"),
+    (lambda k, v: _looks_like_map(v), "map-iou",
+     "a probability map in {} (values in [0, 1], mostly near 0, [batch, (1,) H, W]): the maps thresholded at 0.5 "
+     "are compared by IoU, as a detector's post-processing reads them"),
+    (lambda k, v: _looks_like_pixel_scores(k, v), "seg-miou",
+     "per-pixel class scores in {} ([batch, classes, H, W], named like scores): the argmax class maps are compared "
+     "by mean IoU over classes, as segmentation is scored"),
+)
+"""Tasks recognised when every output looks alike, in order: (test of an output by name and value, metric, why)."""
 
 
 def _infer_box_match(outs: Mapping[str, np.ndarray]) -> tuple[list[Target], str] | None:

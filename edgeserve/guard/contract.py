@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import frame_columns, is_frame
 from ..errors import InputError
 from ..tensors import TensorSpec, format_shape
 
@@ -44,11 +45,8 @@ class InputContract:
             if inputs is not None:
                 raise InputError("pass inputs either as one mapping or as keyword arguments, not both")
             inputs = named
-        if not isinstance(inputs, Mapping):
-            if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame: one input per column
-                from ..arrays import frame_columns
-
-                inputs = frame_columns(inputs)
+        if is_frame(inputs):  # a DataFrame: one input per column
+            inputs = frame_columns(inputs)
         if not isinstance(inputs, Mapping):
             if inputs is None:
                 raise InputError(f"no inputs given; the model expects {self._expected()}")

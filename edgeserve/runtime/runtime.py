@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..arrays import frame_columns, is_frame
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig, TriggerConfig
 from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
 from ..names import check_name, check_version
@@ -536,9 +537,7 @@ def _guard_config(data: Any, base: GuardConfig | None) -> GuardConfig:
 def _as_feed(model: Model, inputs: Any, named: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
     """What a caller passed, by input name (for the audit record's input digest)."""
     feed: dict[str, Any] = {}
-    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame: its columns, as the model takes them
-        from ..arrays import frame_columns
-
+    if is_frame(inputs):  # a DataFrame: its columns, as the model takes them
         inputs = frame_columns(inputs)
     if isinstance(inputs, Mapping):
         feed.update(inputs)
