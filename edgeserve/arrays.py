@@ -91,6 +91,11 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
     os.replace(tmp, path)
 
 
+def as_text(value: Any) -> str:
+    """A text value as the checks and files keep it: bytes decoded as UTF-8 (undecodable bytes replaced)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _storable(name: str, a: np.ndarray) -> np.ndarray:
     """Text held as Python objects (what a string model takes and answers) as fixed-width unicode: an object array
     would be pickled, and edgeserve reads no pickles back."""
@@ -99,4 +104,4 @@ def _storable(name: str, a: np.ndarray) -> np.ndarray:
     flat = a.reshape(-1).tolist()
     if not all(isinstance(v, (str, bytes)) for v in flat):
         raise DataError(f"array '{name}' holds Python objects other than text; it cannot be written without pickles")
-    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat], dtype=str).reshape(a.shape)
+    return np.array([as_text(v) for v in flat], dtype=str).reshape(a.shape)

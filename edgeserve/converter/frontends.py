@@ -77,15 +77,14 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
     dst = workdir / "source.onnx"
     info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
     zipmaps = unzipped_outputs(model)
-    locales = portable_locales(model)
     if uses_external_data(model):
         import onnx
 
         model = load_model(path, allowed_domains=allowed_domains)  # checked, then loaded from beside the model
         unzip(model)
-        portable_locales(model)
+        locales = portable_locales(model)
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
-    elif zipmaps or locales:
+    elif (locales := portable_locales(model)) or zipmaps:
         unzip(model)
         dst.write_bytes(model.SerializeToString())
     else:
@@ -303,7 +302,6 @@ def _named(module: Any, keys: list[str] | None) -> Any:
             return _tensors(self.module(**dict(zip(keys, args))) if keys is not None else self.module(*args))
 
     return Named().eval()
-
 
 
 def _parameter_names(module: Any, count: int) -> list[str] | None:

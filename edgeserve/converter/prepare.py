@@ -184,20 +184,17 @@ def upcast_half(src: Path, dst: Path) -> dict[str, Any]:
     model = onnx.load(str(src))
     half, full = TensorProto.FLOAT16, TensorProto.FLOAT
 
-    def tensor(t: Any) -> Any:
-        if t.data_type != half:
-            return t
-        up = numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name)
-        return up
+    def up(t: Any) -> None:
+        if t.data_type == half:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name))
 
     def graph_up(graph: Any) -> None:
-        for i, t in enumerate(graph.initializer):
-            if t.data_type == half:
-                graph.initializer[i].CopyFrom(tensor(t))
+        for t in graph.initializer:
+            up(t)
         for node in graph.node:
             for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == half:
-                    attr.t.CopyFrom(tensor(attr.t))
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    up(attr.t)
                 elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype") and attr.i == half:
                     attr.i = full
                 elif attr.type == onnx.AttributeProto.GRAPH:

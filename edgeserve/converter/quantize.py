@@ -320,5 +320,3 @@ def _has_op(path: Path, op_type: str) -> bool:
 
     model = onnx.load(str(path), load_external_data=False)
     return any(n.op_type == op_type for n in model.graph.node)
-
-

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import as_text
 from ..tensors import fed_back
 from .reference import (
     MAX_FEATURES,
@@ -70,7 +71,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         if arr.dtype.kind in "UO" and arr.ndim >= 1:
             seen = categories(arr)
             if seen is not None:
-                counts = Counter(_text(v) for v in arr.reshape(-1).tolist())
+                counts = Counter(as_text(v) for v in arr.reshape(-1).tolist())
                 entry = {"count": int(arr.size), "categories": seen, "mode": counts.most_common(1)[0][0]}
                 if len(arr) >= MIN_DRIFT_ROWS and len(seen) > 1 and (arr.ndim == 1 or arr[0].size == 1):
                     layout = Layout("categories", values=tuple(v for v, _ in counts.most_common(WATCHED_CATEGORIES)))
@@ -113,15 +114,10 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
 def categories(arr: np.ndarray) -> list[str] | None:
     """The distinct text values of a categorical input, sorted; None for free text (more than ``MAX_CATEGORIES``
     distinct values, or more distinct values than half the rows: a name, a comment)."""
-    values = sorted({_text(v) for v in arr.reshape(-1).tolist()})
+    values = sorted({as_text(v) for v in arr.reshape(-1).tolist()})
     if len(values) > MAX_CATEGORIES or (len(arr) >= 20 and len(values) > len(arr) // 2):
         return None
     return values
-
-
-def _text(value: Any) -> str:
-    """A text value as requests carry it to the checks (bytes decoded as UTF-8, as the input contract does)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _tokens(arr: np.ndarray, layout: Any, vocabulary: int) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import as_text
+
 MAX_FEATURES = 1024
 """Tabular and series inputs keep per-feature statistics up to this many features (else ``flat``)."""
 WATCHED_CATEGORIES = 16
@@ -129,8 +131,7 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
     if kind == "series":
         return x.mean(axis=1, dtype=np.float64)
     if kind == "categories":  # one column per watched value: 1 where the row holds it
-        first = x.reshape(len(x), -1)[:, 0].tolist()
-        texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in first]
+        texts = [as_text(v) for v in x.reshape(len(x), -1)[:, 0].tolist()]
         index = {v: j for j, v in enumerate(layout.values)}
         out = np.zeros((len(texts), len(layout.values)))
         for i, t in enumerate(texts):
