@@ -29,6 +29,18 @@ def test_top1_agreement_and_errors() -> None:
     assert m["top1_agreement"] == 0.75
     assert m["max_abs_error"] == pytest.approx(0.8)
     assert m["max_rel_error"] == pytest.approx(0.8 / 0.9)
+    assert m["mean_rel_error"] == pytest.approx(0.2 / 0.9)
+
+
+def test_the_mean_relative_error_never_reads_above_the_largest() -> None:
+    """An output of mostly small values, with the error spread over them (a decoder's logits, near zero but for a
+    few): both errors are relative to the same scale."""
+    ref = np.zeros((4, 100), np.float32)
+    ref[:, 0] = 10.0
+    cand = ref + np.float32(0.01)
+    cand[:, 0] = 10.0
+    m = compare_output(cand, ref)
+    assert m["mean_rel_error"] <= m["max_rel_error"] == pytest.approx(0.001)
 
 
 def test_integer_outputs_measure_agreement() -> None:

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from .data import Samples, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
 from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import (
+    conv_inputs,
     describe_ops,
     embedding_inputs,
     fill_missing_types,
@@ -515,7 +516,22 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
                    if outputs is not None and s.rows_on_axis0 and not is_ragged(outputs[s.name])}
     sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
     return envelope(arrays, source=source, outputs=outputs,
-                    vocabularies=embedding_inputs(c.staging / MODEL_FILE), sequences=sequences)
+                    vocabularies=embedding_inputs(c.staging / MODEL_FILE), sequences=sequences,
+                    feature_axes=series_feature_axes(c.in_specs, conv_inputs(c.staging / MODEL_FILE)))
+
+
+def series_feature_axes(specs: Sequence[TensorSpec], convolved: Collection[str]) -> dict[str, int]:
+    """For each ``[rows, a, b]`` input, the axis of its features (the other holds steps): the fixed one when the
+    other is declared of variable size (steps vary in number, features do not); else axis 1 when a convolution
+    takes it as it is (channels first: a spectrogram ``[rows, mel bins, frames]``), axis 2 otherwise (a recurrent
+    model's ``[rows, steps, features]``)."""
+    axes = {}
+    for spec in specs:
+        if len(spec.shape) != 3:
+            continue
+        fixed = [a for a in (1, 2) if isinstance(spec.shape[a], int)]
+        axes[spec.name] = fixed[0] if len(fixed) == 1 else 1 if spec.name in convolved else 2
+    return axes
 
 
 def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

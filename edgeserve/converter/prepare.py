@@ -333,6 +333,34 @@ def embedding_inputs(path: Path) -> dict[str, int]:
     return found
 
 
+_SAME_AXES = frozenset({"Cast", "Identity", "QuantizeLinear", "DequantizeLinear"})
+"""Operators whose output keeps its input's axes as they are."""
+_CONVS = frozenset({"Conv", "ConvInteger", "QLinearConv"})
+
+
+def conv_inputs(path: Path) -> set[str]:
+    """Graph inputs that a convolution takes as its data, axes unchanged (through casts and (de)quantisation): their
+    axis 1 holds channels (``[rows, channels, steps]`` for a 1-D convolution over a spectrogram's frames)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    found = set()
+    for graph_input in graph.input:
+        frontier, seen = [graph_input.name], 0
+        while frontier and seen < 64:
+            name, seen = frontier.pop(), seen + 1
+            for node, i in consumers.get(name, []):
+                if node.op_type in _CONVS and i == 0:
+                    found.add(graph_input.name)
+                elif node.op_type in _SAME_AXES and i == 0:
+                    frontier.extend(node.output)
+    return found
+
+
 QUANTISED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
     "ConvInteger", "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul",

@@ -52,11 +52,13 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 
 def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[str, np.ndarray] | None = None,
-             vocabularies: Mapping[str, int] | None = None, sequences: Collection[str] = ()) -> dict[str, Any]:
+             vocabularies: Mapping[str, int] | None = None, sequences: Collection[str] = (),
+             feature_axes: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Statistics per numeric input over all its values, per feature for 2-D tabular inputs, and what the guard
     needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
     sequences (``vocabularies``: inputs that index an embedding table, with its size; ``sequences``: 2-D inputs
-    whose second axis varies in size); and for ``outputs`` (the
+    whose second axis varies in size; ``feature_axes``: the features' axis of ``[rows, a, b]`` inputs, 2 unless
+    given); and for ``outputs`` (the
     package's answers on the same rows) the distribution of confidence or norm.
 
     A state fed back (an RNN's ``h0`` and the ``hn`` it is given next) gets neither a range nor a drift reference:
@@ -84,7 +86,8 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
         if arr.ndim == 2 and 1 < arr.shape[1] <= MAX_FEATURES and name not in sequences:
             entry["features"] = [_stats(arr[:, j]) for j in range(arr.shape[1])]
         if arr.ndim >= 1 and arr.dtype != bool:
-            layout = input_layout(arr, vocabulary=vocabularies.get(name), sequence=name in sequences)
+            layout = input_layout(arr, vocabulary=vocabularies.get(name), sequence=name in sequences,
+                                  feature_axis=(feature_axes or {}).get(name, 2))
             entry["layout"] = layout.to_dict()
             if name in state_in:
                 entry["state"] = True

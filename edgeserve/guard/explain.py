@@ -112,7 +112,7 @@ def _floats(req: _Request, spec: TensorSpec, x: np.ndarray, stats: Mapping[str, 
         return _features(req, name, x, fill)
     if x.ndim in (2, 3):  # a waveform too wide for a table, [rows, steps, features] or [rows, features, steps]
         time = _time_axis(spec, x, layout)
-        fill = (means if x.ndim == 3 and time == 1 and means is not None and len(means) == x.shape[2]
+        fill = (means if x.ndim == 3 and means is not None and len(means) == x.shape[3 - time]
                 else None if overall is None else np.asarray([overall]))
         return _segments(req, name, x, fill, patch, time)
     if x.ndim == 4:
@@ -245,15 +245,15 @@ def _patches(req: _Request,
 
 def _time_axis(spec: TensorSpec, x: np.ndarray, layout: Layout | None) -> int:
     """The axis of steps of ``[rows, a, b]``: the one the model declares of variable size (lengths vary, feature
-    counts do not); else axis 1 of what the reference read as a series of features, or the longer axis (a
-    spectrogram [rows, 80 mel, 3000 frames])."""
+    counts do not); else the axis beside the features of what the reference read as a series, or the longer axis
+    (a spectrogram [rows, 80 mel, 3000 frames])."""
     if x.ndim == 2:
         return 1
     variable = [a for a in (1, 2) if a < len(spec.shape) and not isinstance(spec.shape[a], int)]
     if len(variable) == 1:
         return variable[0]
     if layout is not None and layout.kind == "series":
-        return 1
+        return 1 if layout.axis != 1 else 2
     return 1 if x.shape[1] >= x.shape[2] else 2
 
 

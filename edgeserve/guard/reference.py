@@ -5,7 +5,8 @@ Every tensor gets a *layout* that says what one row's features are:
 
 - ``tabular`` ``[rows, features]``: each column;
 - ``channels`` ``[rows, C, H, W]`` (or ``[rows, H, W, C]``): each channel's mean over the image;
-- ``series`` ``[rows, steps, features]`` (audio frames, recurrent inputs): each feature's mean over the steps;
+- ``series`` ``[rows, steps, features]`` (audio frames, recurrent inputs) or ``[rows, features, steps]`` (a
+  spectrogram a convolution reads, channels first): each feature's mean over the steps;
 - ``tokens`` (integer ids that feed an embedding table): the sequence length (positions that are not padding)
   and the share of tokens among the reference's most frequent ids;
 - ``flat`` (anything else, and ``[rows, steps]`` inputs whose steps vary, such as an attention mask): the row's
@@ -85,11 +86,13 @@ class Layout:
         return [f"{word} {i}" for i in range(count)]
 
 
-def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bool = False) -> Layout:
+def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bool = False,
+                 feature_axis: int = 2) -> Layout:
     """The layout of an input tensor, from reference rows (``arr``, rows on axis 0). ``sequence``: the model
     declares axis 1 of variable size, so its positions are steps of a sequence (an attention mask, token type ids),
     not the columns of a table: position 12 of the reference never being padding says nothing about a shorter
-    request."""
+    request. ``feature_axis``: which axis of a ``[rows, a, b]`` series holds its features (1 for a spectrogram
+    ``[rows, mel bins, frames]``), the other its steps."""
     if vocabulary is not None and np.issubdtype(arr.dtype, np.integer) and arr.ndim == 2:
         last = arr[:, -1]
         values, counts = np.unique(last, return_counts=True)
@@ -104,8 +107,8 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bo
         axis = 1 if arr.shape[1] <= arr.shape[3] else 3
         if arr.shape[axis] <= MAX_FEATURES:
             return Layout("channels", axis)
-    if arr.ndim == 3 and arr.shape[2] <= MAX_FEATURES:
-        return Layout("series", 2)
+    if arr.ndim == 3 and arr.shape[feature_axis] <= MAX_FEATURES:
+        return Layout("series", feature_axis)
     return Layout("flat")
 
 
@@ -128,8 +131,8 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
     if kind == "channels":
         other = tuple(a for a in range(1, x.ndim) if a != layout.axis)
         return x.mean(axis=other, dtype=np.float64)
-    if kind == "series":
-        return x.mean(axis=1, dtype=np.float64)
+    if kind == "series":  # the mean over the steps: the axis that is not the features'
+        return x.mean(axis=1 if layout.axis != 1 else 2, dtype=np.float64)
     if kind == "categories":  # one column per watched value: 1 where the row holds it
         texts = [as_text(v) for v in x.reshape(len(x), -1)[:, 0].tolist()]
         index = {v: j for j, v in enumerate(layout.values)}

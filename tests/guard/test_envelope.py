@@ -225,3 +225,63 @@ def test_an_unseen_category_is_flagged_naming_it_and_free_text_records_none(tmp_
         assert model.answer(unseen)[1] == ()
     names = np.array([[f"customer {i}"] for i in range(300)])
     assert categories(names) is None  # free text: no category list
+
+
+def _spectrogram_model(path: Path, mel: int, frames: int | str, *, conv: bool) -> Path:
+    """[rows, mel, frames] -> [rows, 2]: a 1-D convolution over the frames (channels first), or a flatten + Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if conv:
+        nodes = [helper.make_node("Conv", ["x", "k"], ["c"], kernel_shape=[3], pads=[1, 1]),
+                 helper.make_node("ReduceMean", ["c"], ["m"], axes=[2], keepdims=0),
+                 helper.make_node("Gemm", ["m", "w", "b"], ["y"])]
+        inits = [numpy_helper.from_array(rng.standard_normal((4, mel, 3)).astype(np.float32), "k"),
+                 numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "w")]
+    else:
+        nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=0),
+                 helper.make_node("Gemm", ["m", "w", "b"], ["y"])]
+        inits = [numpy_helper.from_array(rng.standard_normal((mel, 2)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "spec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", mel, frames])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+                              [*inits, numpy_helper.from_array(np.zeros(2, np.float32), "b")])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_a_spectrogram_read_by_a_convolution_has_its_mel_bins_as_features(tmp_path: Path) -> None:
+    """[rows, 8 mel, 40 frames], both fixed, into a 1-D convolution: the features are the mel bins, each with its
+    own range over every frame. A sound the reference only held early, heard late, is in range (bounds per frame
+    warned on it); a value out of its own bin's range is caught (bounds per frame, across bins, missed it)."""
+    mel, frames = 8, 40
+    rng = np.random.default_rng(1)
+    scale = np.where(np.arange(mel) == 0, 100.0, 1.0)[None, :, None]  # bin 0 is loud, the others quiet
+    reference = (rng.uniform(0, 1, (200, mel, frames)) * scale).astype(np.float32)
+    reference[:, :, frames // 2:] *= 0.01  # the reference's sounds are in the first half of the frames
+    pkg = edgeserve.convert(_spectrogram_model(tmp_path / "conv.onnx", mel, frames, conv=True), tmp_path / "pkg",
+                            quantize="none", calibration={"x": reference})
+    entry = read_manifest(pkg.path).envelope["inputs"]["x"]
+    assert entry["layout"] == {"kind": "series", "axis": 1}
+    assert len(entry["range"]["min"]) == mel and len(entry["drift"]["knots"]) == mel
+    late = np.roll(reference[:4], frames // 2, axis=2)
+    loud = reference[:1].copy()
+    loud[0, 3, 5] = 50.0  # bin 3 never went past 1
+    with edgeserve.load(pkg.path, guard=GuardConfig(range="reject")) as model:
+        model.predict(late)
+        with pytest.raises(EnvelopeError, match=r"'range'.*\[0, 3, 5\] = 50"):
+            model.predict(loud)
+
+
+def test_the_feature_axis_of_a_series_follows_the_signature_then_the_graph(tmp_path: Path) -> None:
+    """A variable axis holds steps, so the fixed one holds features; with both fixed, a convolution's input is
+    channels first and anything else ([rows, steps, features] into an RNN or a MatMul) features last."""
+    from edgeserve.converter.api import series_feature_axes
+    from edgeserve.converter.prepare import conv_inputs
+    from edgeserve.tensors import TensorSpec
+
+    conv = _spectrogram_model(tmp_path / "conv.onnx", 8, 40, conv=True)
+    dense = _spectrogram_model(tmp_path / "dense.onnx", 8, 40, conv=False)
+    assert conv_inputs(conv) == {"x"} and conv_inputs(dense) == set()
+    specs = [TensorSpec("fixed", "float32", ("batch", 8, 40)), TensorSpec("frames", "float32", ("batch", 80, "t")),
+             TensorSpec("steps", "float32", ("batch", "t", 20)), TensorSpec("table", "float32", ("batch", 20))]
+    assert series_feature_axes(specs, {"fixed"}) == {"fixed": 1, "frames": 1, "steps": 2}
+    assert series_feature_axes(specs, set()) == {"fixed": 2, "frames": 1, "steps": 2}

@@ -250,3 +250,20 @@ def test_a_spectrogram_is_occluded_along_its_frames_not_its_mel_bins(tmp_path: P
     contrib = ((x - mean)[:, :, :, None] * w.reshape(mel, frames, 2)[None]).sum(1)  # [rows, frames, 2]
     expected = np.stack([contrib[:, p * size:(p + 1) * size].sum(1) for p in range(count)], 1)
     np.testing.assert_allclose(out.attributions["y"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_spectrogram_of_fixed_size_into_a_convolution_is_occluded_along_its_frames(tmp_path: Path) -> None:
+    """[rows, 8 mel, 60 frames], both fixed: the convolution reading it says its channels (mel bins) are axis 1,
+    so windows run along the frames, each occluded with its bins' reference means."""
+    from tests.guard.test_envelope import _spectrogram_model
+
+    mel, frames = 8, 60
+    rng = np.random.default_rng(2)
+    reference = rng.normal(np.arange(mel)[None, :, None], 1.0, (150, mel, frames)).astype(np.float32)
+    pkg = edgeserve.convert(_spectrogram_model(tmp_path / "conv.onnx", mel, frames, conv=True), tmp_path / "pkg",
+                            quantize="none", calibration={"x": reference})
+    with edgeserve.load(pkg.path) as model:
+        out = model.explain(reference[:2])
+    size = -(-frames // 32)
+    assert out.kind == "segments" and out.patch == size and out.attributions["y"].shape == (2, -(-frames // size), 2)
+    assert out.reference == "reference mean per feature"
