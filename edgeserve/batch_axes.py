@@ -34,7 +34,7 @@ def confirm_batch_axes(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence
     """``outputs`` with each batch axis kept only where the measurement above confirms it. ``rows``: at least one
     row per input (stacked along the inputs' batch axes; fewer than three are repeated)."""
     batched = [o for o in outputs if o.batch_axis is not None]
-    if not batched or any(s.batch_axis is None for s in inputs):
+    if not batched or all(s.batch_axis is None for s in inputs):
         return tuple(outputs)
     try:
         first = run(_take(inputs, rows, [0]))
@@ -61,8 +61,9 @@ def _take(inputs: Sequence[TensorSpec], rows: Mapping[str, np.ndarray], idx: lis
     feed = {}
     for spec in inputs:
         arr = np.asarray(rows[spec.name])
-        axis = spec.batch_axis or 0
-        feed[spec.name] = np.ascontiguousarray(np.take(arr, [i % arr.shape[axis] for i in idx], axis=axis))
+        axis = spec.batch_axis
+        feed[spec.name] = arr if axis is None else np.ascontiguousarray(  # no batch axis: shared by the rows
+            np.take(arr, [i % arr.shape[axis] for i in idx], axis=axis))
     return feed
 
 

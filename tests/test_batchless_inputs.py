@@ -72,3 +72,26 @@ def test_bench_measures_a_model_with_a_scalar_input(vad, tmp_path: Path) -> None
         assert v["status"] == "ok", v["error"]
         assert v["latency"]["p50"] > 0 and v["throughput"]["4"]["rows_per_s"] > 0
         assert v["metrics"] and "max-abs" in next(iter(v["metrics"]))
+
+
+def test_requests_are_batched_with_those_of_the_same_rate_and_each_gets_its_own_answer(vad) -> None:
+    """The batcher stacks the audio and the states of requests whose ``sr`` is equal and gives the batch that one
+    rate; a request at another rate waits for a batch of its own. Every answer is what it is alone."""
+    src, _, data = vad
+    feeds = [{"input": data["input"][i:i + 1], "state": data["state"][:, i:i + 1],
+              "sr": np.array(16000 if i < 4 else 8000, np.int64)} for i in range(6)]
+    with edgeserve.load(src) as plain:
+        alone = [plain.predict(f) for f in feeds]
+    runs: list[tuple[int, int]] = []
+    config = edgeserve.BatchConfig(max_batch_size=6, max_delay_ms=10_000, adaptive=False)
+    with edgeserve.load(src, batching=config) as model:
+        assert model.batcher is not None  # the scalar input no longer keeps the model out of the batcher
+        run = model.batcher._run
+        model.batcher._run = lambda feed: runs.append((len(feed["input"]), int(feed["sr"]))) or run(feed)
+        futures = [model.batcher.submit(f) for f in feeds]
+        model.batcher.hurry()
+        answers = [f.result(10) for f in futures]
+    assert sorted(runs) == [(2, 8000), (4, 16000)]
+    for got, want in zip(answers, alone):
+        np.testing.assert_allclose(got["output"], want["output"], rtol=1e-6)
+        np.testing.assert_allclose(got["stateN"], want["stateN"], rtol=1e-6)

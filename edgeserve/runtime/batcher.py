@@ -266,7 +266,7 @@ class Batcher:
         self._direct_done: deque[int] = deque()
         """Direct calls since the last fold into the stats and the chooser (done under the lock): the rows of one
         that ran, ``-rows - 1`` for one that failed."""
-        first = self._inputs[0]
+        first = next(s for s in self._inputs if s.batch_axis is not None)
         self._rows_name, self._rows_axis = first.name, first.batch_axis or 0
         self.chooser: Chooser | None = Chooser() if config.adaptive and config.max_delay_ms == 0 else None
         """Measures whether batching pays under the current load (None: always batch, as configured)."""
@@ -369,7 +369,8 @@ class Batcher:
         return int(feed[self._rows_name].shape[self._rows_axis])
 
     def _group_of(self, feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-        return tuple((s.name, feed[s.name].dtype.str, _non_batch(feed[s.name].shape, s.batch_axis)) for s in self._inputs)
+        return tuple((s.name, feed[s.name].dtype.str, _non_batch(feed[s.name].shape, s.batch_axis))
+                     if s.batch_axis is not None else _shared_key(s.name, feed[s.name]) for s in self._inputs)
 
     def _admit(self) -> None:
         """Refuse a request the batcher cannot take (called holding the lock)."""
@@ -714,7 +715,8 @@ class Batcher:
             if len(live) == 1:
                 results = [self._outputs_of(self._run(live[0].feed))]
             else:
-                merged = {s.name: held.concat([p.feed[s.name] for p in live], axis=s.batch_axis or 0)
+                merged = {s.name: held.concat([p.feed[s.name] for p in live], axis=s.batch_axis)
+                          if s.batch_axis is not None else live[0].feed[s.name]  # equal in every request
                           for s in self._inputs}
                 results = self._split(self._outputs_of(self._run(merged)), [p.rows for p in live])
         except Exception as exc:
@@ -794,6 +796,20 @@ def _edgeserve_error(exc: Exception) -> EdgeserveError:
     return exc if isinstance(exc, EdgeserveError) else InferenceError(f"batch failed: {first_line(exc)}")
 
 
+SHARED_BYTES = 4096
+"""An input without a batch axis (a sample rate, a threshold) of up to this size groups requests by its value;
+a bigger one is never compared, and its request runs without company."""
+
+
+def _shared_key(name: str, value: np.ndarray) -> tuple[Any, ...]:
+    """Requests stack only where an input without a batch axis holds the same value in each: the batch is given
+    that one value."""
+    if value.nbytes > SHARED_BYTES:
+        return (name, object())
+    return (name, value.dtype.str, value.shape, value.tobytes())
+
+
 def can_batch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
-    """Batching needs a batch axis on every input and output (else requests bypass the batcher)."""
-    return all(s.batch_axis is not None for s in (*inputs, *outputs))
+    """Batching needs a batch axis on every output and on some input (else requests bypass the batcher); an input
+    without one (a VAD's sample rate) is shared by the requests stacked together, which hold the same value."""
+    return all(s.batch_axis is not None for s in outputs) and any(s.batch_axis is not None for s in inputs)
