@@ -504,3 +504,20 @@ def echo_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
             v = np.array([[info.min, info.max, 7]] * rows, dtype=dt)
         out[f"in_{t}"] = v
     return out
+
+
+def gru_model(features: int = 4, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """``x [batch, steps, features]`` through an ONNX GRU to its last state ``y [batch, hidden]``: onnxruntime
+    aborts the process (``terminate called``) when a GRU or LSTM is given 0 rows or 0 steps."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, features)).astype(np.float32) * 0.3, "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32) * 0.3, "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    nodes = [helper.make_node("Transpose", ["x"], ["steps_first"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["steps_first", "W", "R"], ["", "last"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["last", "axis0"], ["y"])]
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "steps", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import edgeserve
+from edgeserve import InputError
 from tests.factories import cnn_opset11, control_flow_model, example, mlp_model, rows, save, save_with_external_data
 
 MODES = ["none", "dynamic", "static", "fp16"]
@@ -229,3 +232,41 @@ def test_the_memory_budget_is_parsed_and_checked() -> None:
     for bad in ("lots", "1Q", "10M"):
         with pytest.raises(edgeserve.ConfigError, match="memory budget"):
             parse_size(bad)
+
+
+def test_an_empty_request_never_reaches_an_engine_that_would_abort_the_process(tmp_path: Path) -> None:
+    """onnxruntime kills the whole process (``terminate called without an active exception``) when a GRU gets 0
+    rows or 0 steps: the contract refuses both, naming the input and the axis, and the process goes on to answer
+    a real request. Run in a child process, so a regression fails this test instead of killing the suite."""
+    from tests.factories import gru_model
+
+    path = save(gru_model(), tmp_path / "gru.onnx")
+    script = f"""
+import numpy as np, edgeserve
+model = edgeserve.load({str(path)!r}, batching=edgeserve.BatchConfig())
+for shape in ((0, 3, 4), (2, 0, 4)):
+    try:
+        model.predict(np.zeros(shape, np.float32))
+    except edgeserve.InputError as exc:
+        print("refused:", exc)
+print("answered", model.predict(np.ones((2, 3, 4), np.float32))["y"].shape)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "refused: input 'x' has no rows ([0, 3, 4], 0 along its batch axis 0); send at least one row"
+    assert lines[1].startswith("refused: input 'x' is empty along axis 1 ([2, 0, 4]")
+    assert lines[2] == "answered (2, 8)"
+
+
+def test_a_cache_fed_back_may_be_empty_at_the_first_step() -> None:
+    """A decoder's ``past_key [batch, heads, 0, dim]`` before its first token is a real request, not an error."""
+    from edgeserve.guard.contract import InputContract
+    from edgeserve.tensors import TensorSpec
+
+    contract = InputContract([TensorSpec("ids", "int64", ("batch", "seq"), batch_axis=0),
+                              TensorSpec("past_key", "float32", ("batch", 2, "past", 8), batch_axis=0)])
+    feed = contract.feed({"ids": np.ones((1, 3), np.int64), "past_key": np.zeros((1, 2, 0, 8), np.float32)})
+    assert feed["past_key"].shape == (1, 2, 0, 8)
+    with pytest.raises(InputError, match="'ids' has no rows"):
+        contract.feed({"ids": np.ones((0, 3), np.int64), "past_key": np.zeros((0, 2, 0, 8), np.float32)})

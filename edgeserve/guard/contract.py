@@ -12,7 +12,7 @@ import numpy as np
 
 from ..arrays import frame_columns, is_frame
 from ..errors import InputError
-from ..tensors import TensorSpec, format_shape
+from ..tensors import CACHE_NAME, TensorSpec, format_shape
 
 
 class InputContract:
@@ -39,7 +39,8 @@ class InputContract:
         only = self._only
         if only is not None and type(inputs) is np.ndarray and not named:  # the common case, checked inline
             name, dtype, rank, fixed, _ = only
-            if inputs.dtype == dtype and inputs.ndim == rank and all(inputs.shape[a] == n for a, n in fixed):
+            if inputs.dtype == dtype and inputs.ndim == rank and inputs.size and all(inputs.shape[a] == n
+                                                                                     for a, n in fixed):
                 return {name: inputs}
         if named:
             if inputs is not None:
@@ -83,6 +84,8 @@ class InputContract:
                         f"input '{name}': expected {spec.describe()}, got {value.dtype} {list(value.shape)} "
                         f"(dimension {axis} must be {size}{hint})"
                     )
+            if not value.size:
+                self._empty(name, value, spec)
             feed[name] = value
         if len(self._batched) > 1:
             self._rows_agree(feed)
@@ -97,6 +100,22 @@ class InputContract:
             if feed[name].shape[ax] != rows:
                 sizes = ", ".join(f"'{n}' {feed[n].shape[a]} (axis {a})" for n, a in self._batched)
                 raise InputError(f"inputs disagree on the batch size: {sizes}; every input needs one row per sample")
+
+    def _empty(self, name: str, value: np.ndarray, spec: TensorSpec) -> None:
+        """Refuse an input with a dimension of size 0 — no rows, an empty sequence or image: onnxruntime aborts
+        the whole process on some of them (an LSTM or GRU given 0 rows or 0 steps), so none reaches an engine. A
+        cache fed back (a decoder's ``past_key [batch, heads, 0, dim]`` at its first step) may be empty along an
+        axis other than its rows."""
+        rows_axis = next((a for n, a in self._batched if n == name), None)
+        for axis, size in enumerate(value.shape):
+            if size:
+                continue
+            if axis == rows_axis:
+                raise InputError(f"input '{name}' has no rows ({list(value.shape)}, 0 along its batch axis {axis}); "
+                                 "send at least one row")
+            if not CACHE_NAME.search(name):
+                raise InputError(f"input '{name}' is empty along axis {axis} ({list(value.shape)}, expected "
+                                 f"{format_shape(spec.shape)}); send at least one value along every axis")
 
     def _coerce(self, name: str, value: Any, spec: TensorSpec) -> np.ndarray:
         if isinstance(value, np.ndarray):  # a subclass such as a masked array: plain data only

@@ -151,6 +151,7 @@ BAD = [
      "ragged"),
     ("element count overflows", json.dumps({"inputs": [{**X16, "shape": [16, 2**60]}]}).encode(), {}, 400,
      "more elements than the limit"),
+    ("no rows", json.dumps({"inputs": [{**X16, "shape": [0, 16], "data": []}]}).encode(), {}, 400, "has no rows"),
     ("negative dim", json.dumps({"inputs": [{**X16, "shape": [-1, 16]}]}).encode(), {}, 400, "non-negative"),
     ("non-integer dim", json.dumps({"inputs": [{**X16, "shape": [1.5, 16]}]}).encode(), {}, 400, "non-negative"),
     ("bad timeout", json.dumps({"inputs": [X16], "parameters": {"timeout": "soon"}}).encode(), {}, 400, "timeout"),
