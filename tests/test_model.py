@@ -106,6 +106,18 @@ def test_inputs_must_agree_on_the_batch_size(tmp_path: Path) -> None:
         assert model.predict({"ids": np.ones((3, 2), np.int64), "scale": np.ones((3, 1), np.float32)})["out"].shape == (3, 2)
 
 
+def test_inputs_must_agree_on_a_dimension_they_share(tmp_path: Path) -> None:
+    """``input_ids`` and ``attention_mask`` are both ``[batch, seq]``: a mask one token short is refused naming
+    both sizes, before the engine fails inside an attention node (or answers on a cut mask)."""
+    from tests.factories import encoder_data, encoder_model
+
+    data = encoder_data(rows=2, seq=6)
+    with edgeserve.load(save(encoder_model(), tmp_path / "enc.onnx")) as model:
+        with pytest.raises(InputError, match=r"size of dimension 'seq': 'input_ids' 6 \(axis 1\), 'attention_mask' 5"):
+            model.predict({"input_ids": data["input_ids"], "attention_mask": data["attention_mask"][:, :5]})
+        assert model.predict(data)["last_hidden_state"].shape[:2] == (2, 6)
+
+
 def test_models_with_inputs_numpy_cannot_hold_are_refused_without_a_leak(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 

@@ -33,6 +33,7 @@ class InputContract:
         self._only = self._checks[0] if len(self.specs) == 1 else None
         self._batched = [(s.name, s.batch_axis or 0) for s in self.specs  # (rows on batch 1: axis 0)
                          if rows_on_batch_one or s.batch_axis is not None]
+        self._shared = _shared_dims(self.specs)
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Check ``inputs`` (one array for a single-input model, or a mapping of name to array)."""
@@ -89,7 +90,22 @@ class InputContract:
             feed[name] = value
         if len(self._batched) > 1:
             self._rows_agree(feed)
+        for dim, where in self._shared:
+            self._dims_agree(feed, dim, where)
         return feed
+
+    @staticmethod
+    def _dims_agree(feed: Mapping[str, np.ndarray], dim: str, where: tuple[tuple[str, int], ...]) -> None:
+        """Inputs the model declares with the same named dimension (``input_ids`` and ``attention_mask`` both
+        ``[batch, sequence]``) give it the same size: else the engine fails deep inside (a ``Where`` node's
+        broadcast error), or answers with one silently cut to the other."""
+        first, axis = where[0]
+        size = feed[first].shape[axis]
+        for name, ax in where[1:]:
+            if feed[name].shape[ax] != size:
+                sizes = ", ".join(f"'{n}' {feed[n].shape[a]} (axis {a})" for n, a in where)
+                raise InputError(f"inputs disagree on the size of dimension '{dim}': {sizes}; the model declares "
+                                 "it the same for each")
 
     def _rows_agree(self, feed: Mapping[str, np.ndarray]) -> None:
         """Every input with a batch axis carries the same number of rows: a request that breaks this would fail
@@ -141,6 +157,17 @@ class InputContract:
         if unknown:
             parts.append("unknown " + ", ".join(f"'{u}'" for u in unknown))
         raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model expects {self._expected()}")
+
+
+def _shared_dims(specs: Sequence[TensorSpec]) -> list[tuple[str, tuple[tuple[str, int], ...]]]:
+    """Named dimensions (other than the batch axes, checked on their own) that more than one input declares: each
+    name with the (input, axis) pairs that carry it."""
+    seen: dict[str, list[tuple[str, int]]] = {}
+    for s in specs:
+        for axis, dim in enumerate(s.shape):
+            if isinstance(dim, str) and dim and axis != s.batch_axis:
+                seen.setdefault(dim, []).append((s.name, axis))
+    return [(dim, tuple(where)) for dim, where in seen.items() if len({n for n, _ in where}) > 1]
 
 
 def _text(name: str, value: np.ndarray) -> np.ndarray:
