@@ -269,6 +269,9 @@ def test_a_spectrogram_read_by_a_convolution_has_its_mel_bins_as_features(tmp_pa
         model.predict(late)
         with pytest.raises(EnvelopeError, match=r"'range'.*\[0, 3, 5\] = 50"):
             model.predict(loud)
+        report = model.monitor.report()  # the live rows are summarised the same way: one mean per mel bin
+        assert report["requests"] == 4 and report["skipped"] == 0
+        assert sum(label.startswith("input:x:") for label in model.monitor.labels) == mel
 
 
 def test_the_feature_axis_of_a_series_follows_the_signature_then_the_graph(tmp_path: Path) -> None:
