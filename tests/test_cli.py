@@ -204,3 +204,27 @@ def test_text_answers_are_written_without_pickles_and_read_back(tmp_path: Path) 
     assert read_arrays(tmp_path / "b.npz", what="t")["t"].tolist() == ["café", "x"]
     with pytest.raises(edgeserve.DataError, match="other than text"):
         write_npz(tmp_path / "c.npz", {"t": np.array([{"a": 1}], dtype=object)})
+
+
+def test_run_answers_each_row_of_a_batch_one_detector_into_its_own_arrays(tmp_path: Path) -> None:
+    """A detector exported at batch 1 keeps a different number of boxes per image, so several images' answers
+    cannot be one array: ``run`` calls it once per row and writes ``boxes/0``, ``boxes/1``, … (one was refused)."""
+    import numpy as np
+
+    from edgeserve import load
+    from tests.factories import kept_boxes_data, kept_boxes_model, save
+
+    path = save(kept_boxes_model(), tmp_path / "det.onnx")
+    data = kept_boxes_data(samples=3)
+    np.savez(tmp_path / "in.npz", candidates=data)
+    result = invoke("run", path, "--input", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert result.exit_code == 0, result.output
+    assert "one array per row of 3" in result.output and "boxes/0..2: float32, lengths" in result.output
+    written = np.load(tmp_path / "out.npz")
+    assert sorted(written.files) == sorted(f"{n}/{i}" for n in ("boxes", "scores", "labels") for i in range(3))
+    with load(path) as model:
+        for i in range(3):
+            alone = model.predict(data[i:i + 1])
+            for name, value in alone.items():
+                np.testing.assert_array_equal(written[f"{name}/{i}"], value)
+    assert len({len(written[f"boxes/{i}"]) for i in range(3)}) > 1  # the rows really do keep different numbers

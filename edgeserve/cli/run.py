@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,12 +28,46 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
 
     arrays = read_arrays(input_file, what="input file")
     with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
-        outputs = model.predict(arrays)
+        rows = _rows_of_a_batch_one_model(model, arrays)
+        if rows is None:
+            outputs = model.predict(arrays)
+        else:  # one call per row, and one array per row and output: their lengths differ
+            answers = [model.predict(_row(model, arrays, i)) for i in range(rows)]
+            outputs = {f"{name}/{i}": value for i, answer in enumerate(answers) for name, value in answer.items()}
     if output:
         write_npz(output, outputs)
-        click.echo(f"wrote {len(outputs)} outputs to {output}")
+        click.echo(f"wrote {len(outputs)} outputs to {output}" + ("" if rows is None else
+                                                                   f" (NAME/ROW: one array per row of {rows})"))
+    if rows is not None:
+        for name in answers[0]:
+            counts = [len(a[name]) if a[name].ndim else 1 for a in answers]
+            shown = ", ".join(map(str, counts[:8])) + (", …" if rows > 8 else "")
+            click.echo(f"{name}/0..{rows - 1}: {answers[0][name].dtype}, lengths {shown}")
+        return
     for name, value in outputs.items():
         preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ", threshold=6)
         click.echo(f"{name}: {value.dtype} {list(value.shape)} {preview}{' …' if value.size > 6 else ''}")
+
+
+def _rows_of_a_batch_one_model(model: Any, arrays: dict[str, Any]) -> int | None:
+    """How many rows ``arrays`` hold for a model that takes one per call and cannot join their answers (see
+    ``Model.one_row_per_call``); None when it is not such a model or the file holds one row."""
+    if not model.one_row_per_call:
+        return None
+    counts = {s.name: arrays[s.name].shape[0] for s in model.inputs
+              if s.name in arrays and arrays[s.name].ndim == len(s.shape) and s.shape[:1] == (1,)}
+    if len(set(counts.values())) > 1:
+        from ..errors import InputError
+
+        raise InputError("the inputs hold different numbers of rows: "
+                         + ", ".join(f"'{k}' {v}" for k, v in counts.items()))
+    rows = next(iter(counts.values()), 1)
+    return rows if rows > 1 else None
+
+
+def _row(model: Any, arrays: dict[str, Any], i: int) -> dict[str, Any]:
+    """Row ``i`` of every input that holds rows on axis 0 ([1, ...] in the model), the others as they are."""
+    stacked = {s.name for s in model.inputs if s.shape[:1] == (1,)}
+    return {name: value[i:i + 1] if name in stacked and value.ndim else value for name, value in arrays.items()}
 
 

@@ -256,7 +256,7 @@ class Model:
         from ..guard.explain import explain
 
         feed, _ = self._checked(inputs, named)
-        if not self._one_at_a_time and all(s.batch_axis is None and s.shape[:1] == (1,) for s in self.inputs):
+        if self.one_row_per_call:
             raise InputError(f"model '{self.name}' was exported at batch 1 and the length of its outputs depends on "
                              "the values: an occluded copy's answer has no row to attribute")
 
@@ -265,6 +265,12 @@ class Model:
 
         return explain(run, self.inputs, feed, self.manifest.envelope if self.manifest else {}, input=input,
                        patch=patch, out_axes={s.name: s.batch_axis for s in self.outputs if s.batch_axis})
+
+    @property
+    def one_row_per_call(self) -> bool:
+        """Exported at batch 1 with outputs whose length depends on the values (a detector's kept boxes): each
+        call takes one row, and several rows' answers cannot be joined into one array."""
+        return not self._one_at_a_time and all(s.batch_axis is None and s.shape[:1] == (1,) for s in self.inputs)
 
     def _inline(self, rows: int, alone: bool = False) -> bool:
         if self._inline_calls < INLINE_PROBES or rows > self._inline_rows:
