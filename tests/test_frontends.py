@@ -50,13 +50,58 @@ def test_torch_needs_example_inputs(tmp_path: Path) -> None:
 
 
 def test_torch_export_failure_is_clear(tmp_path: Path) -> None:
-    class DataDependent(torch.nn.Module):
+    class Histogram(torch.nn.Module):
         def forward(self, x):
-            return x[x > 0].reshape(1, -1).numpy()  # leaves torch: not exportable
+            return torch.histc(x, bins=4)  # neither exporter has it
 
-    with pytest.raises(ConversionError, match="torch.onnx.export failed for DataDependent"):
-        edgeserve.convert(DataDependent(), tmp_path / "pkg", example_inputs=torch.randn(2, 3))
+    with pytest.raises(ConversionError, match=r"torch.onnx.export failed for Histogram: .*'aten::histc'.*; with "
+                                              r"dynamo=True .*Export the model to ONNX yourself") as caught:
+        edgeserve.convert(Histogram(), tmp_path / "pkg", example_inputs=torch.randn(2, 3))
+    assert "\x1b[" not in str(caught.value)
     assert not (tmp_path / "pkg").exists()
+
+
+class _Differences(torch.nn.Module):
+    def forward(self, x):
+        return torch.diff(x, dim=1) * 2
+
+
+class _Spectrum(torch.nn.Module):
+    def forward(self, x):
+        return torch.fft.rfft(x).abs()
+
+
+@pytest.mark.parametrize("module,expected", [(_Differences, lambda x: np.diff(x, axis=1) * 2),
+                                             (_Spectrum, lambda x: np.abs(np.fft.rfft(x)))], ids=["diff", "rfft"])
+def test_a_module_the_torchscript_exporter_cannot_trace_is_exported_with_torch_export(tmp_path: Path, module,
+                                                                                     expected) -> None:
+    """``torch.diff`` and FFTs have no TorchScript symbolic: the exporter that builds on ``torch.export`` takes
+    over (at its own opset 18: converted down to 17 the FFT's graph was invalid), keeps the batch dynamic, and the
+    package says which one wrote it."""
+    pkg = edgeserve.convert(module(), tmp_path / "pkg", example_inputs=torch.randn(3, 8), quantize="none")
+    assert pkg.manifest.source["exporter"] == "torch.export" and pkg.manifest.source["opset"] == 18
+    x = (np.arange(40, dtype=np.float32).reshape(5, 8) ** 2) / 10
+    with edgeserve.load(pkg.path) as model:
+        np.testing.assert_allclose(model.predict(x)["output"], expected(x), rtol=1e-5, atol=1e-4)
+
+
+def test_a_cache_object_beside_the_tensors_of_a_dict_answer_is_left_out(tmp_path: Path) -> None:
+    """A transformers model answers ``logits`` with ``past_key_values`` (a cache object no exporter traces): the
+    package's outputs are the tensors (the export failed on the cache)."""
+    class Cache:
+        pass
+
+    class WithCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"logits": self.lin(x), "past_key_values": Cache(), "hidden": x * 2, "attentions": None}
+
+    pkg = edgeserve.convert(WithCache(), tmp_path / "pkg", example_inputs={"x": torch.randn(2, 4)}, quantize="none")
+    assert [o.name for o in pkg.manifest.outputs] == ["logits", "hidden"]
+    assert pkg.manifest.source["exporter"] == "torchscript"
 
 
 def test_sklearn_pipeline(tmp_path: Path) -> None:

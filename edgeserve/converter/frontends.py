@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,7 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
     if len(input_names) != len(args):
         raise ConversionError(f"{len(input_names)} input_names given for {len(args)} example inputs")
     module = module.eval()
+    label = type(module).__name__
     with torch.no_grad():
         sample_out = module(**dict(zip(example_inputs, args))) if isinstance(example_inputs, Mapping) else module(*args)
     keys = _output_keys(sample_out)
@@ -261,19 +264,56 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
                         for n, a in zip(input_names, args) if a.dim() > 0}
         dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
     dst = workdir / "source.onnx"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter is not the user's concern
-            torch.onnx.export(
-                module, args, str(dst), input_names=list(input_names), output_names=list(output_names),
-                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-    except Exception as exc:
-        raise ConversionError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(exc)}") from exc
+    exporter, opset = _export(module, label, args, dst, list(input_names), list(output_names),
+                              {k: dict(v) for k, v in dynamic_axes.items()}, opset)
     return SourceModel(dst, {
         "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
-        "sha256": sha256_file(dst), "opset": opset,
+        "sha256": sha256_file(dst), "opset": opset, "exporter": exporter,
     })
+
+
+def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_names: list[str],
+            output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> tuple[str, int]:
+    """Export with the TorchScript exporter, else with ``torch.export`` (``dynamo=True``, which needs onnxscript):
+    newer models trace only with the latter (``aten::diff``, an FFT have no TorchScript symbolic). Returns which
+    one wrote ``dst``, and at which opset."""
+    import torch
+
+    failures = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
+                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter is not the user's concern
+                # NOTE: torch.export's exporter writes opset 18 and converts down to an older one badly (an FFT's
+                # ReduceL2 kept opset 18's noop_with_empty_axes at 17: a model onnxruntime refused), so not below it
+                torch.onnx.export(module, args, str(dst), input_names=input_names, output_names=output_names,
+                                  dynamic_axes=dynamic_axes, opset_version=max(opset, 18) if dynamo else opset,
+                                  do_constant_folding=True, dynamo=dynamo, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporters' own errors, reported together below
+            failures.append(re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc)))  # torch.export's are in colour
+            continue
+        if dynamo:
+            log.warning("torch.onnx.export could not trace %s (%s); exported it with torch.export (dynamo=True) "
+                        "instead", label, failures[0])
+        return ("torch.export", max(opset, 18)) if dynamo else ("torchscript", opset)
+    raise ConversionError(f"torch.onnx.export failed for {label}: {failures[0]}; with dynamo=True "
+                          f"(torch.export; needs onnxscript): {failures[1]}. Export the model to ONNX yourself and "
+                          "convert the .onnx file")
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Errors only from these loggers meanwhile (torch.export's notes on optional packages, onnxscript's on opset
+    conversion)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _output_keys(out: Any) -> list[str] | None:
@@ -281,11 +321,19 @@ def _output_keys(out: Any) -> list[str] | None:
     ``pooler_output``), in order, leaving out what is None; None for a tensor or a tuple."""
     if not isinstance(out, Mapping):
         return None
-    return [k for k, v in out.items() if v is not None]
+    return [k for k, v in out.items() if _is_tensor(v)]
 
 
 def _tensors(out: Any) -> Any:
-    return tuple(v for v in out.values() if v is not None) if isinstance(out, Mapping) else out
+    """A dict-like answer's tensors: a cache object beside them (``past_key_values``: a transformers
+    ``EncoderDecoderCache``, which no exporter can trace) and None are left out."""
+    return tuple(v for v in out.values() if _is_tensor(v)) if isinstance(out, Mapping) else out
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
 
 
 def _named(module: Any, keys: list[str] | None) -> Any:
