@@ -318,3 +318,17 @@ def test_a_conversion_that_answers_unlike_the_estimator_is_flagged(tmp_path: Pat
         checks[label] = pkg.manifest.source["estimator_check"]
     assert checks["ascii"]["ok"] and checks["ascii"]["max_abs_diff"] < 1e-5
     assert not checks["accented"]["ok"] and checks["accented"]["max_abs_diff"] > 0.05
+
+
+def test_a_library_error_is_quoted_with_the_reason_under_it() -> None:
+    """skl2onnx's 'Unable to create node …' goes on with every attribute of the node; the reason is its cause."""
+    from edgeserve.converter.frontends import _why
+
+    try:
+        try:
+            raise TypeError("Field onnx.AttributeProto.ints: Expected an int, got a boolean.")
+        except TypeError as cause:
+            raise ValueError("Unable to create node 'TreeEnsembleClassifier' with attributes={" + "0.0, " * 500) from cause
+    except ValueError as exc:
+        text = _why(exc)
+    assert len(text) < 400 and text.endswith("(Field onnx.AttributeProto.ints: Expected an int, got a boolean.)")

@@ -391,7 +391,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
             warnings.simplefilter("ignore")
             onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
-        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {first_line(exc)}") from exc
+        raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, {onx.graph.input[0].name: x})
 
 
@@ -412,7 +412,7 @@ def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset:
             onx = to_onnx(model, initial_types=initial, options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
-                              f"{', '.join(columns)}: {first_line(exc)}") from exc
+                              f"{', '.join(columns)}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, columns)
 
 
@@ -431,6 +431,13 @@ def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: di
         "sha256": sha256_file(dst), **({"locales_replaced": locales} if locales else {}),
         **({"estimator_check": check} if check else {}),
     })
+
+
+def _why(exc: BaseException) -> str:
+    """A library's error and the one under it: skl2onnx's 'Unable to create node …' is followed by every attribute
+    of the node, while the reason ('Expected an int, got a boolean') is in its cause."""
+    cause = exc.__cause__ or exc.__context__
+    return first_line(exc) if cause is None else f"{first_line(exc, 120)}… ({first_line(cause, 200)})"
 
 
 def _against_estimator(model: Any, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ class _InputCheck:
     vocabulary: int | None
     fits: tuple[int, ...] | None = None  # the last shape seen that the per-feature bounds broadcast against
     categories: frozenset[str] | None = None  # a text input's values in the reference
+    missing: bool = False  # the reference holds NaN here (missing values a model's imputer fills): not an error
 
 
 class Envelope:
@@ -75,7 +76,8 @@ class Envelope:
             if lo is not None or vocab is not None:
                 self._checks.append(_InputCheck(
                     spec.name, lo, hi, None if lo is None else np.array(lo.min()),
-                    None if hi is None else np.array(hi.max()), floating, vocab))
+                    None if hi is None else np.array(hi.max()), floating, vocab,
+                    missing=floating and ref.get("nan", ref.get("non_finite", 0)) > 0))
 
     @property
     def active(self) -> bool:
@@ -113,7 +115,11 @@ class Envelope:
                 continue
             finite = not c.floating or bool(np.isfinite(x).all())
             if not finite and self.config.non_finite != "off":
-                warned += self._failed("non_finite", c.name, x, partial(_not_finite, x), "NaN or infinite values")
+                if not c.missing:
+                    warned += self._failed("non_finite", c.name, x, partial(_not_finite, x), "NaN or infinite values")
+                elif np.isinf(x).any():  # NaN is a missing value the reference held too; infinity is not
+                    warned += self._failed("non_finite", c.name, x, partial(np.isinf, x),
+                                           "infinite values (NaN, which the reference holds, is let through)")
             if self.config.range != "off":
 
                 def outside(x: np.ndarray = x, lo: np.ndarray = lo, hi: np.ndarray = hi) -> np.ndarray:

@@ -33,6 +33,8 @@ MIN_DRIFT_ROWS = 100
 def _stats(values: np.ndarray) -> dict[str, Any]:
     finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
     out: dict[str, Any] = {"count": int(values.size), "non_finite": int(values.size - finite.size)}
+    if out["non_finite"]:
+        out["nan"] = int(np.isnan(values).sum())  # missing values, which a model with an imputer expects
     if finite.size == 0:
         return out
     f64 = finite.astype(np.float64, copy=False)

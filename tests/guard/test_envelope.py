@@ -288,3 +288,42 @@ def test_the_feature_axis_of_a_series_follows_the_signature_then_the_graph(tmp_p
              TensorSpec("steps", "float32", ("batch", "t", 20)), TensorSpec("table", "float32", ("batch", 20))]
     assert series_feature_axes(specs, {"fixed"}) == {"fixed": 1, "frames": 1, "steps": 2}
     assert series_feature_axes(specs, set()) == {"fixed": 2, "frames": 1, "steps": 2}
+
+
+def _imputing_model(path: Path, features: int = 6) -> Path:
+    """``y = softmax(where(isnan(x), 0, x) @ w)``: a model that takes missing values as NaN, as an imputer does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((features, 3)).astype(np.float32)
+    nodes = [helper.make_node("IsNaN", ["x"], ["missing"]), helper.make_node("Where", ["missing", "zero", "x"], ["filled"]),
+             helper.make_node("MatMul", ["filled", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"])]
+    graph = helper.make_graph(nodes, "impute", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _with_missing(rows: int, seed: int, share: float = 0.1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 6)).astype(np.float32)
+    x[rng.random(x.shape) < share] = np.nan
+    return x
+
+
+def test_missing_values_the_reference_holds_pass_the_guard_and_never_read_as_drift(tmp_path: Path) -> None:
+    """A model fit with missing values (NaN, filled by its imputer) and a reference holding them: NaN passes the
+    default guard (infinity is still refused), and a long stream from the reference's own population, 10% missing,
+    raises no drift alarm (a NaN read as the lowest value possible alarmed within a few hundred requests)."""
+    pkg = edgeserve.convert(_imputing_model(tmp_path / "impute.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": _with_missing(2000, 1)})
+    assert read_manifest(pkg.path).envelope["inputs"]["x"]["nan"] > 0
+    stream = _with_missing(4000, 2)
+    with edgeserve.load(pkg.path, guard=GuardConfig(non_finite="reject")) as model:
+        for i in range(0, len(stream), 4):
+            model.predict(stream[i:i + 4])
+        report = model.monitor.report()
+        assert report["requests"] == 4000 and report["alarms"] == 0, report["top"]
+        infinite = stream[:2].copy()
+        infinite[1, 3] = np.inf
+        with pytest.raises(EnvelopeError, match=r"'non_finite': 1 infinite values .*\[1, 3\] = inf"):
+            model.predict(infinite)
