@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,31 @@ def test_a_library_error_is_quoted_with_the_reason_under_it() -> None:
     except ValueError as exc:
         text = _why(exc)
     assert len(text) < 400 and text.endswith("(Field onnx.AttributeProto.ints: Expected an int, got a boolean.)")
+
+
+def test_estimators_skl2onnx_needs_help_with_convert_from_numpys_float64_data(tmp_path: Path) -> None:
+    """Three things a scikit-learn user meets at once: data in float64 (the front end makes the graph float32, so
+    calibration data is narrowed to it, not refused); an IsolationForest, which skl2onnx converts only at
+    ``ai.onnx.ml`` opset 3 (it asked for ``target_opset={'ai.onnx.ml': 3}``); and a multi-output MLPRegressor,
+    whose graph skl2onnx makes answer ``[rows x 2, 1]`` (reshaped to the estimator's ``[rows, 2]``)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neural_network import MLPRegressor
+
+    x, y = load_diabetes(return_X_y=True)
+    forest = IsolationForest(n_estimators=20, random_state=0).fit(x)
+    pkg = edgeserve.convert(forest, tmp_path / "forest", example_inputs=x[:4], calibration=x[:150], quantize="none")
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x[150:160].astype(np.float32))
+    np.testing.assert_array_equal(out["label"].reshape(-1), forest.predict(x[150:160]))
+
+    regressor = MLPRegressor(hidden_layer_sizes=(8,), max_iter=50, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged: what it answers is all that matters here
+        regressor.fit(x, np.stack([y, -y], 1))
+    pkg = edgeserve.convert(regressor, tmp_path / "mlp", example_inputs=x[:4], calibration=x[:150], quantize="none")
+    assert pkg.manifest.source["estimator_check"]["reshaped"] == "variable"
+    with edgeserve.load(pkg.path, batching=edgeserve.BatchConfig()) as model:
+        out = model.predict(x[150:160].astype(np.float32))["variable"]
+    assert out.shape == (10, 2)
+    np.testing.assert_allclose(out, regressor.predict(x[150:160]), rtol=1e-4, atol=1e-3)

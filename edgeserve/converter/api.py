@@ -252,10 +252,11 @@ def load_the_source(c: Conversion) -> None:
 def read_data(c: Conversion) -> None:
     """Calibration rows, and held-out rows that calibration never sees (with labels when given)."""
     calibration = c.options.calibration
-    cal = _samples(calibration, c.in_specs, "calibration data") if calibration is not None else None
-    c.held_out, c.labels, c.fidelity_data = _held_out(c.options.eval_data, c.options.labels, cal, c.in_specs)
+    narrow = c.src.info.get("framework") in ("sklearn", "torch")  # numpy's float64 data for a graph made float32
+    cal = _samples(calibration, c.in_specs, "calibration data", narrow) if calibration is not None else None
+    c.held_out, c.labels, c.fidelity_data = _held_out(c.options.eval_data, c.options.labels, cal, c.in_specs, narrow)
     if c.options.reference is not None:
-        c.baseline = _samples(c.options.reference, c.in_specs, "reference data")
+        c.baseline = _samples(c.options.reference, c.in_specs, "reference data", narrow)
     else:
         c.baseline = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
     if cal is not None and c.options.eval_data is None and cal.rows >= 2:
@@ -469,8 +470,8 @@ def _verify_fallback(c: Conversion, ref_out: dict[str, np.ndarray]) -> dict[str,
     return {"backend": "onnxruntime", "precision": None, "metrics": verdict.scores}
 
 
-def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str) -> Samples:
-    return check_samples(read_arrays(source, what=what, single=_only_input(specs)), specs, what=what)
+def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str, narrow: bool = False) -> Samples:
+    return check_samples(read_arrays(source, what=what, single=_only_input(specs)), specs, what=what, narrow=narrow)
 
 
 def _only_input(specs: Sequence[TensorSpec]) -> str | None:
@@ -478,7 +479,7 @@ def _only_input(specs: Sequence[TensorSpec]) -> str | None:
 
 
 def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | None,
-              specs: Sequence[TensorSpec]) -> tuple[Samples, np.ndarray | None, str]:
+              specs: Sequence[TensorSpec], narrow: bool = False) -> tuple[Samples, np.ndarray | None, str]:
     if eval_data is not None:
         arrays = read_arrays(eval_data, what="evaluation data", single=_only_input(specs))
         label_values = None
@@ -486,7 +487,7 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
             if labels not in arrays:
                 raise DataError(f"evaluation data has no array named '{labels}' for the labels; it has {', '.join(sorted(arrays))}")
             label_values = arrays.pop(labels)
-        samples = check_samples(arrays, specs, what="evaluation data")
+        samples = check_samples(arrays, specs, what="evaluation data", narrow=narrow)
         if label_values is not None and len(label_values) != samples.rows:
             raise DataError(f"evaluation data: {len(label_values)} labels for {samples.rows} rows")
         return samples, label_values, "evaluation"

@@ -118,8 +118,11 @@ def _sized_by_values(out_specs: Sequence[TensorSpec], in_specs: Sequence[TensorS
                for s in out_specs for d in s.shape)
 
 
-def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str) -> Samples:
-    """Check names, dtypes, ranks, fixed dims and row counts; returns the data as :class:`Samples`."""
+def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], *, what: str,
+                  narrow: bool = False) -> Samples:
+    """Check names, dtypes, ranks, fixed dims and row counts; returns the data as :class:`Samples`. ``narrow``:
+    float64 arrays for float32 inputs are converted (the source was fit on numpy's float64 and the front end
+    made its graph float32; an ONNX file's data must match it as saved)."""
     expected = {s.name for s in specs}
     given = set(arrays)
     if given != expected:
@@ -141,6 +144,8 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
         arr = np.asarray(arrays[spec.name])
         if spec.dtype == "str" and arr.dtype.kind == "U":
             arr = arr.astype(object)  # an .npz holds text as fixed-width unicode; engines take Python strings
+        if narrow and arr.dtype == np.float64 and spec.dtype == "float32":
+            arr = arr.astype(np.float32)
         if arr.dtype != spec.np_dtype:
             fix = "np.array(texts, dtype=str)" if spec.dtype == "str" else f"arr.astype(np.{spec.dtype})"
             raise DataError(

@@ -387,9 +387,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
         raise DataError("example_inputs mix text and numbers in one array; give a DataFrame (or a dict of column "
                         "name to values) so that each column becomes an input of its own type")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            onx = to_onnx(model, x[:1], options=options or None, target_opset=opset)
+        onx = _skl2onnx(to_onnx, model, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, {onx.graph.input[0].name: x})
@@ -407,13 +405,26 @@ def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset:
     kinds = {"f": FloatTensorType, "i": Int64TensorType, "b": BooleanTensorType, "U": StringTensorType}
     initial = [(name, kinds[values.dtype.kind]([None, 1])) for name, values in columns.items()]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            onx = to_onnx(model, initial_types=initial, options=options or None, target_opset=opset)
+        onx = _skl2onnx(to_onnx, model, initial_types=initial, options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
                               f"{', '.join(columns)}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, columns)
+
+
+def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **kwargs: Any) -> Any:
+    """``to_onnx``, at the ``ai.onnx.ml`` opset a converter asks for when it supports no later one (an
+    IsolationForest's: 'You need to specify target_opset={'ai.onnx.ml': 3}')."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return to_onnx(model, *args, target_opset=target_opset, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it names the opset it needs
+            asked = re.search(r"target_opset=\{'ai\.onnx\.ml': (\d+)\}", str(exc))
+            if asked is None:
+                raise
+            opsets = {"": target_opset or DEFAULT_OPSET, "ai.onnx.ml": int(asked.group(1))}
+            return to_onnx(model, *args, target_opset=opsets, **kwargs)
 
 
 def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> SourceModel:
@@ -424,6 +435,13 @@ def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: di
     dedupe_opset_imports(onx)
     locales = portable_locales(onx)
     check = _against_estimator(model, onx, examples, feed)
+    if check is not None and check.get("repair") is not None:
+        name, width = check["repair"]
+        _rows_of(onx, name, width)
+        log.warning("skl2onnx's %s answers %d values per row one below the other ([rows x %d, 1]); its output "
+                    "'%s' is reshaped to [rows, %d], as the estimator answers", type(model).__name__, width, width,
+                    name, width)
+        check = {**(_against_estimator(model, onx, examples, feed) or {}), "reshaped": name}
     dst = workdir / "source.onnx"
     dst.write_bytes(onx.SerializeToString())
     return SourceModel(dst, {
@@ -468,6 +486,15 @@ def _against_estimator(model: Any, onx: Any, examples: Any, feed: dict[str, np.n
         return None
     if got is None:
         return None
+    got = np.asarray(got)
+    if want.ndim and got.ndim and got.shape[0] != want.shape[0]:  # the rows are not the estimator's rows
+        result: dict[str, Any] = {"rows": len(want), "rows_answered": int(got.shape[0]), "ok": False}
+        if want.ndim == 2 and got.shape == (want.shape[0] * want.shape[1], 1):  # every row's values stacked
+            result["repair"] = (next(o.name for o, a in zip(onx.graph.output, answers) if a is got), want.shape[1])
+        else:
+            log.warning("the converted %s answers %d rows for the estimator's %d: check it on your data",
+                        type(model).__name__, got.shape[0], want.shape[0])
+        return result
     if want.dtype.kind in "fc":
         worst = float(np.max(np.abs(np.asarray(got, np.float64).reshape(want.shape) - want))) if want.size else 0.0
         ok = worst <= 1e-3 * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
@@ -482,6 +509,22 @@ def _against_estimator(model: Any, onx: Any, examples: Any, feed: dict[str, np.n
                     type(model).__name__, ", ".join(f"{k} {v:.4g}" for k, v in result.items()
                                                   if k in ("max_abs_diff", "agreement")), len(want))
     return result
+
+
+def _rows_of(onx: Any, name: str, width: int) -> None:
+    """Reshape graph output ``name`` from ``[rows x width, 1]`` to ``[rows, width]`` in place."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    flat = f"{name}__stacked"
+    for node in onx.graph.node:
+        node.output[:] = [flat if o == name else o for o in node.output]
+        node.input[:] = [flat if i == name else i for i in node.input]
+    shape = f"{name}__shape"
+    onx.graph.initializer.append(numpy_helper.from_array(np.array([-1, width], np.int64), shape))
+    onx.graph.node.append(helper.make_node("Reshape", [flat, shape], [name], name=f"{name}__rows"))
+    output = next(o for o in onx.graph.output if o.name == name)
+    elem = output.type.tensor_type.elem_type or TensorProto.FLOAT
+    output.CopyFrom(helper.make_tensor_value_info(name, elem, [None, width]))
 
 
 def _takes_documents(model: Any) -> bool:
