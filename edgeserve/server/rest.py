@@ -256,10 +256,13 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tup
     """An :class:`InferRequest` from a JSON or binary-extension body; also which outputs go back binary (True or
     False for all, or the names that asked for it)."""
     length = header_length(header, len(body))
+    text = body if length is None else body[:length]
     try:
-        doc = orjson.loads(body if length is None else body[:length])
+        doc = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request is not valid JSON ({str(exc)[:200]})") from None
+        doc = _with_non_finite(text)
+        if doc is None:
+            raise BadRequest(f"the request is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise BadRequest("the request must be a JSON object with a non-empty 'inputs' list")
     entries = []
@@ -301,6 +304,22 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tup
                            parameters=parameters, timeout_ms=_timeout_ms(parameters))
     binary = default_binary if outputs is None else frozenset(n for n, b in outputs if b)
     return request, binary
+
+
+_NON_FINITE = re.compile(rb"\bNaN\b|\bInfinity\b")
+
+
+def _with_non_finite(text: bytes) -> Any:
+    """The document, for JSON that holds ``NaN`` / ``Infinity`` / ``-Infinity`` as numbers — what Python's json
+    (tritonclient's JSON mode) writes for a missing value — or None (not JSON either way)."""
+    if not _NON_FINITE.search(text):
+        return None
+    import json
+
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool]] | None:

@@ -277,3 +277,22 @@ def test_text_sent_as_bytes_reaches_a_string_model_as_the_same_text(tmp_path: Pa
         assert answer.status == 400 and "not UTF-8 text" in answer.error, answer.error
     finally:
         stop(running)
+
+
+def test_json_with_nan_and_infinity_as_tritonclient_writes_them_is_read(served) -> None:
+    """tritonclient's JSON mode writes a missing value as ``NaN`` (Python's json does): the request is read, not
+    refused as invalid JSON, and what the model's guard says about NaN decides (here: the reference held none)."""
+    from edgeserve.server.rest import decode_infer
+
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [NaN, Infinity, -Infinity]}]}'
+    request, _ = decode_infer({"name": "m"}, body, None)
+    value = request.inputs["x"][1]
+    assert np.isnan(value[0, 0]) and value[0, 1] == np.inf and value[0, 2] == -np.inf
+    client = tritonhttp.InferenceServerClient(served.host_port)
+    x = rows(1)
+    x[0, 3] = np.nan
+    sent = tritonhttp.InferInput("x", [1, 16], "FP32")
+    sent.set_data_from_numpy(x, binary_data=False)
+    with pytest.raises(Exception, match=r"\[422\].*'non_finite'.*\[0, 3\] = nan"):
+        client.infer("mlp", [sent])
+    assert call(served.host_port, "GET", "/v2/health/live").status == 200
