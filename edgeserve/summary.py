@@ -145,10 +145,15 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
             if "min" in st:
                 layout = st.get("layout") or {}
                 kind = f" [{layout['kind']}]" if layout else ""
+                if layout.get("kind") == "series" and layout.get("axis") is not None:
+                    kind = f" [series, features on axis {layout['axis']}]"
+                elif layout.get("kind") == "channels" and layout.get("axis") is not None:
+                    kind = f" [channels on axis {layout['axis']}]"
                 feats = f", {len(st['features'])} features" if "features" in st else ""
+                missing = f", {st['nan']} missing (NaN, let through)" if st.get("nan") else ""
                 state = " (a state fed back: checked for NaN/inf only, not watched for drift)" if st.get("state") else ""
                 yield (f"  {name}{kind}: min {_fmt(st['min'])}, max {_fmt(st['max'])}, mean {_fmt(st['mean'])}, "
-                       f"std {_fmt(st['std'])}{feats}{state}")
+                       f"std {_fmt(st['std'])}{feats}{missing}{state}")
             if "categories" in st:
                 cats = st["categories"]
                 yield f"  {name} [categories]: {len(cats)} values: " + ", ".join(cats[:12]) + (" …" if len(cats) > 12 else "")

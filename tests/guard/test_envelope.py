@@ -261,6 +261,9 @@ def test_a_spectrogram_read_by_a_convolution_has_its_mel_bins_as_features(tmp_pa
                             quantize="none", calibration={"x": reference})
     entry = read_manifest(pkg.path).envelope["inputs"]["x"]
     assert entry["layout"] == {"kind": "series", "axis": 1}
+    from edgeserve.summary import manifest_lines
+
+    assert any(line.startswith("  x [series, features on axis 1]:") for line in manifest_lines(pkg))
     assert len(entry["range"]["min"]) == mel and len(entry["drift"]["knots"]) == mel
     late = np.roll(reference[:4], frames // 2, axis=2)
     loud = reference[:1].copy()
@@ -316,7 +319,11 @@ def test_missing_values_the_reference_holds_pass_the_guard_and_never_read_as_dri
     raises no drift alarm (a NaN read as the lowest value possible alarmed within a few hundred requests)."""
     pkg = edgeserve.convert(_imputing_model(tmp_path / "impute.onnx"), tmp_path / "pkg", quantize="none",
                             calibration={"x": _with_missing(2000, 1)})
-    assert read_manifest(pkg.path).envelope["inputs"]["x"]["nan"] > 0
+    missing = read_manifest(pkg.path).envelope["inputs"]["x"]["nan"]
+    assert missing > 0
+    from edgeserve.summary import manifest_lines
+
+    assert any(f"{missing} missing (NaN, let through)" in line for line in manifest_lines(pkg))
     stream = _with_missing(4000, 2)
     with edgeserve.load(pkg.path, guard=GuardConfig(non_finite="reject")) as model:
         for i in range(0, len(stream), 4):
