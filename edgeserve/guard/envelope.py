@@ -12,6 +12,7 @@ import numpy as np
 from ..arrays import as_text
 from ..tensors import fed_back
 from .reference import (
+    DRIFT_TOKEN_ROWS,
     MAX_FEATURES,
     WATCHED_CATEGORIES,
     Layout,
@@ -70,6 +71,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
     state_in, state_out = fed_back(data, outputs or {})
     inputs: dict[str, Any] = {}
     rows = next((int(np.asarray(v).shape[0]) for v in data.values() if np.asarray(v).ndim), 0)
+    drift_rows = rows
     for name, values in data.items():
         arr = np.asarray(values)
         if arr.dtype.kind in "UO" and arr.ndim >= 1:
@@ -98,10 +100,15 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             entry["range"] = value_range(layout, arr)
             if name in vocabularies:
                 entry["tokens"] = _tokens(arr, layout, vocabularies[name])
-            if len(arr) >= MIN_DRIFT_ROWS:
+            if layout.kind == "tokens" and len(arr) >= 2 * MIN_DRIFT_ROWS:  # rows that did not choose the ids
+                entry["drift"] = feature_reference(row_features(layout, arr[DRIFT_TOKEN_ROWS]))
+                drift_rows = min(drift_rows, len(arr[DRIFT_TOKEN_ROWS]))
+            elif len(arr) >= MIN_DRIFT_ROWS and layout.kind != "tokens":
                 entry["drift"] = feature_reference(row_features(layout, arr))
         inputs[name] = entry
     out: dict[str, Any] = {"source": source, "rows": rows, "inputs": inputs}
+    if drift_rows != rows:
+        out["drift_rows"] = drift_rows  # the fewest rows a drift reference was built from (the detectors' margin)
     if outputs:
         out["outputs"] = {}
         for name, values in outputs.items():

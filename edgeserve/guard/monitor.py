@@ -118,7 +118,8 @@ class DriftMonitor:
             tensors = [tensors[i] for i in keep]
         if not tensors:
             return None
-        return cls(tensors, knots, int(reference.get("rows", 0)), config, identity, trigger)
+        rows = int(reference.get("drift_rows", reference.get("rows", 0)))
+        return cls(tensors, knots, rows, config, identity, trigger)
 
     # -- the hot path ---------------------------------------------------------------------------------------------
     def observe(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], rows: int, *,

@@ -37,6 +37,11 @@ KNOTS = 129
 """Quantile levels kept per feature (fewer for wide inputs, see :func:`knots_for`)."""
 TOP_TOKENS = 256
 """How many of the most frequent token ids a sequence reference keeps."""
+TOKEN_ROWS = slice(0, None, 2)
+"""The reference rows that choose a sequence's most frequent ids; the drift reference of its features (the share
+of those ids) comes from the others. Chosen and measured on the same rows, the share read ~0.91 where new rows
+of the same source held ~0.86 (uniform ids, 300 rows): an alarm on data from the reference's own population."""
+DRIFT_TOKEN_ROWS = slice(1, None, 2)
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,9 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bo
         last = arr[:, -1]
         values, counts = np.unique(last, return_counts=True)
         pad = int(values[np.argmax(counts)]) if len(values) else 0
-        ids, freq = np.unique(arr, return_counts=True)
+        # NOTE: the most frequent ids of every other row only: their share is measured on the rows between (see
+        # TOKEN_ROWS), or the rows that chose them would hold more of them than any new rows do
+        ids, freq = np.unique(arr[TOKEN_ROWS], return_counts=True)
         order = np.argsort(-freq, kind="stable")
         common = tuple(int(t) for t in ids[order][:TOP_TOKENS] if t != pad)
         return Layout("tokens", None, pad=pad, common=common)

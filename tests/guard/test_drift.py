@@ -262,6 +262,35 @@ def test_shorter_sequences_are_drift(tmp_path: Path) -> None:
     assert report["alarms"] >= 1 and "input:input_ids: length" in report["top"]
 
 
+def test_the_share_of_common_tokens_is_measured_on_rows_that_did_not_choose_them(tmp_path: Path) -> None:
+    """The reference's most frequent ids, chosen on its own rows, make up more of those rows than of any new ones
+    (uniform ids: 0.91 against 0.86 in a T5's 300 rows), which read as drift on data from the reference's own
+    population. Chosen on half the rows and measured on the other half, a long stream from the same source raises no
+    alarm, while a stream of only the other ids still does."""
+    from tests.factories import encoder_model, save
+
+    rng = np.random.default_rng(0)
+    vocab = 1000
+
+    def rows(n: int, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        drawn = rng.integers(1, vocab, (n, 12)) if ids is None else rng.choice(ids, (n, 12))
+        return {"input_ids": drawn.astype(np.int64), "attention_mask": np.ones((n, 12), np.int64)}
+
+    pkg = edgeserve.convert(save(encoder_model(vocab=vocab), tmp_path / "enc.onnx"), tmp_path / "pkg",
+                            quantize="none", calibration=rows(300))
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for _ in range(3000):
+            model.predict(rows(1))
+        assert model.monitor.report()["alarms"] == 0, model.monitor.report()["top"]
+        common = pkg.manifest.envelope["inputs"]["input_ids"]["layout"]["common"]
+        rare = np.setdiff1d(np.arange(1, vocab), common)
+        for _ in range(1000):
+            model.predict(rows(1, rare))
+        report = model.monitor.report()
+    assert report["alarms"] == 1 and report["top"]["input:input_ids: common-token share"] >= 1.0
+    assert pkg.manifest.envelope["drift_rows"] == 150  # the detectors' finite-sample margin is for the fewer rows
+
+
 def test_an_export_fixed_at_batch_1_is_guarded_like_a_batched_one(tmp_path: Path) -> None:
     """Detectors and model-zoo classifiers are often exported at batch 1 ([1, ...]): the reference rows are the
     samples, and each request's one row is checked and watched (before, such a package had no reference
