@@ -105,6 +105,19 @@ def _axis(spec: TensorSpec) -> str:
     return "  batch 1 (rows run one at a time)" if spec.rows_on_axis0 else "  no batch axis"
 
 
+def reference_lines(envelope: Mapping[str, Any]) -> Iterator[str]:
+    """A warning when the reference is too small for the drift detectors to keep their false-alarm budget."""
+    from .guard.envelope import FEW_DRIFT_ROWS, MIN_DRIFT_ROWS
+
+    rows = envelope.get("rows") or 0
+    if not envelope.get("inputs") or rows >= FEW_DRIFT_ROWS:
+        return
+    what = (f"too few for drift detection (it needs {MIN_DRIFT_ROWS})" if rows < MIN_DRIFT_ROWS else
+            f"fewer than {FEW_DRIFT_ROWS}: drift detectors built on them can alarm on requests like them")
+    yield (f"WARNING: the reference holds {rows} rows, {what}; convert with --reference of 1000 or more rows like "
+           "those the model will serve")
+
+
 def manifest_lines(pkg: Package) -> Iterator[str]:
     m = pkg.manifest
     yield f"{m.name}@{m.version}  ({pkg.path})"
@@ -141,6 +154,7 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield from fidelity_lines(m.fidelity)
     if m.envelope.get("inputs"):
         yield f"reference statistics ({m.envelope.get('source')}, {m.envelope.get('rows')} rows):"
+        yield from (f"  {line}" for line in reference_lines(m.envelope))
         for name, st in m.envelope["inputs"].items():
             if "min" in st:
                 layout = st.get("layout") or {}

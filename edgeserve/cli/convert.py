@@ -103,7 +103,7 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
         allowed_domains=allow_domain, max_memory=max_memory,
         overwrite=force, progress=_progress_printer(),
     )
-    from ..summary import auto_lines, fidelity_lines
+    from ..summary import auto_lines, fidelity_lines, reference_lines
 
     m = pkg.manifest
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
@@ -111,6 +111,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     for line in auto_lines(m.recipe):
         click.echo(f"  {line}")
     for line in fidelity_lines(m.fidelity):
+        click.echo(f"  {line}")
+    for line in reference_lines(m.envelope):
         click.echo(f"  {line}")
 
 

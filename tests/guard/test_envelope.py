@@ -334,3 +334,16 @@ def test_missing_values_the_reference_holds_pass_the_guard_and_never_read_as_dri
         infinite[1, 3] = np.inf
         with pytest.raises(EnvelopeError, match=r"'non_finite': 1 infinite values .*\[1, 3\] = inf"):
             model.predict(infinite)
+
+
+def test_a_reference_too_small_for_the_drift_detectors_is_warned_about() -> None:
+    """Below 300 rows the detectors' margin for the reference's sampling error is not enough (a 200-row reference
+    of a classifier with 90 distinct answers alarmed on its own population); convert and inspect say so."""
+    from edgeserve.summary import reference_lines
+
+    inputs = {"x": {"min": 0.0}}
+    assert list(reference_lines({"rows": 900, "inputs": inputs})) == []
+    [few] = reference_lines({"rows": 200, "inputs": inputs})
+    assert few.startswith("WARNING: the reference holds 200 rows, fewer than 300") and "--reference" in few
+    [none] = reference_lines({"rows": 40, "inputs": inputs})
+    assert "too few for drift detection (it needs 100)" in none
