@@ -28,11 +28,13 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
 
     arrays = read_arrays(input_file, what="input file")
     with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
-        rows = _rows_of_a_batch_one_model(model, arrays)
+        stacked = {s.name for s in model.inputs if s.shape[:1] == (1,)} if model.one_row_per_call else set()
+        rows = _rows(stacked, arrays)
         if rows is None:
             outputs = model.predict(arrays)
         else:  # one call per row, and one array per row and output: their lengths differ
-            answers = [model.predict(_row(model, arrays, i)) for i in range(rows)]
+            answers = [model.predict({k: v[i:i + 1] if k in stacked and v.ndim else v for k, v in arrays.items()})
+                       for i in range(rows)]
             outputs = {f"{name}/{i}": value for i, answer in enumerate(answers) for name, value in answer.items()}
     if output:
         write_npz(output, outputs)
@@ -49,13 +51,10 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
         click.echo(f"{name}: {value.dtype} {list(value.shape)} {preview}{' …' if value.size > 6 else ''}")
 
 
-def _rows_of_a_batch_one_model(model: Any, arrays: dict[str, Any]) -> int | None:
-    """How many rows ``arrays`` hold for a model that takes one per call and cannot join their answers (see
-    ``Model.one_row_per_call``); None when it is not such a model or the file holds one row."""
-    if not model.one_row_per_call:
-        return None
-    counts = {s.name: arrays[s.name].shape[0] for s in model.inputs
-              if s.name in arrays and arrays[s.name].ndim == len(s.shape) and s.shape[:1] == (1,)}
+def _rows(stacked: set[str], arrays: dict[str, Any]) -> int | None:
+    """How many rows ``arrays`` hold in the ``stacked`` inputs ([1, ...] in a model that takes one row per call and
+    cannot join their answers, see ``Model.one_row_per_call``); None when there are none or the file holds one."""
+    counts = {name: arrays[name].shape[0] for name in stacked if name in arrays and arrays[name].ndim}
     if len(set(counts.values())) > 1:
         from ..errors import InputError
 
@@ -63,11 +62,3 @@ def _rows_of_a_batch_one_model(model: Any, arrays: dict[str, Any]) -> int | None
                          + ", ".join(f"'{k}' {v}" for k, v in counts.items()))
     rows = next(iter(counts.values()), 1)
     return rows if rows > 1 else None
-
-
-def _row(model: Any, arrays: dict[str, Any], i: int) -> dict[str, Any]:
-    """Row ``i`` of every input that holds rows on axis 0 ([1, ...] in the model), the others as they are."""
-    stacked = {s.name for s in model.inputs if s.shape[:1] == (1,)}
-    return {name: value[i:i + 1] if name in stacked and value.ndim else value for name, value in arrays.items()}
-
-

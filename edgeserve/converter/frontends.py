@@ -281,13 +281,14 @@ def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_nam
 
     failures = []
     for dynamo in (False, True):
+        used = max(opset, 18) if dynamo else opset
         try:
             with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
                 warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter is not the user's concern
                 # NOTE: torch.export's exporter writes opset 18 and converts down to an older one badly (an FFT's
                 # ReduceL2 kept opset 18's noop_with_empty_axes at 17: a model onnxruntime refused), so not below it
                 torch.onnx.export(module, args, str(dst), input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, opset_version=max(opset, 18) if dynamo else opset,
+                                  dynamic_axes=dynamic_axes, opset_version=used,
                                   do_constant_folding=True, dynamo=dynamo, verbose=False)
         except Exception as exc:  # noqa: BLE001 - the exporters' own errors, reported together below
             failures.append(re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc)))  # torch.export's are in colour
@@ -295,7 +296,7 @@ def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_nam
         if dynamo:
             log.warning("torch.onnx.export could not trace %s (%s); exported it with torch.export (dynamo=True) "
                         "instead", label, failures[0])
-        return ("torch.export", max(opset, 18)) if dynamo else ("torchscript", opset)
+        return ("torch.export" if dynamo else "torchscript"), used
     raise ConversionError(f"torch.onnx.export failed for {label}: {failures[0]}; with dynamo=True "
                           f"(torch.export; needs onnxscript): {failures[1]}. Export the model to ONNX yourself and "
                           "convert the .onnx file")
