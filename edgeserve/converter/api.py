@@ -516,9 +516,11 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
         outputs = {s.name: outputs[s.name] for s in c.out_specs  # joined on their batch-1 axis already
                    if outputs is not None and s.rows_on_axis0 and not is_ragged(outputs[s.name])}
     sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
-    return envelope(arrays, source=source, outputs=outputs,
-                    vocabularies=embedding_inputs(c.staging / MODEL_FILE), sequences=sequences,
-                    feature_axes=series_feature_axes(c.in_specs, conv_inputs(c.staging / MODEL_FILE)))
+    import onnx
+
+    model = onnx.load(str(c.staging / MODEL_FILE), load_external_data=False)  # read once for both looks below
+    return envelope(arrays, source=source, outputs=outputs, vocabularies=embedding_inputs(model),
+                    sequences=sequences, feature_axes=series_feature_axes(c.in_specs, conv_inputs(model)))
 
 
 def series_feature_axes(specs: Sequence[TensorSpec], convolved: Collection[str]) -> dict[str, int]:

@@ -306,12 +306,21 @@ def finalize_model(src: Path, dst: Path) -> dict[str, Any]:
 _PASS_THROUGH = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "DequantizeLinear"})
 
 
-def embedding_inputs(path: Path) -> dict[str, int]:
-    """Graph inputs that index an embedding table (a Gather on a 2-D initializer, through casts, reshapes and
-    dequantisation), with the table's row count: the ids the model can look up are ``0 .. rows - 1``."""
+def _graph(model: Path | Any) -> Any:
+    """The graph of the model file at ``model`` (weights in external data left unread), or of a loaded model: what
+    :func:`embedding_inputs` and :func:`conv_inputs` look at, read once for both."""
+    if not isinstance(model, (str, Path)):
+        return model.graph
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return onnx.load(str(model), load_external_data=False).graph
+
+
+def embedding_inputs(model: Path | Any) -> dict[str, int]:
+    """Graph inputs that index an embedding table (a Gather on a 2-D initializer, through casts, reshapes and
+    dequantisation), with the table's row count: the ids the model can look up are ``0 .. rows - 1``. ``model``:
+    a path or a loaded model."""
+    graph = _graph(model)
     tables = {t.name: list(t.dims) for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     inputs = {i.name for i in graph.input} - set(tables)
@@ -338,12 +347,11 @@ _SAME_AXES = frozenset({"Cast", "Identity", "QuantizeLinear", "DequantizeLinear"
 _CONVS = frozenset({"Conv", "ConvInteger", "QLinearConv"})
 
 
-def conv_inputs(path: Path) -> set[str]:
+def conv_inputs(model: Path | Any) -> set[str]:
     """Graph inputs that a convolution takes as its data, axes unchanged (through casts and (de)quantisation): their
-    axis 1 holds channels (``[rows, channels, steps]`` for a 1-D convolution over a spectrogram's frames)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+    axis 1 holds channels (``[rows, channels, steps]`` for a 1-D convolution over a spectrogram's frames). ``model``:
+    a path or a loaded model."""
+    graph = _graph(model)
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for i, name in enumerate(node.input):
