@@ -12,7 +12,6 @@ import numpy as np
 from ..arrays import as_text
 from ..tensors import fed_back
 from .reference import (
-    DRIFT_TOKEN_ROWS,
     MAX_FEATURES,
     WATCHED_CATEGORIES,
     Layout,
@@ -20,6 +19,7 @@ from .reference import (
     input_layout,
     output_layout,
     row_features,
+    token_rows,
     value_range,
 )
 
@@ -104,11 +104,10 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             entry["range"] = value_range(layout, arr)
             if name in vocabularies:
                 entry["tokens"] = _tokens(arr, layout, vocabularies[name])
-            if layout.kind == "tokens" and len(arr) >= 2 * MIN_DRIFT_ROWS:  # rows that did not choose the ids
-                entry["drift"] = feature_reference(row_features(layout, arr[DRIFT_TOKEN_ROWS]))
-                drift_rows = min(drift_rows, len(arr[DRIFT_TOKEN_ROWS]))
-            elif len(arr) >= MIN_DRIFT_ROWS and layout.kind != "tokens":
-                entry["drift"] = feature_reference(row_features(layout, arr))
+            if len(arr) >= MIN_DRIFT_ROWS:
+                measured = token_rows(arr, drift=True) if layout.kind == "tokens" else arr  # not the choosing rows
+                entry["drift"] = feature_reference(row_features(layout, measured))
+                drift_rows = min(drift_rows, len(measured))
         inputs[name] = entry
     out: dict[str, Any] = {"source": source, "rows": rows, "inputs": inputs}
     if drift_rows != rows:

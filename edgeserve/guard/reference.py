@@ -37,11 +37,19 @@ KNOTS = 129
 """Quantile levels kept per feature (fewer for wide inputs, see :func:`knots_for`)."""
 TOP_TOKENS = 256
 """How many of the most frequent token ids a sequence reference keeps."""
-TOKEN_ROWS = slice(0, None, 2)
-"""The reference rows that choose a sequence's most frequent ids; the drift reference of its features (the share
-of those ids) comes from the others. Chosen and measured on the same rows, the share read ~0.91 where new rows
-of the same source held ~0.86 (uniform ids, 300 rows): an alarm on data from the reference's own population."""
-DRIFT_TOKEN_ROWS = slice(1, None, 2)
+TOKEN_SPLIT_ROWS = 200
+"""From this many reference rows on, a sequence's most frequent ids are chosen on every other row and the drift
+reference of its features (the share of those ids) comes from the rows between. Chosen and measured on the same
+rows, the share read ~0.91 where new rows of the same source held ~0.86 (uniform ids, 300 rows): an alarm on data
+from the reference's own population. Fewer rows, too few to halve, are used whole (convert warns about them)."""
+
+
+def token_rows(arr: np.ndarray, *, drift: bool) -> np.ndarray:
+    """The reference rows of a token input that choose its most frequent ids, or (``drift``) that its drift
+    reference is measured on: every other row each when there are ``TOKEN_SPLIT_ROWS``, else all of them."""
+    if len(arr) < TOKEN_SPLIT_ROWS:
+        return arr
+    return arr[1::2] if drift else arr[0::2]
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,8 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bo
         values, counts = np.unique(last, return_counts=True)
         pad = int(values[np.argmax(counts)]) if len(values) else 0
         # NOTE: the most frequent ids of every other row only: their share is measured on the rows between (see
-        # TOKEN_ROWS), or the rows that chose them would hold more of them than any new rows do
-        ids, freq = np.unique(arr[TOKEN_ROWS], return_counts=True)
+        # TOKEN_SPLIT_ROWS), or the rows that chose them would hold more of them than any new rows do
+        ids, freq = np.unique(token_rows(arr, drift=False), return_counts=True)
         order = np.argsort(-freq, kind="stable")
         common = tuple(int(t) for t in ids[order][:TOP_TOKENS] if t != pad)
         return Layout("tokens", None, pad=pad, common=common)

@@ -291,6 +291,19 @@ def test_the_share_of_common_tokens_is_measured_on_rows_that_did_not_choose_them
     assert pkg.manifest.envelope["drift_rows"] == 150  # the detectors' finite-sample margin is for the fewer rows
 
 
+def test_a_token_reference_too_small_to_halve_is_used_whole(tmp_path: Path) -> None:
+    """150 rows (the bundled tiny-bert has 128) cannot give two halves of the 100 a drift reference needs: they both
+    choose the common ids and measure their share, as before the split, and the input is still watched."""
+    from tests.factories import encoder_data, encoder_model, save
+
+    pkg = edgeserve.convert(save(encoder_model(), tmp_path / "enc.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration=encoder_data(rows=150))
+    envelope = pkg.manifest.envelope
+    assert "drift" in envelope["inputs"]["input_ids"] and "drift_rows" not in envelope
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        assert "input:input_ids: common-token share" in model.monitor.labels
+
+
 def test_an_export_fixed_at_batch_1_is_guarded_like_a_batched_one(tmp_path: Path) -> None:
     """Detectors and model-zoo classifiers are often exported at batch 1 ([1, ...]): the reference rows are the
     samples, and each request's one row is checked and watched (before, such a package had no reference
