@@ -65,7 +65,7 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--max-accuracy-drop", help="Fail unless task accuracy drops at most this much: 0.01 (one point) or 1% "
               "(relative to fp32). Needs --data and --labels.")
 @click.option("--time-budget", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
-              help="auto: seconds after which no new candidate is started.")
+              help="auto: seconds after which no new candidate is started (the first always is).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="auto: intra-op threads to time candidates with "
               "(default: all cores; use what you will deploy with).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
