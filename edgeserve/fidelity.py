@@ -172,8 +172,8 @@ class Budget:
               inputs: Mapping[str, np.ndarray], acc_fp32: float | None = None, acc: float | None = None) -> Verdict:
         """Score every target on these outputs; a metric that cannot be computed raises :class:`MetricError`."""
         scores: dict[str, float] = {}
-        missed: list[str] = []
-        shortfall = 0.0
+        missed = non_finite(reference, candidate)
+        shortfall = float("inf") if missed else 0.0
         for t in self.targets:
             score = t.metric.score(reference, candidate, inputs)
             scores[t.metric.spec] = score
@@ -202,6 +202,22 @@ class Budget:
         """What the manifest keeps: the targets, the accuracy limit, and why these."""
         return {"targets": [t.record() for t in self.targets], "max_accuracy_drop": self.max_accuracy_drop,
                 "relative": self.relative, "because": self.because}
+
+
+def non_finite(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> list[str]:
+    """Each output the candidate answers NaN or infinity for where the reference is finite, said in words: a miss
+    whatever the budget (a metric reading such rows — a top-1 of a NaN row is class 0 — must not pass them)."""
+    out = []
+    for name, ref in reference.items():
+        cand = candidate.get(name)
+        if cand is None or np.shape(cand) != np.shape(ref) or not np.issubdtype(np.asarray(cand).dtype, np.floating):
+            continue
+        bad = ~np.isfinite(cand) & np.isfinite(np.asarray(ref, dtype=np.float64))
+        if bad.any():
+            rows = int(bad.reshape(len(bad), -1).any(axis=1).sum()) if bad.ndim else 1
+            out.append(f"output '{name}' is NaN or infinite in {rows} of {len(bad) if bad.ndim else 1} rows where "
+                       "fp32 is finite (the engine overflowed; a quantised range may not fit the values)")
+    return out
 
 
 def make_budget(targets: Sequence[Target | str] = (), *, min_cosine: float | None = None,

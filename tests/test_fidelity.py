@@ -64,3 +64,19 @@ def test_accuracy_from_labels_or_scores() -> None:
 def test_percentiles() -> None:
     p = percentiles(list(range(1, 101)))
     assert p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1) and p["p99"] == pytest.approx(99.01)
+
+
+def test_a_budget_says_when_answers_are_non_finite() -> None:
+    from edgeserve.fidelity import make_budget
+
+    reference = {"scores": np.tile(np.array([[3.0, 1.0, 0.5]], np.float32), (6, 1))}  # class 0 on every row
+    broken = {"scores": np.full((6, 3), np.nan, np.float32)}
+    broken["scores"][:2] = reference["scores"][:2]
+    verdict = make_budget(["top1>=0.99"]).judge(reference, broken, {})
+    assert not verdict.ok
+    assert verdict.shortfall == float("inf")  # no node exclusion repairs an engine overflow
+    assert verdict.missed[0] == ("output 'scores' is NaN or infinite in 4 of 6 rows where fp32 is finite (the engine "
+                              "overflowed; a quantised range may not fit the values)")
+    nan_where_fp32_is_nan = {"scores": reference["scores"].copy()}
+    nan_where_fp32_is_nan["scores"][0, 1] = np.nan
+    assert make_budget(["top1>=0.99"]).judge(nan_where_fp32_is_nan, nan_where_fp32_is_nan, {}).ok

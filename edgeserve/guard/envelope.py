@@ -119,7 +119,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS \
                     or name in state_out:
                 continue
-            layout = output_layout(arr)
+            layout = output_layout(arr, name)
             summary = row_features(layout, arr)
             out["outputs"][name] = {"layout": layout.to_dict(), **_stats(summary.reshape(-1)),
                                     "drift": feature_reference(summary)}

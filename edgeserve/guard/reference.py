@@ -12,7 +12,8 @@ Every tensor gets a *layout* that says what one row's features are:
 - ``flat`` (anything else, and ``[rows, steps]`` inputs whose steps vary, such as an attention mask): the row's
   mean and standard deviation;
 - for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
-  ``value`` (one number per row, e.g. a predicted label) or ``norm`` (the row's L2 norm).
+  ``norm`` (the row's L2 norm: an embedding, named so or of unit rows, and outputs of more dimensions),
+  or ``value`` (one number per row, e.g. a predicted label).
 
 Per feature the reference keeps fixed quantile *knots* (``KNOTS`` levels from min to max): the drift detector builds
 from them the probability of each of its fixed buckets and maps a live value to its probability under the
@@ -21,6 +22,7 @@ reference (see :mod:`.drift`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,15 +129,28 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bo
     return Layout("flat")
 
 
-def output_layout(arr: np.ndarray) -> Layout:
-    """How an output's rows are summarised: confidence of class scores, the value itself, or a norm."""
+EMBEDDING_NAME = re.compile(r"embed|hidden|pool|feature|vector|encod|latent", re.IGNORECASE)
+"""Output names that say a ``[rows, k]`` output is a vector to compare, not class scores."""
+
+
+def output_layout(arr: np.ndarray, name: str = "") -> Layout:
+    """How an output's rows are summarised: confidence of class scores, the value itself, or a norm.
+
+    A ``[rows, k]`` float output holds class scores unless its name says embedding (``sentence_embedding``,
+    ``pooler_output``) or its rows all have unit length (a normalised embedding): those get the norm, as a
+    softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding)."""
     if arr.ndim == 1:
         return Layout("value")
     if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
         a = arr.astype(np.float64)
         probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3))
-        return Layout("confidence", 1, probabilities=probs)
+        if probs or not (EMBEDDING_NAME.search(name) or _unit_rows(a)):
+            return Layout("confidence", 1, probabilities=probs)
     return Layout("norm")
+
+
+def _unit_rows(a: np.ndarray) -> bool:
+    return bool(a.size and np.allclose(np.sqrt(np.einsum("ij,ij->i", a, a)), 1.0, atol=1e-3))
 
 
 def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,21 @@ def test_reference_statistics_record_layout_knots_and_output_confidence(digits_p
     assert env["outputs"]["logits"]["layout"] == {"kind": "confidence", "axis": 1, "probabilities": False}
 
 
+def test_an_embedding_output_is_summarised_by_its_norm_not_as_class_scores() -> None:
+    from edgeserve.guard.reference import output_layout
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 384)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert output_layout(unit, "output").kind == "norm"  # rows of unit length: a normalised embedding
+    assert output_layout(vectors, "sentence_embedding").kind == "norm"
+    assert output_layout(vectors, "pooler_output").kind == "norm"
+    assert output_layout(vectors, "output").kind == "confidence"  # unnamed logits stay class scores
+    assert output_layout(vectors, "logits").kind == "confidence"
+    probabilities = np.exp(vectors) / np.exp(vectors).sum(axis=1, keepdims=True)
+    assert output_layout(probabilities, "probs").kind == "confidence"
+
+
 def test_no_false_rejection_on_the_reference_itself(digits_package: Path, digits) -> None:
     with edgeserve.load(digits_package, guard=STRICT) as model:
         for i in range(0, len(digits[0]), 37):
