@@ -3,7 +3,8 @@
     python -m pytest benchmarks/test_http_server.py -s -p no:randomly      # ~4 minutes (10 s per point)
     EDGESERVE_SERVER_BENCH_S=3 python -m pytest benchmarks/test_http_server.py -s -p no:randomly   # quicker
 
-Servers, each its own process: edgeserve (REST, batching on by default), (a) a hand-written FastAPI + uvicorn
+Servers, each its own process: edgeserve (REST, batching on by default; with the guard, without it, and with the
+guard and an audit log in ack mode: everything on, issue 13), (a) a hand-written FastAPI + uvicorn
 endpoint calling onnxruntime (skipped when fastapi is not installed), (b) a bare ASGI callable on uvicorn with
 httptools and orjson, parsing the same JSON and calling onnxruntime in the event loop — the practical limit of a
 Python server here. Models: the bundled digits MLP and a compute-bound MLP 512→2048→2048→10, one row per request.
@@ -237,7 +238,10 @@ def _servers(models, name: str, tmp: Path) -> dict[str, list[str]]:
                "edgeserve": [str(Path(sys.executable).parent / "edgeserve"), "serve", str(repo), "--no-grpc",
                              "--port"],
                "edgeserve --no-guard": [str(Path(sys.executable).parent / "edgeserve"), "serve", str(repo),
-                                        "--no-grpc", "--no-guard", "--port"]}
+                                        "--no-grpc", "--no-guard", "--port"],
+               # everything on (issue 13): the guard, and every answer's audit record committed before it is sent
+               "edgeserve + audit": [str(Path(sys.executable).parent / "edgeserve"), "serve", str(repo),
+                                     "--no-grpc", "--audit", str(tmp / f"{name}-audit.sqlite3"), "--port"]}
     try:
         import fastapi  # noqa: F401
 

@@ -178,3 +178,87 @@ def test_cli_management_actions_are_audited_beside_a_running_runtime(digits_pack
     assert actions == [("reload", "1", ""), ("publish", "2", "cli"), ("pin", "1", "cli")]
     assert [r["request_id"] for r in query(path, kind="predict")] == ["before", "after"]
     assert verify(path).ok
+
+
+def _records(log: AuditLog, count: int) -> list[int]:
+    return [log.record(request_id=f"r{i}", model="m", version=1, digest=None, input_digest=None, output=None,
+                       latency_s=0.0, caller=None, outcome="ok") for i in range(count)]
+
+
+def test_an_event_loop_commits_the_records_of_its_turn_itself_in_one_group(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    monkeypatch.setattr(AuditLog, "_background", lambda self: None)  # no writer thread: only the loop commits
+    path = tmp_path / "audit.sqlite3"
+    log = AuditLog(path)
+
+    async def answer(ticket: int) -> None:
+        await log.wait_async(ticket)
+        assert log._committed >= ticket  # acknowledged only once committed
+
+    async def main() -> None:
+        tickets = _records(log, 16)  # 16 requests in one turn of the loop
+        await asyncio.wait_for(asyncio.gather(*(answer(t) for t in tickets)), 10)
+
+    asyncio.run(main())
+    assert log._groups == 1  # one commit for the turn, not one per request
+    log.close()
+    verdict = verify(path)
+    assert verdict.ok and verdict.rows == 16, verdict.problems
+
+
+def test_an_async_waiter_is_told_when_the_log_cannot_be_written(tmp_path: Path) -> None:
+    import asyncio
+
+    log = AuditLog(tmp_path / "audit.sqlite3")
+
+    def broken(rows: list) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    log._commit = broken  # type: ignore[method-assign]
+
+    async def main() -> None:
+        with pytest.raises(edgeserve.AuditError, match="cannot be written: disk I/O error"):
+            await asyncio.wait_for(log.wait_async(_records(log, 1)[0]), 10)  # an answer, never a hang
+
+    asyncio.run(main())
+    log._queue.clear()
+    log._closed = True
+    log._wake.set()
+
+
+def test_a_waiting_caller_wakes_at_its_commit_or_to_write_what_the_writer_left(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from edgeserve.guard import audit as audit_module
+
+    monkeypatch.setattr(AuditLog, "_background", lambda self: None)  # no writer thread: only callers write
+    monkeypatch.setattr(audit_module, "MAX_GROUP", 1)  # one record a group: the writer leaves some for a caller
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    asleep = threading.Condition()
+
+    class Sleepers(list):
+        def append(self, item) -> None:  # type: ignore[no-untyped-def, override]
+            with asleep:
+                super().append(item)
+                asleep.notify_all()
+
+    log._sleepers = Sleepers()
+    log._write_lock.acquire()  # this test is the writer, in the middle of a commit
+    callers = [threading.Thread(target=lambda i=i: log.wait(log.record(
+        request_id=f"r{i}", model="m", version=1, digest=None, input_digest=None, output=None, latency_s=0.0,
+        caller=None, outcome="ok"), timeout=60)) for i in range(4)]
+    for t in callers:
+        t.start()
+    with asleep:
+        assert asleep.wait_for(lambda: len(log._sleepers) == 4, 20)  # every caller found the database busy
+    log._write_held()  # writes two groups (two callers woken: committed), leaves two records to a sleeper
+    for t in callers:
+        t.join(10)  # they wait up to 60 s: one still asleep here was never woken
+    assert not any(t.is_alive() for t in callers)
+    assert log._committed == 4 and log._groups == 4
+    log.close()
+    verdict = verify(tmp_path / "audit.sqlite3")
+    assert verdict.ok and verdict.rows == 4, verdict.problems
