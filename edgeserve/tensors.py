@@ -117,6 +117,10 @@ def guess_batch_axis(shape: Sequence[Dim]) -> int | None:
     return None
 
 
+BATCH_NAME = re.compile(r"batch|^(n|b|bs|N|B)$", re.IGNORECASE)
+"""Dimension names that say batch whatever their axis (a time-major recurrent input's ``[seq, batch, features]``)."""
+
+
 def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Find the batch axis of every input and output from the names exporters give dimensions.
 
@@ -128,6 +132,10 @@ def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
     named = [{d for d in s.shape if isinstance(d, str)} for s in inputs]
     named = [n for n in named if n]
     common = set.intersection(*named) if named else set()
+    # NOTE: a shared name is the batch only where it leads some input or says so: a lone input's only symbolic
+    # dim is anything (ddddocr's OCR [1, 1, 64, image_width]), and inputs exported at batch 1 share their length
+    # ([1, seq]); neither is a batch to stack requests along
+    common = {d for d in common if BATCH_NAME.search(d) or any(s.shape[:1] == (d,) for s in inputs)}
     batch_name = None
     if common:
         first = next(s.shape for s in inputs if any(isinstance(d, str) for d in s.shape))
@@ -150,8 +158,8 @@ def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
     for d in shape or ():
         if isinstance(d, (int, np.integer)) and d >= 0:
             out.append(int(d))
-        elif isinstance(d, str) and d:
-            out.append(d)
+        elif isinstance(d, str) and re.search(r"[A-Za-z0-9]", d) and d.lstrip("-").strip() not in ("1", "None"):
+            out.append(d)  # NOTE: not "?" (Paddle's exporter names every unknown dim so) nor "-1": no name at all
         else:
             out.append(None)
     return tuple(out)
