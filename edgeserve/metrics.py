@@ -852,7 +852,11 @@ def _looks_like_detections(values: np.ndarray) -> bool:
     if not (5 <= v.shape[1] <= 1004 and v.shape[2] >= 8 * v.shape[1]):
         return False
     scores = v[:, 4:]
-    return bool(scores.size and np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0)
+    if not (scores.size and np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0):
+        return False
+    # NOTE: a recogniser's per-step distribution has this shape too (PP-OCRv4's [batch, 40 steps, 6625
+    # characters]: "4 + 36 classes" over 6625 "anchors"), but each step sums to 1, which box rows never do
+    return not _looks_like_step_scores(values)
 
 
 def _looks_like_step_scores(values: np.ndarray) -> bool:

@@ -156,6 +156,19 @@ def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
     assert not ctc.holds(ctc.metric.score(ref, reversed_time, feed))
 
 
+def test_a_recogniser_with_many_characters_is_not_taken_for_a_detector() -> None:
+    """PP-OCRv4's recogniser answers [batch, 40 steps, 6625 characters] of probabilities: the shape of a YOLO head
+    ("4 + 36 classes" over 6625 "anchors"), but every step sums to 1."""
+    logits = np.random.default_rng(0).normal(0, 3, (6, 12, 400))
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    inferred, why = infer_targets({"x": np.zeros((6, 3, 48, 320), np.float32)}, {"softmax_11.tmp_0": probs})
+    assert [t.metric.name for t in inferred] == ["ctc"], why
+    boxes = np.random.default_rng(1).uniform(0, 320, (6, 4, 400))  # a YOLO head: boxes in pixels, then scores
+    head = np.concatenate([boxes, probs[:, :8] * 0.9], axis=1).astype(np.float32)
+    assert [t.metric.name for t in infer_targets({"images": np.zeros((6, 3, 32, 32), np.float32)},
+                                                 {"output0": head})[0]] == ["detection"]
+
+
 def test_a_time_major_ctc_output_is_judged_per_sequence(tmp_path: Path) -> None:
     """CRNN exports often hand CTC its ``[steps, batch, classes]`` layout: the batch axis the signature declares
     (axis 1) makes the inferred metric decode each sequence of the batch, not each time step across the batch."""
@@ -484,3 +497,15 @@ def test_a_decoder_with_a_kv_cache_is_judged_by_its_next_tokens_not_by_the_cache
     targets, why = infer_targets(inputs, outs)
     assert [t.metric.spec for t in targets] == ["top1,output=logits"] and "stateful" in why
     assert fed_back({"x": inputs["past_key"]}, {"present": outs["present_key"], "y": outs["logits"]}) == (set(), set())
+
+
+def test_an_inferred_metric_that_does_not_fit_the_outputs_says_to_name_one(tmp_path: Path, mlp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeserve.converter import api
+    from tests.factories import rows
+
+    monkeypatch.setattr(api, "infer_targets", lambda *a: ([target(lambda r, c, i: 0.5, min=0.9)], "a wrong guess"))
+    with pytest.raises(edgeserve.ConfigError, match=r"the metric inferred for this model does not fit its outputs: "
+                       r"the fp32 model compared with itself scores .*0.5 < 0.9 \(inferred: a wrong guess\); "
+                       r"name the task's metric with --metric"):
+        edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", calibration={"x": rows(40)})

@@ -294,6 +294,10 @@ def choose_budget(c: Conversion) -> None:
     except MetricError as exc:
         raise ConfigError(str(exc)) from None
     missed = [m for m in itself.missed if not m.startswith("accuracy")]
+    if missed and c.budget.because.startswith("inferred"):  # the guess, not the model, is wrong: say what to do
+        raise ConfigError(f"the metric inferred for this model does not fit its outputs: the fp32 model compared "
+                          f"with itself scores {'; '.join(missed)} ({c.budget.because}); name the task's metric "
+                          "with --metric (e.g. --metric 'cosine>=0.99'; see edgeserve convert --help)")
     if missed:
         raise ConfigError(f"the fp32 model compared with itself misses the budget ({'; '.join(missed)}): "
                           "that threshold cannot be met by any result")
