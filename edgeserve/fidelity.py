@@ -19,8 +19,12 @@ def cosine_per_row(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = np.einsum("ij,ij->i", a, b)
-    both_zero = (na < _EPS) & (nb < _EPS)
-    cos = np.where(both_zero, 1.0, dot / np.maximum(na * nb, _EPS))
+    both_zero = (na == 0) & (nb == 0)
+    # NOTE: the norms' own product, not one floored at _EPS: a text detector's map of a photo without text holds
+    # values near 1e-9, and the floor read two identical such rows as cosine 0.0009
+    product = na * nb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(both_zero, 1.0, np.where(product == 0, 0.0, dot / product))
     # NaN or Inf in either row is as far from agreement as it gets: never let it pass a budget
     return np.where(np.isfinite(cos), np.clip(cos, -1.0, 1.0), -1.0)
 

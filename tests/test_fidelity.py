@@ -14,6 +14,14 @@ def test_cosine_known_values() -> None:
     np.testing.assert_allclose(cosine_per_row(a, b), [1.0, np.sqrt(0.5), 1.0, -1.0])
 
 
+def test_tiny_rows_are_compared_by_their_direction() -> None:
+    tiny = np.full((2, 4096), 1e-9)  # a text detector's map of a photo without text
+    tiny[1, :2048] = 2e-9
+    np.testing.assert_allclose(cosine_per_row(tiny, tiny), [1.0, 1.0])
+    assert cosine_per_row(tiny[:1], -tiny[:1])[0] == pytest.approx(-1.0)
+    assert cosine_per_row(np.zeros((1, 3)), np.ones((1, 3)))[0] == 0.0
+
+
 def test_non_finite_rows_never_look_close() -> None:
     a = np.array([[np.nan, 1.0], [1.0, 1.0]])
     b = np.array([[1.0, 1.0], [1.0, 1.0]])
