@@ -196,6 +196,22 @@ class Budget:
                     shortfall = max(shortfall, (drop - allowed) / max(allowed, 1e-3))
         return Verdict(scores, missed, shortfall)
 
+    def passed_by_zeros(self, reference: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[str]:
+        """The targets that a model answering zeros would meet on these reference outputs: a metric that cannot
+        tell it from fp32 here judges nothing (a detector's metric where fp32 detects nothing in any row, a text
+        map's where no pixel is text, CTC's where every string is empty, top-1 where every row is class 0)."""
+        if any(np.asarray(v).dtype == object for v in reference.values()):
+            return []  # ragged answers (kept boxes): no zeros of their shape to try
+        zeros = {k: np.zeros_like(np.asarray(v)) for k, v in reference.items()}
+        vacuous = []
+        for t in self.targets:
+            try:
+                if t.holds(t.metric.score(reference, zeros, inputs)):
+                    vacuous.append(t.metric.spec)
+            except Exception:  # noqa: BLE001 - a metric that cannot score zeros at all is not fooled by them
+                continue
+        return vacuous
+
     def describe(self) -> str:
         parts = [t.describe() for t in self.targets]
         if self.max_accuracy_drop is not None:

@@ -220,8 +220,9 @@ def test_run_answers_each_row_of_a_batch_one_detector_into_its_own_arrays(tmp_pa
     result = invoke("run", path, "--input", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
     assert result.exit_code == 0, result.output
     assert "one array per row of 3" in result.output and "boxes/0..2: float32, lengths" in result.output
-    written = np.load(tmp_path / "out.npz")
-    assert sorted(written.files) == sorted(f"{n}/{i}" for n in ("boxes", "scores", "labels") for i in range(3))
+    with np.load(tmp_path / "out.npz") as out:  # closed here: an open handle warned, and -W error failed the test
+        written = {name: out[name] for name in out.files}
+    assert sorted(written) == sorted(f"{n}/{i}" for n in ("boxes", "scores", "labels") for i in range(3))
     with load(path) as model:
         for i in range(3):
             alone = model.predict(data[i:i + 1])

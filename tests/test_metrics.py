@@ -509,3 +509,43 @@ def test_an_inferred_metric_that_does_not_fit_the_outputs_says_to_name_one(tmp_p
                        r"the fp32 model compared with itself scores .*0.5 < 0.9 \(inferred: a wrong guess\); "
                        r"name the task's metric with --metric"):
         edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", calibration={"x": rows(40)})
+
+
+def test_a_metric_that_a_model_answering_zeros_would_pass_is_found_out() -> None:
+    from edgeserve.fidelity import Budget
+
+    rng = np.random.default_rng(0)
+    quiet = np.concatenate([rng.uniform(0, 320, (4, 4, 200)), rng.uniform(0, 0.1, (4, 8, 200))], axis=1)
+    busy = quiet.copy()
+    busy[:, 4 + 2, 17] = 0.9  # one object found
+    detection = Budget((target("detection"),))
+    assert detection.passed_by_zeros({"output0": quiet}, {}) == ["detection"]  # fp32 detects nothing here
+    assert detection.passed_by_zeros({"output0": busy}, {}) == []
+    blank = np.zeros((3, 10, 6))
+    blank[..., 0] = 1.0  # CTC: the blank everywhere, every string empty
+    spoken = blank.copy()
+    spoken[:, 4] = np.eye(6)[3]
+    assert Budget((target("ctc"),)).passed_by_zeros({"y": blank}, {}) == ["ctc"]
+    assert Budget((target("ctc"),)).passed_by_zeros({"y": spoken}, {}) == []
+    assert Budget((target("map-iou"),)).passed_by_zeros({"m": np.full((2, 1, 8, 8), 0.01)}, {}) == ["map-iou"]
+    assert Budget((target("cosine"),)).passed_by_zeros({"y": rng.normal(size=(4, 5))}, {}) == []
+
+
+def test_an_inferred_metric_with_nothing_to_judge_gives_way_to_cosine(tmp_path: Path, mlp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from edgeserve.converter import api
+    from tests.factories import rows
+
+    def anything(r, c, i) -> float:
+        return 1.0  # passes whatever the candidate answers
+
+    monkeypatch.setattr(api, "infer_targets", lambda *a: ([target(anything, min=0.9)], "a detector, say"))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="dynamic", calibration={"x": rows(40)})
+    budget = pkg.manifest.fidelity["budget"]
+    assert [t["metric"] for t in budget["targets"]] == ["cosine"]
+    assert "fp32 finds nothing in this data for" in budget["because"] and "per-row cosine judges" in budget["because"]
+    with caplog.at_level("WARNING"):
+        named = edgeserve.convert(mlp_path, tmp_path / "named", quantize="dynamic", calibration={"x": rows(40)},
+                                  metrics=[target(anything, min=0.9)])
+    assert named.manifest.recipe["budget_passed_by_zeros"] and "a model answering zeros would pass" in caplog.text

@@ -28,7 +28,7 @@ from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, Fi
 from ..fidelity import Budget, accuracy, compare_outputs, make_budget
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
-from ..metrics import MetricError, Target, infer_targets, is_ragged
+from ..metrics import MetricError, Target, infer_targets, is_ragged, target
 from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
@@ -286,6 +286,12 @@ def choose_budget(c: Conversion) -> None:
         else:
             targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
             c.budget = Budget(tuple(targets), because=f"inferred: {why}")
+            vacuous = c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
+            if vacuous and [t.metric.name for t in targets] != ["cosine"]:
+                c.budget = Budget((target("cosine"),), because=(
+                    f"inferred: {why}; but fp32 finds nothing in this data for {', '.join(vacuous)} to judge (a "
+                    "model answering zeros would pass it), so per-row cosine judges instead: give --data the "
+                    "model finds something in"))
             c.enforce = c.qconfig.mode == "auto"
         log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
         c.step(f"judging by {c.budget.describe()} ({c.budget.because})", 0, 1)
@@ -294,6 +300,13 @@ def choose_budget(c: Conversion) -> None:
     except MetricError as exc:
         raise ConfigError(str(exc)) from None
     missed = [m for m in itself.missed if not m.startswith("accuracy")]
+    vacuous = [] if missed else c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
+    if vacuous and not c.budget.because.startswith("inferred"):  # the user's choice: kept, and said loudly
+        c.recipe["budget_passed_by_zeros"] = vacuous
+        log.warning("on this evaluation data a model answering zeros would pass %s: fp32's answers give it nothing "
+                    "to judge (no detection, no marked pixel, no decoded text, one class, values inside the "
+                    "threshold); give evaluation data the model finds something in (--data), or name another "
+                    "metric", ", ".join(vacuous))
     if missed and c.budget.because.startswith("inferred"):  # the guess, not the model, is wrong: say what to do
         raise ConfigError(f"the metric inferred for this model does not fit its outputs: the fp32 model compared "
                           f"with itself scores {'; '.join(missed)} ({c.budget.because}); name the task's metric "
