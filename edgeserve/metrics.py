@@ -110,7 +110,8 @@ class Metric:
 
     def _per_sample(self, reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
         """Outputs kept per sample (see :func:`ragged`): the worst of the metric on each sample's outputs (each
-        sample's inputs too, where the inputs are stacked per sample), as row metrics take their worst row."""
+        sample's inputs too, where the inputs are stacked per sample), as row metrics take their worst row; for
+        a share (:data:`SHARE_METRICS`), the mean."""
         feeds = {len(v) if is_ragged(v) else -1 for v in (*reference.values(), *candidate.values())}
         if len(feeds) != 1 or -1 in feeds or set(reference) - set(candidate):
             return self._worst  # one side per sample, the other joined: the candidate changed a shape
@@ -119,6 +120,8 @@ class Metric:
         scores = [self.score({k: v[i] for k, v in reference.items()}, {k: v[i] for k, v in candidate.items()},
                              {k: np.asarray(v)[i] for k, v in inputs.items()} if split else inputs)
                   for i in range(n)]
+        if self.name in SHARE_METRICS:
+            return float(np.mean(scores))
         return (min if self.higher_is_better else max)(scores)
 
 
@@ -610,6 +613,9 @@ def _box_list(values: Any) -> bool:
 
 LIST_METRICS = frozenset({"box-match"})
 """Metrics that compare outputs kept per sample (:func:`ragged`) themselves, pooled over the samples."""
+SHARE_METRICS = frozenset({"top1", "ctc", "map-iou", "detection"})
+"""Metrics that are a share of rows (or of pixels, detections) that agree: over outputs kept per sample, the
+mean of the samples' scores, as over rows (the worst sample would make one wrong string of 40 read as 0)."""
 
 _BuiltIn = tuple[Callable[[Mapping[str, str]], MetricFn], bool, float, str, tuple[str, ...]]
 BUILTINS: dict[str, _BuiltIn] = {

@@ -176,3 +176,13 @@ def stand_in(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -
     if np.issubdtype(dtype, np.integer):
         return rng.integers(0, 2, size=shape).astype(dtype)
     return None
+
+
+def join_rows(parts: list[np.ndarray]) -> np.ndarray:
+    """One output of a batch-1 export run row by row, joined on the axis where each row's answer holds its one
+    row: the first axis of size 1 in every answer (axis 1 of a time-major ``[steps, 1, classes]``, as ddddocr's
+    recogniser answers whatever its signature says), else axis 0 (parts of several rows each, joined already)."""
+    shape = parts[0].shape
+    axis = next((i for i, d in enumerate(shape) if d == 1 and all(p.ndim == len(shape) and p.shape[i] == 1
+                                                                  for p in parts)), 0)
+    return np.concatenate(parts, axis=axis)

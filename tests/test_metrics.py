@@ -549,3 +549,18 @@ def test_an_inferred_metric_with_nothing_to_judge_gives_way_to_cosine(tmp_path: 
         named = edgeserve.convert(mlp_path, tmp_path / "named", quantize="dynamic", calibration={"x": rows(40)},
                                   metrics=[target(anything, min=0.9)])
     assert named.manifest.recipe["budget_passed_by_zeros"] and "a model answering zeros would pass" in caplog.text
+
+
+def test_a_share_over_samples_kept_apart_is_their_mean_not_the_worst() -> None:
+    """A batch-1 OCR export with a free-length output keeps its answers per sample: one wrong string of four is
+    0.75 of the strings agreeing (it read as 0, the worst sample), while cosine still takes the worst."""
+    from edgeserve.metrics import ragged
+
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(0, 3, (6, 1, 5)) for _ in range(4)]  # [steps, 1, classes] each, time-major
+    changed = [s.copy() for s in samples]
+    changed[2][:, 0, 1] = 50.0  # one sample decodes to another string
+    ref, cand = {"y": ragged(samples)}, {"y": ragged(changed)}
+    assert metric("ctc,layout=tbc").score(ref, cand, {}) == pytest.approx(0.75)
+    assert metric("cosine").score(ref, cand, {}) == pytest.approx(
+        min(metric("cosine").score({"y": a}, {"y": b}, {}) for a, b in zip(samples, changed)))

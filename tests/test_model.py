@@ -79,6 +79,29 @@ def test_an_export_fixed_at_batch_1_answers_several_rows_one_at_a_time(tmp_path:
             model.predict(rows(2, n_in=15))
 
 
+def test_a_batch_1_time_major_answer_joins_rows_on_its_own_one_row_axis(tmp_path: Path) -> None:
+    """ddddocr's recogniser takes [1, 1, 64, width] and answers [steps, 1, classes] (its signature says [1,
+    seqlen]): several rows' answers join on axis 1, [steps, rows, classes], not as one sequence of steps x rows
+    (onnxruntime warns of the signature's shape on every run)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]), helper.make_node("MatMul", ["t", "w"], ["m"]),
+             helper.make_node("Shape", ["m"], ["s"]), helper.make_node("Reshape", ["m", "s"], ["y"])]  # [W, 1, 5]
+    graph = helper.make_graph(  # the Reshape hides the real shape from inference: the declared one stands
+        nodes, "time_major", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "image_width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seqlen", 5])], [numpy_helper.from_array(w, "w")])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ocr.onnx")
+    x = np.random.default_rng(1).normal(size=(3, 4, 7)).astype(np.float32)
+    with edgeserve.load(path) as model:
+        assert model.inputs[0].batch_axis is None  # the width is not a batch
+        alone = [model.predict(x[i:i + 1])["y"] for i in range(3)]
+        joined = model.predict(x)["y"]
+    assert alone[0].shape == (7, 1, 5) and joined.shape == (7, 3, 5)
+    for i in range(3):
+        np.testing.assert_array_equal(joined[:, i:i + 1], alone[i])
+
+
 def test_a_batch_1_export_whose_answers_vary_in_length_takes_one_row(tmp_path: Path) -> None:
     """A detector's kept boxes from several rows would run together: such a model says to send one row."""
     from tests.factories import kept_boxes_data, kept_boxes_model

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..metrics import ragged
-from ..tensors import TensorSpec, format_shape, stand_in
+from ..tensors import TensorSpec, format_shape, join_rows, stand_in
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Samples:
 
 def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batch_size: int = 64) -> dict[str, np.ndarray]:
     """Run every row through a backend session; outputs are joined along their batch axes (or stacked per sample;
-    joined along axis 0 for an export fixed at batch 1).
+    joined on their one-row axis for an export fixed at batch 1, see :func:`join_rows`).
 
     Outputs whose size depends on the values (the boxes a detector keeps: a dimension without a batch axis that no
     input names) or that differ in shape from one batch to the next are kept per sample (per batch), every output
@@ -92,7 +92,9 @@ def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batc
     names = [o.name for o in out_specs]
     axes = {o.name: (o.batch_axis if o.batch_axis is not None else 0) for o in out_specs}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    single = True  # every run answered one sample: a batch-1 export's answers join on their one-row axis
     for feed in samples.feeds(batch_size):
+        single = single and all(np.shape(v)[:1] == (1,) for v in feed.values())
         for n, value in zip(names, session.run(feed, names)):
             parts[n].append(np.asarray(value))
     if not samples.stacked and _sized_by_values(out_specs, samples.specs):
@@ -102,8 +104,8 @@ def run_samples(session, samples: Samples, out_specs: Sequence[TensorSpec], batc
     joined = {}
     for n, chunks in parts.items():
         try:
-            joined[n] = (np.concatenate(chunks, axis=axes[n]) if samples.stacked or n in batch_one
-                         else np.stack(chunks))
+            joined[n] = (join_rows(chunks) if n in batch_one and single else np.concatenate(chunks, axis=axes[n])
+                         if samples.stacked or n in batch_one else np.stack(chunks))
         except ValueError:  # shapes vary from one batch to the next
             return {n: ragged(chunks) for n, chunks in parts.items()}
     return joined

@@ -22,7 +22,7 @@ from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import check_model_file, sha256_file
 from ..package import Manifest, is_package, read_golden, read_manifest, verify_files
-from ..tensors import TensorSpec, rows_one_at_a_time
+from ..tensors import TensorSpec, join_rows, rows_one_at_a_time
 from .batcher import Batcher, can_batch
 from .cache import MISS, ResponseCache, cache_key
 
@@ -137,7 +137,7 @@ class Model:
         if rows == 1:
             return run(feed, names)  # type: ignore[no-any-return]
         answers = [run({k: v[i:i + 1] for k, v in feed.items()}, names) for i in range(rows)]
-        return [np.concatenate([a[j] for a in answers]) for j in range(len(names))]
+        return [join_rows([a[j] for a in answers]) for j in range(len(names))]
 
     def _run_feed(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         engine = self._engine
