@@ -18,6 +18,8 @@ from ..tensors import NUMPY_DTYPES, TensorSpec
 class Session(Protocol):
     """One loaded model in one engine."""
 
+    engine: str
+    """The engine's name: ``onnxruntime`` or ``openvino``."""
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 

@@ -45,6 +45,8 @@ def session_options(config: SessionConfig, optimized_model_path: str | None = No
 class OrtSession:
     """An ``InferenceSession`` with edgeserve's signature and error mapping."""
 
+    engine = "onnxruntime"
+
     def __init__(self, session: ort.InferenceSession, label: str) -> None:
         self._session = session
         self._label = label

@@ -40,6 +40,8 @@ def default_precision() -> str:
 class OvSession:
     """A compiled OpenVINO model with one infer request per calling thread (requests are not thread-safe)."""
 
+    engine = "openvino"
+
     def __init__(self, compiled: ov.CompiledModel, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  label: str, precision: str) -> None:
         self._compiled = compiled

@@ -67,6 +67,8 @@ class Model:
         """What decides this model's answers (model file digest, engine, precision): the response cache's key.
         Without one given, a unique id: such a model shares cache entries with no other."""
         self._session = session
+        self.engine: str = getattr(session, "engine", "onnxruntime")
+        """The engine that answers: ``onnxruntime`` or ``openvino`` (a package verified on OpenVINO loads there)."""
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs if manifest else session.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs if manifest else session.outputs
         one_at_a_time = rows_one_at_a_time(self.inputs, self.outputs)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 ATTRIBUTIONS = ".attributions"
 """With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
-PLATFORM = "onnxruntime_onnx"
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+"""Triton's platform name for each engine, as model metadata reports it."""
 
 
 @dataclass
@@ -93,7 +94,7 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         with self._model(name, version) as (model, _):
             return {"name": name, "versions": [str(v) for v in self.runtime.versions(name)],
-                    "platform": PLATFORM, "inputs": [_tensor_metadata(s) for s in model.inputs],
+                    "platform": PLATFORMS.get(model.engine, model.engine), "inputs": [_tensor_metadata(s) for s in model.inputs],
                     "outputs": [_tensor_metadata(s) for s in model.outputs],
                     "parity": model.parity}  # beyond the protocol's fields: clients ignore what they do not know
 

@@ -296,3 +296,22 @@ def test_json_with_nan_and_infinity_as_tritonclient_writes_them_is_read(served) 
     with pytest.raises(Exception, match=r"\[422\].*'non_finite'.*\[0, 3\] = nan"):
         client.infer("mlp", [sent])
     assert call(served.host_port, "GET", "/v2/health/live").status == 200
+
+
+def test_model_metadata_names_the_engine_that_answers(tmp_path) -> None:
+    """A package that auto verified on OpenVINO is served by OpenVINO: its metadata says so (it said
+    onnxruntime_onnx for every model)."""
+    pytest.importorskip("openvino")
+    from edgeserve.runtime.runtime import Runtime
+    from edgeserve.server.dataplane import DataPlane
+    from tests.factories import mlp_model, save
+
+    src = save(mlp_model(), tmp_path / "mlp.onnx")
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("ov", edgeserve.convert(src, tmp_path / "ov", quantize="none", calibration={"x": rows(32)},
+                                         backend="openvino", precision="f32").path)
+    repo.publish("ort", edgeserve.convert(src, tmp_path / "ort", quantize="none", calibration={"x": rows(32)}).path)
+    with Runtime(repo.root) as runtime:
+        plane = DataPlane(runtime)
+        assert plane.model_metadata("ov", None)["platform"] == "openvino"
+        assert plane.model_metadata("ort", None)["platform"] == "onnxruntime_onnx"
