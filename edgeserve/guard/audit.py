@@ -202,9 +202,9 @@ class AuditLog:
             self._queue.append((ticket, row))
         # NOTE: only bounded mode wakes the background thread: an ack record's caller writes it (a thread waiting, an
         # event loop at the end of its turn), and waking that thread per record had it take groups, and the
-        # interpreter lock, from the loop (measured on `edgeserve serve`, 32 connections: ~80% of the groups were
-        # written there). A record nobody waits for (a drift event) goes with the next group, or the background
-        # thread's poll (0.5 s) writes it.
+        # interpreter lock, from the loop (py-spy on `edgeserve serve`, 32 connections: 19% of the samples writing
+        # on that thread, 4% on the loop). A record nobody waits for (a drift event) goes with the next group, or
+        # the background thread's poll (0.5 s) writes it.
         if self.durability == "bounded" and not self._wake.is_set():
             self._wake.set()
         return ticket
@@ -224,8 +224,9 @@ class AuditLog:
         under load is starved of it (measured at 32 callers: 86 us per record against ~10 alone). A caller that
         finds the database busy sleeps on a lock of its own, released when its record is committed or when the
         writer leaves records queued for it to write: waking every waiter at every commit (a condition's
-        notify_all) had ~30 threads take the interpreter lock in turn per group, only to sleep again (measured at
-        32 callers: 6.3k answers/s, 11 records per group)."""
+        notify_all) had ~30 threads take the interpreter lock in turn per group, only to sleep again. Measured at
+        32 callers, digits MLP: with another process busy on one of the two cores, 6.3k -> 16.2k answers/s; on
+        an idle machine no difference (10.5-11.9k against 10.5-10.9k)."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._committed >= ticket:
@@ -279,8 +280,9 @@ class AuditLog:
         """Commit what is queued, on the event loop, after the requests of this turn have queued their records.
 
         NOTE: the loop, not the background thread: handing every group to that thread cost the loop the
-        interpreter lock at each hand-off (measured on ``edgeserve serve``, digits MLP, wrk: 1 connection 2.7k
-        answers/s with the audit against 6.2k without; 32 connections 6.0k against 9.4k). A WAL commit with
+        interpreter lock at each hand-off (measured on ``edgeserve serve``, digits MLP, wrk, 32 connections, one
+        run: 6.5-6.7k answers/s and 1.17 cores with the thread writing, 7.2k and 0.99 cores with the loop; 9.3k
+        without the audit; at 1 connection no difference, 2.9-3.0k against 6.1k without). A WAL commit with
         ``synchronous=NORMAL`` is a write to the log file, no fsync: tens of microseconds, one per turn however
         many requests wait in it. When another writer holds the database, its group takes these records along
         (it writes until the queue is empty), and the background thread catches any it leaves."""
