@@ -43,6 +43,8 @@ QUANTISABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attenti
                    "EmbedLayerNormalization", "MatMulNBits")
 MIN_SPEEDUP = 1.03
 """A candidate must beat fp32 by at least this much: anything closer is within timing noise, not a win."""
+MIN_PROGRESS = 0.1
+"""A repair keeps doubling the nodes it keeps in fp32 only while each doubling takes this share off the shortfall."""
 SENSITIVITY_ROWS = 32
 ADDS_ERROR = 1e-6
 """A node whose quantisation raises the relative error of its output over its input's by no more than this adds
@@ -337,7 +339,7 @@ class Search:
 
     def repair_near_misses(self, most: int = 2) -> None:
         """For int8 candidates faster than the best one inside the budget that miss it, keep the most sensitive
-        nodes in fp32, doubling their number until the budget holds. Nodes are ranked by activation error, then the
+        nodes in fp32, doubling their number until the budget holds (or a doubling gains nothing). Nodes are ranked by activation error, then the
         first few by their measured effect on the budget's metrics. Near misses go first: 0.0003 short of the
         threshold is more likely to be repaired within the time left than a candidate far outside it."""
         for cand in worth_repairing(self.plan, most):
@@ -348,6 +350,7 @@ class Search:
                                        threads=SessionConfig().threads)
             ranking = self._by_effect_on_the_metric(cand, ranking)
             k = 2 if len(ranking) > 1 else 1
+            left = cand.shortfall
             while ranking and k <= max(1, len(ranking) // 2) and time.monotonic() < self.deadline:
                 excluded = tuple(name for name, _ in ranking[:k])
                 repaired = Candidate(f"{cand.name}+fp32x{k}", replace(cand.config, nodes_to_exclude=excluded),
@@ -359,6 +362,12 @@ class Search:
                 self.plan.append(repaired)
                 if repaired.status != "ok" or repaired.within_budget or (repaired.speedup or 0) < MIN_SPEEDUP:
                     break
+                # NOTE: twice the nodes in fp32 that took less than a tenth off the shortfall will not reach the
+                # budget by doubling again: measured on PP-OCRv4's detector, x2, x4 and x8 all stayed at 0.3403
+                # map-iou of 0.95, a minute of the search
+                if repaired.shortfall > left * (1 - MIN_PROGRESS):
+                    break
+                left = repaired.shortfall
                 k *= 2
 
     def _by_effect_on_the_metric(self, cand: Candidate, ranking: list[tuple[str, float]],
