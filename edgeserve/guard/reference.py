@@ -12,6 +12,7 @@ Every tensor gets a *layout* that says what one row's features are:
 - ``flat`` (anything else, and ``[rows, steps]`` inputs whose steps vary, such as an attention mask): the row's
   mean and standard deviation;
 - for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
+  ``step-confidence`` (of ``[rows, steps, classes]`` distributions, a recogniser's: averaged over the steps),
   ``norm`` (the row's L2 norm: an embedding, named so or of unit rows, and outputs of more dimensions),
   or ``value`` (one number per row, e.g. a predicted label).
 
@@ -76,7 +77,7 @@ class Layout:
             out.update(pad=self.pad, common=list(self.common))
         if self.kind == "categories":
             out["values"] = list(self.values)
-        if self.kind == "confidence":
+        if self.kind in ("confidence", "step-confidence"):
             out["probabilities"] = self.probabilities
         return out
 
@@ -95,7 +96,7 @@ class Layout:
             return ["mean", "std"]
         if self.kind == "categories":
             return [f"share of {v!r}" for v in self.values]
-        if self.kind in ("confidence", "value", "norm"):
+        if self.kind in ("confidence", "step-confidence", "value", "norm"):
             return [self.kind]
         word = {"tabular": "feature", "channels": "channel", "series": "feature"}[self.kind]
         return [f"{word} {i}" for i in range(count)]
@@ -141,6 +142,12 @@ def output_layout(arr: np.ndarray, name: str = "") -> Layout:
     softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding)."""
     if arr.ndim == 1:
         return Layout("value")
+    if arr.ndim == 3 and arr.shape[2] >= 2 and np.issubdtype(arr.dtype, np.floating) and arr.size:
+        a = arr.astype(np.float64)
+        if a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=2), 1.0, atol=1e-3):
+            return Layout("step-confidence", 2, probabilities=True)  # a recogniser's characters per step
+        if a.max() <= 1e-6 and np.allclose(np.exp(a).sum(axis=2), 1.0, atol=1e-3):
+            return Layout("step-confidence", 2)  # log-probabilities (a CTC head's log_softmax)
     if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
         a = arr.astype(np.float64)
         probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3))
@@ -182,6 +189,10 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
         a = x.astype(np.float64, copy=False)
         top = a.max(axis=1, keepdims=True)
         return 1.0 / np.exp(a - top).sum(axis=1, keepdims=True)  # softmax's top probability
+    if kind == "step-confidence":  # the top class's probability, averaged over the steps
+        a = x.astype(np.float64, copy=False)
+        top = a.max(axis=2)
+        return (top if layout.probabilities else np.exp(top)).mean(axis=1, keepdims=True)
     if kind == "value":
         return x.astype(np.float64, copy=False).reshape(-1, 1)
     flat = x.reshape(len(x), -1).astype(np.float64, copy=False)

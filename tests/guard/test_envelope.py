@@ -45,6 +45,25 @@ def test_an_embedding_output_is_summarised_by_its_norm_not_as_class_scores() -> 
     assert output_layout(probabilities, "probs").kind == "confidence"
 
 
+def test_a_recognisers_per_step_distribution_is_watched_by_its_confidence() -> None:
+    """PP-OCRv4's [rows, 40 steps, 6625 characters]: the top character's probability averaged over the steps, for
+    probabilities and log-probabilities alike (its norm said little), whatever the number of steps."""
+    from edgeserve.guard.reference import output_layout, row_features
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (8, 12, 30))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    layout = output_layout(probs.astype(np.float32), "softmax_11.tmp_0")
+    assert layout.kind == "step-confidence" and layout.probabilities
+    expected = probs.max(axis=2).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(row_features(layout, probs), expected)
+    log_layout = output_layout(np.log(probs), "log_probs")
+    assert log_layout.kind == "step-confidence" and not log_layout.probabilities
+    np.testing.assert_allclose(row_features(log_layout, np.log(probs)), expected)
+    assert row_features(layout, probs[:, :5]).shape == (8, 1)  # a narrower image: fewer steps, one summary
+    assert output_layout(rng.normal(size=(8, 12, 30)), "last_hidden_state").kind == "norm"  # not a distribution
+
+
 def test_no_false_rejection_on_the_reference_itself(digits_package: Path, digits) -> None:
     with edgeserve.load(digits_package, guard=STRICT) as model:
         for i in range(0, len(digits[0]), 37):
