@@ -865,16 +865,21 @@ def _looks_like_detections(values: np.ndarray) -> bool:
     return not _looks_like_step_scores(values)
 
 
-def _looks_like_step_scores(values: np.ndarray) -> bool:
-    """``[batch, steps, classes]`` whose last axis is a distribution: sums to 1, or log-probs whose exp does."""
+def step_distribution(values: np.ndarray) -> str | None:
+    """``"probabilities"`` or ``"log"`` for ``[batch, steps, classes]`` whose last axis is a distribution (sums to
+    1, or log-probabilities whose exp does: a recogniser's characters per step); None otherwise."""
     if not (values.ndim == 3 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating) and values.size):
-        return False
+        return None
     v = values.astype(np.float64)
     if not np.isfinite(v).all():
-        return False
+        return None
     if v.min() >= 0.0 and v.max() <= 1.0:
-        return bool(np.allclose(v.sum(-1), 1.0, atol=1e-3))
-    return bool(v.max() <= 1e-6 and np.allclose(np.exp(v).sum(-1), 1.0, atol=1e-3))
+        return "probabilities" if np.allclose(v.sum(-1), 1.0, atol=1e-3) else None
+    return "log" if v.max() <= 1e-6 and np.allclose(np.exp(v).sum(-1), 1.0, atol=1e-3) else None
+
+
+def _looks_like_step_scores(values: np.ndarray) -> bool:
+    return step_distribution(values) is not None
 
 
 def _looks_like_step_logits(name: str, values: np.ndarray) -> bool:

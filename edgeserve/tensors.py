@@ -158,7 +158,7 @@ def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
     for d in shape or ():
         if isinstance(d, (int, np.integer)) and d >= 0:
             out.append(int(d))
-        elif isinstance(d, str) and re.search(r"[A-Za-z0-9]", d) and d.lstrip("-").strip() not in ("1", "None"):
+        elif isinstance(d, str) and re.search(r"[A-Za-z0-9]", d) and d.strip() not in ("-1", "None"):
             out.append(d)  # NOTE: not "?" (Paddle's exporter names every unknown dim so) nor "-1": no name at all
         else:
             out.append(None)

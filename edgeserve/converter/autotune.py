@@ -339,9 +339,10 @@ class Search:
 
     def repair_near_misses(self, most: int = 2) -> None:
         """For int8 candidates faster than the best one inside the budget that miss it, keep the most sensitive
-        nodes in fp32, doubling their number until the budget holds (or a doubling gains nothing). Nodes are ranked by activation error, then the
-        first few by their measured effect on the budget's metrics. Near misses go first: 0.0003 short of the
-        threshold is more likely to be repaired within the time left than a candidate far outside it."""
+        nodes in fp32, doubling their number until the budget holds (or a doubling gains nothing). Nodes are ranked
+        by activation error, then the first few by their measured effect on the budget's metrics. Near misses go
+        first: 0.0003 short of the threshold is more likely to be repaired within the time left than a candidate
+        far outside it."""
         for cand in worth_repairing(self.plan, most):
             if time.monotonic() > self.deadline:
                 return

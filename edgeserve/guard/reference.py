@@ -142,12 +142,11 @@ def output_layout(arr: np.ndarray, name: str = "") -> Layout:
     softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding)."""
     if arr.ndim == 1:
         return Layout("value")
-    if arr.ndim == 3 and arr.shape[2] >= 2 and np.issubdtype(arr.dtype, np.floating) and arr.size:
-        a = arr.astype(np.float64)
-        if a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=2), 1.0, atol=1e-3):
-            return Layout("step-confidence", 2, probabilities=True)  # a recogniser's characters per step
-        if a.max() <= 1e-6 and np.allclose(np.exp(a).sum(axis=2), 1.0, atol=1e-3):
-            return Layout("step-confidence", 2)  # log-probabilities (a CTC head's log_softmax)
+    from ..metrics import step_distribution  # NOTE: here, at conversion: a guarded load need not import metrics
+
+    steps = step_distribution(arr)  # a recogniser's characters per step, or their log-probabilities
+    if steps is not None:
+        return Layout("step-confidence", 2, probabilities=steps == "probabilities")
     if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
         a = arr.astype(np.float64)
         probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3))

@@ -94,7 +94,8 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         with self._model(name, version) as (model, _):
             return {"name": name, "versions": [str(v) for v in self.runtime.versions(name)],
-                    "platform": PLATFORMS.get(model.engine, model.engine), "inputs": [_tensor_metadata(s) for s in model.inputs],
+                    "platform": PLATFORMS.get(model.engine, model.engine),
+                    "inputs": [_tensor_metadata(s) for s in model.inputs],
                     "outputs": [_tensor_metadata(s) for s in model.outputs],
                     "parity": model.parity}  # beyond the protocol's fields: clients ignore what they do not know
 
