@@ -6,7 +6,7 @@ the batch. Dynamic batching splits every output back among the callers along its
 hands one caller another's boxes whenever the counts happen to match. Before a model is batched, three rows run
 as 1 + 2 and as 3: an output keeps its batch axis only if it has 1, 2 and 3 entries along it, and the joint answer
 is the separate ones stacked (integers exactly; floats to a cosine of 0.99, since dynamic int8 quantises a
-batch's rows together).
+batch's rows together). An output whose guessed axis does not split takes the first other open axis that does.
 A model that runs one row but not three at once (a batch of one baked into a Reshape) keeps none; rows that do
 not run even alone (stand-ins too small for the model) leave the names' guess standing.
 """
@@ -48,11 +48,19 @@ def confirm_batch_axes(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence
         return tuple(replace(o, batch_axis=None) for o in outputs)
     confirmed = []
     for spec in outputs:
-        axis = spec.batch_axis
-        if axis is not None and not _splits(first[spec.name], rest[spec.name], joint[spec.name], axis):
+        answers = first[spec.name], rest[spec.name], joint[spec.name]
+        # the names' guess first, then any other axis the names leave open (a state [?, ?, ?] of [layers, batch,
+        # hidden], exported without names: axis 0 guessed, the rows on axis 1)
+        tried = [spec.batch_axis] if spec.batch_axis is not None else []
+        tried += [i for i, d in enumerate(spec.shape) if not isinstance(d, int) and i not in tried]
+        axis = next((i for i in tried if _splits(*answers, i)), None)
+        if axis is None and spec.batch_axis is not None:
             log.warning("%s: output '%s' does not split into rows along axis %d (its answer for 3 rows is not "
-                        "the answers for 1 and 2 stacked): the model is not batched", label, spec.name, axis)
-            axis = None
+                        "the answers for 1 and 2 stacked): the model is not batched", label, spec.name,
+                        spec.batch_axis)
+        elif axis != spec.batch_axis:
+            log.info("%s: output '%s' splits into rows along axis %d, not %s", label, spec.name, axis,
+                     spec.batch_axis)
         confirmed.append(replace(spec, batch_axis=axis))
     return tuple(confirmed)
 

@@ -190,6 +190,8 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
             q = st.get("quantiles") or {}
             yield (f"  output {name} [{kind}]: mean {_fmt(st.get('mean'))}, p5 {_fmt(q.get('p5'))}, "
                    f"p50 {_fmt(q.get('p50'))}, p95 {_fmt(q.get('p95'))}")
+        if m.envelope.get("outputs_unwatched"):
+            yield f"  outputs not watched for drift: {m.envelope['outputs_unwatched']}"
     elif m.envelope == {}:
         if m.inputs and not any(s.rows_on_axis0 or s.batch_axis is not None for s in m.inputs):
             yield ("reference statistics: none (the inputs have no batch axis, so requests hold no rows to compare "

@@ -207,9 +207,12 @@ def torch_lstm():
     return Tagger().eval()
 
 
-def vad_like_model(samples: int = 64, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+def vad_like_model(samples: int = 64, hidden: int = 16, seed: int = 0, *, unnamed: bool = False) -> onnx.ModelProto:
     """A stateful audio model built like silero-VAD: ``input [batch, samples]``, ``state [2, batch, hidden]`` fed
-    back, and a scalar ``sr`` (sample rate, no batch axis, shared by every row) → ``output [batch, 1]``, ``stateN``."""
+    back, and a scalar ``sr`` (sample rate, no batch axis, shared by every row) → ``output [batch, 1]``, ``stateN``.
+    ``unnamed``: the state's batch dim has no name and ``stateN`` is ``[?, ?, ?]``, as silero's own export."""
+    state = [2, None if unnamed else "batch", hidden]
+    state_out = [None, None, None] if unnamed else state
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.standard_normal((samples, hidden)).astype(np.float32) * 0.2, "w")
     v = numpy_helper.from_array(rng.standard_normal((hidden, 1)).astype(np.float32) * 0.5, "v")
@@ -233,10 +236,10 @@ def vad_like_model(samples: int = 64, hidden: int = 16, seed: int = 0) -> onnx.M
     graph = helper.make_graph(
         nodes, "vad_like",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", samples]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", hidden]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, state),
          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", hidden])],
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, state_out)],
         initializer=[w, v, scale, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -95,3 +95,48 @@ def test_requests_are_batched_with_those_of_the_same_rate_and_each_gets_its_own_
     for got, want in zip(answers, alone):
         np.testing.assert_allclose(got["output"], want["output"], rtol=1e-6)
         np.testing.assert_allclose(got["stateN"], want["stateN"], rtol=1e-6)
+
+
+def test_a_state_axis_without_a_name_is_found_in_the_data(tmp_path: Path) -> None:
+    """silero-VAD's own export: ``state [2, ?, 128]``, ``stateN [?, ?, ?]``. The names cannot tell the state's
+    batch axis; calibration data holding one state per row along axis 1 does, and running rows together and
+    apart finds ``stateN``'s. The package then splits, verifies and batches the streams like a named export."""
+    src = save(vad_like_model(unnamed=True), tmp_path / "vad.onnx")
+    data = vad_like_data()
+    with edgeserve.load(src) as bare:
+        assert {s.name: s.batch_axis for s in bare.inputs}["state"] is None  # the names alone do not say
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="none", calibration=data)
+    assert {s.name: s.batch_axis for s in pkg.manifest.inputs} == {"input": 0, "state": 1, "sr": None}
+    assert {s.name: s.batch_axis for s in pkg.manifest.outputs} == {"output": 0, "stateN": 1}
+    feeds = [{"input": data["input"][i:i + 1], "state": data["state"][:, i:i + 1], "sr": data["sr"]}
+             for i in range(4)]
+    with edgeserve.load(src) as plain:
+        alone = [plain.predict(f) for f in feeds]
+    config = edgeserve.BatchConfig(max_batch_size=4, max_delay_ms=10_000, adaptive=False)
+    with edgeserve.load(pkg.path, batching=config) as model:
+        assert model.batcher is not None
+        futures = [model.batcher.submit(f) for f in feeds]
+        model.batcher.hurry()
+        answers = [f.result(10) for f in futures]
+        assert model.batcher.stats["batches"] == 1
+    for got, want in zip(answers, alone):
+        np.testing.assert_allclose(got["stateN"], want["stateN"], rtol=1e-6)
+        np.testing.assert_allclose(got["output"], want["output"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("states", ["first", "reached"])
+def test_answers_of_streams_at_their_first_state_get_no_drift_reference(vad, tmp_path: Path, states: str) -> None:
+    """Calibration rows at a stream's first state (zeros) answer as a stream's first step; served streams go on,
+    so a drift reference of those answers would alarm on every long stream. Rows with reached states keep it."""
+    src, _, _ = vad
+    data = vad_like_data(rows=160)
+    if states == "first":
+        data = {**data, "state": np.zeros_like(data["state"])}
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="none", calibration=data)
+    envelope = pkg.manifest.envelope
+    assert "drift" in envelope["inputs"]["input"]
+    if states == "first":
+        assert "output" not in envelope.get("outputs", {})
+        assert "state all 0" in envelope["outputs_unwatched"]
+    else:
+        assert "drift" in envelope["outputs"]["output"] and "outputs_unwatched" not in envelope

@@ -33,7 +33,7 @@ from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
 from ..tensors import TensorSpec
 from .autotune import Graphs, search
-from .data import Samples, check_samples, run_samples, synthetic_samples
+from .data import Samples, batch_axes_from_data, check_samples, run_samples, synthetic_samples
 from .frontends import load_source
 from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import (
@@ -251,15 +251,23 @@ def load_the_source(c: Conversion) -> None:
 
 def read_data(c: Conversion) -> None:
     """Calibration rows, and held-out rows that calibration never sees (with labels when given)."""
-    calibration = c.options.calibration
+    o = c.options
     narrow = c.src.info.get("framework") in ("sklearn", "torch")  # numpy's float64 data for a graph made float32
+    single = _only_input(c.in_specs)
+    calibration, eval_data, reference = (
+        None if source is None else read_arrays(source, what=what, single=single)
+        for source, what in ((o.calibration, "calibration data"), (o.eval_data, "evaluation data"),
+                             (o.reference, "reference data")))
+    first = next((d for d in (calibration, eval_data, reference) if d is not None), None)
+    if first is not None:  # an input the names leave without a batch axis may show one in the data
+        c.in_specs = batch_axes_from_data(c.in_specs, first)
     cal = _samples(calibration, c.in_specs, "calibration data", narrow) if calibration is not None else None
-    c.held_out, c.labels, c.fidelity_data = _held_out(c.options.eval_data, c.options.labels, cal, c.in_specs, narrow)
-    if c.options.reference is not None:
-        c.baseline = _samples(c.options.reference, c.in_specs, "reference data", narrow)
+    c.held_out, c.labels, c.fidelity_data = _held_out(eval_data, o.labels, cal, c.in_specs, narrow)
+    if reference is not None:
+        c.baseline = _samples(reference, c.in_specs, "reference data", narrow)
     else:
         c.baseline = cal if cal is not None else (c.held_out if c.fidelity_data != "synthetic" else None)
-    if cal is not None and c.options.eval_data is None and cal.rows >= 2:
+    if cal is not None and eval_data is None and cal.rows >= 2:
         cal = cal.split(HOLDOUT_FRACTION)[0]  # never measure fidelity on the rows the ranges were calibrated on
     mode = c.qconfig.mode
     if mode in ("static", "nncf") and cal is None:

@@ -8,15 +8,18 @@ has a batch axis, arrays carry an extra leading sample axis. Data that does not 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import DataError
 from ..metrics import ragged
-from ..tensors import TensorSpec, format_shape, join_rows, stand_in
+from ..tensors import BATCH_NAME, TensorSpec, format_shape, join_rows, stand_in
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,32 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     if not rows:
         raise DataError(f"{what}: holds no rows")
     return Samples(tuple(specs), out, rows)
+
+
+def batch_axes_from_data(specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray]) -> tuple[TensorSpec, ...]:
+    """``specs`` with a batch axis for each input whose names could not tell it but whose data does: an unnamed
+    dimension (or one named like a batch, under another name than the other inputs') along which the data holds
+    exactly as many rows as the inputs with a batch axis. Silero VAD's ``state [2, ?, 128]`` beside
+    ``input [batch, samples]``: given as ``[2, rows, 128]`` it is each row's state, not one state shared by all
+    (which the model would refuse for any other number of rows)."""
+    if not is_stacked(specs):
+        return tuple(specs)
+    counts = {np.shape(arrays[s.name])[s.batch_axis] for s in specs
+              if s.batch_axis is not None and s.name in arrays and np.ndim(arrays[s.name]) == len(s.shape)}
+    if len(counts) != 1 or (rows := counts.pop()) < 2:
+        return tuple(specs)
+    out = []
+    for spec in specs:
+        shape = np.shape(arrays.get(spec.name, ()))
+        if spec.batch_axis is None and spec.name in arrays and len(shape) == len(spec.shape):
+            axes = [i for i, d in enumerate(spec.shape)
+                    if (d is None or (isinstance(d, str) and BATCH_NAME.search(d))) and shape[i] == rows]
+            if len(axes) == 1:
+                log.info("input '%s' %s: its data holds the %d rows along axis %d, taken as its batch axis",
+                         spec.name, format_shape(spec.shape), rows, axes[0])
+                spec = replace(spec, batch_axis=axes[0])
+        out.append(spec)
+    return tuple(out)
 
 
 def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0) -> Samples:

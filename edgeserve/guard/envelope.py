@@ -70,7 +70,9 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
 
     A state fed back (an RNN's ``h0`` and the ``hn`` it is given next) gets neither a range nor a drift reference:
     calibration rows hold the first state of a stream (zeros, most often), served ones whatever the stream has
-    reached, so every such request would warn and the monitor would alarm on nothing but a stream going on."""
+    reached, so every such request would warn and the monitor would alarm on nothing but a stream going on. For
+    the same reason, when every state in ``data`` is one constant (each row a stream's first step), the answers get
+    no drift reference either (``outputs_unwatched`` says why)."""
     vocabularies = vocabularies or {}
     state_in, state_out = fed_back(data, outputs or {})
     inputs: dict[str, Any] = {}
@@ -112,7 +114,15 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
     out: dict[str, Any] = {"source": source, "rows": rows, "inputs": inputs}
     if drift_rows != rows:
         out["drift_rows"] = drift_rows  # the fewest rows a drift reference was built from (the detectors' margin)
-    if outputs:
+    fresh = [n for n in sorted(state_in) if np.ptp(np.asarray(data[n])) == 0] if state_in else []
+    if outputs and fresh and len(fresh) == len(state_in):
+        # NOTE: every stream in the reference at its first state (zeros): its answers are those of a stream's first
+        # step, served ones those of streams going on (a VAD's speech probability after seconds of speech), so
+        # watching them would alarm on nothing but streams going on
+        out["outputs_unwatched"] = (
+            f"every reference row starts from one state ({', '.join(fresh)} all {float(np.asarray(data[fresh[0]]).flat[0]):g}), "
+            "so the answers are a stream's first; give reference rows with the states streams reach to watch them")
+    elif outputs:
         out["outputs"] = {}
         for name, values in outputs.items():
             arr = np.asarray(values)
