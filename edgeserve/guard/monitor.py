@@ -118,6 +118,9 @@ class DriftMonitor:
             tensors = [tensors[i] for i in keep]
         if not tensors:
             return None
+        fewest = min(len(k) for k in knots)  # a wide input's features have fewer knots each (knots_for)
+        knots = [k if len(k) == fewest else np.interp(np.linspace(0, 1, fewest), np.linspace(0, 1, len(k)), k).tolist()
+                 for k in knots]
         rows = int(reference.get("drift_rows", reference.get("rows", 0)))
         return cls(tensors, knots, rows, config, identity, trigger)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..arrays import frame_columns, is_frame
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig, TriggerConfig
-from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, RepositoryError, first_line
+from ..errors import ClosedError, ConfigError, EdgeserveError, ModelNotFound, PackageError, RepositoryError, first_line
 from ..names import check_name, check_version
 from .cache import ResponseCache
 from .model import Model, load
@@ -385,10 +385,15 @@ class Runtime:
                 promoted = slot.on_demand.pop(version, None)
             try:
                 fresh = promoted or _Loaded(self._load(name, slot, version), version)
-            except EdgeserveError as exc:
-                self._action(action, name, version, outcome=f"failed: {first_line(exc, 300)}", caller=caller,
+            except Exception as exc:
+                error = exc if isinstance(exc, EdgeserveError) else PackageError(
+                    f"model '{name}' version {version} did not load: {type(exc).__name__}: {exc} (a bug in edgeserve: "
+                    "please report it with the package)")
+                self._action(action, name, version, outcome=f"failed: {first_line(error, 300)}", caller=caller,
                              detail={"serving": slot.current.version if slot.current else None})
-                raise
+                if error is exc:
+                    raise
+                raise error from exc
             with self._lock:
                 old, slot.current = slot.current, fresh
                 slot.error = None

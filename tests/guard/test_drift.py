@@ -18,6 +18,7 @@ from edgeserve import GuardConfig, TriggerConfig, held
 from edgeserve.guard.drift import Cusum, FeatureRanks, expected_scores
 from edgeserve.guard.monitor import _FOLDER
 from edgeserve.guard.reference import feature_reference
+from tests.factories import mlp_model, save
 
 REQUEST_ROWS = 1  # one digit per request, as a client sends them; the monitor folds 32 at a time
 
@@ -568,3 +569,26 @@ def test_a_discrete_feature_at_float32_values_scores_zero_on_average_under_its_o
                       np.where(step > 0, np.nextafter(stream, np.float32(2)), stream))[:, None]
     location, scale = ranks.sums(stream)
     assert abs(location[0] / len(stream)) < 0.05 and abs(scale[0] / len(stream)) < 0.05, (location, scale)
+
+
+def test_a_wide_input_beside_an_output_is_watched_and_a_shift_found(tmp_path: Path) -> None:
+    """More than 256 features get 33 knots each, an output's summary 129 (``knots_for``): one detector holds
+    both (a model with a wide input failed to load with the guard on), and still finds a shift of the input."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 300)).astype(np.float32)
+    pkg = edgeserve.convert(save(mlp_model(n_in=300, hidden=8, n_out=4, seed=1), tmp_path / "wide.onnx"),
+                            tmp_path / "pkg", quantize="none", calibration={"x": x[:64]}, reference={"x": x})
+    knots = [len(k) for t in (*pkg.manifest.envelope["inputs"].values(), *pkg.manifest.envelope["outputs"].values())
+             for k in t["drift"]["knots"]]
+    assert set(knots) == {33, 129}  # the case this guards
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for _ in range(60):
+            model.predict(rng.standard_normal((8, 300)).astype(np.float32))
+        assert model.monitor.report()["alarms"] == 0
+        shifted = rng.standard_normal((8, 300)).astype(np.float32)
+        for _ in range(60):
+            shifted = rng.standard_normal((8, 300)).astype(np.float32)
+            shifted[:, 7] += 1.5
+            model.predict(shifted)
+        report = model.monitor.report()
+    assert report["alarms"] == 1 and next(iter(report["top"])) == "input:x: feature 7"

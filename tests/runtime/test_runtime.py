@@ -238,6 +238,29 @@ def test_a_model_that_does_not_load_is_reported_and_the_others_serve(repo: Repos
         Runtime(repo, models=["mlp", "nope"])
 
 
+def test_a_model_failing_in_an_unforeseen_way_is_reported_by_name_and_the_others_serve(
+        repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met while loading one model (a ValueError deep in numpy) is that model's error, named, not the end
+    of the server: it took every model of ``edgeserve serve`` down with it, naming none."""
+    from edgeserve.runtime import runtime as runtime_module
+
+    repo.publish("other", _package(tmp_path, 1))
+    real = runtime_module.load
+
+    def load(path, **kw):
+        if "other" in Path(path).parts:
+            raise ValueError("setting an array element with a sequence")
+        return real(path, **kw)
+
+    monkeypatch.setattr(runtime_module, "load", load)
+    with Runtime(repo) as rt:
+        models = rt.models()
+        assert models["mlp"]["version"] == 1 and models["mlp"]["error"] is None
+        assert models["other"]["version"] is None
+        assert "model 'other' version 1 did not load: ValueError: setting an array" in models["other"]["error"]
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
+
+
 def test_serving_settings_per_model(repo: Repository) -> None:
     (repo.root / "mlp" / "serving.json").write_text(json.dumps({"batching": {"max_batch_size": 4, "max_delay_ms": 1}}))
     with Runtime(repo) as rt:
