@@ -115,6 +115,20 @@ def test_model_without_batch_axis(tmp_path: Path) -> None:
         assert model.predict(rows(1))["logits"].shape == (1, 4)
 
 
+@pytest.mark.parametrize("features, golden", [(16, 8), (100_000, 5), (300_000, 1)])
+def test_golden_samples_of_big_rows_are_few(tmp_path: Path, features: int, golden: int) -> None:
+    """Golden rows keep to ``GOLDEN_BYTES`` with their answers (one row at least): 8 rows of whisper's input
+    made a package 12 times its model, re-run at every load."""
+    path = save(mlp_model(n_in=features, hidden=2, n_out=2), tmp_path / "wide.onnx")
+    pkg = edgeserve.convert(path, tmp_path / "out", quantize="none",
+                            calibration={"x": np.random.default_rng(0).standard_normal((60, features)).astype(np.float32)})
+    assert pkg.manifest.golden["count"] == golden
+    with np.load(pkg.path / "golden.npz") as npz:
+        assert {len(npz[k]) for k in npz.files} == {golden}
+    with edgeserve.load(pkg.path) as model:
+        assert model.golden_check == "match"
+
+
 # --- refusals: a clear error, and nothing left behind -------------------------------------------------------------
 
 def _nothing_left(out: Path) -> None:

@@ -54,6 +54,9 @@ from .sizes import fixed_sizes
 log = logging.getLogger(__name__)
 
 GOLDEN_ROWS = 8
+GOLDEN_BYTES = 2 << 20
+"""Golden inputs and answers, bytes at most (one row at least): 8 of whisper's [80, 3000] features with their
+[1500, 128] answers were 13 MiB beside a 1 MiB model, each re-run at every load."""
 HOLDOUT_FRACTION = 0.2
 
 
@@ -402,7 +405,7 @@ def verify(c: Conversion) -> None:
         c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
                                          c.out_specs, c.held_out.arrays, label="the converted model")
         c.recipe["batch_axes"] = "measured"
-    c.golden_in = _golden_inputs(c.held_out, c.in_specs, c.out_specs)
+    c.golden_in = _golden_inputs(c.held_out, c.ref_out)
     c.candidate = candidate
     if c.golden_in:
         c.golden_out = dict(zip([o.name for o in c.out_specs], candidate.run(c.golden_in)))
@@ -442,7 +445,7 @@ def write_package(c: Conversion) -> None:
     if c.golden_in and c.golden_out:
         try:
             write_golden(c.staging / GOLDEN_FILE, c.golden_in, c.golden_out, (tuple(c.in_specs), tuple(c.out_specs)))
-            golden = {"file": GOLDEN_FILE, "count": min(GOLDEN_ROWS, c.held_out.rows) if c.held_out.stacked else 1,
+            golden = {"file": GOLDEN_FILE, "count": golden_count(c.golden_in, c.in_specs),
                       "rel_tolerance": max(tolerance_for(c.recipe.get("auto_choice", c.qconfig.mode)),
                                            tolerance_for("bf16") if c.precision == "bf16" else 0.0),
                       # answers off by more than the tolerance still pass when the task metrics hold (an argmax
@@ -569,9 +572,19 @@ def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict
         raise ConversionError(f"verification run failed: {exc}") from exc
 
 
-def _golden_inputs(held_out: Samples, in_specs: Sequence[TensorSpec],
-                   out_specs: Sequence[TensorSpec]) -> dict[str, np.ndarray] | None:
-    """The first few held-out rows (one sample without a batch axis)."""
-    if held_out.stacked:
-        return held_out.take(0, GOLDEN_ROWS).arrays
-    return {k: np.asarray(v[0]) for k, v in held_out.arrays.items()}
+def _golden_inputs(held_out: Samples, answers: Mapping[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """The first held-out rows, as many as ``GOLDEN_BYTES`` holds with their answers, one at least and
+    ``GOLDEN_ROWS`` at most (one sample without a batch axis)."""
+    if not held_out.stacked:
+        return {k: np.asarray(v[0]) for k, v in held_out.arrays.items()}
+    shared = held_out.shared
+    total = sum(v.nbytes for k, v in held_out.arrays.items() if k not in shared)
+    total += sum(np.asarray(v).nbytes for v in (answers or {}).values() if not is_ragged(v))
+    per_row = max(total // max(held_out.rows, 1), 1)
+    return held_out.take(0, min(GOLDEN_ROWS, max(1, GOLDEN_BYTES // per_row))).arrays
+
+
+def golden_count(golden_in: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> int:
+    """Rows in the golden inputs (1: one sample of a model without a batch axis)."""
+    axes = [(s.name, s.batch_axis) for s in specs if s.batch_axis is not None and s.name in golden_in]
+    return int(np.shape(golden_in[axes[0][0]])[axes[0][1]]) if axes else 1
