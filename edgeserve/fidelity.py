@@ -196,6 +196,11 @@ class Budget:
                     shortfall = max(shortfall, (drop - allowed) / max(allowed, 1e-3))
         return Verdict(scores, missed, shortfall)
 
+    def used(self, scores: Mapping[str, float]) -> float:
+        """The most of its room any target's score takes (:meth:`~edgeserve.metrics.Target.used`); 0 without
+        targets."""
+        return max((t.used(scores[t.metric.spec]) for t in self.targets if t.metric.spec in scores), default=0.0)
+
     def passed_by_zeros(self, reference: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[str]:
         """The targets that a model answering zeros would meet on these reference outputs: a metric that cannot
         tell it from fp32 here judges nothing (a detector's metric where fp32 detects nothing in any row, a text

@@ -150,6 +150,15 @@ class Target:
         room = (1.0 - self.threshold) if self.metric.higher_is_better and self.threshold < 1.0 else abs(self.threshold)
         return gap / max(room, _TINY) if math.isfinite(gap) else math.inf
 
+    def used(self, score: float) -> float:
+        """The share of the room the threshold leaves that the score takes: 0 for answers equal to fp32's, 1 at
+        the threshold (more outside it). cosine 0.995 of a 0.99 budget uses half; prob-change 0.01 of 0.05 a fifth."""
+        if self.metric.higher_is_better:
+            if self.threshold >= 1.0:
+                return self.shortfall(score)
+            return (1.0 - score) / max(1.0 - self.threshold, _TINY)
+        return score / max(abs(self.threshold), _TINY) if self.threshold > 0 else self.shortfall(score)
+
     def record(self) -> dict[str, Any]:
         key = "min" if self.metric.higher_is_better else "max"
         return {"metric": self.metric.spec, key: self.threshold, "builtin": self.metric.builtin}
