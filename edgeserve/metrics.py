@@ -512,6 +512,50 @@ def _detection(options: Mapping[str, str]) -> MetricFn:
     return detection
 
 
+def _query_scores(logits: np.ndarray, scoring: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best class and its probability: ``softmax`` over the classes with the last one "no object"
+    (DETR, YOLOS, Table Transformer), ``sigmoid`` per class (RT-DETR, Deformable DETR, DINO, OWL-ViT)."""
+    x = logits.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if scoring == "softmax":
+            e = np.exp(x - x.max(-1, keepdims=True))
+            p = (e / e.sum(-1, keepdims=True))[..., :-1]
+        else:
+            p = 1.0 / (1.0 + np.exp(-x))
+    return np.nan_to_num(p, nan=-1.0).max(-1), p.argmax(-1)
+
+
+def background_last(logits: np.ndarray) -> bool:
+    """Most queries' top class is the last one: a "no object" class, as DETR's softmax has."""
+    return bool(np.mean(np.asarray(logits).argmax(-1) == np.asarray(logits).shape[-1] - 1) > 0.5)
+
+
+def _query_detection(options: Mapping[str, str]) -> MetricFn:
+    conf, iou_min, scoring = float(options.get("conf", 0.5)), float(options.get("iou", 0.5)), options.get("scores")
+
+    @_guarded(0.0)
+    def query_detection(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        name, boxes = options.get("output"), options.get("boxes")
+        if not name or not boxes or name not in reference or boxes not in reference:
+            raise MetricError("query-detection needs class logits [batch, queries, classes] and boxes [batch, "
+                              f"queries, 4] (cx, cy, w, h): output=LOGITS,boxes=BOXES (outputs: {', '.join(reference)})")
+        ref_l, cand_l, ref_b, cand_b = (np.asarray(d[k]) for k in (name, boxes) for d in (reference, candidate))
+        if ref_l.ndim != 3 or ref_b.shape != (*ref_l.shape[:2], 4):
+            raise MetricError(f"query-detection: '{name}' {list(ref_l.shape)} and '{boxes}' {list(ref_b.shape)} "
+                              "are not [batch, queries, classes] and [batch, queries, 4]")
+        if cand_l.shape != ref_l.shape or cand_b.shape != ref_b.shape:
+            raise _ShapeChanged(name)
+        mode = scoring or ("softmax" if background_last(ref_l) else "sigmoid")
+        (r_p, r_cls), (c_p, c_cls) = _query_scores(ref_l, mode), _query_scores(cand_l, mode)
+        r_on, c_on = r_p > conf, c_p > conf  # as transformers post_process_object_detection
+        both = r_on & c_on & (r_cls == c_cls)
+        ious = _boxes_iou(ref_b[both].astype(np.float64), cand_b[both].astype(np.float64))
+        union = int(np.sum(r_on | c_on))
+        return 1.0 if union == 0 else int(np.sum(ious >= iou_min)) / union
+
+    return query_detection
+
+
 def _seg_miou(options: Mapping[str, str]) -> MetricFn:
     axis = int(options.get("axis", 1))
 
@@ -622,7 +666,7 @@ def _box_list(values: Any) -> bool:
 
 LIST_METRICS = frozenset({"box-match"})
 """Metrics that compare outputs kept per sample (:func:`ragged`) themselves, pooled over the samples."""
-SHARE_METRICS = frozenset({"top1", "ctc", "map-iou", "detection"})
+SHARE_METRICS = frozenset({"top1", "ctc", "map-iou", "detection", "query-detection"})
 """Metrics that are a share of rows (or of pixels, detections) that agree: over outputs kept per sample, the
 mean of the samples' scores, as over rows (the worst sample would make one wrong string of 40 read as 0)."""
 
@@ -639,6 +683,8 @@ BUILTINS: dict[str, _BuiltIn] = {
     "map-iou": (_map_iou, True, 0.95, "IoU of thresholded maps", ("output", "threshold")),
     "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
     "detection": (_detection, True, 0.95, "detections with the same class and box", ("output", "conf", "iou")),
+    "query-detection": (_query_detection, True, 0.95, "a set-prediction detector's queries with the same class "
+                        "and box", ("output", "boxes", "conf", "iou", "scores")),
     "seg-miou": (_seg_miou, True, 0.95, "mean IoU over classes of the per-pixel argmax maps", ("output", "axis")),
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
@@ -771,7 +817,7 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     cosine.
     """
     outs = {k: np.asarray(v) for k, v in reference.items()}
-    box_lists = _infer_box_match(outs)
+    box_lists = _infer_box_match(outs) or _infer_query_detection(outs)
     if box_lists is not None:
         return box_lists
     for name, value in outs.items():
@@ -856,6 +902,27 @@ def _infer_box_match(outs: Mapping[str, np.ndarray]) -> tuple[list[Target], str]
             + (f" with labels '{labels}'" if labels else "") + (f" and scores '{scores}'" if scores else "")
             + ": the boxes are matched one-to-one by IoU >= 0.5" + (" and the same label" if labels else "")
             + ", F1 over all samples, so one box more or fewer is a small difference, not a failed shape")
+
+
+def _infer_query_detection(outs: Mapping[str, np.ndarray]) -> tuple[list[Target], str] | None:
+    """A set-prediction detector (DETR and its kin): boxes ``[batch, queries, 4]`` named so, beside class logits
+    ``[batch, queries, classes]``; each query is a slot, compared with the same slot of the candidate."""
+    floats = {k: v for k, v in outs.items() if not is_ragged(v) and v.ndim == 3 and np.issubdtype(v.dtype, np.floating)}
+    boxes = next((k for k, v in floats.items() if v.shape[-1] == 4 and BOX_NAME.search(k)), None)
+    if boxes is None:
+        return None
+    logits = next((k for k, v in floats.items() if k != boxes and v.shape[:2] == floats[boxes].shape[:2]
+                   and v.shape[-1] >= 2), None)
+    if logits is None:
+        return None
+    scoring = "softmax" if background_last(floats[logits]) else "sigmoid"
+    return ([target(metric("query-detection", output=logits, boxes=boxes, scores=scoring))],
+            f"a set-prediction detector: boxes '{boxes}' [batch, queries, 4] and class logits '{logits}' ("
+            + ("softmax, the last class 'no object'" if scoring == "softmax" else "sigmoid per class")
+            + "): queries scored above 0.5 by either model must keep their class and a box IoU >= 0.5")
+
+
+BOX_NAME = re.compile(r"box", re.IGNORECASE)
 
 
 def _looks_like_detections(values: np.ndarray) -> bool:

@@ -324,6 +324,55 @@ def test_detection_agreement_counts_classes_and_boxes() -> None:
     assert det.metric.score(transposed, transposed, {}) == 1.0
 
 
+def _detr_outputs(rows: int = 6, queries: int = 100, classes: int = 20, found: int = 4,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """DETR-like answers: per query ``classes`` + 1 logits (the last "no object", top for most queries) and
+    normalised (cx, cy, w, h) boxes; ``found`` queries per image hold a confident object."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (rows, queries, classes + 1)).astype(np.float32)
+    logits[..., -1] += 6.0
+    for r in range(rows):
+        for q in rng.choice(queries, found, replace=False):
+            logits[r, q, rng.integers(classes)] += 12.0
+    boxes = np.concatenate([rng.uniform(0.2, 0.8, (rows, queries, 2)), rng.uniform(0.05, 0.3, (rows, queries, 2))],
+                           axis=-1).astype(np.float32)
+    return {"logits": logits, "pred_boxes": boxes}
+
+
+def test_a_set_prediction_detector_is_judged_by_its_queries_classes_and_boxes() -> None:
+    """DETR's ``logits [batch, queries, classes + 1]`` and ``pred_boxes [batch, queries, 4]``: each query found
+    by either model above 0.5 must keep its class and a box IoU >= 0.5 (raw cosine of the logits would hardly
+    move when an object is lost: most queries say "no object" either way)."""
+    ref = _detr_outputs()
+    targets, why = infer_targets({"pixel_values": np.zeros((6, 3, 8, 8), np.float32)}, ref)
+    assert [t.spec for t in (x.metric for x in targets)] == [
+        "query-detection,boxes=pred_boxes,output=logits,scores=softmax"] and "no object" in why
+    det = targets[0]
+    assert det.metric.score(ref, ref, {}) == 1.0
+    jitter = {**ref, "pred_boxes": ref["pred_boxes"] * np.float32(1.02)}
+    assert det.holds(det.metric.score(ref, jitter, {}))
+    moved = {**ref, "pred_boxes": ref["pred_boxes"] + np.array([0.3, 0, 0, 0], np.float32)}  # every box moved
+    assert det.metric.score(ref, moved, {}) == 0.0
+    relabelled = {**ref, "logits": np.concatenate([np.roll(ref["logits"][..., :-1], 1, axis=-1),
+                                                   ref["logits"][..., -1:]], axis=-1)}  # same boxes, other classes
+    assert det.metric.score(ref, relabelled, {}) == 0.0
+    lost = {**ref, "logits": ref["logits"].copy()}
+    for image in range(3):  # one object in each of three images falls under "no object": 3 of 24 lost
+        query = int(np.argmax(ref["logits"][image, :, :-1].max(-1)))
+        lost["logits"][image, query, ref["logits"][image, query, :-1].argmax()] -= np.float32(9.0)
+    score = det.metric.score(ref, lost, {})
+    assert score == pytest.approx(21 / 24) and not det.holds(score)
+    cosine = target("cosine")
+    assert cosine.holds(cosine.metric.score(ref, lost, {}))  # what raw cosine would have let through
+    nan = {**ref, "logits": np.full_like(ref["logits"], np.nan)}
+    assert det.metric.score(ref, nan, {}) == 0.0
+    sigmoid = {**ref, "logits": ref["logits"][..., :-1] - 6.0}  # RT-DETR: a sigmoid per class, no background
+    targets, why = infer_targets({}, sigmoid)
+    assert "scores=sigmoid" in targets[0].metric.spec and targets[0].metric.score(sigmoid, sigmoid, {}) == 1.0
+    zeros = {k: np.zeros_like(v) for k, v in ref.items()}
+    assert det.metric.score(ref, zeros, {}) == 0.0  # a model answering nothing finds none of the objects
+
+
 def test_scores_are_judged_by_top1_and_the_largest_probability_change() -> None:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((50, 4)).astype(np.float32) * 3
