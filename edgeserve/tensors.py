@@ -139,7 +139,8 @@ def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
     batch_name = None
     if common:
         first = next(s.shape for s in inputs if any(isinstance(d, str) for d in s.shape))
-        batch_name = next((d for d in first if d in common), None)
+        batch_name = next((d for d in first if d in common and BATCH_NAME.search(d)), None) or next(
+            (d for d in first if d in common), None)  # a time-major [steps, batch, features]: the one saying batch
 
     def axis(spec: TensorSpec) -> int | None:
         if batch_name is not None and batch_name in spec.shape:

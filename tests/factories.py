@@ -509,9 +509,10 @@ def echo_inputs(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def gru_model(features: int = 4, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """``x [batch, steps, features]`` through an ONNX GRU to its last state ``y [batch, hidden]``: onnxruntime
-    aborts the process (``terminate called``) when a GRU or LSTM is given 0 rows or 0 steps."""
+def gru_model(features: int = 4, hidden: int = 8, seed: int = 0, *, time_major: bool = False) -> onnx.ModelProto:
+    """``x [batch, steps, features]`` (``[steps, batch, features]`` when ``time_major``, as PyTorch's RNNs take
+    it) through an ONNX GRU to its last state ``y [batch, hidden]``: onnxruntime aborts the process
+    (``terminate called``) when a GRU or LSTM is given 0 rows or 0 steps."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, features)).astype(np.float32) * 0.3, "W"),
              numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32) * 0.3, "R"),
@@ -519,7 +520,10 @@ def gru_model(features: int = 4, hidden: int = 8, seed: int = 0) -> onnx.ModelPr
     nodes = [helper.make_node("Transpose", ["x"], ["steps_first"], perm=[1, 0, 2]),
              helper.make_node("GRU", ["steps_first", "W", "R"], ["", "last"], hidden_size=hidden),
              helper.make_node("Squeeze", ["last", "axis0"], ["y"])]
-    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "steps", features])],
+    shape = ["steps", "batch", features] if time_major else ["batch", "steps", features]
+    if time_major:
+        nodes[0] = helper.make_node("Identity", ["x"], ["steps_first"])
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", hidden])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -17,6 +17,7 @@ def _axes(*shapes: tuple) -> list[int | None]:
     ([(1, 1, 64, "image_width")], [None]),  # ddddocr's OCR: a width is not a batch to stack requests along
     ([(1, "seq"), (1, "seq")], [None, None]),  # a transformer exported at batch 1: the inputs share their length
     ([("seq", "batch", 4), (1, "batch", 8)], [1, 1]),  # time-major recurrent input and its state
+    ([("steps", "batch", 4)], [1]),  # a time-major input alone: the name saying batch, not the one leading
     ([("batch", "samples"), (2, "batch", 64), ()], [0, 1, None]),  # silero-VAD: audio, state, sample rate
     ([("N", 3, "H", "W")], [0]),
     ([(-1, 3, "?", "?")], [0]),  # Paddle: batch unknown, height and width both named "?"

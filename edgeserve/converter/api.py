@@ -539,16 +539,35 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
         "calibration" if c.options.calibration is not None else "evaluation")
     outputs = _run_all(c.candidate, base, c.out_specs) if c.candidate is not None else None
     arrays = base.arrays
+    in_specs = c.in_specs
+    if base.stacked:  # a time-major [steps, batch, features]: rows first, as the guard reads requests
+        arrays = rows_first(arrays, in_specs)
+        outputs = None if outputs is None else rows_first(outputs, c.out_specs)
+        in_specs = tuple(rows_first_spec(s) for s in in_specs)
     if batch_one:  # one sample per request, [1, ...] each: the samples are the rows, as requests will hold them
         arrays = {k: v[:, 0] for k, v in arrays.items()}
         outputs = {s.name: outputs[s.name] for s in c.out_specs  # joined on their batch-1 axis already
                    if outputs is not None and s.rows_on_axis0 and not is_ragged(outputs[s.name])}
-    sequences = [s.name for s in c.in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
+    sequences = [s.name for s in in_specs if len(s.shape) == 2 and not isinstance(s.shape[1], int)]
     import onnx
 
     model = onnx.load(str(c.staging / MODEL_FILE), load_external_data=False)  # read once for both looks below
     return envelope(arrays, source=source, outputs=outputs, vocabularies=embedding_inputs(model),
-                    sequences=sequences, feature_axes=series_feature_axes(c.in_specs, conv_inputs(model)))
+                    sequences=sequences, feature_axes=series_feature_axes(in_specs, conv_inputs(model)))
+
+
+def rows_first(arrays: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """``arrays`` with each batch axis moved to the front (a time-major recurrent model's [steps, batch, ...])."""
+    axes = {s.name: s.batch_axis for s in specs if s.batch_axis}
+    return {k: np.moveaxis(v, axes[k], 0) if k in axes and not is_ragged(v) else v for k, v in arrays.items()}
+
+
+def rows_first_spec(spec: TensorSpec) -> TensorSpec:
+    axis = spec.batch_axis
+    if not axis:
+        return spec
+    shape = list(spec.shape)
+    return replace(spec, shape=tuple([shape.pop(axis), *shape]), batch_axis=0)
 
 
 def series_feature_axes(specs: Sequence[TensorSpec], convolved: Collection[str]) -> dict[str, int]:

@@ -62,13 +62,13 @@ class DriftMonitor:
     """Drift detection for one loaded model version; ``None`` from :meth:`build` when its package has no
     reference statistics to compare with."""
 
-    def __init__(self, tensors: Sequence[tuple[str, str, Layout, int]], knots: list[list[float]], rows: int,
+    def __init__(self, tensors: Sequence[tuple[str, str, Layout, int, int]], knots: list[list[float]], rows: int,
                  config: GuardConfig, identity: Mapping[str, Any], trigger: Trigger | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.identity = dict(identity)
-        self._tensors = list(tensors)  # (side, name, layout, features)
-        self.labels = [f"{side}:{name}: {label}" for side, name, layout, n in tensors for label in layout.labels(n)]
+        self._tensors = list(tensors)  # (side, name, layout, features, the rows' axis: 1 for a time-major input)
+        self.labels = [f"{side}:{name}: {label}" for side, name, layout, n, _ in tensors for label in layout.labels(n)]
         self.detector = Cusum(knots, shift=config.shift, budget=config.false_alarm_requests, rows=rows)
         self.trigger = trigger
         self._episode = config.trigger or TriggerConfig()
@@ -106,10 +106,10 @@ class DriftMonitor:
                                    ("output", outputs, reference.get("outputs", {}))):
             for spec in specs:
                 ref = stats.get(spec.name) or {}
-                if "drift" not in ref or "layout" not in ref or not spec.rows_on_axis0:
+                if "drift" not in ref or "layout" not in ref or not (spec.rows_on_axis0 or spec.batch_axis):
                     continue
                 layout = Layout.from_dict(ref["layout"])
-                tensors.append((side, spec.name, layout, len(ref["drift"]["knots"])))
+                tensors.append((side, spec.name, layout, len(ref["drift"]["knots"]), spec.batch_axis or 0))
                 knots.extend(ref["drift"]["knots"])
         if any(t[2].kind == "confidence" for t in tensors):  # a label next to its scores says nothing new
             keep = [i for i, t in enumerate(tensors) if not (t[0] == "output" and t[2].kind == "value")]
@@ -142,8 +142,10 @@ class DriftMonitor:
             with self._lock:  # NOTE: backpressure: a caller that outruns its monitor waits for it
                 self._fold()
         kept = []
-        for side, name, layout, n in self._tensors:
+        for side, name, layout, n, axis in self._tensors:
             value = (feed if side == "input" else outputs)[name]
+            if axis:
+                value = np.moveaxis(value, axis, 0)  # rows first, as the reference was built
             if layout.kind in RAW:  # stacked as they are and summarised a chunk at a time
                 if value.ndim != (1 if layout.kind == "value" else 2) or (layout.kind == "tabular"
                                                                           and value.shape[1] != n):
@@ -226,7 +228,7 @@ class DriftMonitor:
     def _features(self, items: list[list[np.ndarray]]) -> np.ndarray:
         """``[rows, features]`` of the requests ``items`` (in :attr:`labels` order)."""
         parts = []
-        for (_, _, layout, _), arrays in zip(self._tensors, zip(*items)):
+        for (_, _, layout, _, _), arrays in zip(self._tensors, zip(*items)):
             values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             parts.append(row_features(layout, values) if layout.kind in RAW else values)
         return parts[0] if len(parts) == 1 else np.hstack(parts)

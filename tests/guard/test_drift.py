@@ -592,3 +592,27 @@ def test_a_wide_input_beside_an_output_is_watched_and_a_shift_found(tmp_path: Pa
             model.predict(shifted)
         report = model.monitor.report()
     assert report["alarms"] == 1 and next(iter(report["top"])) == "input:x: feature 7"
+
+
+def test_a_time_major_input_is_watched_by_its_rows(tmp_path: Path) -> None:
+    """``x [steps, batch, features]`` (PyTorch's RNN layout): the reference counts the rows along the batch axis
+    (it held 30 "rows", the steps, and no drift reference), and the monitor reads requests the same way, so a
+    shift of one feature is found and in-distribution streams raise nothing."""
+    from tests.factories import gru_model
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 400, 4)).astype(np.float32)
+    pkg = edgeserve.convert(save(gru_model(time_major=True), tmp_path / "gru.onnx"), tmp_path / "pkg",
+                            quantize="none", calibration={"x": x})
+    env = pkg.manifest.envelope
+    assert env["rows"] == 400 and len(env["inputs"]["x"]["drift"]["knots"]) == 4
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for _ in range(80):
+            model.predict(rng.standard_normal((30, 8, 4)).astype(np.float32))
+        assert model.monitor.report()["alarms"] == 0 and model.monitor.report()["requests"] == 640
+        for _ in range(80):
+            shifted = rng.standard_normal((30, 8, 4)).astype(np.float32)
+            shifted[:, :, 2] += 1.0
+            model.predict(shifted)
+        report = model.monitor.report()
+    assert report["alarms"] == 1 and next(iter(report["top"])).startswith("input:x: ") and "2" in next(iter(report["top"]))
