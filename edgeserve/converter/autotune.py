@@ -426,9 +426,10 @@ class Search:
             assert chosen.path is not None
             why = f"fastest inside the budget: {chosen.speedup:.2f}x fp32"
             if chosen is not fastest:
-                why += (f", as fast as {fastest.name} ({fastest.speedup:.2f}x, within {SAME_SPEED - 1:.0%}) and "
-                        f"closer to fp32 ({self.budget.used(chosen.scores):.0%} of the budget used against "
-                        f"{self.budget.used(fastest.scores):.0%})")
+                why = (f"{chosen.speedup:.2f}x fp32, as fast as the fastest inside the budget ({fastest.name}, "
+                       f"{fastest.speedup:.2f}x, within {SAME_SPEED - 1:.0%}) and closer to fp32 "
+                       f"({self.budget.used(chosen.scores):.0%} of the budget used against "
+                       f"{self.budget.used(fastest.scores):.0%})")
             return chosen, chosen.path, why
         in_budget = [c for c in self.plan if c.status == "ok" and c.within_budget]
         reason = ("no candidate met the budget" if not in_budget else
