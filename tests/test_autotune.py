@@ -381,3 +381,14 @@ def test_of_equally_fast_candidates_the_one_closest_to_fp32_is_chosen(tmp_path: 
     assert "closer to fp32 (3% of the budget used against 51%)" in why
     assert choose(near, cand("qdq", 1.36 / (SAME_SPEED + 0.01), 0.9997))[0] == "nncf"  # clearly slower
     assert choose(cand("a", 1.5, 0.995), cand("b", 1.5, 0.999))[0] == "b"
+
+
+def test_the_plan_tries_what_needs_no_calibration_before_what_does(tmp_path: Path) -> None:
+    """A time budget cuts the end of the plan: OpenVINO's float recipes (no calibration to build, often the
+    fastest on x86) come before the calibrated ones, so a big model's search still measures them."""
+    pytest.importorskip("openvino")
+    from edgeserve.converter.autotune import plan_candidates
+
+    names = [c.name for c in plan_candidates(save(mlp_model(), tmp_path / "m.onnx"), has_calibration=True)]
+    calibrated = min(names.index(n) for n in names if "static" in n or "nncf" in n or "qdq" in n)
+    assert names.index("openvino-f32") < calibrated and names[:2] == ["int8-dynamic", "int8-dynamic-per-channel"]
