@@ -152,10 +152,21 @@ class Runtime:
                 **named: Any) -> dict[str, np.ndarray]:
         """Run ``name`` (its serving version, or ``version``). With an audit log, the answer returns once its
         record (``request_id``, ``caller``: who asked) is committed."""
-        loaded = self._acquire(name, version)  # NOTE: no context manager here: this is every request's path
+        # NOTE: no context manager here, and _acquire's common case inline: this is every request's path
+        slot = self._slots.get(name)
+        loaded = slot.current if slot is not None and version is None and not self._closed else None
+        if loaded is None:
+            loaded = self._acquire(name, version)
+        else:
+            loaded.users.append(None)
+            if loaded.retired:  # swapped out meanwhile (see _acquire)
+                self._release(loaded)
+                loaded = self._acquire(name, version)
         try:
             if self.audit is None:
-                return loaded.model.predict(inputs, timeout_ms=timeout_ms, **named)
+                if named:
+                    return loaded.model.predict(inputs, timeout_ms=timeout_ms, **named)
+                return loaded.model.predict(inputs, timeout_ms=timeout_ms)
             started = time.perf_counter()
             try:
                 out, flags = loaded.model.answer(inputs, named, timeout_ms=timeout_ms)
