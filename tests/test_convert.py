@@ -336,6 +336,49 @@ def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -
     assert "fixed_sizes" not in strided.manifest.recipe  # a size with a stride is not a fixed one
 
 
+def test_a_size_named_by_an_expression_follows_its_terms_when_sizes_are_probed() -> None:
+    """A decoder's mask is ``[batch, past_sequence_length + sequence_length]``: probing ``sequence_length`` or
+    ``past_sequence_length`` alone made every probe fail, and the converter warned that both were traced fixed.
+    The mask now follows; a mask whose length no expression ties to the others still shows a traced size."""
+    from onnx import TensorProto, helper
+
+    from edgeserve.converter.sizes import fixed_sizes
+    from edgeserve.tensors import TensorSpec
+
+    nodes = [helper.make_node("Cast", ["ids"], ["idf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["idf", "two"], ["id3"]),
+             helper.make_node("Expand", ["id3", "shape4"], ["new"]),
+             helper.make_node("Concat", ["past", "new"], ["present"], axis=1),  # [batch, past + seq, 4]
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "two"], ["mask3"]),
+             helper.make_node("Mul", ["present", "mask3"], ["masked"])]
+    inputs = [("ids", TensorProto.INT64, ["batch", "sequence_length"]),
+              ("mask", TensorProto.INT64, ["batch", "past_sequence_length + sequence_length"]),
+              ("past", TensorProto.FLOAT, ["batch", "past_sequence_length", 4])]
+    graph = helper.make_graph(
+        nodes, "decoder", [helper.make_tensor_value_info(*i) for i in inputs],
+        [helper.make_tensor_value_info("masked", TensorProto.FLOAT, ["batch", "past_sequence_length + sequence_length", 4]),
+         helper.make_tensor_value_info("present", TensorProto.FLOAT, ["batch", "past_sequence_length + sequence_length", 4])],
+        [helper.make_tensor("two", TensorProto.INT64, [1], [2]), helper.make_tensor("shape4", TensorProto.INT64, [3], [1, 1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    class Run:
+        def run(self, feed):
+            try:
+                return session.run(None, feed)
+            except Exception as exc:  # noqa: BLE001 - as the backends report an engine failure
+                raise edgeserve.EdgeserveError(str(exc)) from None
+
+    specs = [TensorSpec(n, "int64" if t == TensorProto.INT64 else "float32", tuple(shape), 0) for n, t, shape in inputs]
+    feed = {"ids": np.ones((1, 3), np.int64), "mask": np.ones((1, 8), np.int64), "past": np.ones((1, 5, 4), np.float32)}
+    assert fixed_sizes(Run(), specs, feed) == []
+    untied = [*specs[:1], TensorSpec("mask", "int64", ("batch", "mask_length"), 0), specs[2]]
+    assert {f["dim"] for f in fixed_sizes(Run(), untied, feed)} == {"sequence_length", "mask_length",
+                                                                     "past_sequence_length"}
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_of_a_float16_model_starts_from_it_upcast_and_keeps_its_float16_signature(tmp_path: Path,
                                                                                     mode: str) -> None:

@@ -10,8 +10,10 @@ reports a size that takes neither.
 
 from __future__ import annotations
 
+import ast
 import logging
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,13 +29,18 @@ MAX_PROBE_BYTES = 64 << 20
 
 def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     """The symbolic dimensions (other than the batch) the model takes only at the size of ``feed`` (one row per
-    input): ``{"dim", "inputs", "size", "error"}`` each."""
+    input): ``{"dim", "inputs", "size", "error"}`` each. A dimension named by an expression of others (a
+    decoder's ``past_sequence_length + sequence_length`` mask) follows them, and is not varied alone."""
     groups: dict[str, list[tuple[str, int]]] = {}
+    derived: dict[str, list[tuple[str, int]]] = {}
     for spec in specs:
         for axis, dim in enumerate(spec.shape):
             if axis == spec.batch_axis or isinstance(dim, int) or spec.name not in feed:
                 continue
             if np.asarray(feed[spec.name]).ndim <= axis:
+                continue
+            if isinstance(dim, str) and not dim.isidentifier():
+                derived.setdefault(dim, []).append((spec.name, axis))
                 continue
             key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
             groups.setdefault(key, []).append((spec.name, axis))
@@ -41,17 +48,28 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
     row_bytes = sum(np.asarray(v).nbytes for v in feed.values())
     if 2 * row_bytes > MAX_PROBE_BYTES:
         return found  # a row this big: doubling it is no cheap check
+    values = {}
     for dim, members in groups.items():
         sizes = {int(np.asarray(feed[name]).shape[axis]) for name, axis in members}
-        if len(sizes) != 1:
+        if len(sizes) == 1:
+            values[dim] = sizes.pop()
+    for dim, members in groups.items():
+        if dim not in values:
             continue  # inputs sharing the name disagree already: nothing to vary together
-        size = sizes.pop()
+        size = values[dim]
         errors: list[str] = []
         for other in (size - 1, 2 * size):
             if other < 1:
                 continue
+            resize = [(members, other)]
             try:
-                session.run(_resized(feed, members, other))
+                resize += [(axes, _evaluate(expr, {**values, dim: other})) for expr, axes in derived.items()
+                           if dim in _names(expr)]
+            except ValueError:
+                errors = []
+                break  # an expression of this size that cannot be followed: not probed
+            try:
+                session.run(_resized(feed, resize))
                 errors = []
                 break
             except EdgeserveError as exc:
@@ -64,10 +82,44 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
     return found
 
 
-def _resized(feed: Mapping[str, np.ndarray], members: Sequence[tuple[str, int]], size: int) -> dict[str, np.ndarray]:
-    """``feed`` with every member axis cut or repeated (wrapping around) to ``size``."""
+def _names(expr: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+
+
+_OPS: dict[type, Callable[[int, int], int]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+                                              ast.FloorDiv: operator.floordiv, ast.Div: operator.floordiv,
+                                              ast.Mod: operator.mod}
+
+
+def _evaluate(expr: str, values: Mapping[str, int]) -> int:
+    """An exporter's dimension expression (``past_sequence_length + sequence_length``, ``2*s53``, ``floor(W/4)``)
+    at these sizes; ValueError for anything else, or a size below 1."""
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in values:
+            return int(values[node.id])
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("floor", "ceil") \
+                and len(node.args) == 1:
+            return value(node.args[0])  # integer division floors already
+        raise ValueError(f"cannot evaluate {ast.dump(node)}")
+
+    try:
+        result = value(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ZeroDivisionError) as exc:
+        raise ValueError(str(exc)) from None
+    if result < 1:
+        raise ValueError(f"{expr} = {result}")
+    return result
+
+
+def _resized(feed: Mapping[str, np.ndarray], resize: Sequence[tuple[Sequence[tuple[str, int]], int]]) -> dict[str, np.ndarray]:
+    """``feed`` with every member axis cut or repeated (wrapping around) to its new size."""
     out = {k: np.asarray(v) for k, v in feed.items()}
-    for name, axis in members:
-        a = out[name]
-        out[name] = np.ascontiguousarray(np.take(a, np.arange(size) % a.shape[axis], axis=axis))
+    for members, size in resize:
+        for name, axis in members:
+            a = out[name]
+            out[name] = np.ascontiguousarray(np.take(a, np.arange(size) % a.shape[axis], axis=axis))
     return out
