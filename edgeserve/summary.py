@@ -179,7 +179,8 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
                 t = st["tokens"]
                 lengths = t["lengths"]
                 top = ", ".join(f"{i} ({f:.1%})" for i, f in t["top"][:5])
-                yield (f"    tokens: vocabulary {t['vocabulary']}, padding id {t['pad']}, length "
+                pad = "no padding seen" if t["pad"] < 0 else f"padding id {t['pad']}"
+                yield (f"    tokens: vocabulary {t['vocabulary']}, {pad}, length "
                        f"{_fmt(lengths.get('min'))}..{_fmt(lengths.get('max'))} (mean {_fmt(lengths.get('mean'))}); "
                        f"most frequent {top}")
             if "drift" in st:

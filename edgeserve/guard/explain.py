@@ -91,7 +91,7 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     stats = (reference.get("inputs") or {}).get(name) or {}
     layout = Layout.from_dict(stats["layout"]) if "layout" in stats else None
     if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
-        return _tokens(req, name, x, layout.pad if layout is not None and layout.kind == "tokens" else 0)
+        return _tokens(req, name, x, max(layout.pad, 0) if layout is not None and layout.kind == "tokens" else 0)
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"input '{name}' is {x.dtype} {list(x.shape)}: occlusion explains float inputs (features, "
                          "images, signals, series) and token ids [rows, seq]")

@@ -102,6 +102,12 @@ class Layout:
         return [f"{word} {i}" for i in range(count)]
 
 
+NO_PAD = -1
+"""The padding id of token rows where the reference shows none (no id can be -1)."""
+PAD_SHARE = 0.1
+"""The share of reference rows that must end with one id for it to be taken for padding."""
+
+
 def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bool = False,
                  feature_axis: int = 2) -> Layout:
     """The layout of an input tensor, from reference rows (``arr``, rows on axis 0). ``sequence``: the model
@@ -112,7 +118,9 @@ def input_layout(arr: np.ndarray, *, vocabulary: int | None = None, sequence: bo
     if vocabulary is not None and np.issubdtype(arr.dtype, np.integer) and arr.ndim == 2:
         last = arr[:, -1]
         values, counts = np.unique(last, return_counts=True)
-        pad = int(values[np.argmax(counts)]) if len(values) else 0
+        top = int(np.argmax(counts)) if len(values) else -1
+        # the id most rows end with, if it ends enough of them to be padding (a one-token step ends with any id)
+        pad = int(values[top]) if top >= 0 and counts[top] >= max(2, PAD_SHARE * len(last)) else NO_PAD
         # NOTE: the most frequent ids of every other row only: their share is measured on the rows between (see
         # TOKEN_SPLIT_ROWS), or the rows that chose them would hold more of them than any new rows do
         ids, freq = np.unique(token_rows(arr, drift=False), return_counts=True)

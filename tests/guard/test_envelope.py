@@ -381,3 +381,21 @@ def test_a_reference_too_small_for_the_drift_detectors_is_warned_about() -> None
     assert few.startswith("WARNING: the reference holds 200 rows, fewer than 300") and "--reference" in few
     [none] = reference_lines({"rows": 40, "inputs": inputs})
     assert "too few for drift detection (it needs 100)" in none
+
+
+def test_padding_is_the_id_rows_end_with_only_when_enough_rows_end_with_it() -> None:
+    """Token rows padded with 0 give padding id 0 and their real lengths. A decoder's one-token steps end with
+    whatever id comes next: the most frequent of those (one row in 50) was taken for padding, so rows holding it
+    read as length 0. Now no padding is seen, every row is its full length, and the summary says so."""
+    from edgeserve.guard.envelope import envelope
+    from edgeserve.guard.reference import NO_PAD, input_layout
+
+    rng = np.random.default_rng(0)
+    padded = rng.integers(5, 500, (200, 12))
+    lengths = rng.integers(3, 13, 200)
+    padded[np.arange(12)[None, :] >= lengths[:, None]] = 0
+    assert input_layout(padded, vocabulary=500).pad == 0
+    steps = rng.integers(5, 500, (200, 1))
+    assert input_layout(steps, vocabulary=500).pad == NO_PAD
+    tokens = envelope({"ids": steps}, source="test", vocabularies={"ids": 500})["inputs"]["ids"]["tokens"]
+    assert tokens["pad"] == NO_PAD and tokens["lengths"]["min"] == tokens["lengths"]["max"] == 1
