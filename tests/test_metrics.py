@@ -322,6 +322,9 @@ def test_detection_agreement_counts_classes_and_boxes() -> None:
     assert not det.holds(det.metric.score(ref, {"output0": swapped}, {}))
     transposed = {"output0": np.ascontiguousarray(ref["output0"].transpose(0, 2, 1))}  # [batch, anchors, 4 + C]
     assert det.metric.score(transposed, transposed, {}) == 1.0
+    # a PicoDet head: class scores alone, [batch, anchors, 10], mostly near 0 (its boxes are in another output)
+    scores_only = {"scores": (np.random.default_rng(1).random((2, 7600, 10)) ** 8 * 0.6).astype(np.float32)}
+    assert [t.metric.name for t in infer_targets({}, scores_only)[0]] != ["detection"]
 
 
 def _detr_outputs(rows: int = 6, queries: int = 100, classes: int = 20, found: int = 4,
