@@ -219,6 +219,7 @@ class Conversion:
     precision: str | None = None
     fidelity: dict[str, Any] = field(default_factory=dict)
     golden_in: dict[str, np.ndarray] | None = None
+    golden_rows: int = 0
     golden_out: dict[str, np.ndarray] | None = None
     candidate: Any = None
     """The verified result's session (open until the conversion ends)."""
@@ -405,7 +406,7 @@ def verify(c: Conversion) -> None:
         c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
                                          c.out_specs, c.held_out.arrays, label="the converted model")
         c.recipe["batch_axes"] = "measured"
-    c.golden_in = _golden_inputs(c.held_out, c.ref_out)
+    c.golden_in, c.golden_rows = _golden_inputs(c.held_out, c.ref_out)
     c.candidate = candidate
     if c.golden_in:
         c.golden_out = dict(zip([o.name for o in c.out_specs], candidate.run(c.golden_in)))
@@ -445,7 +446,7 @@ def write_package(c: Conversion) -> None:
     if c.golden_in and c.golden_out:
         try:
             write_golden(c.staging / GOLDEN_FILE, c.golden_in, c.golden_out, (tuple(c.in_specs), tuple(c.out_specs)))
-            golden = {"file": GOLDEN_FILE, "count": golden_count(c.golden_in, c.in_specs),
+            golden = {"file": GOLDEN_FILE, "count": c.golden_rows,
                       "rel_tolerance": max(tolerance_for(c.recipe.get("auto_choice", c.qconfig.mode)),
                                            tolerance_for("bf16") if c.precision == "bf16" else 0.0),
                       # answers off by more than the tolerance still pass when the task metrics hold (an argmax
@@ -563,6 +564,7 @@ def rows_first(arrays: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[s
 
 
 def rows_first_spec(spec: TensorSpec) -> TensorSpec:
+    """``spec`` with its batch axis moved to the front, as :func:`rows_first` moves its arrays."""
     axis = spec.batch_axis
     if not axis:
         return spec
@@ -591,19 +593,14 @@ def _run_all(session, samples: Samples, out_specs: Sequence[TensorSpec]) -> dict
         raise ConversionError(f"verification run failed: {exc}") from exc
 
 
-def _golden_inputs(held_out: Samples, answers: Mapping[str, Any] | None) -> dict[str, np.ndarray] | None:
+def _golden_inputs(held_out: Samples, answers: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], int]:
     """The first held-out rows, as many as ``GOLDEN_BYTES`` holds with their answers, one at least and
-    ``GOLDEN_ROWS`` at most (one sample without a batch axis)."""
+    ``GOLDEN_ROWS`` at most (one sample without a batch axis); and how many."""
     if not held_out.stacked:
-        return {k: np.asarray(v[0]) for k, v in held_out.arrays.items()}
+        return {k: np.asarray(v[0]) for k, v in held_out.arrays.items()}, 1
     shared = held_out.shared
     total = sum(v.nbytes for k, v in held_out.arrays.items() if k not in shared)
     total += sum(np.asarray(v).nbytes for v in (answers or {}).values() if not is_ragged(v))
     per_row = max(total // max(held_out.rows, 1), 1)
-    return held_out.take(0, min(GOLDEN_ROWS, max(1, GOLDEN_BYTES // per_row))).arrays
-
-
-def golden_count(golden_in: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> int:
-    """Rows in the golden inputs (1: one sample of a model without a batch axis)."""
-    axes = [(s.name, s.batch_axis) for s in specs if s.batch_axis is not None and s.name in golden_in]
-    return int(np.shape(golden_in[axes[0][0]])[axes[0][1]]) if axes else 1
+    golden = held_out.take(0, min(GOLDEN_ROWS, max(1, GOLDEN_BYTES // per_row)))
+    return golden.arrays, golden.rows
