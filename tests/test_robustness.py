@@ -64,6 +64,22 @@ def test_if_and_loop(tmp_path: Path, mode: str) -> None:
     _check(pkg.path, src, {"x": -np.abs(x[:3])}, min_cos=0.95)  # the else branch too
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_of_a_model_computing_inside_control_flow_stays_float_with_every_calibration(
+        tmp_path: Path, method: str) -> None:
+    """Everything the quantiser would take sits inside If/Loop (silero-VAD's export): min-max went on to quantise
+    nothing, the histogram methods failed with onnxruntime's "Histogram has not been collected". Every method now
+    converts to the float model, and the recipe says why."""
+    from edgeserve import QuantizeConfig
+
+    src = save(control_flow_model(), tmp_path / "control.onnx")
+    x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize=QuantizeConfig(mode="static", calibration_method=method),
+                            calibration={"x": x})
+    assert "inside If/Loop subgraphs" in pkg.manifest.recipe["nothing_quantised"]
+    _check(pkg.path, src, {"x": x[:3]}, min_cos=0.999)
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_bert_fused_by_the_transformers_optimizer(tmp_path: Path, mode: str) -> None:
     from onnxruntime.transformers import optimizer

@@ -161,13 +161,19 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8"},
             calibration_cache_path=str(cache),
         )
-    return {
+    recipe: dict[str, Any] = {
         "mode": "static", "format": "QDQ", "per_channel": config.per_channel, "reduce_range": defaults["reduce_range"],
         "activation_type": defaults["activation_type"], "weight_type": "int8",
         "calibration": {"method": config.calibration_method, "samples": calibration.rows,
                         "batch_size": batch_size or config.calibration_batch_size, "left_float": left_float},
         "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
     }
+    from .prepare import quantised_ops
+
+    if not quantised_ops(dst):
+        recipe["nothing_quantised"] = ("no operator the quantiser takes is in the main graph (inside If/Loop "
+                                       "subgraphs it does not reach, or nowhere): the model stays float")
+    return recipe
 
 
 def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -> dict[str, str]:
@@ -184,7 +190,19 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
     calibrator = create_calibrator(src, ops, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=method)
     left_float: dict[str, str] = {}
     minmax = method == CalibrationMethod.MinMax
-    calibrator.infer_session = guarded = _Guarded(calibrator, _priority_ordered(calibrator), left_float, minmax)
+    session = _priority_ordered(calibrator)
+    if len(session.get_outputs()) <= len(_graph_outputs(src)):
+        # NOTE: nothing added to calibrate: the operators the quantiser takes are all inside control flow, which it
+        # does not reach (silero-VAD's export, in an If). Min-max went on to quantise nothing; the histogram
+        # methods failed with onnxruntime's "Histogram has not been collected". Both now write no ranges.
+        log.warning("static quantisation finds nothing to calibrate in the main graph (what it would quantise is "
+                    "inside If/Loop subgraphs, which onnxruntime's quantiser does not reach, or nowhere): the model "
+                    "stays float")
+        from onnxruntime.quantization.calibrate import TensorsData
+
+        save_tensors_data(TensorsData(method, {}), cache)
+        return left_float
+    calibrator.infer_session = guarded = _Guarded(calibrator, session, left_float, minmax)
     wanted = reader.batch_size
     reader.batch_size = 1  # the first pass measures what one row's intermediate outputs take
     while not reader.done:
@@ -205,6 +223,12 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
 CALIBRATION_BYTES = 256 << 20
 """Intermediate outputs per calibration pass at most (one row at least): the histogram methods take every tensor
 of the graph as an output, ~340 MB a row on ViT-B/16, so its default 16 rows a pass took 5.4 GB."""
+
+
+def _graph_outputs(src: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(src), load_external_data=False).graph.output]
 
 
 def _priority_ordered(calibrator: Any) -> Any:
