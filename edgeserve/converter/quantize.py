@@ -191,7 +191,7 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
     left_float: dict[str, str] = {}
     minmax = method == CalibrationMethod.MinMax
     session = _priority_ordered(calibrator)
-    if len(session.get_outputs()) <= len(_graph_outputs(src)):
+    if not {o.name for o in session.get_outputs()} - set(calibrator.model_original_outputs):
         # NOTE: nothing added to calibrate: the operators the quantiser takes are all inside control flow, which it
         # does not reach (silero-VAD's export, in an If). Min-max went on to quantise nothing; the histogram
         # methods failed with onnxruntime's "Histogram has not been collected". Both now write no ranges.
@@ -223,12 +223,6 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
 CALIBRATION_BYTES = 256 << 20
 """Intermediate outputs per calibration pass at most (one row at least): the histogram methods take every tensor
 of the graph as an output, ~340 MB a row on ViT-B/16, so its default 16 rows a pass took 5.4 GB."""
-
-
-def _graph_outputs(src: Path) -> list[str]:
-    import onnx
-
-    return [o.name for o in onnx.load(str(src), load_external_data=False).graph.output]
 
 
 def _priority_ordered(calibrator: Any) -> Any:
