@@ -374,6 +374,11 @@ def test_a_size_named_by_an_expression_follows_its_terms_when_sizes_are_probed()
     specs = [TensorSpec(n, "int64" if t == TensorProto.INT64 else "float32", tuple(shape), 0) for n, t, shape in inputs]
     feed = {"ids": np.ones((1, 3), np.int64), "mask": np.ones((1, 8), np.int64), "past": np.ones((1, 5, 4), np.float32)}
     assert fixed_sizes(Run(), specs, feed) == []
+    from edgeserve.converter.sizes import _evaluate
+
+    assert [_evaluate(e, {"W": 10, "s": 3}) for e in ("ceil(W/4)", "floor(W/4)", "W//4", "2*s + 1")] == [3, 2, 2, 7]
+    with pytest.raises(ValueError):
+        _evaluate("W/4", {"W": 10})  # a fraction is no size
     untied = [*specs[:1], TensorSpec("mask", "int64", ("batch", "mask_length"), 0), specs[2]]
     assert {f["dim"] for f in fixed_sizes(Run(), untied, feed)} == {"sequence_length", "mask_length",
                                                                      "past_sequence_length"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -86,15 +87,15 @@ def _names(expr: str) -> set[str]:
     return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
 
 
-_OPS: dict[type, Callable[[int, int], int]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-                                              ast.FloorDiv: operator.floordiv, ast.Div: operator.floordiv,
-                                              ast.Mod: operator.mod}
+_OPS: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 
 
 def _evaluate(expr: str, values: Mapping[str, int]) -> int:
-    """An exporter's dimension expression (``past_sequence_length + sequence_length``, ``2*s53``, ``floor(W/4)``)
-    at these sizes; ValueError for anything else, or a size below 1."""
-    def value(node: ast.AST) -> int:
+    """An exporter's dimension expression (``past_sequence_length + sequence_length``, ``2*s53``, ``floor(W/4)``,
+    ``ceil(W/4)``) at these sizes; ValueError for anything else, a fraction, or a size below 1."""
+    def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
             return node.value
         if isinstance(node, ast.Name) and node.id in values:
@@ -103,16 +104,16 @@ def _evaluate(expr: str, values: Mapping[str, int]) -> int:
             return _OPS[type(node.op)](value(node.left), value(node.right))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("floor", "ceil") \
                 and len(node.args) == 1:
-            return value(node.args[0])  # integer division floors already
+            return float((math.floor if node.func.id == "floor" else math.ceil)(value(node.args[0])))
         raise ValueError(f"cannot evaluate {ast.dump(node)}")
 
     try:
         result = value(ast.parse(expr, mode="eval").body)
     except (SyntaxError, ZeroDivisionError) as exc:
         raise ValueError(str(exc)) from None
-    if result < 1:
+    if result != int(result) or result < 1:
         raise ValueError(f"{expr} = {result}")
-    return result
+    return int(result)
 
 
 def _resized(feed: Mapping[str, np.ndarray], resize: Sequence[tuple[Sequence[tuple[str, int]], int]]) -> dict[str, np.ndarray]:
