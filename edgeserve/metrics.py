@@ -954,8 +954,8 @@ def step_distribution(values: np.ndarray) -> str | None:
     if not np.isfinite(v).all():
         return None
     if v.min() >= 0.0 and v.max() <= 1.0:
-        return "probabilities" if np.allclose(v.sum(-1), 1.0, atol=1e-3) else None
-    return "log" if v.max() <= 1e-6 and np.allclose(np.exp(v).sum(-1), 1.0, atol=1e-3) else None
+        return "probabilities" if sums_to_one(v) else None
+    return "log" if v.max() <= 1e-6 and sums_to_one(np.exp(v)) else None
 
 
 def _looks_like_step_scores(values: np.ndarray) -> bool:
@@ -998,6 +998,18 @@ def _looks_like_scores(name: str, values: np.ndarray) -> bool:
         return True
     finite = values[np.isfinite(values)]
     if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-        sums = values.sum(-1)
-        return bool(np.allclose(sums, 1.0, atol=1e-3))
+        return sums_to_one(values)
     return False
+
+
+PROBABILITY_SUM_TOLERANCE = 0.05
+"""The furthest from one a row of probabilities may sum (rounded by quantisation) and still read as one
+distribution; independent sigmoids in [0, 1] almost never sum that close to one on every row."""
+
+
+def sums_to_one(values: np.ndarray) -> bool:
+    """Whether every row along the last axis sums to one: a distribution over classes. A model quantised already
+    (QDQ around its Softmax) answers on a uint8 grid, each class rounded by up to half a step of 1/255, so its rows
+    sum to one only within that (up to ``PROBABILITY_SUM_TOLERANCE``)."""
+    tolerance = min(PROBABILITY_SUM_TOLERANCE, max(1e-3, values.shape[-1] / 510))
+    return bool(np.allclose(values.astype(np.float64).sum(-1), 1.0, atol=tolerance))

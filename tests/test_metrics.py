@@ -393,6 +393,21 @@ def test_scores_are_judged_by_top1_and_the_largest_probability_change() -> None:
     assert budget.judge(ref, ref, {}).ok
 
 
+def test_probabilities_from_a_quantised_softmax_are_still_class_scores() -> None:
+    """A model quantised already (QDQ around its Softmax) answers probabilities on a uint8 grid: rows sum to one
+    only within the rounding of each class, and an unnamed output must still be judged as class scores."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((50, 5)).astype(np.float32) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    grid = (np.round(probs * 255) / 255).astype(np.float32)
+    assert np.abs(grid.sum(1) - 1).max() > 1e-3
+    targets, _ = infer_targets({"x": np.zeros((50, 3), np.float32)}, {"StatefulPartitionedCall:0": grid})
+    assert [t.metric.name for t in targets] == ["top1", "prob-change"]
+    # independent sigmoids in [0, 1] (multi-label) do not sum to one: not read as one distribution
+    sigmoid = 1 / (1 + np.exp(-rng.standard_normal((50, 5)).astype(np.float32)))
+    assert [t.metric.name for t in infer_targets({}, {"out:0": sigmoid})[0]] == ["cosine"]
+
+
 def test_a_stateful_model_is_judged_by_absolute_error_of_its_output() -> None:
     data = vad_like_data()
     import onnxruntime as ort

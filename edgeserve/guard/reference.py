@@ -150,14 +150,15 @@ def output_layout(arr: np.ndarray, name: str = "") -> Layout:
     softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding)."""
     if arr.ndim == 1:
         return Layout("value")
-    from ..metrics import step_distribution  # NOTE: here, at conversion: a guarded load need not import metrics
+    # NOTE: imported here, at conversion: a guarded load need not import metrics
+    from ..metrics import step_distribution, sums_to_one
 
     steps = step_distribution(arr)  # a recogniser's characters per step, or their log-probabilities
     if steps is not None:
         return Layout("step-confidence", 2, probabilities=steps == "probabilities")
     if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
         a = arr.astype(np.float64)
-        probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3))
+        probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and sums_to_one(a))
         if probs or not (EMBEDDING_NAME.search(name) or _unit_rows(a)):
             return Layout("confidence", 1, probabilities=probs)
     return Layout("norm")
