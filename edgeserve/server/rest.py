@@ -11,12 +11,14 @@ the route and method, then the body cap (``Content-Length`` first, then while re
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .auth import ANONYMOUS, Caller, Tokens, require
@@ -368,11 +370,28 @@ def encode_infer(response: InferResponse, binary: bool | frozenset[str],
     passed = {k: v for k, v in request.parameters.items() if k not in RESERVED}
     if passed:
         doc["parameters"] = passed
-    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if any(_non_finite(entry.get("data")) for entry in outputs):
+        # NOTE: JSON has no NaN or infinity and orjson writes them as null, which a client reads back as NaN (an
+        # inf lost). Triton writes the literals NaN, Infinity and -Infinity, as Python's json does, and
+        # tritonclient and json.loads read them back exactly; the rare answer holding one takes this slower path
+        header = json.dumps(_as_lists(doc), separators=(",", ":"), ensure_ascii=False).encode()
+    else:
+        header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return 200, header, {}
     return 200, header + b"".join(blobs), {"inference-header-content-length": str(len(header)),
                                            "content-type": "application/octet-stream"}
+
+
+def _non_finite(data: Any) -> bool:
+    return isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all()
+
+
+def _as_lists(doc: dict[str, Any]) -> dict[str, Any]:
+    """The response document with its arrays as lists, for the standard json module."""
+    outputs = [{**o, "data": o["data"].tolist()} if isinstance(o.get("data"), np.ndarray) else o
+               for o in doc["outputs"]]
+    return {**doc, "outputs": outputs}
 
 
 def openapi() -> dict[str, Any]:

@@ -298,6 +298,44 @@ def test_json_with_nan_and_infinity_as_tritonclient_writes_them_is_read(served) 
     assert call(served.host_port, "GET", "/v2/health/live").status == 200
 
 
+def test_nan_and_infinity_in_an_answer_reach_tritonclient_as_they_are(tmp_path: Path) -> None:
+    """JSON has no NaN or infinity; Triton writes the literals NaN, Infinity and -Infinity, which tritonclient and
+    Python's json read back exactly (orjson's null came back as NaN: an infinite answer was lost)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["log"]), helper.make_node("Reciprocal", ["x"], ["inv"])],
+                              "nonfinite", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("log", "inv")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    from tests.factories import save
+
+    pkg = edgeserve.convert(save(model, tmp_path / "m.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": np.linspace(0.5, 2, 24, dtype=np.float32).reshape(8, 3)})
+    repository = Repository(tmp_path / "repo", create=True)
+    repository.publish("m", pkg.path)
+    x = np.array([[0.0, -1.0, 2.0]], np.float32)
+    want = {"log": np.array([[-np.inf, np.nan, np.log(2.0)]], np.float32),
+            "inv": np.array([[np.inf, -1.0, 0.5]], np.float32)}
+    running = start(repository.root, ServeConfig(port=0, grpc_port=0), guard=None)
+    try:
+        client = tritonhttp.InferenceServerClient(running.host_port)
+        sent = tritonhttp.InferInput("x", [1, 3], "FP32")
+        sent.set_data_from_numpy(x, binary_data=False)
+        asked = [tritonhttp.InferRequestedOutput(n, binary_data=False) for n in want]
+        got = client.infer("m", [sent], outputs=asked)
+        for name, value in want.items():
+            np.testing.assert_array_equal(got.as_numpy(name), value)  # NaN equals NaN here, inf must stay inf
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": x.ravel().tolist()}]})
+        answer = call(running.host_port, "POST", "/v2/models/m/infer", body.encode())
+        assert answer.status == 200 and b"-Infinity" in answer.body and b"NaN" in answer.body
+        finite = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, 4.0]}]}
+        plain = call(running.host_port, "POST", "/v2/models/m/infer", json.dumps(finite).encode())
+        assert json.loads(plain.body)["outputs"][1]["data"] == [1.0, 0.5, 0.25]
+    finally:
+        stop(running)
+
+
 def test_model_metadata_names_the_engine_that_answers(tmp_path) -> None:
     """A package that auto verified on OpenVINO is served by OpenVINO: its metadata says so (it said
     onnxruntime_onnx for every model)."""
