@@ -857,6 +857,12 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         matched = [k for k, v in outs.items() if looks(k, v)]
         if matched and len(matched) == len(outs):
             return [target(metric(name, output=k)) for k in matched], why.format(", ".join(matched))
+    distances = _cluster_distances(outs)
+    if distances is not None:
+        labels, scores_name = distances
+        return [target(metric("top1", output=labels))], (
+            f"cluster distances in {scores_name} (each row's label in {labels} is its nearest, not its largest): "
+            f"agreement of the labels")
     scores = [k for k, v in outs.items() if _looks_like_scores(k, v)]
     if scores:
         chosen = []
@@ -989,6 +995,21 @@ SEG_NAME = re.compile(r"seg|semantic|mask", re.IGNORECASE)
 
 SCORE_NAME = re.compile(r"prob|logit|score|class|softmax", re.IGNORECASE)
 """Output names that say the values are class scores."""
+
+
+def _cluster_distances(outs: Outputs) -> tuple[str, str] | None:
+    """``(labels, distances)``: a clusterer's outputs (scikit-learn's KMeans: ``label [rows]`` and ``scores [rows,
+    clusters]`` holding distances), where the label is each row's smallest score, never (but by chance) its
+    largest. Read as class scores, the farthest cluster would be compared."""
+    labels = [k for k, v in outs.items() if v.ndim == 1 and v.size and np.issubdtype(v.dtype, np.integer)]
+    for k, v in outs.items():
+        if not (v.ndim == 2 and v.shape[1] > 1 and np.issubdtype(v.dtype, np.floating) and np.isfinite(v).all()):
+            continue
+        for name in labels:
+            label = outs[name]
+            if len(label) == len(v) and (v.argmin(1) == label).all() and (v.argmax(1) != label).all():
+                return name, k
+    return None
 
 
 def _looks_like_scores(name: str, values: np.ndarray) -> bool:

@@ -631,3 +631,22 @@ def test_a_share_over_samples_kept_apart_is_their_mean_not_the_worst() -> None:
     assert metric("ctc,layout=tbc").score(ref, cand, {}) == pytest.approx(0.75)
     assert metric("cosine").score(ref, cand, {}) == pytest.approx(
         min(metric("cosine").score({"y": a}, {"y": b}, {}) for a, b in zip(samples, changed)))
+
+
+def test_a_clusterers_distances_are_judged_by_its_labels() -> None:
+    """scikit-learn's KMeans answers ``label`` and ``scores`` holding distances to each centre: the label is the
+    smallest score. Read as class scores, top-1 would compare the farthest clusters."""
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float32)[:300]
+    km = KMeans(6, n_init=2, random_state=0).fit(x)
+    ref = {"label": km.predict(x).astype(np.int64), "scores": km.transform(x).astype(np.float32)}
+    targets, why = infer_targets({"X": x}, ref)
+    assert [t.metric.spec for t in targets] == ["top1,output=label"] and "nearest" in why
+    moved = {"label": (ref["label"] + 1) % 6, "scores": ref["scores"]}
+    assert targets[0].metric.score(ref, moved, {}) == 0.0
+    # a classifier's label is its largest score: still class scores
+    probs = np.exp(-ref["scores"]) / np.exp(-ref["scores"]).sum(1, keepdims=True)
+    targets, _ = infer_targets({"X": x}, {"label": probs.argmax(1), "probabilities": probs})
+    assert [t.metric.name for t in targets] == ["top1", "prob-change"]
