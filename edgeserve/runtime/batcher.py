@@ -64,7 +64,7 @@ class Pending:
     Future (``submit``) or an asyncio future (``call_async``)."""
 
     __slots__ = ("feed", "rows", "group", "enqueued", "deadline", "state", "result", "error", "signal", "future",
-                 "loop", "discard")
+                 "loop", "discard", "thread", "next")
 
     def __init__(self, feed: dict[str, np.ndarray], rows: int, group: tuple[Any, ...], enqueued: float,
                  deadline: float | None, *, future: Any = None, loop: Any = None, blocking: bool = False) -> None:
@@ -78,12 +78,16 @@ class Pending:
         self.result: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
         self.signal: threading.Lock | None = None
+        self.thread = 0
         if blocking:
             self.signal = threading.Lock()
             self.signal.acquire()  # released once: the answer is in, or the engine is this caller's to lead
+            self.thread = threading.get_ident()
         self.future = future
         self.loop = loop
         self.discard = False
+        self.next: Pending | None = None
+        """The blocked caller this one wakes once it has its answer (see :func:`_answer`)."""
 
     @property
     def can_lead(self) -> bool:
@@ -100,11 +104,12 @@ class Pending:
         return True
 
     def finish(self, result: dict[str, np.ndarray] | None = None, error: BaseException | None = None) -> None:
+        if self.signal is not None:
+            self.result, self.error = result, error  # NOTE: before DONE: a caller that sees DONE reads them
         self.state = DONE
         if self.discard:
             return
         if self.signal is not None:
-            self.result, self.error = result, error
             try:
                 self.signal.release()
             except RuntimeError:  # already released by a hand-off its caller has not taken up yet: it will see DONE
@@ -117,11 +122,34 @@ class Pending:
             self.future.set_result(result)
 
 
-def _answer(answers: Sequence[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]]) -> None:
+def _answer(answers: Sequence[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]],
+            lock: threading.Lock) -> None:
     """Hand a batch's answers out. Callers on one event loop get theirs in a single hop onto it (one
-    ``call_soon_threadsafe`` per batch, not per request: each hop wakes the loop and takes the GIL from it)."""
+    ``call_soon_threadsafe`` per batch, not per request: each hop wakes the loop and takes the GIL from it).
+
+    Blocked callers are woken one after another, each by the one before it as it takes its answer (a baton,
+    ``Pending.next``), the leader's own caller first. Woken all at once, 31 followers of a batch would each wake
+    only to sleep again on the interpreter lock the waker holds, and queue on it together: a wake-up chain costs
+    one sleep per caller instead of two (30 -> 20 us of CPU per request at 32 callers)."""
     by_loop: dict[Any, list[tuple[Any, Any, BaseException | None]]] = {}
+    chain: list[Pending] = []
+    me = threading.get_ident()
+    with lock:  # NOTE: against _withdraw: a caller giving up is either marked discarded first, or finds itself DONE
+        for p, result, error in answers:
+            if p.signal is None or p.loop is not None:
+                continue
+            p.result, p.error = result, error
+            p.state = DONE
+            if not p.discard:
+                if p.thread == me:
+                    chain.insert(0, p)
+                else:
+                    chain.append(p)
+        for a, b in zip(chain, chain[1:]):
+            a.next = b
     for p, result, error in answers:
+        if p.signal is not None and p.loop is None:
+            continue
         if p.loop is not None:
             p.state = DONE
             if not p.discard:
@@ -130,6 +158,16 @@ def _answer(answers: Sequence[tuple[Pending, dict[str, np.ndarray] | None, BaseE
             p.finish(result, error)
     for loop, items in by_loop.items():
         loop.call_soon_threadsafe(_settle_all, items)
+    if chain:
+        _wake(chain[0])
+
+
+def _wake(p: Pending) -> None:
+    assert p.signal is not None
+    try:
+        p.signal.release()
+    except RuntimeError:  # already released by a hand-off its caller has not taken up yet: it will see DONE
+        pass
 
 
 def _settle_all(items: list[tuple[Any, Any, BaseException | None]]) -> None:
@@ -541,21 +579,30 @@ class Batcher:
 
     def _wait(self, item: Pending, timeout_ms: float | None) -> dict[str, np.ndarray]:
         assert item.signal is not None
-        while True:
-            remaining = None if item.deadline is None else item.deadline - self._clock()
-            got = item.signal.acquire(timeout=max(0.0, remaining)) if remaining is not None else item.signal.acquire()
-            if not got:
-                withdrawn = self._withdraw(item)
-                if withdrawn is None:  # answered (or handed the engine) in the instant between
-                    continue
-                raise Timeout(f"model '{self._name}': no answer within the deadline of "
-                              f"{self._limit_ms(timeout_ms):g} ms ({self._why(withdrawn)})") from None
-            if item.state == DONE:
-                if item.error is not None:
-                    raise item.error
-                assert item.result is not None
-                return item.result
-            self._lead()  # the engine was passed to this caller: run the next batch (most likely its own)
+        try:
+            while True:
+                remaining = None if item.deadline is None else item.deadline - self._clock()
+                got = item.signal.acquire(timeout=max(0.0, remaining)) if remaining is not None else item.signal.acquire()
+                if not got:
+                    withdrawn = self._withdraw(item)
+                    if withdrawn is None:  # answered (or handed the engine) in the instant between
+                        if item.state == DONE:  # its wake-up is still coming down the chain: not needed
+                            return _taken(item)
+                        continue
+                    raise Timeout(f"model '{self._name}': no answer within the deadline of "
+                                  f"{self._limit_ms(timeout_ms):g} ms ({self._why(withdrawn)})") from None
+                if item.state == DONE:
+                    return _taken(item)
+                self._lead()  # the engine was passed to this caller: run the next batch (most likely its own)
+        except BaseException:
+            if item.state in (QUEUED, RUNNING):  # leaving without its answer (interrupted): out of any chain to come
+                self._withdraw(item)
+            raise
+        finally:
+            follower = item.next  # NOTE: however this caller leaves, the caller after it in the chain is woken
+            if follower is not None:
+                item.next = None
+                _wake(follower)
 
     @staticmethod
     def _why(withdrawn: bool | None) -> str:
@@ -670,7 +717,7 @@ class Batcher:
             # (one thread switch each) overlaps the next run instead of leaving the engine idle
             tally.busy_s = self._clock() - started
             self._pass_engine(tally)
-            _answer(answers)
+            _answer(answers, self._lock)
 
     def _pass_engine(self, tally: Tally | None = None) -> None:
         """Give the engine to the oldest waiting caller that can lead, or to an executor thread for callers that
@@ -762,6 +809,13 @@ class Batcher:
             for i, part in enumerate(np.split(value, cuts, axis=axis)):
                 per_request[i][spec.name] = part
         return per_request
+
+
+def _taken(item: Pending) -> dict[str, np.ndarray]:
+    if item.error is not None:
+        raise item.error
+    assert item.result is not None
+    return item.result
 
 
 class Tally:

@@ -267,6 +267,47 @@ def test_requests_arriving_while_a_batch_runs_are_gathered_for_the_next() -> Non
     batcher.close()
 
 
+def test_a_caller_that_gave_up_inside_a_running_batch_does_not_stall_the_callers_woken_after_it() -> None:
+    """A batch's blocked callers are woken one after another, each by the one before it. One that left at its
+    deadline while the batch ran is out of that chain, so the callers behind it still get their answers."""
+    first_gate, second_entered, second_release = Gate(), threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def run(feed):
+        runs.append(len(feed["x"]))
+        if len(runs) == 1:
+            return first_gate(feed)
+        second_entered.set()
+        assert second_release.wait(10), "the test never released the second batch"
+        return [feed["x"] * 2]
+
+    def queued(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while batcher.queued < n:  # a condition to reach, not an ordering by sleeping
+            assert time.monotonic() < deadline, "the callers never queued"
+            time.sleep(0.001)
+
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32), name="m")
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.call, _x(1))
+        assert first_gate.entered.wait(5)
+        early = pool.submit(batcher.call, _x(2))
+        queued(1)
+        leaving = pool.submit(batcher.call, _x(3), 100)
+        queued(2)
+        late = pool.submit(batcher.call, _x(4))
+        queued(3)
+        first_gate.release.set()
+        assert second_entered.wait(5)  # the three run as one batch, which now holds the engine
+        with pytest.raises(Timeout, match="its answer is discarded"):
+            leaving.result(10)
+        second_release.set()
+        assert first.result(5)["x"][0, 0] == 2 and early.result(5)["x"][0, 0] == 4
+        assert late.result(5)["x"][0, 0] == 8
+    assert runs == [1, 3]
+    batcher.close()
+
+
 def test_failing_batch_fails_exactly_the_request_that_broke_it() -> None:
     def run(feed):
         if np.any(feed["x"] < 0):
