@@ -6,7 +6,8 @@ hand-off at all. Requests that arrive while the engine runs queue up; when the r
 oldest waiting caller, which runs everything queued that stacks with it (up to ``max_batch_size`` rows) as one
 batch, hands each follower its rows, and passes the engine on. So batching never makes a lone request wait, and
 under load there is one wake-up per batch for its leader plus one per follower's answer — no worker thread, no
-timer, no future or condition variable per request on the synchronous path. Callers that cannot lead (``submit``,
+timer, no future or condition variable per request on the synchronous path. Followers are woken in a chain, each
+by the one before it as it takes its answer (see :func:`_answer`). Callers that cannot lead (``submit``,
 ``call_async``: an event loop must not run the model) get a batch run for them on a shared executor thread, one
 job per batch, never a parked thread per request.
 
