@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import BatchConfig
 from ..errors import EdgeserveError, first_line
 from ..runtime.model import Model
 from ..runtime.runtime import Runtime
@@ -28,7 +29,7 @@ from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
 if TYPE_CHECKING:
     from ..guard.explain import Explanation
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 ATTRIBUTIONS = ".attributions"
 """With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
@@ -98,6 +99,25 @@ class DataPlane:
                     "inputs": [_tensor_metadata(s) for s in model.inputs],
                     "outputs": [_tensor_metadata(s) for s in model.outputs],
                     "parity": model.parity}  # beyond the protocol's fields: clients ignore what they do not know
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration, the fields clients read: written for Triton (its image_client reads
+        ``max_batch_size`` and the input's dims and format), they run unchanged. ``max_batch_size`` is above 0 only
+        when every input and output holds requests' rows on axis 0, and then the dims leave that axis out, as
+        Triton's do; otherwise it is 0 and the dims are whole. -1 is a dimension of any size."""
+        with self._model(name, version) as (model, _):
+            batched = all(s.batch_axis == 0 for s in (*model.inputs, *model.outputs))
+            limit = (model.batcher.config if model.batcher is not None else BatchConfig()).max_batch_size
+            config: dict[str, Any] = {
+                "name": name, "platform": PLATFORMS.get(model.engine, model.engine), "backend": model.engine,
+                "version_policy": {"latest": {"num_versions": 1}},
+                "max_batch_size": limit if batched else 0,
+                "input": [{**_tensor_config(s, batched), "format": _format(s)} for s in model.inputs],
+                "output": [_tensor_config(s, batched) for s in model.outputs]}
+            if model.batcher is not None:
+                config["dynamic_batching"] = {
+                    "max_queue_delay_microseconds": int(model.batcher.config.max_delay_ms * 1000)}
+            return config
 
     def model_drift(self, name: str, version: str | None) -> dict[str, Any]:
         """``Runtime.drift`` of the serving version (a version in the path must be the serving one)."""
@@ -346,6 +366,23 @@ def _outcome(exc: ProtocolError) -> str:
 
 def _dims(spec: TensorSpec) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in spec.shape]
+
+
+def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    datatype = datatype_of(spec.np_dtype)
+    dims = _dims(spec)
+    return {"name": spec.name, "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype),
+            "dims": dims[1:] if batched else dims}
+
+
+def _format(spec: TensorSpec) -> str:
+    """An image input's layout, where its channels (1 or 3) make it plain: what Triton's image clients read."""
+    dims = spec.shape
+    if len(dims) == 4 and dims[1] in (1, 3) and dims[3] not in (1, 3):
+        return "FORMAT_NCHW"
+    if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+        return "FORMAT_NHWC"
+    return "FORMAT_NONE"
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -58,6 +58,8 @@ ROUTES = (
     Route("GET", "/v2", "server_metadata", "infer", "Server metadata"),
     Route("GET", _MODEL, "model_metadata", "infer", "Model metadata"),
     Route("GET", _MODEL + "/ready", "model_ready", "infer", "Model readiness"),
+    Route("GET", _MODEL + "/config", "model_config", "infer",
+          "Model configuration, as Triton's extension gives it (max_batch_size, the tensors' dims)"),
     Route("POST", _MODEL + "/infer", "infer", "infer", "Inference (JSON or the binary tensor extension)"),
     Route("GET", _MODEL + "/drift", "model_drift", "metrics",
           "Drift state of the model's serving version (an edgeserve extension)"),
@@ -133,6 +135,9 @@ class RestApp:
 
     def _model_metadata(self, p: dict[str, str]) -> dict[str, Any]:
         return self.plane.model_metadata(p["name"], p.get("version"))
+
+    def _model_config(self, p: dict[str, str]) -> dict[str, Any]:
+        return self.plane.model_config(p["name"], p.get("version"))
 
     def _model_ready(self, p: dict[str, str]) -> dict[str, Any]:
         if not self.plane.model_ready(p["name"], p.get("version")):

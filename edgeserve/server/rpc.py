@@ -29,7 +29,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 
 
 class Servicer:
-    """The six RPCs over a :class:`DataPlane`."""
+    """The seven RPCs over a :class:`DataPlane`."""
 
     def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
         self.plane = plane
@@ -43,6 +43,7 @@ class Servicer:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, False),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, False),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, False),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest, False),
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._guarded(fn, public), request_deserializer=message.FromString,
@@ -81,6 +82,21 @@ class Servicer:
         for key in ("inputs", "outputs"):
             for t in meta[key]:
                 getattr(out, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return out
+
+    def model_config(self, request: Any, caller: str) -> Any:
+        config = self.plane.model_config(request.name, request.version or None)
+        out = pb.ModelConfigResponse()
+        out.config.name, out.config.platform, out.config.backend = config["name"], config["platform"], config["backend"]
+        out.config.max_batch_size = config["max_batch_size"]
+        out.config.version_policy.latest.num_versions = 1
+        for t in config["input"]:
+            out.config.input.add(name=t["name"], data_type=t["data_type"], format=t["format"], dims=t["dims"])
+        for t in config["output"]:
+            out.config.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
+        if "dynamic_batching" in config:
+            out.config.dynamic_batching.max_queue_delay_microseconds = \
+                config["dynamic_batching"]["max_queue_delay_microseconds"]
         return out
 
     def model_infer(self, request: Any, caller: str) -> Any:

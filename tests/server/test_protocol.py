@@ -353,3 +353,43 @@ def test_model_metadata_names_the_engine_that_answers(tmp_path) -> None:
         plane = DataPlane(runtime)
         assert plane.model_metadata("ov", None)["platform"] == "openvino"
         assert plane.model_metadata("ort", None)["platform"] == "onnxruntime_onnx"
+
+
+def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: Path) -> None:
+    """Triton's image_client reads the model configuration first: ``max_batch_size`` (above 0: the client adds the
+    batch dimension itself, and the dims leave it out) and the input's dims and format. A model whose rows are not
+    on axis 0 everywhere (a VAD's state batches on axis 1, its sample rate on none) says 0 and gives whole dims."""
+    from tests.factories import cnn_opset11, save, vad_like_data, vad_like_model
+
+    images = np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32)
+    cnn = edgeserve.convert(save(cnn_opset11(), tmp_path / "cnn.onnx"), tmp_path / "cnn-pkg", quantize="none",
+                            calibration={"x": images})
+    vad = edgeserve.convert(save(vad_like_model(), tmp_path / "vad.onnx"), tmp_path / "vad-pkg", quantize="none",
+                            calibration=vad_like_data())
+    repository = Repository(tmp_path / "repo", create=True)
+    repository.publish("cnn", cnn.path)
+    repository.publish("vad", vad.path)
+    with edgeserve.load(cnn.path) as model:
+        want = model.predict(images[:2])["logits"]
+    running = start(repository.root, ServeConfig(port=0, grpc_port=0), batching=edgeserve.BatchConfig(max_batch_size=8))
+    try:
+        http = tritonhttp.InferenceServerClient(running.host_port)
+        grpc = tritongrpc.InferenceServerClient(running.grpc)
+        for config in (http.get_model_config("cnn"), grpc.get_model_config("cnn", as_json=True)["config"]):
+            assert config["max_batch_size"] == 8 and config["platform"] == "onnxruntime_onnx"
+            (image,) = config["input"]
+            assert [int(d) for d in image["dims"]] == [3, 16, 16] and image.get("format") == "FORMAT_NCHW"
+            assert image["data_type"] == "TYPE_FP32" and [int(d) for d in config["output"][0]["dims"]] == [5]
+            # as image_client does: the batch dimension in front of the configured dims
+            sent = tritonhttp.InferInput(image["name"], [2, *map(int, image["dims"])], "FP32")
+            sent.set_data_from_numpy(images[:2])
+            np.testing.assert_allclose(http.infer("cnn", [sent]).as_numpy("logits"), want, rtol=1e-5, atol=1e-6)
+        for config in (http.get_model_config("vad"), grpc.get_model_config("vad", as_json=True)["config"]):
+            assert config.get("max_batch_size", 0) == 0
+            dims = {t["name"]: [int(d) for d in t.get("dims", [])] for t in config["input"]}
+            assert dims == {"input": [-1, 64], "state": [2, -1, 16], "sr": []}
+        with pytest.raises(tritonhttp.InferenceServerException, match="404"):
+            http.get_model_config("nothing")
+        assert "model_configuration" in http.get_server_metadata()["extensions"]
+    finally:
+        stop(running)
