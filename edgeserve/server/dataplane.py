@@ -29,7 +29,7 @@ from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
 if TYPE_CHECKING:
     from ..guard.explain import Explanation
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 ATTRIBUTIONS = ".attributions"
 """With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
@@ -70,6 +70,9 @@ class DataPlane:
         """Set on SIGTERM: readiness turns false, new inference requests get 503, in-flight ones finish."""
         self._inflight = 0
         self._idle = threading.Condition()
+        self._counts: dict[tuple[str, int], list[int]] = {}
+        """Per model and version served: successes, their ns, their rows, failures, their ns, the last answer's
+        time (ms since the epoch) — Triton's statistics extension; updated under ``_idle``'s lock."""
 
     # -- health and metadata ------------------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -118,6 +121,22 @@ class DataPlane:
                 config["dynamic_batching"] = {
                     "max_queue_delay_microseconds": int(model.batcher.config.max_delay_ms * 1000)}
             return config
+
+    def model_statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension: per model and version served, successes and failures with their time,
+        inferences (rows) and engine runs, and for the serving version the time queued for the batcher and in
+        the engine, and the response cache's hits and misses. All models without ``name``."""
+        loaded = self.runtime.models()
+        if name is not None:
+            with self._model(name, version) as (_, number):  # an unknown model or version is a 404
+                wanted = [(name, number)]
+        else:
+            wanted = sorted({(n, info["version"]) for n, info in loaded.items() if info["version"] is not None}
+                            | set(self._counts))
+        with self._idle:
+            counts = {key: list(value) for key, value in self._counts.items()}
+        return {"model_stats": [_statistics(n, v, counts.get((n, v), [0] * 6), loaded.get(n, {}))
+                                for n, v in wanted]}
 
     def model_drift(self, name: str, version: str | None) -> dict[str, Any]:
         """``Runtime.drift`` of the serving version (a version in the path must be the serving one)."""
@@ -191,6 +210,7 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
+            served.append(_batch_rows(model, feed))
             explain = _wants_explanation(request)  # NOTE: a bad value is refused before the model runs
             audit = self.runtime.audit
             started = time.perf_counter()
@@ -235,6 +255,7 @@ class DataPlane:
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
+            served.append(_batch_rows(model, feed))
             explain = _wants_explanation(request)
             audit = self.runtime.audit
             started = time.perf_counter()
@@ -274,11 +295,25 @@ class DataPlane:
         with self._idle:
             self._inflight += 1
 
-    def _leave(self, model: str, version: str, outcome: str, seconds: float) -> None:
+    def _leave(self, model: str, version: str, outcome: str, seconds: float, number: int | None = None,
+               rows: int = 0) -> None:
         with self._idle:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.notify_all()
+            if number is not None:  # NOTE: only a model and version that exist: names from requests never pile up
+                counts = self._counts.get((model, number))
+                if counts is None:
+                    counts = self._counts[(model, number)] = [0, 0, 0, 0, 0, 0]
+                ns = int(seconds * 1e9)
+                if outcome == "success":
+                    counts[0] += 1
+                    counts[1] += ns
+                    counts[2] += rows
+                else:
+                    counts[3] += 1
+                    counts[4] += ns
+                counts[5] = int(time.time() * 1000)
         if self.observer is not None:
             self.observer.observe(model, version, outcome, seconds)
 
@@ -368,6 +403,37 @@ def _dims(spec: TensorSpec) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in spec.shape]
 
 
+def _batch_rows(model: Model, feed: dict[str, np.ndarray]) -> int:
+    """The rows (inferences, to Triton) of a request: along the first input's batch axis, else one."""
+    for spec in model.inputs:
+        if spec.batch_axis is not None and spec.name in feed and feed[spec.name].ndim > spec.batch_axis:
+            return int(feed[spec.name].shape[spec.batch_axis])
+    return 1
+
+
+def _statistics(name: str, version: int, counts: list[int], info: dict[str, Any]) -> dict[str, Any]:
+    ok, ok_ns, rows, failed, failed_ns, last = counts
+
+    def duration(count: float, ns: float) -> dict[str, int]:
+        return {"count": int(count), "ns": int(ns)}
+
+    serving = info.get("version") == version
+    batching = (info.get("batching") or {}) if serving else {}
+    timings = batching.get("timings", {})
+    queue, run = timings.get("queue_s"), timings.get("run_s")
+    cache = (info.get("cache") or {}) if serving else {}
+    return {"name": name, "version": str(version), "last_inference": last, "inference_count": rows,
+            "execution_count": batching.get("batches", ok) if batching else ok,
+            "inference_stats": {
+                "success": duration(ok, ok_ns), "fail": duration(failed, failed_ns),
+                "queue": duration(sum(queue["counts"]), queue["sum"] * 1e9) if queue else duration(0, 0),
+                "compute_input": duration(0, 0),
+                "compute_infer": duration(sum(run["counts"]), run["sum"] * 1e9) if run else duration(0, 0),
+                "compute_output": duration(0, 0),
+                "cache_hit": duration(cache.get("hits", 0), 0), "cache_miss": duration(cache.get("misses", 0), 0)},
+            "batch_stats": []}
+
+
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     datatype = datatype_of(spec.np_dtype)
     dims = _dims(spec)
@@ -431,5 +497,7 @@ class _Accounted:
         else:
             outcome = "error"
         request = self._request
-        version = str(self.served[0]) if self.served else (request.version or "")
-        self._plane._leave(request.model, version, outcome, time.perf_counter() - self._started)
+        served = self.served
+        version = str(served[0]) if served else (request.version or "")
+        self._plane._leave(request.model, version, outcome, time.perf_counter() - self._started,
+                           served[0] if served else None, served[1] if len(served) > 1 else 0)

@@ -56,6 +56,9 @@ ROUTES = (
     Route("GET", "/v2/health/live", "live", None, "Server liveness"),
     Route("GET", "/v2/health/ready", "ready", None, "Server readiness (false while draining)"),
     Route("GET", "/v2", "server_metadata", "infer", "Server metadata"),
+    Route("GET", "/v2/models/stats", "model_statistics", "metrics",
+          "Statistics of every model (Triton's extension: a model named 'stats' has no metadata route)"),
+    Route("GET", _MODEL + "/stats", "model_statistics", "metrics", "Statistics of a model (Triton's extension)"),
     Route("GET", _MODEL, "model_metadata", "infer", "Model metadata"),
     Route("GET", _MODEL + "/ready", "model_ready", "infer", "Model readiness"),
     Route("GET", _MODEL + "/config", "model_config", "infer",
@@ -71,7 +74,8 @@ ROUTES = (
     Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", "repository_unload", "admin", "Unload a model"),
 )
 _COMPILED = sorted(((r, r.regex) for r in ROUTES), key=lambda rr: rr[0].handler != "infer")
-"""Infer first: the one route on the hot path (the patterns never overlap, so the order changes nothing else)."""
+"""Infer first: the one route on the hot path. Otherwise the table's order: only ``/v2/models/stats`` matches two
+patterns (a model named "stats"), and the statistics route comes first, as on Triton."""
 
 
 class RestApp:
@@ -135,6 +139,9 @@ class RestApp:
 
     def _model_metadata(self, p: dict[str, str]) -> dict[str, Any]:
         return self.plane.model_metadata(p["name"], p.get("version"))
+
+    def _model_statistics(self, p: dict[str, str]) -> dict[str, Any]:
+        return self.plane.model_statistics(p.get("name"), p.get("version"))
 
     def _model_config(self, p: dict[str, str]) -> dict[str, Any]:
         return self.plane.model_config(p["name"], p.get("version"))

@@ -29,35 +29,36 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 
 
 class Servicer:
-    """The seven RPCs over a :class:`DataPlane`."""
+    """The eight RPCs over a :class:`DataPlane`."""
 
     def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
         self.plane = plane
         self.tokens = tokens
 
     def handler(self) -> grpc.GenericRpcHandler:
-        rpcs: dict[str, tuple[Callable[..., Any], Any, bool]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest, True),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest, True),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest, False),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, False),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, False),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest, False),
-            "ModelConfig": (self.model_config, pb.ModelConfigRequest, False),
+        rpcs: dict[str, tuple[Callable[..., Any], Any, str | None]] = {  # the token scope each needs (None: public)
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, None),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, None),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, "infer"),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, "infer"),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, "infer"),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, "infer"),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest, "infer"),
+            "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest, "metrics"),  # as REST's
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
-            self._guarded(fn, public), request_deserializer=message.FromString,
-            response_serializer=lambda m: m.SerializeToString()) for name, (fn, message, public) in rpcs.items()}
+            self._guarded(fn, scope), request_deserializer=message.FromString,
+            response_serializer=lambda m: m.SerializeToString()) for name, (fn, message, scope) in rpcs.items()}
         return grpc.method_handlers_generic_handler(pb.SERVICE, handlers)
 
-    def _guarded(self, fn: Callable[[Any, str], Any], public: bool) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _guarded(self, fn: Callable[[Any, str], Any], scope: str | None) -> Callable[[Any, grpc.ServicerContext], Any]:
         """``fn(request, caller)`` after auth; ``caller`` is the token's name, as on REST."""
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 who = ANONYMOUS
-                if not public and self.tokens is not None:
+                if scope is not None and self.tokens is not None:
                     who = self.tokens.caller(dict(context.invocation_metadata()).get("authorization"))
-                    require(who, "infer")
+                    require(who, scope)
                 return fn(request, who.name)
             except ProtocolError as exc:
                 context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
@@ -97,6 +98,16 @@ class Servicer:
         if "dynamic_batching" in config:
             out.config.dynamic_batching.max_queue_delay_microseconds = \
                 config["dynamic_batching"]["max_queue_delay_microseconds"]
+        return out
+
+    def model_statistics(self, request: Any, caller: str) -> Any:
+        stats = self.plane.model_statistics(request.name or None, request.version or None)
+        out = pb.ModelStatisticsResponse()
+        for m in stats["model_stats"]:
+            entry = out.model_stats.add(name=m["name"], version=m["version"], last_inference=m["last_inference"],
+                                        inference_count=m["inference_count"], execution_count=m["execution_count"])
+            for key, value in m["inference_stats"].items():
+                getattr(entry.inference_stats, key).MergeFrom(pb.StatisticDuration(**value))
         return out
 
     def model_infer(self, request: Any, caller: str) -> Any:

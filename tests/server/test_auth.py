@@ -80,6 +80,12 @@ def test_grpc_needs_a_token_except_for_health(secured) -> None:
         client.infer("mlp", [x], headers={"authorization": "Bearer " + "y" * 32})
     result = client.infer("mlp", [x], headers={"authorization": f"Bearer {TOKENS['infer']}"})
     assert result.as_numpy("logits").shape == (1, 4)
+    # statistics are monitoring, as /metrics: the 'metrics' scope, on gRPC as on REST
+    with pytest.raises(Exception, match="PERMISSION_DENIED"):
+        client.get_inference_statistics("mlp", headers={"authorization": f"Bearer {TOKENS['infer']}"})
+    stats = client.get_inference_statistics("mlp", headers={"authorization": f"Bearer {TOKENS['metrics']}"})
+    assert stats.model_stats[0].name == "mlp"
+    assert call(secured.host_port, "GET", "/v2/models/mlp/stats", token=TOKENS["infer"]).status == 403
 
 
 def test_a_public_bind_without_tokens_refuses_to_start(tmp_path) -> None:

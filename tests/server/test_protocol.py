@@ -393,3 +393,47 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
         assert "model_configuration" in http.get_server_metadata()["extensions"]
     finally:
         stop(running)
+
+
+def test_statistics_count_what_each_model_answered_as_triton_reports_them(tmp_path: Path) -> None:
+    """Triton's statistics extension (tritonclient's get_inference_statistics, over REST and gRPC): successes and
+    failures with their time, inferences counted by rows, engine runs, and time queued and in the engine."""
+    from tests.factories import mlp_model, save
+
+    pkg = edgeserve.convert(save(mlp_model(), tmp_path / "m.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": rows(32)})
+    repository = Repository(tmp_path / "repo", create=True)
+    repository.publish("mlp", pkg.path)
+    repository.publish("other", pkg.path)
+    running = start(repository.root, ServeConfig(port=0, grpc_port=0), batching=edgeserve.BatchConfig())
+    try:
+        http = tritonhttp.InferenceServerClient(running.host_port)
+        grpc = tritongrpc.InferenceServerClient(running.grpc)
+        for n in (1, 3, 2):
+            sent = tritonhttp.InferInput("x", [n, 16], "FP32")
+            sent.set_data_from_numpy(rows(n))
+            http.infer("mlp", [sent])
+        wrong = tritonhttp.InferInput("x", [1, 15], "FP32")
+        wrong.set_data_from_numpy(rows(1)[:, :15])
+        with pytest.raises(tritonhttp.InferenceServerException):
+            http.infer("mlp", [wrong])
+        with pytest.raises(tritonhttp.InferenceServerException):
+            http.infer("nothing", [wrong])  # an unknown model is counted nowhere
+        for stats in (http.get_inference_statistics("mlp")["model_stats"],
+                      [json.loads(call(running.host_port, "GET", "/v2/models/mlp/versions/1/stats").body)][0]
+                      ["model_stats"]):
+            (mlp,) = stats
+            assert mlp["name"] == "mlp" and mlp["version"] == "1" and mlp["inference_count"] == 6
+            assert mlp["execution_count"] == 3 and mlp["last_inference"] > 0
+            infer = mlp["inference_stats"]
+            assert infer["success"]["count"] == 3 and infer["success"]["ns"] > 0
+            assert infer["fail"]["count"] == 1
+            assert infer["compute_infer"]["count"] == 3 and infer["compute_infer"]["ns"] > 0
+        every = {m["name"]: m for m in http.get_inference_statistics()["model_stats"]}
+        assert set(every) == {"mlp", "other"} and every["other"]["inference_count"] == 0
+        got = grpc.get_inference_statistics("mlp")
+        assert got.model_stats[0].inference_count == 6 and got.model_stats[0].inference_stats.success.count == 3
+        with pytest.raises(tritonhttp.InferenceServerException, match="404"):
+            http.get_inference_statistics("nothing")
+    finally:
+        stop(running)
