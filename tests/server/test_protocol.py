@@ -391,6 +391,8 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
         with pytest.raises(tritonhttp.InferenceServerException, match="404"):
             http.get_model_config("nothing")
         assert "model_configuration" in http.get_server_metadata()["extensions"]
+        http.close()
+        grpc.close()
     finally:
         stop(running)
 
@@ -435,5 +437,7 @@ def test_statistics_count_what_each_model_answered_as_triton_reports_them(tmp_pa
         assert got.model_stats[0].inference_count == 6 and got.model_stats[0].inference_stats.success.count == 3
         with pytest.raises(tritonhttp.InferenceServerException, match="404"):
             http.get_inference_statistics("nothing")
+        http.close()
+        grpc.close()
     finally:
         stop(running)
