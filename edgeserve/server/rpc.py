@@ -8,7 +8,7 @@ health routes are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +29,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 
 
 class Servicer:
-    """The eight RPCs over a :class:`DataPlane`."""
+    """The protocol's RPCs, Triton's ModelConfig, ModelStatistics and ModelStreamInfer, over a :class:`DataPlane`."""
 
     def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
         self.plane = plane
@@ -49,17 +49,24 @@ class Servicer:
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._guarded(fn, scope), request_deserializer=message.FromString,
             response_serializer=lambda m: m.SerializeToString()) for name, (fn, message, scope) in rpcs.items()}
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=lambda m: m.SerializeToString())
         return grpc.method_handlers_generic_handler(pb.SERVICE, handlers)
+
+    def _caller(self, context: grpc.ServicerContext, scope: str | None) -> str:
+        """The token's name after auth (raises ProtocolError); ANONYMOUS's without tokens or for public RPCs."""
+        who = ANONYMOUS
+        if scope is not None and self.tokens is not None:
+            who = self.tokens.caller(dict(context.invocation_metadata()).get("authorization"))
+            require(who, scope)
+        return who.name
 
     def _guarded(self, fn: Callable[[Any, str], Any], scope: str | None) -> Callable[[Any, grpc.ServicerContext], Any]:
         """``fn(request, caller)`` after auth; ``caller`` is the token's name, as on REST."""
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                who = ANONYMOUS
-                if scope is not None and self.tokens is not None:
-                    who = self.tokens.caller(dict(context.invocation_metadata()).get("authorization"))
-                    require(who, scope)
-                return fn(request, who.name)
+                return fn(request, self._caller(context, scope))
             except ProtocolError as exc:
                 context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
         return call
@@ -109,6 +116,21 @@ class Servicer:
             for key, value in m["inference_stats"].items():
                 getattr(entry.inference_stats, key).MergeFrom(pb.StatisticDuration(**value))
         return out
+
+    def model_stream_infer(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        """Triton's ModelStreamInfer (tritonclient's ``start_stream`` and ``async_stream_infer``): each request on
+        the stream answered in order, with its response or its error; an error does not end the stream. Auth
+        once, when the stream opens. The stream holds one of the server's worker threads while it is open."""
+        try:
+            caller = self._caller(context, "infer")
+        except ProtocolError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+        for request in requests:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=self.model_infer(request, caller))
+            except ProtocolError as exc:
+                yield pb.ModelStreamInferResponse(error_message=exc.message,
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
 
     def model_infer(self, request: Any, caller: str) -> Any:
         decoded = decode(request)

@@ -441,3 +441,32 @@ def test_statistics_count_what_each_model_answered_as_triton_reports_them(tmp_pa
         grpc.close()
     finally:
         stop(running)
+
+
+def test_a_grpc_stream_answers_each_request_in_order_and_an_error_does_not_end_it(served, repo) -> None:
+    """Triton's ModelStreamInfer, as tritonclient's start_stream / async_stream_infer use it: every request on the
+    stream gets its own response (its id echoed) or its own error, in order, and the stream goes on."""
+    import queue
+
+    client = tritongrpc.InferenceServerClient(served.grpc)
+    got: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        sent = []
+        for i, n in enumerate((1, 2, 0, 3)):
+            x = rows(max(n, 1))
+            tensor = tritongrpc.InferInput("x", [len(x), 16 if n else 15], "FP32")
+            tensor.set_data_from_numpy(x if n else x[:, :15])  # the third: the wrong width, refused
+            client.async_stream_infer("mlp", [tensor], request_id=f"r{i}")
+            sent.append(x if n else None)
+        with edgeserve.load(repo / "mlp" / "1") as model:
+            for i, x in enumerate(sent):
+                result, error = got.get(timeout=10)
+                if x is None:
+                    assert result is None and "16" in str(error)
+                    continue
+                assert error is None and result.get_response().id == f"r{i}"
+                np.testing.assert_allclose(result.as_numpy("logits"), model.predict(x)["logits"], rtol=1e-5)
+    finally:
+        client.stop_stream()
+        client.close()
