@@ -99,7 +99,8 @@ class Server:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         self._grpc, self.grpc_port = rpc.start(self.plane, f"{host}:{self.config.grpc_port}", tokens=self.tokens,
                                                workers=self.config.grpc_workers, max_message=self.config.max_body,
-                                               reuse_port=self.config.reuse_port)
+                                               reuse_port=self.config.reuse_port,
+                                               model_control=self.config.model_control)
 
     def run(self, sock: socket.socket | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or :meth:`stop`), then drain and return. ``sock``: an already bound

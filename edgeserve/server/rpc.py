@@ -8,6 +8,7 @@ health routes are.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,9 @@ from . import messages as pb
 from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest
-from .errors import BadRequest, ProtocolError
+from .errors import BadRequest, Forbidden, ProtocolError
+
+log = logging.getLogger(__name__)
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -31,9 +34,10 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 class Servicer:
     """The protocol's RPCs, Triton's ModelConfig, ModelStatistics and ModelStreamInfer, over a :class:`DataPlane`."""
 
-    def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
+    def __init__(self, plane: DataPlane, tokens: Tokens | None = None, *, model_control: bool = False) -> None:
         self.plane = plane
         self.tokens = tokens
+        self.model_control = model_control
 
     def handler(self) -> grpc.GenericRpcHandler:
         rpcs: dict[str, tuple[Callable[..., Any], Any, str | None]] = {  # the token scope each needs (None: public)
@@ -45,6 +49,9 @@ class Servicer:
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, "infer"),
             "ModelConfig": (self.model_config, pb.ModelConfigRequest, "infer"),
             "ModelStatistics": (self.model_statistics, pb.ModelStatisticsRequest, "metrics"),  # as REST's
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, "admin"),
+            "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest, "admin"),
+            "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest, "admin"),
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._guarded(fn, scope), request_deserializer=message.FromString,
@@ -132,6 +139,36 @@ class Servicer:
                 yield pb.ModelStreamInferResponse(error_message=exc.message,
                                                   infer_response=pb.ModelInferResponse(id=request.id))
 
+    # -- model control, as REST's (see RestApp._control) ---------------------------------------------------------------
+    def _controlled(self, request: Any = None) -> None:
+        """Model control is on; a load request sends no model of its own (Triton's ``config`` and ``file:``
+        parameters)."""
+        if not self.model_control:
+            raise Forbidden("model control is off; start the server with --model-control (needs --token-file)")
+        if request is not None and any(k == "config" or k.startswith("file:") for k in request.parameters):
+            raise BadRequest("load parameters (a config or files sent with the request) are not accepted: models "
+                             "load only from the repository; publish them with 'edgeserve models publish'")
+
+    def repository_index(self, request: Any, caller: str) -> Any:
+        self._controlled()
+        out = pb.RepositoryIndexResponse()
+        for entry in self.plane.repository_index():
+            if not request.ready or entry["state"] == "READY":
+                out.models.add(**entry)
+        return out
+
+    def repository_load(self, request: Any, caller: str) -> Any:
+        self._controlled(request)
+        self.plane.load(request.model_name, caller)
+        log.warning("model control: load %s by %s", request.model_name, caller)
+        return pb.RepositoryModelLoadResponse()
+
+    def repository_unload(self, request: Any, caller: str) -> Any:
+        self._controlled()  # NOTE: its one parameter, unload_dependents, means nothing here: no model depends on one
+        self.plane.unload(request.model_name, caller)
+        log.warning("model control: unload %s by %s", request.model_name, caller)
+        return pb.RepositoryModelUnloadResponse()
+
     def model_infer(self, request: Any, caller: str) -> Any:
         decoded = decode(request)
         decoded.caller = caller
@@ -177,7 +214,8 @@ def _parameter(p: Any) -> Any:
 
 
 def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, workers: int = 16,
-          max_message: int = 64 * 1024 * 1024, reuse_port: bool = False) -> tuple[grpc.Server, int]:
+          max_message: int = 64 * 1024 * 1024, reuse_port: bool = False,
+          model_control: bool = False) -> tuple[grpc.Server, int]:
     """Start the gRPC server on ``address`` (``host:port``; port 0 picks a free one); returns it and its port.
     ``reuse_port``: share the port with sibling worker processes (else a port in use is an error, not shared)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeserve-grpc"),
@@ -185,7 +223,7 @@ def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, worke
                                   ("grpc.max_send_message_length", max_message),
                                   # NOTE: grpcio sets SO_REUSEPORT by default: a second server would share the port
                                   ("grpc.so_reuseport", 1 if reuse_port else 0)])
-    server.add_generic_rpc_handlers((Servicer(plane, tokens).handler(),))
+    server.add_generic_rpc_handlers((Servicer(plane, tokens, model_control=model_control).handler(),))
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -133,3 +133,40 @@ def test_model_control_is_for_admin_tokens_and_loads_only_from_the_repository(se
 def test_model_control_is_off_by_default(served) -> None:
     reply = call(served.host_port, "POST", "/v2/repository/models/mlp/unload")
     assert reply.status == 403 and "--model-control" in reply.error
+
+
+def test_grpc_model_control_is_for_admin_tokens_and_loads_only_from_the_repository(secured) -> None:
+    """tritonclient.grpc's load_model / unload_model / get_model_repository_index, under REST's rules."""
+    tritongrpc = pytest.importorskip("tritonclient.grpc")
+    client = tritongrpc.InferenceServerClient(secured.grpc)
+    admin = {"authorization": f"Bearer {TOKENS['admin']}"}
+    infer = {"authorization": f"Bearer {TOKENS['infer']}"}
+    try:
+        with pytest.raises(Exception, match="PERMISSION_DENIED"):
+            client.unload_model("mlp", headers=infer)
+        index = {m.name: m for m in client.get_model_repository_index(headers=admin).models}
+        assert index["mlp"].state == "READY" and index["mlp"].version == "1"
+        try:
+            client.unload_model("mlp", headers=admin)
+            assert not client.is_model_ready("mlp", headers=infer)
+            ready = {m.name for m in client.get_model_repository_index(headers=admin).models if m.state == "READY"}
+            assert "mlp" not in ready
+        finally:
+            client.load_model("mlp", headers=admin)
+        assert client.is_model_ready("mlp", headers=infer)
+        for name in ("nope", "..", "../mlp"):
+            with pytest.raises(Exception, match="NOT_FOUND"):
+                client.load_model(name, headers=admin)
+        with pytest.raises(Exception, match="only from the repository"):
+            client.load_model("mlp", headers=admin, config="{}")
+    finally:
+        client.close()
+
+
+def test_grpc_model_control_is_off_by_default(served) -> None:
+    tritongrpc = pytest.importorskip("tritonclient.grpc")
+    client = tritongrpc.InferenceServerClient(served.grpc)
+    with pytest.raises(Exception, match="PERMISSION_DENIED.*--model-control"):
+        client.unload_model("mlp")
+    assert client.is_model_ready("mlp")
+    client.close()
