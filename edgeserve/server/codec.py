@@ -29,6 +29,9 @@ MAX_ELEMENTS = 1 << 28
 
 def datatype_of(dtype: np.dtype[Any] | str) -> str:
     """The protocol's name for a numpy dtype (strings and bytes are BYTES)."""
+    name = _NAMES.get(dtype) if isinstance(dtype, np.dtype) else None  # NOTE: a dict lookup, once per output
+    if name is not None:
+        return name
     dt = np.dtype(dtype)
     if dt.kind in "OSU":
         return "BYTES"

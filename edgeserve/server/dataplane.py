@@ -69,10 +69,14 @@ class DataPlane:
         self.draining = False
         """Set on SIGTERM: readiness turns false, new inference requests get 503, in-flight ones finish."""
         self._inflight = 0
-        self._idle = threading.Condition()
+        self._lock = threading.Lock()
+        """Guards the in-flight count and the statistics (taken as a plain lock on the hot path: a Condition's
+        ``with`` is two Python calls)."""
+        self._idle = threading.Condition(self._lock)
+        """Wakes drain() once nothing is in flight."""
         self._counts: dict[tuple[str, int], list[int]] = {}
         """Per model and version served: successes, their ns, their rows, failures, their ns, the last answer's
-        time (ms since the epoch) — Triton's statistics extension; updated under ``_idle``'s lock."""
+        time (ms since the epoch) — Triton's statistics extension; updated under ``_lock``."""
 
     # -- health and metadata ------------------------------------------------------------------------------------------
     def live(self) -> bool:
@@ -127,14 +131,14 @@ class DataPlane:
         inferences (rows) and engine runs, and for the serving version the time queued for the batcher and in
         the engine, and the response cache's hits and misses. All models without ``name``."""
         loaded = self.runtime.models()
+        with self._lock:
+            counts = {key: list(value) for key, value in self._counts.items()}
         if name is not None:
             with self._model(name, version) as (_, number):  # an unknown model or version is a 404
                 wanted = [(name, number)]
         else:
             wanted = sorted({(n, info["version"]) for n, info in loaded.items() if info["version"] is not None}
-                            | set(self._counts))
-        with self._idle:
-            counts = {key: list(value) for key, value in self._counts.items()}
+                            | set(counts))
         return {"model_stats": [_statistics(n, v, counts.get((n, v), [0] * 6), loaded.get(n, {}))
                                 for n, v in wanted]}
 
@@ -292,14 +296,14 @@ class DataPlane:
     def _enter(self) -> None:
         if self.draining:
             raise Unavailable("the server is shutting down; send the request to another replica", retry_after_s=1)
-        with self._idle:
+        with self._lock:
             self._inflight += 1
 
     def _leave(self, model: str, version: str, outcome: str, seconds: float, number: int | None = None,
                rows: int = 0) -> None:
-        with self._idle:
+        with self._lock:
             self._inflight -= 1
-            if not self._inflight:
+            if not self._inflight and self.draining:  # NOTE: drain() sets draining before it looks, under this lock
                 self._idle.notify_all()
             if number is not None:  # NOTE: only a model and version that exist: names from requests never pile up
                 counts = self._counts.get((model, number))
