@@ -410,8 +410,9 @@ def _dims(spec: TensorSpec) -> list[int]:
 def _batch_rows(model: Model, feed: dict[str, np.ndarray]) -> int:
     """The rows (inferences, to Triton) of a request: along the first input's batch axis, else one."""
     first = model.inputs[0]
-    if first.batch_axis == 0:  # NOTE: the common case first, cheaply: this runs on every request
-        return len(feed[first.name])
+    value = feed.get(first.name)
+    if first.batch_axis == 0 and value is not None and value.ndim:  # NOTE: the common case first, cheaply
+        return len(value)  # (before the model's contract has looked at the shapes: a 0-d value is its to refuse)
     for spec in model.inputs:
         if spec.batch_axis is not None and spec.name in feed and feed[spec.name].ndim > spec.batch_axis:
             return int(feed[spec.name].shape[spec.batch_axis])

@@ -140,6 +140,8 @@ BAD = [
     ("unknown datatype", json.dumps({"inputs": [{**X16, "datatype": "FLOAT"}]}).encode(), {}, 400, "unknown datatype"),
     ("wrong rank", json.dumps({"inputs": [{**X16, "shape": [16]}]}).encode(), {}, 400, "input 'x'"),
     ("wrong dims", json.dumps({"inputs": [{**X16, "shape": [2, 8]}]}).encode(), {}, 400, "input 'x'"),
+    ("a scalar for a batched input", json.dumps({"inputs": [{**X16, "shape": [], "data": [1.0]}]}).encode(), {},
+     400, "input 'x'"),
     ("missing input", json.dumps({"inputs": [{**X16, "name": "y"}]}).encode(), {}, 400, "no input 'y'"),
     ("duplicate input", json.dumps({"inputs": [X16, X16]}).encode(), {}, 400, "given twice"),
     ("unknown output", json.dumps({"inputs": [X16], "outputs": [{"name": "nope"}]}).encode(), {}, 400,
