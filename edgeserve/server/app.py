@@ -82,10 +82,9 @@ class Server:
             raise
         self._audit = log_
         self.metrics = Metrics(self.runtime)
-        self.plane = DataPlane(self.runtime, observer=self.metrics)
+        self.plane = DataPlane(self.runtime, observer=self.metrics, model_control=config.model_control)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
-        self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body,
-                           model_control=config.model_control)
+        self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None
         self.grpc_port: int | None = None
         self._uvicorn: Any = None
@@ -99,8 +98,7 @@ class Server:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         self._grpc, self.grpc_port = rpc.start(self.plane, f"{host}:{self.config.grpc_port}", tokens=self.tokens,
                                                workers=self.config.grpc_workers, max_message=self.config.max_body,
-                                               reuse_port=self.config.reuse_port,
-                                               model_control=self.config.model_control)
+                                               reuse_port=self.config.reuse_port)
 
     def run(self, sock: socket.socket | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or :meth:`stop`), then drain and return. ``sock``: an already bound

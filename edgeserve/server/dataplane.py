@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,12 @@ from ..runtime.model import Model
 from ..runtime.runtime import Runtime
 from ..tensors import TensorSpec
 from .codec import datatype_of
-from .errors import BadRequest, NotFound, ProtocolError, Unavailable, from_core
+from .errors import BadRequest, Forbidden, NotFound, ProtocolError, Unavailable, from_core
 
 if TYPE_CHECKING:
     from ..guard.explain import Explanation
 
+log = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 ATTRIBUTIONS = ".attributions"
 """With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
@@ -62,8 +64,10 @@ class InferResponse:
 class DataPlane:
     """Health, metadata and inference over a :class:`Runtime`, in protocol terms."""
 
-    def __init__(self, runtime: Runtime, *, observer: Any = None) -> None:
+    def __init__(self, runtime: Runtime, *, observer: Any = None, model_control: bool = False) -> None:
         self.runtime = runtime
+        self.model_control = model_control
+        """Triton's repository extension on (``--model-control``): see :meth:`controlled`."""
         self.observer = observer
         """Told of every answered request (``observe(model, version, outcome, seconds)``): the metrics."""
         self.draining = False
@@ -159,6 +163,17 @@ class DataPlane:
         return _Held(self.runtime, name, _version(version))
 
     # -- model control (Triton's repository extension) ----------------------------------------------------------------
+    def controlled(self, parameters: Iterable[str] = ()) -> None:
+        """Raise unless model control is on, or when a request sends a model of its own (Triton's ``config`` and
+        ``file:`` parameters): models load from the repository alone. REST and gRPC ask before anything else;
+        the scope (admin) is theirs to check. Other parameters (an unload's ``unload_dependents``) mean nothing
+        here, where no model depends on another."""
+        if not self.model_control:
+            raise Forbidden("model control is off; start the server with --model-control (needs --token-file)")
+        if any(k == "config" or k.startswith("file:") for k in parameters):
+            raise BadRequest("load parameters (a config or files sent with the request) are not accepted: models "
+                             "load only from the repository; publish them with 'edgeserve models publish'")
+
     def repository_index(self) -> list[dict[str, Any]]:
         loaded = self.runtime.models()
         out = []
@@ -178,15 +193,18 @@ class DataPlane:
             if name not in self.runtime.repository.names():
                 raise NotFound(f"no model '{name}' in the repository; it has "
                                f"{', '.join(self.runtime.repository.names()) or 'none'}")
-            return str(self.runtime.reload(name, caller=caller, action="load"))
+            version = str(self.runtime.reload(name, caller=caller, action="load"))
         except EdgeserveError as exc:
             raise from_core(exc) from None
+        log.warning("model control: load %s by %s", name, caller)
+        return version
 
     def unload(self, name: str, caller: str | None = None) -> None:
         try:
             self.runtime.unload(name, caller=caller)
         except EdgeserveError as exc:
             raise from_core(exc) from None
+        log.warning("model control: unload %s by %s", name, caller)
 
     def refuses(self, name: str, version: str | None) -> None:
         """Raise 503 now if the model's queue would refuse a request for its wait (``max_wait_ms``): lets REST

@@ -24,7 +24,7 @@ import orjson
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
 from .dataplane import DataPlane, InferRequest, InferResponse
-from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
+from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,11 @@ class RestApp:
     """The ASGI callable."""
 
     def __init__(self, plane: DataPlane, metrics: Metrics | None = None, *, tokens: Tokens | None = None,
-                 max_body: int = MAX_BODY, model_control: bool = False) -> None:
+                 max_body: int = MAX_BODY) -> None:
         self.plane = plane
         self.metrics = metrics
         self.tokens = tokens
         self.max_body = max_body
-        self.model_control = model_control
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,18 +186,15 @@ class RestApp:
 
     async def _control(self, handler: str, params: dict[str, str], headers: dict[str, str], receive: Receive,
                        caller: Caller) -> tuple[int, bytes, dict[str, str]]:
-        if not self.model_control:
-            raise Forbidden("model control is off; start the server with --model-control (needs --token-file)")
+        self.plane.controlled()  # NOTE: before the body is read
         body = await self._body(headers, receive)
         if body.strip():
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise BadRequest("the request body must be JSON (or empty)") from None
-            if isinstance(doc, dict) and doc.get("parameters"):
-                raise BadRequest("load parameters (a config or files sent with the request) are not accepted: "
-                                 "models load only from the repository; publish them with 'edgeserve models "
-                                 "publish'")
+            parameters = doc.get("parameters") if isinstance(doc, dict) else None
+            self.plane.controlled(parameters if isinstance(parameters, dict) else ())
         if handler == "repository_index":
             return 200, orjson.dumps(self.plane.repository_index()), {}
         loop = asyncio.get_running_loop()
@@ -206,7 +202,6 @@ class RestApp:
             await loop.run_in_executor(None, self.plane.load, params["name"], caller.name)
         else:
             await loop.run_in_executor(None, self.plane.unload, params["name"], caller.name)
-        log.warning("model control: %s %s by %s", handler.removeprefix("repository_"), params["name"], caller.name)
         return 200, b"", {}
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:

@@ -21,7 +21,7 @@ from . import messages as pb
 from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest
-from .errors import BadRequest, Forbidden, ProtocolError
+from .errors import BadRequest, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,9 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 class Servicer:
     """The protocol's RPCs, Triton's ModelConfig, ModelStatistics and ModelStreamInfer, over a :class:`DataPlane`."""
 
-    def __init__(self, plane: DataPlane, tokens: Tokens | None = None, *, model_control: bool = False) -> None:
+    def __init__(self, plane: DataPlane, tokens: Tokens | None = None) -> None:
         self.plane = plane
         self.tokens = tokens
-        self.model_control = model_control
 
     def handler(self) -> grpc.GenericRpcHandler:
         rpcs: dict[str, tuple[Callable[..., Any], Any, str | None]] = {  # the token scope each needs (None: public)
@@ -139,18 +138,9 @@ class Servicer:
                 yield pb.ModelStreamInferResponse(error_message=exc.message,
                                                   infer_response=pb.ModelInferResponse(id=request.id))
 
-    # -- model control, as REST's (see RestApp._control) ---------------------------------------------------------------
-    def _controlled(self, request: Any = None) -> None:
-        """Model control is on; a load request sends no model of its own (Triton's ``config`` and ``file:``
-        parameters)."""
-        if not self.model_control:
-            raise Forbidden("model control is off; start the server with --model-control (needs --token-file)")
-        if request is not None and any(k == "config" or k.startswith("file:") for k in request.parameters):
-            raise BadRequest("load parameters (a config or files sent with the request) are not accepted: models "
-                             "load only from the repository; publish them with 'edgeserve models publish'")
-
+    # -- model control (DataPlane.controlled says whether it is allowed) ----------------------------------------------
     def repository_index(self, request: Any, caller: str) -> Any:
-        self._controlled()
+        self.plane.controlled()
         out = pb.RepositoryIndexResponse()
         for entry in self.plane.repository_index():
             if not request.ready or entry["state"] == "READY":
@@ -158,15 +148,13 @@ class Servicer:
         return out
 
     def repository_load(self, request: Any, caller: str) -> Any:
-        self._controlled(request)
+        self.plane.controlled(request.parameters)
         self.plane.load(request.model_name, caller)
-        log.warning("model control: load %s by %s", request.model_name, caller)
         return pb.RepositoryModelLoadResponse()
 
     def repository_unload(self, request: Any, caller: str) -> Any:
-        self._controlled()  # NOTE: its one parameter, unload_dependents, means nothing here: no model depends on one
+        self.plane.controlled(request.parameters)
         self.plane.unload(request.model_name, caller)
-        log.warning("model control: unload %s by %s", request.model_name, caller)
         return pb.RepositoryModelUnloadResponse()
 
     def model_infer(self, request: Any, caller: str) -> Any:
@@ -214,8 +202,7 @@ def _parameter(p: Any) -> Any:
 
 
 def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, workers: int = 16,
-          max_message: int = 64 * 1024 * 1024, reuse_port: bool = False,
-          model_control: bool = False) -> tuple[grpc.Server, int]:
+          max_message: int = 64 * 1024 * 1024, reuse_port: bool = False) -> tuple[grpc.Server, int]:
     """Start the gRPC server on ``address`` (``host:port``; port 0 picks a free one); returns it and its port.
     ``reuse_port``: share the port with sibling worker processes (else a port in use is an error, not shared)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeserve-grpc"),
@@ -223,7 +210,7 @@ def start(plane: DataPlane, address: str, *, tokens: Tokens | None = None, worke
                                   ("grpc.max_send_message_length", max_message),
                                   # NOTE: grpcio sets SO_REUSEPORT by default: a second server would share the port
                                   ("grpc.so_reuseport", 1 if reuse_port else 0)])
-    server.add_generic_rpc_handlers((Servicer(plane, tokens, model_control=model_control).handler(),))
+    server.add_generic_rpc_handlers((Servicer(plane, tokens).handler(),))
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:

@@ -135,6 +135,24 @@ def test_model_control_is_off_by_default(served) -> None:
     assert reply.status == 403 and "--model-control" in reply.error
 
 
+def test_tritonclient_http_model_control_works_as_triton_clients_call_it(secured) -> None:
+    """tritonclient.http's unload_model always sends {"parameters": {"unload_dependents": false}}: that is no
+    model of its own and is accepted; a config sent with load_model is refused."""
+    tritonhttp = pytest.importorskip("tritonclient.http")
+    client = tritonhttp.InferenceServerClient(secured.host_port)
+    admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    try:
+        client.unload_model("mlp", headers=admin)
+        assert not client.is_model_ready("mlp", headers=admin)
+        client.load_model("mlp", headers=admin)
+        assert client.is_model_ready("mlp", headers=admin)
+        with pytest.raises(tritonhttp.InferenceServerException, match="only from the repository"):
+            client.load_model("mlp", headers=admin, config="{}")
+    finally:
+        client.load_model("mlp", headers=admin)
+        client.close()
+
+
 def test_grpc_model_control_is_for_admin_tokens_and_loads_only_from_the_repository(secured) -> None:
     """tritonclient.grpc's load_model / unload_model / get_model_repository_index, under REST's rules."""
     tritongrpc = pytest.importorskip("tritonclient.grpc")
