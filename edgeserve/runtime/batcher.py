@@ -111,10 +111,7 @@ class Pending:
         if self.discard:
             return
         if self.signal is not None:
-            try:
-                self.signal.release()
-            except RuntimeError:  # already released by a hand-off its caller has not taken up yet: it will see DONE
-                pass
+            _wake(self)
         elif self.loop is not None:
             self.loop.call_soon_threadsafe(_settle, self.future, result, error)
         elif error is not None:
