@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from .dataplane import DataPlane, InferRequest, InferResponse
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 
-log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 MAX_BODY = 64 * 1024 * 1024

@@ -8,7 +8,6 @@ health routes are.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,8 +21,6 @@ from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest
 from .errors import BadRequest, ProtocolError
-
-log = logging.getLogger(__name__)
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
