@@ -61,3 +61,65 @@ def test_async_answers_equal_sync_answers(mlp_package: Path) -> None:
 
         for out in asyncio.run(go()):
             np.testing.assert_array_equal(out["logits"], model.predict(x)["logits"])
+
+
+def test_a_model_with_a_batcher_is_held_to_the_lower_bound(mlp_package: Path, monkeypatch) -> None:
+    """A run in the loop keeps every other request from queueing to share it: a model a batcher could stack runs in
+    the loop only when it is faster than ``INLINE_BATCHED_S``, one without a batcher up to ``INLINE_S``."""
+    monkeypatch.setattr(model_module, "INLINE_S", 1.0)  # every model counts as fast...
+    monkeypatch.setattr(model_module, "INLINE_BATCHED_S", 0.0)  # ... but none as fast enough to stop batching
+    with edgeserve.load(mlp_package) as model:
+        assert _threads_used(model, [rows(1)] * 12)[8:] == [True] * 4
+    with edgeserve.load(mlp_package, batching=edgeserve.BatchConfig()) as model:
+        assert model.batcher is not None
+        assert not any(_threads_used(model, [rows(1)] * 12))
+
+
+def test_probes_run_one_at_a_time(mlp_package: Path) -> None:
+    """Probes that run side by side time each other: requests that arrive while one probe runs take the usual way."""
+    with edgeserve.load(mlp_package, batching=edgeserve.BatchConfig()) as model:
+        probes = []
+        timed = model._timed
+
+        def spy(feed):
+            probes.append(len(feed["x"]))
+            return timed(feed)
+
+        model._timed = spy
+        inputs = [rows(1, seed=i) for i in range(20)]
+
+        async def go():
+            return await asyncio.gather(*(model.predict_async(x) for x in inputs))
+
+        answers = asyncio.run(go())
+        assert probes == [1] and model._inline_calls == 1
+        for x, out in zip(inputs, answers):
+            np.testing.assert_allclose(out["logits"], model.predict(x)["logits"], rtol=1e-5)
+
+
+def test_a_probe_times_the_engine_not_the_queue(mlp_package: Path) -> None:
+    """A probe runs beside a batch that holds the engine, not behind it: queued, it would time the wait."""
+    with edgeserve.load(mlp_package, batching=edgeserve.BatchConfig()) as model:
+        run = model.batcher._run
+        entered, release = threading.Event(), threading.Event()
+
+        def held(feed):
+            if len(feed["x"]) == 3:  # the blocking caller's batch
+                entered.set()
+                release.wait()
+            return run(feed)
+
+        model.batcher._run = held
+        blocker = threading.Thread(target=model.predict, args=(rows(3),))
+        blocker.start()
+        try:
+            assert entered.wait(10)
+
+            async def probe():
+                return await asyncio.wait_for(model.predict_async(rows(1)), 10)
+
+            out = asyncio.run(probe())  # a TimeoutError here: the probe queued behind the held batch
+            assert out["logits"].shape == (1, 4) and model._inline_calls == 1
+        finally:
+            release.set()
+            blocker.join()

@@ -19,6 +19,7 @@ from tests.factories import rows
 @pytest.fixture(params=["batching", "no-batching"])
 def plane(repo: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
     monkeypatch.setattr(model_module, "INLINE_S", 0.0)  # the model counts as too slow for the usual inline path
+    monkeypatch.setattr(model_module, "INLINE_BATCHED_S", 0.0)
     runtime = Runtime(repo, batching=BatchConfig() if request.param == "batching" else None, guard=None)
     yield DataPlane(runtime)
     runtime.close()
