@@ -113,9 +113,11 @@ class Server:
             sock.close()
             self.close()
             raise
+        from .onewrite import Protocol
+
         # NOTE: proxy_headers off: nothing here reads the client's address, and uvicorn's middleware that rewrites
         # it from X-Forwarded-For wraps every request (digits MLP, wrk at 32 connections: +3-5% requests/s)
-        config = uvicorn.Config(self.app, host=self.config.host, port=self.config.port, http="httptools",
+        config = uvicorn.Config(self.app, host=self.config.host, port=self.config.port, http=Protocol,
                                 loop="uvloop", lifespan="off", access_log=False, log_level="warning",
                                 proxy_headers=False, timeout_graceful_shutdown=int(self.config.drain_s) + 1)
         server = uvicorn.Server(config)
