@@ -142,6 +142,7 @@ class DriftMonitor:
             with self._lock:  # NOTE: backpressure: a caller that outruns its monitor waits for it
                 self._fold()
         kept = []
+        size = nbytes = 0  # NOTE: summed here, not by two generator expressions after (2.2-2.3 -> 2.0 us a call)
         for side, name, layout, n, axis in self._tensors:
             value = (feed if side == "input" else outputs)[name]
             if axis:
@@ -151,17 +152,19 @@ class DriftMonitor:
                                                                           and value.shape[1] != n):
                     self.skipped += 1
                     return
-                kept.append(held.copy(value))
+                value = held.copy(value)
             else:  # images, series, sequences: summarised now (a few numbers per row, of a fixed width)
-                summary = row_features(layout, value)
-                if summary.shape[1] != n:
+                value = row_features(layout, value)
+                if value.shape[1] != n:
                     self.skipped += 1
                     return
-                kept.append(summary)
+            kept.append(value)
+            size += value.size
+            nbytes += value.nbytes
         self._pending.append(kept)
         self._pending_rows += rows  # NOTE: racy counters only decide when and where to fold; the fold counts exactly
-        self._pending_bytes += sum(a.nbytes for a in kept)
-        if defer and sum(a.size for a in kept) > held.NUMPY_HOLDS:
+        self._pending_bytes += nbytes
+        if defer and size > held.NUMPY_HOLDS:
             self._pending_big = True
         if self._pending_rows < self.config.chunk:
             return
