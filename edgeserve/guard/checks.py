@@ -46,6 +46,25 @@ class _InputCheck:
     fits: tuple[int, ...] | None = None  # the last shape seen that the per-feature bounds broadcast against
     categories: frozenset[str] | None = None  # a text input's values in the reference
     missing: bool = False  # the reference holds NaN here (missing values a model's imputer fills): not an error
+    top_id: np.ndarray | None = None  # vocabulary - 1, the highest token id the table holds
+    pieces: tuple[Any, list[tuple[Any, np.ndarray, np.ndarray]]] | None = None
+    """(shape and bounds, [(index, lo, hi)]): the last piecewise check's pieces (see :meth:`within`), kept."""
+
+    def __post_init__(self) -> None:
+        if self.vocabulary is not None:
+            self.top_id = np.array(self.vocabulary - 1)
+
+    def within(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, hold: bool) -> bool:
+        """:func:`within`, with the pieces and their bounds cut once per shape. NOTE: cut for every request,
+        they cost 6.6 of 8.4 us on a 512-value row."""
+        if not hold or x.size <= GIL_HELD or x.size > PIECEWISE:
+            return _inside(x, lo, hi)
+        key = (x.shape, id(lo), id(hi))
+        cut = self.pieces
+        if cut is None or cut[0] != key:
+            lo_b, hi_b = np.broadcast_to(lo, x.shape), np.broadcast_to(hi, x.shape)
+            cut = self.pieces = (key, [(p, lo_b[p], hi_b[p]) for p in pieces(x.shape, GIL_HELD)])
+        return all(_inside(x[p], low, high) for p, low, high in cut[1])
 
 
 class Envelope:
@@ -99,7 +118,7 @@ class Envelope:
                                            f"values the reference never held (it held {_listed(known)})")
                 continue
             if c.vocabulary is not None:
-                if not within(x, _ZERO, np.array(c.vocabulary - 1), hold):
+                if not c.within(x, _ZERO, c.top_id, hold):  # type: ignore[arg-type]
                     warned += self._failed("vocabulary", c.name, x, partial(_outside_table, x, c.vocabulary),
                                            f"token ids outside the embedding table (0..{c.vocabulary - 1})")
                 continue
@@ -111,7 +130,7 @@ class Envelope:
                     assert lo is not None and hi is not None
                 else:
                     c.fits = x.shape  # the per-feature bounds broadcast against this shape: no need to look again
-            if within(x, lo, hi, hold):
+            if c.within(x, lo, hi, hold):
                 continue
             finite = not c.floating or bool(np.isfinite(x).all())
             if not finite and self.config.non_finite != "off":

@@ -177,6 +177,27 @@ def test_piecewise_check_agrees_with_the_plain_one(rows, features, kind, nan, ou
     assert within(x, lo, hi) == within(x, lo, hi, hold=True)
 
 
+def test_a_check_keeps_its_pieces_only_for_the_shape_and_bounds_they_were_cut_for() -> None:
+    """One input's check, asked about requests of changing sizes and against its two sets of bounds (per feature,
+    and the whole tensor's), in pieces: every answer equals the plain comparison's."""
+    from edgeserve.guard.checks import _InputCheck
+
+    lo, hi = np.full((1, 90), -0.01, np.float32), np.full((1, 90), 1.01, np.float32)
+    hi[0, 80] = 0.6  # a per-feature bound tighter than the whole tensor's
+    check = _InputCheck("x", lo, hi, np.array(-0.01, np.float32), np.array(1.01, np.float32), True, None)
+    rng = np.random.default_rng(0)
+    cases = ((6, None, 0), (24, 23, 1.5), (24, 23, 0.7), (6, 5, 0.7), (24, None, 0))
+    bounds = ((check.lo, check.hi), (check.lo_all, check.hi_all))
+    asked = [(case, b) for b in bounds for case in cases]  # the size changes under the same bounds...
+    asked += [(case, b) for case in cases for b in bounds]  # ... and the bounds under the same size
+    for (rows, where, value), (low, high) in asked:
+        x = rng.uniform(0.45, 0.55, (rows, 90)).astype(np.float32)
+        if where is not None:
+            x[where, 80] = value  # the last row: outside pieces cut for fewer rows
+        assert x.size > 500  # checked in pieces
+        assert check.within(x, low, high, hold=True) == bool(((x >= low) & (x <= high)).all()), (rows, value)
+
+
 def test_an_event_loop_checks_in_pieces_that_keep_the_lock_and_a_thread_in_one_pass(
         digits_package: Path, digits, monkeypatch: pytest.MonkeyPatch) -> None:
     """numpy gives up the interpreter lock over GIL_HELD values: an event loop that gives it up waits behind every
