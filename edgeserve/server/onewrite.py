@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol, sending each response's head together with its body: one write, one TCP segment.
+"""uvicorn's httptools protocol, sending each response's head together with its body: one write, not two.
 
 uvicorn writes a response's status line and headers as soon as the app sends ``http.response.start``, and the body
 in a second write. A client waiting for the answer then wakes up twice: for the head, only to find the body
