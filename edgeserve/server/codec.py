@@ -119,6 +119,9 @@ def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray, data
         return got
     if kind not in "iuf":
         raise BadRequest(f"{where}: {datatype} data must be numbers, got {_what(got)}")
+    if _holds_bool(data):  # NOTE: numpy reads [1.5, true] as [1.5, 1.0]; Triton refuses it, and so do we
+        raise BadRequest(f"{where}: {datatype} data must be numbers, got true/false among them (send BOOL data "
+                         "as its own input)")
     if dtype.kind == "f":
         with np.errstate(over="ignore"):  # NOTE: 1e300 as FP32 is inf, as onnxruntime would make it; the guard decides
             return got.astype(dtype)
@@ -133,6 +136,20 @@ def _cast(where: str, datatype: str, dtype: np.dtype[Any], got: np.ndarray, data
     if got.size and (got.min() < info.min or got.max() > info.max):
         raise BadRequest(f"{where}: a value is outside the {datatype} range [{info.min}, {info.max}]")
     return got.astype(dtype)
+
+
+def _holds_bool(data: Any) -> bool:
+    """Whether the (nested) list ``data`` holds a true or false anywhere: only asked on the checked path, which
+    nested lists and anything but plain numbers take."""
+    lists = [data]
+    while lists:
+        items = lists.pop()
+        types = set(map(type, items))
+        if bool in types:
+            return True
+        if list in types:
+            lists.extend(v for v in items if type(v) is list)
+    return False
 
 
 def _python_ints(data: Any) -> Any:

@@ -111,6 +111,10 @@ def test_split_binary_refuses_sizes_that_do_not_add_up() -> None:
 def test_null_and_strings_are_not_numbers() -> None:
     import pytest
 
-    for data in ([None, 1.0], [1.0, None], ["1.0", 2.0], [[None, 1.0]]):
-        with pytest.raises(BadRequest, match="must be numbers"):
-            from_json("input 'x'", "FP32", [2] if not isinstance(data[0], list) else [1, 2], data)
+    for datatype in ("FP32", "INT64"):
+        for data in ([None, 1.0], [1.0, None], ["1.0", 2.0], [[None, 1.0]], [True, False], [1.5, True], [2, False],
+                     [[1.0, 2.0], [True, 3.0]], [[[1.0], [True]]]):
+            shape = list(np.shape(data))
+            with pytest.raises(BadRequest, match="must be numbers"):
+                from_json("input 'x'", datatype, shape, data)
+    assert from_json("input 'x'", "FP32", [2, 2], [[1.0, 2], [3, 4.5]]).tolist() == [[1.0, 2.0], [3.0, 4.5]]
