@@ -17,13 +17,15 @@ from tests.factories import rows
 def _threads_used(model, feeds) -> list[bool]:
     """For each call, whether the engine ran in the event loop's own thread."""
     seen: list[bool] = []
-    run = model._run_feed
+    owner = model.batcher if model.batcher is not None else model  # what calls the engine
+    attribute = "_run" if model.batcher is not None else "_run_feed"
+    run = getattr(owner, attribute)
 
     def spy(feed):
         seen.append(threading.current_thread() is loop_thread)
         return run(feed)
 
-    model._run_feed = spy
+    setattr(owner, attribute, spy)
     loop_thread = None
 
     async def go() -> None:
@@ -61,18 +63,6 @@ def test_async_answers_equal_sync_answers(mlp_package: Path) -> None:
 
         for out in asyncio.run(go()):
             np.testing.assert_array_equal(out["logits"], model.predict(x)["logits"])
-
-
-def test_a_model_with_a_batcher_is_held_to_the_lower_bound(mlp_package: Path, monkeypatch) -> None:
-    """A run in the loop keeps every other request from queueing to share it: a model a batcher could stack runs in
-    the loop only when it is faster than ``INLINE_BATCHED_S``, one without a batcher up to ``INLINE_S``."""
-    monkeypatch.setattr(model_module, "INLINE_S", 1.0)  # every model counts as fast...
-    monkeypatch.setattr(model_module, "INLINE_BATCHED_S", 0.0)  # ... but none as fast enough to stop batching
-    with edgeserve.load(mlp_package) as model:
-        assert _threads_used(model, [rows(1)] * 12)[8:] == [True] * 4
-    with edgeserve.load(mlp_package, batching=edgeserve.BatchConfig()) as model:
-        assert model.batcher is not None
-        assert not any(_threads_used(model, [rows(1)] * 12))
 
 
 def test_probes_run_one_at_a_time(mlp_package: Path) -> None:
@@ -123,3 +113,38 @@ def test_a_probe_times_the_engine_not_the_queue(mlp_package: Path) -> None:
         finally:
             release.set()
             blocker.join()
+
+
+def test_a_batched_model_runs_in_the_loop_for_a_lone_caller_only(mlp_package: Path, monkeypatch) -> None:
+    """A model the batcher keeps out of the loop (``INLINE_BATCHED_S``: a run there keeps other requests from
+    queueing to share the next), though the loop could afford its runs (``INLINE_S``): one caller at a time runs it
+    in the loop (no hand-off); callers that await together go to the batcher and share runs. Without a batcher,
+    the same model runs in the loop."""
+    monkeypatch.setattr(model_module, "INLINE_S", 1.0)  # the loop could afford it...
+    monkeypatch.setattr(model_module, "INLINE_BATCHED_S", 0.0)  # ... but the batcher keeps it out
+    with edgeserve.load(mlp_package) as model:
+        assert _threads_used(model, [rows(1)] * 12)[8:] == [True] * 4
+    with edgeserve.load(mlp_package, batching=edgeserve.BatchConfig()) as model:
+        assert _threads_used(model, [rows(1)] * 12)[8:] == [True] * 4  # after the probes: one after another
+
+        seen: list[bool] = []
+        run = model.batcher._run
+
+        def spy(feed):
+            seen.append(threading.current_thread() is loop_thread)
+            return run(feed)
+
+        model.batcher._run = spy
+        loop_thread = None
+        inputs = [rows(1, seed=i) for i in range(16)]
+
+        async def together():
+            nonlocal loop_thread
+            loop_thread = threading.current_thread()
+            return await asyncio.gather(*(model.predict_async(x) for x in inputs))
+
+        answers = asyncio.run(together())
+        assert seen and not any(seen)  # none in the loop
+        assert len(seen) < len(inputs)  # and they shared runs
+        for x, out in zip(inputs, answers):
+            np.testing.assert_allclose(out["logits"], model.predict(x)["logits"], rtol=1e-5)
