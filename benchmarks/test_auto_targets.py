@@ -71,8 +71,10 @@ def _yolo_like(tmp: Path) -> tuple[Path, Path, Path, str | None, dict]:
     x = rng.random((96, 3, 160, 160), dtype=np.float32)
     fp32 = edgeserve.convert(net, tmp / "yolo-src", example_inputs=torch.from_numpy(x[:2]),
                              output_names=["boxes", "objectness"], quantize="none")
-    np.savez(tmp / "yolo_cal.npz", input=x[:64])
-    np.savez(tmp / "yolo_eval.npz", input=x[64:])
+    with edgeserve.load(fp32.path) as model:  # named after forward's parameter
+        name = model.inputs[0].name
+    np.savez(tmp / "yolo_cal.npz", **{name: x[:64]})
+    np.savez(tmp / "yolo_eval.npz", **{name: x[64:]})
     return fp32.model_path, tmp / "yolo_cal.npz", tmp / "yolo_eval.npz", None, {}
 
 
