@@ -239,7 +239,9 @@ class Model:
                 # NOTE: a model the batcher keeps out of the loop (INLINE_BATCHED_S) whose runs the loop could afford
                 # (INLINE_S): a lone caller runs it here, as before there was a batcher, and saves the hand-off
                 # (wide MLP, one caller after another: 127-145 us a call here against 238-301 us handed off).
-                # One turn of the loop first, so that requests made together count in and batch instead.
+                # One turn of the loop first, so that requests made together count in and batch instead. The
+                # server's DataPlane._alone asks the same server-wide (no other request in flight, any model) and
+                # so may hold the loop longer (ALONE_S); this one knows only this model's callers.
                 await asyncio.sleep(0)
                 if self._async_waiting == 1 and self._inline(rows, alone=True):
                     out = self._predict_now(feed, timeout_ms)

@@ -46,16 +46,20 @@ async def _app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _exchange(request: bytes, app=_app) -> _Transport:
+async def _exchange(*pieces: bytes, app=_app) -> _Transport:
+    """Feed the request in ``pieces``, letting the app run after each; ``transport.after`` holds what had been
+    written after each piece (the last: when the response completed, before the connection closed)."""
     config = uvicorn.Config(app, http=Protocol, lifespan="off", log_level="warning")
     config.load()
     protocol = Protocol(config=config, server_state=ServerState(), app_state={})
     transport = _Transport()
+    transport.after = []  # type: ignore[attr-defined]
     protocol.connection_made(transport)
-    protocol.data_received(request)
-    for _ in range(20):  # the app's task runs on this loop: let it finish
-        await asyncio.sleep(0)
-    transport.open_writes = list(transport.writes)  # type: ignore[attr-defined]
+    for piece in pieces:
+        protocol.data_received(piece)
+        for _ in range(20):  # the app's task runs on this loop: let it go as far as it can
+            await asyncio.sleep(0)
+        transport.after.append(list(transport.writes))  # type: ignore[attr-defined]
     protocol.connection_lost(None)
     return transport
 
@@ -69,7 +73,7 @@ def test_a_response_is_one_write() -> None:
 def test_a_response_without_a_body_still_sends_its_head() -> None:
     for request in (b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n", b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n"):
         t = asyncio.run(_exchange(request))
-        sent = b"".join(t.open_writes)  # type: ignore[attr-defined]  # when the response completed, not at close
+        sent = b"".join(t.after[-1])  # type: ignore[attr-defined]  # when the response completed, not at close
         assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b"\r\n\r\n")
 
 
@@ -83,25 +87,8 @@ def test_two_requests_on_one_connection_get_two_whole_responses() -> None:
 @pytest.mark.parametrize("expect", [True, False])
 def test_an_interim_response_is_not_held(expect: bool) -> None:
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n" + (b"Expect: 100-continue\r\n" if expect else b"")
-
-    async def go() -> _Transport:
-        config = uvicorn.Config(_app, http=Protocol, lifespan="off", log_level="warning")
-        config.load()
-        protocol = Protocol(config=config, server_state=ServerState(), app_state={})
-        transport = _Transport()
-        protocol.connection_made(transport)
-        protocol.data_received(head + b"\r\n")
-        for _ in range(20):
-            await asyncio.sleep(0)
-        sent_before_body = list(transport.writes)
-        protocol.data_received(b"hi")
-        for _ in range(20):
-            await asyncio.sleep(0)
-        transport.before_body = sent_before_body  # type: ignore[attr-defined]
-        return transport
-
-    t = asyncio.run(go())
-    assert t.before_body == ([b"HTTP/1.1 100 Continue\r\n\r\n"] if expect else [])  # type: ignore[attr-defined]
+    t = asyncio.run(_exchange(head + b"\r\n", b"hi"))
+    assert t.after[0] == ([b"HTTP/1.1 100 Continue\r\n\r\n"] if expect else [])  # type: ignore[attr-defined]
     assert t.writes[-1].endswith(b"answer:hi")
 
 
@@ -111,5 +98,5 @@ def test_a_connection_closed_with_a_head_held_sends_it_first() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
         raise RuntimeError("the app died before its body")
 
-    t = asyncio.run(_exchange(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", crash))
+    t = asyncio.run(_exchange(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", app=crash))
     assert t.closed and t.writes and t.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
