@@ -24,6 +24,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -110,11 +111,24 @@ def output_summary(outputs: Mapping[str, np.ndarray], rows_shown: int = 8) -> st
             held.update(h, a)
             entry["digest"] = h.hexdigest()
             if a.ndim == 2 and 1 < a.shape[1] and len(a) <= rows_shown and kind in "fiub":
-                entry["top"] = [[t, row[t]] for t, row in zip(a.argmax(axis=1).tolist(), a.tolist())]
+                entry["top"] = _top(a.tolist())
             elif a.ndim == 1 and len(a) <= rows_shown:
                 entry["values"] = a.tolist()
         out[name] = entry
     return _COMPACT.encode(out)
+
+
+def _top(rows: list[list[Any]]) -> list[list[Any]]:
+    """Each row's top class and its score, as ``argmax`` picks it (the first greatest; a NaN counts as greatest).
+    NOTE: in Python, not ``a.argmax(axis=1)``: numpy's argmax gives up the interpreter lock at any size, and under
+    load each request then waited to get it back behind every busy thread (see :mod:`edgeserve.held`)."""
+    out = []
+    for row in rows:
+        t = row.index(max(row))
+        if math.isnan(sum(row)):  # NaN, or inf - inf: argmax's pick is the first NaN, if there is one
+            t = next((i for i, v in enumerate(row) if v != v), t)
+        out.append([t, row[t]])
+    return out
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
