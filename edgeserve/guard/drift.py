@@ -197,7 +197,7 @@ class Cusum:
         self.add(*self.ranks.sums(x), len(x))
 
     def add(self, ms: np.ndarray, vs: np.ndarray, rows: int) -> None:
-        """:meth:`update` from the rows' score sums per feature (``FeatureRanks.sums``, added up over pieces)."""
+        """:meth:`update` from the rows' score sums per feature (``FeatureRanks.sums``)."""
         step = np.concatenate([ms, -ms, vs, -vs]) - rows * self.k
         np.add(self.sums, step, out=self.sums)
         np.clip(self.sums, 0.0, self.cap, out=self.sums)

@@ -340,8 +340,8 @@ class Model:
 
     def _watched(self, feed: dict[str, np.ndarray], out: dict[str, np.ndarray], *,
                  defer: bool = False) -> dict[str, np.ndarray]:
-        """Hand the answered request to the drift monitor; ``defer``: an event loop's caller, whose chunks are
-        always folded on the monitors' own thread (see :meth:`DriftMonitor.observe`)."""
+        """Hand the answered request to the drift monitor; ``defer``: an event loop's caller, whose chunks holding a
+        big request are folded on the monitors' own thread (see :meth:`DriftMonitor.observe`)."""
         if self.monitor is not None:
             self.monitor.observe(feed, out, _rows(feed, self.inputs), defer=defer)
         return out
