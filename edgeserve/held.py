@@ -9,7 +9,7 @@ These helpers do exactly that up to ``HELD_BYTES``, and hand anything bigger to 
 
 NOTE: the 500-value rule is numpy's for element-wise ufuncs, comparisons, copies and casts. Other calls give the lock
 up at any size (seen with a rival thread, numpy 2.4): ``take`` and fancy indexing, ``argmax``, ``searchsorted``,
-``bincount``, ``ufunc.at``, ``dot``, and reductions along an axis over a few hundred values. On a request's path,
+``bincount``, ``ufunc.at`` and ``dot``. On a request's path,
 prefer Python over those for a handful of values (the audit record's top classes: 19k -> 29k requests/s at 32
 callers with ``argmax`` gone).
 """
