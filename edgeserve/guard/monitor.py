@@ -205,8 +205,7 @@ class DriftMonitor:
         if not items:
             return
         try:
-            x = self._features(items)
-            self._advance(*self.detector.ranks.sums(x), len(x))
+            self.update(self._features(items))
         except Exception:  # noqa: BLE001 - watching must never fail the requests it watches
             self.skipped += len(items)
             if not self._warned:
