@@ -3,6 +3,7 @@ record lost to kill -9."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -90,7 +91,7 @@ def test_runtime_writes_one_record_per_answer_and_per_action(digits_package: Pat
     answered = next(query(path, request_id="req-1"))
     assert answered["model"] == "digits" and answered["version"] == "1" and answered["caller"] == "alice"
     assert answered["outcome"] == "ok" and len(answered["digest"]) == 64 and answered["latency_us"] > 0
-    top = [int(t) for t, _ in __import__("json").loads(answered["output"])["logits"]["top"]]
+    top = [int(t) for t, _ in json.loads(answered["output"])["logits"]["top"]]
     assert top == out["logits"].argmax(axis=1).tolist()
     assert next(query(path, request_id="req-2"))["outcome"] == "EnvelopeError"
     actions = [(r["flags"], r["version"], r["outcome"]) for r in rows if r["kind"] == "action"]
@@ -107,7 +108,7 @@ SCORES = st.sampled_from([np.float32, np.float64, np.float16, np.int64, np.uint8
 
 @given(SCORES)
 def test_the_summary_names_each_rows_top_class_as_argmax_does(a: np.ndarray) -> None:
-    top = __import__("json").loads(output_summary({"scores": a}))["scores"]["top"]
+    top = json.loads(output_summary({"scores": a}))["scores"]["top"]
     assert [t for t, _ in top] == a.argmax(axis=1).tolist()  # ties, NaN (argmax's pick) and infinities alike
     np.testing.assert_array_equal([s for _, s in top], a[np.arange(len(a)), a.argmax(axis=1)])  # NaN == NaN here
 
