@@ -37,6 +37,9 @@ def session_options(config: SessionConfig, optimized_model_path: str | None = No
     # fatal only: a failed run is raised as InferenceError with the engine's message, so its error log line (one per
     # failed request, coloured, on stderr) would only repeat it; warnings about unused initialisers are noise
     opts.log_severity_level = 4
+    if not config.spin_wait:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if optimized_model_path:
         opts.optimized_model_filepath = optimized_model_path
     return opts

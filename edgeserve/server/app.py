@@ -55,6 +55,9 @@ class ServeConfig:
             raise ConfigError(f"the drain timeout must be between 0 and 3600 s, got {self.drain_s}")
 
 
+SERVER_SESSION = SessionConfig(spin_wait=False)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -65,7 +68,10 @@ def is_loopback(host: str) -> bool:
 
 
 class Server:
-    """The runtime, its data plane, the REST app and the gRPC server, started and stopped together."""
+    """The runtime, its data plane, the REST app and the gRPC server, started and stopped together.
+
+    ``session`` defaults to engine threads that sleep rather than spin between operators: the event loop needs a
+    core too (wide MLP at 32 connections, 2 cores: 5.5k -> 6.4k requests/s, p99 14 -> 11.5 ms)."""
 
     def __init__(self, repository: str | Path, config: ServeConfig, *, batching: BatchConfig | None = None,
                  cache: CacheConfig | None = None, session: SessionConfig | None = None,
@@ -75,7 +81,8 @@ class Server:
         self.tokens = Tokens.read(config.token_file) if config.token_file else None
         log_ = AuditLog(audit, durability=audit_mode) if audit is not None else None
         try:
-            self.runtime = Runtime(repository, batching=batching, cache=cache, config=session, guard=guard, audit=log_)
+            self.runtime = Runtime(repository, batching=batching, cache=cache, config=session or SERVER_SESSION,
+                                   guard=guard, audit=log_)
         except BaseException:
             if log_ is not None:
                 log_.close()

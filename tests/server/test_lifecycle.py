@@ -305,3 +305,19 @@ def test_a_request_the_queue_would_refuse_gets_its_503_before_its_body_is_read(s
                      b"Content-Length: 1000000\r\n\r\n{\"inputs\": [")  # the body never comes
         reply = conn.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 503") and "retry-after: 1" in reply.lower() and "max_wait_ms=10" in reply
+
+
+def _spinning(model: edgeserve.Model) -> str:
+    options = model._session._session.get_session_options()  # type: ignore[attr-defined]
+    try:
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+    except RuntimeError:  # not set: onnxruntime's default, which spins
+        return "1"
+
+
+def test_the_servers_engine_threads_sleep_rather_than_spin_beside_its_event_loop(served, repo: Path) -> None:
+    assert _spinning(served.server.runtime.model("mlp")) == "0"
+    with edgeserve.Runtime(repo) as runtime:  # in-process, nothing else wants the cores: the engine's default
+        assert _spinning(runtime.model("mlp")) == "1"
+    with edgeserve.Runtime(repo, config=edgeserve.SessionConfig(spin_wait=False)) as runtime:
+        assert _spinning(runtime.model("mlp")) == "0"
