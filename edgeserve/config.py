@@ -148,9 +148,11 @@ class BatchConfig:
     timeout_ms: float | None = 30_000.0
     """Default deadline per request (from submission); an expired request fails with Timeout and is not run."""
     max_wait_ms: float | None = None
-    """Refuse a request at once (QueueFull: a server's 503 with Retry-After) when the work queued ahead of it —
-    rows waiting plus the batch running, at the engine's measured time per row — would keep it waiting longer
-    than this. Bounds the latency of accepted requests under overload; None: only ``max_queue`` bounds it."""
+    """Refuse a request at once (QueueFull: a server's 503 with Retry-After) when it would wait longer than this
+    for its answer: the rest of the run in progress, the full batches queued ahead of it and the run of the batch
+    it joins (as full as the rows arriving meanwhile will make it), at the engine's run times measured as a fixed
+    cost plus a cost per row. Bounds the latency of accepted requests under overload; None: only ``max_queue``
+    bounds it."""
     adaptive: bool = True
     """Measure, under the load of the moment, whether batching answers more rows per second than letting each
     caller run its own request, and do whichever does (a model faster than a thread wake-up is not batched).

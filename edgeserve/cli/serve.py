@@ -29,11 +29,11 @@ from . import main
               help="Dynamic batching for every model (a model's serving.json overrides).")
 @click.option("--max-batch-size", type=click.IntRange(1, 65536), default=32, show_default=True)
 @click.option("--max-wait-ms", type=click.FloatRange(0.001, 3_600_000), default=None,
-              help="Refuse (503, Retry-After) a request the queued work would keep waiting longer than this: "
-                   "bounds the latency of accepted requests under overload.")
+              help="Refuse (503, Retry-After) a request that would wait longer than this for its answer (the "
+                   "queued work and its own batch): bounds the latency of accepted requests under overload.")
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
-@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores but one, which the event loop needs).")
 @click.option("--spin-wait", is_flag=True,
               help="Let the engine's threads spin between operators (onnxruntime): quicker for a model alone on its "
                    "cores, slower beside the server's event loop, so off by default.")
@@ -62,11 +62,11 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
 
         sys.exit(run_workers(_without_workers(sys.argv[sys.argv.index("serve") + 1:]), workers))
     try:
-        from ..server.app import ServeConfig, Server
+        from ..server.app import ServeConfig, Server, server_session
     except ImportError as exc:
         raise click.ClickException(f"the server needs the 'server' extra ({exc.name} is missing): "
                                    "pip install 'edgeserve[server]'") from None
-    from ..config import BatchConfig, CacheConfig, GuardConfig, SessionConfig
+    from ..config import BatchConfig, CacheConfig, GuardConfig
 
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
                          insecure=insecure, model_control=model_control, drain_s=drain_timeout,
@@ -74,7 +74,7 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     batch_config = BatchConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if batching else None
     server = Server(repository, config, batching=batch_config,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
-                    session=SessionConfig(intra_op_threads=threads, spin_wait=spin_wait), guard=GuardConfig() if guard else None,
+                    session=server_session(threads, spin_wait=spin_wait), guard=GuardConfig() if guard else None,
                     audit=audit_path, audit_mode=audit_mode)
     models = server.runtime.models()
     for name, info in models.items():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -227,10 +228,93 @@ def plan(pending: Sequence[Pending], now: float, config: BatchConfig, *, gather_
     return Plan(expired=expired, wake_at=wake)
 
 
-def expected_wait_s(rows_ahead: int, per_row_s: float) -> float:
-    """How long a request arriving now would wait for the engine: the rows queued ahead of it and running, at the
-    engine's measured time per row (0 until a batch has been measured)."""
-    return rows_ahead * per_row_s
+class RunCost:
+    """The engine's time for a run of ``rows`` rows as ``fixed + per_row * rows``, fitted by least squares over
+    recent runs, each weighing ``DECAY`` times less than the next (so the fit follows a machine that slows down).
+
+    NOTE: not a time per row: a batch of 1 row costs a compute-bound model nearly what a batch of 8 does (the weights
+    are read once either way), so rows times the time per row of small runs overstated the wait of a queue that runs
+    in full batches: under overload the refusals then shrank the batches, which raised the estimate, which refused
+    more (a 2048->8192->4096 MLP answered 0.6-0.75x of its capacity under 3x load, and still after it).
+    Until runs of two sizes have been seen, the time is proportional to the rows."""
+
+    DECAY = 0.9
+    __slots__ = ("_w", "_b", "_bb", "_t", "_bt")
+
+    def __init__(self) -> None:
+        self._w = self._b = self._bb = self._t = self._bt = 0.0
+
+    def add(self, rows: float, seconds: float) -> None:
+        d = self.DECAY
+        self._w = d * self._w + 1.0
+        self._b = d * self._b + rows
+        self._bb = d * self._bb + rows * rows
+        self._t = d * self._t + seconds
+        self._bt = d * self._bt + rows * seconds
+
+    def line(self) -> tuple[float, float]:
+        """(fixed, per_row) seconds: both 0 until a run has been measured, neither negative."""
+        if self._b <= 0:
+            return 0.0, 0.0
+        spread = self._w * self._bb - self._b * self._b
+        if spread <= 1e-6 * self._w * self._bb:  # runs of one size: nothing tells fixed from per-row time
+            return 0.0, self._t / self._b
+        per_row = max(0.0, (self._w * self._bt - self._b * self._t) / spread)
+        fixed = (self._t - per_row * self._b) / self._w
+        if fixed < 0:  # noise: a line through the origin fits better than one below it
+            return 0.0, self._t / self._b
+        return fixed, per_row
+
+    def of(self, rows: float) -> float:
+        """Seconds for a run of ``rows`` rows (0 for none; a fraction of a row where it is an expectation)."""
+        if rows <= 0:
+            return 0.0
+        fixed, per_row = self.line()
+        return fixed + per_row * rows
+
+
+class Arrivals:
+    """Rows queued per second: moving averages of the gap between queued requests and of their rows."""
+
+    MAX_GAP_S = 1.0
+    """A longer gap (an idle spell) counts as this long, so the rate comes back within a few requests of a burst."""
+    __slots__ = ("_last", "_gap", "_rows")
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._gap: float | None = None
+        self._rows = 0.0
+
+    def add(self, rows: int, now: float) -> None:
+        if self._last is not None:
+            gap = min(max(0.0, now - self._last), self.MAX_GAP_S)
+            self._gap = gap if self._gap is None else 0.9 * self._gap + 0.1 * gap
+            self._rows = 0.9 * self._rows + 0.1 * rows
+        else:
+            self._rows = rows
+        self._last = now
+
+    def per_s(self) -> float:
+        if self._gap is None:
+            return 0.0
+        return self._rows / self._gap if self._gap > 0 else math.inf
+
+
+def expected_wait_s(cost: RunCost, *, running_rows: int, running_for_s: float, queued_rows: int, rows: int,
+                    max_batch_size: int, arriving_per_s: float = 0.0) -> float:
+    """How long a request of ``rows`` rows arriving now would wait for its answer: the rest of the run in progress,
+    the full batches queued ahead of it, then the run of the batch it joins — with the rows that will have joined
+    it by the time it starts, at ``arriving_per_s`` (under load that batch fills up before it runs; counting only
+    the rows queued now made the estimate short by most of a run). 0 until a run has been measured."""
+    left = max(0.0, cost.of(running_rows) - running_for_s) if running_rows else 0.0
+    ahead, last = divmod(queued_rows, max_batch_size)  # full batches, and the rows of the partial one
+    if last + rows > max_batch_size:  # it does not fit beside them: that batch runs without it
+        ahead, last = ahead + (last > 0), 0
+    starts_in = left + ahead * cost.of(max_batch_size)
+    if rows >= max_batch_size:  # a full batch of its own, or bigger than a batch: it runs alone
+        return starts_in + cost.of(rows)
+    joined = last + rows + arriving_per_s * starts_in if arriving_per_s < math.inf else max_batch_size
+    return starts_in + cost.of(min(max_batch_size, joined))
 
 
 class Histogram:
@@ -289,8 +373,13 @@ class Batcher:
         """How many requests that batch held."""
         self._running_rows = 0
         """Rows of the run in progress (for the expected wait of a request arriving now)."""
-        self._per_row_s = 0.0
-        """Engine time per row, a moving average over batched runs."""
+        self._running_since = 0.0
+        """When that run started, on the batcher's clock."""
+        self._arrivals = Arrivals()
+        """Rows queued per second (how full the batch a request joins will be when it runs)."""
+        self._cost = RunCost()
+        """The engine's time for a run of so many rows, fitted over batched runs: what ``max_wait_ms`` estimates
+        with."""
         self.histograms = {"queue_s": Histogram(TIME_BOUNDS), "run_s": Histogram(TIME_BOUNDS),
                            "batch_rows": Histogram(ROW_BOUNDS)}
         """Time queued requests waited for the engine, time per engine run, rows per run (batched and lone runs;
@@ -351,10 +440,10 @@ class Batcher:
             elif not self._busy and self.config.max_delay_ms == 0 and now >= self._gather_until:  # nobody queued
                 self._stats["requests"] += 1
                 self._busy = True
-                self._running_rows = rows
+                self._running_rows, self._running_since = rows, now
                 alone = True
             else:
-                self._admit_wait()
+                self._admit_wait(rows, now)
                 self._stats["requests"] += 1
                 alone = False
                 item = Pending(dict(feed), rows, self._group_of(feed), now, deadline, blocking=True)
@@ -426,18 +515,23 @@ class Batcher:
         limit = self.config.max_wait_ms
         if limit is None or not self._busy:
             return None
-        wait = expected_wait_s(self._pending_rows + self._running_rows, self._per_row_s)
+        wait = self._wait_s(1, self._clock())
         if wait * 1000.0 > limit:
             return (f"model '{self._name}': the work queued ahead would keep a request waiting ~{wait * 1000.0:.0f} "
                     f"ms, more than max_wait_ms={limit:g}; retry later")
         return None
 
-    def _admit_wait(self) -> None:
+    def _wait_s(self, rows: int, now: float) -> float:
+        return expected_wait_s(self._cost, running_rows=self._running_rows, running_for_s=now - self._running_since,
+                               queued_rows=self._pending_rows, rows=rows, max_batch_size=self.config.max_batch_size,
+                               arriving_per_s=self._arrivals.per_s())
+
+    def _admit_wait(self, rows: int, now: float) -> None:
         """Refuse a request that would wait longer than ``max_wait_ms`` (holding the lock; it is about to queue)."""
         limit = self.config.max_wait_ms
         if limit is None:
             return
-        wait = expected_wait_s(self._pending_rows + self._running_rows, self._per_row_s)
+        wait = self._wait_s(rows, now)
         if wait * 1000.0 > limit:
             self._stats["rejected"] += 1
             raise QueueFull(f"model '{self._name}': the work queued ahead would keep this request waiting ~"
@@ -448,6 +542,7 @@ class Batcher:
         request's deadline comes before the leader means to run."""
         self._pending.append(item)
         self._pending_rows += item.rows
+        self._arrivals.add(item.rows, item.enqueued)
         if self._busy and (self._pending_rows >= self.config.max_batch_size or item.deadline is not None
                            or 0 < self._expect <= len(self._pending)):
             self._cond.notify_all()
@@ -461,7 +556,7 @@ class Batcher:
         with self._lock:
             self._admit()
             if self._busy:
-                self._admit_wait()
+                self._admit_wait(item.rows, now)
             self._stats["requests"] += 1
             self._queue(item)
             start = not self._busy
@@ -545,11 +640,10 @@ class Batcher:
         with self._lock:
             self._cond.notify_all()
 
-    def _measured(self, busy_s: float, rows: int) -> None:
-        """Fold one engine run into the time per row (holding the lock): what ``max_wait_ms`` estimates with."""
+    def _measured(self, busy_s: float, rows: int, runs: int = 1) -> None:
+        """Fold engine runs into the cost of a run (holding the lock): what ``max_wait_ms`` estimates with."""
         if busy_s > 0 and rows:
-            per_row = busy_s / rows
-            self._per_row_s = per_row if not self._per_row_s else 0.8 * self._per_row_s + 0.2 * per_row
+            self._cost.add(rows / runs, busy_s / runs)
 
     def _fold(self) -> None:
         """Move the direct calls' counts into the stats and the chooser's measure (holding the lock)."""
@@ -578,7 +672,7 @@ class Batcher:
         """Add what the engine did to the stats and the chooser's measure (holding the lock)."""
         stats = self._stats
         if tally.runs and not tally.ran_direct:
-            self._measured(tally.busy_s, tally.rows)
+            self._measured(tally.busy_s, tally.rows, tally.runs)
             self.histograms["run_s"].observe(tally.busy_s)
             self.histograms["batch_rows"].observe(tally.rows)
         stats["batches"] += tally.runs
@@ -713,7 +807,7 @@ class Batcher:
                 p.state = RUNNING
             self._stats["expired"] += len(expired)
             self._gather_until, self._expect = 0.0, 0
-            self._running_rows = sum(p.rows for p in batch)
+            self._running_rows, self._running_since = sum(p.rows for p in batch), now
             waited = self.histograms["queue_s"]
             for p in batch:
                 waited.observe(now - p.enqueued)

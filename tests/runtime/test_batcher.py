@@ -430,17 +430,90 @@ def test_mixed_callers_under_load_each_get_their_own_rows(mlp_package: Path) -> 
         assert batcher.queued == 0
 
 
-def test_expected_wait_is_rows_ahead_at_the_measured_time_per_row() -> None:
-    from edgeserve.runtime.batcher import expected_wait_s
+def test_a_runs_cost_is_fitted_as_a_fixed_time_plus_a_time_per_row() -> None:
+    from edgeserve.runtime.batcher import RunCost
 
-    assert expected_wait_s(0, 0.01) == 0
-    assert expected_wait_s(6, 0.01) == pytest.approx(0.06)
-    assert expected_wait_s(100, 0.0) == 0  # nothing measured yet: nothing refused
+    cost = RunCost()
+    assert cost.of(32) == 0  # nothing measured yet: nothing refused
+    for n in (1, 32, 4, 32, 1, 16):
+        cost.add(n, 0.020 + 0.0001 * n)  # compute-bound: a batch of 1 costs nearly what a batch of 32 does
+    assert cost.line() == pytest.approx((0.020, 0.0001))
+    assert cost.of(32) == pytest.approx(0.0232)
+    assert cost.of(0) == 0
+
+
+def test_a_runs_cost_is_proportional_until_two_sizes_are_seen_and_never_negative() -> None:
+    from edgeserve.runtime.batcher import RunCost
+
+    same = RunCost()
+    for _ in range(3):
+        same.add(8, 0.008)
+    assert same.line() == pytest.approx((0.0, 0.001))
+    below = RunCost()  # a line through these would cross zero below 10 rows: the origin's line is used
+    below.add(10, 0.001)
+    below.add(20, 0.010)
+    fixed, per_row = below.line()
+    d = RunCost.DECAY  # the older run weighs less
+    assert fixed == 0 and per_row == pytest.approx((d * 0.001 + 0.010) / (d * 10 + 20))
+
+
+def test_a_runs_cost_follows_an_engine_that_slows_down() -> None:
+    from edgeserve.runtime.batcher import RunCost
+
+    cost = RunCost()
+    for n in (1, 32) * 20:
+        cost.add(n, 0.010 + 0.001 * n)
+    for n in (1, 32) * 40:
+        cost.add(n, 2 * (0.010 + 0.001 * n))
+    assert cost.of(32) == pytest.approx(2 * 0.042, rel=0.01)
+
+
+def test_the_expected_wait_is_the_runs_rest_the_full_batches_ahead_then_its_own() -> None:
+    from edgeserve.runtime.batcher import RunCost, expected_wait_s
+
+    cost = RunCost()
+    for n in (1, 32):
+        cost.add(n, 0.010 + 0.001 * n)  # 11 ms for 1 row, 42 ms for 32
+
+    def wait(running: int, since: float, queued: int, rows: int = 1, arriving: float = 0.0) -> float:
+        return expected_wait_s(cost, running_rows=running, running_for_s=since, queued_rows=queued, rows=rows,
+                               max_batch_size=32, arriving_per_s=arriving)
+
+    assert wait(0, 0.0, 0) == pytest.approx(0.011)  # nothing ahead: its own run
+    assert wait(32, 0.005, 0) == pytest.approx(0.037 + 0.011)  # the rest of the run in progress, then its own
+    assert wait(32, 0.050, 0) == pytest.approx(0.011)  # overdue: not negative
+    # 31 one-row requests queued: the next joins their batch; rows times the time per row of 1-row runs
+    # (11 ms) would have said 352 ms
+    assert wait(32, 0.0, 31) == pytest.approx(0.042 + 0.042)
+    assert wait(32, 0.0, 32) == pytest.approx(0.042 + 0.042 + 0.011)  # a full batch ahead of the one it starts
+    assert wait(32, 0.0, 31, rows=2) == pytest.approx(0.042 + 0.042 + 0.012)  # 2 rows do not fit beside 31
+    assert wait(0, 0.0, 70) == pytest.approx(2 * 0.042 + 0.017)  # nothing running: two full batches, then 7 rows
+    assert wait(0, 0.0, 0, rows=40) == pytest.approx(0.050)  # bigger than a batch: alone
+    # its batch fills while it waits: 42 ms at 500 rows/s is 21 more rows before it runs, 10 ms + 22 ms
+    assert wait(32, 0.0, 0, arriving=500.0) == pytest.approx(0.042 + 0.032)
+    assert wait(32, 0.0, 0, arriving=1e6) == pytest.approx(0.042 + 0.042)  # but never past a full batch
+    assert wait(32, 0.0, 0, arriving=float("inf")) == pytest.approx(0.042 + 0.042)
+
+
+def test_arrivals_are_rows_a_second_over_recent_gaps() -> None:
+    from edgeserve.runtime.batcher import Arrivals
+
+    arrivals = Arrivals()
+    assert arrivals.per_s() == 0
+    for i in range(200):
+        arrivals.add(2, i * 0.001)  # 2 rows every millisecond
+    assert arrivals.per_s() == pytest.approx(2000)
+    arrivals.add(2, 3600.0)  # after an idle hour: counted as a 1 s gap, so the rate comes back quickly
+    for i in range(1, 40):
+        arrivals.add(2, 3600.0 + i * 0.001)
+    assert arrivals.per_s() > 500
 
 
 def test_max_wait_refuses_what_would_wait_too_long_and_admits_the_rest() -> None:
-    """Engine time is faked: each run advances the batcher's clock by 10 ms a row. With max_wait_ms=50, requests
-    queue while the work ahead of them is at most 5 rows; the next is refused at once with QueueFull."""
+    """Engine time is faked: each run advances the batcher's clock by 10 ms a row; the clock stands still between
+    runs, so queued requests arrive together (each batch is full by the time it runs). With max_wait_ms=50 and
+    batches of 2 rows, a request queues while the rest of the run in progress, the full batches ahead of it and its
+    own batch take at most 50 ms; the next is refused at once with QueueFull."""
     now = [0.0]
     gate = threading.Event()
 
@@ -455,20 +528,20 @@ def test_max_wait_refuses_what_would_wait_too_long_and_admits_the_rest() -> None
     try:
         assert batcher.call(_x(0.0))["x"][0, 0] == 0  # measured: 10 ms a row
         with ThreadPoolExecutor(1) as pool:
-            holding = pool.submit(batcher.call, _x(1.0))  # 1 row running
+            holding = pool.submit(batcher.call, _x(1.0))  # 1 row running: 10 ms
             deadline = time.monotonic() + 10
             while batcher.stats["requests"] < 2:  # a state to reach, not an ordering by sleeping
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
-            admitted = [batcher.submit(_x(2.0 + i, rows=2)) for i in range(2)]  # 1, then 3 rows ahead
-            assert batcher.refuses_now() is None  # what a server asks before reading a body: 50 ms is fine
-            admitted.append(batcher.submit(_x(4.0)))  # 5 rows ahead: 50 ms, not more than the limit
-            assert "~60 ms, more than max_wait_ms=50" in (batcher.refuses_now() or "")
-            with pytest.raises(QueueFull, match="~60 ms, more than max_wait_ms=50"):
-                batcher.submit(_x(9.0))  # 6 rows ahead: 60 ms
+            admitted = [batcher.submit(_x(2.0, rows=2))]  # 10 ms + its own batch, 20
+            assert batcher.refuses_now() is None  # what a server asks before reading a body
+            admitted.append(batcher.submit(_x(3.0, rows=2)))  # 10 + one batch ahead + its own: 50, not more
+            assert "~70 ms, more than max_wait_ms=50" in (batcher.refuses_now() or "")
+            with pytest.raises(QueueFull, match="~70 ms, more than max_wait_ms=50"):
+                batcher.submit(_x(9.0))  # 10 + two batches ahead + its own, filled by the time it runs
             gate.set()
             assert holding.result(10)["x"][0, 0] == 2.0
-            assert [f.result(10)["x"][0, 0] for f in admitted] == [4.0, 6.0, 8.0]
+            assert [f.result(10)["x"][0, 0] for f in admitted] == [4.0, 6.0]
         assert batcher.stats["rejected"] == 1
     finally:
         gate.set()

@@ -307,17 +307,21 @@ def test_a_request_the_queue_would_refuse_gets_its_503_before_its_body_is_read(s
     assert reply.startswith("HTTP/1.1 503") and "retry-after: 1" in reply.lower() and "max_wait_ms=10" in reply
 
 
-def _spinning(model: edgeserve.Model) -> str:
+def _engine(model: edgeserve.Model) -> tuple[int, str]:
+    """(intra-op threads, whether they spin) of a model's onnxruntime session."""
     options = model._session._session.get_session_options()  # type: ignore[attr-defined]
     try:
-        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+        spins = str(options.get_session_config_entry("session.intra_op.allow_spinning"))
     except RuntimeError:  # not set: onnxruntime's default, which spins
-        return "1"
+        spins = "1"
+    return options.intra_op_num_threads, spins
 
 
-def test_the_servers_engine_threads_sleep_rather_than_spin_beside_its_event_loop(served, repo: Path) -> None:
-    assert _spinning(served.server.runtime.model("mlp")) == "0"
-    with edgeserve.Runtime(repo) as runtime:  # in-process, nothing else wants the cores: the engine's default
-        assert _spinning(runtime.model("mlp")) == "1"
+def test_the_servers_engine_leaves_a_core_to_its_event_loop_and_sleeps_rather_than_spins(served, repo: Path) -> None:
+    from edgeserve.config import available_cores
+
+    assert _engine(served.server.runtime.model("mlp")) == (max(1, available_cores() - 1), "0")
+    with edgeserve.Runtime(repo) as runtime:  # in-process, nothing else wants the cores: every core, spinning
+        assert _engine(runtime.model("mlp")) == (available_cores(), "1")
     with edgeserve.Runtime(repo, config=edgeserve.SessionConfig(spin_wait=False)) as runtime:
-        assert _spinning(runtime.model("mlp")) == "0"
+        assert _engine(runtime.model("mlp"))[1] == "0"
