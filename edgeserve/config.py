@@ -45,6 +45,10 @@ class SessionConfig:
     ``session.intra_op.allow_spinning``) rather than sleep. Spinning answers a lone caller sooner (wide MLP, batch 1,
     2 threads, measured: 7.4k against 5.1k runs/s) but keeps the cores busy: turn it off where other threads need
     them, as ``edgeserve serve`` does for its event loop. OpenVINO manages its own threads and ignores it."""
+    nice: int = 0
+    """How many steps below this process's CPU priority the engine's worker threads run (Linux nice, 0-19;
+    onnxruntime; ignored where priorities are per process). ``edgeserve serve`` sets 10, so its event loop gets a
+    core whenever it has work while the workers still use every core when it does not."""
     cache_dir: str | None = "default"
     """Where optimised graphs are cached so a restart skips re-optimisation: ``"default"`` (``$EDGESERVE_CACHE_DIR``,
     else the per-user cache folder), a folder path, or ``None`` to turn the cache off."""
@@ -58,6 +62,8 @@ class SessionConfig:
             raise ConfigError(
                 f"optimization_level must be one of disable, basic, extended, all; got {self.optimization_level!r}"
             )
+        if not 0 <= self.nice <= 19:
+            raise ConfigError(f"nice must be between 0 and 19, got {self.nice}")
         if self.backend not in (None, "onnxruntime", "openvino"):
             raise ConfigError(f"backend must be 'onnxruntime' or 'openvino', got {self.backend!r}")
         if self.precision not in (None, "f32", "bf16"):

@@ -12,11 +12,13 @@ if TYPE_CHECKING:
 
 
 class LazyPool:
-    """``max_workers`` threads named ``prefix``-N, created by the first :meth:`submit`."""
+    """``max_workers`` threads named ``prefix``-N, created by the first :meth:`submit`, each ``nice`` steps below
+    the priority of the thread that starts it (see :mod:`edgeserve.priority`)."""
 
-    def __init__(self, max_workers: int, prefix: str) -> None:
+    def __init__(self, max_workers: int, prefix: str, *, nice: int = 0) -> None:
         self._max_workers = max_workers
         self._prefix = prefix
+        self._nice = nice
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -27,6 +29,10 @@ class LazyPool:
                 if self._pool is None:
                     from concurrent.futures import ThreadPoolExecutor  # NOTE: here, only for who needs it
 
-                    self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix=self._prefix)
+                    from .priority import lower_this_thread
+
+                    nice = self._nice
+                    self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix=self._prefix,
+                                                    initializer=(lambda: lower_this_thread(nice)) if nice else None)
                 pool = self._pool
         return pool.submit(fn, *args)

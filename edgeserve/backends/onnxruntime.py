@@ -14,6 +14,7 @@ import onnxruntime as ort
 from ..config import SessionConfig
 from ..errors import InferenceError, ModelFileError
 from ..modelfile import sha256_file
+from ..priority import lowered
 from ..tensors import TensorSpec, assign_batch_axes, dtype_from_ort, guess_batch_axis, normalise_dims
 from .base import SESSIONS, check_signature
 from .graph_cache import GraphCache
@@ -50,9 +51,11 @@ class OrtSession:
 
     engine = "onnxruntime"
 
-    def __init__(self, session: ort.InferenceSession, label: str) -> None:
+    def __init__(self, session: ort.InferenceSession, label: str, *, nice: int = 0) -> None:
         self._session = session
         self._label = label
+        self.nice = nice
+        """How far below the process its worker threads run: where a batcher leads its batches too."""
         self.inputs, self.outputs = assign_batch_axes([_spec(a) for a in session.get_inputs()],
                                                       [_spec(a) for a in session.get_outputs()])
         check_signature(self.inputs, self.outputs, label)
@@ -108,7 +111,7 @@ class OrtBackend:
         facts = _Facts(model, view)
         cache = _cache_for(model, config, facts)
         if cache is None:
-            return OrtSession(self._create(model, session_options(config), label, facts.avoid(config)), label)
+            return self._open(model, session_options(config), label, config.nice, facts.avoid(config))
         graph_cache, path = cache
         key = graph_cache.key(digest or sha256_file(path), "onnxruntime", ort.__version__,
                               {"level": config.optimization_level})
@@ -117,7 +120,7 @@ class OrtBackend:
             opts = session_options(config)
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
             try:
-                session = OrtSession(self._create(hit, opts, label), label)
+                session = self._open(hit, opts, label, config.nice)
                 session.from_cache = True
                 return session
             except ModelFileError as exc:
@@ -125,10 +128,10 @@ class OrtBackend:
                 graph_cache.discard(key)
         staged = graph_cache.staging_path(key)
         if staged is None:
-            return OrtSession(self._create(path, session_options(config), label, facts.avoid(config)), label)
+            return self._open(path, session_options(config), label, config.nice, facts.avoid(config))
         try:
-            session = OrtSession(self._create(path, session_options(config, str(staged)), label,
-                                              facts.avoid(config)), label)
+            session = self._open(path, session_options(config, str(staged)), label, config.nice,
+                                 facts.avoid(config))
         except ModelFileError:
             staged.unlink(missing_ok=True)
             raise
@@ -136,15 +139,16 @@ class OrtBackend:
         return session
 
     @staticmethod
-    def _create(model: str | os.PathLike[str] | bytes, opts: ort.SessionOptions, label: str,
-                disabled: Sequence[str] = ()) -> ort.InferenceSession:
+    def _open(model: str | os.PathLike[str] | bytes, opts: ort.SessionOptions, label: str, nice: int,
+              disabled: Sequence[str] = ()) -> OrtSession:
         try:
-            return ort.InferenceSession(
+            session = lowered(nice, lambda: ort.InferenceSession(  # its worker threads start at that priority
                 model if isinstance(model, bytes) else os.fspath(model), sess_options=opts,
                 providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled) or None,
-            )
+            ))
         except Exception as exc:
             raise ModelFileError(f"onnxruntime cannot load {label}: {_message(exc)}") from exc
+        return OrtSession(session, label, nice=nice)
 
 
 class _Facts:

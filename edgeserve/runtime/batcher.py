@@ -342,16 +342,28 @@ ROW_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 GATHER_MAX_S = 0.002
 """The longest an engine that just answered several callers waits for them to come back (see ``plan``)."""
 
-_EXECUTOR = LazyPool(8, "edgeserve-batch")
-"""Threads that lead a batch for callers that cannot (``submit``, ``call_async``): one job per batch."""
+_EXECUTORS: dict[int, LazyPool] = {}
+"""Threads that lead a batch for callers that cannot (``submit``, ``call_async``): one job per batch. One pool per
+priority: a server's leaders run the engine below its event loop, as the engine's own workers do."""
+_EXECUTORS_LOCK = threading.Lock()
+
+
+def _executor(nice: int) -> LazyPool:
+    pool = _EXECUTORS.get(nice)
+    if pool is None:
+        with _EXECUTORS_LOCK:
+            pool = _EXECUTORS.setdefault(nice, LazyPool(8, "edgeserve-batch", nice=nice))
+    return pool
 
 
 class Batcher:
     """A queue in front of a model's run function; whoever finds the engine free runs the next batch."""
 
     def __init__(self, run: RunFn, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], config: BatchConfig,
-                 *, name: str = "model", clock: Clock = time.monotonic) -> None:
+                 *, name: str = "model", clock: Clock = time.monotonic, nice: int = 0) -> None:
         self.config = config
+        self._executor = _executor(nice)
+        """Where a batch is led for callers that cannot lead: threads ``nice`` steps below the process."""
         self._run = run
         self._inputs = tuple(inputs)
         self._outputs = tuple(outputs)
@@ -563,7 +575,7 @@ class Batcher:
             if start:
                 self._busy = True
         if start:
-            _EXECUTOR.submit(self._lead)
+            self._executor.submit(self._lead)
         return item, deadline
 
     def _run_alone(self, feed: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
@@ -852,7 +864,7 @@ class Batcher:
                 head.state = LEADING
             job = None if head.can_lead else self._lead
         if job is not None:
-            _EXECUTOR.submit(job)
+            self._executor.submit(job)
         else:
             assert head.signal is not None
             head.signal.release()
