@@ -34,6 +34,9 @@ from . import main
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores, at a lower priority than the event loop).")
+@click.option("--engine-nice", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="How many steps below the event loop the engine's threads run (Linux): the loop gets a core "
+                   "when it has requests to read and answer. 0: the same priority.")
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Envelope checks and drift monitoring (per-model settings in serving.json's \"guard\").")
 @click.option("--audit", "audit_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -47,8 +50,8 @@ from . import main
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
           insecure: bool, model_control: bool, drain_timeout: float, max_body_mb: float, batching: bool,
-          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, guard: bool,
-          audit_path: Path | None, audit_mode: str, workers: int, reuse_port: bool) -> None:
+          max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, engine_nice: int,
+          guard: bool, audit_path: Path | None, audit_mode: str, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
     if workers > 1:
         import sys
@@ -71,7 +74,7 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     batch_config = BatchConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if batching else None
     server = Server(repository, config, batching=batch_config,
                     cache=CacheConfig(max_bytes=int(cache_mb * 2**20)) if cache_mb > 0 else None,
-                    session=server_session(threads), guard=GuardConfig() if guard else None,
+                    session=server_session(threads, nice=engine_nice), guard=GuardConfig() if guard else None,
                     audit=audit_path, audit_mode=audit_mode)
     models = server.runtime.models()
     for name, info in models.items():

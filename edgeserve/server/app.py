@@ -59,14 +59,14 @@ ENGINE_NICE = 10
 """How far below the event loop the engine's worker threads run in a server (:attr:`SessionConfig.nice`)."""
 
 
-def server_session(threads: int | None = None) -> SessionConfig:
+def server_session(threads: int | None = None, *, nice: int = ENGINE_NICE) -> SessionConfig:
     """The engine settings a server runs its models with: every core (``threads`` None), the engine's worker
-    threads ``ENGINE_NICE`` steps below the event loop's priority. The loop then gets a core whenever it has work,
+    threads ``nice`` steps below the event loop's priority. The loop then gets a core whenever it has work,
     and the workers keep every core, spinning between operators, when it does not. Measured on 2 cores, wide MLP:
     at 1 connection p50 255 us (bare onnxruntime in the loop: 230; the engine on one core: 482), at 32 connections
     5.9k requests/s; under 3x overload the accepted p99 was 1.5-1.9x nominal, 2.5x with the workers at the loop's
     priority."""
-    return SessionConfig(intra_op_threads=threads, nice=ENGINE_NICE)
+    return SessionConfig(intra_op_threads=threads, nice=nice)
 
 
 def is_loopback(host: str) -> bool:

@@ -325,3 +325,34 @@ def test_the_servers_engine_threads_run_below_its_event_loop(served, repo: Path)
     assert _engine(served.server.runtime.model("mlp"))[1] == "1"  # and spinning between operators, as usual
     with edgeserve.Runtime(repo) as runtime:  # in-process: the caller's priority
         assert runtime.config.nice == 0
+
+
+@pytest.mark.parametrize("nice", [7, 0])
+def test_serve_runs_the_engine_threads_at_engine_nice_below_the_event_loop(slow_repo: Path, nice: int) -> None:
+    from edgeserve.priority import supported
+
+    if not supported():
+        pytest.skip("thread priorities are per process here")
+    port = free_port()
+    exe = Path(sys.executable).parent / "edgeserve"
+    proc = subprocess.Popen([str(exe), "serve", str(slow_repo), "--port", str(port), "--no-grpc", "--threads", "2",
+                             "--engine-nice", str(nice)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return call(f"127.0.0.1:{port}", "GET", "/v2/health/ready").status == 200
+            except OSError:
+                return False
+
+        _wait_until(up, "the server never became ready")
+
+        def nice_of(task: Path) -> int:
+            return int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+        tasks = {int(t.name): nice_of(t) for t in Path(f"/proc/{proc.pid}/task").iterdir()}
+        assert tasks.pop(proc.pid) == 0  # the event loop: the process's own priority
+        assert nice in tasks.values()  # onnxruntime's worker for the second intra-op thread
+        assert set(tasks.values()) <= {0, nice}
+    finally:
+        proc.terminate()
+        proc.wait(30)
