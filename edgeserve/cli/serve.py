@@ -33,7 +33,9 @@ from . import main
                    "queued work and its own batch): bounds the latency of accepted requests under overload.")
 @click.option("--cache-mb", type=click.FloatRange(0, 1 << 20), default=0.0, show_default=True,
               help="Response cache per model (0: off).")
-@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads per model (default: all cores, at a lower priority than the event loop).")
+@click.option("--threads", type=click.IntRange(1, 1024),
+              help="Intra-op threads per model (default: all cores, at a lower priority than the event loop; with "
+                   "--workers N, each worker's share of them).")
 @click.option("--engine-nice", type=click.IntRange(0, 19), default=10, show_default=True,
               help="How many steps below the event loop the engine's threads run (Linux): the loop gets a core "
                    "when it has requests to read and answer. 0: the same priority.")
@@ -60,7 +62,12 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
             raise click.UsageError("--workers needs fixed ports (not 0): the workers share them")
         from ..server.app import run_workers
 
-        sys.exit(run_workers(_without_workers(sys.argv[sys.argv.index("serve") + 1:]), workers))
+        args = _without_workers(sys.argv[sys.argv.index("serve") + 1:])
+        if threads is None:  # the cores shared out: N engines each on every core would take turns on all of them
+            from ..config import available_cores
+
+            args += ["--threads", str(max(1, available_cores() // workers))]
+        sys.exit(run_workers(args, workers))
     try:
         from ..server.app import ServeConfig, Server, server_session
     except ImportError as exc:

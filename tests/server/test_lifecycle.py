@@ -240,6 +240,10 @@ def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: P
 
         _wait_until(both_listening, "two workers never listened on the shared port")
         _wait_until(lambda: _ready(hp), "never ready")
+        from edgeserve.config import available_cores
+
+        share = str(max(1, available_cores() // 2))  # each engine gets its share of the cores, not all of them
+        assert all(w.cmdline()[w.cmdline().index("--threads") + 1] == share for w in parent.children())
         body, headers = _infer_body(1)
         assert all(call(hp, "POST", "/v2/models/wide/infer", body, headers).status == 200 for _ in range(8))
         workers = parent.children()
@@ -248,6 +252,8 @@ def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: P
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     finally:
         if proc.poll() is None:
+            for worker in parent.children():  # a failed check leaves no worker holding the ports
+                worker.kill()
             proc.kill()
 
 
