@@ -43,8 +43,9 @@ class SessionConfig:
     spin_wait: bool = True
     """Whether onnxruntime's worker threads spin between operators waiting for the next one (its
     ``session.intra_op.allow_spinning``) rather than sleep. Spinning answers a lone caller sooner (wide MLP, batch 1,
-    2 threads, measured: 7.4k against 5.1k runs/s) but keeps the cores busy: turn it off where other threads need
-    them, as ``edgeserve serve`` does for its event loop. OpenVINO manages its own threads and ignores it."""
+    2 threads, measured: 7.4k against 5.1k runs/s) but keeps the cores busy: turn it off where other work in the
+    process needs them and cannot outrank the workers (``nice`` does that for a server's event loop). OpenVINO
+    manages its own threads and ignores it."""
     nice: int = 0
     """How many steps below this process's CPU priority the engine's worker threads run (Linux nice, 0-19;
     onnxruntime; ignored where priorities are per process). ``edgeserve serve`` sets 10, so its event loop gets a

@@ -63,9 +63,9 @@ def server_session(threads: int | None = None, *, nice: int = ENGINE_NICE) -> Se
     """The engine settings a server runs its models with: every core (``threads`` None), the engine's worker
     threads ``nice`` steps below the event loop's priority. The loop then gets a core whenever it has work,
     and the workers keep every core, spinning between operators, when it does not. Measured on 2 cores, wide MLP:
-    at 1 connection p50 255 us (bare onnxruntime in the loop: 230; the engine on one core: 482), at 32 connections
-    5.9k requests/s; under 3x overload the accepted p99 was 1.5-1.9x nominal, 2.5x with the workers at the loop's
-    priority."""
+    at 1 connection p50 255-291 us (bare onnxruntime in the loop: 190-230; the engine on one core: 482), at 32
+    connections 5.6-5.9k requests/s; under 3x overload the accepted p99 was 1.5-1.9x nominal, 2.5x with the workers
+    at the loop's priority."""
     return SessionConfig(intra_op_threads=threads, nice=nice)
 
 
