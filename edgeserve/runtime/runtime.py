@@ -34,7 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SERVING_FILE = "serving.json"
 """Optional per-model settings in ``<repo>/<name>/serving.json``: {"batching": {...}, "cache": {...},
-"guard": {..., "trigger": {...}}} (each the fields of its config class; null turns the part off)."""
+"guard": {..., "trigger": {...}}, "session": {"intra_op_threads": 2, ...}} (each the fields of its config class;
+null turns batching, cache or guard off; session fields go over the runtime's, see ``SESSION_FIELDS``)."""
+SESSION_FIELDS = {"intra_op_threads": (int, type(None)), "inter_op_threads": (int,), "optimization_level": (str,),
+                  "backend": (str, type(None)), "precision": (str, type(None)), "spin_wait": (bool,), "nice": (int,)}
+"""The engine settings a repository's serving.json may set per model. Not ``cache_dir``: a file inside the
+repository must not choose where the runtime writes."""
 DEFAULT_GUARD = GuardConfig()
 AUDIT_FILE = ".edgeserve/audit.sqlite3"
 """Where a repository's audit log lives unless told otherwise (a dot-folder is never a model)."""
@@ -454,12 +459,12 @@ class Runtime:
             loaded.model.batcher.hurry()  # no more company is coming: run what waits now
 
     def _load(self, name: str, slot: _Slot, version: int) -> Model:
-        batching, cache_config, guard = self._settings(name)
+        batching, cache_config, guard, session = self._settings(name)
         if cache_config is None:
             slot.cache = None
         elif slot.cache is None or slot.cache.config != cache_config:
             slot.cache = ResponseCache(cache_config)  # one cache for every version of the model
-        model = load(self.repository.version_dir(name, version), config=self.config, golden=self._golden,
+        model = load(self.repository.version_dir(name, version), config=session, golden=self._golden,
                      batching=batching, cache=slot.cache, guard=guard)
         if model.manifest is not None:
             from ..guard.doctor import environment_differences
@@ -488,8 +493,9 @@ class Runtime:
                 model.monitor.trigger.listeners.append(trigger_done)
         return model
 
-    def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None, GuardConfig | None]:
-        batching, cache, guard = self._batching, self._cache_config, self._guard
+    def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None, GuardConfig | None,
+                                             SessionConfig]:
+        batching, cache, guard, session = self._batching, self._cache_config, self._guard, self.config
         path = self.repository.model_dir(name) / SERVING_FILE
         if path.exists():
             try:
@@ -502,11 +508,13 @@ class Runtime:
                     cache = CacheConfig(**data["cache"]) if data["cache"] is not None else None
                 if "guard" in data:
                     guard = _guard_config(data["guard"], guard) if data["guard"] is not None else None
+                if "session" in data:
+                    session = _session_config(data["session"], session)
             except (OSError, ValueError, TypeError) as exc:
                 if isinstance(exc, ConfigError):
                     raise RepositoryError(f"{path}: {exc}") from None
                 raise RepositoryError(f"{path}: invalid serving settings ({exc})") from None
-        return batching, cache, guard
+        return batching, cache, guard, session
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self, timeout: float | None = 30.0) -> None:
@@ -548,6 +556,21 @@ def _guard_config(data: Any, base: GuardConfig | None) -> GuardConfig:
                              "timeout_s, retries")
         fields["trigger"] = TriggerConfig(**trigger)
     return replace(base or GuardConfig(), **fields)
+
+
+def _session_config(data: Any, base: SessionConfig) -> SessionConfig:
+    """A model's engine settings from serving.json, over the runtime's."""
+    if not isinstance(data, dict):
+        raise ValueError("session: expected a JSON object")
+    unknown = sorted(set(data) - set(SESSION_FIELDS))
+    if unknown:
+        raise ValueError(f"session: {', '.join(unknown)} cannot be set here (it can: {', '.join(SESSION_FIELDS)})")
+    for key, value in data.items():
+        kinds = SESSION_FIELDS[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"session.{key}: expected {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}, "
+                             f"got {json.dumps(value)}")
+    return replace(base, **data)
 
 
 def _as_feed(model: Model, inputs: Any, named: Mapping[str, Any] | None) -> dict[str, np.ndarray]:

@@ -282,3 +282,25 @@ def test_close_drains_and_refuses_after(repo: Repository) -> None:
         assert all(f.result(5)["logits"].shape == (1, 4) for f in futures)
     with pytest.raises(ClosedError):
         rt.predict("mlp", rows(1))
+
+
+def test_serving_settings_set_a_models_engine_over_the_runtimes(repo: Repository) -> None:
+    def threads(rt: Runtime) -> int:
+        return int(rt.model("mlp")._session._session.get_session_options().intra_op_num_threads)
+
+    (repo.root / "mlp" / "serving.json").write_text(json.dumps({"session": {"intra_op_threads": 1}}))
+    with Runtime(repo, config=edgeserve.SessionConfig(intra_op_threads=2, cache_dir=None)) as rt:
+        assert threads(rt) == 1 and rt.models()["mlp"]["error"] is None
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
+        assert rt.config.intra_op_threads == 2  # the runtime's own settings stay; other models keep them
+    refused = {
+        json.dumps({"session": {"cache_dir": "/tmp/elsewhere"}}): "cache_dir cannot be set here",
+        json.dumps({"session": {"intra_op_threads": "2"}}): 'session.intra_op_threads: expected int or null, got "2"',
+        json.dumps({"session": {"nice": True}}): "session.nice: expected int, got true",
+        json.dumps({"session": {"intra_op_threads": 0}}): "intra_op_threads must be between 1 and 1024",
+        json.dumps({"session": [1]}): "session: expected a JSON object",
+    }
+    for text, message in refused.items():
+        (repo.root / "mlp" / "serving.json").write_text(text)
+        with Runtime(repo) as rt:
+            assert message in (rt.models()["mlp"]["error"] or ""), rt.models()["mlp"]["error"]
