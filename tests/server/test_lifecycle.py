@@ -344,21 +344,16 @@ def test_serve_runs_the_engine_threads_at_engine_nice_below_the_event_loop(slow_
     proc = subprocess.Popen([str(exe), "serve", str(slow_repo), "--port", str(port), "--no-grpc", "--threads", "2",
                              "--engine-nice", str(nice)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def up() -> bool:
-            try:
-                return call(f"127.0.0.1:{port}", "GET", "/v2/health/ready").status == 200
-            except OSError:
-                return False
-
-        _wait_until(up, "the server never became ready")
+        _wait_until(lambda: _ready(f"127.0.0.1:{port}"), "the server never became ready")
 
         def nice_of(task: Path) -> int:
             return int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
 
         tasks = {int(t.name): nice_of(t) for t in Path(f"/proc/{proc.pid}/task").iterdir()}
-        assert tasks.pop(proc.pid) == 0  # the event loop: the process's own priority
-        assert nice in tasks.values()  # onnxruntime's worker for the second intra-op thread
-        assert set(tasks.values()) <= {0, nice}
+        loop = tasks.pop(proc.pid)  # the event loop: the process's own priority (pytest's, whatever that is)
+        lowered = min(19, loop + nice)
+        assert lowered in tasks.values()  # onnxruntime's worker for the second intra-op thread
+        assert set(tasks.values()) <= {loop, lowered}
     finally:
         proc.terminate()
         proc.wait(30)
