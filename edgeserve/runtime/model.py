@@ -7,17 +7,26 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .. import held
 from ..backends import Session, get_backend
 from ..config import BatchConfig, CacheConfig, GoldenPolicy, GuardConfig, SessionConfig
-from ..errors import ClosedError, ConfigError, EdgeserveError, GoldenMismatchError, InputError, PackageError
+from ..errors import (
+    ClosedError,
+    ConfigError,
+    EdgeserveError,
+    GoldenMismatchError,
+    InputError,
+    PackageError,
+    QueueFull,
+    Timeout,
+)
 from ..golden import TASK_SLACK, mismatches, task_agrees, tolerance_for
 from ..guard.contract import InputContract
 from ..modelfile import check_model_file, sha256_file
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
     from ..guard.monitor import DriftMonitor
     from ..guard.trigger import Trigger
 
+T = TypeVar("T")
 INLINE_S = 0.00025
 """A model whose fastest of its first ``INLINE_PROBES`` async calls (run on a worker thread) took less than this
 runs later async requests of up to that call's rows in the event loop (a hand-off to a thread and back costs
@@ -43,6 +53,12 @@ the next run. Measured with ``edgeserve serve``, 32 connections, a 512->2048->20
 batcher the loop does better (3.4k against 2.5-2.8k handed to threads one by one). The digits MLP's fastest probe
 reads 16-35 us under the same load: it stays in the loop."""
 INLINE_PROBES = 8
+THREAD_QUEUE = 1024
+"""Async requests to a model without a batcher waiting for a worker thread at most, as ``BatchConfig.max_queue``
+bounds a batched model's; the next one is refused at once with QueueFull (a server's 503)."""
+THREAD_TIMEOUT_MS = BatchConfig.timeout_ms
+"""Their deadline unless the request gives its own (``timeout_ms``): past it a request not yet running is withdrawn,
+and one running has its answer discarded, with Timeout."""
 ALONE_S = 0.005
 """A request with no other in flight (``answer_if_fast(alone=True)``) runs in the event loop when the model's
 measured run is under this: a hand-off to a thread and back then costs more than sharing the loop does (nothing
@@ -122,6 +138,8 @@ class Model:
         self._inline_calls = 0
         self._probing = False
         self._async_waiting = 0
+        self._thread_waiting = 0
+        """Async requests to a model without a batcher waiting for a worker thread (see ``THREAD_QUEUE``)."""
         """``answer_async`` callers past the fast paths, waiting for their answer (a lone one may run in the loop)."""
         self._inline_cost = float("inf")
         self._inline_rows = 0
@@ -209,9 +227,7 @@ class Model:
         flags: tuple[str, ...] = ()
         if self.envelope is not None:
             if sum(v.size for v in feed.values()) > OFF_LOOP_CHECK:  # an O(n) pass over a big request: off the loop
-                import asyncio
-
-                flags = await asyncio.get_running_loop().run_in_executor(None, self.envelope.check, feed)
+                flags = await self._on_a_thread(timeout_ms, self.envelope.check, feed)
             else:
                 flags = self.envelope.check(feed, hold=True)
         key, hit = self._cached(feed)
@@ -250,13 +266,31 @@ class Model:
             if self.batcher is not None:
                 out = await self.batcher.call_async(feed, timeout_ms)
             else:
-                import asyncio  # NOTE: here, not at the top: a process that never awaits must not pay for asyncio
-
-                values = await asyncio.get_running_loop().run_in_executor(None, self._run_feed, feed)
-                out = dict(zip(self._output_names, values))
+                out = dict(zip(self._output_names, await self._on_a_thread(timeout_ms, self._run_feed, feed)))
         finally:
             self._async_waiting -= 1
         return self._watched(feed, self._remember(key, out), defer=True), flags
+
+    async def _on_a_thread(self, timeout_ms: float | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread for an async caller (a model without a batcher, or a big request's
+        envelope check): at most ``THREAD_QUEUE`` of this model's requests wait on worker threads at once
+        (QueueFull beyond: the executor's own queue has no bound, and under overload it grew with every request's
+        inputs), each within its deadline (Timeout past it)."""
+        import asyncio  # NOTE: here, not at the top: a process that never awaits must not pay for asyncio
+
+        if self._thread_waiting >= THREAD_QUEUE:
+            raise QueueFull(f"model '{self.name}': {self._thread_waiting} requests already wait for a worker thread "
+                            f"(at most {THREAD_QUEUE}); retry later")
+        limit = timeout_ms if timeout_ms is not None else THREAD_TIMEOUT_MS
+        self._thread_waiting += 1  # NOTE: on the event loop's thread, as the loop runs its callers one by one
+        try:
+            job = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            return await asyncio.wait_for(job, limit / 1000.0 if limit is not None else None)
+        except asyncio.TimeoutError:  # wait_for withdrew it if it had not started
+            raise Timeout(f"model '{self.name}': no answer within {limit:g} ms (timeout_ms); the request was "
+                          "withdrawn, or its answer discarded if it was running") from None
+        finally:
+            self._thread_waiting -= 1
 
     def predict_if_fast(self, inputs: Any = None, /, *, timeout_ms: float | None = None,
                         **named: Any) -> dict[str, np.ndarray] | None:
