@@ -229,3 +229,14 @@ def test_run_answers_each_row_of_a_batch_one_detector_into_its_own_arrays(tmp_pa
             for name, value in alone.items():
                 np.testing.assert_array_equal(written[f"{name}/{i}"], value)
     assert len({len(written[f"boxes/{i}"]) for i in range(3)}) > 1  # the rows really do keep different numbers
+
+
+def test_serve_refuses_max_wait_without_batching(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:  # NOTE: were the flags let through, the port in use fails the start, never hangs
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = CliRunner().invoke(main, ["serve", str(tmp_path), "--no-batching", "--max-wait-ms", "30", "--port",
+                                           str(taken.getsockname()[1]), "--no-grpc"])
+    assert result.exit_code == 2 and "--max-wait-ms needs batching" in result.output

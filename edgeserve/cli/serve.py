@@ -55,6 +55,10 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
           max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, engine_nice: int,
           guard: bool, audit_path: Path | None, audit_mode: str, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
+    if max_wait_ms is not None and not batching:
+        raise click.UsageError("--max-wait-ms needs batching (it estimates a request's wait from the batcher's runs); "
+                               "without it a request waits for a worker thread behind at most 1024 others, within "
+                               "its deadline (Triton's 'timeout' parameter, else 30 s)")
     if workers > 1:
         import sys
 
