@@ -108,7 +108,8 @@ class Model:
             self.outputs = self._confirmed_batch_axes(manifest)
             if can_batch(self.inputs, self.outputs):
                 self.batcher = Batcher(self._run_feed, self.inputs, self.outputs, batching, name=self.name,
-                                       nice=getattr(session, "nice", 0))
+                                       nice=getattr(session, "nice", 0), engine=self._engine,
+                                       engine_failed=getattr(session, "failed", None))
             else:
                 log.info("model %s has no batch axis on every input and output: requests bypass the batcher", name)
         self.cache: ResponseCache | None = ResponseCache(cache) if isinstance(cache, CacheConfig) else cache

@@ -141,10 +141,17 @@ def test_the_direct_way_skips_the_lock_only_inside_a_direct_epoch() -> None:
 
 # --- the direct way, on threads -------------------------------------------------------------------------------------
 
-def _direct_batcher(run) -> Batcher:
-    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32), name="m")
+def _direct_batcher(run, way: str = "run") -> Batcher:
+    """``way``: "run", the direct way through ``run`` (any model); "engine", through the engine's own run, as a
+    model on onnxruntime gives it (its errors translated by ``engine_failed``)."""
+    from edgeserve import InferenceError
+
+    engine = {} if way == "run" else {"engine": lambda names, feed, options: run(feed),
+                                       "engine_failed": lambda exc: InferenceError(f"engine: {exc}")}
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32), name="m", **engine)
     assert batcher.chooser is not None
     batcher.chooser.winner = batcher.chooser.mode = DIRECT
+    batcher.chooser.arrived(batcher._clock())  # a direct epoch begins: the next calls skip the lock
     return batcher
 
 
@@ -152,7 +159,8 @@ def _x(v: float, n: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.full((n, 2), v, np.float32)}
 
 
-def test_direct_callers_run_side_by_side_each_with_its_own_answer() -> None:
+@pytest.mark.parametrize("way", ["run", "engine"])
+def test_direct_callers_run_side_by_side_each_with_its_own_answer(way: str) -> None:
     """Four callers must be inside the engine at once (a barrier of 4 in run) — impossible if they queued."""
     inside = threading.Barrier(4, timeout=10)
 
@@ -160,7 +168,7 @@ def test_direct_callers_run_side_by_side_each_with_its_own_answer() -> None:
         inside.wait()
         return [feed["x"] * 2]
 
-    batcher = _direct_batcher(run)
+    batcher = _direct_batcher(run, way)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda v: batcher.call(_x(v, n=int(v)))["x"], [1.0, 2.0, 3.0, 4.0]))
     assert [a.shape[0] for a in answers] == [1, 2, 3, 4]
@@ -170,23 +178,25 @@ def test_direct_callers_run_side_by_side_each_with_its_own_answer() -> None:
     batcher.close()
 
 
-def test_a_direct_failure_is_its_callers_alone() -> None:
+@pytest.mark.parametrize("way", ["run", "engine"])
+def test_a_direct_failure_is_its_callers_alone(way: str) -> None:
     def run(feed):
         if feed["x"][0, 0] < 0:
             raise RuntimeError("index out of range")
         return [feed["x"] * 2]
 
-    batcher = _direct_batcher(run)
+    batcher = _direct_batcher(run, way)
     from edgeserve import InferenceError
 
-    with pytest.raises(InferenceError, match="index out of range"):
+    with pytest.raises(InferenceError, match=("engine: " if way == "engine" else "") + "index out of range"):
         batcher.call(_x(-1.0))
     assert batcher.call(_x(1.0))["x"][0, 0] == 2.0
     assert batcher.stats["failed_batches"] == 1 and batcher.stats["ran_direct"] == 1
     batcher.close()
 
 
-def test_close_waits_for_direct_callers_and_then_refuses_new_ones() -> None:
+@pytest.mark.parametrize("way", ["run", "engine"])
+def test_close_waits_for_direct_callers_and_then_refuses_new_ones(way: str) -> None:
     entered, release = threading.Event(), threading.Event()
 
     def run(feed):
@@ -194,7 +204,7 @@ def test_close_waits_for_direct_callers_and_then_refuses_new_ones() -> None:
         assert release.wait(10)
         return [feed["x"] * 2]
 
-    batcher = _direct_batcher(run)
+    batcher = _direct_batcher(run, way)
     with ThreadPoolExecutor(2) as pool:
         running = pool.submit(batcher.call, _x(3.0))
         assert entered.wait(10)
