@@ -451,11 +451,10 @@ class Batcher:
                 # model's run, 0.82-0.92 so)
                 try:
                     values = engine(self._output_names, feed, None)
-                except Exception as exc:
+                except BaseException as exc:
                     self._direct_left(-feed[self._rows_name].shape[self._rows_axis] - 1)
-                    raise self._engine_failed(exc) from exc  # type: ignore[misc]
-                except BaseException:
-                    self._direct_left(-feed[self._rows_name].shape[self._rows_axis] - 1)
+                    if isinstance(exc, Exception):
+                        raise self._engine_failed(exc) from exc  # type: ignore[misc]
                     raise
                 self._direct_done.append(feed[self._rows_name].shape[self._rows_axis])
                 self._direct.pop()

@@ -139,9 +139,9 @@ class Model:
         self._inline_calls = 0
         self._probing = False
         self._async_waiting = 0
+        """``answer_async`` callers past the fast paths, waiting for their answer (a lone one may run in the loop)."""
         self._thread_waiting = 0
         """Async requests to a model without a batcher waiting for a worker thread (see ``THREAD_QUEUE``)."""
-        """``answer_async`` callers past the fast paths, waiting for their answer (a lone one may run in the loop)."""
         self._inline_cost = float("inf")
         self._inline_rows = 0
         """Async calls: how many probes ran, the fastest one's time and its rows (see ``predict_async``)."""

@@ -568,8 +568,8 @@ def _session_config(data: Any, base: SessionConfig) -> SessionConfig:
     for key, value in data.items():
         kinds = SESSION_FIELDS[key]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ValueError(f"session.{key}: expected {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}, "
-                             f"got {json.dumps(value)}")
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ValueError(f"session.{key}: expected {expected}, got {json.dumps(value)}")
     return replace(base, **data)
 
 
