@@ -12,17 +12,20 @@ ways and :class:`Chooser` keeps it in the faster one:
 Time is cut into short epochs (``EPOCH_S`` and at least ``EPOCH_MIN`` answered requests). An epoch's rows per
 second is the measure: with callers that wait for their answer it is the throughput they get, and at a fixed
 offered load both ways answer everything, so a tie costs nothing. The first epoch of a burst (after ``IDLE_S``
-of silence) is not measured: callers are still arriving. A fresh model whose first runs are shorter than ``QUICK_RUN_S`` starts direct. The winner runs;
-the other way is tried for one epoch now and then, less
-often each time it loses again (``RECHECK_S``), or at once when the winner's rate falls below the other's last
-one by more than ``MARGIN`` (within it, a tie: one caller runs its request at once either way, and retrying the
-other way whenever the winner's epoch reads a little low would spend a third of the time on trials). The challenger takes over only if it beats the winner's epochs on both sides of its own by ``MARGIN``, so
-one slow epoch (callers still starting, a noisy neighbour) cannot hand it the model. Neither way is ruled out
-without measuring it: an engine kept busy by batches is not proof that batching pays (a small transformer at 4
-callers kept the engine busy with batches and answered 0.6x what callers running side by side did, since its
-operators parallelise poorly inside one run). The winner is measured all along and compared with the loser's last
-rate, so a load that changes under it (more callers, a bigger model's share of the cores) turns the choice at
-once.
+of silence) is not measured: callers are still arriving. A fresh model whose first runs are shorter than
+``QUICK_RUN_S`` starts direct.
+
+The winner runs; the other way is tried for one epoch now and then, less often each time it loses again
+(``RECHECK_S``), or at once when the winner's rate falls below the other's last one by more than ``MARGIN`` in two
+epochs running. Within the margin it is a tie: one caller runs its request at once either way, and retrying the
+other way whenever the winner's epoch reads a little low would spend a third of the time on trials. One low epoch
+is not enough either: an epoch over a pause in the load reads low. The challenger takes over only if it beats the
+winner's epochs on both sides of its own by ``MARGIN``, so one slow epoch (callers still starting, a noisy
+neighbour) cannot hand it the model. Neither way is ruled out without measuring it: an engine kept busy by
+batches is not proof that batching pays (a small transformer at 4 callers kept the engine busy with batches and
+answered 0.6x what callers running side by side did, since its operators parallelise poorly inside one run). The
+winner is measured all along and compared with the loser's last rate, so a load that changes under it (more
+callers, a bigger model's share of the cores) turns the choice within a few epochs.
 
 Pure bookkeeping: times are passed in, nothing here reads a clock or takes a lock (the batcher calls it holding
 its own lock), so it is tested with made-up times.
@@ -58,6 +61,8 @@ class Chooser:
         """The challenger's rate in its trial, waiting for the winner's next epoch."""
         self._interval = RECHECK_S[0]
         self._recheck_at = 0.0
+        self._low = 0
+        """The winner's epochs in a row that read below the loser's last rate."""
         self._epoch_start: float | None = None
         self._settling = True
         """The current epoch is not measured (a burst is beginning)."""
@@ -125,6 +130,12 @@ class Chooser:
             self._before = self._trial = None
             return
         theirs = self.rates[other]
-        if theirs is None or now >= self._recheck_at or rate * (1 + MARGIN) < theirs:  # NOTE: not at a tie
+        below = theirs is not None and rate * (1 + MARGIN) < theirs  # NOTE: not at a tie
+        self._low = self._low + 1 if below else 0
+        # NOTE: below the other's rate twice running, not once: one epoch over a pause in the load (callers
+        # between two bursts closer than IDLE_S) reads low, and a trial lost by far costs a busy model several
+        # epochs' worth (the wide MLP at 32 callers: ~6% of its rows/s with a trial per 0.3 s burst)
+        if theirs is None or now >= self._recheck_at or self._low >= 2:
             self._before = rate
+            self._low = 0
             self.mode = other

@@ -267,6 +267,62 @@ def test_requests_arriving_while_a_batch_runs_are_gathered_for_the_next() -> Non
     batcher.close()
 
 
+def test_answers_split_back_along_a_batch_axis_that_is_not_the_first() -> None:
+    """A time-major model (sequence, batch, features): requests stack along axis 1 and each caller gets its own
+    columns back, whatever its number of rows."""
+    spec = TensorSpec("x", "float32", ("time", "batch", 2), 1)
+    gate = Gate()
+    runs: list[tuple[int, ...]] = []
+
+    def run(feed):
+        runs.append(feed["x"].shape)
+        if len(runs) == 1:
+            return gate(feed)
+        return [feed["x"] * 2]
+
+    def request(value: float, rows: int) -> dict[str, np.ndarray]:
+        return {"x": np.full((3, rows, 2), value, np.float32) + np.arange(3, dtype=np.float32)[:, None, None]}
+
+    batcher = Batcher(run, [spec], [spec], BatchConfig(max_batch_size=32), name="m")
+    try:
+        first = batcher.submit(request(0, 1))
+        assert gate.entered.wait(5)
+        later = [(v, rows, batcher.submit(request(v, rows))) for v, rows in ((10, 2), (20, 1), (30, 3))]
+        gate.release.set()
+        assert first.result(5)["x"].shape == (3, 1, 2)
+        for v, rows, future in later:
+            np.testing.assert_array_equal(future.result(5)["x"], request(v, rows)["x"] * 2)
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert runs[1] == (3, 6, 2)  # the three were stacked into one run
+
+
+def test_a_leader_waiting_for_company_is_woken_only_when_it_must_act() -> None:
+    """Each arrival wakes a leader that waits for company only if its batch is now full, or its deadline comes
+    before the leader means to run: waking it at every arrival cost a thread switch per request."""
+
+    class Counting:
+        notified = 0
+
+        def notify_all(self) -> None:
+            self.notified += 1
+
+    batcher = Batcher(lambda feed: [feed["x"]], [SPEC], [SPEC], BatchConfig(max_batch_size=4, timeout_ms=None),
+                      name="m")
+    counting = Counting()
+    batcher._cond = counting  # type: ignore[assignment]
+    batcher._busy = True
+    batcher._leader_wakes_at = 1.010  # the leader means to run then
+    batcher._queue(Pending(_x(1), 1, ("g",), 1.000, 31.0))  # a deadline long after it: nothing to do
+    batcher._queue(Pending(_x(2), 1, ("g",), 1.001, None))
+    assert counting.notified == 0
+    batcher._queue(Pending(_x(3), 1, ("g",), 1.002, 1.005))  # due before the leader's wake-up
+    assert counting.notified == 1
+    batcher._queue(Pending(_x(4), 1, ("g",), 1.003, None))  # the batch is full
+    assert counting.notified == 2
+
+
 def test_a_caller_that_gave_up_inside_a_running_batch_does_not_stall_the_callers_woken_after_it() -> None:
     """A batch's blocked callers are woken one after another, each by the one before it. One that left at its
     deadline while the batch ran is out of that chain, so the callers behind it still get their answers."""

@@ -111,8 +111,24 @@ def test_a_load_that_changes_turns_the_choice() -> None:
     load.epochs(20)
     assert load.chooser.winner == BATCH
     load.rates = {BATCH: 2_000, DIRECT: 20_000}  # the winner falls below the other's last rate: tried at once
-    load.epochs(4)
+    load.epochs(5)  # two low epochs, the trial, the epoch that judges it
     assert load.chooser.winner == DIRECT
+
+
+def test_one_low_epoch_does_not_start_a_trial() -> None:
+    """An epoch over a pause in the load (callers between two bursts) reads low: no trial of a way that loses by
+    far until the winner reads low twice running."""
+    load = Load(Chooser(), {BATCH: 20_000, DIRECT: 6_000})
+    load.epochs(int(1.5 / EPOCH_S))  # two trials lost (at the start, ~1 s later): the next recheck is ~2 s away
+    assert load.chooser.winner == BATCH and load.modes[-10:] == [BATCH] * 10
+    for _ in range(5):
+        load.rates[BATCH] = 4_000  # one epoch of it: the callers paused
+        load.epochs(1)
+        load.rates[BATCH] = 20_000
+        load.epochs(3)
+    assert load.modes[-20:] == [BATCH] * 20
+    load.rates[BATCH] = 4_000  # low twice running: the other way is tried
+    assert load.epochs(3)[-1] == DIRECT
 
 
 def test_the_first_epoch_of_a_burst_is_not_measured() -> None:
