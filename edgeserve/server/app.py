@@ -7,6 +7,7 @@ stop and the runtime closes its models; the process exits 0. A second signal sto
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import signal
@@ -139,6 +140,10 @@ class Server:
         server = uvicorn.Server(config)
         self._uvicorn = server
         server.handle_exit = self._on_signal  # type: ignore[method-assign]
+        # NOTE: what is loaded by now (libraries, models) lives as long as the server: out of the collector's
+        # sight, a full collection no longer walks it. Each one stalled the event loop for ~10 ms: digits MLP,
+        # wrk at 32 connections, p99 10-12 -> 3.5-4.8 ms with requests gathered by turns (5.9 -> 5.9 without)
+        gc.freeze()
         try:
             server.run(sockets=[sock])
         finally:

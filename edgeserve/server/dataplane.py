@@ -224,11 +224,13 @@ class DataPlane:
             raise Unavailable(why, retry_after_s=1)
 
     # -- inference ----------------------------------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, *, waiting: Callable[[], Any] | None = None) -> InferResponse:
-        """Run a request on the event loop's terms: at once when the model answers faster than a thread hand-off,
-        else on the batcher's asyncio path (no thread parked per request). ``waiting``: called just before the
-        request waits, returning something to ``cancel()`` when it is answered (REST watches for the client
-        going away only then)."""
+    async def infer(self, request: InferRequest, *, waiting: Callable[[], Any] | None = None,
+                    company: bool = False) -> InferResponse:
+        """Run a request on the event loop's terms: in the loop when the model answers faster than a thread
+        hand-off (at once, or with ``company`` — more requests read and about to start in this turn of the loop —
+        at the end of the turn, together with them), else on the batcher's asyncio path (no thread parked per
+        request). ``waiting``: called just before the request waits, returning something to ``cancel()`` when it
+        is answered (REST watches for the client going away only then)."""
         with self._accounted(request) as served, self._model(request.model, request.version) as (model, version):
             served.append(version)
             feed, wanted = self._checked(model, request)
@@ -237,7 +239,10 @@ class DataPlane:
             audit = self.runtime.audit
             started = time.perf_counter()
             try:
-                done = model.answer_if_fast(feed, timeout_ms=request.timeout_ms)
+                if company or model.gathering(asyncio.get_running_loop()):
+                    done = await model.answer_in_turn(feed, timeout_ms=request.timeout_ms)
+                else:
+                    done = model.answer_if_fast(feed, timeout_ms=request.timeout_ms)
                 if done is None and self._inflight == 1:
                     done = await self._alone(model, feed, request.timeout_ms)
                 if done is None:

@@ -69,6 +69,8 @@ class _RuntimeCollector(Collector):
             "rows": CounterMetricFamily("edgeserve_engine_rows", "Rows the engine answered", labels=["model"]),
             "ran_direct": CounterMetricFamily("edgeserve_ran_direct", "Requests run direct (batching did not pay)",
                                               labels=["model"]),
+            "ran_in_turn": CounterMetricFamily("edgeserve_ran_in_turn", "Requests run in the event loop in one batch "
+                                               "with the others read in the same turn", labels=["model"]),
             "expired": CounterMetricFamily("edgeserve_expired", "Requests past their deadline", labels=["model"]),
             "rejected": CounterMetricFamily("edgeserve_queue_full", "Requests refused by a full queue",
                                             labels=["model"]),

@@ -85,8 +85,13 @@ class RestApp:
         self.metrics = metrics
         self.tokens = tokens
         self.max_body = max_body
+        self.read_ahead = 0
+        """Requests read whose tasks have not started yet: more requests about to run in this turn of the event
+        loop (the server's protocol counts them in, :class:`edgeserve.server.onewrite.Protocol`)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if self.read_ahead:
+            self.read_ahead -= 1
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -173,7 +178,7 @@ class RestApp:
             return watchers[0]
 
         try:
-            response = await self.plane.infer(request, waiting=waiting)
+            response = await self.plane.infer(request, waiting=waiting, company=self.read_ahead > 0)
         except asyncio.CancelledError:
             if watchers and watchers[0].done() and not watchers[0].cancelled():  # its answer goes nowhere
                 if self.metrics is not None:
