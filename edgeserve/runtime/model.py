@@ -307,14 +307,23 @@ class Model:
         """``predict_if_fast``, and the envelope checks that warned. ``alone``: the caller knows no other request
         is in flight (a server's only one), so a model whose runs take up to ``ALONE_S`` runs now too, if its
         engine is idle."""
+        start = self._in_the_loop(inputs, named, alone)
+        if start is None:
+            return None
+        feed, flags, key, hit = start
+        if hit is not None:
+            return self._watched(feed, hit, defer=True), flags
+        return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms)), defer=True), flags
+
+    def _in_the_loop(self, inputs: Any, named: dict[str, Any] | None, alone: bool = False) -> tuple[
+            dict[str, np.ndarray], tuple[str, ...], bytes | None, dict[str, np.ndarray] | None] | None:
+        """A request that runs in the event loop: its feed, the envelope checks that warned, its cache key and
+        cached answer (see ``_cached``); None when the model is too slow for the loop at its size."""
         feed = self._fed(inputs, named)
         if not self._inline(_rows(feed, self.inputs), alone):
             return None  # NOTE: before the envelope: the caller's answer_async checks it, once
         flags = self.envelope.check(feed, hold=True) if self.envelope is not None else ()
-        key, hit = self._cached(feed)
-        if hit is not None:
-            return self._watched(feed, hit, defer=True), flags
-        return self._watched(feed, self._remember(key, self._predict_now(feed, timeout_ms)), defer=True), flags
+        return (feed, flags, *self._cached(feed))
 
     async def answer_in_turn(self, inputs: Any = None, named: dict[str, Any] | None = None, *,
                              timeout_ms: float | None = None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
@@ -325,11 +334,10 @@ class Model:
         batcher = self.batcher
         if batcher is None:
             return self.answer_if_fast(inputs, named, timeout_ms=timeout_ms)
-        feed = self._fed(inputs, named)
-        if not self._inline(_rows(feed, self.inputs)):
-            return None  # NOTE: before the envelope: the caller's answer_async checks it, once
-        flags = self.envelope.check(feed, hold=True) if self.envelope is not None else ()
-        key, hit = self._cached(feed)
+        start = self._in_the_loop(inputs, named)
+        if start is None:
+            return None
+        feed, flags, key, hit = start
         if hit is not None:
             return self._watched(feed, hit, defer=True), flags
         return self._remember(key, await batcher.call_in_turn(feed, self._watch_batch)), flags
