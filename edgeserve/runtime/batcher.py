@@ -583,19 +583,12 @@ class Batcher:
     def _run_turn_batch(self, batch: list[Pending], watch: WatchFn | None) -> None:
         started = self._clock()
         answers, tally = self._execute(batch, watch)
-        busy_s = self._clock() - started
-        with self._lock:  # NOTE: not the chooser's measure: it weighs the ways threads' requests run, not these
-            stats = self._stats
-            stats["requests"] += len(batch)
-            stats["ran_in_turn"] += len(batch)
-            stats["batches"] += tally.runs
-            stats["rows"] += tally.rows_ok
-            stats["failed_batches"] += tally.failed_batches
-            stats["retried_alone"] += tally.retried_alone
-            if tally.runs == 1 and not tally.failed_batches:
-                self._measured(busy_s, tally.rows)
-                self.histograms["run_s"].observe(busy_s)
-                self.histograms["batch_rows"].observe(tally.rows)
+        tally.busy_s = self._clock() - started
+        with self._lock:
+            self._stats["requests"] += len(batch)
+            self._stats["ran_in_turn"] += len(batch)
+            # NOTE: not the chooser's measure: it weighs the two ways threads' requests run, not these
+            self._record(tally, chooser=False)
         for item, result, error in answers:
             item.state = DONE
             _settle(item.future, result, error)
@@ -795,8 +788,8 @@ class Batcher:
         if self.chooser is not None:
             self.chooser.answered(requests, all_rows)
 
-    def _record(self, tally: Tally) -> None:
-        """Add what the engine did to the stats and the chooser's measure (holding the lock)."""
+    def _record(self, tally: Tally, *, chooser: bool = True) -> None:
+        """Add what the engine did to the stats and (``chooser``) the chooser's measure (holding the lock)."""
         stats = self._stats
         if tally.runs and not tally.ran_direct:
             self._measured(tally.busy_s, tally.rows, tally.runs)
@@ -808,7 +801,7 @@ class Batcher:
         stats["retried_alone"] += tally.retried_alone
         stats["ran_at_once"] += tally.ran_at_once
         stats["ran_direct"] += tally.ran_direct
-        if self.chooser is not None and tally.requests:
+        if chooser and self.chooser is not None and tally.requests:
             self.chooser.answered(tally.requests, tally.rows, tally.busy_s)
 
     def _wait(self, item: Pending, timeout_ms: float | None) -> dict[str, np.ndarray]:
@@ -1052,14 +1045,9 @@ class Batcher:
                     f"model '{self._name}': output '{spec.name}' {list(value.shape)} cannot be split back into "
                     f"{len(rows)} requests along a batch axis; turn batching off for this model"
                 )
-            name = spec.name
-            if axis == 0:
-                for i, answer in enumerate(per_request):
-                    answer[name] = value[bounds[i]:bounds[i + 1]]
-            else:
-                lead = (slice(None),) * axis
-                for i, answer in enumerate(per_request):
-                    answer[name] = value[(*lead, slice(bounds[i], bounds[i + 1]))]
+            lead = (slice(None),) * axis
+            for i, answer in enumerate(per_request):
+                answer[spec.name] = value[(*lead, slice(bounds[i], bounds[i + 1]))]
         return per_request
 
 
