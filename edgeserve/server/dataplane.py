@@ -525,6 +525,8 @@ class _Accounted:
             outcome = "success"
         elif isinstance(exc, ProtocolError):  # NOTE: core errors arrive mapped already (by _model, inside the block)
             outcome = _outcome(exc)
+        elif isinstance(exc, asyncio.CancelledError):  # the client went away (REST disconnect, gRPC cancel)
+            outcome = "cancelled"
         else:
             outcome = "error"
         request = self._request

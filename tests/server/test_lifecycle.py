@@ -170,6 +170,9 @@ def test_a_client_that_disconnects_while_queued_has_its_request_withdrawn(slow_r
         rejections = {s.labels.get("reason"): s.value for f in text_string_to_metric_families(text)
                       if f.name == "edgeserve_rejections" for s in f.samples if s.name.endswith("_total")}
         assert rejections.get("client_disconnected", 0) >= 1
+        outcomes = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+                    if f.name == "edgeserve_inference_requests" for s in f.samples if s.name.endswith("_total")}
+        assert outcomes.get("cancelled") == 1 and "error" not in outcomes  # a client going away is no server error
     finally:
         stop(running)
 
