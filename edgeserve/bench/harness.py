@@ -28,7 +28,7 @@ from ..errors import ConfigError, EdgeserveError, first_line
 from ..examples import example_names
 from ..names import check_name
 from . import measure
-from .sources import ModelSource, cycling, load_samples, make_feeds, resolve_source
+from .sources import ModelSource, cycling, data_label, load_samples, make_feeds, resolve_source
 from .variants import BASELINE, Variant, parse_variants
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     return {
         "model": source.name,
         "source": str(source.model),
-        "data": str(source.evaluation) if source.evaluation else "synthetic",
+        "data": data_label(source),
         "labels": source.labels,
         "threads": threads,
         "variants": [asdict(r) for r in results.values()],

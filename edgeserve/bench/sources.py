@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import read_arrays
+from ..converter.api import HOLDOUT_FRACTION
 from ..converter.data import Samples, check_samples, synthetic_samples
 from ..errors import ConfigError
 from ..examples import example_names, get_example
@@ -46,15 +47,31 @@ def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: st
 
 
 def load_samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
+    """What every variant runs on: the evaluation data; else the calibration rows the converter held out (real
+    shapes: a dynamic axis of a stand-in is 8 long, a sentence of 8 tokens or an image 8 pixels wide); else
+    synthetic rows."""
     if not models:
         return None
     specs = next(iter(models.values())).inputs
+    single = specs[0].name if len(specs) == 1 else None
     if source.evaluation is not None:
-        arrays = read_arrays(source.evaluation, what="evaluation data")
+        arrays = read_arrays(source.evaluation, what="evaluation data", single=single)
         if source.labels:
             arrays.pop(source.labels, None)
         return check_samples(arrays, specs, what="evaluation data")
+    if source.calibration is not None:
+        arrays = read_arrays(source.calibration, what="calibration data", single=single)
+        return check_samples(arrays, specs, what="calibration data").split(HOLDOUT_FRACTION)[1]
     return synthetic_samples(specs, rows=64)
+
+
+def data_label(source: ModelSource) -> str:
+    """Where :func:`load_samples` took the data from, for the report."""
+    if source.evaluation is not None:
+        return str(source.evaluation)
+    if source.calibration is not None:
+        return f"{source.calibration} (held-out calibration rows)"
+    return "synthetic"
 
 
 def rows_at(samples: Samples, start: int, size: int) -> dict[str, np.ndarray]:

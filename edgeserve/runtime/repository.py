@@ -48,7 +48,8 @@ class Repository:
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         if not self.root.is_dir():
-            raise RepositoryError(f"{self.root} is not a model repository folder (create it, or pass create=True)")
+            raise RepositoryError(f"{self.root} is not a model repository folder; publish a package into it first "
+                                  "(edgeserve models publish REPO NAME PACKAGE, or Repository(root, create=True))")
         self._real_root = self.root.resolve()
 
     # -- paths ---------------------------------------------------------------------------------------------------------

@@ -154,3 +154,21 @@ def test_an_engine_without_the_models_operators_is_skipped_not_failed(tmp_path: 
     assert variants["openvino-f32"]["status"] == "skipped"
     assert variants["openvino-f32"]["error"] == "openvino has no ai.onnx.ml operators (Scaler)"
     assert ["openvino-f32", "skipped: openvino has no ai.onnx.ml operators (Scaler)"] in rows(result)
+
+
+def test_without_evaluation_data_the_variants_run_on_the_held_out_calibration_rows(tmp_path: Path) -> None:
+    """Timing a recurrent model on stand-in sequences 8 steps long says nothing about its 30-step inputs."""
+    import edgeserve
+    from edgeserve.bench.sources import ModelSource, data_label, load_samples
+    from tests.factories import gru_model, save
+
+    src = save(gru_model(), tmp_path / "gru.onnx")
+    cal = np.random.default_rng(0).standard_normal((40, 30, 4)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=cal)
+    source = ModelSource("gru", src, tmp_path / "cal.npz", None, None)
+    with edgeserve.load(src) as model:
+        samples = load_samples(source, {"fp32": model})
+        assert samples is not None
+        np.testing.assert_array_equal(samples.arrays["x"], cal[32:])  # the rows the converter held out too
+        assert "calibration" in data_label(source)
+        assert load_samples(ModelSource("gru", src, None, None, None), {"fp32": model}).arrays["x"].shape[1] == 8
