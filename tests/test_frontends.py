@@ -133,6 +133,21 @@ def test_sklearn_needs_2d_examples(tmp_path: Path) -> None:
         edgeserve.convert(reg, tmp_path / "pkg")
 
 
+@pytest.mark.parametrize("given", ["array", "npz"])
+def test_a_sklearn_model_takes_its_example_rows_from_the_calibration_data(tmp_path: Path, given: str) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    reg = LinearRegression().fit(x, x @ np.array([1.0, -2.0, 0.5]))
+    np.savez(tmp_path / "cal.npz", X=x)
+    calibration = x if given == "array" else tmp_path / "cal.npz"
+    pkg = edgeserve.convert(reg, tmp_path / "pkg", calibration=calibration, quantize="none")
+    assert [s.shape[1] for s in pkg.manifest.inputs] == [3]
+    with edgeserve.load(pkg.path) as model:
+        out = next(iter(model.predict(x[:5]).values()))
+    np.testing.assert_allclose(out.ravel(), reg.predict(x[:5]), atol=1e-4)
+
+
 @pytest.mark.parametrize("labels", ["ints", "strings"])
 def test_an_onnx_file_with_skl2onnx_zipmap_answers_probabilities(tmp_path: Path, labels: str) -> None:
     """skl2onnx's default classifier output is a sequence of {class: probability} maps, which numpy cannot hold:

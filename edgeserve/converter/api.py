@@ -34,7 +34,7 @@ from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, 
 from ..tensors import TensorSpec
 from .autotune import Graphs, search
 from .data import Samples, batch_axes_from_data, check_samples, run_samples, synthetic_samples
-from .frontends import load_source
+from .frontends import is_sklearn_model, load_source
 from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import (
     conv_inputs,
@@ -246,11 +246,27 @@ def _build(c: Conversion) -> Manifest:
 def load_the_source(c: Conversion) -> None:
     c.step("loading source", 0, 1)
     o = c.options
-    c.src = load_source(c.source, c.work, example_inputs=o.example_inputs, input_names=o.input_names,
+    example = o.example_inputs
+    if example is None and is_sklearn_model(c.source):
+        example = _rows_of_x(o)
+    c.src = load_source(c.source, c.work, example_inputs=example, input_names=o.input_names,
                         output_names=o.output_names, opset=o.opset, dynamic_axes=o.dynamic_axes,
                         allowed_domains=o.allowed_domains)
     c.reference = c.open(c.src.path, SESSION, "the source model")
     c.in_specs, c.out_specs = c.reference.inputs, c.reference.outputs
+
+
+def _rows_of_x(o: Options) -> Any:
+    """A scikit-learn model's example rows when none were given: X as the calibration, reference or (unlabelled)
+    evaluation data holds it, a bare array, a DataFrame or its columns by name; None when there is none."""
+    for data in (o.calibration, o.reference, o.eval_data if o.labels is None else None):
+        if data is None:
+            continue
+        if isinstance(data, (str, os.PathLike)):
+            arrays = read_arrays(data, what="the data given for X")
+            return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+        return data
+    return None
 
 
 def read_data(c: Conversion) -> None:

@@ -375,7 +375,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
         raise ConversionError("converting scikit-learn models needs the extra: pip install 'edgeserve[sklearn]'") from None
     if example_inputs is None:
         raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array, or a "
-                              "DataFrame for a pipeline of named columns)")
+                              "DataFrame for a pipeline of named columns), or calibration data holding X")
     options = {id(est): {"zipmap": False} for est in _estimators(model) if hasattr(est, "predict_proba")}
     if is_frame(example_inputs) or isinstance(example_inputs, Mapping):
         return _from_sklearn_columns(model, workdir, example_inputs, opset, options)
