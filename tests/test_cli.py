@@ -43,6 +43,24 @@ def test_convert_inspect_run(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
         assert saved["logits"].shape == (3, 4)
 
 
+def test_run_never_writes_its_answers_over_the_package_or_the_input(tmp_path: Path, mlp_package: Path) -> None:
+    import shutil
+
+    pkg = Path(shutil.copytree(mlp_package, tmp_path / "copy"))
+    before = {p.name: p.read_bytes() for p in pkg.iterdir()}
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=rows(3))
+    kept = inputs.read_bytes()
+    for target, why in [(pkg / "model.onnx", "inside the package"), (pkg / "answers.npz", "inside the package"),
+                        (inputs, "is the input file")]:
+        result = invoke("run", pkg, "-i", inputs, "-o", target)
+        assert result.exit_code == 2 and why in result.output, result.output
+    assert {p.name: p.read_bytes() for p in pkg.iterdir()} == before and inputs.read_bytes() == kept
+    model = pkg / "model.onnx"
+    result = invoke("run", model, "-i", inputs, "-o", model)
+    assert result.exit_code == 2 and model.read_bytes() == before["model.onnx"]
+
+
 def test_runtime_errors_are_one_line_and_exit_1(tmp_path: Path, mlp_path: Path) -> None:
     inputs = tmp_path / "in.npz"
     np.savez(inputs, x=rows(3).astype(np.float64))

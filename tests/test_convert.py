@@ -222,8 +222,36 @@ def test_existing_output_is_not_clobbered(tmp_path: Path, mlp_path: Path) -> Non
     with pytest.raises(ConversionError, match="already exists"):
         edgeserve.convert(mlp_path, out)
     assert (out / "keep.txt").read_text() == "mine"
-    edgeserve.convert(mlp_path, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "edgeserve.json").exists()
+    with pytest.raises(ConversionError, match="not an edgeserve package"):  # --force replaces packages only
+        edgeserve.convert(mlp_path, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    edgeserve.convert(mlp_path, out, overwrite=True)  # an empty folder
+    first = (out / "edgeserve.json").read_text()
+    edgeserve.convert(mlp_path, out, overwrite=True, version="2")  # a package
+    assert (out / "edgeserve.json").read_text() != first
+
+
+def test_overwrite_never_replaces_what_the_conversion_reads_or_stands_in(tmp_path: Path, mlp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    source = tmp_path / "m.onnx"
+    shutil.copy(mlp_path, source)
+    original = source.read_bytes()
+    with pytest.raises(ConversionError, match="is a file"):
+        edgeserve.convert(source, source, overwrite=True)
+    pkg = edgeserve.convert(source, tmp_path / "pkg").path
+    inside = pkg / "m.onnx"
+    shutil.copy(source, inside)
+    with pytest.raises(ConversionError, match="which this conversion reads"):
+        edgeserve.convert(inside, pkg, overwrite=True)
+    with pytest.raises(ConversionError, match="which this conversion reads"):
+        edgeserve.convert(source, pkg, overwrite=True, calibration=inside.with_name("cal.npz"))
+    monkeypatch.chdir(pkg)
+    with pytest.raises(ConversionError, match="working directory"):
+        edgeserve.convert(source, ".", overwrite=True)
+    assert source.read_bytes() == original and inside.read_bytes() == original and (pkg / "edgeserve.json").exists()
 
 
 def test_quantisation_failure_is_wrapped(tmp_path: Path, mlp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,8 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
     from ..config import SessionConfig
     from ..runtime.model import load
 
+    if output is not None:
+        _check_output(output, package, input_file)
     arrays = read_arrays(input_file, what="input file")
     with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
         stacked = {s.name for s in model.inputs if s.shape[:1] == (1,)} if model.one_row_per_call else set()
@@ -49,6 +51,17 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
     for name, value in outputs.items():
         preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ", threshold=6)
         click.echo(f"{name}: {value.dtype} {list(value.shape)} {preview}{' …' if value.size > 6 else ''}")
+
+
+def _check_output(output: Path, package: Path, input_file: Path) -> None:
+    """The answers never replace what was run: the input file, the model file, or anything in the package."""
+    real = output.resolve()
+    if real == input_file.resolve():
+        raise click.BadParameter("is the input file; write the outputs to another file", param_hint="'-o'")
+    model = package.resolve()
+    if real == model or (model.is_dir() and model in real.parents):
+        raise click.BadParameter(f"is inside the package {package}, which it would corrupt; write the outputs "
+                                 "elsewhere", param_hint="'-o'")
 
 
 def _rows(stacked: set[str], arrays: dict[str, Any]) -> int | None:

@@ -30,7 +30,7 @@ from ..golden import tolerance_for
 from ..guard.envelope import envelope
 from ..metrics import MetricError, Target, infer_targets, is_ragged, target
 from ..names import check_name, safe_name
-from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, write_golden, write_manifest
+from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, is_package, write_golden, write_manifest
 from ..tensors import TensorSpec
 from .autotune import Graphs, search
 from .data import Samples, batch_axes_from_data, check_samples, run_samples, synthetic_samples
@@ -126,8 +126,7 @@ def convert(
                          max_accuracy_drop=max_accuracy_drop, relative=accuracy_drop == "relative")
     memory = MemoryBudget(parse_size(max_memory)) if max_memory is not None else MemoryBudget()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
+    _check_output(output, overwrite, [source, calibration, eval_data, reference])
     output.parent.mkdir(parents=True, exist_ok=True)
     options = Options(calibration=calibration, eval_data=eval_data, labels=labels, reference=reference,
                       name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
@@ -146,6 +145,30 @@ def convert(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Package(output, manifest)
+
+
+def _check_output(output: Path, overwrite: bool, inputs: Sequence[Any]) -> None:
+    """``output`` may be written: new, or (with ``overwrite``) a package or an empty folder, holding none of the
+    files the conversion reads and not holding the working directory. Anything else is the user's, never replaced."""
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
+    if output.is_symlink() or not output.is_dir():
+        raise ConversionError(f"{output} is a file, not a package folder; overwrite (--force) replaces only a package "
+                              "written by edgeserve: choose another output folder")
+    if not is_package(output) and any(output.iterdir()):
+        raise ConversionError(f"{output} is a folder that is not an edgeserve package; overwrite (--force) would "
+                              "delete what it holds, and replaces only a package or an empty folder: choose another "
+                              "output folder")
+    real = output.resolve()
+    if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
+        raise ConversionError(f"{output} holds the working directory; run the command from outside it, or choose "
+                              "another output folder")
+    for path in inputs:
+        if isinstance(path, (str, os.PathLike)) and real in Path(path).resolve().parents:
+            raise ConversionError(f"{output} holds {path}, which this conversion reads; write the package to "
+                                  "another folder")
 
 
 def _default_name(source: Any, output: Path) -> str:
