@@ -522,9 +522,16 @@ def _open_read(path: str | os.PathLike[str]) -> sqlite3.Connection:
     if not p.is_file():
         raise AuditError(f"no audit log at {p}")
     try:
-        return sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        db = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)  # as_uri: a '?' or '#' in the path
     except sqlite3.Error as exc:
         raise AuditError(f"cannot read the audit log {p}: {exc}") from None
+    try:  # NOTE: connecting reads nothing; a file that is no audit log fails here, not at the first query
+        db.execute("SELECT seq FROM records LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        db.close()
+        raise AuditError(f"{p} is not an edgeserve audit log ({exc}); give REPO, or REPO/.edgeserve/audit.sqlite3"
+                         ) from None
+    return db
 
 
 def query(path: str | os.PathLike[str], *, model: str | None = None, since: float | None = None,

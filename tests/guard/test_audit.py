@@ -55,6 +55,20 @@ def test_verify_detects_edits_deletions_reordering_and_truncation(tmp_path: Path
     assert not verdict.ok and any(problem in p for p in verdict.problems), verdict.problems
 
 
+def test_reading_a_file_that_is_no_audit_log_says_so(tmp_path: Path) -> None:
+    from edgeserve.errors import AuditError
+
+    model = tmp_path / "what #1?.onnx"  # a '#' and '?' in a path are not a URI's fragment and query
+    model.write_bytes(b"\x08\x07not a database at all" * 10)
+    with pytest.raises(AuditError, match="is not an edgeserve audit log"):
+        list(query(model))
+    with pytest.raises(AuditError, match="is not an edgeserve audit log"):
+        verify(model)
+    path = tmp_path / "log #1?.sqlite3"
+    _log(path, rows=3)
+    assert verify(path).ok and verify(path).rows == len(list(query(path))) > 0
+
+
 def test_retention_keeps_the_chain_verifiable(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     _log(path, rows=100)
