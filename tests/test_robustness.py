@@ -286,3 +286,28 @@ def test_a_cache_fed_back_may_be_empty_at_the_first_step() -> None:
     assert feed["past_key"].shape == (1, 2, 0, 8)
     with pytest.raises(InputError, match="'ids' has no rows"):
         contract.feed({"ids": np.ones((0, 3), np.int64), "past_key": np.zeros((0, 2, 0, 8), np.float32)})
+
+
+def test_a_model_exported_in_half_precision_converts_in_every_float_mode(tmp_path: Path) -> None:
+    """float16 weights and inputs, and an operator (Erf) onnxruntime's CPU kernels take in float32 only: its
+    optimiser wraps it in casts, which the fp16 tool used to turn into a graph that does not load."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 32)) * 0.3).astype(np.float16), "w1"),
+             numpy_helper.from_array((rng.standard_normal((32, 4)) * 0.3).astype(np.float16), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Erf", ["h"], ["e"]),
+             helper.make_node("MatMul", ["e", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["b", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["b", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = save(model, tmp_path / "half.onnx")
+    x = rng.standard_normal((40, 16)).astype(np.float16)
+    np.savez(tmp_path / "cal.npz", x=x)
+    for mode in ("none", "fp16"):
+        pkg = edgeserve.convert(src, tmp_path / mode, quantize=mode, calibration=tmp_path / "cal.npz")
+        with edgeserve.load(pkg.path) as m:
+            got = m.predict({"x": x[:5]})["y"]
+        np.testing.assert_allclose(got.astype(np.float32), _plain(src, {"x": x[:5]})["y"].astype(np.float32),
+                                   atol=1e-2)

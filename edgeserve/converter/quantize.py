@@ -357,8 +357,19 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    # keep_io_types: callers still send and receive float32; the casts sit inside the graph
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    kinds = {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in kinds and onnx.TensorProto.FLOAT not in kinds:
+        # NOTE: a model exported in half precision: nothing to convert, and the tool, given the casts onnxruntime's
+        # optimiser put around its float16 operators, writes a graph that does not load
+        log.warning("the model's weights are float16 already: fp16 changes nothing; the model stays as it is")
+        onnx.save_model(model, str(dst))
+        return {"mode": "fp16", "keep_io_types": True, "already_float16": True}
+    # keep_io_types: callers still send and receive float32; the casts sit inside the graph. Named, the float32
+    # inputs and outputs only: given True, the tool also wraps inputs and outputs already float16 in casts of the
+    # wrong type (a model exported in half precision then fails to load)
+    float32 = [v.name for v in [*model.graph.input, *model.graph.output]
+               if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    converted = convert_float_to_float16(model, keep_io_types=float32, disable_shape_infer=False)
     onnx.save_model(converted, str(dst))
     return {"mode": "fp16", "keep_io_types": True}
 
