@@ -246,9 +246,12 @@ class Runtime:
             if model.monitor is None:
                 from ..guard.envelope import MIN_DRIFT_ROWS
 
+                rows = (model.manifest.envelope if model.manifest else {}).get("rows") or 0
+                held = (f"its reference holds {rows} rows, too few" if rows else "the package has no reference "
+                        "statistics")
                 why = ("the guard is off" if model.guard is None or not model.guard.drift
-                       else "the package has no reference statistics (convert it with calibration or reference data "
-                            f"of at least {MIN_DRIFT_ROWS} rows)")
+                       else f"{held} (convert it with --reference or calibration data of at least {MIN_DRIFT_ROWS} "
+                            "rows, 1000 or more for a steady false-alarm rate)")
                 return {"model": name, "enabled": False, "why": why}
             return {"enabled": True, **model.monitor.report()}
 

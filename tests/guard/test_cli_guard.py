@@ -40,6 +40,19 @@ def test_drift_replays_requests_and_names_the_drifting_feature(digits_package: P
     assert 400 < first <= 800
 
 
+def test_drift_without_a_monitor_says_why_and_how_to_get_one(tmp_path: Path, mlp_path: Path) -> None:
+    from tests.factories import rows
+
+    for count, why in [(40, "its reference holds 40 rows, too few"), (None, "the package has no reference statistics")]:
+        calibration = {"x": rows(count)} if count else None
+        pkg = edgeserve.convert(mlp_path, tmp_path / f"pkg{count}", quantize="none", calibration=calibration)
+        repo = Repository(tmp_path / f"repo{count}", create=True)
+        repo.publish("m", pkg.path)
+        np.savez(tmp_path / "x.npz", x=rows(3))
+        result = CliRunner().invoke(main, ["drift", str(repo.root), "m", "--data", str(tmp_path / "x.npz")])
+        assert result.exit_code == 1 and why in result.output and "at least 100 rows" in result.output, result.output
+
+
 def test_audit_lists_exports_and_verifies(digits_package: Path, digits, tmp_path: Path) -> None:
     repo = _repo(digits_package, tmp_path)
     with edgeserve.Runtime(repo, audit=default_audit_path(repo)) as runtime:
