@@ -34,7 +34,10 @@ def test_signature(mlp_package: Path) -> None:
 
 @pytest.mark.parametrize("bad, message", [
     (rows(2).astype(np.float64), r"input 'x': expected float32 \[batch, 16\], got float64 \[2, 16\]"),
-    (rows(2)[0], r"input 'x': expected 2 dimensions \[batch, 16\], got 1 \[16\]"),
+    (rows(2)[0], r"input 'x': expected 2 dimensions \[batch, 16\], got 1 \[16\]; one row without its batch axis\? "
+                 r"send it as \[1, 16\] \(numpy: np.expand_dims\(x, 0\)\)"),
+    (rows(2, n_in=15)[0], r"input 'x': expected 2 dimensions \[batch, 16\], got 1 \[15\]$"),
+    (rows(2)[None], r"input 'x': expected 2 dimensions \[batch, 16\], got 3 \[1, 2, 16\]$"),
     (rows(2, n_in=15), r"input 'x': expected float32 \[batch, 16\], got float32 \[2, 15\] \(dimension 1 must be 16\)"),
     ({"y": rows(2)}, "missing 'x'; unknown 'y'"),
     ({"x": rows(2), "extra": rows(2)}, "unknown 'extra'"),

@@ -75,7 +75,7 @@ class InputContract:
             if value.ndim != rank:
                 raise InputError(
                     f"input '{name}': expected {rank} dimensions {format_shape(spec.shape)}, "
-                    f"got {value.ndim} {list(value.shape)}"
+                    f"got {value.ndim} {list(value.shape)}{_one_row_hint(spec, value)}"
                 )
             for axis, size in fixed:
                 if value.shape[axis] != size:
@@ -193,3 +193,16 @@ def _text(name: str, value: np.ndarray) -> np.ndarray:
                                  "input takes text") from None
         out[i] = v
     return out.reshape(value.shape)
+
+
+def _one_row_hint(spec: TensorSpec, value: np.ndarray) -> str:
+    """One row sent without its batch axis: say how to add it."""
+    axis = spec.batch_axis if spec.batch_axis is not None else 0 if spec.rows_on_axis0 else None
+    if axis is None or value.ndim != len(spec.shape) - 1:
+        return ""
+    rest = [d for i, d in enumerate(spec.shape) if i != axis]
+    if all(not isinstance(d, int) or d == n for d, n in zip(rest, value.shape)):
+        shape = list(value.shape)
+        shape.insert(axis, 1)
+        return f"; one row without its batch axis? send it as {shape} (numpy: np.expand_dims(x, {axis}))"
+    return ""
