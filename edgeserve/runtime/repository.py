@@ -218,7 +218,8 @@ class Repository:
             if not target.is_dir():
                 raise ModelNotFound(f"model '{name}' has no version {v}")
             if self.state(name).current == v and not force:
-                raise RepositoryError(f"version {v} of '{name}' is serving; roll back or pin another first (or force)")
+                raise RepositoryError(f"version {v} of '{name}' is serving; roll back or pin another first, or remove "
+                                      "it anyway with force=True (--force)")
             trash = self._inside(target.with_name(f".trash-{v}-{uuid.uuid4().hex[:8]}"))
             os.rename(target, trash)  # one atomic step out of sight, then the slow delete
         shutil.rmtree(trash, ignore_errors=True)
