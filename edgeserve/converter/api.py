@@ -155,8 +155,9 @@ def _check_output(output: Path, overwrite: bool, inputs: Sequence[Any]) -> None:
     if not overwrite:
         raise ConversionError(f"{output} already exists; choose another folder or pass overwrite=True (--force)")
     if output.is_symlink() or not output.is_dir():
-        raise ConversionError(f"{output} is a file, not a package folder; overwrite (--force) replaces only a package "
-                              "written by edgeserve: choose another output folder")
+        what = "a link" if output.is_symlink() else "a file"
+        raise ConversionError(f"{output} is {what}, not a package folder; overwrite (--force) replaces only a "
+                              "package written by edgeserve: choose another output folder")
     if not is_package(output) and any(output.iterdir()):
         raise ConversionError(f"{output} is a folder that is not an edgeserve package; overwrite (--force) would "
                               "delete what it holds, and replaces only a package or an empty folder: choose another "
