@@ -364,12 +364,8 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
         log.warning("the model's weights are float16 already: fp16 changes nothing; the model stays as it is")
         onnx.save_model(model, str(dst))
         return {"mode": "fp16", "keep_io_types": True, "already_float16": True}
-    # keep_io_types: callers still send and receive float32; the casts sit inside the graph. Named, the float32
-    # inputs and outputs only: given True, the tool also wraps inputs and outputs already float16 in casts of the
-    # wrong type (a model exported in half precision then fails to load)
-    float32 = [v.name for v in [*model.graph.input, *model.graph.output]
-               if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
-    converted = convert_float_to_float16(model, keep_io_types=float32, disable_shape_infer=False)
+    # keep_io_types: callers still send and receive float32; the casts sit inside the graph
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     onnx.save_model(converted, str(dst))
     return {"mode": "fp16", "keep_io_types": True}
 
