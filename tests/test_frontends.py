@@ -268,6 +268,10 @@ def test_a_pipeline_over_a_dataframe_of_text_and_numbers_takes_one_input_per_col
                                                                  ("income", "float32")]
     with edgeserve.load(pkg.path) as model:
         out = model.predict(frame[:50])
+        floats = frame[:5].astype({"age": "float64"})  # what pandas makes of integers once a value is missing
+        with pytest.raises(edgeserve.InputError, match=r"input 'age': the DataFrame's column is float64, the model "
+                                                         r"takes int64; convert it with df\['age'\]\.astype\('int64'\)"):
+            model.predict(floats)
     np.testing.assert_allclose(out["probabilities"], pipe.predict_proba(frame[:50]), atol=1e-5)
 
 

@@ -48,7 +48,7 @@ class InputContract:
                 raise InputError("pass inputs either as one mapping or as keyword arguments, not both")
             inputs = named
         if is_frame(inputs):  # a DataFrame: one input per column
-            inputs = frame_columns(inputs)
+            inputs = self._columns(inputs)
         if not isinstance(inputs, Mapping):
             if inputs is None:
                 raise InputError(f"no inputs given; the model expects {self._expected()}")
@@ -143,6 +143,17 @@ class InputContract:
             except (ValueError, TypeError, OverflowError) as exc:
                 raise InputError(f"input '{name}': cannot be read as {spec.describe()} ({exc})") from None
         raise InputError(f"input '{name}': expected a numpy array, got {type(value).__name__}")
+
+    def _columns(self, frame: Any) -> dict[str, np.ndarray]:
+        """A DataFrame's columns as inputs; a column of the wrong kind is named with the dtype the user gave
+        (columns are narrowed first: float64 to float32, any integer to int64)."""
+        columns = frame_columns(frame)
+        for spec in self.specs:
+            got = columns.get(spec.name)
+            if got is not None and spec.dtype != "str" and got.dtype != spec.np_dtype:
+                raise InputError(f"input '{spec.name}': the DataFrame's column is {frame[spec.name].dtype}, the model "
+                                 f"takes {spec.dtype}; convert it with df[{spec.name!r}].astype('{spec.dtype}')")
+        return columns
 
     def _expected(self) -> str:
         return ", ".join(f"'{s.name}' {s.describe()}" for s in self.specs)
