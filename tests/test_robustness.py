@@ -311,3 +311,15 @@ def test_a_model_exported_in_half_precision_converts_in_every_float_mode(tmp_pat
             got = m.predict({"x": x[:5]})["y"]
         np.testing.assert_allclose(got.astype(np.float32), _plain(src, {"x": x[:5]})["y"].astype(np.float32),
                                    atol=1e-2)
+
+
+def test_static_of_a_model_with_nothing_to_quantise_says_which_operators_it_has(tmp_path: Path) -> None:
+    """A scikit-learn linear model is one LinearClassifier: no If/Loop to blame, and the message must not."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=500).fit(x, y)
+    pkg = edgeserve.convert(clf, tmp_path / "pkg", quantize="static", calibration=x.astype(np.float32))
+    why = pkg.manifest.recipe["nothing_quantised"]
+    assert "LinearClassifier" in why and "If/Loop" not in why, why

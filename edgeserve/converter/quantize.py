@@ -171,8 +171,8 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
     from .prepare import quantised_ops
 
     if not quantised_ops(dst):
-        recipe["nothing_quantised"] = ("no operator the quantiser takes is in the main graph (inside If/Loop "
-                                       "subgraphs it does not reach, or nowhere): the model stays float")
+        recipe["nothing_quantised"] = (f"no operator the quantiser takes is in the main graph "
+                                       f"({_why_nothing_to_calibrate(src)}): the model stays float")
     return recipe
 
 
@@ -195,9 +195,8 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
         # NOTE: nothing added to calibrate: the operators the quantiser takes are all inside control flow, which it
         # does not reach (silero-VAD's export, in an If). Min-max went on to quantise nothing; the histogram
         # methods failed with onnxruntime's "Histogram has not been collected". Both now write no ranges.
-        log.warning("static quantisation finds nothing to calibrate in the main graph (what it would quantise is "
-                    "inside If/Loop subgraphs, which onnxruntime's quantiser does not reach, or nowhere): the model "
-                    "stays float")
+        log.warning("static quantisation finds nothing to calibrate in the main graph (%s): the model stays float",
+                    _why_nothing_to_calibrate(src))
         from onnxruntime.quantization.calibrate import TensorsData
 
         save_tensors_data(TensorsData(method, {}), cache)
@@ -368,6 +367,17 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     onnx.save_model(converted, str(dst))
     return {"mode": "fp16", "keep_io_types": True}
+
+
+def _why_nothing_to_calibrate(path: Path | str) -> str:
+    """Where what static int8 would quantise is: inside control flow, or nowhere (the operators the model has)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return "what it would quantise is inside If/Loop subgraphs, which onnxruntime's quantiser does not reach"
+    ops = sorted({n.op_type for n in graph.node})
+    return f"the model has no operator it quantises: {', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}"
 
 
 def _has_op(path: Path, op_type: str) -> bool:
