@@ -258,3 +258,19 @@ def test_serve_refuses_max_wait_without_batching(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["serve", str(tmp_path), "--no-batching", "--max-wait-ms", "30", "--port",
                                            str(taken.getsockname()[1]), "--no-grpc"])
     assert result.exit_code == 2 and "--max-wait-ms needs batching" in result.output
+
+
+def test_convert_says_when_static_int8_quantised_nothing(tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    onx = to_onnx(LogisticRegression(max_iter=500).fit(x, y), x[:1], options={"zipmap": False})
+    (tmp_path / "lr.onnx").write_bytes(onx.SerializeToString())
+    np.savez(tmp_path / "cal.npz", X=x)
+    result = invoke("convert", tmp_path / "lr.onnx", "-o", tmp_path / "pkg", "-q", "static", "--calibration",
+                    tmp_path / "cal.npz")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: no operator the quantiser takes" in result.stdout and "LinearClassifier" in result.stdout

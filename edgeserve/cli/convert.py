@@ -108,6 +108,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     m = pkg.manifest
     size = sum(f.stat().st_size for f in pkg.path.iterdir())
     click.echo(f"wrote {pkg.path} ({m.name}@{m.version}, {quantize}, {size / 1024:.1f} KiB)")
+    if m.recipe.get("nothing_quantised"):
+        click.echo(f"  WARNING: {m.recipe['nothing_quantised']}")
     for line in auto_lines(m.recipe):
         click.echo(f"  {line}")
     for line in fidelity_lines(m.fidelity):

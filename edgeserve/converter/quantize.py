@@ -377,7 +377,7 @@ def _why_nothing_to_calibrate(path: Path | str) -> str:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return "what it would quantise is inside If/Loop subgraphs, which onnxruntime's quantiser does not reach"
     ops = sorted({n.op_type for n in graph.node})
-    return f"the model has no operator it quantises: {', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}"
+    return f"its operators, {', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}, have no int8 form there"
 
 
 def _has_op(path: Path, op_type: str) -> bool:
