@@ -117,10 +117,13 @@ def test_a_batch_1_export_whose_answers_vary_in_length_takes_one_row(tmp_path: P
             model.predict(data)
 
 
-def test_engine_errors_are_wrapped(tmp_path: Path) -> None:
-    # a token id past the embedding table passes the contract but not the engine
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_engine_errors_are_wrapped_and_name_the_inputs_they_ran_on(tmp_path: Path, batching: bool) -> None:
+    # a token id past the embedding table passes the contract but not the engine, whose message names a node
     path = save(gather_model(vocab=10), tmp_path / "gather.onnx")
-    with edgeserve.load(path) as model, pytest.raises(edgeserve.InferenceError, match="onnxruntime failed running"):
+    config = edgeserve.BatchConfig(adaptive=False) if batching else None
+    with edgeserve.load(path, batching=config) as model, pytest.raises(
+            edgeserve.InferenceError, match=r"onnxruntime failed running .*\(on ids int64 \[2, 3\]\): "):
         model.predict({"ids": np.full((2, 3), 99, np.int64)})
 
 

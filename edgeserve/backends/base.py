@@ -27,8 +27,9 @@ class Session(Protocol):
         """Run once; ``feed`` already satisfies the input contract. Engine errors become InferenceError."""
         ...
 
-    def failed(self, exc: Exception) -> InferenceError:
-        """The InferenceError :meth:`run` raises for this engine exception (for callers of ``engine_run``)."""
+    def failed(self, exc: Exception, feed: Mapping[str, np.ndarray] | None = None) -> InferenceError:
+        """The InferenceError :meth:`run` raises for this engine exception (for callers of ``engine_run``), naming
+        the inputs it ran on (see :func:`on_inputs`)."""
         ...
 
     def close(self) -> None: ...
@@ -114,3 +115,12 @@ class SessionCount:
 
 SESSIONS = SessionCount()
 """The process's open backend sessions; ``SESSIONS.live()`` is how tests prove no error path leaks one."""
+
+
+def on_inputs(feed: Mapping[str, np.ndarray] | None) -> str:
+    """`` (on input_ids int64 [1, 100], …)``: what an engine failed on, since its own message often names only an
+    internal node (a position table 64 long given 100 tokens reads "64 by 100")."""
+    if not feed:
+        return ""
+    parts = [f"{name} {value.dtype} {list(value.shape)}" for name, value in list(feed.items())[:8]]
+    return f" (on {', '.join(parts)}{', …' if len(feed) > 8 else ''})"

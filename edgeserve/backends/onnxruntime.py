@@ -16,7 +16,7 @@ from ..errors import InferenceError, ModelFileError
 from ..modelfile import sha256_file
 from ..priority import lowered
 from ..tensors import TensorSpec, assign_batch_axes, dtype_from_ort, guess_batch_axis, normalise_dims
-from .base import SESSIONS, check_signature
+from .base import SESSIONS, check_signature, on_inputs
 from .graph_cache import GraphCache
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,9 @@ class OrtSession:
         try:
             return self._run(output_names, feed)
         except Exception as exc:  # NOTE: onnxruntime's pybind exceptions share no public base class
-            raise self.failed(exc) from exc
+            raise self.failed(exc, feed) from exc
 
-    def failed(self, exc: Exception) -> InferenceError:
+    def failed(self, exc: Exception, feed: Mapping[str, np.ndarray] | None = None) -> InferenceError:
         """The error :meth:`run` raises for an engine exception."""
         text = _message(exc)
         hint = ""
@@ -85,7 +85,7 @@ class OrtSession:
             # this in nn.MultiheadAttention), so the graph declares a dimension variable it cannot take
             hint = (". The model declares these sizes variable but its graph holds one fixed: send inputs of the "
                     "size it was exported with, or export it again with that dimension dynamic")
-        return InferenceError(f"onnxruntime failed running {self._label}: {text}{hint}")
+        return InferenceError(f"onnxruntime failed running {self._label}{on_inputs(feed)}: {text}{hint}")
 
     def close(self) -> None:
         if self._session is None:

@@ -21,7 +21,7 @@ from ..config import SessionConfig
 from ..environment import cpu_info
 from ..errors import ConfigError, InferenceError, ModelFileError
 from ..tensors import TensorSpec, assign_batch_axes
-from .base import SESSIONS, check_signature
+from .base import SESSIONS, check_signature, on_inputs
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,14 @@ class OvSession:
         except InferenceError:
             raise
         except Exception as exc:  # NOTE: OpenVINO raises RuntimeError subclasses from C++ with long messages
-            raise self.failed(exc) from exc
+            raise self.failed(exc, feed) from exc
         if output_names is None:
             return [np.asarray(v) for v in values]
         return [np.asarray(values[self._ports[n]]) for n in output_names]
 
-    def failed(self, exc: Exception) -> InferenceError:
+    def failed(self, exc: Exception, feed: Mapping[str, np.ndarray] | None = None) -> InferenceError:
         """The error :meth:`run` raises for an engine exception."""
-        return InferenceError(f"openvino failed running {self._label}: {_message(exc)}")
+        return InferenceError(f"openvino failed running {self._label}{on_inputs(feed)}: {_message(exc)}")
 
     def close(self) -> None:
         if self._compiled is None:

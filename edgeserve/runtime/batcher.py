@@ -366,7 +366,7 @@ class Batcher:
 
     def __init__(self, run: RunFn, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], config: BatchConfig,
                  *, name: str = "model", clock: Clock = time.monotonic, nice: int = 0,
-                 engine: EngineFn | None = None, engine_failed: Callable[[Exception], Exception] | None = None) -> None:
+                 engine: EngineFn | None = None, engine_failed: Callable[[Exception, Any], Exception] | None = None) -> None:
         self.config = config
         self._engine = engine if engine_failed is not None else None
         """The direct way's run when the model has one: the engine itself (``run`` wraps it in a Python frame or
@@ -463,7 +463,7 @@ class Batcher:
                 except BaseException as exc:
                     self._direct_left(-feed[self._rows_name].shape[self._rows_axis] - 1)
                     if isinstance(exc, Exception):
-                        raise self._engine_failed(exc) from exc  # type: ignore[misc]
+                        raise self._engine_failed(exc, feed) from exc  # type: ignore[misc]
                     raise
                 self._direct_done.append(feed[self._rows_name].shape[self._rows_axis])
                 self._direct.pop()

@@ -176,7 +176,7 @@ class Model:
             try:
                 return engine(self._output_names, feed, None)  # type: ignore[no-any-return]
             except Exception as exc:
-                raise self._session.failed(exc) from exc
+                raise self._session.failed(exc, feed) from exc
         return self._run(feed, self._output_names)
 
     def predict(self, inputs: Any = None, /, *, timeout_ms: float | None = None, **named: Any) -> dict[str, np.ndarray]:
@@ -192,7 +192,7 @@ class Model:
                 try:
                     return dict(zip(self._output_names, self._engine(self._output_names, feed, None)))
                 except Exception as exc:
-                    raise self._session.failed(exc) from exc
+                    raise self._session.failed(exc, feed) from exc
             return dict(zip(self._output_names, self._run(feed, self._output_names)))
         if self._batched_only:  # the contract, then the batcher (which may run it at once, the direct way)
             if self._closed:

@@ -92,6 +92,24 @@ def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
         edgeserve.load(model, config=OV)
 
 
+def test_engine_errors_name_the_inputs_they_ran_on(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from tests.factories import save
+
+    nodes = [helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [2], [-1, 4])),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "fours", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "fours.onnx")
+    with edgeserve.load(path, config=OV) as ov_model:
+        assert ov_model.predict(np.ones((2, 4), np.float32))["y"].shape == (2, 4)
+        with pytest.raises(edgeserve.InferenceError, match=r"openvino failed running .*\(on x float32 \[2, 3\]\): "):
+            ov_model.predict(np.ones((2, 3), np.float32))
+
+
 def test_thread_and_cache_settings_are_honoured(tmp_path: Path, mlp_path: Path) -> None:
     cfg = SessionConfig(backend="openvino", precision="f32", intra_op_threads=1, cache_dir=str(tmp_path / "cache"))
     with edgeserve.load(mlp_path, config=cfg) as model:
