@@ -163,7 +163,7 @@ def _direct_batcher(run, way: str = "run") -> Batcher:
     from edgeserve import InferenceError
 
     engine = {} if way == "run" else {"engine": lambda names, feed, options: run(feed),
-                                       "engine_failed": lambda exc: InferenceError(f"engine: {exc}")}
+                                       "engine_failed": lambda exc, feed: InferenceError(f"engine: {exc}")}
     batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32), name="m", **engine)
     assert batcher.chooser is not None
     batcher.chooser.winner = batcher.chooser.mode = DIRECT
