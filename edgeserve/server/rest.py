@@ -23,6 +23,7 @@ import orjson
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
 from .dataplane import DataPlane, InferRequest, InferResponse
+from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -165,8 +166,11 @@ class RestApp:
         if media not in ACCEPTED:
             raise UnsupportedMediaType(f"content type {media!r} is not accepted; send application/json, or "
                                        "application/octet-stream with Inference-Header-Content-Length")
+        coding = check_coding(headers.get("content-encoding"))
         self.plane.refuses(params["name"], params.get("version"))  # NOTE: before the body is read (overload)
         body = await self._body(headers, receive)
+        if coding is not None:
+            body = inflate(body, coding, self.max_body)
         request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"))
         request.caller = caller
         watchers: list[asyncio.Task[None]] = []
@@ -185,7 +189,12 @@ class RestApp:
                     self.metrics.reject("client_disconnected")
                 return 0, b"", {}
             raise
-        return encode_infer(response, binary_out, request)
+        status, out, extra = encode_infer(response, binary_out, request)
+        answer_in = accepted(headers.get("accept-encoding"))
+        if answer_in is not None:
+            out = compress(out, answer_in)
+            extra["content-encoding"] = answer_in
+        return status, out, extra
 
     async def _control(self, handler: str, params: dict[str, str], headers: dict[str, str], receive: Receive,
                        caller: Caller) -> tuple[int, bytes, dict[str, str]]:

@@ -3,8 +3,10 @@ against in-process predict for every datatype, and each bad request with its sta
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,31 @@ def test_tritonclient_http_every_datatype(served, repo, binary: bool) -> None:
         _same(result.as_numpy(f"out_{t}"), want[f"out_{t}"], t)
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_tritonclient_http_compressed_both_ways_equals_in_process_predict(served, repo, binary: bool,
+                                                                        coding: str) -> None:
+    x = rows(3)
+    with edgeserve.load(repo / "mlp" / "1") as model:
+        want = model.predict(x)["logits"]
+    client = tritonhttp.InferenceServerClient(served.host_port)
+    sent = tritonhttp.InferInput("x", [3, 16], "FP32")
+    sent.set_data_from_numpy(x, binary_data=binary)
+    out = tritonhttp.InferRequestedOutput("logits", binary_data=binary)
+    for request, response in [(coding, None), (None, coding), (coding, coding)]:
+        result = client.infer("mlp", [sent], outputs=[out], request_compression_algorithm=request,
+                              response_compression_algorithm=response)
+        np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-6)
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 16], "data": x.ravel().tolist()}]})
+    reply = call(served.host_port, "POST", "/v2/models/mlp/infer", body.encode(),
+                 {"Accept-Encoding": f"br;q=1, {coding}"})
+    assert reply.headers.get("content-encoding") == coding  # tritonclient reads either way: look at the bytes
+    answer = json.loads(zlib.decompress(reply.body, 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS))
+    np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(3, 4), want, rtol=1e-6)
+    plain = call(served.host_port, "POST", "/v2/models/mlp/infer", body.encode(), {"Accept-Encoding": f"{coding};q=0"})
+    assert "content-encoding" not in plain.headers and plain.json()["outputs"][0]["shape"] == [3, 4]
+
+
 def test_tritonclient_grpc_every_datatype(served, repo) -> None:
     inputs = echo_inputs(2)
     want = _expected(repo, inputs)
@@ -159,6 +186,14 @@ BAD = [
     ("bad timeout", json.dumps({"inputs": [X16], "parameters": {"timeout": "soon"}}).encode(), {}, 400, "timeout"),
     ("wrong content type", json.dumps({"inputs": [X16]}).encode(), {"Content-Type": "text/plain"}, 415,
      "content type"),
+    ("unknown content encoding", json.dumps({"inputs": [X16]}).encode(), {"Content-Encoding": "br"}, 415,
+     "Content-Encoding 'br' is not accepted"),
+    ("gzip header on a plain body", json.dumps({"inputs": [X16]}).encode(), {"Content-Encoding": "gzip"}, 400,
+     "the gzip body cannot be decoded"),
+    ("gzip body cut short", gzip.compress(json.dumps({"inputs": [X16]}).encode())[:-12],
+     {"Content-Encoding": "gzip"}, 400, "cut short"),
+    ("gzip body inflating past the cap", gzip.compress(b" " * (64 * 2**20 + 1)), {"Content-Encoding": "gzip"}, 413,
+     "inflates past the limit"),
 ]
 
 
