@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..guard.explain import Explanation
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 ATTRIBUTIONS = ".attributions"
 """With the request parameter ``explain: true``, each output ``y`` gets a companion ``y.attributions``."""
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
@@ -51,6 +51,8 @@ class InferRequest:
     timeout_ms: float | None = None
     caller: str | None = None
     """The token's name (``anonymous`` when auth is off): who asked, for the audit log."""
+    classes: dict[str, int] = field(default_factory=dict)
+    """Outputs asked for as their top classes (Triton's classification extension): name -> how many."""
 
 
 @dataclass
@@ -264,7 +266,7 @@ class DataPlane:
             if audit is not None:  # answered only once its audit record is committed
                 await audit.wait_async(self._record(model, version, feed, out, started, flags, request,
                                                     detail=_explanation_detail(explained)))
-            return self._response(request, version, out, wanted, explained)
+            return self._response(model, request, version, out, wanted, explained)
 
     async def _alone(self, model: Model, feed: dict[str, np.ndarray],
                      timeout_ms: float | None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
@@ -296,7 +298,7 @@ class DataPlane:
             if audit is not None:
                 audit.wait(self._record(model, version, feed, out, started, flags, request,
                                         detail=_explanation_detail(explained)))
-            return self._response(request, version, out, wanted, explained)
+            return self._response(model, request, version, out, wanted, explained)
 
     @staticmethod
     def _explain(model: Model, feed: dict[str, np.ndarray]) -> Explanation:
@@ -387,13 +389,49 @@ class DataPlane:
         return feed, list(dict.fromkeys(request.outputs))
 
     @staticmethod
-    def _response(request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str],
+    def _response(model: Model, request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str],
                   explained: Explanation | None = None) -> InferResponse:
         outputs = {n: out[n] for n in wanted}
+        if request.classes:
+            batched = {s.name for s in model.outputs if s.batch_axis == 0}
+            for name, count in request.classes.items():
+                outputs[name] = top_classes(name, out[name], count, name in batched)
         if explained is not None:  # one more output per output: [rows, features or patches, *output row shape]
             for name, values in explained.attributions.items():
                 outputs[f"{name}{ATTRIBUTIONS}"] = values.astype(np.float32)
         return InferResponse(model=request.model, version=str(version), outputs=outputs, id=request.id)
+
+
+def class_count(name: str, value: Any) -> int | None:
+    """An output's ``classification`` parameter: how many top classes it is asked for (None: the tensor)."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"output '{name}': parameter 'classification' must be a positive whole number, got "
+                         f"{value!r:.40}")
+    return value
+
+
+def top_classes(name: str, value: np.ndarray, count: int, batched: bool) -> np.ndarray:
+    """Triton's classification extension: per row, the ``count`` highest values as ``b"<value>:<index>"``
+    (BYTES, ``[rows, count]``, or ``[count]`` for an output without a batch axis), highest first, ties by the
+    lower index."""
+    if value.dtype.kind not in "biuf":
+        raise BadRequest(f"output '{name}' is {datatype_of(value.dtype)}: classification needs numbers")
+    rows = value.reshape(len(value), -1) if batched and value.ndim else value.reshape(1, -1)
+    row_shape = value.shape[1:] if batched and value.ndim else value.shape
+    if sum(d != 1 for d in row_shape) > 1:
+        raise BadRequest(f"output '{name}' holds {list(row_shape)} per row, not one score per class: "
+                         "classification needs one class axis")
+    if count > rows.shape[1]:
+        raise BadRequest(f"output '{name}' has {rows.shape[1]} classes; the top {count} were asked for")
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :count]
+    values = np.take_along_axis(rows, order, axis=1).tolist()
+    text = "{:f}:{}" if rows.dtype.kind == "f" else "{}:{}"
+    out = np.empty(order.shape, dtype=object)
+    for r, (vs, ix) in enumerate(zip(values, order.tolist())):
+        out[r] = [text.format(v, i).encode() for v, i in zip(vs, ix)]
+    return out if batched and value.ndim else out[0]
 
 
 def _wants_explanation(request: InferRequest) -> bool:

@@ -22,7 +22,7 @@ import orjson
 
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
-from .dataplane import DataPlane, InferRequest, InferResponse
+from .dataplane import DataPlane, InferRequest, InferResponse, class_count
 from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
@@ -321,9 +321,10 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tup
     request_id = doc.get("id")
     request = InferRequest(model=params["name"], version=params.get("version"), inputs=inputs,
                            id=str(request_id) if request_id is not None else None,
-                           outputs=[n for n, _ in outputs] if outputs is not None else None,
-                           parameters=parameters, timeout_ms=_timeout_ms(parameters))
-    binary = default_binary if outputs is None else frozenset(n for n, b in outputs if b)
+                           outputs=[n for n, _, _ in outputs] if outputs is not None else None,
+                           parameters=parameters, timeout_ms=_timeout_ms(parameters),
+                           classes={n: k for n, _, k in outputs or () if k is not None})
+    binary = default_binary if outputs is None else frozenset(n for n, b, _ in outputs if b)
     return request, binary
 
 
@@ -343,8 +344,8 @@ def _with_non_finite(text: bytes) -> Any:
         return None
 
 
-def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool]] | None:
-    """(name, binary) of each requested output, or None for all."""
+def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool, int | None]] | None:
+    """(name, binary, top classes asked for) of each requested output, or None for all."""
     if raw is None:
         return None
     if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
@@ -352,7 +353,9 @@ def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool]]
     out = []
     for o in raw:
         p = o.get("parameters") or {}
-        out.append((o["name"], bool(p.get("binary_data", default_binary)) if isinstance(p, dict) else default_binary))
+        if not isinstance(p, dict):
+            p = {}
+        out.append((o["name"], bool(p.get("binary_data", default_binary)), class_count(o["name"], p.get("classification"))))
     return out
 
 

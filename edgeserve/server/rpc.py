@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from . import messages as pb
 from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
-from .dataplane import DataPlane, InferRequest
+from .dataplane import DataPlane, InferRequest, class_count
 from .errors import BadRequest, ProtocolError
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -187,9 +187,11 @@ def decode(request: Any) -> InferRequest:
         inputs[tensor.name] = (tensor.datatype, array)
     parameters = {k: _parameter(v) for k, v in request.parameters.items()}
     timeout = parameters.get("timeout")
+    classes = {o.name: class_count(o.name, _parameter(o.parameters["classification"]))
+               for o in request.outputs if "classification" in o.parameters}
     return InferRequest(model=request.model_name, version=request.model_version or None, inputs=inputs,
                         id=request.id or None, outputs=[o.name for o in request.outputs] or None,
-                        parameters=parameters,
+                        parameters=parameters, classes={k: v for k, v in classes.items() if v is not None},
                         timeout_ms=float(timeout) / 1000.0 if isinstance(timeout, (int, float)) and timeout > 0 else None)
 
 

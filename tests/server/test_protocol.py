@@ -116,6 +116,32 @@ def test_tritonclient_http_compressed_both_ways_equals_in_process_predict(served
     assert "content-encoding" not in plain.headers and plain.json()["outputs"][0]["shape"] == [3, 4]
 
 
+def test_tritonclient_class_count_answers_the_top_classes_as_triton_does(served, repo) -> None:
+    """Triton's classification extension: ``InferRequestedOutput(name, class_count=k)`` answers BYTES
+    ``[rows, k]`` of ``"<value>:<index>"``, highest first (it was ignored: the raw scores came back)."""
+    x = rows(5)
+    with edgeserve.load(repo / "mlp" / "1") as model:
+        logits = model.predict(x)["logits"]
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :3]
+    want = [[f"{logits[r, i]:f}:{i}" for i in order[r]] for r in range(5)]
+    answers = []
+    http = tritonhttp.InferenceServerClient(served.host_port)
+    for binary in (False, True):
+        sent = tritonhttp.InferInput("x", [5, 16], "FP32")
+        sent.set_data_from_numpy(x, binary_data=binary)
+        answers.append(http.infer("mlp", [sent], outputs=[
+            tritonhttp.InferRequestedOutput("logits", binary_data=binary, class_count=3)]).as_numpy("logits"))
+    grpc = tritongrpc.InferenceServerClient(served.grpc)
+    sent = tritongrpc.InferInput("x", [5, 16], "FP32")
+    sent.set_data_from_numpy(x)
+    answers.append(grpc.infer("mlp", [sent], outputs=[tritongrpc.InferRequestedOutput("logits", class_count=3)])
+                   .as_numpy("logits"))
+    for got in answers:
+        assert got.shape == (5, 3)
+        assert [[v.decode() if isinstance(v, bytes) else v for v in row] for row in got.tolist()] == want
+    assert "classification" in http.get_server_metadata()["extensions"]
+
+
 def test_tritonclient_grpc_every_datatype(served, repo) -> None:
     inputs = echo_inputs(2)
     want = _expected(repo, inputs)
@@ -186,6 +212,10 @@ BAD = [
     ("bad timeout", json.dumps({"inputs": [X16], "parameters": {"timeout": "soon"}}).encode(), {}, 400, "timeout"),
     ("wrong content type", json.dumps({"inputs": [X16]}).encode(), {"Content-Type": "text/plain"}, 415,
      "content type"),
+    ("classification past the class count", json.dumps({"inputs": [X16], "outputs": [
+        {"name": "logits", "parameters": {"classification": 5}}]}).encode(), {}, 400, "has 4 classes"),
+    ("classification not a count", json.dumps({"inputs": [X16], "outputs": [
+        {"name": "logits", "parameters": {"classification": "three"}}]}).encode(), {}, 400, "positive whole number"),
     ("unknown content encoding", json.dumps({"inputs": [X16]}).encode(), {"Content-Encoding": "br"}, 415,
      "Content-Encoding 'br' is not accepted"),
     ("gzip header on a plain body", json.dumps({"inputs": [X16]}).encode(), {"Content-Encoding": "gzip"}, 400,
