@@ -372,6 +372,8 @@ class Batcher:
         """The direct way's run when the model has one: the engine itself (``run`` wraps it in a Python frame or
         two), and ``engine_failed``, what its error becomes."""
         self._engine_failed = engine_failed
+        self.turn_run: RunFn | None = None
+        """What the batches of event-loop turns run on (``Model.answer_turns_with``); None: ``run``."""
         self._executor = _executor(nice)
         """Where a batch is led for callers that cannot lead: threads ``nice`` steps below the process."""
         self._run = run
@@ -582,7 +584,7 @@ class Batcher:
 
     def _run_turn_batch(self, batch: list[Pending], watch: WatchFn | None) -> None:
         started = self._clock()
-        answers, tally = self._execute(batch, watch)
+        answers, tally = self._execute(batch, watch, self.turn_run)
         tally.busy_s = self._clock() - started
         with self._lock:
             self._stats["requests"] += len(batch)
@@ -979,24 +981,26 @@ class Batcher:
             assert head.signal is not None
             head.signal.release()
 
-    def _execute(self, batch: list[Pending], watch: WatchFn | None = None) -> tuple[
+    def _execute(self, batch: list[Pending], watch: WatchFn | None = None, run: RunFn | None = None) -> tuple[
             list[tuple[Pending, dict[str, np.ndarray] | None, BaseException | None]], Tally]:
-        """Run a batch; its answers (each caller's rows or error), for the leader to hand out, and what the
-        engine did. ``watch`` sees the batch's inputs and outputs, stacked, when it ran whole."""
+        """Run a batch (on ``run``, else the model's own run); its answers (each caller's rows or error), for the
+        leader to hand out, and what the engine did. ``watch`` sees the batch's inputs and outputs, stacked, when
+        it ran whole."""
         live = [p for p in batch if p.claim()]  # callers that gave up are skipped
         if not live:
             return [], Tally()
+        run = run or self._run
         rows = sum(p.rows for p in live)
         try:
             if len(live) == 1:
                 merged = live[0].feed
-                outputs = self._outputs_of(self._run(merged))
+                outputs = self._outputs_of(run(merged))
                 results = [outputs]
             else:
                 merged = {s.name: held.concat([p.feed[s.name] for p in live], axis=s.batch_axis)
                           if s.batch_axis is not None else live[0].feed[s.name]  # equal in every request
                           for s in self._inputs}
-                outputs = self._outputs_of(self._run(merged))
+                outputs = self._outputs_of(run(merged))
                 results = self._split(outputs, [p.rows for p in live])
         except Exception as exc:
             if len(live) == 1:
@@ -1008,7 +1012,7 @@ class Batcher:
             rows_ok = 0
             for p in live:
                 try:
-                    alone = self._outputs_of(self._run(p.feed))
+                    alone = self._outputs_of(run(p.feed))
                 except Exception as failed:
                     answers.append((p, None, _edgeserve_error(failed)))
                 else:

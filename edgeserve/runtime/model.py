@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -9,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,6 +91,8 @@ class Model:
         """What decides this model's answers (model file digest, engine, precision): the response cache's key.
         Without one given, a unique id: such a model shares cache entries with no other."""
         self._session = session
+        self._turn_session: Session | None = None
+        """The session event-loop turns run on (see :meth:`answer_turns_with`), when it is not ``_session``."""
         self.engine: str = getattr(session, "engine", "onnxruntime")
         """The engine that answers: ``onnxruntime`` or ``openvino`` (a package verified on OpenVINO loads there)."""
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs if manifest else session.inputs
@@ -348,6 +352,13 @@ class Model:
         if self.monitor is not None:
             self.monitor.observe(feed, outputs, rows, defer=True)
 
+    def answer_turns_with(self, session: Session) -> None:
+        """Run the batches of event-loop turns on ``session`` (the same model with fewer threads, see
+        ``SessionConfig.turn_threads``); this model closes it."""
+        assert self.batcher is not None and self._turn_session is None
+        self._turn_session = session
+        self.batcher.turn_run = functools.partial(session.run, output_names=self._output_names)
+
     def gathering(self, loop: Any) -> bool:
         """Requests of ``loop``'s current turn wait to run together at its end (see :meth:`answer_in_turn`)."""
         return self.batcher is not None and self.batcher.gathering(loop)
@@ -443,6 +454,8 @@ class Model:
         if self.batcher is not None:
             self.batcher.close(timeout)
         self._session.close()
+        if self._turn_session is not None:
+            self._turn_session.close()
         if self.monitor is not None and self.monitor.trigger is not None:
             self.monitor.trigger.close()  # its thread finishes the event in hand, then ends
 
@@ -485,8 +498,10 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
     session = get_backend(backend_name).open(path, config, label=path.name, view=proto)
     with _closing_on_error(session):
         digest = sha256_file(path) if cache is not None else None  # only a cache needs to know what computes
-        return Model(session, name=path.stem, path=path, batching=batching, cache=cache, guard=guard,
-                     identity=identity_of(digest, backend_name, config.precision) if digest else None)
+        model = Model(session, name=path.stem, path=path, batching=batching, cache=cache, guard=guard,
+                      identity=identity_of(digest, backend_name, config.precision) if digest else None)
+    _add_turn_session(model, backend_name, path, config, label=path.name, view=proto)
+    return model
 
 
 def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, allowed_domains: Sequence[str],
@@ -514,7 +529,28 @@ def _load_package(folder: Path, config: SessionConfig, golden: GoldenPolicy, all
                           batching=batching, cache=cache, guard=guard,
                           identity=identity_of(digest, backend_name, config.precision))
         model.golden_check = checked
-        return model
+    _add_turn_session(model, backend_name, model_path, config, label=f"{manifest.name}@{manifest.version}",
+                      digest=digest, view=proto)
+    return model
+
+
+TURN_MAX_BYTES = 16 * 2**20
+"""The largest model file given a turn session (``SessionConfig.turn_threads``): one quick enough to run in an
+event loop reads its weights in well under 0.1 ms, and a second copy of a small model costs little memory."""
+
+
+def _add_turn_session(model: Model, backend: str, path: Path, config: SessionConfig, **open_args: Any) -> None:
+    """Give a batched model its turn session, when ``config`` asks for one with fewer threads than its own."""
+    turns = config.turn_threads
+    if (turns is None or turns >= config.threads or model.batcher is None or backend != "onnxruntime"
+            or path.stat().st_size > TURN_MAX_BYTES):
+        return  # NOTE: OpenVINO schedules its own threads; an external-data model is not small
+    fewer = replace(config, intra_op_threads=turns, turn_threads=None)
+    try:
+        model.answer_turns_with(get_backend(backend).open(path, fewer, **open_args))
+    except BaseException:
+        model.close()
+        raise
 
 
 def identity_of(model_digest: str, backend: str, precision: str | None) -> str:

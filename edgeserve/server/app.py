@@ -66,8 +66,8 @@ def server_session(threads: int | None = None, *, nice: int = ENGINE_NICE) -> Se
     and the workers keep every core, spinning between operators, when it does not. Measured on 2 cores, wide MLP:
     at 1 connection p50 255-291 us (bare onnxruntime in the loop: 190-230; the engine on one core: 482), at 32
     connections 5.6-5.9k requests/s; under 3x overload the accepted p99 was 1.5-1.9x nominal, 2.5x with the workers
-    at the loop's priority."""
-    return SessionConfig(intra_op_threads=threads, nice=nice)
+    at the loop's priority. The batches the event loop gathers in a turn run on one thread (``turn_threads``)."""
+    return SessionConfig(intra_op_threads=threads, nice=nice, turn_threads=1)
 
 
 def is_loopback(host: str) -> bool:

@@ -137,3 +137,55 @@ def test_a_models_turn_answers_as_predict_does_and_its_monitor_sees_every_row(tm
         assert model.batcher.stats["ran_in_turn"] == 6
         model.monitor.flush()
         assert model.monitor.report()["requests"] - before == 12 + 12  # the turn's rows, then predict's
+
+
+def _threads(session) -> int:
+    return session._session.get_session_options().intra_op_num_threads
+
+
+def test_a_model_asked_for_turn_threads_runs_its_turns_on_a_session_of_that_many(tmp_path: Path) -> None:
+    """``SessionConfig(turn_threads=1)`` (what ``edgeserve serve`` sets): the batches of event-loop turns run on a
+    one-thread copy of the model, every other run on the model's own session; both close with the model."""
+    from edgeserve.backends.base import SESSIONS
+
+    source = save(mlp_model(), tmp_path / "mlp.onnx")
+    pkg = edgeserve.convert(source, tmp_path / "pkg", quantize="none", calibration={"x": rows(64)})
+    live = SESSIONS.live()
+    config = edgeserve.SessionConfig(intra_op_threads=2, turn_threads=1, cache_dir=None)
+    with edgeserve.load(pkg.path, batching=BatchConfig(), config=config) as model:
+        assert model._turn_session is not None and SESSIONS.live() == live + 2
+        assert _threads(model._turn_session) == 1 and _threads(model._session) == 2
+        turned: list[int] = []
+        turn_run = model.batcher.turn_run
+
+        def counted(feed):
+            turned.append(len(feed["x"]))
+            return turn_run(feed)
+
+        model.batcher.turn_run = counted
+        inputs = [rows(1 + i % 3, seed=i) for i in range(6)]
+
+        async def main():
+            return await asyncio.gather(*(model.batcher.call_in_turn({"x": x}) for x in inputs))
+
+        for x, out in zip(inputs, asyncio.run(main())):
+            np.testing.assert_allclose(out["logits"], model.predict(x)["logits"], rtol=1e-5, atol=1e-6)
+        assert turned == [12]  # the turn's one batch; predict ran on the model's own session
+    assert SESSIONS.live() == live
+
+
+def test_turn_threads_give_no_second_session_where_it_would_not_be_used_or_not_be_fewer(
+        tmp_path: Path, monkeypatch) -> None:
+    from edgeserve.runtime import model as model_module
+
+    path = save(mlp_model(), tmp_path / "mlp.onnx")
+    turns = edgeserve.SessionConfig(intra_op_threads=2, turn_threads=1, cache_dir=None)
+    for config, batching in [(turns, None),  # no batcher: no turns
+                             (edgeserve.SessionConfig(intra_op_threads=1, turn_threads=1, cache_dir=None),
+                              BatchConfig()),  # not fewer threads
+                             (edgeserve.SessionConfig(intra_op_threads=2, cache_dir=None), BatchConfig())]:
+        with edgeserve.load(path, batching=batching, config=config) as model:
+            assert model._turn_session is None
+    monkeypatch.setattr(model_module, "TURN_MAX_BYTES", path.stat().st_size - 1)  # too big to be quick
+    with edgeserve.load(path, batching=BatchConfig(), config=turns) as model:
+        assert model._turn_session is None and model.batcher.turn_run is None

@@ -63,6 +63,10 @@ def test_requests_read_together_run_as_one_batch_and_each_gets_its_own_answer(se
             if _in_turn(served) - before >= 2:
                 break
         assert _in_turn(served) - before >= 2, "requests sent together never ran together in a turn"
+        from edgeserve.config import available_cores
+
+        with served.server.runtime.using("mlp") as (model, _):  # the server's turns run on one thread
+            assert available_cores() == 1 or model.batcher.turn_run is not None
     finally:
         for conn in (lone, *conns):
             conn.close()
