@@ -55,8 +55,8 @@ class SessionConfig:
     gathers from requests read together, see ``Batcher.call_in_turn``); None: its own session. Only for a model
     file up to ``TURN_MAX_BYTES``: a model quick enough for the loop is small. ``edgeserve serve`` sets 1: a turn
     holds the loop, and a second thread's share of a run that short arrives late when the load generator or
-    other work holds the other core. Digits MLP, wrk at 32 connections: p99 4.5-4.9 -> 2.7-3.0 ms, requests/s
-    13.3-13.7k -> 14.1-14.4k; a lone request still runs on every core."""
+    other work holds the other core. Digits MLP, wrk at 32 connections: p99 4.5-4.9 -> 2.5-2.6 ms, requests/s
+    13.3-13.7k -> 14.8-15.2k; a lone request still runs on every core."""
     cache_dir: str | None = "default"
     """Where optimised graphs are cached so a restart skips re-optimisation: ``"default"`` (``$EDGESERVE_CACHE_DIR``,
     else the per-user cache folder), a folder path, or ``None`` to turn the cache off."""
