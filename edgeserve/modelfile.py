@@ -40,7 +40,7 @@ def load_model(
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({first_line(exc)})") from exc
+        raise ModelFileError(f"{path} is not a readable ONNX model ({first_line(exc)}){_saved_hint(path)}") from exc
     check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
     if load_external_data and uses_external_data(model):
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -59,7 +59,7 @@ def check_model_file(path: str | os.PathLike[str], *, allowed_domains: Iterable[
         model = read_model(path.read_bytes())
         check_model(model, base_dir=path.parent, allowed_domains=allowed_domains)
     except WireError as exc:
-        raise ModelFileError(f"{path} is not a readable ONNX model ({exc})") from None
+        raise ModelFileError(f"{path} is not a readable ONNX model ({exc}){_saved_hint(path)}") from None
     return model
 
 
@@ -214,4 +214,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _saved_hint(path: Path) -> str:
+    """What to do with a file torch or pickle wrote, where an ONNX model was expected."""
+    from .converter.saved import kind_of  # NOTE: only on this error's path
 
+    kind = kind_of(path)
+    if kind is None:
+        return ""
+    if kind in ("torch.export", "torchscript"):
+        return f"; it is a {kind} file: convert it first (edgeserve convert {path} -o PACKAGE)"
+    what = "a torch.save file (a pickle)" if kind == "torch.save" else "a Python pickle"
+    return f"; it is {what}, which edgeserve does not load: see edgeserve convert --help"

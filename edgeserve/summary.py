@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -57,9 +58,19 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
         metric = f"{score:.4g}" if score is not None else "-"
         cos = f"{c['fidelity']['cosine_min']:.4f}" if c.get("fidelity", {}).get("cosine_min") is not None else "-"
         acc = f"{c['accuracy']:.4f}" if c.get("accuracy") is not None else "-"
-        verdict = "in budget" if c.get("within_budget") else (c.get("reason") or "")
+        reason = c.get("reason") or ""
+        verdict = "in budget" if c.get("within_budget") else _short(reason) if c.get("status") == "failed" \
+            else reason[:70]
         kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
-        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>12} {cos:>8} {acc:>8}  {verdict[:70]}{kept}"
+        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>12} {cos:>8} {acc:>8}  {verdict}{kept}"
+
+
+def _short(reason: str) -> str:
+    """A candidate's reason for the table's note column: the first attempt's cause, without the scratch file's
+    name, which the column's width would otherwise leave as all there is to read (the whole text is in the
+    manifest)."""
+    first = re.sub(r"^[\w -]*graph: ", "", reason.split("; ")[0])
+    return re.sub(r"cannot load \S+: (-- )?", "cannot load it: ", first)[:160]
 
 
 def budget_text(budget: Mapping[str, Any]) -> str:

@@ -431,3 +431,53 @@ def test_int8_of_a_float16_model_starts_from_it_upcast_and_keeps_its_float16_sig
     (name,) = want
     assert got[name].dtype == np.float16
     assert compare_outputs(got, want)["summary"]["cosine_min"] > 0.99
+
+
+def _ml_opset_first(tmp_path: Path) -> Path:
+    """A MatMul model whose opset list names ``ai.onnx.ml`` (version 1) first, as skl2onnx writes them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1), helper.make_opsetid("", 13)])
+    path = tmp_path / "ml_first.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_nncf_reads_the_opset_of_the_standard_operators_whatever_order_the_file_lists_them(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    cal = {"x": np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)}
+    pkg = edgeserve.convert(_ml_opset_first(tmp_path), tmp_path / "pkg", quantize="nncf", calibration=cal)
+    assert pkg.manifest.recipe["mode"] == "nncf"
+
+
+def test_a_quantiser_failing_on_operators_outside_the_standard_set_names_them(tmp_path: Path) -> None:
+    """skl2onnx's default export (a ZipMap of probabilities, whose label output NNCF's graph walk cannot find)."""
+    pytest.importorskip("nncf")
+    import onnx
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    onnx.save(to_onnx(LogisticRegression(max_iter=500).fit(x, y), x[:1]), str(tmp_path / "iris.onnx"))
+    with pytest.raises(ConversionError, match=r"nncf quantisation failed in NNCF: KeyError: .*operators outside the "
+                                              r"standard set, ai\.onnx\.ml\.LinearClassifier"):
+        edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "pkg", quantize="nncf", calibration={"X": x})
+
+
+def test_the_auto_table_shows_why_a_candidate_failed_not_the_scratch_file_it_failed_on() -> None:
+    from edgeserve.summary import auto_lines
+
+    reason = ("exported graph: openvino cannot load auto-openvino-f32-exported.onnx: -- Conversion is failed for: "
+              "ai.onnx.ml.Normalizer; fp32 graph: openvino cannot load auto-openvino-f32-fp32.onnx: -- Conversion "
+              "is failed for: ai.onnx.ml.Normalizer")
+    recipe = {"auto": {"chosen": "none", "reason": "r", "budget": {}, "candidates": [
+        {"name": "openvino-f32", "status": "failed", "reason": reason}]}}
+    line = list(auto_lines(recipe))[-1]
+    assert line.endswith("openvino cannot load it: Conversion is failed for: ai.onnx.ml.Normalizer")

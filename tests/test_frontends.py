@@ -380,3 +380,105 @@ def test_estimators_skl2onnx_needs_help_with_convert_from_numpys_float64_data(tm
         out = model.predict(x[150:160].astype(np.float32))["variable"]
     assert out.shape == (10, 2)
     np.testing.assert_allclose(out, regressor.predict(x[150:160]), rtol=1e-4, atol=1e-3)
+
+
+class _Tokens(torch.nn.Module):
+    """Token ids and a mask, the way a text classifier takes them, and a float per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask, temperature):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)) / temperature
+
+
+@pytest.mark.parametrize("saved", ["torch.export.save", "torch.jit.save"])
+def test_a_file_torch_saved_converts_from_the_command_line(tmp_path: Path, saved: str) -> None:
+    """``edgeserve convert model.pt2`` (torch.export) and ``model.pt`` (TorchScript): the inputs keep forward's
+    names, the batch and sequence axes stay dynamic, and the package answers as the module does."""
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    torch.manual_seed(0)
+    net = _Tokens().eval()
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(0, 50, (64, 10)), (rng.random((64, 10)) < 0.8).astype(np.int64)
+    mask[:, 0] = 1
+    temperature = rng.uniform(0.5, 2, (64, 1)).astype(np.float32)
+    path = tmp_path / ("model.pt2" if saved == "torch.export.save" else "model.pt")
+    if saved == "torch.export.save":
+        rows, seq = torch.export.Dim("rows"), torch.export.Dim("seq")
+        program = torch.export.export(net, (torch.as_tensor(ids[:4]), torch.as_tensor(mask[:4]),
+                                            torch.as_tensor(temperature[:4])),
+                                      dynamic_shapes={"input_ids": {0: rows, 1: seq},
+                                                      "attention_mask": {0: rows, 1: seq}, "temperature": {0: rows}})
+        torch.export.save(program, str(path))
+    else:
+        torch.jit.save(torch.jit.script(net), str(path))
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, temperature=temperature, attention_mask=mask, input_ids=ids)  # not forward's order: by name
+    result = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "pkg"), "--calibration", str(cal)])
+    assert result.exit_code == 0, result.output
+    with edgeserve.load(tmp_path / "pkg") as model:
+        assert [s.name for s in model.inputs] == ["input_ids", "attention_mask", "temperature"]
+        other = rng.integers(0, 50, (5, 7))  # another batch size and sequence length than either example
+        out = model.predict({"input_ids": other, "attention_mask": np.ones((5, 7), np.int64),
+                             "temperature": temperature[:5]})
+    with torch.no_grad():
+        want = net(torch.as_tensor(other), torch.ones(5, 7, dtype=torch.long), torch.as_tensor(temperature[:5])).numpy()
+    np.testing.assert_allclose(out["output"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_torchscript_file_without_rows_to_trace_it_asks_for_them(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_Tokens().eval()), str(path))
+    with pytest.raises(ConversionError, match=r"model.pt is a TorchScript model: exporting it needs a few example "
+                                              r"rows; give --calibration .*\(input_ids, attention_mask, temperature\)"):
+        edgeserve.convert(path, tmp_path / "pkg")
+
+
+@pytest.mark.parametrize("kind", ["joblib", "pickle", "state_dict", "whole module"])
+def test_a_pickle_is_never_loaded_and_the_message_says_what_to_do(tmp_path: Path, kind: str) -> None:
+    """Unpickling runs whatever code the file holds: the converter refuses it, and nothing in it runs."""
+    import pickle
+
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (ran,))
+
+    path = tmp_path / f"model.{kind.replace(' ', '_')}"
+    if kind == "joblib":
+        import joblib
+
+        joblib.dump(Payload(), path)
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps(Payload()))
+    elif kind == "state_dict":
+        torch.save({**_Tokens().state_dict(), "payload": Payload()}, path)
+    else:
+        torch.save(_Tokens(), path)
+    said = r"torch.save .*torch.export.save" if kind in ("state_dict", "whole module") else \
+        r"a Python pickle .*runs any code it holds.*edgeserve.convert\(model"
+    with pytest.raises(ConversionError, match=said):
+        edgeserve.convert(path, tmp_path / "pkg")
+    assert not ran.exists()
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_run_and_inspect_on_a_file_torch_saved_say_to_convert_it_first(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_Tokens().eval()), str(path))
+    for args in (["inspect", str(path)], ["run", str(path), "--input", str(path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0
+        assert f"it is a torchscript file: convert it first (edgeserve convert {path} -o PACKAGE)" in result.output

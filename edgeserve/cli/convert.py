@@ -81,7 +81,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
             time_budget: float, threads: int | None, backend: str | None, precision: str | None,
             allow_domain: tuple[str, ...], max_memory: str | None, force: bool) -> None:
-    """Convert an ONNX model SRC into a verified package.
+    """Convert a model SRC (.onnx, or torch's .pt2 from torch.export.save or TorchScript .pt from torch.jit.save)
+    into a verified package.
 
     --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
     fastest inside the budget (--metric with --min/--max, --max-accuracy-drop).

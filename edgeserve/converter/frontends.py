@@ -1,7 +1,9 @@
-"""Front ends: turn what the user has (an ONNX file, a torch module, a scikit-learn model) into an ONNX file.
+"""Front ends: turn what the user has (an ONNX file, a torch module or a file torch saved, a scikit-learn model)
+into an ONNX file.
 
 torch and skl2onnx are optional extras, imported only when such a model is given. Nothing here ever
-unpickles a file: torch and scikit-learn models arrive as live Python objects.
+unpickles a file: torch and scikit-learn models arrive as live Python objects, or as the files of
+``torch.export.save`` and ``torch.jit.save`` (see :mod:`.saved`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from ..arrays import column, frame_columns, is_frame
 from ..errors import ConversionError, DataError, ModelFileError, first_line
 from ..modelfile import load_model, sha256_file, uses_external_data
+from . import saved
 
 DEFAULT_OPSET = 17
 
@@ -46,6 +49,11 @@ def is_sklearn_model(obj: Any) -> bool:
     return type(obj).__module__.startswith("sklearn.") or (hasattr(obj, "fit") and hasattr(obj, "get_params"))
 
 
+def is_torchscript_file(obj: Any) -> bool:
+    """A path to a ``torch.jit.save`` file (which exports given example rows)."""
+    return isinstance(obj, (str, os.PathLike)) and saved.kind_of(Path(obj)) == saved.TORCHSCRIPT
+
+
 def load_source(
     source: Any,
     workdir: Path,
@@ -59,7 +67,15 @@ def load_source(
 ) -> SourceModel:
     """Write the source model as ONNX into ``workdir`` and describe where it came from."""
     if isinstance(source, (str, os.PathLike)):
-        return _from_onnx_file(Path(source), workdir, allowed_domains)
+        path = Path(source)
+        kind = saved.kind_of(path)
+        if kind == saved.EXPORTED:
+            return _from_exported(path, workdir, output_names, opset or DEFAULT_OPSET)
+        if kind == saved.TORCHSCRIPT:
+            return _from_torchscript(path, workdir, example_inputs, output_names, opset or DEFAULT_OPSET, dynamic_axes)
+        if kind is not None:
+            raise saved.refuse(path, kind)
+        return _from_onnx_file(path, workdir, allowed_domains)
     if type(source).__name__ == "ModelProto" and type(source).__module__.startswith("onnx"):
         return _from_onnx_proto(source, workdir, allowed_domains)
     if is_torch_module(source):
@@ -270,6 +286,58 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
         "framework": "torch", "torch": torch.__version__, "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "sha256": sha256_file(dst), "opset": opset, "exporter": exporter,
     })
+
+
+def _from_exported(path: Path, workdir: Path, output_names: Sequence[str] | None, opset: int) -> SourceModel:
+    """A ``torch.export.save`` file: its program exported as it is (its own dynamic shapes and example inputs)."""
+    import torch
+
+    program = saved.open_exported(path)
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    outputs = list(output_names) if output_names else (
+        ["output"] if len(program.graph_signature.user_outputs) == 1 else None)
+    dst = workdir / "source.onnx"
+    used = max(opset, 18)  # see _export: torch.export's exporter writes opset 18
+    try:
+        with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript", "torch._export"):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(program, (), str(dst), input_names=user, output_names=outputs, opset_version=used,
+                              dynamo=True, external_data=False, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the exporter's error, in one line
+        raise ConversionError(f"torch.onnx.export failed for the program in {path}: "
+                              f"{re.sub(chr(27) + r'[[0-9;]*m', '', first_line(exc))}. Export it to ONNX yourself "
+                              "and convert the .onnx file") from None
+    return SourceModel(dst, {"framework": "torch", "torch": torch.__version__, "file": path.name,
+                             "sha256": sha256_file(path), "saved_as": saved.EXPORTED, "opset": used,
+                             "exporter": "torch.export"})
+
+
+def _from_torchscript(path: Path, workdir: Path, example_inputs: Any, output_names: Sequence[str] | None,
+                      opset: int, dynamic_axes: Mapping[str, Mapping[int, str]] | None) -> SourceModel:
+    """A ``torch.jit.save`` file: traced by the exporter on ``example_inputs`` (a few rows of the calibration
+    data), its inputs named as its ``forward`` names them."""
+    module = saved.open_torchscript(path)
+    names = saved.torchscript_inputs(module)
+    if example_inputs is None:
+        raise ConversionError(f"{path} is a TorchScript model: exporting it needs a few example rows; give "
+                              f"--calibration (or --reference) with an array per input ({', '.join(names) or 'x'})")
+    if isinstance(example_inputs, Mapping):
+        missing = [n for n in names if n not in example_inputs]
+        if missing and len(example_inputs) == len(names) == 1:
+            example_inputs = next(iter(example_inputs.values()))
+        elif missing:
+            raise DataError(f"the example rows for {path} lack the inputs {missing} its forward takes "
+                            f"({', '.join(names)}); the data has {', '.join(map(str, example_inputs))}")
+        else:
+            example_inputs = {n: example_inputs[n] for n in names}
+    # a couple of rows trace the graph (the batch axis stays dynamic); positional, in forward's order: a wrapper
+    # that calls a TorchScript module by name cannot be traced
+    rows = tuple(np.asarray(v)[:2] for v in example_inputs.values()) if isinstance(example_inputs, Mapping) \
+        else (np.asarray(example_inputs)[:2],)
+    source = _from_torch(module, workdir, rows, names[:len(rows)] if len(names) >= len(rows) else None,
+                         output_names, opset, dynamic_axes)
+    source.info.update({"file": path.name, "saved_as": saved.TORCHSCRIPT, "sha256_saved": sha256_file(path)})
+    return source
 
 
 def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_names: list[str],

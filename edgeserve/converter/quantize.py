@@ -103,9 +103,11 @@ def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Sampl
     except ConversionError:
         raise
     except Exception as exc:
-        raise ConversionError(
-            f"{config.mode} quantisation failed in onnxruntime.quantization: {first_line(exc)}"
-        ) from exc
+        tool = {"nncf": "NNCF", "fp16": "onnxruntime's float16 converter"}.get(config.mode,
+                                                                                "onnxruntime.quantization")
+        why = first_line(exc) if isinstance(exc, (ValueError, RuntimeError, TypeError)) else \
+            f"{type(exc).__name__}: {first_line(exc)}"  # a bare KeyError reads as a name and nothing else
+        raise ConversionError(f"{config.mode} quantisation failed in {tool}: {why}{_foreign_operators(src)}") from exc
 
 
 def _dynamic(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
@@ -337,6 +339,7 @@ def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibrati
     import onnx
 
     model = onnx.load(str(src))
+    _default_domain_first(model)
     ops = {n.op_type for n in model.graph.node}
     transformer = {"Softmax", "MatMul"} <= ops
     items = list(calibration.feeds(1))
@@ -349,6 +352,34 @@ def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibrati
     onnx.save_model(quantized, str(dst))
     return {"mode": "nncf", "preset": "transformer" if transformer else "default", "calibration":
             {"method": "nncf", "samples": calibration.rows}, "nodes_excluded": list(config.nodes_to_exclude)}
+
+
+def _foreign_operators(path: Path | str) -> str:
+    """A hint naming the operators outside the standard set (scikit-learn's ``ai.onnx.ml`` ones), which the
+    quantisers do not handle; empty when there are none."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in graph.node
+                      if n.domain not in ("", "ai.onnx", "com.microsoft")})
+    if not foreign:
+        return ""
+    return (f" (the model has operators outside the standard set, {', '.join(foreign[:4])}"
+            f"{', …' if len(foreign) > 4 else ''}, which this quantiser does not handle)")
+
+
+def _default_domain_first(model: Any) -> None:
+    """Put the default operator set first in ``model.opset_import``. NOTE: NNCF takes ``opset_import[0]`` for the
+    model's opset, and skl2onnx writes ``ai.onnx.ml`` (version 1) first: every scikit-learn model was refused as
+    "opset version < 10"."""
+    imports = list(model.opset_import)
+    ordered = sorted(imports, key=lambda o: o.domain not in ("", "ai.onnx"))
+    if ordered != imports:
+        del model.opset_import[:]
+        model.opset_import.extend(ordered)
 
 
 def _fp16(src: Path, dst: Path) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Model files a framework saved, rather than ONNX: which kind a file is (read from its bytes, not its name), and how
+the CLI may open it.
+
+- ``torch.export.save`` (``.pt2``): an ``ExportedProgram``, with its dynamic shapes and example inputs; it carries
+  everything the ONNX exporter needs.
+- ``torch.jit.save`` (TorchScript, ``.pt``): a scripted or traced module; it exports given example rows (the
+  calibration data's first rows).
+- Pickles (``joblib.dump``, ``pickle.dump``, ``torch.save`` of a module or of its ``state_dict``) are refused:
+  loading one runs whatever code it holds, and a ``state_dict`` has no architecture to export. The message says
+  what to do instead.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConversionError, first_line
+
+EXPORTED = "torch.export"
+TORCHSCRIPT = "torchscript"
+PICKLE = "pickle"
+TORCH_SAVE = "torch.save"
+
+
+def kind_of(path: Path) -> str | None:
+    """``EXPORTED``, ``TORCHSCRIPT``, ``TORCH_SAVE``, ``PICKLE``, or None (anything else: ONNX, or not a model)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return PICKLE
+    if head[:2] != b"PK" or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/archive_format") for n in names) or any("/models/" in n and n.endswith(".json") for n in names):
+        return EXPORTED
+    if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        return TORCHSCRIPT
+    if any(n.endswith("data.pkl") for n in names):
+        return TORCH_SAVE
+    return None
+
+
+def refuse(path: Path, kind: str) -> ConversionError:
+    """Why a pickle is not converted from a file, and what to do instead."""
+    if kind == TORCH_SAVE:
+        return ConversionError(
+            f"{path} was written by torch.save (a pickle of a module or of its state_dict): loading it runs any code "
+            "it holds, and a state_dict has no architecture to export. Save the model with "
+            "torch.export.save(torch.export.export(model, example_args), 'model.pt2') or torch.jit.save, and convert "
+            "that file; or pass the module itself to edgeserve.convert(model, ..., example_inputs=...) in Python")
+    return ConversionError(
+        f"{path} is a Python pickle (joblib.dump or pickle.dump): loading it runs any code it holds, so edgeserve "
+        "does not. Load the model yourself and pass it to edgeserve.convert(model, ...) in Python, or export it to "
+        "ONNX (skl2onnx's to_onnx) and convert the .onnx file")
+
+
+def _torch(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path} is a torch model file; converting it needs the extra: "
+                              "pip install 'edgeserve[torch]'") from None
+    return torch
+
+
+def open_exported(path: Path) -> Any:
+    """The ``ExportedProgram`` in ``path``."""
+    torch = _torch(path)
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch's own error, said in one line
+        raise ConversionError(f"torch.export.load cannot read {path}: {first_line(exc)}; save it again with "
+                              f"torch.export.save (torch {torch.__version__} here)") from None
+
+
+def open_torchscript(path: Path) -> Any:
+    """The TorchScript module in ``path``, on the CPU."""
+    torch = _torch(path)
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # noqa: BLE001
+        raise ConversionError(f"torch.jit.load cannot read {path}: {first_line(exc)}") from None
+
+
+def torchscript_inputs(module: Any) -> list[str]:
+    """The names of a TorchScript module's ``forward`` parameters (``self`` left out)."""
+    try:
+        return [a.name for a in module.forward.schema.arguments][1:]
+    except (AttributeError, RuntimeError):
+        return []
