@@ -1,9 +1,10 @@
 """Front ends: turn what the user has (an ONNX file, a torch module or a file torch saved, a scikit-learn model)
 into an ONNX file.
 
-torch and skl2onnx are optional extras, imported only when such a model is given. Nothing here ever
-unpickles a file: torch and scikit-learn models arrive as live Python objects, or as the files of
-``torch.export.save`` and ``torch.jit.save`` (see :mod:`.saved`).
+torch and skl2onnx are optional extras, imported only when such a model is given. Nothing here loads a
+pickle of Python objects (which runs whatever code it holds): torch and scikit-learn models arrive as live Python
+objects, or as the files of ``torch.export.save`` and ``torch.jit.save``, which torch reads without one (see
+:mod:`.saved`).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ class ServeConfig:
     grpc_workers: int = 16
     model_control: bool = False
     """Triton's repository extension (load, unload, index over HTTP), for admin tokens only."""
+    shared_memory: bool = False
+    """Triton's system shared-memory extension: tensors through /dev/shm segments that local clients name."""
     reuse_port: bool = False
     """Share the ports with sibling worker processes (``--workers``): the kernel spreads connections over them."""
 
@@ -99,7 +101,8 @@ class Server:
             raise
         self._audit = log_
         self.metrics = Metrics(self.runtime)
-        self.plane = DataPlane(self.runtime, observer=self.metrics, model_control=config.model_control)
+        self.plane = DataPlane(self.runtime, observer=self.metrics, model_control=config.model_control,
+                               shared_memory=config.shared_memory)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
         self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None
@@ -178,6 +181,7 @@ class Server:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
         self.runtime.close(timeout=self.config.drain_s)
+        self.plane.close()
         if self._audit is not None:
             self._audit.close()  # after the runtime: the drained requests' records are written first
 
@@ -202,10 +206,17 @@ def run_workers(args: list[str], workers: int) -> int:
     every worker (each drains); returns 0 when every worker exited 0.
 
     NOTE: each worker loads the models itself (N times the memory) and answers /metrics for itself only."""
+    import os
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
-    children = [subprocess.Popen([sys.executable, "-m", "edgeserve", "serve", *args, "--reuse-port"])
+    from .shm import REGISTRY_ENV
+
+    registry = tempfile.mkdtemp(prefix="edgeserve-shm-")  # shared-memory regions, registered with any worker
+    env = {**os.environ, REGISTRY_ENV: registry}
+    children = [subprocess.Popen([sys.executable, "-m", "edgeserve", "serve", *args, "--reuse-port"], env=env)
                 for _ in range(workers)]
 
     def forward(sig: int, frame: Any) -> None:
@@ -215,6 +226,9 @@ def run_workers(args: list[str], workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        shutil.rmtree(registry, ignore_errors=True)
     return 0 if all(c == 0 for c in codes) else 1
 

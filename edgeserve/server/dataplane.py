@@ -26,6 +26,7 @@ from ..runtime.runtime import Runtime
 from ..tensors import TensorSpec
 from .codec import datatype_of
 from .errors import BadRequest, Forbidden, NotFound, ProtocolError, Unavailable, from_core
+from .shm import SharedMemory
 
 if TYPE_CHECKING:
     from ..guard.explain import Explanation
@@ -53,6 +54,8 @@ class InferRequest:
     """The token's name (``anonymous`` when auth is off): who asked, for the audit log."""
     classes: dict[str, int] = field(default_factory=dict)
     """Outputs asked for as their top classes (Triton's classification extension): name -> how many."""
+    shm_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Outputs to write into shared memory (Triton's extension): name -> their ``shared_memory_*`` parameters."""
 
 
 @dataclass
@@ -66,9 +69,13 @@ class InferResponse:
 class DataPlane:
     """Health, metadata and inference over a :class:`Runtime`, in protocol terms."""
 
-    def __init__(self, runtime: Runtime, *, observer: Any = None, model_control: bool = False) -> None:
+    def __init__(self, runtime: Runtime, *, observer: Any = None, model_control: bool = False,
+                 shared_memory: bool = False) -> None:
         self.runtime = runtime
         self.model_control = model_control
+        self.shared_memory = shared_memory
+        """Triton's system shared-memory extension on (``--shared-memory``): see :meth:`shm`."""
+        self._shm: SharedMemory | None = None
         """Triton's repository extension on (``--model-control``): see :meth:`controlled`."""
         self.observer = observer
         """Told of every answered request (``observe(model, version, outcome, seconds)``): the metrics."""
@@ -96,7 +103,8 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"name": "edgeserve", "version": __version__, "extensions": EXTENSIONS}
+        extensions = EXTENSIONS + ["system_shared_memory"] if self.shared_memory else EXTENSIONS
+        return {"name": "edgeserve", "version": __version__, "extensions": extensions}
 
     def model_ready(self, name: str, version: str | None) -> bool:
         try:
@@ -165,6 +173,19 @@ class DataPlane:
         return _Held(self.runtime, name, _version(version))
 
     # -- model control (Triton's repository extension) ----------------------------------------------------------------
+    def shm(self) -> SharedMemory:
+        """The registered shared-memory regions; raises unless the extension is on."""
+        if not self.shared_memory:
+            raise Forbidden("shared memory is off; start the server with --shared-memory (for clients on this "
+                            "machine: it reads and writes the segments they name under /dev/shm)")
+        if self._shm is None:
+            self._shm = SharedMemory.for_server()
+        return self._shm
+
+    def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+
     def controlled(self, parameters: Iterable[str] = ()) -> None:
         """Raise unless model control is on, or when a request sends a model of its own (Triton's ``config`` and
         ``file:`` parameters): models load from the repository alone. REST and gRPC ask before anything else;

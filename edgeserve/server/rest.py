@@ -26,11 +26,14 @@ from .dataplane import DataPlane, InferRequest, InferResponse, class_count
 from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
+from .shm import SharedMemory, uses_shm
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 MAX_BODY = 64 * 1024 * 1024
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+_SHM = r"/v2/systemsharedmemory(?:/region/(?P<name>[^/]+))?"
+_SHM_REGION = r"/v2/systemsharedmemory/region/(?P<name>[^/]+)"
 ACCEPTED = ("", "application/json", "application/octet-stream", "application/x-www-form-urlencoded")
 """Request body types taken (the last is what ``curl -d`` sends; the body is read as JSON all the same)."""
 PUBLIC = ("/v2/health/live", "/v2/health/ready")
@@ -71,6 +74,11 @@ ROUTES = (
     Route("POST", "/v2/repository/models/(?P<name>[^/]+)/load", "repository_load", "admin",
           "Load or reload a model's serving version (from the repository only)"),
     Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", "repository_unload", "admin", "Unload a model"),
+    Route("GET", _SHM + "/status", "shm_status", "infer",
+          "Registered shared-memory regions (Triton's system shared-memory extension; --shared-memory)"),
+    Route("POST", _SHM_REGION + "/register", "shm_register", "infer",
+          "Register a window of a /dev/shm segment: {\"key\", \"offset\", \"byte_size\"}"),
+    Route("POST", _SHM + "/unregister", "shm_unregister", "infer", "Unregister one region, or all"),
 )
 _COMPILED = sorted(((r, r.regex) for r in ROUTES), key=lambda rr: rr[0].handler != "infer")
 """Infer first: the one route on the hot path. Otherwise the table's order: only ``/v2/models/stats`` matches two
@@ -121,6 +129,8 @@ class RestApp:
             return await self._infer(params, headers, receive, caller.name)
         if route.handler.startswith("repository_"):
             return await self._control(route.handler, params, headers, receive, caller)
+        if route.handler.startswith("shm_"):
+            return await self._shm(route.handler, params, headers, receive)
         if route.handler == "metrics":
             if self.metrics is None:
                 raise NotFound("metrics are off")
@@ -171,7 +181,8 @@ class RestApp:
         body = await self._body(headers, receive)
         if coding is not None:
             body = inflate(body, coding, self.max_body)
-        request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"))
+        request, binary_out = decode_infer(params, body, headers.get("inference-header-content-length"),
+                                           self.plane.shm)
         request.caller = caller
         watchers: list[asyncio.Task[None]] = []
 
@@ -189,7 +200,7 @@ class RestApp:
                     self.metrics.reject("client_disconnected")
                 return 0, b"", {}
             raise
-        status, out, extra = encode_infer(response, binary_out, request)
+        status, out, extra = encode_infer(response, binary_out, request, self.plane.shm)
         answer_in = accepted(headers.get("accept-encoding"))
         if answer_in is not None:
             out = compress(out, answer_in)
@@ -214,6 +225,25 @@ class RestApp:
             await loop.run_in_executor(None, self.plane.load, params["name"], caller.name)
         else:
             await loop.run_in_executor(None, self.plane.unload, params["name"], caller.name)
+        return 200, b"", {}
+
+    async def _shm(self, handler: str, params: dict[str, str], headers: dict[str, str],
+                   receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+        shm = self.plane.shm()  # NOTE: before the body is read
+        name = params.get("name")
+        if handler == "shm_status":
+            return 200, orjson.dumps(shm.status(name)), {}
+        body = await self._body(headers, receive)
+        if handler == "shm_unregister":
+            shm.unregister(name)
+            return 200, b"", {}
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest('register takes a JSON body: {"key": "/name", "offset": 0, "byte_size": N}') from None
+        if not isinstance(doc, dict):
+            raise BadRequest('register takes a JSON object: {"key": "/name", "offset": 0, "byte_size": N}')
+        shm.register(name, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
         return 200, b"", {}
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
@@ -252,7 +282,15 @@ def _route(path: str, method: str) -> tuple[Route, dict[str, str]]:
         allowed.append(route.method)
     if allowed:
         raise MethodNotAllowed(f"{method} is not allowed on {path[:200]}; use {', '.join(sorted(set(allowed)))}")
+    for prefix, what in UNSUPPORTED:
+        if path.startswith(prefix):
+            raise NotFound(f"this server does not implement Triton's {what} (GET /v2 lists the extensions it has)")
     raise NotFound(f"no route {path[:200]}; the protocol's routes start with /v2 (see /openapi.json)")
+
+
+UNSUPPORTED = (("/v2/cudasharedmemory", "CUDA shared-memory extension: it runs on the CPU"),
+               ("/v2/trace", "trace extension"), ("/v2/logging", "logging extension"))
+"""Triton routes clients know that have no meaning here, answered with what is missing, not just 'no route'."""
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
@@ -273,9 +311,11 @@ async def _respond(send: Send, status: int, body: bytes, extra: dict[str, str],
 
 
 # -- the infer body ---------------------------------------------------------------------------------------------------
-def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tuple[InferRequest, bool | frozenset[str]]:
+def decode_infer(params: dict[str, str], body: bytes, header: str | None,
+                 shm: Callable[[], SharedMemory] | None = None) -> tuple[InferRequest, bool | frozenset[str]]:
     """An :class:`InferRequest` from a JSON or binary-extension body; also which outputs go back binary (True or
-    False for all, or the names that asked for it)."""
+    False for all, or the names that asked for it). ``shm``: the shared-memory regions, for tensors that name one
+    (raises when the extension is off)."""
     length = header_length(header, len(body))
     text = body if length is None else body[:length]
     try:
@@ -306,7 +346,12 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tup
             raise BadRequest(f"input '{name}' is given twice")
         where = f"input '{name}'"
         datatype = item.get("datatype")
-        if raw is not None:
+        p = item.get("parameters")
+        if uses_shm(p):
+            if raw is not None or "data" in item:
+                raise BadRequest(f"{where} gives both a shared-memory region and data; give one")
+            array = from_bytes(where, datatype, item.get("shape"), _shm_of(shm).read(where, p))
+        elif raw is not None:
             array = from_bytes(where, datatype, item.get("shape"), raw)
         elif "data" in item:
             array = from_json(where, datatype, item.get("shape"), item["data"])
@@ -323,7 +368,8 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None) -> tup
                            id=str(request_id) if request_id is not None else None,
                            outputs=[n for n, _, _ in outputs] if outputs is not None else None,
                            parameters=parameters, timeout_ms=_timeout_ms(parameters),
-                           classes={n: k for n, _, k in outputs or () if k is not None})
+                           classes={n: k for n, _, k in outputs or () if k is not None},
+                           shm_outputs=_shm_outputs(doc.get("outputs"), shm))
     binary = default_binary if outputs is None else frozenset(n for n, b, _ in outputs if b)
     return request, binary
 
@@ -359,6 +405,23 @@ def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool, 
     return out
 
 
+def _shm_of(shm: Callable[[], SharedMemory] | None) -> SharedMemory:
+    if shm is None:
+        raise BadRequest("shared-memory tensors are not taken here")
+    return shm()
+
+
+def _shm_outputs(raw: Any, shm: Callable[[], SharedMemory] | None) -> dict[str, dict[str, Any]]:
+    """The requested outputs to write into shared memory, their windows checked now (before the model runs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in raw or ():
+        p = o.get("parameters")
+        if uses_shm(p):
+            _shm_of(shm).window(f"output '{o['name']}'", p)
+            out[o["name"]] = p
+    return out
+
+
 def _timeout_ms(parameters: dict[str, Any]) -> float | None:
     timeout = parameters.get("timeout")  # NOTE: Triton's request parameter, in microseconds
     if timeout is None:
@@ -371,13 +434,16 @@ def _timeout_ms(parameters: dict[str, Any]) -> float | None:
 RESERVED = {"binary_data_output", "timeout"}
 
 
-def encode_infer(response: InferResponse, binary: bool | frozenset[str],
-                 request: InferRequest) -> tuple[int, bytes, dict[str, str]]:
-    """The response body: JSON, or the JSON header followed by the binary outputs."""
+def encode_infer(response: InferResponse, binary: bool | frozenset[str], request: InferRequest,
+                 shm: Callable[[], SharedMemory] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """The response body: JSON, or the JSON header followed by the binary outputs; outputs asked for in shared
+    memory are written there, and only described here."""
     outputs = []
     blobs = []
     for name, value in response.outputs.items():
-        if binary is True or (not isinstance(binary, bool) and name in binary):
+        if name in request.shm_outputs:
+            outputs.append(_in_shm(name, value, request.shm_outputs[name], _shm_of(shm)))
+        elif binary is True or (not isinstance(binary, bool) and name in binary):
             blob = to_bytes(value)
             entry = to_json(name, value)
             del entry["data"]
@@ -403,6 +469,17 @@ def encode_infer(response: InferResponse, binary: bool | frozenset[str],
         return 200, header, {}
     return 200, header + b"".join(blobs), {"inference-header-content-length": str(len(header)),
                                            "content-type": "application/octet-stream"}
+
+
+def _in_shm(name: str, value: np.ndarray, parameters: dict[str, Any], shm: SharedMemory) -> dict[str, Any]:
+    """Write an output into its shared-memory window; its entry in the response, without data."""
+    blob = to_bytes(value)
+    shm.write(f"output '{name}'", parameters, blob)
+    entry = to_json(name, value)
+    del entry["data"]
+    entry["parameters"] = {"shared_memory_region": parameters["shared_memory_region"],
+                           "shared_memory_byte_size": len(blob)}
+    return entry
 
 
 def _non_finite(data: Any) -> bool:
@@ -436,7 +513,11 @@ def openapi() -> dict[str, Any]:
             if route.scope is not None:
                 op["security"] = [{"bearer": []}]
             if route.method == "POST":
-                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}
+                schema = {"infer": {"$ref": "#/components/schemas/InferRequest"},
+                          "shm_register": {"$ref": "#/components/schemas/ShmRegister"}}.get(route.handler,
+                                                                                           {"type": "object"})
+                op["requestBody"] = {"required": route.handler in ("infer", "shm_register"),
+                                     "content": {"application/json": {"schema": schema}}}
             paths.setdefault(path, {})[route.method.lower()] = op
     tensor = {"type": "object", "required": ["name", "datatype", "shape"],
               "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
@@ -445,7 +526,11 @@ def openapi() -> dict[str, Any]:
     return {"openapi": "3.0.3", "info": {"title": "edgeserve — Open Inference Protocol (KServe v2)", "version": "2"},
             "paths": paths,
             "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                           "schemas": {"InferRequest": {"type": "object", "required": ["inputs"],
+                           "schemas": {"ShmRegister": {"type": "object", "required": ["key", "byte_size"],
+                                                       "properties": {"key": {"type": "string"},
+                                                                      "offset": {"type": "integer", "minimum": 0},
+                                                                      "byte_size": {"type": "integer", "minimum": 1}}},
+                                       "InferRequest": {"type": "object", "required": ["inputs"],
                                                         "properties": {"id": {"type": "string"},
                                                                        "parameters": {"type": "object"},
                                                                        "inputs": {"type": "array", "items": tensor, "minItems": 1},

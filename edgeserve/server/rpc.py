@@ -21,6 +21,7 @@ from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest, class_count
 from .errors import BadRequest, ProtocolError
+from .shm import SharedMemory
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -48,6 +49,9 @@ class Servicer:
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, "admin"),
             "RepositoryModelLoad": (self.repository_load, pb.RepositoryModelLoadRequest, "admin"),
             "RepositoryModelUnload": (self.repository_unload, pb.RepositoryModelUnloadRequest, "admin"),
+            "SystemSharedMemoryStatus": (self.shm_status, pb.SystemSharedMemoryStatusRequest, "infer"),  # as REST's
+            "SystemSharedMemoryRegister": (self.shm_register, pb.SystemSharedMemoryRegisterRequest, "infer"),
+            "SystemSharedMemoryUnregister": (self.shm_unregister, pb.SystemSharedMemoryUnregisterRequest, "infer"),
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._guarded(fn, scope), request_deserializer=message.FromString,
@@ -154,31 +158,62 @@ class Servicer:
         self.plane.unload(request.model_name, caller)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- Triton's system shared-memory extension (DataPlane.shm says whether it is on) --------------------------------
+    def shm_status(self, request: Any, caller: str) -> Any:
+        out = pb.SystemSharedMemoryStatusResponse()
+        for region in self.plane.shm().status(request.name or None):
+            out.regions[region["name"]].MergeFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return out
+
+    def shm_register(self, request: Any, caller: str) -> Any:
+        self.plane.shm().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def shm_unregister(self, request: Any, caller: str) -> Any:
+        self.plane.shm().unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     def model_infer(self, request: Any, caller: str) -> Any:
-        decoded = decode(request)
+        decoded = decode(request, self.plane.shm)
         decoded.caller = caller
         response = self.plane.infer_sync(decoded)
         out = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id or "")
         for name, value in response.outputs.items():
-            out.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
-            out.raw_output_contents.append(to_bytes(value))
+            tensor = out.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
+            blob = to_bytes(value)
+            where = decoded.shm_outputs.get(name)
+            if where is not None:  # written into the client's region; an empty entry keeps the others' order
+                self.plane.shm().write(f"output '{name}'", where, blob)
+                tensor.parameters["shared_memory_region"].string_param = where["shared_memory_region"]
+                tensor.parameters["shared_memory_byte_size"].int64_param = len(blob)
+                blob = b""
+            out.raw_output_contents.append(blob)
         return out
 
 
-def decode(request: Any) -> InferRequest:
-    """An :class:`InferRequest` from a ``ModelInferRequest`` (raw contents or typed contents)."""
+def decode(request: Any, shm: Callable[[], SharedMemory] | None = None) -> InferRequest:
+    """An :class:`InferRequest` from a ``ModelInferRequest`` (raw contents, typed contents, or shared memory:
+    raw_input_contents then holds one entry per input not in shared memory, in order, as tritonclient sends)."""
     raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per "
-                         "input, in order")
+    in_shm = [{k: _parameter(v) for k, v in t.parameters.items()} if "shared_memory_region" in t.parameters else None
+              for t in request.inputs]
+    inline = sum(1 for p in in_shm if p is None)
+    if raw and len(raw) != inline:
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {inline} inputs not in shared memory; give "
+                         "one per such input, in order")
     inputs: dict[str, tuple[str, np.ndarray]] = {}
-    for i, tensor in enumerate(request.inputs):
+    next_raw = iter(raw)
+    for tensor, p in zip(request.inputs, in_shm):
         where = f"input '{tensor.name}'"
         if tensor.name in inputs:
             raise BadRequest(f"{where} is given twice")
         shape = list(tensor.shape)
-        if raw:
-            array = from_bytes(where, tensor.datatype, shape, raw[i])
+        if p is not None:
+            if shm is None:
+                raise BadRequest("shared-memory tensors are not taken here")
+            array = from_bytes(where, tensor.datatype, shape, shm().read(where, p))
+        elif raw:
+            array = from_bytes(where, tensor.datatype, shape, next(next_raw))
         else:
             field = _CONTENTS.get(tensor.datatype)
             if field is None:
@@ -189,9 +224,17 @@ def decode(request: Any) -> InferRequest:
     timeout = parameters.get("timeout")
     classes = {o.name: class_count(o.name, _parameter(o.parameters["classification"]))
                for o in request.outputs if "classification" in o.parameters}
+    shm_outputs = {}
+    for o in request.outputs:
+        if "shared_memory_region" in o.parameters:
+            if shm is None:
+                raise BadRequest("shared-memory tensors are not taken here")
+            shm_outputs[o.name] = {k: _parameter(v) for k, v in o.parameters.items()}
+            shm().window(f"output '{o.name}'", shm_outputs[o.name])  # checked before the model runs
     return InferRequest(model=request.model_name, version=request.model_version or None, inputs=inputs,
                         id=request.id or None, outputs=[o.name for o in request.outputs] or None,
                         parameters=parameters, classes={k: v for k, v in classes.items() if v is not None},
+                        shm_outputs=shm_outputs,
                         timeout_ms=float(timeout) / 1000.0 if isinstance(timeout, (int, float)) and timeout > 0 else None)
 
 
