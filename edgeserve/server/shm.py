@@ -12,8 +12,9 @@ What a client can reach is bounded:
 - every use checks offset + byte_size against the registered window and against the segment's size at that moment
   (a segment shrunk since registration is an error, never a fault);
 - an input is copied out of the segment before the engine sees it (a client writing meanwhile cannot change a
-  running request), and each use maps the segment afresh and unmaps it before answering (a client may destroy its
-  segment whenever it likes).
+  running request); each use opens the segment afresh and reads or writes it with ``pread``/``pwrite``, never a
+  mapping: a client may destroy or shrink its segment whenever it likes, and a mapping read past a shrunk end kills
+  the process (SIGBUS), where ``pread`` returns short.
 
 Registrations are small JSON files in a folder every worker process of one server shares (``REGISTRY_ENV``, set by
 ``--workers``): a region registered through one worker is used by any of them.
@@ -22,7 +23,6 @@ Registrations are small JSON files in a folder every worker process of one serve
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 import shutil
@@ -127,8 +127,7 @@ class SharedMemory:
     def read(self, where: str, parameters: dict[str, Any]) -> bytes:
         """The bytes an input's ``shared_memory_*`` parameters point at, copied out of the segment."""
         region, offset, size = self.window(where, parameters)
-        with _mapped(region, offset + size) as view:
-            return bytes(view[region.offset + offset:region.offset + offset + size])
+        return _pread(region, region.offset + offset, size)
 
     def write(self, where: str, parameters: dict[str, Any], data: bytes) -> None:
         """Write an output's bytes where its ``shared_memory_*`` parameters point."""
@@ -136,8 +135,7 @@ class SharedMemory:
         if len(data) > size:
             raise BadRequest(f"{where} needs {len(data)} bytes, but its shared_memory_byte_size is {size}; give a "
                              "window that holds the whole output")
-        with _mapped(region, offset + len(data)) as view:
-            view[region.offset + offset:region.offset + offset + len(data)] = data
+        _pwrite(region, region.offset + offset, data)
 
     def window(self, where: str, parameters: dict[str, Any]) -> tuple[Region, int, int]:
         """The region, offset and size a tensor's ``shared_memory_*`` parameters name, checked against the
@@ -198,27 +196,25 @@ def _segment_size(key: str) -> int:
         os.close(fd)
 
 
-class _mapped:
-    """The segment of ``region``, mapped from its start through ``region.offset + end`` (checked against its size
-    now), as a writable memoryview; unmapped on exit."""
+def _pread(region: Region, at: int, size: int) -> bytes:
+    fd = _open(region.key)
+    try:
+        data = os.pread(fd, size, at) if size else b""
+        if len(data) < size:
+            raise BadRequest(f"the shared-memory segment '{region.key}' holds {os.fstat(fd).st_size} bytes now, "
+                             f"fewer than the region '{region.name}' needs ({at + size}); register it again")
+    finally:
+        os.close(fd)
+    return data
 
-    def __init__(self, region: Region, end: int) -> None:
-        self.region, self.length = region, region.offset + end
 
-    def __enter__(self) -> memoryview:
-        fd = _open(self.region.key)
-        try:
-            size = os.fstat(fd).st_size
-            if self.length > size:
-                raise BadRequest(f"the shared-memory segment '{self.region.key}' holds {size} bytes now, fewer "
-                                 f"than the region '{self.region.name}' needs ({self.length}); register it again")
-            self._map = mmap.mmap(fd, self.length) if self.length else None
-        finally:
-            os.close(fd)
-        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
-        return self._view
-
-    def __exit__(self, *exc: Any) -> None:
-        self._view.release()
-        if self._map is not None:
-            self._map.close()
+def _pwrite(region: Region, at: int, data: bytes) -> None:
+    fd = _open(region.key)
+    try:
+        size = os.fstat(fd).st_size
+        if at + len(data) > size:
+            raise BadRequest(f"the shared-memory segment '{region.key}' holds {size} bytes now, fewer than the "
+                             f"region '{region.name}' needs ({at + len(data)}); register it again")
+        os.pwrite(fd, data, at)
+    finally:
+        os.close(fd)
