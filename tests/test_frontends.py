@@ -437,7 +437,8 @@ def test_a_torchscript_file_without_rows_to_trace_it_asks_for_them(tmp_path: Pat
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(_Tokens().eval()), str(path))
     with pytest.raises(ConversionError, match=r"model.pt is a TorchScript model: exporting it needs a few example "
-                                              r"rows; give --calibration .*\(input_ids, attention_mask, temperature\)"):
+                                              r"rows, an array per input \(input_ids, attention_mask, temperature\): "
+                                              r"give --calibration"):
         edgeserve.convert(path, tmp_path / "pkg")
 
 

@@ -320,8 +320,9 @@ def _from_torchscript(path: Path, workdir: Path, example_inputs: Any, output_nam
     module = saved.open_torchscript(path)
     names = saved.torchscript_inputs(module)
     if example_inputs is None:
-        raise ConversionError(f"{path} is a TorchScript model: exporting it needs a few example rows; give "
-                              f"--calibration (or --reference) with an array per input ({', '.join(names) or 'x'})")
+        raise ConversionError(f"{path} is a TorchScript model: exporting it needs a few example rows, an array per "
+                              f"input ({', '.join(names) or 'x'}): give --calibration (or --reference) to convert, "
+                              "--data to bench")
     if isinstance(example_inputs, Mapping):
         missing = [n for n in names if n not in example_inputs]
         if missing and len(example_inputs) == len(names) == 1:
