@@ -55,7 +55,8 @@ def models_list(repo: Path) -> None:
 @click.argument("name")
 @click.argument("package", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def models_publish(repo: Path, name: str, package: Path) -> None:
-    """Copy PACKAGE into REPO as the next version of NAME (verified, atomic); it serves unless NAME is pinned."""
+    """Copy PACKAGE into REPO as the next version of NAME (verified, atomic); it serves unless NAME is pinned (a
+    running edgeserve serve switches within its --poll seconds)."""
     repository = _repo(repo, create=True)
     version = repository.publish(name, package)
     _audit(repo, "publish", name, version, package=str(package))
@@ -68,7 +69,7 @@ def models_publish(repo: Path, name: str, package: Path) -> None:
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("name")
 def models_rollback(repo: Path, name: str) -> None:
-    """Serve the version before the current one (a running server picks it up on reload)."""
+    """Serve the version before the current one (a running edgeserve serve within its --poll seconds)."""
     version = _repo(repo).rollback(name)
     _audit(repo, "rollback", name, version)
     click.echo(f"{name}: serving version {version}")

@@ -24,6 +24,9 @@ from . import main
 @click.option("--shared-memory", is_flag=True,
               help="Triton's system shared-memory extension: clients on this machine pass tensors through /dev/shm "
                    "segments they register (any segment the server's user may open, so for trusted local clients).")
+@click.option("--poll", "poll_s", type=click.FloatRange(0, 86400), default=2.0, show_default=True,
+              help="Seconds between looks at the repository: a version published, rolled back or pinned with "
+                   "'edgeserve models' serves without a restart (0: never).")
 @click.option("--drain-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
               help="Seconds SIGTERM waits for in-flight requests.")
 @click.option("--max-body-mb", type=click.FloatRange(0.001, 4096), default=64.0, show_default=True,
@@ -54,7 +57,8 @@ from . import main
               help="Server processes sharing the ports (each loads the models).")
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind the ports shared (set for each --workers process).")
 def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool, token_file: Path | None,
-          insecure: bool, model_control: bool, shared_memory: bool, drain_timeout: float, max_body_mb: float, batching: bool,
+          insecure: bool, model_control: bool, shared_memory: bool, poll_s: float,
+          drain_timeout: float, max_body_mb: float, batching: bool,
           max_batch_size: int, max_wait_ms: float | None, cache_mb: float, threads: int | None, engine_nice: int,
           guard: bool, audit_path: Path | None, audit_mode: str, workers: int, reuse_port: bool) -> None:
     """Serve the models of REPOSITORY over KServe v2 REST (PORT) and gRPC (GRPC-PORT)."""
@@ -83,7 +87,7 @@ def serve(repository: Path, host: str, port: int, grpc_port: int, no_grpc: bool,
     from ..config import BatchConfig, CacheConfig, GuardConfig
 
     config = ServeConfig(host=host, port=port, grpc_port=None if no_grpc else grpc_port, token_file=token_file,
-                         insecure=insecure, model_control=model_control, shared_memory=shared_memory,
+                         insecure=insecure, model_control=model_control, shared_memory=shared_memory, poll_s=poll_s,
                          drain_s=drain_timeout,
                          max_body=int(max_body_mb * 2**20), reuse_port=reuse_port)
     batch_config = BatchConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if batching else None

@@ -133,6 +133,12 @@ class Runtime:
             audit = AuditLog(audit)
         self.audit: AuditLog | None = audit
         """The audit log every answer and management action is written to (None: no audit)."""
+        self._every_model = models is None
+        """Serving the whole repository: :meth:`refresh` also loads models published after the start."""
+        self._unloaded: set[str] = set()
+        """Models unloaded on purpose (:meth:`unload`): :meth:`refresh` leaves them alone until reloaded."""
+        self._failed: dict[str, int] = {}
+        """The version each model last failed to load at: :meth:`refresh` tries it again only once it changes."""
         available = self.repository.names()
         if models is not None:
             unknown = [n for n in models if check_name(n) not in available]
@@ -408,6 +414,7 @@ class Runtime:
                 error = exc if isinstance(exc, EdgeserveError) else PackageError(
                     f"model '{name}' version {version} did not load: {type(exc).__name__}: {exc} (a bug in edgeserve: "
                     "please report it with the package)")
+                self._failed[name] = version
                 self._action(action, name, version, outcome=f"failed: {first_line(error, 300)}", caller=caller,
                              detail={"serving": slot.current.version if slot.current else None})
                 if error is exc:
@@ -416,6 +423,8 @@ class Runtime:
             with self._lock:
                 old, slot.current = slot.current, fresh
                 slot.error = None
+                self._unloaded.discard(name)
+                self._failed.pop(name, None)
             if old is not None:
                 self._retire(slot, old)
             log.info("model %s: serving version %s%s", name, version, f" (was {old.version})" if old else "")
@@ -438,9 +447,61 @@ class Runtime:
         self._action("rollback", name, version, detail={"from": state.current})
         return version
 
+    def refresh(self, *, caller: str | None = "repository") -> dict[str, str]:
+        """Catch up with the repository: serve each model's current version (after a publish, rollback or pin from
+        another process: ``edgeserve models ...``), load models published since the start (when serving the whole
+        repository), and unload those whose folder is gone. What changed, by model (``"version 2"``, ``"loaded"``,
+        ``"unloaded"``, ``"failed: ..."``). A version that failed to load is not tried again until the repository
+        points elsewhere; a model unloaded on purpose (:meth:`unload`) stays unloaded. Cheap when nothing changed:
+        a directory listing and each model's ``state.json``; ``edgeserve serve`` calls it every ``--poll`` seconds."""
+        if self._closed:
+            return {}
+        changed: dict[str, str] = {}
+        present = set(self.repository.names())
+        with self._lock:
+            slots = dict(self._slots)
+            skip = set(self._unloaded)
+        for name in slots:
+            if name not in present:
+                try:
+                    self.unload(name, caller=caller)
+                    changed[name] = "unloaded"
+                except ModelNotFound:
+                    pass
+                with self._lock:
+                    self._unloaded.discard(name)  # gone from the repository, not unloaded on purpose: if it is
+                    self._failed.pop(name, None)  # published again, it serves
+        names = [n for n in slots if n in present]
+        if self._every_model:
+            names += sorted(present - set(slots) - skip)
+        for name in names:
+            held = slots.get(name)
+            try:
+                version = self.repository.current(name)
+            except EdgeserveError:
+                continue  # no versions yet, or a state file being written: the next pass sees it
+            serving = held.current.version if held is not None and held.current is not None else None
+            if version == serving or self._failed.get(name) == version:
+                continue
+            try:
+                self.reload(name, caller=caller)
+            except EdgeserveError as exc:
+                changed[name] = f"failed: {first_line(exc, 300)}"
+                with self._lock:
+                    fresh = self._slots.get(name)
+                    if fresh is not None and fresh.current is None:
+                        fresh.error = first_line(exc, 500)
+                log.warning("model %s: version %s does not load (%s); %s", name, version, first_line(exc, 300),
+                            f"version {serving} keeps serving" if serving is not None else "it is not served")
+            else:
+                changed[name] = "loaded" if serving is None else f"version {version}"
+        return changed
+
     def unload(self, name: str, *, caller: str | None = None) -> None:
         with self._lock:
             slot = self._slots.pop(name, None)
+            if slot is not None:
+                self._unloaded.add(name)
         if slot is None:
             raise ModelNotFound(f"model '{name}' is not loaded")
         for loaded in slot.loaded():

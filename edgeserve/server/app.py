@@ -45,6 +45,9 @@ class ServeConfig:
     """Triton's repository extension (load, unload, index over HTTP), for admin tokens only."""
     shared_memory: bool = False
     """Triton's system shared-memory extension: tensors through /dev/shm segments that local clients name."""
+    poll_s: float = 2.0
+    """Seconds between looks at the repository (:meth:`Runtime.refresh`): what ``edgeserve models`` publishes, rolls
+    back or pins serves without a restart. 0: never."""
     reuse_port: bool = False
     """Share the ports with sibling worker processes (``--workers``): the kernel spreads connections over them."""
 
@@ -54,6 +57,8 @@ class ServeConfig:
                               "tokens), or --insecure if something in front of edgeserve does the auth")
         if self.model_control and self.token_file is None:
             raise ConfigError("--model-control needs --token-file: only an 'admin' token may load and unload models")
+        if not (self.poll_s == 0 or 0.05 <= self.poll_s <= 86400):
+            raise ConfigError(f"the repository poll interval must be 0 (off) or 0.05-86400 s, got {self.poll_s}")
         if not 0 < self.drain_s <= 3600:
             raise ConfigError(f"the drain timeout must be between 0 and 3600 s, got {self.drain_s}")
 
@@ -133,6 +138,8 @@ class Server:
             sock.close()
             self.close()
             raise
+        if self.config.poll_s:
+            threading.Thread(target=self._poll, name="edgeserve-poll", daemon=True).start()
         from .onewrite import Protocol
 
         # NOTE: proxy_headers off: nothing here reads the client's address, and uvicorn's middleware that rewrites
@@ -151,6 +158,17 @@ class Server:
             server.run(sockets=[sock])
         finally:
             self.close()
+
+    def _poll(self) -> None:
+        """Serve what the repository says, every ``poll_s`` seconds, until the server stops (or drains)."""
+        while not self._stopping.wait(self.config.poll_s):
+            try:
+                changed = self.runtime.refresh(caller="repository poll")
+            except Exception:  # noqa: BLE001 - a bad pass must not end the polling; the next one tries again
+                log.exception("edgeserve: looking at the repository failed")
+                continue
+            for name, what in changed.items():
+                log.warning("edgeserve: model %s: %s (from the repository)", name, what)
 
     @property
     def started(self) -> bool:
@@ -177,6 +195,7 @@ class Server:
             self._uvicorn.should_exit = True
 
     def close(self) -> None:
+        self._stopping.set()  # the poller stops
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None

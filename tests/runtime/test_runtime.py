@@ -304,3 +304,59 @@ def test_serving_settings_set_a_models_engine_over_the_runtimes(repo: Repository
         (repo.root / "mlp" / "serving.json").write_text(text)
         with Runtime(repo) as rt:
             assert message in (rt.models()["mlp"]["error"] or ""), rt.models()["mlp"]["error"]
+
+
+def test_refresh_serves_what_another_process_did_to_the_repository(repo: Repository, tmp_path: Path) -> None:
+    """``edgeserve models publish / rollback`` from another process, and a model folder added or deleted: the
+    runtime catches up on ``refresh()``, and does nothing when nothing changed."""
+    with Runtime(repo) as rt:
+        assert rt.refresh() == {}
+        other = Repository(repo.root)  # another process's view
+        other.publish("mlp", _package(tmp_path, 1))
+        assert rt.predict("mlp", rows(1))["logits"].tolist() == _expected(0, rows(1)).tolist()  # not yet
+        assert rt.refresh() == {"mlp": "version 2"}
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(1, rows(1)), atol=1e-5)
+        other.rollback("mlp")
+        assert rt.refresh() == {"mlp": "version 1"} and rt.models()["mlp"]["version"] == 1
+        other.publish("second", _package(tmp_path, 2))
+        assert rt.refresh() == {"second": "loaded"}
+        np.testing.assert_allclose(rt.predict("second", rows(1))["logits"], _expected(2, rows(1)), atol=1e-5)
+        import shutil
+
+        shutil.rmtree(repo.root / "second")
+        assert rt.refresh() == {"second": "unloaded"}
+        with pytest.raises(ModelNotFound):
+            rt.predict("second", rows(1))
+        other.publish("second", _package(tmp_path, 3))  # published again: it serves again
+        assert rt.refresh() == {"second": "loaded"}
+        assert rt.refresh() == {}
+
+
+def test_refresh_keeps_the_serving_version_when_the_new_one_is_broken_and_tries_it_once(repo: Repository,
+                                                                                       tmp_path: Path) -> None:
+    with Runtime(repo) as rt:
+        repo.publish("mlp", _package(tmp_path, 1))
+        (repo.root / "mlp" / "2" / "golden.npz").write_bytes(b"broken")
+        changed = rt.refresh()
+        assert changed["mlp"].startswith("failed: ") and rt.models()["mlp"]["version"] == 1
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
+        assert rt.refresh() == {}  # not tried again at every pass
+        repo.publish("mlp", _package(tmp_path, 2))  # a fixed version
+        assert rt.refresh() == {"mlp": "version 3"}
+
+
+def test_refresh_leaves_a_model_unloaded_on_purpose_alone(repo: Repository) -> None:
+    with Runtime(repo) as rt:
+        rt.unload("mlp")
+        assert rt.refresh() == {}
+        with pytest.raises(ModelNotFound):
+            rt.predict("mlp", rows(1))
+        rt.reload("mlp")  # loaded on purpose again (model control's load)
+        assert rt.models()["mlp"]["version"] == 1
+
+
+def test_a_runtime_of_some_models_does_not_load_others_on_refresh(repo: Repository, tmp_path: Path) -> None:
+    repo.publish("other", _package(tmp_path, 1))
+    with Runtime(repo, models=["mlp"]) as rt:
+        repo.publish("third", _package(tmp_path, 2))
+        assert rt.refresh() == {} and sorted(rt.models()) == ["mlp"]
