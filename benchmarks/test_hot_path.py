@@ -17,7 +17,6 @@ Numbers are printed as a table at the end; nothing here asserts on time (the mac
 
 from __future__ import annotations
 
-import functools
 import statistics
 import subprocess
 import sys
@@ -141,8 +140,13 @@ def test_runtime_predict_against_model_predict(packages, tmp_path: Path, batchin
     # what Runtime.predict adds is ~0.2 us of a ~8.5 us call (one thread). 15 rounds: one round's ratio swings ~5%
     with edgeserve.load(path, config=cfg, batching=config) as again, \
             Runtime(repo, config=cfg, batching=config, guard=None) as rt, rt.using("mlp") as (model, _):
-        via_runtime = SimpleNamespace(predict=functools.partial(rt.predict, "mlp"))  # NOTE: no Python frame of ours
-        r = _interleaved({"model": model, "runtime": via_runtime, "again": again}, data, 32, rounds=15)
+        # NOTE: each called the way user code calls it, through one Python call of the caller's: a
+        # functools.partial(rt.predict, "mlp") against a bound model.predict read ~3% lower at 32 threads for the
+        # partial alone (its keyword merging), which is the benchmark's cost, not the runtime's
+        setups = {"model": SimpleNamespace(predict=lambda v: model.predict(v)),
+                  "runtime": SimpleNamespace(predict=lambda v: rt.predict("mlp", v)),
+                  "again": SimpleNamespace(predict=lambda v: again.predict(v))}
+        r = _interleaved(setups, data, 32, rounds=15)
     _lines.append(f"| digits-mlp | Runtime.predict vs Model.predict{' (batching)' if batching else ''} | 32 | "
                   f"{statistics.median(r['model']):.0f} | {statistics.median(r['runtime']):.0f} | "
                   f"{_ratio(r, 'model', 'runtime'):.2f} | {_ratio(r, 'model', 'again'):.2f} |")

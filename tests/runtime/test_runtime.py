@@ -360,3 +360,24 @@ def test_a_runtime_of_some_models_does_not_load_others_on_refresh(repo: Reposito
     with Runtime(repo, models=["mlp"]) as rt:
         repo.publish("third", _package(tmp_path, 2))
         assert rt.refresh() == {} and sorted(rt.models()) == ["mlp"]
+
+
+def test_runtime_predict_answers_and_fails_exactly_as_the_models_own_predict(tmp_path: Path) -> None:
+    """Runtime.predict runs a plain model's requests itself (no second Python call per request): the same answers,
+    and the same errors, as Model.predict — for a request that breaks the contract and for one the engine refuses."""
+    from tests.factories import gather_model
+
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("tok", edgeserve.convert(save(gather_model(), tmp_path / "g.onnx"), tmp_path / "pkg").path)
+    with Runtime(repo, guard=None) as rt, rt.using("tok") as (model, _):
+        assert model._fast  # the path Runtime.predict writes out
+        ids = np.array([[1, 2, 3]], np.int64)
+        assert rt.predict("tok", ids).keys() == model.predict(ids).keys()
+        np.testing.assert_array_equal(next(iter(rt.predict("tok", ids).values())),
+                                      next(iter(model.predict(ids).values())))
+        for bad in (np.array([[1.5, 2, 3]]), np.array([[1, 2, 99]], np.int64)):  # a float; an id past the table
+            with pytest.raises(edgeserve.EdgeserveError) as direct:
+                model.predict(bad)
+            with pytest.raises(type(direct.value)) as via:
+                rt.predict("tok", bad)
+            assert str(via.value) == str(direct.value)
