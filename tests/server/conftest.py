@@ -76,6 +76,14 @@ def served(repo: Path) -> Iterator[Running]:
 
 
 @pytest.fixture(scope="package")
+def shared(repo: Path) -> Iterator[Running]:
+    """Triton's system shared-memory extension on."""
+    running = start(repo, ServeConfig(port=0, grpc_port=0, shared_memory=True), batching=edgeserve.BatchConfig())
+    yield running
+    stop(running)
+
+
+@pytest.fixture(scope="package")
 def secured(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tokens = tmp_path_factory.mktemp("tokens") / "tokens"
     tokens.write_text("\n".join(f"{scope}-client {scope} {token}" for scope, token in TOKENS.items()) + "\n")

@@ -11,24 +11,15 @@ import numpy as np
 import pytest
 
 import edgeserve
-from edgeserve.server.app import ServeConfig
 from edgeserve.server.errors import BadRequest, NotFound
 from edgeserve.server.shm import SHM_ROOT, SharedMemory
 from tests.factories import ECHO_TYPES, echo_inputs
 from tests.server.client import call
-from tests.server.conftest import Running, start, stop
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
 shm = pytest.importorskip("tritonclient.utils.shared_memory")
 pytestmark = pytest.mark.skipif(not SHM_ROOT.is_dir(), reason="no /dev/shm here")
-
-
-@pytest.fixture(scope="module")
-def shared(repo: Path) -> Iterator[Running]:
-    running = start(repo, ServeConfig(port=0, grpc_port=0, shared_memory=True), batching=edgeserve.BatchConfig())
-    yield running
-    stop(running)
 
 
 @pytest.fixture
