@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -528,3 +531,12 @@ def gru_model(features: int = 4, hidden: int = 8, seed: int = 0, *, time_major: 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (a state the test observes, not a guess at how long something takes)."""
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        done.wait(0.001)

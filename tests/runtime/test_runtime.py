@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import edgeserve
 from edgeserve import BatchConfig, CacheConfig, ClosedError, IntegrityError, ModelNotFound, Runtime
 from edgeserve.runtime.repository import Repository
-from tests.factories import mlp_model, rows, save
+from tests.factories import mlp_model, rows, save, wait_for
 
 
 def _package(tmp_path: Path, seed: int) -> Path:
@@ -44,15 +43,6 @@ def test_serves_the_repository(repo: Repository) -> None:
         with pytest.raises(ModelNotFound, match="'nope' is not loaded"):
             rt.predict("nope", rows(1))
         assert "mlp@1" in repr(rt)
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds (a state the test observes, not a guess at how long something takes)."""
-    done = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        done.wait(0.001)
 
 
 def test_reload_under_load_fails_nothing_and_mixes_nothing(repo: Repository, tmp_path: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,9 @@ import pytest
 from edgeserve.errors import ConfigError
 from edgeserve.runtime.repository import Repository
 from edgeserve.server.app import ServeConfig
+from tests.factories import wait_for
 from tests.server.client import call, infer_json
 from tests.server.conftest import start, stop
-
-
-def _until(condition, timeout: float = 20.0) -> None:
-    """A state to reach (the poller's next pass), not an ordering by sleeping."""
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the server never caught up with the repository"
-        pause.wait(0.01)
 
 
 def test_a_version_published_or_rolled_back_elsewhere_serves_without_a_restart(repo: Path, tmp_path: Path) -> None:
@@ -38,11 +28,11 @@ def test_a_version_published_or_rolled_back_elsewhere_serves_without_a_restart(r
         assert version() == "1"
         other = Repository(root)  # what `edgeserve models publish` does from another process
         other.publish("mlp", root / "mlp" / "1")
-        _until(lambda: version() == "2")
+        wait_for(lambda: version() == "2", 20)
         other.rollback("mlp")
-        _until(lambda: version() == "1")
+        wait_for(lambda: version() == "1", 20)
         other.publish("copy", root / "echo" / "1")
-        _until(lambda: call(running.host_port, "GET", "/v2/models/copy/ready").status == 200)
+        wait_for(lambda: call(running.host_port, "GET", "/v2/models/copy/ready").status == 200, 20)
     finally:
         stop(running)
 
