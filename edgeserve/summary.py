@@ -191,9 +191,10 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
                 lengths = t["lengths"]
                 top = ", ".join(f"{i} ({f:.1%})" for i, f in t["top"][:5])
                 pad = "no padding seen" if t["pad"] < 0 else f"padding id {t['pad']}"
+                limit = f"; at most {t['max_length']}, the model's position table" if t.get("max_length") else ""
                 yield (f"    tokens: vocabulary {t['vocabulary']}, {pad}, length "
-                       f"{_fmt(lengths.get('min'))}..{_fmt(lengths.get('max'))} (mean {_fmt(lengths.get('mean'))}); "
-                       f"most frequent {top}")
+                       f"{_fmt(lengths.get('min'))}..{_fmt(lengths.get('max'))} (mean {_fmt(lengths.get('mean'))}"
+                       f"{limit}); most frequent {top}")
             if "drift" in st:
                 yield (f"    drift reference: {len(st['drift']['knots'])} {_unit(st.get('layout'))} x "
                        f"{len(st['drift']['knots'][0])} quantile knots")

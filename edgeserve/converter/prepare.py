@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..backends.onnxruntime import optimize_offline
 from ..errors import ConversionError, ModelFileError, first_line
 
@@ -339,6 +341,61 @@ def embedding_inputs(model: Path | Any) -> dict[str, int]:
         source = origin(node.input[1])
         if dims is not None and len(dims) == 2 and source in inputs:
             found[source] = min(found.get(source, dims[0]), int(dims[0]))
+    return found
+
+
+MIN_POSITIONS = 8
+_POSITION_PATH = frozenset({"Slice", "Expand", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity"})
+"""Operators between a constant ``0 .. P-1`` and the Gather it indexes a position table with (a slice to the
+sequence's length, broadcast to the batch)."""
+
+
+def position_table(model: Path | Any) -> int | None:
+    """The longest sequence the model's position embeddings hold, or None when it has none: a Gather on a 2-D table
+    whose indices are a slice of a constant ``0 .. P-1`` (transformers' BERT-like models register ``position_ids``
+    so, ``max_position_embeddings`` long, and slice it to the sequence's length). A longer sequence fails deep in the
+    engine ("invalid expand shape"); the envelope says what was wrong instead. Positions computed from the input
+    (RoBERTa's, from the mask) or rotary ones have no such constant: None. ``model``: a path or a loaded model."""
+    from onnx import numpy_helper
+
+    graph = _graph(model)
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def origin(name: str) -> str:
+        seen = 0
+        while name in producer and producer[name].op_type in _PASS_THROUGH and seen < 16:
+            name, seen = producer[name].input[0], seen + 1
+        return name
+
+    def arange(name: str) -> int | None:
+        t = inits.get(name)
+        if t is None or t.data_type not in (6, 7) or t.data_location == 1:  # INT32, INT64; not external data
+            return None
+        dims = list(t.dims)
+        if not (len(dims) == 1 or (len(dims) == 2 and dims[0] == 1)) or dims[-1] < MIN_POSITIONS:
+            return None
+        values = numpy_helper.to_array(t).reshape(-1)
+        return values.size if np.array_equal(values, np.arange(values.size)) else None
+
+    found = None
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        table = inits.get(origin(node.input[0]))
+        if table is None or len(table.dims) != 2:
+            continue
+        name, seen = node.input[1], 0
+        while seen < 16:
+            size = arange(name)
+            if size is not None:
+                size = min(size, int(table.dims[0]))
+                found = size if found is None else min(found, size)
+                break
+            step = producer.get(name)
+            if step is None or step.op_type not in _POSITION_PATH:
+                break
+            name, seen = step.input[0], seen + 1
     return found
 
 

@@ -47,6 +47,7 @@ class _InputCheck:
     categories: frozenset[str] | None = None  # a text input's values in the reference
     missing: bool = False  # the reference holds NaN here (missing values a model's imputer fills): not an error
     top_id: np.ndarray | None = None  # vocabulary - 1, the highest token id the table holds
+    max_length: int | None = None  # the longest sequence the model's position table holds (token ids [rows, seq])
     pieces: tuple[Any, list[tuple[Any, np.ndarray, np.ndarray]]] | None = None
     """(shape and bounds, [(index, lo, hi)]): the last piecewise check's pieces (see :meth:`within`), kept."""
 
@@ -96,7 +97,8 @@ class Envelope:
                 self._checks.append(_InputCheck(
                     spec.name, lo, hi, None if lo is None else np.array(lo.min()),
                     None if hi is None else np.array(hi.max()), floating, vocab,
-                    missing=floating and ref.get("nan", ref.get("non_finite", 0)) > 0))
+                    missing=floating and ref.get("nan", ref.get("non_finite", 0)) > 0,
+                    max_length=ref.get("tokens", {}).get("max_length") if vocab is not None else None))
 
     @property
     def active(self) -> bool:
@@ -118,6 +120,12 @@ class Envelope:
                                            f"values the reference never held (it held {_listed(known)})")
                 continue
             if c.vocabulary is not None:
+                if c.max_length is not None and x.ndim == 2 and x.shape[1] > c.max_length:
+                    warned += self._failed(
+                        "vocabulary", c.name, x, partial(_past_positions, x, c.max_length),
+                        f"positions past the model's position table ({x.shape[1]} tokens a row, where it holds "
+                        f"{c.max_length}: truncate the sequences to {c.max_length} tokens or split them)")
+                    continue
                 if not c.within(x, _ZERO, c.top_id, hold):  # type: ignore[arg-type]
                     warned += self._failed("vocabulary", c.name, x, partial(_outside_table, x, c.vocabulary),
                                            f"token ids outside the embedding table (0..{c.vocabulary - 1})")
@@ -228,6 +236,12 @@ def _native(lo: np.ndarray, hi: np.ndarray, dtype: np.dtype[Any]) -> tuple[np.nd
 
 def _outside_table(x: np.ndarray, vocabulary: int) -> np.ndarray:
     return (x < 0) | (x >= vocabulary)  # type: ignore[no-any-return]
+
+
+def _past_positions(x: np.ndarray, max_length: int) -> np.ndarray:
+    bad = np.zeros(x.shape, bool)
+    bad[:, max_length:] = True
+    return bad
 
 
 def _value(v: Any) -> Any:

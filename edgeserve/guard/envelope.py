@@ -60,12 +60,12 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[str, np.ndarray] | None = None,
              vocabularies: Mapping[str, int] | None = None, sequences: Collection[str] = (),
-             feature_axes: Mapping[str, int] | None = None) -> dict[str, Any]:
+             feature_axes: Mapping[str, int] | None = None, max_length: int | None = None) -> dict[str, Any]:
     """Statistics per numeric input over all its values, per feature for 2-D tabular inputs, and what the guard
     needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
     sequences (``vocabularies``: inputs that index an embedding table, with its size; ``sequences``: 2-D inputs
     whose second axis varies in size; ``feature_axes``: the features' axis of ``[rows, a, b]`` inputs, 2 unless
-    given); and for ``outputs`` (the
+    given; ``max_length``: the longest sequence the model's position table holds); and for ``outputs`` (the
     package's answers on the same rows) the distribution of confidence or norm.
 
     A state fed back (an RNN's ``h0`` and the ``hn`` it is given next) gets neither a range nor a drift reference:
@@ -105,7 +105,10 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
                 continue
             entry["range"] = value_range(layout, arr)
             if name in vocabularies:
-                entry["tokens"] = _tokens(arr, layout, vocabularies[name])
+                tokens = _tokens(arr, layout, vocabularies[name])
+                if max_length is not None and arr.ndim == 2:
+                    tokens["max_length"] = int(max_length)
+                entry["tokens"] = tokens
             if len(arr) >= MIN_DRIFT_ROWS:
                 measured = token_rows(arr, drift=True) if layout.kind == "tokens" else arr  # not the choosing rows
                 entry["drift"] = feature_reference(row_features(layout, measured))

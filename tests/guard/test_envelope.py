@@ -420,3 +420,58 @@ def test_padding_is_the_id_rows_end_with_only_when_enough_rows_end_with_it() -> 
     assert input_layout(steps, vocabulary=500).pad == NO_PAD
     tokens = envelope({"ids": steps}, source="test", vocabularies={"ids": 500})["inputs"]["ids"]["tokens"]
     assert tokens["pad"] == NO_PAD and tokens["lengths"]["min"] == tokens["lengths"]["max"] == 1
+
+
+def _positions_model(vocab: int = 30, positions: int = 16, dim: int = 4):
+    """Token ids through a word table plus a position table indexed by a slice of a constant ``0 .. P-1`` to the
+    sequence's length, as transformers' BERT exports it: a longer sequence fails in the engine (the slice stops at
+    P, and the add cannot broadcast)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(np.float32), "words"),
+             numpy_helper.from_array(rng.standard_normal((positions, dim)).astype(np.float32), "positions_table"),
+             numpy_helper.from_array(np.arange(positions, dtype=np.int64)[None, :], "buffer_0"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    nodes = [helper.make_node("Shape", ["input_ids"], ["shape"]),
+             helper.make_node("Slice", ["shape", "one", "two"], ["seq"]),
+             helper.make_node("Slice", ["buffer_0", "zero", "seq", "one"], ["pos"]),
+             helper.make_node("Gather", ["positions_table", "pos"], ["pe"]),
+             helper.make_node("Gather", ["words", "input_ids"], ["we"]),
+             helper.make_node("Add", ["we", "pe"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["out"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(nodes, "positions", [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                                               ["batch", "seq"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_sequence_longer_than_the_position_table_is_refused_saying_how_long_it_may_be(tmp_path: Path) -> None:
+    from edgeserve.converter.prepare import position_table
+
+    path = save(_positions_model(positions=16), tmp_path / "pos.onnx")
+    assert position_table(path) == 16
+    ids = np.random.default_rng(1).integers(0, 30, (120, 10))
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"input_ids": ids})
+    assert pkg.manifest.envelope["inputs"]["input_ids"]["tokens"]["max_length"] == 16
+    with edgeserve.load(pkg.path, guard=STRICT) as model:
+        assert model.predict(np.ones((2, 16), np.int64))["out"].shape == (2, 4)  # as long as it may be: answered
+        with pytest.raises(EnvelopeError, match=r"input 'input_ids' fails the envelope check 'vocabulary': .*position "
+                                                 r"table \(20 tokens a row, where it holds 16: truncate"):
+            model.predict(np.ones((2, 20), np.int64))
+    with edgeserve.load(pkg.path) as model, pytest.raises(edgeserve.InferenceError):
+        model.predict(np.ones((2, 20), np.int64))  # what the check spares the user: the engine's own failure
+
+
+def test_positions_computed_from_the_input_set_no_limit(tmp_path: Path) -> None:
+    """Only a constant 0 .. P-1 marks a position table: an encoder without one has no length limit recorded."""
+    from edgeserve.converter.prepare import position_table
+
+    assert position_table(save(encoder_model(vocab=50), tmp_path / "enc.onnx")) is None
+    model = _positions_model()
+    model.graph.initializer[2].CopyFrom(__import__("onnx").numpy_helper.from_array(
+        np.arange(16, dtype=np.int64)[None, ::-1].copy(), "buffer_0"))  # not 0 .. P-1
+    assert position_table(model) is None
