@@ -114,6 +114,7 @@ class Server:
         self.grpc_port: int | None = None
         self._uvicorn: Any = None
         self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def start_grpc(self) -> None:
         if self.config.grpc_port is None:
@@ -139,7 +140,8 @@ class Server:
             self.close()
             raise
         if self.config.poll_s:
-            threading.Thread(target=self._poll, name="edgeserve-poll", daemon=True).start()
+            self._poller = threading.Thread(target=self._poll, name="edgeserve-poll", daemon=True)
+            self._poller.start()
         from .onewrite import Protocol
 
         # NOTE: proxy_headers off: nothing here reads the client's address, and uvicorn's middleware that rewrites
@@ -195,7 +197,9 @@ class Server:
             self._uvicorn.should_exit = True
 
     def close(self) -> None:
-        self._stopping.set()  # the poller stops
+        self._stopping.set()  # the poller stops: a load it has begun ends before the runtime closes
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(self.config.drain_s)
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
