@@ -483,3 +483,34 @@ def test_run_and_inspect_on_a_file_torch_saved_say_to_convert_it_first(tmp_path:
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0
         assert f"it is a torchscript file: convert it first (edgeserve convert {path} -o PACKAGE)" in result.output
+
+
+def test_a_pickle_the_user_vouches_for_converts_from_the_command_line(tmp_path: Path) -> None:
+    """``convert model.joblib --trust-pickle``: the estimator is loaded, its example rows come from the calibration
+    data, and the package answers as the estimator does; a state_dict is refused even so."""
+    import joblib
+    from click.testing import CliRunner
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    from edgeserve.cli import main
+
+    x, y = load_iris(return_X_y=True)
+    forest = RandomForestClassifier(n_estimators=8, random_state=0).fit(x, y)
+    joblib.dump(forest, tmp_path / "forest.joblib")
+    np.savez(tmp_path / "x.npz", X=x.astype(np.float32))
+    args = ["convert", str(tmp_path / "forest.joblib"), "-o", str(tmp_path / "pkg"), "--calibration",
+            str(tmp_path / "x.npz")]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--trust-pickle" in refused.output and not (tmp_path / "pkg").exists()
+    result = CliRunner().invoke(main, [*args, "--trust-pickle"])
+    assert result.exit_code == 0, result.output
+    with edgeserve.load(tmp_path / "pkg") as model:
+        assert model.name == "forest"
+        out = model.predict(x[:20].astype(np.float32))
+    np.testing.assert_array_equal(out["label"], forest.predict(x[:20]))
+    torch.save(torch.nn.Linear(4, 3).state_dict(), tmp_path / "weights.pth")
+    with pytest.raises(ConversionError, match="a state_dict's weights without the module"):
+        from edgeserve.converter import saved
+
+        saved.load_pickle(tmp_path / "weights.pth", saved.kind_of(tmp_path / "weights.pth"))

@@ -74,13 +74,16 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
 @click.option("--max-memory", help="Memory the whole conversion may use: 8G, 512M, 60% (default: 50% of this "
               "machine's). A quantiser that outgrows it is stopped; auto skips that candidate and says why.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Load SRC even if it is a pickle (joblib.dump, pickle.dump, torch.save of a whole module): that "
+                   "runs any code the file holds, so only for files you made. Example rows come from --calibration.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(src: Path, output: Path, quantize: str, calibration: Path | None, eval_data: Path | None,
             reference: Path | None, labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
             metric_names: tuple[str, ...], min_values: tuple[float, ...], max_values: tuple[float, ...],
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
             time_budget: float, threads: int | None, backend: str | None, precision: str | None,
-            allow_domain: tuple[str, ...], max_memory: str | None, force: bool) -> None:
+            allow_domain: tuple[str, ...], max_memory: str | None, trust_pickle: bool, force: bool) -> None:
     """Convert a model SRC (.onnx, or torch's .pt2 from torch.export.save or TorchScript .pt from torch.jit.save)
     into a verified package.
 
@@ -97,8 +100,16 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
     drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
+    source: Any = src
+    if trust_pickle:
+        from ..converter import saved
+
+        kind = saved.kind_of(src)
+        if kind in (saved.PICKLE, saved.TORCH_SAVE):
+            source = saved.load_pickle(src, kind)
+            name = name or src.stem
     pkg = do_convert(
-        src, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
+        source, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
         version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
         accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
         allowed_domains=allow_domain, max_memory=max_memory,

@@ -34,7 +34,7 @@ from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, is_package, wr
 from ..tensors import TensorSpec
 from .autotune import Graphs, search
 from .data import Samples, batch_axes_from_data, check_samples, run_samples, synthetic_samples
-from .frontends import is_sklearn_model, is_torchscript_file, load_source
+from .frontends import is_sklearn_model, is_torch_module, is_torchscript_file, load_source
 from .memory import MemoryBudget, parse_size, work_rows
 from .prepare import (
     conv_inputs,
@@ -274,6 +274,10 @@ def load_the_source(c: Conversion) -> None:
     example = o.example_inputs
     if example is None and (is_sklearn_model(c.source) or is_torchscript_file(c.source)):
         example = _rows_of_x(o)
+    elif example is None and is_torch_module(c.source):  # a module from a pickle (convert --trust-pickle)
+        rows = _rows_of_x(o)
+        example = None if rows is None else {k: np.asarray(v)[:2] for k, v in rows.items()} \
+            if isinstance(rows, Mapping) else np.asarray(rows)[:2]
     c.src = load_source(c.source, c.work, example_inputs=example, input_names=o.input_names,
                         output_names=o.output_names, opset=o.opset, dynamic_axes=o.dynamic_axes,
                         allowed_domains=o.allowed_domains)

@@ -7,7 +7,8 @@ the CLI may open it.
   calibration data's first rows).
 - Pickles (``joblib.dump``, ``pickle.dump``, ``torch.save`` of a module or of its ``state_dict``) are refused:
   loading one runs whatever code it holds, and a ``state_dict`` has no architecture to export. The message says
-  what to do instead.
+  what to do instead. ``edgeserve convert --trust-pickle`` loads one the user vouches for (:func:`load_pickle`):
+  a fitted scikit-learn model, or a whole torch module whose class can be imported.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def refuse(path: Path, kind: str) -> ConversionError:
             f"{path} was written by torch.save (a pickle of a module or of its state_dict): loading it runs any code "
             "it holds, and a state_dict has no architecture to export. Save the model with "
             "torch.export.save(torch.export.export(model, example_args), 'model.pt2') or torch.jit.save, and convert "
-            "that file; or pass the module itself to edgeserve.convert(model, ..., example_inputs=...) in Python")
+            "that file; or pass the module itself to edgeserve.convert(model, ..., example_inputs=...) in Python "
+            "(a whole module you saved yourself: --trust-pickle)")
     return ConversionError(
         f"{path} is a Python pickle (joblib.dump or pickle.dump): loading it runs any code it holds, so edgeserve "
-        "does not. Load the model yourself and pass it to edgeserve.convert(model, ...) in Python, or export it to "
-        "ONNX (skl2onnx's to_onnx) and convert the .onnx file")
+        "does not unless told to: if you made the file, convert it with --trust-pickle; or load the model yourself "
+        "and pass it to edgeserve.convert(model, ...) in Python, or export it to ONNX (skl2onnx's to_onnx)")
 
 
 def _torch(path: Path) -> Any:
@@ -97,3 +99,32 @@ def torchscript_inputs(module: Any) -> list[str]:
         return [a.name for a in module.forward.schema.arguments][1:]
     except (AttributeError, RuntimeError):
         return []
+
+
+def load_pickle(path: Path, kind: str) -> Any:
+    """The model in a pickle the user vouches for (``--trust-pickle``): this runs whatever code the file holds. A
+    ``state_dict`` (weights without the module) is refused: there is nothing to export."""
+    try:
+        if kind == TORCH_SAVE:
+            torch = _torch(path)
+            loaded = torch.load(str(path), map_location="cpu", weights_only=False)
+        else:
+            import pickle
+
+            try:
+                import joblib  # scikit-learn's dependency: its files may hold numpy arrays stored its own way
+
+                loaded = joblib.load(path)
+            except ImportError:
+                with path.open("rb") as f:
+                    loaded = pickle.load(f)  # noqa: S301 - the user vouched for the file (--trust-pickle)
+    except ConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the unpickler's error (a class that cannot be imported here...)
+        raise ConversionError(f"cannot load the pickle {path}: {type(exc).__name__}: {first_line(exc)} (a module's "
+                              "class must be importable here, from the same code that saved it)") from None
+    if isinstance(loaded, dict):
+        raise ConversionError(f"{path} holds a dict ({', '.join(map(str, list(loaded)[:3]))}…), a state_dict's weights "
+                              "without the module they belong to: there is no architecture to export. Save the "
+                              "module itself (torch.export.save, torch.jit.save, or torch.save(model))")
+    return loaded
