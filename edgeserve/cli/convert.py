@@ -74,6 +74,9 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--allow-domain", multiple=True, help="Allow a custom operator domain (repeatable).")
 @click.option("--max-memory", help="Memory the whole conversion may use: 8G, 512M, 60% (default: 50% of this "
               "machine's). A quantiser that outgrows it is stopped; auto skips that candidate and says why.")
+@click.option("--dynamic-axis", "dynamic_axis", multiple=True, metavar="NAME:AXIS[,AXIS…]",
+              help="A torch model traced on example rows (TorchScript, --trust-pickle): an axis of an input or output "
+                   "that varies in size besides the batch (repeatable), e.g. x:1 for [batch, samples] audio.")
 @click.option("--trust-pickle", is_flag=True,
               help="Load SRC even if it is a pickle (joblib.dump, pickle.dump, torch.save of a whole module): that "
                    "runs any code the file holds, so only for files you made. Example rows come from --calibration.")
@@ -83,7 +86,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
             metric_names: tuple[str, ...], min_values: tuple[float, ...], max_values: tuple[float, ...],
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
             time_budget: float, threads: int | None, backend: str | None, precision: str | None,
-            allow_domain: tuple[str, ...], max_memory: str | None, trust_pickle: bool, force: bool) -> None:
+            allow_domain: tuple[str, ...], max_memory: str | None, dynamic_axis: tuple[str, ...], trust_pickle: bool,
+            force: bool) -> None:
     """Convert a model SRC (.onnx, or torch's .pt2 from torch.export.save or TorchScript .pt from torch.jit.save)
     into a verified package.
 
@@ -112,7 +116,7 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
         source, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
         version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
         accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
-        allowed_domains=allow_domain, max_memory=max_memory,
+        allowed_domains=allow_domain, max_memory=max_memory, dynamic_axes=_dynamic_axes(dynamic_axis, source),
         overwrite=force, progress=_progress_printer(),
     )
     from ..summary import auto_lines, fidelity_lines, reference_lines
@@ -128,6 +132,28 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
         click.echo(f"  {line}")
     for line in reference_lines(m.envelope):
         click.echo(f"  {line}")
+
+
+def _dynamic_axes(given: tuple[str, ...], source: Any) -> Any:
+    """``--dynamic-axis x:1,2`` as the torch front end's extra axes; None when none are given."""
+    if not given:
+        return None
+    from ..converter.frontends import ExtraAxes, is_torch_module, is_torchscript_file
+
+    if not (is_torch_module(source) or is_torchscript_file(source)):
+        raise click.UsageError("--dynamic-axis applies to a torch model traced on example rows (a TorchScript file, "
+                               "or a module with --trust-pickle); an ONNX or .pt2 file's dimensions are its own")
+    out = ExtraAxes()
+    for text in given:
+        name, _, axes = text.rpartition(":")
+        try:
+            numbers = [int(a) for a in axes.split(",")]
+        except ValueError:
+            numbers = []
+        if not name or not numbers or any(a < 0 for a in numbers):
+            raise click.UsageError(f"--dynamic-axis takes NAME:AXIS[,AXIS…] (e.g. x:1), got {text!r}")
+        out.setdefault(name, {}).update({a: f"{name}_{a}" for a in numbers})
+    return out
 
 
 def parse_targets(names: tuple[str, ...], mins: tuple[float, ...], maxes: tuple[float, ...]) -> list[Any]:

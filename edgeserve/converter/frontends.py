@@ -234,6 +234,11 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
     return SourceModel(dst, info)
 
 
+class ExtraAxes(dict):  # type: ignore[type-arg]
+    """Axes that vary in size on top of the defaults (the CLI's ``--dynamic-axis x:1``: a TorchScript or pickled
+    module traced on rows of one length), name -> {axis: its name}."""
+
+
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     if isinstance(example_inputs, Mapping):
         return tuple(example_inputs.values())
@@ -273,13 +278,21 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
     outs = sample_out if isinstance(sample_out, (tuple, list)) else (sample_out,)
     if output_names is None:
         output_names = keys or (["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))])
-    if dynamic_axes is None:
+    if dynamic_axes is None or isinstance(dynamic_axes, ExtraAxes):
         # by default every input and output gets a dynamic batch axis 0 (scalars excepted), and token ids and
         # masks ([batch, seq] integers) a dynamic sequence axis; models whose batch sits elsewhere (recurrent state
         # [layers, batch, hidden]) or that take other variable sizes pass dynamic_axes
+        extra = dynamic_axes
         dynamic_axes = {n: ({0: "batch", 1: "sequence"} if a.dim() == 2 and not a.is_floating_point() else {0: "batch"})
                         for n, a in zip(input_names, args) if a.dim() > 0}
         dynamic_axes.update({n: {0: "batch"} for n, o in zip(output_names, outs) if getattr(o, "dim", lambda: 0)() > 0})
+        if extra:
+            unknown = sorted(set(extra) - {*input_names, *output_names})
+            if unknown:
+                raise ConversionError(f"--dynamic-axis names {', '.join(unknown)}, which the model does not have; its "
+                                      f"inputs are {', '.join(input_names)} and its outputs {', '.join(output_names)}")
+            for n, axes in extra.items():
+                dynamic_axes[n] = {**dynamic_axes.get(n, {}), **axes}
     dst = workdir / "source.onnx"
     exporter, opset = _export(module, label, args, dst, list(input_names), list(output_names),
                               {k: dict(v) for k, v in dynamic_axes.items()}, opset)
