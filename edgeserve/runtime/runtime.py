@@ -137,6 +137,8 @@ class Runtime:
         """Serving the whole repository: :meth:`refresh` also loads models published after the start."""
         self._unloaded: set[str] = set()
         """Models unloaded on purpose (:meth:`unload`): :meth:`refresh` leaves them alone until reloaded."""
+        self._watcher: tuple[threading.Thread, threading.Event] | None = None
+        """The thread of :meth:`watch`, and the event that stops it."""
         self._failed: dict[str, int] = {}
         """The version each model last failed to load at: :meth:`refresh` tries it again only once it changes."""
         available = self.repository.names()
@@ -513,6 +515,40 @@ class Runtime:
                 changed[name] = "loaded" if serving is None else f"version {version}"
         return changed
 
+    def watch(self, interval_s: float = 2.0, *, caller: str | None = "repository poll") -> None:
+        """Call :meth:`refresh` every ``interval_s`` seconds on a thread of its own until :meth:`unwatch` or
+        :meth:`close`: the runtime follows what ``edgeserve models`` does to the repository from anywhere. Each
+        change is logged (and audited, as :meth:`reload` is); a pass that fails is logged and the next one tries
+        again. Calling it again changes the interval."""
+        if not 0.01 <= interval_s <= 86400:
+            raise ConfigError(f"the watch interval must be 0.01-86400 s, got {interval_s}")
+        self.unwatch()
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(interval_s) and not self._closed:
+                try:
+                    changed = self.refresh(caller=caller)
+                except Exception:  # noqa: BLE001 - a bad pass must not end the watching; the next one tries again
+                    log.exception("looking at the repository %s failed", self.repository.root)
+                    continue
+                for name, what in changed.items():
+                    log.warning("model %s: %s (from the repository)", name, what)
+
+        thread = threading.Thread(target=poll, name="edgeserve-watch", daemon=True)
+        self._watcher = (thread, stop)
+        thread.start()
+
+    def unwatch(self, *, wait: bool = True) -> None:
+        """Stop :meth:`watch`; ``wait``: until a load the watcher has begun ends."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        thread, stop = watcher
+        stop.set()
+        if wait and thread is not threading.current_thread():
+            thread.join()
+
     def unload(self, name: str, *, caller: str | None = None) -> None:
         with self._lock:
             slot = self._slots.pop(name, None)
@@ -599,6 +635,7 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop taking requests and drain every model's queue (each within ``timeout`` seconds)."""
+        self.unwatch()
         with self._lock:
             if self._closed:
                 return

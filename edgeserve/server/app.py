@@ -114,7 +114,6 @@ class Server:
         self.grpc_port: int | None = None
         self._uvicorn: Any = None
         self._stopping = threading.Event()
-        self._poller: threading.Thread | None = None
 
     def start_grpc(self) -> None:
         if self.config.grpc_port is None:
@@ -140,8 +139,7 @@ class Server:
             self.close()
             raise
         if self.config.poll_s:
-            self._poller = threading.Thread(target=self._poll, name="edgeserve-poll", daemon=True)
-            self._poller.start()
+            self.runtime.watch(self.config.poll_s, caller="repository poll")
         from .onewrite import Protocol
 
         # NOTE: proxy_headers off: nothing here reads the client's address, and uvicorn's middleware that rewrites
@@ -161,17 +159,6 @@ class Server:
         finally:
             self.close()
 
-    def _poll(self) -> None:
-        """Serve what the repository says, every ``poll_s`` seconds, until the server stops (or drains)."""
-        while not self._stopping.wait(self.config.poll_s):
-            try:
-                changed = self.runtime.refresh(caller="repository poll")
-            except Exception:  # noqa: BLE001 - a bad pass must not end the polling; the next one tries again
-                log.exception("edgeserve: looking at the repository failed")
-                continue
-            for name, what in changed.items():
-                log.warning("edgeserve: model %s: %s (from the repository)", name, what)
-
     @property
     def started(self) -> bool:
         return bool(self._uvicorn is not None and self._uvicorn.started)
@@ -190,6 +177,7 @@ class Server:
         threading.Thread(target=self._drain, name="edgeserve-drain", daemon=True).start()
 
     def _drain(self) -> None:
+        self.runtime.unwatch(wait=False)  # draining: no more loads
         finished = self.plane.drain(self.config.drain_s)
         if not finished:
             log.warning("edgeserve: %d requests still running after the drain timeout", self.plane.inflight)
@@ -197,9 +185,7 @@ class Server:
             self._uvicorn.should_exit = True
 
     def close(self) -> None:
-        self._stopping.set()  # the poller stops: a load it has begun ends before the runtime closes
-        if self._poller is not None and self._poller is not threading.current_thread():
-            self._poller.join(self.config.drain_s)
+        self.runtime.unwatch()  # a load the poller has begun ends before the runtime closes
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None

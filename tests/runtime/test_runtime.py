@@ -371,3 +371,19 @@ def test_runtime_predict_answers_and_fails_exactly_as_the_models_own_predict(tmp
             with pytest.raises(type(direct.value)) as via:
                 rt.predict("tok", bad)
             assert str(via.value) == str(direct.value)
+
+
+def test_watch_follows_the_repository_until_unwatched(repo: Repository, tmp_path: Path) -> None:
+    with Runtime(repo) as rt:
+        rt.watch(0.01)
+        repo.publish("mlp", _package(tmp_path, 1))
+        wait_for(lambda: rt.models()["mlp"]["version"] == 2)
+        rt.unwatch()
+        assert rt._watcher is None
+        repo.rollback("mlp")
+        assert rt.models()["mlp"]["version"] == 2  # no longer watching: the next refresh is the caller's
+        assert rt.refresh() == {"mlp": "version 1"}
+        rt.watch(0.01)
+    assert rt._watcher is None  # close stopped it
+    with Runtime(repo) as rt, pytest.raises(edgeserve.ConfigError, match="watch interval"):
+        rt.watch(0)
