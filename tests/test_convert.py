@@ -481,3 +481,19 @@ def test_the_auto_table_shows_why_a_candidate_failed_not_the_scratch_file_it_fai
         {"name": "openvino-f32", "status": "failed", "reason": reason}]}}
     line = list(auto_lines(recipe))[-1]
     assert line.endswith("openvino cannot load it: Conversion is failed for: ai.onnx.ml.Normalizer")
+
+
+def test_an_exporters_folder_converts_its_model_and_an_ambiguous_one_is_refused(tmp_path: Path) -> None:
+    """optimum writes model.onnx beside config.json and the tokenizer: the folder converts as its model; a folder
+    of several models (an encoder-decoder export) says which it holds."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    save(mlp_model(), folder / "model.onnx")
+    (folder / "config.json").write_text("{}")
+    save(mlp_model(seed=1), folder / "other.onnx")
+    pkg = edgeserve.convert(folder, tmp_path / "pkg", calibration={"x": rows(32)})
+    assert pkg.manifest.name == "export" and pkg.manifest.source["file"] == "model.onnx"
+    (folder / "model.onnx").unlink()
+    (folder / "third.onnx").write_bytes((folder / "other.onnx").read_bytes())
+    with pytest.raises(edgeserve.ModelFileError, match=r"holds 2 models \(other.onnx, third.onnx\); give the one"):
+        edgeserve.convert(folder, tmp_path / "pkg2")

@@ -36,7 +36,7 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 
 
 @main.command()
-@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Package folder to write.")
 @click.option("-q", "--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
               help="none (optimised fp32), dynamic int8, static int8 (needs --calibration) or fp16.")
