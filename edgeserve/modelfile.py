@@ -225,3 +225,21 @@ def _saved_hint(path: Path) -> str:
         return f"; it is a {kind} file: convert it first (edgeserve convert {path} -o PACKAGE)"
     what = "a torch.save file (a pickle)" if kind == "torch.save" else "a Python pickle"
     return f"; it is {what}, which edgeserve does not load: see edgeserve convert --help"
+
+
+def model_in_folder(folder: Path) -> Path:
+    """The model of an exporter's output folder that is not a package (optimum's ``model.onnx`` beside its config
+    and tokenizer): its ``model.onnx``, else its only ``.onnx`` file."""
+    found = sorted(p for p in folder.glob("*.onnx") if p.is_file())
+    named = folder / "model.onnx"
+    if named in found:
+        chosen = named
+    elif len(found) == 1:
+        chosen = found[0]
+    elif not found:
+        raise ModelFileError(f"{folder} is a folder without an .onnx file and not an edgeserve package; give the "
+                             "model file or a package folder")
+    else:
+        raise ModelFileError(f"{folder} holds {len(found)} models ({', '.join(p.name for p in found[:6])}); give the "
+                             "one to use (each part of an encoder-decoder export converts on its own)")
+    return chosen

@@ -497,3 +497,13 @@ def test_an_exporters_folder_converts_its_model_and_an_ambiguous_one_is_refused(
     (folder / "third.onnx").write_bytes((folder / "other.onnx").read_bytes())
     with pytest.raises(edgeserve.ModelFileError, match=r"holds 2 models \(other.onnx, third.onnx\); give the one"):
         edgeserve.convert(folder, tmp_path / "pkg2")
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    (folder / "third.onnx").unlink()
+    shown = CliRunner().invoke(main, ["inspect", str(folder)])
+    assert shown.exit_code == 0 and shown.output.startswith("other.onnx: an ONNX model, not an edgeserve package")
+    (pkg.path / "edgeserve.json").unlink()  # a package whose manifest is gone is refused, never run unverified
+    with pytest.raises(edgeserve.PackageError, match="is not an edgeserve package"):
+        edgeserve.load(pkg.path)

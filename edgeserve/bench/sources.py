@@ -15,6 +15,7 @@ from ..converter.api import HOLDOUT_FRACTION
 from ..converter.data import Samples, check_samples, synthetic_samples
 from ..errors import ConfigError
 from ..examples import example_names, get_example
+from ..modelfile import model_in_folder
 from ..names import safe_name
 from ..package import Package, is_package
 
@@ -36,9 +37,9 @@ def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: st
         return ModelSource(ex.name, ex.model, calibration or ex.calibration, data or ex.evaluation,
                            labels if data else (labels or ex.labels))
     path = Path(src)
+    if path.is_dir() and not is_package(path):  # an exporter's folder: its model file, named after the folder
+        return ModelSource(safe_name(path.name), model_in_folder(path), calibration, data, labels)
     if path.is_dir():
-        if not is_package(path):
-            raise ConfigError(f"{path} is a folder but not an edgeserve package")
         package = Package.open(path)  # manifest fields checked, every file's digest verified, no links followed
         return ModelSource(package.manifest.name, package.model_path, calibration, data, labels)
     if path.is_file():

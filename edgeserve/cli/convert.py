@@ -214,9 +214,12 @@ def inspect(package: Path, as_json: bool, no_verify: bool) -> None:
     .onnx file, its signature as edgeserve reads it)."""
     import json
 
-    from ..package import Package
+    from ..modelfile import model_in_folder
+    from ..package import Package, is_package
     from ..summary import manifest_lines, model_file_lines
 
+    if package.is_dir() and not is_package(package):
+        package = model_in_folder(package)  # an exporter's folder: its model file
     if package.is_file():
         if as_json:
             raise click.UsageError("--json prints a package's manifest; a bare model file has none")

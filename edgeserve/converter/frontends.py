@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..arrays import column, frame_columns, is_frame
-from ..errors import ConversionError, DataError, ModelFileError, first_line
-from ..modelfile import load_model, sha256_file, uses_external_data
+from ..errors import ConversionError, DataError, first_line
+from ..modelfile import load_model, model_in_folder, sha256_file, uses_external_data
 from . import saved
 
 DEFAULT_OPSET = 17
@@ -91,7 +91,8 @@ def load_source(
 
 def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -> SourceModel:
     if path.is_dir():
-        path = _model_in_folder(path)
+        path = model_in_folder(path)
+        log.warning("converting %s, the model in %s", path.name, path.parent)
     model = load_model(path, allowed_domains=allowed_domains, load_external_data=False)
     dst = workdir / "source.onnx"
     info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
@@ -114,25 +115,6 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
         info["zipmap_removed"] = zipmaps
         _say_unzipped(zipmaps)
     return SourceModel(dst, info)
-
-
-def _model_in_folder(folder: Path) -> Path:
-    """The model of an exporter's output folder (optimum's ``model.onnx`` beside its config and tokenizer): its
-    ``model.onnx``, else its only ``.onnx`` file."""
-    found = sorted(p for p in folder.glob("*.onnx") if p.is_file())
-    named = folder / "model.onnx"
-    if named in found:
-        chosen = named
-    elif len(found) == 1:
-        chosen = found[0]
-    elif not found:
-        raise ModelFileError(f"{folder} is a folder without an .onnx file; give the model file (or edgeserve.load() "
-                             "a package folder)")
-    else:
-        raise ModelFileError(f"{folder} holds {len(found)} models ({', '.join(p.name for p in found[:6])}); give the "
-                             "one to convert (each part of an encoder-decoder export converts on its own)")
-    log.warning("converting %s, the model in %s", chosen.name, folder)
-    return chosen
 
 
 PORTABLE_LOCALE = "C.UTF-8"

@@ -489,8 +489,8 @@ def load(path: str | os.PathLike[str], *, config: SessionConfig | None = None, g
     if golden not in ("error", "warn", "off"):
         raise ConfigError(f"golden must be 'error', 'warn' or 'off', got {golden!r}")
     path = Path(path)
-    if path.is_dir():
-        return _load_package(path, config, golden, allowed_domains, batching, cache, guard)
+    if path.is_dir():  # NOTE: a folder is a package, never its model file alone: one whose manifest is gone is
+        return _load_package(path, config, golden, allowed_domains, batching, cache, guard)  # refused, not trusted
     if not path.exists():
         raise PackageError(f"nothing to load at {path}: give a package folder or an .onnx file")
     proto = check_model_file(path, allowed_domains=allowed_domains)  # checked before any engine
