@@ -216,14 +216,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def _saved_hint(path: Path) -> str:
     """What to do with a file torch or pickle wrote, where an ONNX model was expected."""
-    from .converter.saved import kind_of  # NOTE: only on this error's path
+    from .converter import saved  # NOTE: only on this error's path
 
-    kind = kind_of(path)
+    kind = saved.kind_of(path)
     if kind is None:
         return ""
-    if kind in ("torch.export", "torchscript"):
+    if kind in (saved.EXPORTED, saved.TORCHSCRIPT):
         return f"; it is a {kind} file: convert it first (edgeserve convert {path} -o PACKAGE)"
-    what = "a torch.save file (a pickle)" if kind == "torch.save" else "a Python pickle"
+    what = "a torch.save file (a pickle)" if kind == saved.TORCH_SAVE else "a Python pickle"
     return f"; it is {what}, which edgeserve does not load: see edgeserve convert --help"
 
 

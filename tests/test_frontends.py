@@ -548,3 +548,28 @@ def test_a_traced_module_gets_the_variable_axes_it_is_told_of(tmp_path: Path) ->
         got = model.predict(x)["output"]
     with torch.no_grad():
         np.testing.assert_allclose(got, net(torch.as_tensor(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _count_and_fail(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("ran\n")
+    raise ModuleNotFoundError("No module named 'gone'")
+
+
+def test_a_trusted_pickle_that_fails_to_load_runs_once_and_says_why(tmp_path: Path) -> None:
+    """An import the file needs and this machine lacks fails the load once: it is not taken for joblib missing and
+    the file's code run again through pickle."""
+    import pickle
+
+    from edgeserve.converter import saved
+
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (_count_and_fail, (str(ran),))
+
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ConversionError, match=r"cannot load the pickle .*ModuleNotFoundError: No module named 'gone'"):
+        saved.load_pickle(tmp_path / "model.pkl", saved.PICKLE)
+    assert ran.read_text() == "ran\n"

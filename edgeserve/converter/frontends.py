@@ -319,9 +319,8 @@ def _from_exported(path: Path, workdir: Path, output_names: Sequence[str] | None
             torch.onnx.export(program, (), str(dst), input_names=user, output_names=outputs, opset_version=used,
                               dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # noqa: BLE001 - the exporter's error, in one line
-        raise ConversionError(f"torch.onnx.export failed for the program in {path}: "
-                              f"{re.sub(chr(27) + r'[[0-9;]*m', '', first_line(exc))}. Export it to ONNX yourself "
-                              "and convert the .onnx file") from None
+        raise ConversionError(f"torch.onnx.export failed for the program in {path}: {_uncoloured(exc)}. Export it to "
+                              "ONNX yourself and convert the .onnx file") from None
     return SourceModel(dst, {"framework": "torch", "torch": torch.__version__, "file": path.name,
                              "sha256": sha256_file(path), "saved_as": saved.EXPORTED, "opset": used,
                              "exporter": "torch.export"})
@@ -356,6 +355,11 @@ def _from_torchscript(path: Path, workdir: Path, example_inputs: Any, output_nam
     return source
 
 
+def _uncoloured(exc: BaseException) -> str:
+    """The first line of an exporter's error, without the terminal colours torch.export writes it in."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc))
+
+
 def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_names: list[str],
             output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> tuple[str, int]:
     """Export with the TorchScript exporter, else with ``torch.export`` (``dynamo=True``, which needs onnxscript):
@@ -375,7 +379,7 @@ def _export(module: Any, label: str, args: tuple[Any, ...], dst: Path, input_nam
                                   dynamic_axes=dynamic_axes, opset_version=used,
                                   do_constant_folding=True, dynamo=dynamo, verbose=False)
         except Exception as exc:  # noqa: BLE001 - the exporters' own errors, reported together below
-            failures.append(re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc)))  # torch.export's are in colour
+            failures.append(_uncoloured(exc))
             continue
         if dynamo:
             log.warning("torch.onnx.export could not trace %s (%s); exported it with torch.export (dynamo=True) "

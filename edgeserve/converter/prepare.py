@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -326,22 +327,32 @@ def embedding_inputs(model: Path | Any) -> dict[str, int]:
     tables = {t.name: list(t.dims) for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     inputs = {i.name for i in graph.input} - set(tables)
-
-    def origin(name: str) -> str:
-        seen = 0
-        while name in producer and producer[name].op_type in _PASS_THROUGH and seen < 16:
-            name, seen = producer[name].input[0], seen + 1
-        return name
-
     found: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
-        dims = tables.get(origin(node.input[0]))
-        source = origin(node.input[1])
+    for node in _row_gathers(graph):
+        dims = tables.get(_chain(producer, node.input[0])[-1])
+        source = _chain(producer, node.input[1])[-1]
         if dims is not None and len(dims) == 2 and source in inputs:
             found[source] = min(found.get(source, dims[0]), int(dims[0]))
     return found
+
+
+def _row_gathers(graph: Any) -> Iterator[Any]:
+    """The Gathers that pick rows of their data (axis 0): an embedding table's lookups."""
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) >= 2 and not any(a.name == "axis" and a.i != 0
+                                                                         for a in node.attribute):
+            yield node
+
+
+def _chain(producer: Mapping[str, Any], name: str, through: frozenset[str] | None = None) -> list[str]:
+    """``name`` and what it was made from, back through the operators ``through`` (default ``_PASS_THROUGH``: casts,
+    reshapes, dequantisation), 16 steps at most; the last is where it comes from."""
+    through = _PASS_THROUGH if through is None else through
+    names = [name]
+    while name in producer and producer[name].op_type in through and len(names) <= 16:
+        name = producer[name].input[0]
+        names.append(name)
+    return names
 
 
 MIN_POSITIONS = 8
@@ -362,12 +373,6 @@ def position_table(model: Path | Any) -> int | None:
     inits = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
 
-    def origin(name: str) -> str:
-        seen = 0
-        while name in producer and producer[name].op_type in _PASS_THROUGH and seen < 16:
-            name, seen = producer[name].input[0], seen + 1
-        return name
-
     def arange(name: str) -> int | None:
         t = inits.get(name)
         if t is None or t.data_type not in (6, 7) or t.data_location == 1:  # INT32, INT64; not external data
@@ -379,23 +384,14 @@ def position_table(model: Path | Any) -> int | None:
         return values.size if np.array_equal(values, np.arange(values.size)) else None
 
     found = None
-    for node in graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
-        table = inits.get(origin(node.input[0]))
+    for node in _row_gathers(graph):
+        table = inits.get(_chain(producer, node.input[0])[-1])
         if table is None or len(table.dims) != 2:
             continue
-        name, seen = node.input[1], 0
-        while seen < 16:
-            size = arange(name)
-            if size is not None:
-                size = min(size, int(table.dims[0]))
-                found = size if found is None else min(found, size)
-                break
-            step = producer.get(name)
-            if step is None or step.op_type not in _POSITION_PATH:
-                break
-            name, seen = step.input[0], seen + 1
+        size = next((n for n in map(arange, _chain(producer, node.input[1], _POSITION_PATH)) if n is not None), None)
+        if size is not None:
+            size = min(size, int(table.dims[0]))
+            found = size if found is None else min(found, size)
     return found
 
 

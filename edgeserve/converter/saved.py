@@ -101,6 +101,23 @@ def torchscript_inputs(module: Any) -> list[str]:
         return []
 
 
+def _unpickler() -> Any:
+    """joblib's load (scikit-learn's dependency: its files may hold numpy arrays stored its own way), else pickle's.
+    NOTE: chosen before loading, so that an ImportError the file raises is not taken for joblib missing and the
+    file's code run a second time."""
+    try:
+        import joblib
+    except ImportError:
+        import pickle
+
+        def load(path: Path) -> Any:
+            with path.open("rb") as f:
+                return pickle.load(f)  # noqa: S301 - the user vouched for the file (--trust-pickle)
+
+        return load
+    return joblib.load
+
+
 def load_pickle(path: Path, kind: str) -> Any:
     """The model in a pickle the user vouches for (``--trust-pickle``): this runs whatever code the file holds. A
     ``state_dict`` (weights without the module) is refused: there is nothing to export."""
@@ -109,15 +126,7 @@ def load_pickle(path: Path, kind: str) -> Any:
             torch = _torch(path)
             loaded = torch.load(str(path), map_location="cpu", weights_only=False)
         else:
-            import pickle
-
-            try:
-                import joblib  # scikit-learn's dependency: its files may hold numpy arrays stored its own way
-
-                loaded = joblib.load(path)
-            except ImportError:
-                with path.open("rb") as f:
-                    loaded = pickle.load(f)  # noqa: S301 - the user vouched for the file (--trust-pickle)
+            loaded = _unpickler()(path)
     except ConversionError:
         raise
     except Exception as exc:  # noqa: BLE001 - the unpickler's error (a class that cannot be imported here...)

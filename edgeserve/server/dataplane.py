@@ -73,10 +73,10 @@ class DataPlane:
                  shared_memory: bool = False) -> None:
         self.runtime = runtime
         self.model_control = model_control
+        """Triton's repository extension on (``--model-control``): see :meth:`controlled`."""
         self.shared_memory = shared_memory
         """Triton's system shared-memory extension on (``--shared-memory``): see :meth:`shm`."""
         self._shm: SharedMemory | None = None
-        """Triton's repository extension on (``--model-control``): see :meth:`controlled`."""
         self.observer = observer
         """Told of every answered request (``observe(model, version, outcome, seconds)``): the metrics."""
         self.draining = False
@@ -172,7 +172,7 @@ class DataPlane:
         any core error in it raised as its protocol error."""
         return _Held(self.runtime, name, _version(version))
 
-    # -- model control (Triton's repository extension) ----------------------------------------------------------------
+    # -- Triton's system shared-memory extension ----------------------------------------------------------------------
     def shm(self) -> SharedMemory:
         """The registered shared-memory regions; raises unless the extension is on."""
         if not self.shared_memory:
@@ -186,6 +186,7 @@ class DataPlane:
         if self._shm is not None:
             self._shm.close()
 
+    # -- model control (Triton's repository extension) ----------------------------------------------------------------
     def controlled(self, parameters: Iterable[str] = ()) -> None:
         """Raise unless model control is on, or when a request sends a model of its own (Triton's ``config`` and
         ``file:`` parameters): models load from the repository alone. REST and gRPC ask before anything else;

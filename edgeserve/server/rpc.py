@@ -21,7 +21,7 @@ from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
 from .dataplane import DataPlane, InferRequest, class_count
 from .errors import BadRequest, ProtocolError
-from .shm import SharedMemory
+from .shm import SharedMemory, regions
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -209,9 +209,7 @@ def decode(request: Any, shm: Callable[[], SharedMemory] | None = None) -> Infer
             raise BadRequest(f"{where} is given twice")
         shape = list(tensor.shape)
         if p is not None:
-            if shm is None:
-                raise BadRequest("shared-memory tensors are not taken here")
-            array = from_bytes(where, tensor.datatype, shape, shm().read(where, p))
+            array = from_bytes(where, tensor.datatype, shape, regions(shm).read(where, p))
         elif raw:
             array = from_bytes(where, tensor.datatype, shape, next(next_raw))
         else:
@@ -227,10 +225,8 @@ def decode(request: Any, shm: Callable[[], SharedMemory] | None = None) -> Infer
     shm_outputs = {}
     for o in request.outputs:
         if "shared_memory_region" in o.parameters:
-            if shm is None:
-                raise BadRequest("shared-memory tensors are not taken here")
             shm_outputs[o.name] = {k: _parameter(v) for k, v in o.parameters.items()}
-            shm().window(f"output '{o.name}'", shm_outputs[o.name])  # checked before the model runs
+            regions(shm).window(f"output '{o.name}'", shm_outputs[o.name])  # checked before the model runs
     return InferRequest(model=request.model_name, version=request.model_version or None, inputs=inputs,
                         id=request.id or None, outputs=[o.name for o in request.outputs] or None,
                         parameters=parameters, classes={k: v for k, v in classes.items() if v is not None},

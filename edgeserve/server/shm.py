@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -149,6 +150,14 @@ class SharedMemory:
             raise BadRequest(f"{where}: [{offset}, {offset + size}) is outside the region '{region.name}' "
                              f"({region.byte_size} bytes)")
         return region, offset, size
+
+
+def regions(shm: Callable[[], SharedMemory] | None) -> SharedMemory:
+    """The server's regions, for a tensor that names one (``shm``: the data plane's getter, which refuses when the
+    extension is off; None where shared memory is not taken at all)."""
+    if shm is None:
+        raise BadRequest("shared-memory tensors are not taken here")
+    return shm()
 
 
 def uses_shm(parameters: Any) -> TypeGuard[dict[str, Any]]:
