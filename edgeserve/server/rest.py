@@ -26,7 +26,7 @@ from .dataplane import DataPlane, InferRequest, InferResponse, class_count
 from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
-from .shm import SharedMemory, uses_shm
+from .shm import SharedMemory, regions, uses_shm
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -350,7 +350,7 @@ def decode_infer(params: dict[str, str], body: bytes, header: str | None,
         if uses_shm(p):
             if raw is not None or "data" in item:
                 raise BadRequest(f"{where} gives both a shared-memory region and data; give one")
-            array = from_bytes(where, datatype, item.get("shape"), _shm_of(shm).read(where, p))
+            array = from_bytes(where, datatype, item.get("shape"), regions(shm).read(where, p))
         elif raw is not None:
             array = from_bytes(where, datatype, item.get("shape"), raw)
         elif "data" in item:
@@ -405,19 +405,13 @@ def _requested_outputs(raw: Any, default_binary: bool) -> list[tuple[str, bool, 
     return out
 
 
-def _shm_of(shm: Callable[[], SharedMemory] | None) -> SharedMemory:
-    if shm is None:
-        raise BadRequest("shared-memory tensors are not taken here")
-    return shm()
-
-
 def _shm_outputs(raw: Any, shm: Callable[[], SharedMemory] | None) -> dict[str, dict[str, Any]]:
     """The requested outputs to write into shared memory, their windows checked now (before the model runs)."""
     out: dict[str, dict[str, Any]] = {}
     for o in raw or ():
         p = o.get("parameters")
         if uses_shm(p):
-            _shm_of(shm).window(f"output '{o['name']}'", p)
+            regions(shm).window(f"output '{o['name']}'", p)
             out[o["name"]] = p
     return out
 
@@ -442,7 +436,7 @@ def encode_infer(response: InferResponse, binary: bool | frozenset[str], request
     blobs = []
     for name, value in response.outputs.items():
         if name in request.shm_outputs:
-            outputs.append(_in_shm(name, value, request.shm_outputs[name], _shm_of(shm)))
+            outputs.append(_in_shm(name, value, request.shm_outputs[name], regions(shm)))
         elif binary is True or (not isinstance(binary, bool) and name in binary):
             blob = to_bytes(value)
             entry = to_json(name, value)
@@ -493,18 +487,30 @@ def _as_lists(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "outputs": outputs}
 
 
+def _paths(pattern: str) -> list[tuple[str, str]]:
+    """A route's regex as OpenAPI paths, each with an operationId suffix: ``(?P<name>[^/]+)`` becomes ``{name}``, and
+    an optional part ``(?:...)?`` gives the path without it and with it (``/versions/{version}``: suffix ``_v``)."""
+    optional = re.search(r"\(\?:(.*?\))\)\?", pattern)
+    if optional is None:
+        return [(re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", pattern), "")]
+    without = pattern[:optional.start()] + pattern[optional.end():]
+    inside = pattern[:optional.start()] + optional.group(1) + pattern[optional.end():]
+    tag = "_v" if "version" in optional.group(1) else "_" + re.findall(r"\w+", optional.group(1))[0]
+    return [*_paths(without), *((p, tag + s) for p, s in _paths(inside))]
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3 document of the routes (built from the route table)."""
     paths: dict[str, Any] = {}
+    seen: set[str] = set()
     for route in ROUTES:
-        variants = [route.pattern]
-        if route.pattern.startswith(_MODEL):
-            tail = route.pattern[len(_MODEL):]
-            variants = ["/v2/models/{name}" + tail, "/v2/models/{name}/versions/{version}" + tail]
-        for path in variants:
+        for path, suffix in _paths(route.pattern):
+            op_id = route.handler + suffix
+            op_id = op_id if op_id not in seen else f"{op_id}_{len(seen)}"  # operationIds are unique
+            seen.add(op_id)
             parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                           for n in re.findall(r"{(\w+)}", path)]
-            op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler + ("_v" if "{version}" in path else ""),
+            op: dict[str, Any] = {"summary": route.summary, "operationId": op_id,
                                   "parameters": parameters,
                                   "responses": {"200": {"description": "OK"}, "400": {"$ref": "#/components/responses/Error"},
                                                 "401": {"$ref": "#/components/responses/Error"},
