@@ -116,7 +116,7 @@ def _specs(items: list[Any], key: str, where: str) -> tuple[TensorSpec, ...]:
     for i, item in enumerate(items):
         try:
             spec = TensorSpec.from_dict(item)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise PackageError(f"{where}: {key}[{i}] is malformed (needs name, dtype, shape): {exc}") from None
         if spec.dtype not in NUMPY_DTYPES:
             raise PackageError(
@@ -127,6 +127,8 @@ def _specs(items: list[Any], key: str, where: str) -> tuple[TensorSpec, ...]:
             raise PackageError(f"{where}: {key}[{i}] '{spec.name}' has a dimension that is not an int, name or null")
         if spec.batch_axis is not None and not (isinstance(spec.batch_axis, int) and 0 <= spec.batch_axis < len(spec.shape)):
             raise PackageError(f"{where}: {key}[{i}] '{spec.name}' has batch_axis {spec.batch_axis} outside its shape")
+        if not all(0 <= axis < len(spec.shape) and length >= 1 for axis, length in spec.shortest):
+            raise PackageError(f"{where}: {key}[{i}] '{spec.name}' has a shortest length outside its shape or under 1")
         specs.append(spec)
     if not specs:
         raise PackageError(f"{where}: '{key}' is empty")

@@ -35,6 +35,9 @@ class TensorSpec:
     """Dimensions: ints are fixed, strings are symbolic, ``None`` is unknown."""
     batch_axis: int | None = None
     """The axis requests may be stacked along, or ``None`` when the model has no batch axis."""
+    shortest: tuple[tuple[int, int], ...] = ()
+    """(axis, length) of variable axes the model needs at least that long (measured when it was converted: see
+    :mod:`edgeserve.converter.shortest`); an input shorter is refused before the engine sees it."""
 
     @property
     def np_dtype(self) -> np.dtype[Any]:
@@ -47,11 +50,21 @@ class TensorSpec:
         return self.batch_axis == 0 or (self.batch_axis is None and self.shape[:1] == (1,))
 
     def describe(self) -> str:
-        """``float32 [batch, 64]``: the form error messages and ``inspect`` use."""
-        return f"{self.dtype} {format_shape(self.shape)}"
+        """``float32 [batch, 64]`` (``[batch, samples>=400]`` where an axis has a shortest length): the form error
+        messages and ``inspect`` use."""
+        if not self.shortest:
+            return f"{self.dtype} {format_shape(self.shape)}"
+        least = dict(self.shortest)
+        dims = ", ".join(f"{'?' if d is None else d}>={least[i]}" if i in least else "?" if d is None else str(d)
+                         for i, d in enumerate(self.shape))
+        return f"{self.dtype} [{dims}]"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "batch_axis": self.batch_axis}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                               "batch_axis": self.batch_axis}
+        if self.shortest:
+            out["shortest"] = [list(pair) for pair in self.shortest]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
@@ -60,6 +73,7 @@ class TensorSpec:
             dtype=str(data["dtype"]),
             shape=tuple(data["shape"]),
             batch_axis=data.get("batch_axis"),
+            shortest=tuple((int(axis), int(length)) for axis, length in data.get("shortest", ())),
         )
 
 

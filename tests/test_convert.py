@@ -148,7 +148,7 @@ def test_unreadable_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"y": rows(10)}, "missing x; unexpected y"),
+    ({"x": rows(10), "y": rows(10)}, "data: arrays do not match the model's inputs \\(unexpected y\\)"),
     ({"x": rows(10).astype(np.float64)}, "input 'x' expected float32, got float64"),
     ({"x": rows(10, n_in=8)}, r"dimension 1 must be 16"),
     ({"x": rows(10)[0]}, r"expected rank 2"),
@@ -160,6 +160,13 @@ def test_calibration_data_that_does_not_match(tmp_path: Path, mlp_path: Path, ar
     with pytest.raises(DataError, match=message):
         edgeserve.convert(mlp_path, out, quantize="static", calibration=cal)
     _nothing_left(out)
+
+
+def test_one_array_for_a_model_of_one_input_is_that_input_whatever_its_name(tmp_path: Path, mlp_path: Path) -> None:
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, features=rows(40))
+    pkg = edgeserve.convert(mlp_path, tmp_path / "out", quantize="static", calibration=cal, eval_data=cal)
+    assert pkg.manifest.fidelity["rows"] == 40
 
 
 def test_calibration_file_problems(tmp_path: Path, mlp_path: Path) -> None:

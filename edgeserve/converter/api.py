@@ -50,6 +50,7 @@ from .prepare import (
     upgrade_opset,
 )
 from .quantize import Progress, quantize
+from .shortest import shortest_lengths
 from .sizes import fixed_sizes
 
 log = logging.getLogger(__name__)
@@ -446,11 +447,12 @@ def verify(c: Conversion) -> None:
     assert c.held_out is not None and c.ref_out is not None
     ref_out = c.ref_out
     cand_out = _run_all(candidate, c.held_out, c.out_specs)
+    names = [o.name for o in c.out_specs]
     if c.held_out.stacked:
-        names = [o.name for o in c.out_specs]
         c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
                                          c.out_specs, c.held_out.arrays, label="the converted model")
         c.recipe["batch_axes"] = "measured"
+    c.in_specs = shortest_lengths(lambda feed: candidate.run(feed, names), c.in_specs, next(c.held_out.feeds(1)))
     c.golden_in, c.golden_rows = _golden_inputs(c.held_out, c.ref_out)
     c.candidate = candidate
     if c.golden_in:

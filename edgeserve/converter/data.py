@@ -127,7 +127,11 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
                   narrow: bool = False) -> Samples:
     """Check names, dtypes, ranks, fixed dims and row counts; returns the data as :class:`Samples`. ``narrow``:
     float64 arrays for float32 inputs are converted (the source was fit on numpy's float64 and the front end
-    made its graph float32; an ONNX file's data must match it as saved)."""
+    made its graph float32; an ONNX file's data must match it as saved). One array for a model of one input is
+    that input, whatever its name (``np.savez("x.npz", x=X)`` for a TorchScript module whose ``forward`` names it
+    ``input``)."""
+    if len(specs) == 1 and len(arrays) == 1 and specs[0].name not in arrays:
+        arrays = {specs[0].name: next(iter(arrays.values()))}
     expected = {s.name for s in specs}
     given = set(arrays)
     if given != expected:

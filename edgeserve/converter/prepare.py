@@ -364,7 +364,8 @@ sequence's length, broadcast to the batch)."""
 def position_table(model: Path | Any) -> int | None:
     """The longest sequence the model's position embeddings hold, or None when it has none: a Gather on a 2-D table
     whose indices are a slice of a constant ``0 .. P-1`` (transformers' BERT-like models register ``position_ids``
-    so, ``max_position_embeddings`` long, and slice it to the sequence's length). A longer sequence fails deep in the
+    so, ``max_position_embeddings`` long, and slice it to the sequence's length), or ``Range(0, length, 1)``
+    (torch.export's ``arange``: GPT-2's positions); the table's rows bound the length. A longer sequence fails deep in the
     engine ("invalid expand shape"); the envelope says what was wrong instead. Positions computed from the input
     (RoBERTa's, from the mask) or rotary ones have no such constant: None. ``model``: a path or a loaded model."""
     from onnx import numpy_helper
@@ -383,12 +384,35 @@ def position_table(model: Path | Any) -> int | None:
         values = numpy_helper.to_array(t).reshape(-1)
         return values.size if np.array_equal(values, np.arange(values.size)) else None
 
+    def scalar(name: str) -> float | None:
+        """The value of a one-element constant (an initializer or a Constant node), else None."""
+        if name in inits:
+            t = inits[name]
+            if t.data_location == 1 or np.prod(t.dims, dtype=np.int64) != 1:
+                return None
+            return float(numpy_helper.to_array(t).reshape(-1)[0])
+        node = producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            value = numpy_helper.to_array(node.attribute[0].t).reshape(-1)
+            return float(value[0]) if value.size == 1 else None
+        return None
+
+    def counts_from_zero(name: str) -> bool:
+        """``name`` is ``Range(0, n, 1)``: the positions of a sequence computed from its length (torch.export's
+        ``arange(seq)``, GPT-2's ``cache_position`` without a cache)."""
+        node = producer.get(name)
+        return (node is not None and node.op_type == "Range" and scalar(node.input[0]) == 0.0
+                and scalar(node.input[2]) == 1.0)
+
     found = None
     for node in _row_gathers(graph):
         table = inits.get(_chain(producer, node.input[0])[-1])
         if table is None or len(table.dims) != 2:
             continue
-        size = next((n for n in map(arange, _chain(producer, node.input[1], _POSITION_PATH)) if n is not None), None)
+        path = _chain(producer, node.input[1], _POSITION_PATH)
+        size = next((n for n in map(arange, path) if n is not None), None)
+        if size is None and counts_from_zero(path[-1]):
+            size = int(table.dims[0])
         if size is not None:
             size = min(size, int(table.dims[0]))
             found = size if found is None else min(found, size)

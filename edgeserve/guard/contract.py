@@ -30,7 +30,8 @@ class InputContract:
             for s in self.specs
         ]
         self._single = self.specs[0].name if len(self.specs) == 1 else None
-        self._only = self._checks[0] if len(self.specs) == 1 else None
+        self._only = self._checks[0] if len(self.specs) == 1 and not self.specs[0].shortest else None
+        """The one input of a single-input model, checked inline (a shortest length is checked the long way)."""
         self._batched = [(s.name, s.batch_axis or 0) for s in self.specs  # (rows on batch 1: axis 0)
                          if rows_on_batch_one or s.batch_axis is not None]
         self._shared = _shared_dims(self.specs)
@@ -87,6 +88,13 @@ class InputContract:
                     )
             if not value.size:
                 self._empty(name, value, spec)
+            for axis, least in spec.shortest:
+                if value.shape[axis] < least:
+                    raise InputError(
+                        f"input '{name}': dimension {axis} is {value.shape[axis]} long, and the model needs at least "
+                        f"{least} ({spec.describe()}: shorter inputs failed in the engine when the package was "
+                        f"converted, as strided convolutions or pooling leave nothing of them); pad or lengthen it"
+                    )
             feed[name] = value
         if len(self._batched) > 1:
             self._rows_agree(feed)

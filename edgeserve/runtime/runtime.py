@@ -60,6 +60,8 @@ class _Loaded:
 
     model: Model
     version: int
+    settings: tuple[int, int] | None = None
+    """The model's serving.json as it was when this version loaded (its mtime and size; None: there was none)."""
     users: deque[None] = field(default_factory=deque)
     retired: bool = False
 
@@ -139,7 +141,9 @@ class Runtime:
         """Models unloaded on purpose (:meth:`unload`): :meth:`refresh` leaves them alone until reloaded."""
         self._watcher: tuple[threading.Thread, threading.Event] | None = None
         """The thread of :meth:`watch`, and the event that stops it."""
-        self._failed: dict[str, int] = {}
+        self._failed: dict[str, tuple[int, tuple[int, int] | None]] = {}
+        """Per model, the version and serving.json (its stamp) that last failed to load: :meth:`refresh` tries again
+        once either changes."""
         """The version each model last failed to load at: :meth:`refresh` tries it again only once it changes."""
         available = self.repository.names()
         if models is not None:
@@ -377,7 +381,7 @@ class Runtime:
                 return found
             if version not in self.repository.versions(name):
                 raise ModelNotFound(f"model '{name}' has no version {version}; it has {self.repository.versions(name)}")
-            fresh = _Loaded(self._load(name, slot, version), version)
+            fresh = self._load(name, slot, version)
             fresh.users.append(None)
             with self._lock:
                 if self._closed or self._slots.get(name) is not slot:  # closed or unloaded while it loaded
@@ -412,7 +416,9 @@ class Runtime:
         The new version is loaded and verified (digests, golden samples) before anyone sees it; a version already
         loaded on demand is promoted instead of loaded again. If loading fails, the old version keeps serving
         and the error is raised. Requests holding the old version finish on it; what waits in its queue runs
-        at once. ``caller`` and ``action`` name who asked and why, in the audit log."""
+        at once. ``caller`` and ``action`` name who asked and why, in the audit log. With ``action="settings"`` or
+        ``"load"`` the serving version loads again when its ``serving.json`` changed since it loaded (batching,
+        cache, guard and engine settings take effect; see :meth:`refresh`)."""
         if self._closed:
             raise ClosedError("the runtime is closed")
         check_name(name)
@@ -420,19 +426,21 @@ class Runtime:
             slot = self._slots.setdefault(name, _Slot())
         with slot.lock:
             version = self.repository.current(name)
-            if slot.current is not None and slot.current.version == version:
+            resettle = action in ("settings", "load")  # model control's load takes new settings too, as Triton's
+            if slot.current is not None and slot.current.version == version and not (
+                    resettle and slot.current.settings != self._settings_stamp(name)):
                 if action != "reload":
                     self._action(action, name, version, caller=caller, detail={"already_serving": True})
                 return version
             with self._lock:
-                promoted = slot.on_demand.pop(version, None)
+                promoted = None if resettle else slot.on_demand.pop(version, None)
             try:
-                fresh = promoted or _Loaded(self._load(name, slot, version), version)
+                fresh = promoted or self._load(name, slot, version)
             except Exception as exc:
                 error = exc if isinstance(exc, EdgeserveError) else PackageError(
                     f"model '{name}' version {version} did not load: {type(exc).__name__}: {exc} (a bug in edgeserve: "
                     "please report it with the package)")
-                self._failed[name] = version
+                self._failed[name] = (version, self._settings_stamp(name))
                 self._action(action, name, version, outcome=f"failed: {first_line(error, 300)}", caller=caller,
                              detail={"serving": slot.current.version if slot.current else None})
                 if error is exc:
@@ -468,8 +476,9 @@ class Runtime:
     def refresh(self, *, caller: str | None = "repository") -> dict[str, str]:
         """Catch up with the repository: serve each model's current version (after a publish, rollback or pin from
         another process: ``edgeserve models ...``), load models published since the start (when serving the whole
-        repository), and unload those whose folder is gone. What changed, by model (``"version 2"``, ``"loaded"``,
-        ``"unloaded"``, ``"failed: ..."``). A version that failed to load is not tried again until the repository
+        repository), unload those whose folder is gone, and load a model again when its ``serving.json`` changed.
+        What changed, by model (``"version 2"``, ``"loaded"``, ``"unloaded"``, ``"new settings"``, ``"failed:
+        ..."``). A version that failed to load is not tried again until the repository
         points elsewhere; a model unloaded on purpose (:meth:`unload`) stays unloaded. Cheap when nothing changed:
         a directory listing and each model's ``state.json``; ``edgeserve serve`` calls it every ``--poll`` seconds."""
         if self._closed:
@@ -499,7 +508,10 @@ class Runtime:
             except EdgeserveError:
                 continue  # no versions yet, or a state file being written: the next pass sees it
             serving = held.current.version if held is not None and held.current is not None else None
-            if version == serving or self._failed.get(name) == version:
+            if version == serving and held is not None and held.current is not None:
+                self._follow_settings(name, held.current, caller, changed)
+                continue
+            if self._failed.get(name) == (version, self._settings_stamp(name)):
                 continue
             try:
                 self.reload(name, caller=caller)
@@ -514,6 +526,22 @@ class Runtime:
             else:
                 changed[name] = "loaded" if serving is None else f"version {version}"
         return changed
+
+    def _follow_settings(self, name: str, current: _Loaded, caller: str | None, changed: dict[str, str]) -> None:
+        """Load the serving version again when its serving.json changed since it loaded; settings that do not
+        load (bad JSON, an unknown key) leave it serving as it was, and are not tried again until the file
+        changes."""
+        stamp = self._settings_stamp(name)
+        if stamp == current.settings or self._failed.get(name) == (current.version, stamp):
+            return
+        try:
+            self.reload(name, caller=caller, action="settings")
+        except EdgeserveError as exc:
+            changed[name] = f"failed: {first_line(exc, 300)}"
+            log.warning("model %s: its new serving settings do not load (%s); it keeps serving as it was", name,
+                        first_line(exc, 300))
+        else:
+            changed[name] = "new settings"
 
     def watch(self, interval_s: float = 2.0, *, caller: str | None = "repository poll") -> None:
         """Call :meth:`refresh` every ``interval_s`` seconds on a thread of its own until :meth:`unwatch` or
@@ -574,7 +602,8 @@ class Runtime:
         elif loaded.model.batcher is not None:
             loaded.model.batcher.hurry()  # no more company is coming: run what waits now
 
-    def _load(self, name: str, slot: _Slot, version: int) -> Model:
+    def _load(self, name: str, slot: _Slot, version: int) -> _Loaded:
+        stamp = self._settings_stamp(name)
         batching, cache_config, guard, session = self._settings(name)
         if cache_config is None:
             slot.cache = None
@@ -607,7 +636,15 @@ class Runtime:
             model.monitor.listeners.append(drift_event)
             if model.monitor.trigger is not None:
                 model.monitor.trigger.listeners.append(trigger_done)
-        return model
+        return _Loaded(model, version, stamp)
+
+    def _settings_stamp(self, name: str) -> tuple[int, int] | None:
+        """The model's serving.json as it is now (mtime and size), or None when there is none."""
+        try:
+            st = (self.repository.model_dir(name) / SERVING_FILE).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def _settings(self, name: str) -> tuple[BatchConfig | None, CacheConfig | None, GuardConfig | None,
                                              SessionConfig]:

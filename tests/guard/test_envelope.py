@@ -422,10 +422,12 @@ def test_padding_is_the_id_rows_end_with_only_when_enough_rows_end_with_it() -> 
     assert tokens["pad"] == NO_PAD and tokens["lengths"]["min"] == tokens["lengths"]["max"] == 1
 
 
-def _positions_model(vocab: int = 30, positions: int = 16, dim: int = 4):
+def _positions_model(vocab: int = 30, positions: int = 16, dim: int = 4, *, counted: str | None = None):
     """Token ids through a word table plus a position table indexed by a slice of a constant ``0 .. P-1`` to the
     sequence's length, as transformers' BERT exports it: a longer sequence fails in the engine (the slice stops at
-    P, and the add cannot broadcast)."""
+    P, and the add cannot broadcast). ``counted``: the positions are ``Range(start, length, 1)`` instead, with
+    ``start`` the name of its first input (``"zero_s"``, as torch.export writes GPT-2's ``arange``; a longer
+    sequence indexes past the table)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -433,10 +435,18 @@ def _positions_model(vocab: int = 30, positions: int = 16, dim: int = 4):
              numpy_helper.from_array(rng.standard_normal((positions, dim)).astype(np.float32), "positions_table"),
              numpy_helper.from_array(np.arange(positions, dtype=np.int64)[None, :], "buffer_0"),
              numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "two"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero_s"),
+             numpy_helper.from_array(np.array(1, np.int64), "one_s")]
     nodes = [helper.make_node("Shape", ["input_ids"], ["shape"]),
-             helper.make_node("Slice", ["shape", "one", "two"], ["seq"]),
-             helper.make_node("Slice", ["buffer_0", "zero", "seq", "one"], ["pos"]),
+             helper.make_node("Slice", ["shape", "one", "two"], ["seq"])]
+    if counted is None:
+        nodes.append(helper.make_node("Slice", ["buffer_0", "zero", "seq", "one"], ["pos"]))
+    else:
+        nodes += [helper.make_node("Squeeze", ["seq", "zero"], ["length"]),
+                  helper.make_node("Range", [counted, "length", "one_s"], ["counted"]),
+                  helper.make_node("Unsqueeze", ["counted", "zero"], ["pos"])]
+    nodes += [
              helper.make_node("Gather", ["positions_table", "pos"], ["pe"]),
              helper.make_node("Gather", ["words", "input_ids"], ["we"]),
              helper.make_node("Add", ["we", "pe"], ["h"]),
@@ -449,10 +459,12 @@ def _positions_model(vocab: int = 30, positions: int = 16, dim: int = 4):
     return model
 
 
-def test_a_sequence_longer_than_the_position_table_is_refused_saying_how_long_it_may_be(tmp_path: Path) -> None:
+@pytest.mark.parametrize("counted", [None, "zero_s"], ids=["sliced constant", "range from zero"])
+def test_a_sequence_longer_than_the_position_table_is_refused_saying_how_long_it_may_be(
+        tmp_path: Path, counted: str | None) -> None:
     from edgeserve.converter.prepare import position_table
 
-    path = save(_positions_model(positions=16), tmp_path / "pos.onnx")
+    path = save(_positions_model(positions=16, counted=counted), tmp_path / "pos.onnx")
     assert position_table(path) == 16
     ids = np.random.default_rng(1).integers(0, 30, (120, 10))
     pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"input_ids": ids})
@@ -475,3 +487,4 @@ def test_positions_computed_from_the_input_set_no_limit(tmp_path: Path) -> None:
     model.graph.initializer[2].CopyFrom(__import__("onnx").numpy_helper.from_array(
         np.arange(16, dtype=np.int64)[None, ::-1].copy(), "buffer_0"))  # not 0 .. P-1
     assert position_table(model) is None
+    assert position_table(_positions_model(counted="one_s")) is None  # a range that does not start at 0

@@ -335,6 +335,50 @@ def test_refresh_keeps_the_serving_version_when_the_new_one_is_broken_and_tries_
         assert rt.refresh() == {"mlp": "version 3"}
 
 
+def test_refresh_follows_an_edited_serving_json_and_keeps_serving_through_a_broken_one(repo: Repository,
+                                                                                      tmp_path: Path) -> None:
+    """Settings edited in ``serving.json`` take effect at the next refresh (the server's poll) without a restart;
+    a file that does not load leaves the model serving as it was, and is not tried again until it changes."""
+    settings = repo.root / "mlp" / "serving.json"
+    with Runtime(repo, batching=None) as rt:
+        with rt.using("mlp") as (model, _):
+            assert model.batcher is None
+        settings.write_text(json.dumps({"batching": {"max_batch_size": 8}}))
+        assert rt.refresh() == {"mlp": "new settings"}
+        with rt.using("mlp") as (model, version):
+            assert model.batcher is not None and model.batcher.config.max_batch_size == 8 and version == 1
+        assert rt.refresh() == {}
+        settings.write_text(json.dumps({"batching": {"max_batch_size": 8, "no_such_setting": 1}}))
+        changed = rt.refresh()
+        assert changed["mlp"].startswith("failed: ") and "no_such_setting" in changed["mlp"]
+        with rt.using("mlp") as (model, _):
+            assert model.batcher is not None and model.batcher.config.max_batch_size == 8  # as it was
+        np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
+        assert rt.refresh() == {}  # not tried again at every pass
+        settings.unlink()  # back to the runtime's own settings
+        assert rt.refresh() == {"mlp": "new settings"}
+        with rt.using("mlp") as (model, _):
+            assert model.batcher is None
+        assert rt.refresh() == {}
+        settings.write_text("{")
+        repo.publish("mlp", _package(tmp_path, 1))  # a new version, which these settings keep from loading
+        assert rt.refresh()["mlp"].startswith("failed: ") and rt.refresh() == {}
+        settings.write_text("{}")
+        assert rt.refresh() == {"mlp": "version 2"}  # the version was fine: tried again once the settings changed
+
+
+def test_model_controls_load_of_a_serving_model_takes_its_new_settings(repo: Repository) -> None:
+    """Triton's repository extension: loading a model that is loaded loads it again with its new configuration."""
+    with Runtime(repo, batching=None) as rt:
+        assert rt.reload("mlp", action="load") == 1
+        (repo.root / "mlp" / "serving.json").write_text(json.dumps({"batching": {"max_batch_size": 4}}))
+        with rt.using("mlp") as (model, _):
+            assert model.batcher is None  # nothing polls here
+        assert rt.reload("mlp", action="load") == 1
+        with rt.using("mlp") as (model, _):
+            assert model.batcher is not None and model.batcher.config.max_batch_size == 4
+
+
 def test_refresh_leaves_a_model_unloaded_on_purpose_alone(repo: Repository) -> None:
     with Runtime(repo) as rt:
         rt.unload("mlp")
