@@ -7,6 +7,7 @@ has let go. A failed load leaves the old version serving and raises the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -656,9 +657,11 @@ class Runtime:
                 if not isinstance(data, dict):
                     raise ValueError("expected a JSON object")
                 if "batching" in data:
-                    batching = BatchConfig(**data["batching"]) if data["batching"] is not None else None
+                    batching = BatchConfig(**_known(data["batching"], BatchConfig, "batching")) \
+                        if data["batching"] is not None else None
                 if "cache" in data:
-                    cache = CacheConfig(**data["cache"]) if data["cache"] is not None else None
+                    cache = CacheConfig(**_known(data["cache"], CacheConfig, "cache")) \
+                        if data["cache"] is not None else None
                 if "guard" in data:
                     guard = _guard_config(data["guard"], guard) if data["guard"] is not None else None
                 if "session" in data:
@@ -700,16 +703,27 @@ class Runtime:
 
 def _guard_config(data: Any, base: GuardConfig | None) -> GuardConfig:
     """A model's guard settings from serving.json, over the runtime's (a trigger's callback cannot come from JSON)."""
-    if not isinstance(data, dict):
-        raise ValueError("guard: expected a JSON object")
-    fields = dict(data)
+    fields = dict(_known(data, GuardConfig, "guard"))
     trigger = fields.pop("trigger", None)
     if trigger is not None:
         if not isinstance(trigger, dict) or "callback" in trigger:
             raise ValueError("guard.trigger: expected an object with span, rearm, exit_level, command, webhook, "
                              "timeout_s, retries")
-        fields["trigger"] = TriggerConfig(**trigger)
+        fields["trigger"] = TriggerConfig(**_known(trigger, TriggerConfig, "guard.trigger"))
     return replace(base or GuardConfig(), **fields)
+
+
+def _known(data: Any, config: type, where: str) -> dict[str, Any]:
+    """``data``, a JSON object whose every key is a field of the dataclass ``config``; else a ValueError that names
+    the unknown keys and the fields there are."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {json.dumps(data)[:80]}")
+    names = [f.name for f in dataclasses.fields(config) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"(it takes {', '.join(names)})")
+    return data
 
 
 def _session_config(data: Any, base: SessionConfig) -> SessionConfig:

@@ -350,7 +350,8 @@ def test_refresh_follows_an_edited_serving_json_and_keeps_serving_through_a_brok
         assert rt.refresh() == {}
         settings.write_text(json.dumps({"batching": {"max_batch_size": 8, "no_such_setting": 1}}))
         changed = rt.refresh()
-        assert changed["mlp"].startswith("failed: ") and "no_such_setting" in changed["mlp"]
+        assert changed["mlp"].startswith("failed: ") and "batching: unknown field 'no_such_setting' (it takes " \
+            "max_batch_size, max_delay_ms" in changed["mlp"]
         with rt.using("mlp") as (model, _):
             assert model.batcher is not None and model.batcher.config.max_batch_size == 8  # as it was
         np.testing.assert_allclose(rt.predict("mlp", rows(1))["logits"], _expected(0, rows(1)), atol=1e-5)
