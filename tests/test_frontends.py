@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -573,3 +574,51 @@ def test_a_trusted_pickle_that_fails_to_load_runs_once_and_says_why(tmp_path: Pa
     with pytest.raises(ConversionError, match=r"cannot load the pickle .*ModuleNotFoundError: No module named 'gone'"):
         saved.load_pickle(tmp_path / "model.pkl", saved.PICKLE)
     assert ran.read_text() == "ran\n"
+
+
+def test_bench_takes_a_trusted_pickle_and_a_traced_models_variable_axes(tmp_path: Path) -> None:
+    """``bench`` converts what ``convert`` does: a pickle the user vouches for (with numpy's float64 rows, read as
+    the converter reads them), and a TorchScript model with ``--dynamic-axis``; each flag applies to one SRC."""
+    import joblib
+    from click.testing import CliRunner
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from edgeserve.cli import main
+
+    x, y = load_iris(return_X_y=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), tmp_path / "iris.joblib")
+    np.savez(tmp_path / "x.npz", X=x)  # float64, as scikit-learn users save it
+    quick = ["--variants", "fp32", "--time-budget", "1", "--rounds", "1", "--cold-start-repeats", "0",
+             "--batch-sizes", "1", "--concurrency", "1"]
+    args = ["bench", str(tmp_path / "iris.joblib"), "--calibration", str(tmp_path / "x.npz"), *quick]
+    refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "refused")])
+    assert "--trust-pickle" in refused.output
+    result = CliRunner().invoke(main, [*args, "--trust-pickle", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    variants = json.loads((tmp_path / "out" / "results.json").read_text())["models"][0]["variants"]
+    assert [(v["name"], v["status"]) for v in variants] == [("fp32", "ok")], variants
+    two = CliRunner().invoke(main, ["bench", str(tmp_path / "iris.joblib"), "digits-mlp", "--trust-pickle"])
+    assert two.exit_code != 0 and "apply to one model file" in two.output
+
+    class Steps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.GRU(6, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Steps().eval(), torch.randn(2, 20, 6)), str(tmp_path / "gru.pt"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "steps.npz", x=rng.standard_normal((40, 20, 6)).astype(np.float32))
+    np.savez(tmp_path / "long.npz", x=rng.standard_normal((16, 35, 6)).astype(np.float32))  # other lengths
+    args = ["bench", str(tmp_path / "gru.pt"), "--calibration", str(tmp_path / "steps.npz"), "--data",
+            str(tmp_path / "long.npz"), *quick, "--out", str(tmp_path / "gru-out")]
+    without = CliRunner().invoke(main, args)
+    assert "FAILED" in without.output  # traced at 20 steps: the 35-step data does not run
+    result = CliRunner().invoke(main, [*args, "--dynamic-axis", "x:1", "--dynamic-axis", "output:1"])
+    assert result.exit_code == 0 and "FAILED" not in result.output, result.output

@@ -108,10 +108,13 @@ class VariantResult:
 
 def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, data: Path | None = None,
                 labels: str | None = None, calibration: Path | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
-    """Build and measure every variant of one model; returns the model's section of results.json."""
+                progress: Progress | None = None, model: Any = None, dynamic_axes: Any = None) -> dict[str, Any]:
+    """Build and measure every variant of one model; returns the model's section of results.json. ``model``: what
+    to convert instead of the file ``src`` (the module or estimator a pickle the caller vouched for holds);
+    ``dynamic_axes``: the converter's, for a torch model traced on example rows."""
     say = progress or (lambda message: None)
     source = resolve_source(src, data=data, labels=labels, calibration=calibration)
+    source.loaded, source.dynamic_axes = model, dynamic_axes
     variants = parse_variants(config.variants)
     threads = config.threads or available_cores()
     work = _fresh_work_folder(out, source.name)
@@ -170,7 +173,7 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
             r.fail("build", ConfigError("needs calibration data (--calibration CAL.npz)"))
             say(f"{source.name}: {v.name} skipped (no calibration data)")
             continue
-        unsupported = _unsupported(source.model, v.backend)
+        unsupported = _unsupported(source.model, v.backend) if source.loaded is None else None
         if unsupported:
             r.skip(unsupported)
             say(f"{source.name}: {v.name} skipped ({unsupported})")
@@ -178,10 +181,11 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
         say(f"{source.name}: building {v.name}")
         t0 = time.perf_counter()
         try:
-            pkg = convert(source.model, work / "variants" / v.name, quantize=v.recipe, calibration=source.calibration,
-                          eval_data=source.evaluation, labels=source.labels, name=source.name, overwrite=True,
-                          threads=threads, time_budget=auto_budget, backend=v.backend, precision=v.precision,
-                          metrics=metrics)
+            pkg = convert(source.model if source.loaded is None else source.loaded, work / "variants" / v.name,
+                          quantize=v.recipe, calibration=source.calibration, eval_data=source.evaluation,
+                          labels=source.labels, name=source.name, overwrite=True, threads=threads,
+                          time_budget=auto_budget, backend=v.backend, precision=v.precision, metrics=metrics,
+                          dynamic_axes=source.dynamic_axes)
         except EdgeserveError as exc:
             r.fail("build", exc)
             say(f"{source.name}: {v.name} failed to build: {r.error}")
@@ -372,11 +376,12 @@ def _relate_to_baseline(results: dict[str, VariantResult]) -> None:
 
 def bench(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], config: BenchConfig | None = None, *,
           data: Path | None = None, labels: str | None = None, calibration: Path | None = None,
-          compare_with: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+          compare_with: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+          model: Any = None, dynamic_axes: Any = None) -> dict[str, Any]:
     """Benchmark each source (default: every bundled example) and write results.json, report.md and pareto.png.
 
     ``compare_with`` names an earlier results.json: every metric's change is reported, and regressions beyond the
-    measured noise are flagged.
+    measured noise are flagged. ``model`` and ``dynamic_axes`` apply to one source (see :func:`bench_model`).
     """
     from .report import compare, write_reports
 
@@ -386,11 +391,13 @@ def bench(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
     sources = list(sources) or list(example_names())
     if len(sources) > 1 and (data or calibration):
         raise ConfigError("--data and --calibration apply to one model; benchmark one source at a time with them")
+    if len(sources) != 1 and (model is not None or dynamic_axes):
+        raise ConfigError("--trust-pickle and --dynamic-axis apply to one model file; benchmark it on its own")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    models = [bench_model(s, out, config, data=data, labels=labels, calibration=calibration, progress=progress)
-              for s in sources]
+    models = [bench_model(s, out, config, data=data, labels=labels, calibration=calibration, progress=progress,
+                          model=model, dynamic_axes=dynamic_axes) for s in sources]
     results = {
         "edgeserve_bench": 1,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

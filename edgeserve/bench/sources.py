@@ -27,6 +27,10 @@ class ModelSource:
     calibration: Path | None
     evaluation: Path | None
     labels: str | None
+    loaded: Any = None
+    """What to convert instead of the file ``model``: the module or estimator of a pickle the user vouched for."""
+    dynamic_axes: Any = None
+    """The converter's ``dynamic_axes`` (a torch model traced on example rows: ``--dynamic-axis``)."""
 
 
 def resolve_source(src: str | os.PathLike[str], *, data: Path | None, labels: str | None,
@@ -53,16 +57,19 @@ def load_samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
     synthetic rows."""
     if not models:
         return None
-    specs = next(iter(models.values())).inputs
+    first = next(iter(models.values()))
+    specs = first.inputs
     single = specs[0].name if len(specs) == 1 else None
+    # as the converter reads them: numpy's float64 rows for a graph a front end made float32
+    narrow = first.manifest is not None and first.manifest.source.get("framework") in ("sklearn", "torch")
     if source.evaluation is not None:
         arrays = read_arrays(source.evaluation, what="evaluation data", single=single)
         if source.labels:
             arrays.pop(source.labels, None)
-        return check_samples(arrays, specs, what="evaluation data")
+        return check_samples(arrays, specs, what="evaluation data", narrow=narrow)
     if source.calibration is not None:
         arrays = read_arrays(source.calibration, what="calibration data", single=single)
-        return check_samples(arrays, specs, what="calibration data").split(HOLDOUT_FRACTION)[1]
+        return check_samples(arrays, specs, what="calibration data", narrow=narrow).split(HOLDOUT_FRACTION)[1]
     return synthetic_samples(specs, rows=64)
 
 

@@ -44,11 +44,17 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
 @click.option("--max", "max_values", multiple=True, type=float, help="Threshold of a lower-is-better --metric.")
 @click.option("--compare", "compare_with", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An earlier results.json: show changes and flag regressions beyond the noise.")
+@click.option("--dynamic-axis", "dynamic_axis", multiple=True, metavar="NAME:AXIS[,AXIS…]",
+              help="As in convert: an axis of a traced torch model's input or output that varies besides the batch.")
+@click.option("--trust-pickle", is_flag=True,
+              help="As in convert: load SRC even if it is a pickle (it runs any code the file holds).")
 def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path | None, labels: str | None,
           calibration: Path | None, threads: int | None, batch_sizes: str, concurrency: str, rounds: int,
           time_budget: float, cold_start_repeats: int, metric_names: tuple[str, ...], min_values: tuple[float, ...],
-          max_values: tuple[float, ...], compare_with: Path | None) -> None:
-    """Benchmark every variant of SOURCES (.onnx files, packages or example names; default: all bundled examples).
+          max_values: tuple[float, ...], compare_with: Path | None, dynamic_axis: tuple[str, ...],
+          trust_pickle: bool) -> None:
+    """Benchmark every variant of SOURCES (.onnx files, torch's .pt2 or TorchScript .pt files, packages or example
+    names; default: all bundled examples).
 
     Latency, throughput, concurrency, cold start and memory, against accuracy loss to fp32.
     """
@@ -57,9 +63,16 @@ def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path 
     from ..bench.report import comparison_lines, table
     from ..bench.variants import parse_variants
     from . import quiet_engine_logs
-    from .convert import parse_targets
+    from .convert import dynamic_axes_option, open_source, parse_targets
 
     quiet_engine_logs()
+    model, axes = None, None
+    if trust_pickle or dynamic_axis:
+        if len(sources) != 1 or not Path(sources[0]).is_file():
+            raise click.UsageError("--trust-pickle and --dynamic-axis apply to one model file: give one SRC")
+        loaded = open_source(Path(sources[0]), trust_pickle)
+        model = None if isinstance(loaded, Path) else loaded
+        axes = dynamic_axes_option(dynamic_axis, loaded)
 
     config = BenchConfig(
         variants=tuple(v.name for v in parse_variants(variants)), threads=threads,
@@ -68,7 +81,8 @@ def bench(sources: tuple[str, ...], out: Path, variants: str | None, data: Path 
         metrics=tuple(parse_targets(metric_names, min_values, max_values)),
     )
     results = run_bench(sources, out, config, data=data, labels=labels, calibration=calibration,
-                        compare_with=compare_with, progress=lambda message: click.echo(f"  {message}", err=True))
+                        compare_with=compare_with, progress=lambda message: click.echo(f"  {message}", err=True),
+                        model=model, dynamic_axes=axes)
     for model in results["models"]:
         click.echo("")
         click.echo(table(model))

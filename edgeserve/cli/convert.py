@@ -104,19 +104,14 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
     drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
-    source: Any = src
-    if trust_pickle:
-        from ..converter import saved
-
-        kind = saved.kind_of(src)
-        if kind in (saved.PICKLE, saved.TORCH_SAVE):
-            source = saved.load_pickle(src, kind)
-            name = name or src.stem
+    source = open_source(src, trust_pickle)
+    if source is not src:
+        name = name or src.stem
     pkg = do_convert(
         source, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
         version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
         accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
-        allowed_domains=allow_domain, max_memory=max_memory, dynamic_axes=_dynamic_axes(dynamic_axis, source),
+        allowed_domains=allow_domain, max_memory=max_memory, dynamic_axes=dynamic_axes_option(dynamic_axis, source),
         overwrite=force, progress=_progress_printer(),
     )
     from ..summary import auto_lines, fidelity_lines, reference_lines
@@ -134,7 +129,17 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
         click.echo(f"  {line}")
 
 
-def _dynamic_axes(given: tuple[str, ...], source: Any) -> Any:
+def open_source(src: Path, trust_pickle: bool) -> Any:
+    """``src``, or with ``--trust-pickle`` the model a pickle file holds (loading it runs the file's code)."""
+    if not trust_pickle:
+        return src
+    from ..converter import saved
+
+    kind = saved.kind_of(src)
+    return saved.load_pickle(src, kind) if kind in (saved.PICKLE, saved.TORCH_SAVE) else src
+
+
+def dynamic_axes_option(given: tuple[str, ...], source: Any) -> Any:
     """``--dynamic-axis x:1,2`` as the torch front end's extra axes; None when none are given."""
     if not given:
         return None
