@@ -18,13 +18,22 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+FEW_ROWS = 30
+"""Held-out rows under which the fidelity verdict is flagged as resting on too few answers."""
+
+
 def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
     if not fidelity:
         return
     summary = fidelity.get("summary", {})
     keys = ("cosine_min", "cosine_mean", "top1_agreement", "agreement", "max_rel_error", "mean_rel_error")
     shown = ", ".join(f"{k}={_fmt(summary[k])}" for k in keys if k in summary)
-    yield f"fidelity to fp32 on {fidelity.get('rows', '?')} rows of {fidelity.get('data', '?')} data: {shown}"
+    rows = fidelity.get("rows")
+    yield f"fidelity to fp32 on {rows if rows is not None else '?'} rows of {fidelity.get('data', '?')} data: {shown}"
+    if isinstance(rows, int) and 0 < rows < FEW_ROWS:
+        yield (f"WARNING: {rows} rows judged the result (one changed answer moves top-1 agreement by "
+               f"{1 / rows:.0%}); pass --data with a few hundred held-out rows, or more --calibration rows (a fifth "
+               "are held out), for a verdict and an auto choice to rely on")
     budget = fidelity.get("budget") or {}
     for t in budget.get("targets", []):
         score = (fidelity.get("metrics") or {}).get(t["metric"])

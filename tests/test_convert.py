@@ -514,3 +514,22 @@ def test_an_exporters_folder_converts_its_model_and_an_ambiguous_one_is_refused(
     (pkg.path / "edgeserve.json").unlink()  # a package whose manifest is gone is refused, never run unverified
     with pytest.raises(edgeserve.PackageError, match="is not an edgeserve package"):
         edgeserve.load(pkg.path)
+
+
+def test_a_verdict_on_few_held_out_rows_says_so(tmp_path: Path, mlp_path: Path) -> None:
+    """16 calibration rows leave 3 to judge fidelity (and auto's choice) by: convert and inspect say how little
+    that is, and what to give instead; a few hundred rows say nothing."""
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    for count, warned in ((16, True), (400, False)):
+        np.savez(tmp_path / f"cal{count}.npz", x=rows(count))
+        out = tmp_path / f"pkg{count}"
+        result = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(out), "--calibration",
+                                           str(tmp_path / f"cal{count}.npz")])
+        assert result.exit_code == 0, result.output
+        shown = CliRunner().invoke(main, ["inspect", str(out)]).output
+        for text in (result.output, shown):
+            assert ("WARNING: 3 rows judged the result (one changed answer moves top-1 agreement by 33%); pass "
+                    "--data" in text) is warned, text
