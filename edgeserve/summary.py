@@ -31,9 +31,8 @@ def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
     rows = fidelity.get("rows")
     yield f"fidelity to fp32 on {rows if rows is not None else '?'} rows of {fidelity.get('data', '?')} data: {shown}"
     if isinstance(rows, int) and 0 < rows < FEW_ROWS:
-        yield (f"WARNING: {rows} rows judged the result (one changed answer moves top-1 agreement by "
-               f"{1 / rows:.0%}); pass --data with a few hundred held-out rows, or more --calibration rows (a fifth "
-               "are held out), for a verdict and an auto choice to rely on")
+        yield (f"WARNING: only {rows} held-out rows judged the result; pass --data with a few hundred held-out rows, "
+               "or more --calibration rows (a fifth are held out), for a verdict and an auto choice to rely on")
     budget = fidelity.get("budget") or {}
     for t in budget.get("targets", []):
         score = (fidelity.get("metrics") or {}).get(t["metric"])
