@@ -68,10 +68,15 @@ def read_arrays(source: DataSource, *, what: str, single: str | None = None) -> 
             raise DataError(f"{what} file not found: {path}")
         if path.suffix == ".npy":
             raise DataError(f"{what} {path}: give an .npz with one array per input, or a folder of NAME.npy files")
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DataError(f"{what} {path} is not an .npz archive")
-            return {k: npz[k] for k in npz.files}
+        with path.open("rb") as f:  # NOTE: opened here: np.load leaves its own file open when the zip is broken
+            if f.read(2) != b"PK":  # and would take any file but a zip for a pickle, and say so
+                raise DataError(f"{what} {path} is not an .npz archive (np.savez writes one: one array per input, "
+                                "named after it)")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                if not hasattr(npz, "files"):
+                    raise DataError(f"{what} {path} is not an .npz archive")
+                return {k: npz[k] for k in npz.files}
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

@@ -223,6 +223,8 @@ def _saved_hint(path: Path) -> str:
         return ""
     if kind in (saved.EXPORTED, saved.TORCHSCRIPT):
         return f"; it is a {kind} file: convert it first (edgeserve convert {path} -o PACKAGE)"
+    if kind == saved.ARRAYS:
+        return "; it is an .npz of arrays (data, not a model): give a model file or a package here"
     what = "a torch.save file (a pickle)" if kind == saved.TORCH_SAVE else "a Python pickle"
     return f"; it is {what}, which edgeserve does not load: see edgeserve convert --help"
 

@@ -175,8 +175,16 @@ def test_calibration_file_problems(tmp_path: Path, mlp_path: Path) -> None:
         edgeserve.convert(mlp_path, out, quantize="static", calibration=tmp_path / "nope.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="cannot be read"):
+    with pytest.raises(DataError, match=r"junk.npz is not an .npz archive \(np.savez writes one"):
         edgeserve.convert(mlp_path, out, quantize="static", calibration=junk)
+    pickled = tmp_path / "pickled.npz"  # np.load would unpickle anything else (it refuses: allow_pickle=False)
+    pickled.write_bytes(__import__("pickle").dumps({"x": 1}))
+    with pytest.raises(DataError, match="pickled.npz is not an .npz archive"):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=pickled)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="cannot be read"):
+        edgeserve.convert(mlp_path, out, quantize="static", calibration=broken)
     objects = tmp_path / "obj.npz"
     np.savez(objects, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match="cannot be read"):
@@ -184,6 +192,28 @@ def test_calibration_file_problems(tmp_path: Path, mlp_path: Path) -> None:
     with pytest.raises(DataError, match="needs calibration data"):
         edgeserve.convert(mlp_path, out, quantize="static")
     _nothing_left(out)
+
+
+def test_data_given_as_the_model_is_named_as_data(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    np.savez(tmp_path / "rows.npz", x=rows(8))
+    for args in (["convert", str(tmp_path / "rows.npz"), "-o", str(tmp_path / "out")],
+                 ["inspect", str(tmp_path / "rows.npz")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0 and "an .npz of arrays (data, not a model)" in result.output, \
+            result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_written_is_named_with_why(tmp_path: Path, mlp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConversionError, match=r"cannot write the package to .*afile/pkg \(.*afile is a file\); "
+                                              r"choose a folder you can write to"):
+        edgeserve.convert(mlp_path, tmp_path / "afile" / "pkg")
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_calibration_from_a_folder_of_npy(tmp_path: Path, mlp_path: Path) -> None:

@@ -129,7 +129,6 @@ def convert(
     memory = MemoryBudget(parse_size(max_memory)) if max_memory is not None else MemoryBudget()
     output = Path(output)
     _check_output(output, overwrite, [source, calibration, eval_data, reference])
-    output.parent.mkdir(parents=True, exist_ok=True)
     options = Options(calibration=calibration, eval_data=eval_data, labels=labels, reference=reference,
                       name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
                       version=check_name(version, what="package version", error=ConfigError),
@@ -137,7 +136,14 @@ def convert(
                       dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads, backend=backend,
                       precision=precision, allowed_domains=allowed_domains)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as exc:
+        blocked = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocked} is a file" if blocked is not None else exc.strerror or str(exc)
+        raise ConversionError(f"cannot write the package to {output} ({why}); choose a folder you can write "
+                              "to") from None
     try:
         with tempfile.TemporaryDirectory(prefix="edgeserve-convert-") as tmp, ExitStack() as sessions, memory:
             manifest = _build(Conversion(source, staging, Path(tmp), qconfig, options, budget, memory, sessions,

@@ -23,10 +23,13 @@ EXPORTED = "torch.export"
 TORCHSCRIPT = "torchscript"
 PICKLE = "pickle"
 TORCH_SAVE = "torch.save"
+ARRAYS = "npz"
+"""numpy's ``.npz``: data (calibration, evaluation rows), given where the model was expected."""
 
 
 def kind_of(path: Path) -> str | None:
-    """``EXPORTED``, ``TORCHSCRIPT``, ``TORCH_SAVE``, ``PICKLE``, or None (anything else: ONNX, or not a model)."""
+    """``EXPORTED``, ``TORCHSCRIPT``, ``TORCH_SAVE``, ``PICKLE``, ``ARRAYS``, or None (anything else: ONNX, or not a
+    model)."""
     try:
         with path.open("rb") as f:
             head = f.read(4)
@@ -47,11 +50,16 @@ def kind_of(path: Path) -> str | None:
         return TORCHSCRIPT
     if any(n.endswith("data.pkl") for n in names):
         return TORCH_SAVE
+    if names and all(n.endswith(".npy") for n in names):
+        return ARRAYS
     return None
 
 
 def refuse(path: Path, kind: str) -> ConversionError:
-    """Why a pickle is not converted from a file, and what to do instead."""
+    """Why a pickle (or data) is not converted from a file, and what to do instead."""
+    if kind == ARRAYS:
+        return ConversionError(f"{path} is an .npz of arrays (data, not a model): give it as --calibration, --data or "
+                               "--reference, and the model file (.onnx, .pt2, TorchScript .pt) as SRC")
     if kind == TORCH_SAVE:
         return ConversionError(
             f"{path} was written by torch.save (a pickle of a module or of its state_dict): loading it runs any code "
