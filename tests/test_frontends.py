@@ -276,6 +276,28 @@ def test_a_pipeline_over_a_dataframe_of_text_and_numbers_takes_one_input_per_col
     np.testing.assert_allclose(out["probabilities"], pipe.predict_proba(frame[:50]), atol=1e-5)
 
 
+def test_an_estimator_fit_on_a_dataframe_converts_with_one_input_per_column(tmp_path: Path) -> None:
+    """scikit-learn users fit plain estimators on DataFrames all the time: the columns are joined into one matrix,
+    in the order the estimator was fit on (whatever the example's order), and a DataFrame answers by name.
+    skl2onnx refused such an estimator ("at most 1 input(s) is(are) supported but we got 3")."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.integers(18, 80, 200), "income": rng.normal(50, 10, 200),
+                          "score": rng.normal(0, 1, 200)})
+    model = GradientBoostingRegressor(n_estimators=20, random_state=0).fit(frame, frame.income * 2 + frame.age)
+    pkg = edgeserve.convert(model, tmp_path / "pkg", example_inputs=frame[["score", "age", "income"]][:8],
+                            calibration=frame)
+    assert [(s.name, s.dtype) for s in pkg.manifest.inputs] == [("score", "float32"), ("age", "int64"),
+                                                                 ("income", "float32")]
+    with edgeserve.load(pkg.path) as served:
+        got = next(iter(served.predict(frame[:50]).values()))
+    np.testing.assert_allclose(got.ravel(), model.predict(frame[:50]), rtol=1e-5, atol=1e-3)
+    with pytest.raises(edgeserve.DataError, match="are not the ones GradientBoostingRegressor was fit on"):
+        edgeserve.convert(model, tmp_path / "other", example_inputs=frame.rename(columns={"age": "years"})[:8])
+
+
 def test_a_dict_of_columns_converts_like_a_dataframe_and_mixed_arrays_are_refused_with_the_fix(tmp_path: Path) -> None:
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression

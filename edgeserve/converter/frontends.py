@@ -493,12 +493,49 @@ def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset:
         str(k): column(str(k), v) for k, v in example_inputs.items()}
     kinds = {"f": FloatTensorType, "i": Int64TensorType, "b": BooleanTensorType, "U": StringTensorType}
     initial = [(name, kinds[values.dtype.kind]([None, 1])) for name, values in columns.items()]
+    converted = model if _takes_columns(model) else _over_columns(model, example_inputs, list(columns))
     try:
-        onx = _skl2onnx(to_onnx, model, initial_types=initial, options=options or None, target_opset=opset)
+        onx = _skl2onnx(to_onnx, converted, initial_types=initial, options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
                               f"{', '.join(columns)}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, columns)
+
+
+def _takes_columns(model: Any) -> bool:
+    """The model picks its own columns by name: a ColumnTransformer, or a pipeline that starts with one."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    while isinstance(model, Pipeline):
+        model = model.steps[0][1]
+    return isinstance(model, ColumnTransformer)
+
+
+def _over_columns(model: Any, example_inputs: Any, columns: list[str]) -> Any:
+    """An estimator fit on a DataFrame's columns as one matrix (what scikit-learn does with a frame), as a pipeline
+    that first joins the columns (a ColumnTransformer passing them through, in the order the estimator was fit
+    on): each column stays an input of its own, named and typed after it, and a DataFrame still answers by name."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    order = [str(c) for c in getattr(model, "feature_names_in_", columns)]
+    if sorted(order) != sorted(columns):
+        raise DataError(f"the example columns {', '.join(columns)} are not the ones {type(model).__name__} was fit on "
+                        f"({', '.join(order)})")
+    frame = example_inputs
+    if not is_frame(frame):
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ConversionError(f"{type(model).__name__} takes one matrix; give its example rows as an array (or a "
+                                  "DataFrame), not a dict of columns") from None
+        frame = pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in example_inputs.items()})
+    try:
+        joined = ColumnTransformer([("columns", "passthrough", order)]).fit(frame)
+    except Exception as exc:  # noqa: BLE001 - scikit-learn's own words on the frame
+        raise DataError(f"example_inputs: cannot pass the columns {', '.join(order)} through ({_why(exc)})") from None
+    return Pipeline([("columns", joined), ("model", model)])
 
 
 def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **kwargs: Any) -> Any:
