@@ -223,7 +223,9 @@ def robust_cosine_rows(reference: np.ndarray, candidate: np.ndarray, floor: floa
     """Per-row cosine, except rows whose reference norm is below ``floor`` × the largest row norm: those are
     scored 1 − ‖candidate − reference‖ / (that floor norm), i.e. by absolute error against what "near zero"
     means for this output. A near-empty probability map that int8 rounds to exactly zero agrees; noise in
-    place of silence does not. Non-finite values where the reference is finite score −1."""
+    place of silence does not. Rows of one value (a regression's ``[rows, 1]``) score 1 − their relative error
+    (absolute error under the floor): the cosine of two numbers is only whether their signs agree. Non-finite values
+    where the reference is finite score −1."""
     b, a = _rows(reference), _rows(candidate)
     nb, na = np.linalg.norm(b, axis=1), np.linalg.norm(a, axis=1)
     scale = float(np.max(nb)) if nb.size and np.isfinite(nb).all() else 0.0
@@ -236,6 +238,9 @@ def robust_cosine_rows(reference: np.ndarray, candidate: np.ndarray, floor: floa
         else:  # the whole output is (near) zero: agree only where the candidate is too
             absolute = np.where(na <= _TINY, 1.0, -1.0)
     score = np.where(near, absolute, cos)
+    if b.shape[1] == 1:  # one value a row: a cosine would compare signs only; its relative error instead
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            score = 1.0 - np.abs(a - b)[:, 0] / np.maximum(np.abs(b[:, 0]), max(floor_norm, _TINY))
     score = np.where(np.all(a == b, axis=1), 1.0, score)  # identical rows agree exactly, whatever the rounding
     return np.where(np.isfinite(score), np.clip(score, -1.0, 1.0), -1.0)
 
@@ -836,7 +841,7 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     if state_outputs:
         others = [k for k in outs if k not in state_outputs]
         chosen, why = infer_targets(inputs, {k: outs[k] for k in others}, batch_axes)
-        if [t.metric.name for t in chosen] == ["cosine"]:  # nothing recognised: the answer's own error
+        if {t.metric.name for t in chosen} <= {"cosine", "rel-l2"}:  # no task but numbers: the answer's own error
             chosen = [target(metric("max-abs", output=k)) for k in others]
             why = f"the largest absolute error of {', '.join(others)}"
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
@@ -857,6 +862,11 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         matched = [k for k, v in outs.items() if looks(k, v)]
         if matched and len(matched) == len(outs):
             return [target(metric(name, output=k)) for k in matched], why.format(", ".join(matched))
+    values = [k for k, v in outs.items() if _one_value_per_row(v, (batch_axes or {}).get(k, 0))]
+    if values and len(values) == sum(1 for v in outs.values() if np.issubdtype(np.asarray(v).dtype, np.floating)):
+        return [target(metric("rel-l2", output=k)) for k in values], (
+            f"one value per row in {', '.join(values)} (a regression's predictions): the relative L2 error over the "
+            "rows, since a cosine of single values compares only their signs")
     distances = _cluster_distances(outs)
     if distances is not None:
         labels, scores_name = distances
@@ -886,6 +896,14 @@ _EVERY_OUTPUT: tuple[tuple[Callable[[str, np.ndarray], bool], str, str], ...] = 
      "by mean IoU over classes, as segmentation is scored"),
 )
 """Tasks recognised when every output looks alike, in order: (test of an output by name and value, metric, why)."""
+
+
+def _one_value_per_row(values: np.ndarray, batch_axis: int | None) -> bool:
+    """A float output of one value per row: ``[rows, 1]``, or ``[rows]`` (a regressor's predictions); not a 1-D
+    output of a model without a batch axis (one sample's vector)."""
+    v = np.asarray(values)
+    return (batch_axis == 0 and not is_ragged(v) and np.issubdtype(v.dtype, np.floating) and v.size > 1
+            and (v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1)))
 
 
 def _infer_box_match(outs: Mapping[str, np.ndarray]) -> tuple[list[Target], str] | None:

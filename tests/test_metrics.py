@@ -650,3 +650,21 @@ def test_a_clusterers_distances_are_judged_by_its_labels() -> None:
     probs = np.exp(-ref["scores"]) / np.exp(-ref["scores"]).sum(1, keepdims=True)
     targets, _ = infer_targets({"X": x}, {"label": probs.argmax(1), "probabilities": probs})
     assert [t.metric.name for t in targets] == ["top1", "prob-change"]
+
+
+def test_a_regressions_single_values_are_judged_by_their_error_not_by_their_signs() -> None:
+    """The cosine of two numbers is 1 whenever their signs agree: a regressor answering ten times its fp32 values
+    passed. One value a row is now judged by its relative error, and a regression's outputs by rel-l2."""
+    rng = np.random.default_rng(0)
+    ref = {"variable": rng.uniform(1, 100, (60, 1)).astype(np.float32)}
+    cosine = metric("cosine")
+    assert cosine.fn(ref, {"variable": ref["variable"] * 10}, {}) < 0
+    assert cosine.fn(ref, {"variable": ref["variable"] * 1.005}, {}) >= 0.99
+    assert cosine.fn(ref, {"variable": ref["variable"] * 1.05}, {}) < 0.99
+    targets, why = infer_targets({"x": np.zeros((60, 3), np.float32)}, ref, {"variable": 0})
+    assert [t.metric.spec for t in targets] == ["rel-l2,output=variable"] and "regression" in why
+    assert not targets[0].holds(targets[0].metric.fn(ref, {"variable": ref["variable"] * 10}, {}))
+    flat = {"y": ref["variable"].ravel()}  # [rows]: a torch regressor's squeezed answer
+    assert [t.metric.name for t in infer_targets({}, flat, {"y": 0})[0]] == ["rel-l2"]
+    # one sample's vector, from a model without a batch axis: a vector, compared by its cosine
+    assert [t.metric.name for t in infer_targets({}, flat, {"y": None})[0]] == ["cosine"]
