@@ -366,6 +366,12 @@ class DataPlane:
                     counts[4] += ns
                 counts[5] = int(time.time() * 1000)
         if self.observer is not None:
+            if number is None:
+                # NOTE: a name or version from the request that served nothing is counted as "": one series for all
+                # such requests, not one per name a client makes up (Prometheus keeps every label set it ever saw)
+                version = ""
+                if self.runtime.serving(model) is None:
+                    model = ""
             self.observer.observe(model, version, outcome, seconds)
 
     @property

@@ -289,6 +289,11 @@ def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
     hp = served.host_port
     infer_json(hp, "mlp", [X16])
     infer_json(hp, "mlp", [{**X16, "shape": [2, 8]}])
+    for made_up in ("nope-1", "nope-2", "nope-3"):  # names a client makes up never become series of their own
+        infer_json(hp, made_up, [X16])
+    for made_up in ("9", "10"):
+        call(hp, "POST", f"/v2/models/mlp/versions/{made_up}/infer", json.dumps({"inputs": [X16]}).encode(),
+             {"Content-Type": "application/json"})
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(call(hp, "GET", "/metrics").body.decode())
                for s in family.samples}
@@ -303,6 +308,10 @@ def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
     assert value("edgeserve_engine_rows_total", model="mlp") >= 1
     assert value("edgeserve_compute_duration_seconds_count", model="mlp") >= 1
     assert value("edgeserve_batch_size_bucket", model="mlp", le="+Inf") == value("edgeserve_batch_size_count", model="mlp")
+    assert value("edgeserve_inference_requests_total", model="", version="", outcome="not_found") >= 3
+    assert not [k for k in samples if any(v.startswith("nope") for _, v in k[1])]
+    assert value("edgeserve_inference_requests_total", model="mlp", version="", outcome="not_found") >= 2
+    assert not [k for k in samples if ("version", "9") in k[1] or ("version", "10") in k[1]]
 
 
 def test_text_sent_as_bytes_reaches_a_string_model_as_the_same_text(tmp_path: Path) -> None:
