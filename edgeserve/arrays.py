@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,14 @@ def column(name: str, values: Any) -> np.ndarray:
     a = a.astype(np.float32) if kind == "f" else a.astype(np.int64) if kind in "iu" else a if kind == "b" \
         else a.astype(str)
     return a.reshape(-1, 1)
+
+
+def by_input(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``arrays``, except that the one array given for a model of one input is that input whatever its name
+    (``np.savez("x.npz", x=X)`` for a model whose input is ``X``, or ``input`` as TorchScript names it)."""
+    if len(names) == 1 and len(arrays) == 1 and names[0] not in arrays:
+        return {names[0]: next(iter(arrays.values()))}
+    return dict(arrays)
 
 
 def read_arrays(source: DataSource, *, what: str, single: str | None = None) -> dict[str, np.ndarray]:

@@ -43,6 +43,15 @@ def test_convert_inspect_run(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
         assert saved["logits"].shape == (3, 4)
 
 
+def test_run_takes_one_array_for_a_one_input_model_whatever_its_name(tmp_path: Path, mlp_package: Path) -> None:
+    np.savez(tmp_path / "in.npz", features=rows(3))  # the model's input is 'x'
+    result = invoke("run", mlp_package, "-i", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert result.exit_code == 0, result.output
+    np.savez(tmp_path / "two.npz", features=rows(3), other=rows(3))  # two arrays: which one is x is not guessed
+    result = CliRunner().invoke(main, ["run", str(mlp_package), "-i", str(tmp_path / "two.npz")])
+    assert result.exit_code != 0 and "missing 'x'; unknown 'features', 'other'" in result.output
+
+
 def test_run_never_writes_its_answers_over_the_package_or_the_input(tmp_path: Path, mlp_package: Path) -> None:
     import shutil
 

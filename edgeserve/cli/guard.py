@@ -85,12 +85,13 @@ def drift(target: str, name: str, data: Path | None, batch: int, token_file: Pat
 def _replayed_drift(repo: Path, name: str, data: Path, batch: int) -> dict[str, Any]:
     import numpy as np
 
-    from ..arrays import read_arrays
+    from ..arrays import by_input, read_arrays
     from ..runtime.runtime import Runtime
 
     arrays = read_arrays(data, what="drift data")
     with Runtime(repo, models=[name]) as runtime:
         model = runtime.model(name)
+        arrays = by_input(arrays, [s.name for s in model.inputs])
         missing = [s.name for s in model.inputs if s.name not in arrays]
         if missing:
             raise click.ClickException(f"{data} has no array named {', '.join(missing)}; it has {', '.join(arrays)}")

@@ -22,7 +22,7 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
     """Run PACKAGE (or an .onnx file) on the arrays in an .npz file."""
     import numpy as np
 
-    from ..arrays import read_arrays, write_npz
+    from ..arrays import by_input, read_arrays, write_npz
     from ..config import SessionConfig
     from ..runtime.model import load
 
@@ -30,6 +30,7 @@ def run(package: Path, input_file: Path, output: Path | None, threads: int | Non
         _check_output(output, package, input_file)
     arrays = read_arrays(input_file, what="input file")
     with load(package, config=SessionConfig(intra_op_threads=threads), golden=golden) as model:  # type: ignore[arg-type]
+        arrays = by_input(arrays, [s.name for s in model.inputs])
         stacked = {s.name for s in model.inputs if s.shape[:1] == (1,)} if model.one_row_per_call else set()
         rows = _rows(stacked, arrays)
         if rows is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..arrays import by_input
 from ..errors import DataError
 from ..metrics import ragged
 from ..tensors import BATCH_NAME, TensorSpec, format_shape, join_rows, stand_in
@@ -130,8 +131,7 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     made its graph float32; an ONNX file's data must match it as saved). One array for a model of one input is
     that input, whatever its name (``np.savez("x.npz", x=X)`` for a TorchScript module whose ``forward`` names it
     ``input``)."""
-    if len(specs) == 1 and len(arrays) == 1 and specs[0].name not in arrays:
-        arrays = {specs[0].name: next(iter(arrays.values()))}
+    arrays = by_input(arrays, [s.name for s in specs])
     expected = {s.name for s in specs}
     given = set(arrays)
     if given != expected:
