@@ -89,7 +89,7 @@ def test_runtime_errors_are_one_line_and_exit_1(tmp_path: Path, mlp_path: Path) 
 
 def test_debug_shows_the_traceback(tmp_path: Path, mlp_path: Path) -> None:
     inputs = tmp_path / "in.npz"
-    np.savez(inputs, wrong=rows(1))
+    np.savez(inputs, x=rows(1, n_in=8))  # 8 features where the model takes 16
     proc = subprocess.run([sys.executable, "-m", "edgeserve", "--debug", "run", str(mlp_path), "-i", str(inputs)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "InputError" in proc.stderr
