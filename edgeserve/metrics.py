@@ -864,9 +864,12 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             return [target(metric(name, output=k)) for k in matched], why.format(", ".join(matched))
     values = [k for k, v in outs.items() if _one_value_per_row(v, (batch_axes or {}).get(k, 0))]
     if values and len(values) == sum(1 for v in outs.values() if np.issubdtype(np.asarray(v).dtype, np.floating)):
-        return [target(metric("rel-l2", output=k)) for k in values], (
-            f"one value per row in {', '.join(values)} (a regression's predictions): the relative L2 error over the "
-            "rows, since a cosine of single values compares only their signs")
+        ints = [k for k, v in outs.items() if not is_ragged(v) and np.issubdtype(np.asarray(v).dtype, np.integer)]
+        return [target(metric("rel-l2", output=k)) for k in values] + [target(metric("cosine", output=k))
+                                                                      for k in ints], (
+            f"one value per row in {', '.join(values)} (a regression's predictions, an anomaly score): the relative "
+            "L2 error over the rows, since a cosine of single values compares only their signs"
+            + (f"; and the share of equal values in {', '.join(ints)}" if ints else ""))
     distances = _cluster_distances(outs)
     if distances is not None:
         labels, scores_name = distances

@@ -668,3 +668,7 @@ def test_a_regressions_single_values_are_judged_by_their_error_not_by_their_sign
     assert [t.metric.name for t in infer_targets({}, flat, {"y": 0})[0]] == ["rel-l2"]
     # one sample's vector, from a model without a batch axis: a vector, compared by its cosine
     assert [t.metric.name for t in infer_targets({}, flat, {"y": None})[0]] == ["cosine"]
+    # an anomaly detector's label beside its score: the labels must agree too
+    scored = {"label": np.where(ref["variable"] > 50, 1, -1).astype(np.int64), "scores": ref["variable"]}
+    specs = [t.metric.spec for t in infer_targets({}, scored, {"label": 0, "scores": 0})[0]]
+    assert specs == ["rel-l2,output=scores", "cosine,output=label"]
