@@ -145,7 +145,6 @@ class Runtime:
         self._failed: dict[str, tuple[int, tuple[int, int] | None]] = {}
         """Per model, the version and serving.json (its stamp) that last failed to load: :meth:`refresh` tries again
         once either changes."""
-        """The version each model last failed to load at: :meth:`refresh` tries it again only once it changes."""
         available = self.repository.names()
         if models is not None:
             unknown = [n for n in models if check_name(n) not in available]
@@ -427,21 +426,26 @@ class Runtime:
             slot = self._slots.setdefault(name, _Slot())
         with slot.lock:
             version = self.repository.current(name)
+            stamp = self._settings_stamp(name)
             resettle = action in ("settings", "load")  # model control's load takes new settings too, as Triton's
             if slot.current is not None and slot.current.version == version and not (
-                    resettle and slot.current.settings != self._settings_stamp(name)):
+                    resettle and slot.current.settings != stamp):
                 if action != "reload":
                     self._action(action, name, version, caller=caller, detail={"already_serving": True})
                 return version
-            with self._lock:
-                promoted = None if resettle else slot.on_demand.pop(version, None)
+            with self._lock:  # a version loaded on demand is promoted, unless with settings changed since
+                promoted = slot.on_demand.get(version)
+                if promoted is not None and promoted.settings == stamp:
+                    del slot.on_demand[version]
+                else:
+                    promoted = None
             try:
                 fresh = promoted or self._load(name, slot, version)
             except Exception as exc:
                 error = exc if isinstance(exc, EdgeserveError) else PackageError(
                     f"model '{name}' version {version} did not load: {type(exc).__name__}: {exc} (a bug in edgeserve: "
                     "please report it with the package)")
-                self._failed[name] = (version, self._settings_stamp(name))
+                self._failed[name] = (version, stamp)
                 self._action(action, name, version, outcome=f"failed: {first_line(error, 300)}", caller=caller,
                              detail={"serving": slot.current.version if slot.current else None})
                 if error is exc:
@@ -481,7 +485,8 @@ class Runtime:
         What changed, by model (``"version 2"``, ``"loaded"``, ``"unloaded"``, ``"new settings"``, ``"failed:
         ..."``). A version that failed to load is not tried again until the repository
         points elsewhere; a model unloaded on purpose (:meth:`unload`) stays unloaded. Cheap when nothing changed:
-        a directory listing and each model's ``state.json``; ``edgeserve serve`` calls it every ``--poll`` seconds."""
+        a directory listing, each model's ``state.json`` and a stat of its ``serving.json``; ``edgeserve serve``
+        calls it every ``--poll`` seconds."""
         if self._closed:
             return {}
         changed: dict[str, str] = {}

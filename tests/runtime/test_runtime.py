@@ -368,6 +368,19 @@ def test_refresh_follows_an_edited_serving_json_and_keeps_serving_through_a_brok
         assert rt.refresh() == {"mlp": "version 2"}  # the version was fine: tried again once the settings changed
 
 
+def test_a_version_loaded_on_demand_before_the_settings_changed_is_loaded_again_not_promoted(
+        repo: Repository, tmp_path: Path) -> None:
+    with Runtime(repo, batching=None) as rt:
+        repo.pin("mlp", 1)
+        repo.publish("mlp", _package(tmp_path, 1))  # version 2, not serving yet
+        rt.predict("mlp", rows(1), version=2)  # loaded on demand, without batching
+        (repo.root / "mlp" / "serving.json").write_text(json.dumps({"batching": {"max_batch_size": 4}}))
+        repo.pin("mlp", 2)
+        assert rt.refresh() == {"mlp": "version 2"}
+        with rt.using("mlp") as (model, version):
+            assert version == 2 and model.batcher is not None and model.batcher.config.max_batch_size == 4
+
+
 def test_model_controls_load_of_a_serving_model_takes_its_new_settings(repo: Repository) -> None:
     """Triton's repository extension: loading a model that is loaded loads it again with its new configuration."""
     with Runtime(repo, batching=None) as rt:
