@@ -65,6 +65,35 @@ def confirm_batch_axes(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence
     return tuple(confirmed)
 
 
+def batch_dependence(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                     rows: Mapping[str, np.ndarray], count: int = 8) -> float:
+    """How far the answers of ``count`` rows run together are from the same rows run one at a time: the largest
+    absolute difference over the batched float outputs, relative to each output's largest magnitude (0: the
+    answers do not depend on their batch). Dynamic int8 quantises a batch's rows with one scale, so a row's answer
+    moves with the rows batched beside it."""
+    batched = [o.name for o in outputs if o.batch_axis is not None]
+    if not batched or all(s.batch_axis is None for s in inputs):
+        return 0.0
+    idx = list(range(count))
+    try:
+        together = run(_take(inputs, rows, idx))
+        alone = [run(_take(inputs, rows, [i])) for i in idx]
+    except EdgeserveError:
+        return 0.0  # not measured: the rows do not run (confirm_batch_axes said why)
+    worst = 0.0
+    for spec in outputs:
+        if spec.batch_axis is None or not np.issubdtype(np.asarray(together[spec.name]).dtype, np.floating):
+            continue
+        joint = np.asarray(together[spec.name], dtype=np.float64)
+        apart = np.concatenate([np.asarray(a[spec.name], dtype=np.float64) for a in alone], axis=spec.batch_axis)
+        if joint.shape != apart.shape or not np.isfinite(joint).all() or not np.isfinite(apart).all():
+            continue
+        scale = float(np.max(np.abs(apart))) if apart.size else 0.0
+        if scale > 0.0:
+            worst = max(worst, float(np.max(np.abs(joint - apart))) / scale)
+    return worst
+
+
 def _take(inputs: Sequence[TensorSpec], rows: Mapping[str, np.ndarray], idx: list[int]) -> dict[str, np.ndarray]:
     feed = {}
     for spec in inputs:

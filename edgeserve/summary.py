@@ -167,8 +167,12 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield f"verified on: {engines[0]}" + (f"; falls back to {', '.join(engines[1:])}" if len(engines) > 1 else "")
     yield "recipe:"
     for key, value in m.recipe.items():
-        if key not in ("auto", "backends", "backend", "precision", "memory", "fixed_sizes"):
+        if key not in ("auto", "backends", "backend", "precision", "memory", "fixed_sizes", "batch_dependence"):
             yield f"  {key}: {_fmt(value)}"
+    if m.recipe.get("batch_dependence"):
+        yield (f"NOTE: an answer moves with the rows batched beside it, by up to {m.recipe['batch_dependence']:.2g} "
+               "of the output's range (dynamic int8 quantises a batch with one scale); serve it without batching "
+               "where answers must repeat exactly")
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
     if m.envelope.get("inputs"):

@@ -562,3 +562,24 @@ def test_a_verdict_on_few_held_out_rows_says_so(tmp_path: Path, mlp_path: Path) 
         shown = CliRunner().invoke(main, ["inspect", str(out)]).output
         for text in (result.output, shown):
             assert ("WARNING: only 3 held-out rows judged the result; pass --data" in text) is warned, text
+
+
+def test_answers_that_move_with_their_batch_mates_are_recorded_and_shown(tmp_path: Path, mlp_path: Path) -> None:
+    """Dynamic int8 quantises a batch's rows with one scale: a row's answer moves with the rows beside it, which an
+    audit or a cache keyed on the row alone must know. Static int8 and fp32 answer each row alike alone or not."""
+    from click.testing import CliRunner
+
+    from edgeserve.cli import main
+
+    cal = {"x": rows(200)}
+    moved = edgeserve.convert(mlp_path, tmp_path / "dynamic", quantize="dynamic", calibration=cal)
+    assert moved.manifest.recipe["batch_dependence"] > 1e-3
+    shown = CliRunner().invoke(main, ["inspect", str(moved.path)]).output
+    assert "NOTE: an answer moves with the rows batched beside it, by up to" in shown
+    for mode in ("none", "static"):
+        still = edgeserve.convert(mlp_path, tmp_path / mode, quantize=mode, calibration=cal)
+        assert "batch_dependence" not in still.manifest.recipe
+    with edgeserve.load(moved.path) as model:  # what was measured: alone and together differ
+        x = rows(8, seed=3)
+        alone = np.concatenate([model.predict(x[i:i + 1])["logits"] for i in range(8)])
+        assert np.abs(alone - model.predict(x)["logits"]).max() > 0

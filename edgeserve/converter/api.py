@@ -21,7 +21,7 @@ import numpy as np
 
 from ..arrays import DataSource, read_arrays
 from ..backends import get_backend
-from ..batch_axes import confirm_batch_axes
+from ..batch_axes import batch_dependence, confirm_batch_axes
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
 from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError, PackageError
@@ -264,6 +264,9 @@ class Conversion:
         return session
 
 
+BATCH_DEPENDENCE = 1e-4
+"""Answers that move by more than this (relative to the output's range) with the rows batched beside them are
+recorded as batch-dependent (dynamic int8); float rounding of a different GEMM blocking stays under it."""
 SESSION = SessionConfig(cache_dir=None)
 """Converter sessions are throwaway: they stay out of the graph cache."""
 
@@ -458,6 +461,10 @@ def verify(c: Conversion) -> None:
         c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
                                          c.out_specs, c.held_out.arrays, label="the converted model")
         c.recipe["batch_axes"] = "measured"
+        moved = batch_dependence(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
+                                 c.out_specs, c.held_out.arrays)
+        if moved > BATCH_DEPENDENCE:
+            c.recipe["batch_dependence"] = float(f"{moved:.3g}")
     c.in_specs = shortest_lengths(lambda feed: candidate.run(feed, names), c.in_specs, next(c.held_out.feeds(1)))
     c.golden_in, c.golden_rows = _golden_inputs(c.held_out, c.ref_out)
     c.candidate = candidate
