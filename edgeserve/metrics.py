@@ -883,7 +883,18 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             chosen += [target(metric("top1", output=k)), target(metric("prob-change", output=k))]
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
                         "probability, since scores are often thresholded")
-    return [target("cosine")], "no task recognised from the signature: per-row cosine (near-zero rows by absolute error)"
+    return generic_targets(), ("no task recognised from the signature: per-row cosine (near-zero rows by absolute "
+                               f"error), and the relative L2 error (<= {GENERIC_REL_L2:g}), since a cosine passes any scale")
+
+
+GENERIC_REL_L2 = 0.15
+"""The relative L2 error held to beside the cosine where no task is recognised: about what a cosine of 0.99 allows
+in direction alone (2 sin(acos(0.99) / 2) = 0.14), so it binds on a wrong scale, which the cosine cannot see."""
+
+
+def generic_targets() -> list[Target]:
+    """What judges outputs no task is recognised in: each row's direction, and the outputs' size."""
+    return [target("cosine"), target(metric("rel-l2"), max=GENERIC_REL_L2)]
 
 
 _EVERY_OUTPUT: tuple[tuple[Callable[[str, np.ndarray], bool], str, str], ...] = (

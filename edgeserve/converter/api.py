@@ -28,7 +28,7 @@ from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, Fi
 from ..fidelity import Budget, accuracy, compare_outputs, make_budget
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
-from ..metrics import MetricError, Target, infer_targets, is_ragged, target
+from ..metrics import MetricError, Target, generic_targets, infer_targets, is_ragged
 from ..names import check_name, safe_name
 from ..package import GOLDEN_FILE, MODEL_FILE, Manifest, Package, is_package, write_golden, write_manifest
 from ..tensors import TensorSpec
@@ -354,11 +354,11 @@ def choose_budget(c: Conversion) -> None:
             targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
             c.budget = Budget(tuple(targets), because=f"inferred: {why}")
             vacuous = c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
-            if vacuous and [t.metric.name for t in targets] != ["cosine"]:
-                c.budget = Budget((target("cosine"),), because=(
+            if vacuous and [t.metric.name for t in targets] != [t.metric.name for t in generic_targets()]:
+                c.budget = Budget(tuple(generic_targets()), because=(
                     f"inferred: {why}; but fp32 finds nothing in this data for {', '.join(vacuous)} to judge (a "
-                    "model answering zeros would pass it), so per-row cosine judges instead: give --data the "
-                    "model finds something in"))
+                    "model answering zeros would pass it), so per-row cosine and the relative error judge instead: "
+                    "give --data the model finds something in"))
             c.enforce = c.qconfig.mode == "auto"
         log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
         c.step(f"judging by {c.budget.describe()} ({c.budget.because})", 0, 1)
