@@ -95,3 +95,28 @@ def test_a_manifest_with_a_shortest_length_outside_the_shape_is_refused(tmp_path
     manifest.write_text(json.dumps(data))
     with pytest.raises(edgeserve.PackageError, match="shortest length outside its shape"):
         edgeserve.load(pkg.path)
+
+
+def test_inputs_that_must_match_each_other_are_not_given_a_floor(tmp_path: Path) -> None:
+    """Two inputs whose lengths must agree, under different names (a decoder's ``input_ids`` beside a mask of
+    ``past_sequence_length + sequence_length``): cut one alone and the model runs only at the full length. That
+    is no floor: shorter requests that keep them in step must still be answered."""
+    nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=0),  # lengths must agree (no broadcasting)
+             helper.make_node("ReduceSum", ["c"], ["r"], axes=[1], keepdims=0),
+             helper.make_node("Split", ["r"], ["r1", "r2"], axis=0),
+             helper.make_node("Add", ["r1", "r2"], ["out"])]
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "n"]),
+                                              helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "m"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    path = save(model, tmp_path / "pair.onnx")
+    data = np.random.default_rng(0).standard_normal((20, 12)).astype(np.float32)
+    pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"a": data, "b": data})
+    assert all(not spec.shortest for spec in pkg.manifest.inputs)
+    with edgeserve.load(pkg.path) as served:
+        assert served.predict({"a": data[:2, :3], "b": data[:2, :3]})["out"].shape == (2,)
+    exprs = [TensorSpec("ids", "int64", ("batch", "sequence_length"), 0),
+             TensorSpec("mask", "int64", ("batch", "past_sequence_length + sequence_length"), 0),
+             TensorSpec("past", "float32", ("batch", 4, "past_sequence_length", 8), 0)]
+    assert variable_axes(exprs) == []  # tied by an expression: never cut

@@ -12,11 +12,17 @@ the shortest length that runs with every shorter one tried failing. It does not 
 a network that takes only multiples of 32 fails at most lengths between, and a bisection from 224 would land on
 224 and refuse 32, 64, ... that run. Axes that share a name (``input_ids`` and ``attention_mask`` both ``[batch,
 sequence]``) are cut together. A model that runs at length 1 (most) costs one run per axis.
+
+What is recorded is a floor, not a fixed size: only a length that runs below the sample's own (a size the model
+takes only as traced is :mod:`.sizes`' finding, and an input cut out of step with another it must match, as a
+decoder's ``input_ids`` with a ``past_sequence_length + sequence_length`` mask, runs only at the full length).
+A dimension named by an expression, or named in one, is never cut.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -31,12 +37,16 @@ Run = Callable[[dict[str, np.ndarray]], object]
 
 def variable_axes(specs: Sequence[TensorSpec]) -> list[list[tuple[str, int]]]:
     """Groups of (input, axis) whose size varies (a named or unknown dimension that is not the batch axis); a name
-    the inputs share makes one group."""
+    the inputs share makes one group. Dimensions tied to others by an expression are left out."""
+    tied = {word for spec in specs for dim in spec.shape if isinstance(dim, str) and not dim.isidentifier()
+            for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", dim)}
     named: dict[str, list[tuple[str, int]]] = {}
     groups: list[list[tuple[str, int]]] = []
     for spec in specs:
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, int) or axis == spec.batch_axis:
+                continue
+            if isinstance(dim, str) and (not dim.isidentifier() or dim in tied):
                 continue
             if isinstance(dim, str) and dim:
                 if dim not in named:
@@ -62,7 +72,7 @@ def shortest_lengths(run: Run, specs: Sequence[TensorSpec], sample: Mapping[str,
             return _runs(run, _cut(sample, group, length))
 
         least = _least(runs, full)
-        if least > 1:
+        if 1 < least < full:  # a floor; only the full length running says nothing of one
             log.info("inputs %s need at least %d along their variable axis", group, least)
             for name, axis in group:
                 found.setdefault(name, {})[axis] = least
