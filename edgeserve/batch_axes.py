@@ -85,7 +85,10 @@ def batch_dependence(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence[T
         if spec.batch_axis is None or not np.issubdtype(np.asarray(together[spec.name]).dtype, np.floating):
             continue
         joint = np.asarray(together[spec.name], dtype=np.float64)
-        apart = np.concatenate([np.asarray(a[spec.name], dtype=np.float64) for a in alone], axis=spec.batch_axis)
+        try:
+            apart = np.concatenate([np.asarray(a[spec.name], dtype=np.float64) for a in alone], axis=spec.batch_axis)
+        except ValueError:  # rows answered in other sizes alone (a length that follows the batch's longest)
+            continue
         if joint.shape != apart.shape or not np.isfinite(joint).all() or not np.isfinite(apart).all():
             continue
         scale = float(np.max(np.abs(apart))) if apart.size else 0.0

@@ -583,3 +583,20 @@ def test_answers_that_move_with_their_batch_mates_are_recorded_and_shown(tmp_pat
         x = rows(8, seed=3)
         alone = np.concatenate([model.predict(x[i:i + 1])["logits"] for i in range(8)])
         assert np.abs(alone - model.predict(x)["logits"]).max() > 0
+
+
+def test_batch_dependence_skips_outputs_whose_rows_answer_in_other_sizes_alone() -> None:
+    """An output whose length follows the batch (its longest row) cannot be stacked from rows run alone: it is
+    left out of the measurement, not an error that fails the conversion."""
+    from edgeserve.batch_axes import batch_dependence
+    from edgeserve.tensors import TensorSpec
+
+    def run(feed):
+        x = feed["x"]
+        width = int(x.max()) + 1  # the output's width follows the values
+        return {"y": np.zeros((len(x), width), np.float32), "z": x * 2.0}
+
+    specs_in = [TensorSpec("x", "float32", ("batch", 1), 0)]
+    specs_out = [TensorSpec("y", "float32", ("batch", "k"), 0), TensorSpec("z", "float32", ("batch", 1), 0)]
+    rows_x = {"x": np.arange(8, dtype=np.float32).reshape(8, 1)}
+    assert batch_dependence(run, specs_in, specs_out, rows_x) == 0.0
