@@ -457,12 +457,15 @@ def verify(c: Conversion) -> None:
     ref_out = c.ref_out
     cand_out = _run_all(candidate, c.held_out, c.out_specs)
     names = [o.name for o in c.out_specs]
+
+    def answers(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, candidate.run(feed, names)))
+
     if c.held_out.stacked:
-        c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
-                                         c.out_specs, c.held_out.arrays, label="the converted model")
+        c.out_specs = confirm_batch_axes(answers, c.in_specs, c.out_specs, c.held_out.arrays,
+                                         label="the converted model")
         c.recipe["batch_axes"] = "measured"
-        moved = batch_dependence(lambda feed: dict(zip(names, candidate.run(feed, names))), c.in_specs,
-                                 c.out_specs, c.held_out.arrays)
+        moved = batch_dependence(answers, c.in_specs, c.out_specs, c.held_out.arrays)
         if moved > BATCH_DEPENDENCE:
             c.recipe["batch_dependence"] = float(f"{moved:.3g}")
     c.in_specs = shortest_lengths(lambda feed: candidate.run(feed, names), c.in_specs, next(c.held_out.feeds(1)))

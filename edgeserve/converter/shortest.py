@@ -22,13 +22,13 @@ A dimension named by an expression, or named in one, is never cut.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from ..tensors import TensorSpec
+from .sizes import dim_groups, names_in
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,9 @@ Run = Callable[[dict[str, np.ndarray]], object]
 def variable_axes(specs: Sequence[TensorSpec]) -> list[list[tuple[str, int]]]:
     """Groups of (input, axis) whose size varies (a named or unknown dimension that is not the batch axis); a name
     the inputs share makes one group. Dimensions tied to others by an expression are left out."""
-    tied = {word for spec in specs for dim in spec.shape if isinstance(dim, str) and not dim.isidentifier()
-            for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", dim)}
-    named: dict[str, list[tuple[str, int]]] = {}
-    groups: list[list[tuple[str, int]]] = []
-    for spec in specs:
-        for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, int) or axis == spec.batch_axis:
-                continue
-            if isinstance(dim, str) and (not dim.isidentifier() or dim in tied):
-                continue
-            if isinstance(dim, str) and dim:
-                if dim not in named:
-                    named[dim] = []
-                    groups.append(named[dim])
-                named[dim].append((spec.name, axis))
-            else:
-                groups.append([(spec.name, axis)])
-    return groups
+    groups, derived = dim_groups(specs)
+    tied = {name for expr in derived for name in names_in(expr)}
+    return [members for dim, members in groups.items() if dim not in tied]
 
 
 def shortest_lengths(run: Run, specs: Sequence[TensorSpec], sample: Mapping[str, np.ndarray]) -> tuple[TensorSpec, ...]:

@@ -14,6 +14,7 @@ import ast
 import logging
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,19 +33,12 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
     """The symbolic dimensions (other than the batch) the model takes only at the size of ``feed`` (one row per
     input): ``{"dim", "inputs", "size", "error"}`` each. A dimension named by an expression of others (a
     decoder's ``past_sequence_length + sequence_length`` mask) follows them, and is not varied alone."""
-    groups: dict[str, list[tuple[str, int]]] = {}
-    derived: dict[str, list[tuple[str, int]]] = {}
-    for spec in specs:
-        for axis, dim in enumerate(spec.shape):
-            if axis == spec.batch_axis or isinstance(dim, int) or spec.name not in feed:
-                continue
-            if np.asarray(feed[spec.name]).ndim <= axis:
-                continue
-            if isinstance(dim, str) and not dim.isidentifier():
-                derived.setdefault(dim, []).append((spec.name, axis))
-                continue
-            key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
-            groups.setdefault(key, []).append((spec.name, axis))
+    def fed(members: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [(name, axis) for name, axis in members if name in feed and np.asarray(feed[name]).ndim > axis]
+
+    named, tied = dim_groups(specs)
+    groups = {dim: kept for dim, members in named.items() if (kept := fed(members))}
+    derived = {expr: kept for expr, members in tied.items() if (kept := fed(members))}
     found: list[dict[str, Any]] = []
     row_bytes = sum(np.asarray(v).nbytes for v in feed.values())
     if 2 * row_bytes > MAX_PROBE_BYTES:
@@ -65,7 +59,7 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
             resize = [(members, other)]
             try:
                 resize += [(axes, _evaluate(expr, {**values, dim: other})) for expr, axes in derived.items()
-                           if dim in _names(expr)]
+                           if dim in names_in(expr)]
             except ValueError:
                 errors = []
                 break  # an expression of this size that cannot be followed: not probed
@@ -83,8 +77,31 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
     return found
 
 
-def _names(expr: str) -> set[str]:
-    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+def dim_groups(specs: Sequence[TensorSpec]) -> tuple[dict[str, list[tuple[str, int]]],
+                                                    dict[str, list[tuple[str, int]]]]:
+    """The variable dimensions other than the batch, as (input, axis) lists: by plain name (an unnamed axis alone,
+    under ``input[axis]``), and apart, those named by an expression of others (``past_sequence_length +
+    sequence_length``), which follow them."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    derived: dict[str, list[tuple[str, int]]] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape):
+            if axis == spec.batch_axis or isinstance(dim, int):
+                continue
+            if isinstance(dim, str) and not dim.isidentifier():
+                derived.setdefault(dim, []).append((spec.name, axis))
+                continue
+            key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
+            groups.setdefault(key, []).append((spec.name, axis))
+    return groups, derived
+
+
+def names_in(expr: str) -> set[str]:
+    """The dimension names an expression uses (``floor(W/4)``: W; ``s53*2``: s53)."""
+    try:
+        return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    except SyntaxError:  # an exporter's expression Python cannot read: the words in it
+        return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))
 
 
 _OPS: dict[type, Callable[[float, float], float]] = {

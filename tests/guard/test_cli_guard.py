@@ -38,6 +38,11 @@ def test_drift_replays_requests_and_names_the_drifting_feature(digits_package: P
     assert "DRIFTING" in result.output and "input:x: feature 12" in result.output.splitlines()[2]
     first = int(result.output.split("first alarm after ")[1].split()[0])
     assert 400 < first <= 800
+    misnamed = tmp_path / "misnamed.npz"
+    np.savez(misnamed, features=stream)  # one array for the model's one input 'x', under another name
+    result = CliRunner().invoke(main, ["drift", str(repo), "digits", "--data", str(misnamed), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["requests"] == 800
 
 
 def test_drift_without_a_monitor_says_why_and_how_to_get_one(tmp_path: Path, mlp_path: Path) -> None:
