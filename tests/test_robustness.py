@@ -313,6 +313,41 @@ def test_a_model_exported_in_half_precision_converts_in_every_float_mode(tmp_pat
                                    atol=1e-2)
 
 
+def test_fp16_of_a_detector_whose_suppression_sits_in_a_branch_loads_and_keeps_its_boxes(tmp_path: Path) -> None:
+    """torchvision's detectors run NonMaxSuppression inside an If branch; it has no float16 kernel, and onnxruntime's
+    float16 tool put the casts it adds around it in the main graph, reading a value the branch makes: every such
+    model's fp16 failed to load ("Node input ... is not a graph input")."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, dtype=d), n) for n, v, d in
+              (("one", 1.0, np.float32), ("keep", [10], np.int64), ("iou", [0.5], np.float32),
+               ("thr", [0.0], np.float32), ("zero", 0.0, np.float32))]
+    branch = helper.make_graph(
+        [helper.make_node("Mul", ["boxes", "one"], ["b2"]), helper.make_node("Mul", ["scores", "one"], ["s2"]),
+         helper.make_node("NonMaxSuppression", ["b2", "s2", "keep", "iou", "thr"], ["picked"])],
+        "suppress", [], [helper.make_tensor_value_info("picked", TensorProto.INT64, ["n", 3])])
+    none = helper.make_graph([helper.make_node("Constant", [], ["empty"], value=numpy_helper.from_array(
+        np.zeros((0, 3), np.int64)))], "none", [], [helper.make_tensor_value_info("empty", TensorProto.INT64, ["n", 3])])
+    nodes = [helper.make_node("Mul", ["x", "one"], ["boxes"]),
+             helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("Unsqueeze", ["m"], ["scores"], axes=[1]),
+             helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+             helper.make_node("Greater", ["top", "zero"], ["any"]),
+             helper.make_node("If", ["any"], ["picked_out"], then_branch=branch, else_branch=none)]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20, 4])],
+                              [helper.make_tensor_value_info("picked_out", TensorProto.INT64, ["n", 3])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    src = save(model, tmp_path / "det.onnx")
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 50, (1, 20, 2))
+    x = np.concatenate([lo, lo + rng.uniform(5, 20, (1, 20, 2))], -1).astype(np.float32)
+    pkg = edgeserve.convert(src, tmp_path / "fp16", quantize="fp16")
+    with edgeserve.load(pkg.path) as m:
+        got = m.predict({"x": x})["picked_out"]
+    np.testing.assert_array_equal(got, _plain(src, {"x": x})["picked_out"])
+
+
 def test_static_of_a_model_with_nothing_to_quantise_says_which_operators_it_has(tmp_path: Path) -> None:
     """A scikit-learn linear model is one LinearClassifier: no If/Loop to blame, and the message must not."""
     from sklearn.datasets import load_iris

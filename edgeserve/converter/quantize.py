@@ -396,8 +396,44 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
         return {"mode": "fp16", "keep_io_types": True, "already_float16": True}
     # keep_io_types: callers still send and receive float32; the casts sit inside the graph
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    _casts_into_their_subgraphs(converted.graph)
     onnx.save_model(converted, str(dst))
     return {"mode": "fp16", "keep_io_types": True}
+
+
+def _casts_into_their_subgraphs(graph: Any) -> None:
+    """Move each node of ``graph`` whose input is made inside an If/Loop branch into that branch, after its maker.
+    NOTE: onnxruntime's float16 converter appends every Cast it adds around an operator without a float16 kernel
+    (NonMaxSuppression, RoiAlign…) to the main graph, also when that operator sits in a branch: the graph then reads a
+    value the branch makes and does not load ("Node input '4159' is not a graph input…"); every torchvision
+    detector's fp16 failed so."""
+    import onnx
+
+    made_at: dict[str, tuple[Any, int]] = {}
+
+    def index(g: Any) -> None:
+        for node in g.node:
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    for i, inner in enumerate(sub.node):
+                        made_at.update({name: (sub, i) for name in inner.output if name})
+                    index(sub)
+
+    index(graph)
+    here = {name for node in graph.node for name in node.output}
+    here |= {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    strays = [n for n in graph.node if any(name and name not in here and name in made_at for name in n.input)]
+    for node in strays:
+        sub, _ = made_at[next(name for name in node.input if name and name not in here and name in made_at)]
+        moved = onnx.NodeProto()
+        moved.CopyFrom(node)
+        graph.node.remove(node)
+        maker = next(i for i, inner in enumerate(sub.node) if set(inner.output) & set(moved.input))
+        sub.node.insert(maker + 1, moved)
+        infos = [v for v in graph.value_info if v.name in moved.output]
+        for info in infos:
+            sub.value_info.append(info)
+            graph.value_info.remove(info)
 
 
 def _why_nothing_to_calibrate(path: Path | str) -> str:
