@@ -862,6 +862,12 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         matched = [k for k, v in outs.items() if looks(k, v)]
         if matched and len(matched) == len(outs):
             return [target(metric(name, output=k)) for k in matched], why.format(", ".join(matched))
+    pixels = [k for k, v in outs.items() if _pixel_scores_of_an_image(inputs, v)]
+    if pixels and len(pixels) == len(outs):
+        return [target(metric("seg-miou", output=k)) for k in pixels], (
+            f"per-pixel scores in {', '.join(pixels)} ([batch, classes, H, W], as tall and wide as the image input, "
+            "with more channels than the image has: a segmentation head's, torchvision's 'out'): the argmax class maps "
+            "are compared by mean IoU over classes")
     values = [k for k, v in outs.items() if _one_value_per_row(v, (batch_axes or {}).get(k, 0))]
     if values and len(values) == sum(1 for v in outs.values() if np.issubdtype(np.asarray(v).dtype, np.floating)):
         ints = [k for k, v in outs.items() if not is_ragged(v) and np.issubdtype(np.asarray(v).dtype, np.integer)]
@@ -1020,6 +1026,17 @@ def _looks_like_pixel_scores(name: str, values: np.ndarray) -> bool:
     super-resolution's, is not named so)."""
     return bool(values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and 2 <= values.shape[1] <= 1024
                 and min(values.shape[2:]) >= 4 and (SCORE_NAME.search(name) or SEG_NAME.search(name)))
+
+
+def _pixel_scores_of_an_image(inputs: Outputs, values: np.ndarray) -> bool:
+    """``[batch, classes, H, W]`` floats, unnamed, at the height and width of a ``[batch, channels, H, W]`` float
+    input with fewer channels: what a segmentation network answers. At least 4 classes: an optical flow's 2 channels
+    or a depth map's 1 are measurements, an image-to-image model's output has the image's own channels."""
+    if not (values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and 4 <= values.shape[1] <= 1024
+            and min(values.shape[2:]) >= 4):
+        return False
+    return any(v.ndim == 4 and np.issubdtype(v.dtype, np.floating) and v.shape[2:] == values.shape[2:]
+               and v.shape[1] < values.shape[1] for v in map(np.asarray, inputs.values()))
 
 
 SEG_NAME = re.compile(r"seg|semantic|mask", re.IGNORECASE)

@@ -305,6 +305,20 @@ def test_segmentation_is_judged_by_the_mean_iou_of_its_class_maps() -> None:
     assert [t.metric.name for t in infer_targets({}, image_out)[0]] == ["cosine", "rel-l2"]
 
 
+def test_unnamed_per_pixel_scores_at_the_images_size_are_judged_as_segmentation() -> None:
+    """torchvision's segmentation networks answer 'out' [batch, 21, H, W] at the input's own height and width: no
+    name says scores, the shape does. A flow's 2 channels, a denoiser's image and a backbone's smaller feature map
+    are not classes."""
+    rng = np.random.default_rng(0)
+    image = {"input": np.zeros((2, 3, 32, 24), np.float32)}
+    out = {"out": rng.normal(0, 1, (2, 21, 32, 24)).astype(np.float32)}
+    targets, why = infer_targets(image, out)
+    assert [t.metric.spec for t in targets] == ["seg-miou,output=out"] and "as tall and wide as the image" in why
+    for name, shape in (("flow", (2, 2, 32, 24)), ("denoised", (2, 3, 32, 24)), ("features", (2, 64, 8, 6))):
+        assert [t.metric.name for t in infer_targets(image, {name: rng.normal(0, 1, shape).astype(np.float32)})[0]] \
+            == ["cosine", "rel-l2"], name
+
+
 def test_detection_agreement_counts_classes_and_boxes() -> None:
     ref = {"output0": detection_outputs()}
     targets, why = infer_targets({"images": np.zeros((8, 3, 32, 32), np.float32)}, ref)
