@@ -167,6 +167,25 @@ def assign_batch_axes(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec
     return fix(inputs), fix(outputs)
 
 
+GENERATED_DIM = re.compile(r"_dynamic_axes_\d+$|^unk__\d+$")
+"""Dimension names a tool made up, saying nothing of what the axis holds: torch's legacy exporter names a dynamic
+axis given without a name ``input_ids_dynamic_axes_1``, onnxruntime's shape inference ``unk__12``."""
+
+
+def row_sets(specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, ...]]:
+    """The inputs with a batch axis, in sets whose rows must agree in number: one set, unless every such input
+    names its batch axis and the names differ, each set then one name (CLIP scores N images, ``image_batch_size``,
+    against M texts, ``text_batch_size``). Names a tool made up say nothing: they keep one set."""
+    batched = [s for s in specs if s.batch_axis is not None]
+    names = [s.shape[s.batch_axis] for s in batched if s.batch_axis is not None]
+    if len(set(names)) < 2 or not all(isinstance(n, str) and n and not GENERATED_DIM.search(n) for n in names):
+        return [tuple(batched)] if batched else []
+    sets: dict[Dim, list[TensorSpec]] = {}
+    for spec, name in zip(batched, names):
+        sets.setdefault(name, []).append(spec)
+    return [tuple(v) for v in sets.values()]
+
+
 def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
     """onnxruntime reports unknown dims as None or strings, and sometimes negative ints: make them uniform."""
     out: list[Dim] = []

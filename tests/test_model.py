@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -133,6 +134,44 @@ def test_inputs_must_agree_on_the_batch_size(tmp_path: Path) -> None:
         with pytest.raises(edgeserve.InputError, match="disagree on the batch size: 'ids' 2 .*'scale' 3"):
             model.predict({"ids": np.ones((2, 3), np.int64), "scale": np.ones((3, 1), np.float32)})
         assert model.predict({"ids": np.ones((3, 2), np.int64), "scale": np.ones((3, 1), np.float32)})["out"].shape == (3, 2)
+
+
+def _image_text_model(images: str = "image_batch_size", texts: str = "text_batch_size") -> Any:
+    """CLIP's shape: N images [images, 4] scored against M texts [texts, 4]: scores [images, texts]."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["text"], ["text_t"], perm=[1, 0]),
+         helper.make_node("MatMul", ["image", "text_t"], ["logits_per_image"]),
+         helper.make_node("Identity", ["text"], ["text_embeds"])],
+        "clip_like",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [images, 4]),
+         helper.make_tensor_value_info("text", TensorProto.FLOAT, [texts, 4])],
+        [helper.make_tensor_value_info("logits_per_image", TensorProto.FLOAT, [images, texts]),
+         helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, [texts, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_inputs_whose_batch_axes_are_named_apart_take_their_own_numbers_of_rows(tmp_path: Path,
+                                                                                  batching: bool) -> None:
+    """CLIP scores N images against M texts, its batch axes named image_batch_size and text_batch_size: 3 images
+    against 2 texts were refused as "inputs disagree on the batch size". Such a model is never stacked with
+    others (a request's texts would be scored against another's images); names a tool made up keep the check."""
+    from edgeserve.runtime.batcher import can_batch
+
+    image, text = rows(3, 4, seed=1), rows(2, 4, seed=2)
+    config = edgeserve.BatchConfig(adaptive=False) if batching else None
+    with edgeserve.load(save(_image_text_model(), tmp_path / "clip.onnx"), batching=config) as model:
+        got = model.predict({"image": image, "text": text})
+        np.testing.assert_allclose(got["logits_per_image"], image @ text.T, rtol=1e-5)
+        assert not can_batch(model.inputs, model.outputs)
+    made_up = _image_text_model("image_dynamic_axes_1", "text_dynamic_axes_1")
+    with edgeserve.load(save(made_up, tmp_path / "made_up.onnx")) as model:
+        with pytest.raises(InputError, match="disagree on the batch size: 'image' 3 .*'text' 2"):
+            model.predict({"image": image, "text": text})
 
 
 def test_inputs_must_agree_on_a_dimension_they_share(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..arrays import frame_columns, is_frame
 from ..errors import InputError
-from ..tensors import CACHE_NAME, TensorSpec, format_shape
+from ..tensors import CACHE_NAME, TensorSpec, format_shape, row_sets
 
 
 class InputContract:
@@ -34,6 +34,9 @@ class InputContract:
         """The one input of a single-input model, checked inline (a shortest length is checked the long way)."""
         self._batched = [(s.name, s.batch_axis or 0) for s in self.specs  # (rows on batch 1: axis 0)
                          if rows_on_batch_one or s.batch_axis is not None]
+        self._row_sets = ([[(s.name, s.batch_axis or 0) for s in group] for group in row_sets(self.specs)]
+                          if not rows_on_batch_one else [self._batched])
+        self._row_sets = [group for group in self._row_sets if len(group) > 1]
         self._shared = _shared_dims(self.specs)
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -96,8 +99,8 @@ class InputContract:
                         f"converted, as strided convolutions or pooling leave nothing of them); pad or lengthen it"
                     )
             feed[name] = value
-        if len(self._batched) > 1:
-            self._rows_agree(feed)
+        for group in self._row_sets:
+            self._rows_agree(feed, group)
         for dim, where in self._shared:
             self._dims_agree(feed, dim, where)
         return feed
@@ -115,14 +118,16 @@ class InputContract:
                 raise InputError(f"inputs disagree on the size of dimension '{dim}': {sizes}; the model declares "
                                  "it the same for each")
 
-    def _rows_agree(self, feed: Mapping[str, np.ndarray]) -> None:
-        """Every input with a batch axis carries the same number of rows: a request that breaks this would fail
-        the whole batch it was stacked into, so it is refused here, before it joins one."""
-        first, axis = self._batched[0]
+    @staticmethod
+    def _rows_agree(feed: Mapping[str, np.ndarray], group: Sequence[tuple[str, int]]) -> None:
+        """The inputs of one row set (see :func:`edgeserve.tensors.row_sets`) carry the same number of rows: a
+        request that breaks this would fail the whole batch it was stacked into, so it is refused here, before it
+        joins one."""
+        first, axis = group[0]
         rows = feed[first].shape[axis]
-        for name, ax in self._batched[1:]:
+        for name, ax in group[1:]:
             if feed[name].shape[ax] != rows:
-                sizes = ", ".join(f"'{n}' {feed[n].shape[a]} (axis {a})" for n, a in self._batched)
+                sizes = ", ".join(f"'{n}' {feed[n].shape[a]} (axis {a})" for n, a in group)
                 raise InputError(f"inputs disagree on the batch size: {sizes}; every input needs one row per sample")
 
     def _empty(self, name: str, value: np.ndarray, spec: TensorSpec) -> None:

@@ -48,7 +48,7 @@ from .. import held
 from ..config import BatchConfig
 from ..errors import ClosedError, EdgeserveError, InferenceError, QueueFull, Timeout, first_line
 from ..pools import LazyPool
-from ..tensors import TensorSpec
+from ..tensors import TensorSpec, row_sets
 from .chooser import DIRECT, Chooser
 
 if TYPE_CHECKING:
@@ -1110,5 +1110,7 @@ def _shared_key(name: str, value: np.ndarray) -> tuple[Any, ...]:
 
 def can_batch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
     """Batching needs a batch axis on every output and on some input (else requests bypass the batcher); an input
-    without one (a VAD's sample rate) is shared by the requests stacked together, which hold the same value."""
-    return all(s.batch_axis is not None for s in outputs) and any(s.batch_axis is not None for s in inputs)
+    without one (a VAD's sample rate) is shared by the requests stacked together, which hold the same value. Inputs
+    whose rows are counted apart (CLIP's images and texts, see :func:`edgeserve.tensors.row_sets`) do not stack."""
+    return (all(s.batch_axis is not None for s in outputs) and any(s.batch_axis is not None for s in inputs)
+            and len(row_sets(inputs)) == 1)
