@@ -13,7 +13,7 @@ Time is cut into short epochs (``EPOCH_S`` and at least ``EPOCH_MIN`` answered r
 second is the measure: with callers that wait for their answer it is the throughput they get, and at a fixed
 offered load both ways answer everything, so a tie costs nothing. The first epoch of a burst (after ``IDLE_S``
 of silence) is not measured: callers are still arriving. A fresh model whose first runs are shorter than
-``QUICK_RUN_S`` starts direct.
+``QUICK_RUN_S``, or as long as ``SLOW_RUN_S`` or longer, starts direct.
 
 The winner runs; the other way is tried for one epoch now and then, less often each time it loses again
 (``RECHECK_S``), or at once when the winner's rate falls below the other's last one by more than ``MARGIN`` in two
@@ -41,6 +41,12 @@ EPOCH_MIN = 16
 IDLE_S = 0.1
 QUICK_RUN_S = 0.0001
 """Runs shorter than this (a thread wake-up is ~50 us on a busy 2-core machine) make a fresh model start direct."""
+SLOW_RUN_S = 0.002
+"""Runs this long or longer make a fresh model start direct too: a hand-off is a negligible share of them, so
+batching gains only what the engine saves on bigger runs, which for a convolutional network on a CPU is little,
+while callers running side by side fill the cores one run leaves idle (an int8 segmentation network, 15 ms a row,
+at 4 callers: 0.84x of no batcher over its first 3 s, started batched); and its epochs are long, so learning that
+takes seconds."""
 MARGIN = 0.05
 RECHECK_S = (0.5, 16.0)
 """The loser is measured again after the first interval, doubled each time it loses again, up to the second."""
@@ -102,11 +108,13 @@ class Chooser:
         self._busy_s += busy_s
 
     def _first_guess(self) -> None:
-        """Before anything is measured: a model whose runs take less than ``QUICK_RUN_S`` starts direct (its
-        trial of batching comes at the first recheck), so a fresh model under load does not spend its first
-        epochs batched when a hand-off costs more than its run."""
+        """Before anything is measured: a model whose runs take less than ``QUICK_RUN_S`` or at least
+        ``SLOW_RUN_S`` starts direct (its trial of batching comes at the first recheck), so a fresh model under
+        load does not spend its first epochs batched when a hand-off costs more than its run, or when its runs
+        are too long for a hand-off to matter. In between (a small transformer, a wide MLP) batching starts:
+        there it most often pays."""
         if self.rates[BATCH] is None and self.rates[DIRECT] is None and self._requests and self._busy_s > 0:
-            if self._busy_s / self._requests < QUICK_RUN_S:
+            if not QUICK_RUN_S <= self._busy_s / self._requests < SLOW_RUN_S:
                 self.winner = self.mode = DIRECT
                 self._recheck_at = self._last + RECHECK_S[0]
 

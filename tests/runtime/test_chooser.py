@@ -234,14 +234,21 @@ def test_close_waits_for_direct_callers_and_then_refuses_new_ones(way: str) -> N
         batcher.call(_x(1.0))
 
 
-def test_a_fresh_model_with_quick_runs_starts_direct_and_a_slow_one_batched() -> None:
-    from edgeserve.runtime.chooser import QUICK_RUN_S
+def test_a_fresh_model_with_quick_or_long_runs_starts_direct_and_one_in_between_batched() -> None:
+    """Quicker than a hand-off: batching cannot pay. As long as SLOW_RUN_S or longer (a segmentation network):
+    only the engine's savings on bigger runs could, and callers side by side use the cores better until measured
+    otherwise. In between (a wide MLP, a small transformer) batching starts."""
+    from edgeserve.runtime.chooser import QUICK_RUN_S, SLOW_RUN_S
 
-    slow_chooser = Chooser()
-    slow_chooser.arrived(0.0)
-    slow_chooser.answered(EPOCH_MIN, EPOCH_MIN, EPOCH_MIN * QUICK_RUN_S * 3)
-    assert slow_chooser.arrived(EPOCH_S * 1.001) == BATCH
-    fast_chooser = Chooser()
-    fast_chooser.arrived(0.0)
-    fast_chooser.answered(EPOCH_MIN, EPOCH_MIN, EPOCH_MIN * QUICK_RUN_S / 3)
-    assert fast_chooser.arrived(EPOCH_S * 1.001) == DIRECT and fast_chooser.winner == DIRECT
+    def first_way(run_s: float) -> str:
+        chooser = Chooser()
+        chooser.arrived(0.0)
+        chooser.answered(EPOCH_MIN, EPOCH_MIN, EPOCH_MIN * run_s)
+        way = chooser.arrived(EPOCH_S * 1.001)
+        assert chooser.winner == way
+        return way
+
+    assert first_way(QUICK_RUN_S / 3) == DIRECT
+    assert first_way(QUICK_RUN_S * 3) == BATCH
+    assert first_way(SLOW_RUN_S / 2) == BATCH
+    assert first_way(SLOW_RUN_S * 2) == DIRECT

@@ -43,6 +43,14 @@ def _in_loop(plane: DataPlane, rounds: list[int]) -> list[bool]:
 
         if model.batcher:
             model.batcher._run = spy
+            engine = model.batcher._engine
+            if engine is not None:  # the batcher's direct way calls the engine itself
+
+                def engine_spy(*args):
+                    seen.append(threading.current_thread() is loop_thread)
+                    return engine(*args)
+
+                model.batcher._engine = engine_spy
         else:
             model._run_feed = spy
     loop_thread = None
