@@ -50,6 +50,24 @@ def test_input_contract_names_what_is_wrong(mlp_path: Path, bad, message: str) -
         model.predict(bad)
 
 
+def test_samples_stacked_for_a_model_that_takes_one_at_a_time_are_told_so(tmp_path: Path) -> None:
+    """torchvision's detectors take one image, [3, H, W]: two stacked are refused saying the model has no batch
+    axis and how to send them, not only that there is a dimension too many."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["means"], axes=[1, 2], keepdims=0)], "one",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, "h", "w"])],
+                              [helper.make_tensor_value_info("means", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    images = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    with edgeserve.load(save(model, tmp_path / "one.onnx")) as one:
+        np.testing.assert_allclose(one.predict(images[0])["means"], images[0].mean((1, 2)), rtol=1e-5)
+        with pytest.raises(InputError, match=r"got 4 \[2, 3, 8, 8\]; the model takes one sample at a time \(it has "
+                                             r"no batch axis\): send the 2 samples one by one"):
+            one.predict(images)
+
+
 def test_python_lists_take_the_model_dtype(mlp_path: Path) -> None:
     with edgeserve.load(mlp_path) as model:
         out = model.predict(rows(1).tolist())["logits"]

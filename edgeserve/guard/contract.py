@@ -220,8 +220,13 @@ def _text(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def _one_row_hint(spec: TensorSpec, value: np.ndarray) -> str:
-    """One row sent without its batch axis: say how to add it."""
+    """One row sent without its batch axis: say how to add it. Samples stacked for a model that takes one at a
+    time (torchvision's detectors take one image, [3, H, W]): say so."""
     axis = spec.batch_axis if spec.batch_axis is not None else 0 if spec.rows_on_axis0 else None
+    if axis is None and value.ndim == len(spec.shape) + 1 and all(
+            not isinstance(d, int) or d == n for d, n in zip(spec.shape, value.shape[1:])):
+        return (f"; the model takes one sample at a time (it has no batch axis): send the {value.shape[0]} samples "
+                f"one by one, x[0], x[1]…")
     if axis is None or value.ndim != len(spec.shape) - 1:
         return ""
     rest = [d for i, d in enumerate(spec.shape) if i != axis]
