@@ -618,7 +618,7 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
     model = onnx.load(str(c.staging / MODEL_FILE), load_external_data=False)  # read once for both looks below
     return envelope(arrays, source=source, outputs=outputs, vocabularies=embedding_inputs(model),
                     sequences=sequences, feature_axes=series_feature_axes(in_specs, conv_inputs(model)),
-                    max_length=position_table(model))
+                    max_length=position_table(model, c.staging))
 
 
 def rows_first(arrays: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, Any]:

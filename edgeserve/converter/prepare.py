@@ -361,36 +361,40 @@ _POSITION_PATH = frozenset({"Slice", "Expand", "Cast", "Unsqueeze", "Squeeze", "
 sequence's length, broadcast to the batch)."""
 
 
-def position_table(model: Path | Any) -> int | None:
+def position_table(model: Path | Any, folder: Path | None = None) -> int | None:
     """The longest sequence the model's position embeddings hold, or None when it has none: a Gather on a 2-D table
     whose indices are a slice of a constant ``0 .. P-1`` (transformers' BERT-like models register ``position_ids``
     so, ``max_position_embeddings`` long, and slice it to the sequence's length), or ``Range(0, length, 1)``
     (torch.export's ``arange``: GPT-2's positions); the table's rows bound the length. A longer sequence fails deep in the
     engine ("invalid expand shape"); the envelope says what was wrong instead. Positions computed from the input
-    (RoBERTa's, from the mask) or rotary ones have no such constant: None. ``model``: a path or a loaded model."""
+    (RoBERTa's, from the mask) or rotary ones have no such constant: None. ``model``: a path or a loaded model;
+    ``folder``: where a loaded model's external data is (a path's is beside it)."""
     from onnx import numpy_helper
 
     graph = _graph(model)
     inits = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
+    folder = Path(model).parent if isinstance(model, (str, Path)) else folder
 
     def arange(name: str) -> int | None:
         t = inits.get(name)
-        if t is None or t.data_type not in (6, 7) or t.data_location == 1:  # INT32, INT64; not external data
+        if t is None or t.data_type not in (6, 7):  # INT32, INT64
             return None
         dims = list(t.dims)
         if not (len(dims) == 1 or (len(dims) == 2 and dims[0] == 1)) or dims[-1] < MIN_POSITIONS:
             return None
-        values = numpy_helper.to_array(t).reshape(-1)
+        values = _small_values(t, folder)
+        if values is None:
+            return None
+        values = values.reshape(-1)
         return values.size if np.array_equal(values, np.arange(values.size)) else None
 
     def scalar(name: str) -> float | None:
         """The value of a one-element constant (an initializer or a Constant node), else None."""
         if name in inits:
             t = inits[name]
-            if t.data_location == 1 or np.prod(t.dims, dtype=np.int64) != 1:
-                return None
-            return float(numpy_helper.to_array(t).reshape(-1)[0])
+            values = _small_values(t, folder) if np.prod(t.dims, dtype=np.int64) == 1 else None
+            return None if values is None else float(values.reshape(-1)[0])
         node = producer.get(name)
         if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             value = numpy_helper.to_array(node.attribute[0].t).reshape(-1)
@@ -417,6 +421,33 @@ def position_table(model: Path | Any) -> int | None:
             size = min(size, int(table.dims[0]))
             found = size if found is None else min(found, size)
     return found
+
+
+SMALL_TENSOR = 1 << 20
+"""Elements of an initializer read from external data to look at its values (a position buffer, a constant)."""
+
+
+def _small_values(tensor: Any, folder: Path | None) -> np.ndarray | None:
+    """The values of an initializer, read from the external data file beside the model (``folder``) when they are
+    kept there (a model over 2 GB keeps even its small constants so) and there are at most ``SMALL_TENSOR``; None
+    when they cannot be read."""
+    from onnx import TensorProto, numpy_helper
+
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    if folder is None or np.prod(tensor.dims, dtype=np.int64) > SMALL_TENSOR:
+        return None
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    copy = TensorProto()
+    copy.CopyFrom(tensor)
+    try:
+        load_external_data_for_tensor(copy, str(folder))
+    except (OSError, ValueError):  # the data file missing or short: no values, as before
+        return None
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return numpy_helper.to_array(copy)
 
 
 _SAME_AXES = frozenset({"Cast", "Identity", "QuantizeLinear", "DequantizeLinear"})

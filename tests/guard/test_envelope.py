@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -466,6 +467,12 @@ def test_a_sequence_longer_than_the_position_table_is_refused_saying_how_long_it
 
     path = save(_positions_model(positions=16, counted=counted), tmp_path / "pos.onnx")
     assert position_table(path) == 16
+    external = tmp_path / "external"  # a model over 2 GB keeps even its small constants in external data
+    external.mkdir()
+    onnx.save_model(_positions_model(positions=16, counted=counted), str(external / "pos.onnx"),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="pos.onnx.data", size_threshold=0)
+    assert position_table(external / "pos.onnx") == 16
+    assert position_table(onnx.load(str(external / "pos.onnx"), load_external_data=False), external) == 16
     ids = np.random.default_rng(1).integers(0, 30, (120, 10))
     pkg = edgeserve.convert(path, tmp_path / "pkg", quantize="none", calibration={"input_ids": ids})
     assert pkg.manifest.envelope["inputs"]["input_ids"]["tokens"]["max_length"] == 16
