@@ -385,11 +385,14 @@ def _prob_change(options: Mapping[str, str]) -> MetricFn:
 
 
 MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+IDS_NAME = re.compile(r"ids$|token", re.IGNORECASE)
+"""Input names that say token ids (``input_ids``, ``decoder_input_ids``): never a mask, whatever values they hold."""
 
 
 def find_mask(inputs: Outputs, hidden_shape: tuple[int, ...] | None = None, name: str | None = None) -> str | None:
     """The attention-mask input: the given name, else a 2-D input named like a mask, else a 2-D 0/1 input whose
-    shape matches the hidden states' ``[batch, seq]``."""
+    shape matches the hidden states' ``[batch, seq]`` and whose name does not say token ids (a decoder's ids drawn
+    from two tokens are no mask)."""
     if name is not None:
         return name if name in inputs else None
     two_d = {k: np.asarray(v) for k, v in inputs.items() if np.asarray(v).ndim == 2}
@@ -398,6 +401,8 @@ def find_mask(inputs: Outputs, hidden_shape: tuple[int, ...] | None = None, name
         if MASK_NAME.search(k):
             return k
     for k, v in matching.items():
+        if IDS_NAME.search(k):
+            continue
         if v.size and np.isin(v, (0, 1)).all() and not np.all(v == 1) and not np.issubdtype(v.dtype, np.floating):
             return k
     return None

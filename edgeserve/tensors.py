@@ -199,16 +199,19 @@ def normalise_dims(shape: Sequence[Any] | None) -> tuple[Dim, ...]:
     return tuple(out)
 
 
-def stand_in(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray | None:
+def stand_in(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator,
+             vocabulary: int | None = None) -> np.ndarray | None:
     """Seeded stand-in values for an input when no data was given: normal floats, small non-negative (0/1)
-    integers, booleans all True; None for strings, which cannot be invented."""
+    integers, or for token ids (``vocabulary``: the rows of the embedding table they index) ids across the table,
+    booleans all True; None for strings, which cannot be invented."""
     dtype = spec.np_dtype
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.dtype(bool):
         return np.ones(shape, dtype=bool)
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 2, size=shape).astype(dtype)
+        high = min(vocabulary, int(np.iinfo(dtype).max) + 1) if vocabulary and vocabulary > 2 else 2
+        return rng.integers(0, high, size=shape).astype(dtype)
     return None
 
 

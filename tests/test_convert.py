@@ -96,6 +96,30 @@ def test_without_any_data_synthetic_inputs_are_used(tmp_path: Path, mlp_path: Pa
     assert pkg.manifest.envelope == {}
 
 
+def test_synthetic_token_ids_span_the_embedding_table_and_are_never_taken_for_a_mask(tmp_path: Path) -> None:
+    """A decoder's ``decoder_input_ids`` without data: stand-in ids of 0 and 1 measured a language model on two
+    tokens, and, looking like a 0/1 mask, made the inferred metric skip every position holding token 0."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "decoder_input_ids"], ["h"]),
+         helper.make_node("MatMul", ["h", "head"], ["logits"])], "decoder",
+        [helper.make_tensor_value_info("decoder_input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 500])],
+        [numpy_helper.from_array(rng.standard_normal((500, 16)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.standard_normal((16, 500)).astype(np.float32), "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg = edgeserve.convert(save(model, tmp_path / "decoder.onnx"), tmp_path / "out", quantize="none")
+    assert pkg.manifest.fidelity["data"] == "synthetic"
+    specs = [t["metric"] for t in pkg.manifest.fidelity["budget"]["targets"]]
+    assert specs and not any("mask=" in spec for spec in specs), specs
+    golden = np.load(pkg.path / "golden.npz")
+    ids = next(golden[k] for k in golden.files if golden[k].dtype == np.int64)
+    assert ids.max() > 100 and ids.max() < 500 and len(np.unique(ids)) > 20
+
+
 def test_opset_11_model_is_upgraded_for_static(tmp_path: Path) -> None:
     path = save(mlp_model(opset=11), tmp_path / "old.onnx")
     cal = tmp_path / "cal.npz"

@@ -305,6 +305,19 @@ def test_segmentation_is_judged_by_the_mean_iou_of_its_class_maps() -> None:
     assert [t.metric.name for t in infer_targets({}, image_out)[0]] == ["cosine", "rel-l2"]
 
 
+def test_inputs_named_like_token_ids_are_never_taken_for_a_mask() -> None:
+    """The mask fallback takes a 0/1 [batch, seq] input matching the answers; ids drawn from two tokens, or BERT's
+    0/1 token_type_ids, look so and are no mask."""
+    from edgeserve.metrics import find_mask
+
+    zero_one = np.array([[1, 0, 1, 1], [0, 1, 1, 0]], np.int64)
+    for name in ("decoder_input_ids", "token_type_ids", "input_ids"):
+        assert find_mask({name: zero_one}, (2, 4, 8)) is None, name
+    assert find_mask({"segments": zero_one}, (2, 4, 8)) == "segments"
+    assert find_mask({"token_type_ids": zero_one, "attention_mask": np.ones((2, 4), np.int64)}, (2, 4, 8)) \
+        == "attention_mask"
+
+
 def test_unnamed_per_pixel_scores_at_the_images_size_are_judged_as_segmentation() -> None:
     """torchvision's segmentation networks answer 'out' [batch, 21, H, W] at the input's own height and width: no
     name says scores, the shape does. A flow's 2 channels, a denoiser's image and a backbone's smaller feature map

@@ -70,7 +70,12 @@ def load_samples(source: ModelSource, models: dict[str, Any]) -> Samples | None:
     if source.calibration is not None:
         arrays = read_arrays(source.calibration, what="calibration data", single=single)
         return check_samples(arrays, specs, what="calibration data", narrow=narrow).split(HOLDOUT_FRACTION)[1]
-    return synthetic_samples(specs, rows=64)
+    vocabularies = {}
+    if first.path is not None and first.manifest is not None:  # token ids across their embedding table
+        from ..converter.prepare import embedding_inputs
+
+        vocabularies = embedding_inputs(Path(first.path) / first.manifest.model_file)
+    return synthetic_samples(specs, rows=64, vocabularies=vocabularies)
 
 
 def data_label(source: ModelSource) -> str:

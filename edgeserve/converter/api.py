@@ -321,7 +321,7 @@ def read_data(c: Conversion) -> None:
     if first is not None:  # an input the names leave without a batch axis may show one in the data
         c.in_specs = batch_axes_from_data(c.in_specs, first)
     cal = _samples(calibration, c.in_specs, "calibration data", narrow) if calibration is not None else None
-    c.held_out, c.labels, c.fidelity_data = _held_out(eval_data, o.labels, cal, c.in_specs, narrow)
+    c.held_out, c.labels, c.fidelity_data = _held_out(eval_data, o.labels, cal, c.in_specs, narrow, c.src.path)
     if reference is not None:
         c.baseline = _samples(reference, c.in_specs, "reference data", narrow)
     else:
@@ -571,7 +571,7 @@ def _only_input(specs: Sequence[TensorSpec]) -> str | None:
 
 
 def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | None,
-              specs: Sequence[TensorSpec], narrow: bool = False) -> tuple[Samples, np.ndarray | None, str]:
+              specs: Sequence[TensorSpec], narrow: bool, model: Path) -> tuple[Samples, np.ndarray | None, str]:
     if eval_data is not None:
         arrays = read_arrays(eval_data, what="evaluation data", single=_only_input(specs))
         label_values = None
@@ -588,7 +588,7 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
     if cal is not None:
         return cal.split(HOLDOUT_FRACTION)[1], None, "calibration hold-out"
     log.warning("no calibration or evaluation data given: fidelity is measured on synthetic inputs")
-    return synthetic_samples(specs), None, "synthetic"
+    return synthetic_samples(specs, vocabularies=embedding_inputs(model)), None, "synthetic"
 
 
 def _reference_statistics(c: Conversion) -> dict[str, Any]:

@@ -223,8 +223,11 @@ def batch_axes_from_data(specs: Sequence[TensorSpec], arrays: Mapping[str, np.nd
     return tuple(out)
 
 
-def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0) -> Samples:
-    """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8."""
+def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0,
+                      vocabularies: Mapping[str, int] | None = None) -> Samples:
+    """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8; token
+    ids across their embedding table (``vocabularies``: input name to the table's rows), so a language model is
+    measured on more than two tokens, and its ids are not taken for an attention mask."""
     rng = np.random.default_rng(seed)
     stacked = is_stacked(specs)
     arrays = {}
@@ -237,7 +240,7 @@ def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0
             shape = dims
         else:
             shape = [rows, *dims]
-        value = stand_in(spec, shape, rng)
+        value = stand_in(spec, shape, rng, (vocabularies or {}).get(spec.name))
         if value is None:
             raise DataError(f"input '{spec.name}' is {spec.dtype}: give sample data, edgeserve cannot invent it")
         arrays[spec.name] = value
