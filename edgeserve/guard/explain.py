@@ -28,6 +28,12 @@ from ..tensors import TensorSpec
 from .reference import MAX_FEATURES, Layout
 
 MAX_ROWS_PER_RUN = 4096
+RUN_BYTES = 64 * 1024 * 1024
+"""Bytes of occluded input rows per engine run at most (a 3x512x512 image is 3 MiB a row: 21 rows a run, not 4096)."""
+MAX_ATTRIBUTION_BYTES = 256 * 1024 * 1024
+"""The attributions one explanation may hold: parts x rows x output values, float64. A segmentation network's
+[21, 224, 224] answer per each of 64 patches is 270 MB for one image; a request for more is refused before it runs,
+not left to exhaust the server's memory."""
 SEGMENTS = 32
 """Windows a signal or sequence is cut into when no window size is given."""
 
@@ -74,11 +80,13 @@ class Explanation:
 
 def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], inputs: tuple[TensorSpec, ...],
             feed: Mapping[str, np.ndarray], reference: Mapping[str, Any], *, input: str | None = None,
-            patch: int | None = None, out_axes: Mapping[str, int] | None = None) -> Explanation:
+            patch: int | None = None, out_axes: Mapping[str, int] | None = None,
+            outputs: tuple[TensorSpec, ...] = ()) -> Explanation:
     """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine;
-    ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
+    ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``); ``outputs``: their specs, whose fixed
+    sizes bound the attributions without a run (see ``MAX_ATTRIBUTION_BYTES``)."""
     req = _Request(run, feed, {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None
-                               for s in inputs}, dict(out_axes or {}))
+                               for s in inputs}, dict(out_axes or {}), _row_values(outputs))
     if input is None and _one_column_each(inputs, feed):
         return _columns(req, inputs, reference)
     name = input or _explained_input(inputs, feed)
@@ -148,9 +156,11 @@ def _run_rows(req: _Request, varied: Mapping[str, np.ndarray], source_row: int) 
     repeated along their own batch axes (an RNN's ``h0 [layers, batch, hidden]``); an input without one (a
     sample rate) is shared as it is."""
     count = len(next(iter(varied.values())))
+    row_bytes = max(1, sum(v[:1].nbytes for v in varied.values()))
+    per_run = max(1, min(MAX_ROWS_PER_RUN, RUN_BYTES // row_bytes))
     pieces: list[dict[str, np.ndarray]] = []
-    for start in range(0, count, MAX_ROWS_PER_RUN):
-        n = min(MAX_ROWS_PER_RUN, count - start)
+    for start in range(0, count, per_run):
+        n = min(per_run, count - start)
         batch = {}
         for k, v in req.feed.items():
             axis = req.axes.get(k, 0)
@@ -174,6 +184,8 @@ class _Request:
     """Each input's batch axis (None: no rows, one value shared by every row: a sample rate)."""
     out_axes: dict[str, int]
     """Outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
+    row_values: int | None = None
+    """Output values per row, all outputs together, where the specs fix them (None: known only from a run)."""
 
     @property
     def rows(self) -> int:
@@ -190,7 +202,10 @@ def _occlude(req: _Request, name: str, variants: Callable[[int], np.ndarray | di
     answers: dict[str, list[np.ndarray]] = {}
     for i in range(req.rows):
         varied = variants(i)
-        for k, v in _run_rows(req, varied if isinstance(varied, dict) else {name: varied}, i).items():
+        parts = varied if isinstance(varied, dict) else {name: varied}
+        if i == 0:
+            _within_budget(req, name, parts)
+        for k, v in _run_rows(req, parts, i).items():
             v = np.moveaxis(v, req.out_axes.get(k, 0), 0)
             v64 = v.astype(np.float64)
             attributions.setdefault(k, []).append(v64[0:1] - v64[1:])
@@ -341,3 +356,35 @@ def _columns(req: _Request, inputs: tuple[TensorSpec, ...], reference: Mapping[s
                        "reference mean, median or most frequent value per column" if stats
                        else "zeros (the package has no reference)",
                        rows_run=req.rows * (m + 1), extra={"columns": names})
+
+
+def _within_budget(req: _Request, name: str, parts: Mapping[str, np.ndarray]) -> None:
+    """Refuse an explanation whose attributions would pass ``MAX_ATTRIBUTION_BYTES``, before any occluded copy
+    runs: from the outputs' fixed sizes, else from one run of the first row as given."""
+    occluded = len(next(iter(parts.values()))) - 1
+    values = req.row_values
+    if values is None:
+        answer = _run_rows(req, {k: v[:1] for k, v in parts.items()}, 0)
+        values = sum(int(np.prod(np.moveaxis(v, req.out_axes.get(k, 0), 0).shape[1:])) for k, v in answer.items())
+    size = req.rows * occluded * values * 8
+    if size > MAX_ATTRIBUTION_BYTES:
+        raise InputError(
+            f"explaining input '{name}' would hold {size / 2**20:.0f} MiB of attributions ({req.rows} row(s) x "
+            f"{occluded} occluded parts x {values} output values, float64), more than the "
+            f"{MAX_ATTRIBUTION_BYTES / 2**20:.0f} MiB allowed: explain fewer rows, or occlude fewer, larger parts "
+            "(patch=)")
+
+
+def _row_values(outputs: tuple[TensorSpec, ...]) -> int | None:
+    """Values per row over ``outputs`` when every dimension but the batch axis is fixed, else None."""
+    if not outputs:
+        return None
+    total = 0
+    for spec in outputs:
+        axis = spec.batch_axis if spec.batch_axis is not None else 0
+        dims = [d for i, d in enumerate(spec.shape) if i != axis]
+        fixed = [d for d in dims if isinstance(d, int)]
+        if len(fixed) != len(dims):
+            return None
+        total += int(np.prod(fixed, dtype=np.int64))
+    return total

@@ -379,7 +379,8 @@ class Model:
             return dict(zip(self._output_names, self._run_feed(batch)))
 
         return explain(run, self.inputs, feed, self.manifest.envelope if self.manifest else {}, input=input,
-                       patch=patch, out_axes={s.name: s.batch_axis for s in self.outputs if s.batch_axis})
+                       patch=patch, out_axes={s.name: s.batch_axis for s in self.outputs if s.batch_axis},
+                       outputs=self.outputs)
 
     @property
     def one_row_per_call(self) -> bool:

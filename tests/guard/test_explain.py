@@ -267,3 +267,54 @@ def test_a_spectrogram_of_fixed_size_into_a_convolution_is_occluded_along_its_fr
     size = -(-frames // 32)
     assert out.kind == "segments" and out.patch == size and out.attributions["y"].shape == (2, -(-frames // size), 2)
     assert out.reference == "reference mean per feature"
+
+
+def _per_pixel(path: Path, size: int = 32, *, fixed: bool = True) -> Path:
+    """[N, 3, size, size] -> [N, 8, size, size]: a segmentation head's shape, an answer per pixel (``fixed``:
+    height and width declared, else named: [N, 3, h, w])."""
+    w = numpy_helper.from_array((np.random.default_rng(0).standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w")
+    side = [size, size] if fixed else ["h", "w"]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["scores"], pads=[1, 1, 1, 1])], "pixels",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *side])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 8, *side])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return save(model, path)
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed size", "any size"])
+def test_an_explanation_too_large_to_hold_is_refused_before_it_runs(tmp_path: Path, monkeypatch, fixed: bool) -> None:
+    """A segmentation network answers per pixel: its attributions are patches x its whole answer (270 MB for one
+    224 px image of 21 classes in 64 patches). Past the limit the request is refused naming the sizes and what to
+    change, before any occluded copy runs: from the declared output size, or one run of the row as given."""
+    from edgeserve.guard import explain as explain_module
+
+    monkeypatch.setattr(explain_module, "MAX_ATTRIBUTION_BYTES", 8 * 2**20)
+    images = np.random.default_rng(1).random((2, 3, 32, 32)).astype(np.float32)
+    with edgeserve.load(_per_pixel(tmp_path / "pixels.onnx", fixed=fixed)) as model:
+        rows_seen: list[int] = []
+        run = model._run_feed
+        model._run_feed = lambda feed: (rows_seen.append(len(feed["x"])), run(feed))[1]
+        with pytest.raises(InputError, match=r"would hold 16 MiB of attributions \(1 row\(s\) x 256 occluded parts x "
+                                             r"8192 output values, float64\), more than the 8 MiB allowed: .*patch="):
+            model.explain(images[:1], patch=2)
+        assert rows_seen == ([] if fixed else [1])  # at most the row as given
+        e = model.explain(images, patch=8)  # 16 patches: 1 MiB a row
+    assert e.attributions["scores"].shape == (2, 16, 8, 32, 32)
+
+
+def test_occluded_copies_run_in_runs_of_bounded_bytes(tmp_path: Path, monkeypatch) -> None:
+    """4096 occluded copies of a large image in one run would take gigabytes: the copies run in runs of at most
+    RUN_BYTES of input, with the same attributions."""
+    from edgeserve.guard import explain as explain_module
+
+    images = np.random.default_rng(1).random((1, 3, 32, 32)).astype(np.float32)
+    with edgeserve.load(_per_pixel(tmp_path / "pixels.onnx")) as model:
+        whole = model.explain(images, patch=8)
+        monkeypatch.setattr(explain_module, "RUN_BYTES", 3 * images[0].nbytes)
+        rows_seen: list[int] = []
+        run = model._run_feed
+        model._run_feed = lambda feed: (rows_seen.append(len(feed["x"])), run(feed))[1]
+        cut = model.explain(images, patch=8)
+    assert max(rows_seen) == 3 and sum(rows_seen) == 1 + 16  # the row as given and its 16 occluded copies
+    np.testing.assert_allclose(cut.attributions["scores"], whole.attributions["scores"], rtol=1e-6, atol=1e-6)
