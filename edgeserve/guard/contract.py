@@ -34,9 +34,10 @@ class InputContract:
         """The one input of a single-input model, checked inline (a shortest length is checked the long way)."""
         self._batched = [(s.name, s.batch_axis or 0) for s in self.specs  # (rows on batch 1: axis 0)
                          if rows_on_batch_one or s.batch_axis is not None]
-        self._row_sets = ([[(s.name, s.batch_axis or 0) for s in group] for group in row_sets(self.specs)]
-                          if not rows_on_batch_one else [self._batched])
-        self._row_sets = [group for group in self._row_sets if len(group) > 1]
+        sets = [self._batched] if rows_on_batch_one else [[(s.name, s.batch_axis or 0) for s in group]
+                                                          for group in row_sets(self.specs)]
+        self._row_sets = [group for group in sets if len(group) > 1]
+        """The inputs whose rows must agree in number, in sets of two or more."""
         self._shared = _shared_dims(self.specs)
 
     def feed(self, inputs: Any = None, named: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
