@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import threading
@@ -23,6 +24,7 @@ from ..guard.audit import AuditLog
 from ..runtime.runtime import DEFAULT_GUARD, Runtime
 from .auth import Tokens
 from .dataplane import DataPlane
+from .fanin import FOLDER_ENV, Siblings
 from .metrics import Metrics
 from .rest import MAX_BODY, RestApp
 
@@ -109,6 +111,9 @@ class Server:
         self.plane = DataPlane(self.runtime, observer=self.metrics, model_control=config.model_control,
                                shared_memory=config.shared_memory)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
+        folder = os.environ.get(FOLDER_ENV)
+        if config.reuse_port and folder and Path(folder).is_dir():  # a worker of several: one /metrics for all
+            self.metrics.siblings = Siblings(folder, self.metrics.own)
         self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None
         self.grpc_port: int | None = None
@@ -191,6 +196,8 @@ class Server:
             self._grpc = None
         self.runtime.close(timeout=self.config.drain_s)
         self.plane.close()
+        if self.metrics.siblings is not None:
+            self.metrics.siblings.close()
         if self._audit is not None:
             self._audit.close()  # after the runtime: the drained requests' records are written first
 
@@ -214,8 +221,7 @@ def run_workers(args: list[str], workers: int) -> int:
     """``--workers N``: N copies of this ``edgeserve serve`` command sharing the ports. SIGTERM and SIGINT go to
     every worker (each drains); returns 0 when every worker exited 0.
 
-    NOTE: each worker loads the models itself (N times the memory) and answers /metrics for itself only."""
-    import os
+    NOTE: each worker loads the models itself (N times the memory); /metrics sums them all (see :mod:`.fanin`)."""
     import shutil
     import subprocess
     import sys
@@ -224,7 +230,8 @@ def run_workers(args: list[str], workers: int) -> int:
     from .shm import REGISTRY_ENV
 
     registry = tempfile.mkdtemp(prefix="edgeserve-shm-")  # shared-memory regions, registered with any worker
-    env = {**os.environ, REGISTRY_ENV: registry}
+    shared_metrics = tempfile.mkdtemp(prefix="edgeserve-metrics-")  # each worker's metrics, for the scraped one
+    env = {**os.environ, REGISTRY_ENV: registry, FOLDER_ENV: shared_metrics}
     children = [subprocess.Popen([sys.executable, "-m", "edgeserve", "serve", *args, "--reuse-port"], env=env)
                 for _ in range(workers)]
 
@@ -239,5 +246,6 @@ def run_workers(args: list[str], workers: int) -> int:
         codes = [child.wait() for child in children]
     finally:
         shutil.rmtree(registry, ignore_errors=True)
+        shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0 if all(c == 0 for c in codes) else 1
 

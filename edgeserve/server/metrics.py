@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..runtime.runtime import Runtime
+from .fanin import Siblings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -37,6 +38,8 @@ class Metrics:
                               registry=self.registry)
         self.registry.register(_RuntimeCollector(runtime))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.siblings: Siblings | None = None
+        """The other worker processes of this server (``--workers``), whose counts a scrape adds to these."""
 
     def observe(self, model: str, version: str, outcome: str, seconds: float) -> None:
         key = (model, version, outcome)
@@ -52,8 +55,14 @@ class Metrics:
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
 
-    def render(self) -> bytes:
+    def own(self) -> bytes:
+        """This process's metrics."""
         return generate_latest(self.registry)
+
+    def render(self) -> bytes:
+        """What a scrape gets: this process's metrics, with its sibling workers' added when it has any."""
+        own = generate_latest(self.registry)
+        return own if self.siblings is None else self.siblings.merged(own)
 
 
 class _RuntimeCollector(Collector):

@@ -248,7 +248,12 @@ def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: P
         share = str(max(1, available_cores() // 2))  # each engine gets its share of the cores, not all of them
         assert all(w.cmdline()[w.cmdline().index("--threads") + 1] == share for w in parent.children())
         body, headers = _infer_body(1)
-        assert all(call(hp, "POST", "/v2/models/wide/infer", body, headers).status == 200 for _ in range(8))
+        assert all(call(hp, "POST", "/v2/models/wide/infer", body, headers).status == 200 for _ in range(24))
+        # the kernel spread the 24 connections over both workers (all on one: 2 in 2^24); whichever is scraped
+        # answers for both, each counter the sum (it read each worker's own share, and jumped between scrapes)
+        _wait_until(lambda: _scraped(hp) == {"requests": 24.0, "timed": 24.0, "rows": 24.0, "loaded": 1.0},
+                    "the scrape never summed both workers' requests", timeout=30, why=lambda: str(_scraped(hp)))
+        assert all(_scraped(hp)["requests"] == 24.0 for _ in range(6))  # every scrape, whichever worker answers
         workers = parent.children()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -258,6 +263,20 @@ def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: P
             for worker in parent.children():  # a failed check leaves no worker holding the ports
                 worker.kill()
             proc.kill()
+
+
+def _scraped(hp: str) -> dict[str, float]:
+    """The model's counts in one Prometheus scrape, parsed as Prometheus would."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"edgeserve_inference_requests_total": "requests", "edgeserve_inference_request_duration_seconds_count":
+              "timed", "edgeserve_engine_rows_total": "rows", "edgeserve_model_loaded": "loaded"}
+    got: dict[str, float] = {}
+    for family in text_string_to_metric_families(call(hp, "GET", "/metrics").body.decode()):
+        for sample in family.samples:
+            if sample.name in wanted and sample.labels.get("model") == "wide":
+                got[wanted[sample.name]] = got.get(wanted[sample.name], 0.0) + sample.value
+    return got
 
 
 def _ready(hp: str) -> bool:

@@ -1,0 +1,47 @@
+"""One /metrics for the worker processes of a server: what each worker shares and how a scrape merges them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeserve.server.fanin import Siblings
+
+
+def _worker(requests: float, loaded: float, drift: float, inflight: float) -> bytes:
+    registry = CollectorRegistry()
+    Counter("edgeserve_inference_requests", "Inference requests", ["model"], registry=registry).labels("m").inc(requests)
+    Gauge("edgeserve_model_loaded", "Loaded", ["model"], registry=registry).labels("m").set(loaded)
+    Gauge("edgeserve_drift_score", "Drift", ["model"], registry=registry).labels("m").set(drift)
+    Gauge("edgeserve_inflight_requests", "In flight", registry=registry).set(inflight)
+    return generate_latest(registry)
+
+
+def _values(text: bytes) -> dict[str, float]:
+    return {s.name: s.value for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+
+
+def test_counters_and_loads_add_up_and_states_take_the_largest(tmp_path: Path) -> None:
+    """Requests and requests in flight add up over the workers; a model loaded in both is loaded (1, not 2), and
+    the drift score is the worst worker's. A sibling whose process has gone is left out."""
+    (tmp_path / f"{os.getppid()}.prom").write_bytes(_worker(7, 1, 0.4, 2))  # a live process: this test's parent
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"{gone.stdout.strip()}.prom").write_bytes(_worker(1000, 1, 9.0, 50))  # its process has exited
+    siblings = Siblings(tmp_path, lambda: _worker(4, 1, 0.9, 1), interval_s=3600)
+    try:
+        merged = _values(siblings.merged(_worker(4, 1, 0.9, 1)))
+        assert (tmp_path / f"{os.getpid()}.prom").exists()  # this worker's own, for the others
+    finally:
+        siblings.close()
+    assert merged["edgeserve_inference_requests_total"] == 11
+    assert merged["edgeserve_inflight_requests"] == 3
+    assert merged["edgeserve_model_loaded"] == 1
+    assert merged["edgeserve_drift_score"] == 0.9
+    assert merged["edgeserve_inference_requests_created"] <= _values(_worker(0, 0, 0, 0))[
+        "edgeserve_inference_requests_created"]
+    assert not (tmp_path / f"{os.getpid()}.prom").exists()  # closed: nothing of it left for the others to read
