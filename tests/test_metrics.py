@@ -134,6 +134,35 @@ def test_percentile_and_entropy_calibration_survive_attention_masks(tmp_path: Pa
             assert ("non-finite" in left["masked"]) == (sentinel == "-inf")
 
 
+def test_percentile_calibration_survives_a_tensor_too_narrow_to_bin_and_keeps_constants(tmp_path: Path) -> None:
+    """A tensor of magnitudes within a hair of each other (1000 plus noise; a DETR export had one) cannot be cut into
+    2048 float32 bins: percentile calibration failed on the whole model ("Too many bins for data range"). It is left
+    in float and named; a constant, which bins well, is still calibrated."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(3e-4, np.float32), "tiny"),
+             numpy_helper.from_array(np.array(1000.0, np.float32), "offset"),
+             numpy_helper.from_array(np.zeros((1, 8), np.float32), "zeros"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "tiny"], ["small"]), helper.make_node("Add", ["small", "offset"], ["near"]),
+         helper.make_node("MatMul", ["near", "w"], ["a"]),
+         helper.make_node("Mul", ["zeros", "two"], ["still"]), helper.make_node("Add", ["x", "still"], ["same"]),
+         helper.make_node("MatMul", ["same", "w"], ["b"]), helper.make_node("Add", ["a", "b"], ["y"])], "narrow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pkg = edgeserve.convert(save(model, tmp_path / "narrow.onnx"), tmp_path / "pkg",
+                            calibration={"x": rng.standard_normal((64, 8)).astype(np.float32)},
+                            quantize=edgeserve.QuantizeConfig(mode="static", calibration_method="percentile"))
+    left = pkg.manifest.recipe["calibration"]["left_float"]
+    assert left.get("near") == "values too close together for a histogram of 2048 bins", left
+    assert "still" not in left and "same" not in left
+
+
 def test_ctc_is_judged_by_the_decoded_string(tmp_path: Path) -> None:
     src = save(ctc_model(), tmp_path / "ctc.onnx")
     feed = {"features": ctc_data()}

@@ -132,6 +132,10 @@ def _dynamic(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
 HUGE = 1e4
 """An activation reaching this magnitude (an attention mask's -1e4·(1 - mask), -inf, a float32 minimum) is a
 sentinel, not a value to spread 256 levels over: such tensors are left in float."""
+NARROW = 1e-3
+"""A tensor whose magnitudes all lie within this fraction of the largest (a constant plus rounding noise) cannot be
+cut into onnxruntime's 2048 histogram bins in float32 ("Too many bins for data range"): the histogram methods leave
+it in float. A DETR's export had one, and percentile calibration failed on the whole model."""
 
 
 def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, progress: Progress | None,
@@ -155,6 +159,8 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
             left_float = calibrate(src, reader, method, cache, Path(tmp))
             sentinels.write_text(json.dumps(left_float))
             batch_size = reader.batch_size
+        if left_float and _unnamed_nodes(src):  # onnxruntime excludes nodes by name only
+            src = _with_node_names(src, Path(tmp) / "named.onnx")
         excluded = sorted(set(config.nodes_to_exclude) | set(_nodes_touching(src, left_float)))
         quantize_static(
             str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
@@ -273,6 +279,8 @@ class _Guarded:
                 reason = "non-finite values"
             elif float(np.max(np.abs(arr))) >= HUGE:
                 reason = f"values of magnitude >= {HUGE:g}"
+            elif not self._minmax and _too_narrow_to_bin(arr):
+                reason = "values too close together for a histogram of 2048 bins"
             if reason is None:
                 continue
             tensor = name
@@ -284,6 +292,36 @@ class _Guarded:
                 if isinstance(to_calibrate, set):
                     to_calibrate.discard(tensor)
         return values
+
+
+def _too_narrow_to_bin(values: np.ndarray) -> bool:
+    """Magnitudes spread, but over less than ``NARROW`` of the largest, or all but zero (denormal): see ``NARROW``.
+    One value throughout bins well (numpy widens its range), so a constant stays calibrated."""
+    magnitude = np.abs(values)
+    hi, lo = float(magnitude.max()), float(magnitude.min())
+    return 0.0 < hi - lo and (hi < 1e-30 or hi - lo < hi * NARROW)
+
+
+def _unnamed_nodes(src: Path) -> bool:
+    import onnx
+
+    return any(not n.name for n in onnx.load(str(src), load_external_data=False).graph.node)
+
+
+def _with_node_names(src: Path, dst: Path) -> Path:
+    """``src`` saved to ``dst`` with a name for every node of its main graph that has none: onnxruntime's quantiser
+    leaves nodes in float by name, and a node without one could not be (a hand-built graph, some exporters')."""
+    import onnx
+
+    from .prepare import SINGLE_FILE_LIMIT, _fresh
+
+    model = onnx.load(str(src))
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = _fresh(f"{node.op_type}_{i}", taken)
+    onnx.save_model(model, str(dst), save_as_external_data=model.ByteSize() > SINGLE_FILE_LIMIT)
+    return dst
 
 
 def _nodes_touching(src: Path, tensors: Mapping[str, str]) -> list[str]:
