@@ -29,20 +29,26 @@ HIGHEST = frozenset({"edgeserve_model_loaded", "edgeserve_drift_score", "edgeser
 class Siblings:
     """Writes this worker's metrics for the others, and merges theirs into its own when it is scraped."""
 
-    def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S,
+                 pid: int | None = None) -> None:
+        """``own``: this worker's exposition; ``pid``: the process it is shared as (default: this one)."""
         self.folder = Path(folder)
         self._own = own
         self._interval = interval_s
-        self._file = self.folder / f"{os.getpid()}.prom"
+        self._file = self.folder / f"{os.getpid() if pid is None else pid}.prom"
         self._stop = threading.Event()
+        self._writing = threading.Lock()
         self._share()  # at once: a scrape of a sibling counts this worker from its start
         self._thread = threading.Thread(target=self._share_until_stopped, name="edgeserve-metrics-share", daemon=True)
         self._thread.start()
 
-    def merged(self, own: bytes) -> bytes:
-        """``own`` (this worker's exposition, live) summed with the latest of every other live worker."""
+    def merged(self) -> bytes:
+        """This worker's exposition, live, summed with the latest of every other live worker. Its own is shared
+        first: a sibling scraped next reads it at least this new, so no count a scrape reported goes down at the
+        next (Prometheus would read that as a restart)."""
         from prometheus_client.parser import text_string_to_metric_families
 
+        own = self._share()
         texts = [own.decode()] + list(self._theirs())
         families = (family for text in texts for family in text_string_to_metric_families(text))
         return _render(_merge(families))
@@ -56,13 +62,17 @@ class Siblings:
         while not self._stop.wait(self._interval):
             self._share()
 
-    def _share(self) -> None:
-        part = self._file.with_suffix(".part")
-        try:
-            part.write_bytes(self._own())
-            os.replace(part, self._file)  # a reader sees the old file or the new one, never half of one
-        except OSError as exc:  # NOTE: a full disk must not end the sharing for good, nor the worker
-            log.warning("edgeserve: cannot share this worker's metrics in %s: %s", self.folder, exc)
+    def _share(self) -> bytes:
+        """Write this worker's exposition for the others; returns it."""
+        with self._writing:  # NOTE: taken and written in one go: the file only ever moves to a later snapshot
+            own = self._own()
+            part = self._file.with_suffix(".part")
+            try:
+                part.write_bytes(own)
+                os.replace(part, self._file)  # a reader sees the old file or the new one, never half of one
+            except OSError as exc:  # NOTE: a full disk must not end the sharing for good, nor the worker
+                log.warning("edgeserve: cannot share this worker's metrics in %s: %s", self.folder, exc)
+        return own
 
     def _theirs(self) -> Iterator[str]:
         for path in self.folder.glob("*.prom"):

@@ -61,8 +61,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """What a scrape gets: this process's metrics, with its sibling workers' added when it has any."""
-        own = generate_latest(self.registry)
-        return own if self.siblings is None else self.siblings.merged(own)
+        return generate_latest(self.registry) if self.siblings is None else self.siblings.merged()
 
 
 class _RuntimeCollector(Collector):

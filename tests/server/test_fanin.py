@@ -34,7 +34,7 @@ def test_counters_and_loads_add_up_and_states_take_the_largest(tmp_path: Path) -
     (tmp_path / f"{gone.stdout.strip()}.prom").write_bytes(_worker(1000, 1, 9.0, 50))  # its process has exited
     siblings = Siblings(tmp_path, lambda: _worker(4, 1, 0.9, 1), interval_s=3600)
     try:
-        merged = _values(siblings.merged(_worker(4, 1, 0.9, 1)))
+        merged = _values(siblings.merged())
         assert (tmp_path / f"{os.getpid()}.prom").exists()  # this worker's own, for the others
     finally:
         siblings.close()
@@ -45,3 +45,20 @@ def test_counters_and_loads_add_up_and_states_take_the_largest(tmp_path: Path) -
     assert merged["edgeserve_inference_requests_created"] <= _values(_worker(0, 0, 0, 0))[
         "edgeserve_inference_requests_created"]
     assert not (tmp_path / f"{os.getpid()}.prom").exists()  # closed: nothing of it left for the others to read
+
+
+def test_no_count_goes_down_between_scrapes_that_reach_different_workers(tmp_path: Path) -> None:
+    """Worker A answers a scrape with its live 5 requests and B's shared 0; the next scrape reaches B: had A not
+    shared its 5 when it answered, B would report its own 3 and A's stale 0, and Prometheus reads a counter that
+    fell from 5 to 3 as a restart."""
+    counts = {"a": 0.0, "b": 0.0}
+    a = Siblings(tmp_path, lambda: _worker(counts["a"], 1, 0, 0), interval_s=3600, pid=os.getpid())
+    b = Siblings(tmp_path, lambda: _worker(counts["b"], 1, 0, 0), interval_s=3600, pid=os.getppid())
+    try:
+        counts["a"], counts["b"] = 5, 3  # served since each last shared
+        first = _values(a.merged())["edgeserve_inference_requests_total"]
+        second = _values(b.merged())["edgeserve_inference_requests_total"]
+    finally:
+        a.close()
+        b.close()
+    assert first == 5 and second == 8
