@@ -252,3 +252,28 @@ def test_a_fresh_model_with_quick_or_long_runs_starts_direct_and_one_in_between_
     assert first_way(QUICK_RUN_S * 3) == BATCH
     assert first_way(SLOW_RUN_S / 2) == BATCH
     assert first_way(SLOW_RUN_S * 2) == DIRECT
+
+
+def test_a_trial_cut_short_by_silence_is_dropped_not_carried_into_the_next_burst() -> None:
+    """The callers paused in the middle of a trial of the losing way: the next burst settles in the winner's way
+    and tries the other again only after a measured epoch of its own, so a burst never starts in the way that
+    loses by far."""
+    load = Load(Chooser(start=BATCH), {BATCH: 2_000, DIRECT: 20_000})
+    load.epochs(5)  # settling, batched, the direct trial, batched again, judged at the next: direct wins
+    assert load.chooser.winner == DIRECT
+    load.now += RECHECK_S[1]  # silence past any recheck
+    assert load.epochs(3) == [DIRECT, DIRECT, BATCH]  # settling, a measured epoch, then the trial of batching
+    load.now += IDLE_S * 2  # silence in the middle of the trial
+    assert load.epochs(3) == [DIRECT, DIRECT, BATCH]  # the winner's way first again, then the trial anew
+
+
+def test_a_way_that_loses_by_far_is_tried_less_often_than_one_that_loses_narrowly() -> None:
+    """Each trial of a way that answers a fifteenth of the winner's rows costs nearly an epoch's; from its second
+    loss on, such a way waits 8x longer for the next (a narrow loser: 2x)."""
+    far = Load(Chooser(start=BATCH), {BATCH: 20_000, DIRECT: 1_300})
+    near = Load(Chooser(start=BATCH), {BATCH: 20_000, DIRECT: 15_000})
+    for load in (far, near):
+        load.epochs(int(20 / EPOCH_S))
+        assert load.chooser.winner == BATCH
+    assert far.modes.count(DIRECT) == 3  # at the start, ~1 s later, then ~8 s after that
+    assert near.modes.count(DIRECT) == 5  # at the start, then 1, 2, 4 and 8 s apart
