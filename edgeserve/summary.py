@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .package import Package
-from .tensors import TensorSpec
+from .tensors import TensorSpec, row_sets
 
 
 def _fmt(value: Any) -> str:
@@ -108,6 +108,7 @@ def model_file_lines(path: Path) -> Iterator[str]:
     yield "inputs:"
     for spec in inputs:
         yield f"  {spec.name}: {spec.describe()}" + _axis(spec)
+    yield from _row_set_lines(inputs)
     yield "outputs:"
     for spec in outputs:
         yield f"  {spec.name}: {spec.describe()}" + _axis(spec)
@@ -122,6 +123,15 @@ def _axis(spec: TensorSpec) -> str:
     if spec.batch_axis is not None:
         return f"  batch axis {spec.batch_axis}"
     return "  batch 1 (rows run one at a time)" if spec.rows_on_axis0 else "  no batch axis"
+
+
+def _row_set_lines(inputs: Sequence[TensorSpec]) -> Iterator[str]:
+    """Inputs whose rows are counted apart (CLIP's images and texts), when there are such."""
+    sets = row_sets(inputs)
+    if len(sets) > 1:
+        groups = " | ".join(", ".join(s.name for s in group) for group in sets)
+        yield (f"  rows counted apart: {groups} (each set its own number of rows; requests are not batched "
+               "together)")
 
 
 def reference_lines(envelope: Mapping[str, Any]) -> Iterator[str]:
@@ -144,6 +154,7 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
     yield "inputs:"
     for s in m.inputs:
         yield f"  {s.name}: {s.describe()}" + _axis(s)
+    yield from _row_set_lines(m.inputs)
     yield "outputs:"
     for s in m.outputs:
         yield f"  {s.name}: {s.describe()}"

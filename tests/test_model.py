@@ -186,6 +186,10 @@ def test_inputs_whose_batch_axes_are_named_apart_take_their_own_numbers_of_rows(
         got = model.predict({"image": image, "text": text})
         np.testing.assert_allclose(got["logits_per_image"], image @ text.T, rtol=1e-5)
         assert not can_batch(model.inputs, model.outputs)
+    from edgeserve.summary import model_file_lines
+
+    assert "  rows counted apart: image | text (each set its own number of rows; requests are not batched together)" \
+        in list(model_file_lines(tmp_path / "clip.onnx"))  # what inspect says
     made_up = _image_text_model("image_dynamic_axes_1", "text_dynamic_axes_1")
     with edgeserve.load(save(made_up, tmp_path / "made_up.onnx")) as model:
         with pytest.raises(InputError, match="disagree on the batch size: 'image' 3 .*'text' 2"):
