@@ -266,14 +266,3 @@ def test_a_trial_cut_short_by_silence_is_dropped_not_carried_into_the_next_burst
     load.now += IDLE_S * 2  # silence in the middle of the trial
     assert load.epochs(3) == [DIRECT, DIRECT, BATCH]  # the winner's way first again, then the trial anew
 
-
-def test_a_way_that_loses_by_far_is_tried_less_often_than_one_that_loses_narrowly() -> None:
-    """Each trial of a way that answers a fifteenth of the winner's rows costs nearly an epoch's; from its second
-    loss on, such a way waits 8x longer for the next (a narrow loser: 2x)."""
-    far = Load(Chooser(start=BATCH), {BATCH: 20_000, DIRECT: 1_300})
-    near = Load(Chooser(start=BATCH), {BATCH: 20_000, DIRECT: 15_000})
-    for load in (far, near):
-        load.epochs(int(20 / EPOCH_S))
-        assert load.chooser.winner == BATCH
-    assert far.modes.count(DIRECT) == 3  # at the start, ~1 s later, then ~8 s after that
-    assert near.modes.count(DIRECT) == 5  # at the start, then 1, 2, 4 and 8 s apart
