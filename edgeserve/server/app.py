@@ -113,7 +113,8 @@ class Server:
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
         folder = os.environ.get(FOLDER_ENV)
         if config.reuse_port and folder and Path(folder).is_dir():  # a worker of several: one /metrics for all
-            self.metrics.siblings = Siblings(folder, self.metrics.own)
+            self.metrics.siblings = self.plane.siblings = Siblings(folder, self.metrics.own,
+                                                                   statistics=self.plane.own_statistics)
         self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None
         self.grpc_port: int | None = None

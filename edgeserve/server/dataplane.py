@@ -30,6 +30,7 @@ from .shm import SharedMemory
 
 if TYPE_CHECKING:
     from ..guard.explain import Explanation
+    from .fanin import Siblings
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
@@ -72,6 +73,8 @@ class DataPlane:
     def __init__(self, runtime: Runtime, *, observer: Any = None, model_control: bool = False,
                  shared_memory: bool = False) -> None:
         self.runtime = runtime
+        self.siblings: Siblings | None = None
+        """The other worker processes of this server (``--workers``), whose statistics are added to these."""
         self.model_control = model_control
         """Triton's repository extension on (``--model-control``): see :meth:`controlled`."""
         self.shared_memory = shared_memory
@@ -144,12 +147,21 @@ class DataPlane:
         """Triton's statistics extension: per model and version served, successes and failures with their time,
         inferences (rows) and engine runs, and for the serving version the time queued for the batcher and in
         the engine, and the response cache's hits and misses. All models without ``name``."""
+        if name is not None:
+            with self._model(name, version) as (_, number):  # an unknown model or version is a 404
+                pass
+        if self.siblings is None:
+            return self.own_statistics(name, number if name is not None else None)
+        every = self.siblings.merged_statistics()  # the other worker processes' too (``--workers``)
+        return {"model_stats": [e for e in every if name is None or (e["name"], e["version"]) == (name, str(number))]}
+
+    def own_statistics(self, name: str | None = None, number: int | None = None) -> dict[str, Any]:
+        """:meth:`model_statistics` of this process alone (``name`` and its resolved version ``number``, or all)."""
         loaded = self.runtime.models()
         with self._lock:
             counts = {key: list(value) for key, value in self._counts.items()}
-        if name is not None:
-            with self._model(name, version) as (_, number):  # an unknown model or version is a 404
-                wanted = [(name, number)]
+        if name is not None and number is not None:
+            wanted = [(name, number)]
         else:
             wanted = sorted({(n, info["version"]) for n, info in loaded.items() if info["version"] is not None}
                             | set(counts))

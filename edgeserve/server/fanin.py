@@ -5,11 +5,13 @@ its own requests: counters read 7 at one scrape and 4 at the next, which Prometh
 worker writes its own exposition to a folder the parent made (``FOLDER_ENV``) every ``INTERVAL_S``, and the worker
 that is scraped answers with its own live values and its siblings' latest, summed: counters, histograms and most
 gauges add up; the gauges that say whether something holds (a model loaded, drift under way) take the largest.
-A sibling's part is at most ``INTERVAL_S`` old; one whose process has gone is left out.
+A sibling's part is at most ``INTERVAL_S`` old; one whose process has gone is left out. Triton's statistics
+(``/v2/models/stats``, gRPC's ModelStatistics) are shared and summed the same way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -30,12 +32,15 @@ class Siblings:
     """Writes this worker's metrics for the others, and merges theirs into its own when it is scraped."""
 
     def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S,
-                 pid: int | None = None) -> None:
-        """``own``: this worker's exposition; ``pid``: the process it is shared as (default: this one)."""
+                 pid: int | None = None, statistics: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``own``: this worker's exposition; ``pid``: the process it is shared as (default: this one);
+        ``statistics``: its Triton statistics of every model (shared beside the exposition)."""
         self.folder = Path(folder)
         self._own = own
+        self._statistics = statistics
         self._interval = interval_s
         self._file = self.folder / f"{os.getpid() if pid is None else pid}.prom"
+        self._stats_file = self._file.with_suffix(".stats")
         self._stop = threading.Event()
         self._writing = threading.Lock()
         self._share()  # at once: a scrape of a sibling counts this worker from its start
@@ -48,40 +53,78 @@ class Siblings:
         next (Prometheus would read that as a restart)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        own = self._share()
-        texts = [own.decode()] + list(self._theirs())
+        own, _ = self._share()
+        texts = [own.decode()] + list(self._theirs(".prom"))
         families = (family for text in texts for family in text_string_to_metric_families(text))
         return _render(_merge(families))
+
+    def merged_statistics(self) -> list[dict[str, Any]]:
+        """Triton's per-model statistics of every worker, summed per model and version (the latest inference: the
+        last of any); this worker's shared first, as :meth:`merged` does."""
+        _, own = self._share()
+        entries = list((own or {}).get("model_stats", []))
+        for text in self._theirs(".stats"):
+            try:
+                entries += json.loads(text).get("model_stats", [])
+            except ValueError:  # NOTE: written whole (see _write); a file not JSON is no sibling's
+                continue
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for entry in entries:
+            key = (entry["name"], entry["version"])
+            merged[key] = _add(merged[key], entry) if key in merged else json.loads(json.dumps(entry))
+        return list(merged.values())
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._file.unlink(missing_ok=True)
+        self._stats_file.unlink(missing_ok=True)
 
     def _share_until_stopped(self) -> None:
         while not self._stop.wait(self._interval):
             self._share()
 
-    def _share(self) -> bytes:
-        """Write this worker's exposition for the others; returns it."""
-        with self._writing:  # NOTE: taken and written in one go: the file only ever moves to a later snapshot
+    def _share(self) -> tuple[bytes, dict[str, Any] | None]:
+        """Write this worker's exposition (and statistics) for the others; returns them."""
+        with self._writing:  # NOTE: taken and written in one go: the files only ever move to later snapshots
             own = self._own()
-            part = self._file.with_suffix(".part")
+            stats = self._statistics() if self._statistics is not None else None
             try:
-                part.write_bytes(own)
-                os.replace(part, self._file)  # a reader sees the old file or the new one, never half of one
+                _write(self._file, own)
+                if stats is not None:
+                    _write(self._stats_file, json.dumps(stats).encode())
             except OSError as exc:  # NOTE: a full disk must not end the sharing for good, nor the worker
                 log.warning("edgeserve: cannot share this worker's metrics in %s: %s", self.folder, exc)
-        return own
+        return own, stats
 
-    def _theirs(self) -> Iterator[str]:
-        for path in self.folder.glob("*.prom"):
-            if path == self._file or not _alive(path.stem):
+    def _theirs(self, suffix: str) -> Iterator[str]:
+        mine = self._file.with_suffix(suffix)
+        for path in self.folder.glob("*" + suffix):
+            if path == mine or not _alive(path.stem):
                 continue
             try:
                 yield path.read_text()
             except OSError:  # gone between the listing and the read: that worker stopped
                 continue
+
+
+def _write(path: Path, data: bytes) -> None:
+    part = path.with_suffix(path.suffix + ".part")
+    part.write_bytes(data)
+    os.replace(part, path)  # a reader sees the old file or the new one, never half of one
+
+
+def _add(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Two workers' statistics of one model version: numbers summed (the latest inference: the later), nested
+    durations likewise; lists (Triton's per-batch-size stats, which edgeserve leaves empty) kept."""
+    for key, value in more.items():
+        if key == "last_inference":
+            total[key] = max(total.get(key, 0), value)
+        elif isinstance(value, dict):
+            total[key] = _add(total.get(key, {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def _alive(stem: str) -> bool:

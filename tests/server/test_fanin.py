@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,22 @@ def test_no_count_goes_down_between_scrapes_that_reach_different_workers(tmp_pat
         a.close()
         b.close()
     assert first == 5 and second == 8
+
+
+def test_triton_statistics_add_up_per_model_and_version(tmp_path: Path) -> None:
+    """Counts and times summed per model and version; the latest inference is the later one; a version only one
+    worker served is kept as it is."""
+    def stats(version: str, ok: int, ns: int, last: int) -> dict:
+        return {"name": "m", "version": version, "last_inference": last, "inference_count": ok, "execution_count": ok,
+                "inference_stats": {"success": {"count": ok, "ns": ns}}, "batch_stats": []}
+
+    (tmp_path / f"{os.getppid()}.stats").write_text(json.dumps({"model_stats": [stats("1", 3, 300, 50),
+                                                                                  stats("2", 1, 10, 70)]}))
+    mine = Siblings(tmp_path, lambda: b"", interval_s=3600, statistics=lambda: {"model_stats": [stats("1", 4, 400, 60)]})
+    try:
+        merged = {e["version"]: e for e in mine.merged_statistics()}
+    finally:
+        mine.close()
+    assert merged["1"]["inference_count"] == 7 and merged["1"]["inference_stats"]["success"] == {"count": 7, "ns": 700}
+    assert merged["1"]["last_inference"] == 60 and merged["1"]["name"] == "m"
+    assert merged["2"] == stats("2", 1, 10, 70)

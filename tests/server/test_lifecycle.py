@@ -254,6 +254,12 @@ def test_workers_share_the_ports_and_drain_together(slow_repo: Path, tmp_path: P
         _wait_until(lambda: _scraped(hp) == {"requests": 24.0, "timed": 24.0, "rows": 24.0, "loaded": 1.0},
                     "the scrape never summed both workers' requests", timeout=30, why=lambda: str(_scraped(hp)))
         assert all(_scraped(hp)["requests"] == 24.0 for _ in range(6))  # every scrape, whichever worker answers
+
+        def stats() -> tuple[int, int]:  # Triton's statistics extension, summed the same way
+            entry = json.loads(call(hp, "GET", "/v2/models/wide/stats").body)["model_stats"][0]
+            return entry["inference_count"], entry["inference_stats"]["success"]["count"]
+
+        assert all(stats() == (24, 24) for _ in range(6))
         workers = parent.children()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
