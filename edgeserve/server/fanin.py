@@ -29,7 +29,7 @@ HIGHEST = frozenset({"edgeserve_model_loaded", "edgeserve_drift_score", "edgeser
 
 
 class Siblings:
-    """Writes this worker's metrics for the others, and merges theirs into its own when it is scraped."""
+    """Writes this worker's metrics and statistics for the others, and adds theirs to its own when asked."""
 
     def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S,
                  pid: int | None = None, statistics: Callable[[], dict[str, Any]] | None = None) -> None:
