@@ -87,7 +87,7 @@ class Chooser:
             self._epoch_start = None
             if self.mode != self.winner:  # NOTE: a trial the silence cut short is dropped, not carried into the
                 # burst: it ran on in its way through the settling epoch and one more (the digits MLP at 4 callers
-                # in 0.2 s bursts: ~80 ms a burst batched at a quarter of the direct way's rate, 0.68-0.75x);
+                # in 0.2 s bursts: ~80 ms a burst batched at 1/15 of the direct way's rate, 0.66-0.78x);
                 # it is tried again after the burst's first measured epoch
                 self.mode = self.winner
                 self._trial = self._before = None
