@@ -533,6 +533,22 @@ def gru_model(features: int = 4, hidden: int = 8, seed: int = 0, *, time_major: 
     return model
 
 
+def image_text_model(images: str = "image_batch_size", texts: str = "text_batch_size") -> onnx.ModelProto:
+    """CLIP's shape: N images [images, 4] scored against M texts [texts, 4]: scores [images, texts]."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["text"], ["text_t"], perm=[1, 0]),
+         helper.make_node("MatMul", ["image", "text_t"], ["logits_per_image"]),
+         helper.make_node("Identity", ["text"], ["text_embeds"])],
+        "clip_like",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [images, 4]),
+         helper.make_tensor_value_info("text", TensorProto.FLOAT, [texts, 4])],
+        [helper.make_tensor_value_info("logits_per_image", TensorProto.FLOAT, [images, texts]),
+         helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, [texts, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
     """Wait until ``condition()`` holds (a state the test observes, not a guess at how long something takes)."""
     done = threading.Event()

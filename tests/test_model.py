@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -13,7 +12,7 @@ import pytest
 import edgeserve
 from edgeserve import ClosedError, GoldenMismatchError, InputError, SessionConfig
 from edgeserve.package import MANIFEST, compute_digests
-from tests.factories import gather_model, mlp_model, rows, save, two_input_model
+from tests.factories import gather_model, image_text_model, mlp_model, rows, save, two_input_model
 
 
 def test_predict_matches_plain_onnxruntime(mlp_path: Path) -> None:
@@ -154,24 +153,6 @@ def test_inputs_must_agree_on_the_batch_size(tmp_path: Path) -> None:
         assert model.predict({"ids": np.ones((3, 2), np.int64), "scale": np.ones((3, 1), np.float32)})["out"].shape == (3, 2)
 
 
-def _image_text_model(images: str = "image_batch_size", texts: str = "text_batch_size") -> Any:
-    """CLIP's shape: N images [images, 4] scored against M texts [texts, 4]: scores [images, texts]."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Transpose", ["text"], ["text_t"], perm=[1, 0]),
-         helper.make_node("MatMul", ["image", "text_t"], ["logits_per_image"]),
-         helper.make_node("Identity", ["text"], ["text_embeds"])],
-        "clip_like",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [images, 4]),
-         helper.make_tensor_value_info("text", TensorProto.FLOAT, [texts, 4])],
-        [helper.make_tensor_value_info("logits_per_image", TensorProto.FLOAT, [images, texts]),
-         helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, [texts, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
 def test_inputs_whose_batch_axes_are_named_apart_take_their_own_numbers_of_rows(tmp_path: Path,
                                                                                   batching: bool) -> None:
@@ -182,7 +163,7 @@ def test_inputs_whose_batch_axes_are_named_apart_take_their_own_numbers_of_rows(
 
     image, text = rows(3, 4, seed=1), rows(2, 4, seed=2)
     config = edgeserve.BatchConfig(adaptive=False) if batching else None
-    with edgeserve.load(save(_image_text_model(), tmp_path / "clip.onnx"), batching=config) as model:
+    with edgeserve.load(save(image_text_model(), tmp_path / "clip.onnx"), batching=config) as model:
         got = model.predict({"image": image, "text": text})
         np.testing.assert_allclose(got["logits_per_image"], image @ text.T, rtol=1e-5)
         assert not can_batch(model.inputs, model.outputs)
@@ -190,7 +171,7 @@ def test_inputs_whose_batch_axes_are_named_apart_take_their_own_numbers_of_rows(
 
     assert "  rows counted apart: image | text (each set its own number of rows; requests are not batched together)" \
         in list(model_file_lines(tmp_path / "clip.onnx"))  # what inspect says
-    made_up = _image_text_model("image_dynamic_axes_1", "text_dynamic_axes_1")
+    made_up = image_text_model("image_dynamic_axes_1", "text_dynamic_axes_1")
     with edgeserve.load(save(made_up, tmp_path / "made_up.onnx")) as model:
         with pytest.raises(InputError, match="disagree on the batch size: 'image' 3 .*'text' 2"):
             model.predict({"image": image, "text": text})

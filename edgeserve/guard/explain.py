@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..tensors import TensorSpec
+from ..tensors import TensorSpec, row_sets
 from .reference import MAX_FEATURES, Layout
 
 MAX_ROWS_PER_RUN = 4096
@@ -85,8 +85,13 @@ def explain(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], input
     """Occlusion attributions for the rows of ``feed`` (checked already); ``run`` runs a feed on the engine;
     ``out_axes``: outputs whose rows are not on axis 0 (an RNN's ``hn``); ``outputs``: their specs, whose fixed
     sizes bound the attributions without a run (see ``MAX_ATTRIBUTION_BYTES``)."""
-    req = _Request(run, feed, {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None
-                               for s in inputs}, dict(out_axes or {}), _row_values(outputs))
+    axes = {s.name: s.batch_axis if s.batch_axis is not None else 0 if s.rows_on_axis0 else None for s in inputs}
+    out = dict(out_axes or {})
+    apart: set[str] = set()
+    if len(row_sets(inputs)) > 1:
+        apart = _rows_apart(inputs, outputs, input or _explained_input(inputs, feed), axes, out)
+    req = _Request(run, feed, axes, out, _row_values(tuple(o for o in outputs if o.name not in apart)),
+                   frozenset(apart))
     if input is None and _one_column_each(inputs, feed):
         return _columns(req, inputs, reference)
     name = input or _explained_input(inputs, feed)
@@ -134,6 +139,33 @@ def _floats(req: _Request, spec: TensorSpec, x: np.ndarray, stats: Mapping[str, 
                      "samples], [rows, steps, features], image [rows, C, H, W] / [rows, H, W, C] and token inputs")
 
 
+def _rows_apart(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], name: str,
+                axes: dict[str, int | None], out_axes: dict[str, int]) -> set[str]:
+    """A model whose inputs count rows apart (CLIP's images and texts, see :func:`edgeserve.tensors.row_sets`),
+    explained by ``name``: the other sets' inputs go whole into every run (``axes`` made None); an output is
+    attributed along the axis its declared dimensions name for ``name``'s rows (``logits_per_image [images,
+    texts]``: axis 1 when texts are explained), and one with only another set's rows (``text_embeds``, when images
+    are) is left out: its set is returned."""
+    sets = row_sets(inputs)
+    own = next((g for g in sets if any(s.name == name for s in g)), ())
+    if not own:
+        return set()
+
+    def rows_dim(group: tuple[TensorSpec, ...]) -> Any:
+        first = group[0]
+        return first.shape[first.batch_axis] if first.batch_axis is not None else None
+
+    mine, others = rows_dim(own), {rows_dim(g) for g in sets if g is not own}
+    axes.update({s.name: None for g in sets if g is not own for s in g})
+    apart = set()
+    for spec in outputs:
+        if mine in spec.shape:
+            out_axes[spec.name] = list(spec.shape).index(mine)
+        elif others & set(spec.shape):
+            apart.add(spec.name)
+    return apart
+
+
 def _explained_input(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarray]) -> str:
     """The first float input with rows of features, pixels or steps; else the first token ids (not a mask)."""
     for spec in inputs:
@@ -171,7 +203,8 @@ def _run_rows(req: _Request, varied: Mapping[str, np.ndarray], source_row: int) 
             else:
                 batch[k] = np.repeat(np.take(np.asarray(v), [source_row], axis=axis), n, axis=axis)
         pieces.append(req.run(batch))
-    return {k: np.concatenate([p[k] for p in pieces], axis=req.out_axes.get(k, 0)) for k in pieces[0]}
+    return {k: np.concatenate([p[k] for p in pieces], axis=req.out_axes.get(k, 0)) for k in pieces[0]
+            if k not in req.apart}
 
 
 @dataclass
@@ -186,6 +219,8 @@ class _Request:
     """Outputs whose rows are not on axis 0 (an RNN's ``hn``)."""
     row_values: int | None = None
     """Output values per row, all outputs together, where the specs fix them (None: known only from a run)."""
+    apart: frozenset[str] = frozenset()
+    """Outputs with the rows of inputs not explained (a CLIP's text embeddings when its images are): left out."""
 
     @property
     def rows(self) -> int:

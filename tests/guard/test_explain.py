@@ -318,3 +318,24 @@ def test_occluded_copies_run_in_runs_of_bounded_bytes(tmp_path: Path, monkeypatc
         cut = model.explain(images, patch=8)
     assert max(rows_seen) == 3 and sum(rows_seen) == 1 + 16  # the row as given and its 16 occluded copies
     np.testing.assert_allclose(cut.attributions["scores"], whole.attributions["scores"], rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_counted_apart_are_explained_against_the_others_whole(tmp_path: Path) -> None:
+    """CLIP scores N images against M texts. Explaining 3 images against 2 texts took the texts' rows for the
+    images' (2 rows explained, each against one text); now every run holds all texts, the scores are attributed
+    along their image axis (along the text axis when texts are explained), and the text embeddings, which no image
+    moves, are left out. Exact for this linear scorer: image feature j of image i moves score (i, t) by
+    text[t, j] * x[i, j] (occluded with 0: no reference)."""
+    from tests.factories import image_text_model
+
+    rng = np.random.default_rng(0)
+    image, text = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
+    with edgeserve.load(save(image_text_model(), tmp_path / "clip.onnx")) as model:
+        e = model.explain({"image": image, "text": text}, input="image")
+        by_text = model.explain({"image": image, "text": text}, input="text")
+    assert set(e.attributions) == {"logits_per_image"}  # text_embeds has the texts' rows: left out
+    np.testing.assert_allclose(e.attributions["logits_per_image"], image[:, :, None] * text.T[None, :, :], atol=1e-5)
+    np.testing.assert_allclose(e.outputs["logits_per_image"], image @ text.T, atol=1e-5)
+    att = by_text.attributions["logits_per_image"]  # [texts, features, images]
+    np.testing.assert_allclose(att, text[:, :, None] * image.T[None, :, :], atol=1e-5)
+    assert by_text.attributions["text_embeds"].shape == (2, 4, 4)
