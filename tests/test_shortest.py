@@ -81,6 +81,8 @@ def test_axes_that_share_a_name_are_cut_together() -> None:
              TensorSpec("attention_mask", "int64", ("batch", "sequence"), 0),
              TensorSpec("image", "float32", ("batch", 3, None, None), 0)]
     assert variable_axes(specs) == [[("input_ids", 1), ("attention_mask", 1)], [("image", 2)], [("image", 3)]]
+    dotted = [TensorSpec("x", "float32", ("p2o.DynamicDimension.0", 3, "p2o.DynamicDimension.1"), 0)]
+    assert variable_axes(dotted) == [[("x", 2)]]  # paddle2onnx's names are names, not expressions of others
 
 
 def test_a_manifest_with_a_shortest_length_outside_the_shape_is_refused(tmp_path: Path) -> None:

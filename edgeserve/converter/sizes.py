@@ -88,12 +88,17 @@ def dim_groups(specs: Sequence[TensorSpec]) -> tuple[dict[str, list[tuple[str, i
         for axis, dim in enumerate(spec.shape):
             if axis == spec.batch_axis or isinstance(dim, int):
                 continue
-            if isinstance(dim, str) and not dim.isidentifier():
+            if isinstance(dim, str) and EXPRESSION.search(dim):
                 derived.setdefault(dim, []).append((spec.name, axis))
                 continue
             key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
             groups.setdefault(key, []).append((spec.name, axis))
     return groups, derived
+
+
+EXPRESSION = re.compile(r"[-+*/%()]")
+"""What makes a dimension name an expression of others (``floor(W/4)``, ``past_sequence_length + sequence_length``);
+a name that is only not an identifier (paddle2onnx's ``p2o.DynamicDimension.0``) is a plain name."""
 
 
 def names_in(expr: str) -> set[str]:
