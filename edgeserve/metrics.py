@@ -1029,16 +1029,20 @@ def _looks_like_map(values: np.ndarray) -> bool:
 def _looks_like_pixel_scores(name: str, values: np.ndarray) -> bool:
     """``[batch, classes, H, W]`` floats named like scores (a segmentation head's logits; an image output, a
     super-resolution's, is not named so)."""
-    return bool(values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and 2 <= values.shape[1] <= 1024
-                and min(values.shape[2:]) >= 4 and (SCORE_NAME.search(name) or SEG_NAME.search(name)))
+    return bool(_class_maps(values, 2) and (SCORE_NAME.search(name) or SEG_NAME.search(name)))
+
+
+def _class_maps(values: np.ndarray, least: int) -> bool:
+    """Floats ``[batch, classes, H, W]``: ``least`` to 1024 classes over maps at least 4 pixels a side."""
+    return bool(values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and least <= values.shape[1] <= 1024
+                and min(values.shape[2:]) >= 4)
 
 
 def _pixel_scores_of_an_image(inputs: Outputs, values: np.ndarray) -> bool:
     """``[batch, classes, H, W]`` floats, unnamed, at the height and width of a ``[batch, channels, H, W]`` float
     input with fewer channels: what a segmentation network answers. At least 4 classes: an optical flow's 2 channels
     or a depth map's 1 are measurements, an image-to-image model's output has the image's own channels."""
-    if not (values.ndim == 4 and np.issubdtype(values.dtype, np.floating) and 4 <= values.shape[1] <= 1024
-            and min(values.shape[2:]) >= 4):
+    if not _class_maps(values, 4):
         return False
     return any(v.ndim == 4 and np.issubdtype(v.dtype, np.floating) and v.shape[2:] == values.shape[2:]
                and v.shape[1] < values.shape[1] for v in map(np.asarray, inputs.values()))
