@@ -32,7 +32,7 @@ RUN_BYTES = 64 * 1024 * 1024
 """Bytes of occluded input rows per engine run at most (a 3x512x512 image is 3 MiB a row: 21 rows a run, not 4096)."""
 MAX_ATTRIBUTION_BYTES = 256 * 1024 * 1024
 """The attributions one explanation may hold: parts x rows x output values, float64. A segmentation network's
-[21, 224, 224] answer per each of 64 patches is 270 MB for one image; a request for more is refused before it runs,
+[21, 224, 224] answer per each of 64 patches is 514 MiB for one image; a request for more is refused before it runs,
 not left to exhaust the server's memory."""
 SEGMENTS = 32
 """Windows a signal or sequence is cut into when no window size is given."""

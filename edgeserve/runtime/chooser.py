@@ -115,14 +115,13 @@ class Chooser:
 
     def _first_guess(self) -> None:
         """Before anything is measured: a model whose runs take less than ``QUICK_RUN_S`` or at least
-        ``SLOW_RUN_S`` starts direct (its trial of batching comes at the first recheck), so a fresh model under
-        load does not spend its first epochs batched when a hand-off costs more than its run, or when its runs
-        are too long for a hand-off to matter. In between (a small transformer, a wide MLP) batching starts:
-        there it most often pays."""
+        ``SLOW_RUN_S`` starts direct (batching is tried after its first measured epoch, as a way never measured
+        always is), so a fresh model under load does not spend its first epochs batched when a hand-off costs more
+        than its run, or when its runs are too long for a hand-off to matter. In between (a small transformer, a
+        wide MLP) batching starts: there it most often pays."""
         if self.rates[BATCH] is None and self.rates[DIRECT] is None and self._requests and self._busy_s > 0:
             if not QUICK_RUN_S <= self._busy_s / self._requests < SLOW_RUN_S:
                 self.winner = self.mode = DIRECT
-                self._recheck_at = self._last + RECHECK_S[0]
 
     def _new_epoch(self, now: float) -> None:
         self._epoch_start, self._answered, self._requests, self._busy_s = now, 0, 0, 0.0

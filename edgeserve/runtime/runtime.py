@@ -483,10 +483,10 @@ class Runtime:
         another process: ``edgeserve models ...``), load models published since the start (when serving the whole
         repository), unload those whose folder is gone, and load a model again when its ``serving.json`` changed.
         What changed, by model (``"version 2"``, ``"loaded"``, ``"unloaded"``, ``"new settings"``, ``"failed:
-        ..."``). A version that failed to load is not tried again until the repository
-        points elsewhere; a model unloaded on purpose (:meth:`unload`) stays unloaded. Cheap when nothing changed:
-        a directory listing, each model's ``state.json`` and a stat of its ``serving.json``; ``edgeserve serve``
-        calls it every ``--poll`` seconds."""
+        ..."``). A version that failed to load is not tried again until the repository points elsewhere or its
+        ``serving.json`` changes; a model unloaded on purpose (:meth:`unload`) stays unloaded. Cheap when nothing
+        changed: a directory listing, each model's ``state.json`` and a stat of its ``serving.json``; ``edgeserve
+        serve`` calls it every ``--poll`` seconds."""
         if self._closed:
             return {}
         changed: dict[str, str] = {}

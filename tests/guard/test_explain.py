@@ -284,7 +284,7 @@ def _per_pixel(path: Path, size: int = 32, *, fixed: bool = True) -> Path:
 
 @pytest.mark.parametrize("fixed", [True, False], ids=["fixed size", "any size"])
 def test_an_explanation_too_large_to_hold_is_refused_before_it_runs(tmp_path: Path, monkeypatch, fixed: bool) -> None:
-    """A segmentation network answers per pixel: its attributions are patches x its whole answer (270 MB for one
+    """A segmentation network answers per pixel: its attributions are patches x its whole answer (514 MiB for one
     224 px image of 21 classes in 64 patches). Past the limit the request is refused naming the sizes and what to
     change, before any occluded copy runs: from the declared output size, or one run of the row as given."""
     from edgeserve.guard import explain as explain_module
