@@ -29,6 +29,7 @@ more than answering it, say so with ``GuardConfig(sample=...)``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -43,6 +44,7 @@ from ..config import GuardConfig, TriggerConfig
 from ..pools import LazyPool
 from ..tensors import TensorSpec
 from .drift import Cusum, describe_thresholds
+from .episodes import LocalEpisodes, SharedEpisodes
 from .reference import Layout, row_features
 from .trigger import Trigger
 
@@ -72,6 +74,9 @@ class DriftMonitor:
         self.labels = [f"{side}:{name}: {label}" for side, name, layout, n, _ in tensors for label in layout.labels(n)]
         self.detector = Cusum(knots, shift=config.shift, budget=config.false_alarm_requests, rows=rows)
         self.trigger = trigger
+        self.episodes: LocalEpisodes | SharedEpisodes = LocalEpisodes()
+        """Where the episodes are kept: here, or shared with the other processes serving this version (see
+        :mod:`.episodes`), so that the trigger fires once per episode across them."""
         self._episode = config.trigger or TriggerConfig()
         """Exit level and re-arm span of an episode: the trigger's, or its defaults when nothing fires."""
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -235,12 +240,17 @@ class DriftMonitor:
             if top >= 1.0:
                 self.drifting, self._onset, self._below, self._has_fired = True, self.rows, 0, False
                 self.alarms += 1
+                self._shared(self.episodes.join)
                 self._emit("drift", score)
             return
         if top >= episode.exit_level:
             self._below = 0
             if self.config.trigger is not None and not self._has_fired and self.rows - self._onset >= episode.span:
                 self._has_fired = True
+                if not self._shared(self.episodes.claim, True):
+                    log.info("drift monitor of %s: the episode's trigger already fired in another process",
+                             self.identity)
+                    return
                 self.fired += 1
                 event = self._emit("retrain", score)
                 if self.trigger is not None:
@@ -249,7 +259,31 @@ class DriftMonitor:
             self._below += n
             if self._below >= episode.rearm:
                 self.drifting = False
+                self._shared(self.episodes.leave)
                 self._emit("recovered", score)
+
+    def _shared(self, step: Callable[[], Any], otherwise: Any = None) -> Any:
+        """One step of the shared episode; a folder that cannot be read or written is logged, and the episode goes
+        on as this process's own (``otherwise``: what the step answers then)."""
+        try:
+            return step()
+        except OSError as exc:
+            log.warning("drift monitor of %s: shared episodes in %s: %s; this process keeps its own", self.identity,
+                        getattr(self.episodes, "path", "?"), exc)
+            return otherwise
+
+    def share(self, folder: str | os.PathLike[str], key: str) -> None:
+        """Keep this version's episodes in ``folder``, shared with the other processes that serve it as ``key``."""
+        self.episodes = SharedEpisodes(folder, key)
+        if self.drifting:
+            self._shared(self.episodes.join)
+
+    def close(self) -> None:
+        """Leave the shared episode (this version serves no more here) and end the trigger's thread."""
+        if self.drifting:
+            self._shared(self.episodes.leave)
+        if self.trigger is not None:
+            self.trigger.close()  # its thread finishes the event in hand, then ends
 
     def _emit(self, kind: str, score: np.ndarray) -> dict[str, Any]:
         event = {"event": kind, **self.identity, "time": self._clock(),

@@ -457,8 +457,8 @@ class Model:
         self._session.close()
         if self._turn_session is not None:
             self._turn_session.close()
-        if self.monitor is not None and self.monitor.trigger is not None:
-            self.monitor.trigger.close()  # its thread finishes the event in hand, then ends
+        if self.monitor is not None:
+            self.monitor.close()
 
     @property
     def closed(self) -> bool:

@@ -110,13 +110,16 @@ class Runtime:
     written to. ``models`` limits which models load (default: all). A model whose serving version does not load is reported
     (``models()[name]["error"]``, and a warning) and skipped; the others serve. Versions asked for explicitly are
     loaded on demand and kept, at most ``max_on_demand`` per model, least recently used closed first. The runtime
-    is a context manager; ``close()`` drains.
+    is a context manager; ``close()`` drains. ``episodes``: a folder that the processes serving this repository
+    share (an app run as several processes; ``edgeserve serve --workers`` sets it), so that each drift episode
+    fires the retraining trigger once across them, not once in each (see :mod:`edgeserve.guard.episodes`).
     """
 
     def __init__(self, repository: str | os.PathLike[str] | Repository, *, models: Sequence[str] | None = None,
                  config: SessionConfig | None = None, batching: BatchConfig | None = None,
                  cache: CacheConfig | None = None, golden: GoldenPolicy = "error", max_on_demand: int = 2,
-                 guard: GuardConfig | None = DEFAULT_GUARD, audit: AuditLog | str | os.PathLike[str] | None = None) -> None:
+                 guard: GuardConfig | None = DEFAULT_GUARD, audit: AuditLog | str | os.PathLike[str] | None = None,
+                 episodes: str | os.PathLike[str] | None = None) -> None:
         if max_on_demand < 0:
             raise ConfigError(f"max_on_demand must be 0 or more, got {max_on_demand}")
         self.repository = repository if isinstance(repository, Repository) else Repository(repository)
@@ -126,6 +129,7 @@ class Runtime:
         self._golden = golden
         self._max_on_demand = max_on_demand
         self._guard = guard
+        self._episodes = episodes
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -626,6 +630,8 @@ class Runtime:
                             d["here"], f" ({d['note']})" if d["note"] else "")
         if model.monitor is not None:  # events name the model as the repository does, not as its package does
             model.monitor.identity.update(model=name, version=version)
+            if self._episodes is not None:
+                model.monitor.share(self._episodes, f"{name}@{version}:{model.identity}")
         if self.audit is not None and model.monitor is not None:
             audit, number = self.audit, version
 

@@ -99,9 +99,13 @@ class Server:
         self.config = config
         self.tokens = Tokens.read(config.token_file) if config.token_file else None
         log_ = AuditLog(audit, durability=audit_mode) if audit is not None else None
+        folder = os.environ.get(FOLDER_ENV)
+        shared = folder if config.reuse_port and folder and Path(folder).is_dir() else None
+        """A worker of several: one /metrics for all, one trigger firing per drift episode for all."""
         try:
             self.runtime = Runtime(repository, batching=batching, cache=cache, config=session or server_session(),
-                                   guard=guard, audit=log_)
+                                   guard=guard, audit=log_,
+                                   episodes=None if shared is None else Path(shared) / "episodes")
         except BaseException:
             if log_ is not None:
                 log_.close()
@@ -111,9 +115,8 @@ class Server:
         self.plane = DataPlane(self.runtime, observer=self.metrics, model_control=config.model_control,
                                shared_memory=config.shared_memory)
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
-        folder = os.environ.get(FOLDER_ENV)
-        if config.reuse_port and folder and Path(folder).is_dir():  # a worker of several: one /metrics for all
-            self.metrics.siblings = self.plane.siblings = Siblings(folder, self.metrics.own,
+        if shared is not None:
+            self.metrics.siblings = self.plane.siblings = Siblings(shared, self.metrics.own,
                                                                    statistics=self.plane.own_statistics)
         self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..guard.episodes import process_alive
+
 log = logging.getLogger(__name__)
 
 FOLDER_ENV = "EDGESERVE_METRICS_FOLDER"
@@ -100,7 +102,7 @@ class Siblings:
     def _theirs(self, suffix: str) -> Iterator[str]:
         mine = self._file.with_suffix(suffix)
         for path in self.folder.glob("*" + suffix):
-            if path == mine or not _alive(path.stem):
+            if path == mine or not process_alive(path.stem):
                 continue
             try:
                 yield path.read_text()
@@ -125,16 +127,6 @@ def _add(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
     return total
-
-
-def _alive(stem: str) -> bool:
-    try:
-        os.kill(int(stem), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # another user's process of that number: not one of ours
-        return False
-    return True
 
 
 def _merge(families: Iterable[Any]) -> list[Any]:
