@@ -318,7 +318,15 @@ class DriftMonitor:
                          "detectors": 4 * len(self.labels)},
             "trigger": None if self.trigger is None else {
                 "last": list(self.trigger.history)[-3:], "dropped": self.trigger.dropped},
+            **({"shared_episode": self._shared_episode(self.episodes)} if isinstance(self.episodes, SharedEpisodes)
+               else {}),
         }
+
+    def _shared_episode(self, episodes: SharedEpisodes) -> dict[str, Any] | None:
+        """The episode across the processes serving this version: its number, whether it fired, how many drift."""
+        state = self._shared(episodes.state)
+        return None if state is None else {"episode": state["episode"], "fired": state["fired"],
+                                           "processes_drifting": len(state["members"])}
 
     @property
     def score(self) -> float:

@@ -83,6 +83,7 @@ def test_two_runtimes_sharing_a_folder_fire_once_per_episode(digits_package: Pat
             m.trigger.wait(10)
         assert [e["event"] for e in events] == ["retrain"]  # once for both processes, not once in each
         assert sum(m.fired for m in monitors) == 1
+        assert one.drift("digits")["shared_episode"] == {"episode": 1, "fired": True, "processes_drifting": 2}
         send(stream, 200)  # both back in distribution: the episode ends
         assert not any(m.drifting for m in monitors)
         send(shifted, 150)  # a new episode fires once more
