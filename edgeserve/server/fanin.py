@@ -5,7 +5,8 @@ its own requests: counters read 7 at one scrape and 4 at the next, which Prometh
 worker writes its own exposition to a folder the parent made (``FOLDER_ENV``) every ``INTERVAL_S``, and the worker
 that is scraped answers with its own live values and its siblings' latest, summed: counters, histograms and most
 gauges add up; the gauges that say whether something holds (a model loaded, drift under way) take the largest.
-A sibling's part is at most ``INTERVAL_S`` old; one whose process has gone is left out. Triton's statistics
+A sibling's part is at most ``INTERVAL_S`` old; of one whose process died, the counts it last shared stay in the sums
+(its gauges are left out), so no counter goes down. Triton's statistics
 (``/v2/models/stats``, gRPC's ModelStatistics) are shared and summed the same way.
 """
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 FOLDER_ENV = "EDGESERVE_METRICS_FOLDER"
 """The folder the worker processes of one server write their metrics to (made by the parent)."""
 INTERVAL_S = 1.0
+CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+"""Families a worker that died still counts in (its last shared counts): leaving them out would lower the sums,
+which Prometheus reads as a restart. Its gauges (in flight, queued, loaded) are left out: they describe a live
+process."""
 HIGHEST = frozenset({"edgeserve_model_loaded", "edgeserve_drift_score", "edgeserve_drifting"})
 """Gauges a scrape reports the largest of over the workers, not the sum."""
 
@@ -56,8 +61,9 @@ class Siblings:
         from prometheus_client.parser import text_string_to_metric_families
 
         own, _ = self._share()
-        texts = [own.decode()] + list(self._theirs(".prom"))
-        families = (family for text in texts for family in text_string_to_metric_families(text))
+        families = list(text_string_to_metric_families(own.decode()))
+        for text, alive in self._theirs(".prom"):
+            families += (f for f in text_string_to_metric_families(text) if alive or f.type in CUMULATIVE)
         return _render(_merge(families))
 
     def merged_statistics(self) -> list[dict[str, Any]]:
@@ -65,7 +71,7 @@ class Siblings:
         last of any); this worker's shared first, as :meth:`merged` does."""
         _, own = self._share()
         entries = list((own or {}).get("model_stats", []))
-        for text in self._theirs(".stats"):
+        for text, _ in self._theirs(".stats"):  # counts only: a gone worker's stay in the sums, as in merged()
             try:
                 entries += json.loads(text).get("model_stats", [])
             except ValueError:  # NOTE: written whole (see _write); a file not JSON is no sibling's
@@ -99,13 +105,15 @@ class Siblings:
                 log.warning("edgeserve: cannot share this worker's metrics in %s: %s", self.folder, exc)
         return own, stats
 
-    def _theirs(self, suffix: str) -> Iterator[str]:
+    def _theirs(self, suffix: str) -> Iterator[tuple[str, bool]]:
+        """The other workers' shared files, and whether each one's process still runs (a worker that stopped
+        cleanly removed its own)."""
         mine = self._file.with_suffix(suffix)
         for path in self.folder.glob("*" + suffix):
-            if path == mine or not process_alive(path.stem):
+            if path == mine:
                 continue
             try:
-                yield path.read_text()
+                yield path.read_text(), process_alive(path.stem)
             except OSError:  # gone between the listing and the read: that worker stopped
                 continue
 

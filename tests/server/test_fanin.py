@@ -29,7 +29,8 @@ def _values(text: bytes) -> dict[str, float]:
 
 def test_counters_and_loads_add_up_and_states_take_the_largest(tmp_path: Path) -> None:
     """Requests and requests in flight add up over the workers; a model loaded in both is loaded (1, not 2), and
-    the drift score is the worst worker's. A sibling whose process has gone is left out."""
+    the drift score is the worst worker's. A sibling whose process died keeps its last counts in the sums (a
+    counter that went down would read as a restart), and its gauges are left out."""
     (tmp_path / f"{os.getppid()}.prom").write_bytes(_worker(7, 1, 0.4, 2))  # a live process: this test's parent
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / f"{gone.stdout.strip()}.prom").write_bytes(_worker(1000, 1, 9.0, 50))  # its process has exited
@@ -39,7 +40,7 @@ def test_counters_and_loads_add_up_and_states_take_the_largest(tmp_path: Path) -
         assert (tmp_path / f"{os.getpid()}.prom").exists()  # this worker's own, for the others
     finally:
         siblings.close()
-    assert merged["edgeserve_inference_requests_total"] == 11
+    assert merged["edgeserve_inference_requests_total"] == 1011
     assert merged["edgeserve_inflight_requests"] == 3
     assert merged["edgeserve_model_loaded"] == 1
     assert merged["edgeserve_drift_score"] == 0.9
@@ -67,18 +68,20 @@ def test_no_count_goes_down_between_scrapes_that_reach_different_workers(tmp_pat
 
 def test_triton_statistics_add_up_per_model_and_version(tmp_path: Path) -> None:
     """Counts and times summed per model and version; the latest inference is the later one; a version only one
-    worker served is kept as it is."""
+    worker served is kept as it is; a worker that died still counts."""
     def stats(version: str, ok: int, ns: int, last: int) -> dict:
         return {"name": "m", "version": version, "last_inference": last, "inference_count": ok, "execution_count": ok,
                 "inference_stats": {"success": {"count": ok, "ns": ns}}, "batch_stats": []}
 
     (tmp_path / f"{os.getppid()}.stats").write_text(json.dumps({"model_stats": [stats("1", 3, 300, 50),
                                                                                   stats("2", 1, 10, 70)]}))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"{gone.stdout.strip()}.stats").write_text(json.dumps({"model_stats": [stats("1", 2, 200, 40)]}))
     mine = Siblings(tmp_path, lambda: b"", interval_s=3600, statistics=lambda: {"model_stats": [stats("1", 4, 400, 60)]})
     try:
         merged = {e["version"]: e for e in mine.merged_statistics()}
     finally:
         mine.close()
-    assert merged["1"]["inference_count"] == 7 and merged["1"]["inference_stats"]["success"] == {"count": 7, "ns": 700}
+    assert merged["1"]["inference_count"] == 9 and merged["1"]["inference_stats"]["success"] == {"count": 9, "ns": 900}
     assert merged["1"]["last_inference"] == 60 and merged["1"]["name"] == "m"
     assert merged["2"] == stats("2", 1, 10, 70)
