@@ -407,7 +407,7 @@ def _within_budget(req: _Request, name: str, parts: Mapping[str, np.ndarray]) ->
             f"explaining input '{name}' would hold {size / 2**20:.0f} MiB of attributions ({req.rows} row(s) x "
             f"{occluded} occluded parts x {values} output values, float64), more than the "
             f"{MAX_ATTRIBUTION_BYTES / 2**20:.0f} MiB allowed: explain fewer rows, or occlude fewer, larger parts "
-            "(Model.explain's patch=)")
+            "(Model.explain's patch=, the server's explain_patch parameter)")
 
 
 def _row_values(outputs: tuple[TensorSpec, ...]) -> int | None:

@@ -271,7 +271,7 @@ class DataPlane:
             served.append(version)
             feed, wanted = self._checked(model, request)
             served.append(_batch_rows(model, feed))
-            explain = _wants_explanation(request)  # NOTE: a bad value is refused before the model runs
+            explain = _explanation_options(request)  # NOTE: a bad value is refused before the model runs
             audit = self.runtime.audit
             started = time.perf_counter()
             try:
@@ -295,8 +295,9 @@ class DataPlane:
                 raise
             out, flags = done
             explained = None
-            if explain:
-                explained = await asyncio.get_running_loop().run_in_executor(None, self._explain, model, feed)
+            if explain is not None:
+                explained = await asyncio.get_running_loop().run_in_executor(None, self._explain, model, feed,
+                                                                              explain)
             if audit is not None:  # answered only once its audit record is committed
                 await audit.wait_async(self._record(model, version, feed, out, started, flags, request,
                                                     detail=_explanation_detail(explained)))
@@ -319,7 +320,7 @@ class DataPlane:
             served.append(version)
             feed, wanted = self._checked(model, request)
             served.append(_batch_rows(model, feed))
-            explain = _wants_explanation(request)
+            explain = _explanation_options(request)
             audit = self.runtime.audit
             started = time.perf_counter()
             try:
@@ -328,16 +329,16 @@ class DataPlane:
                 if audit is not None:
                     audit.wait(self._record(model, version, feed, None, started, (), request, type(exc).__name__))
                 raise
-            explained = self._explain(model, feed) if explain else None
+            explained = self._explain(model, feed, explain) if explain is not None else None
             if audit is not None:
                 audit.wait(self._record(model, version, feed, out, started, flags, request,
                                         detail=_explanation_detail(explained)))
             return self._response(model, request, version, out, wanted, explained)
 
     @staticmethod
-    def _explain(model: Model, feed: dict[str, np.ndarray]) -> Explanation:
+    def _explain(model: Model, feed: dict[str, np.ndarray], options: dict[str, Any]) -> Explanation:
         try:
-            return model.explain(feed)
+            return model.explain(feed, **options)
         except EdgeserveError as exc:
             raise BadRequest(f"cannot explain this request: {first_line(exc)}") from None
 
@@ -474,13 +475,32 @@ def top_classes(name: str, value: np.ndarray, count: int, batched: bool) -> np.n
     return out if batched and value.ndim else out[0]
 
 
-def _wants_explanation(request: InferRequest) -> bool:
-    value = request.parameters.get("explain")
-    if value is None or value is False:
-        return False
-    if value is True or value == 1 or (isinstance(value, str) and value.lower() in ("true", "1", "yes")):
-        return True
-    raise BadRequest(f"parameter 'explain' must be true or false, got {value!r}")
+def _explanation_options(request: InferRequest) -> dict[str, Any] | None:
+    """``Model.explain``'s options from the request parameters (``explain``: true; ``explain_input``: which input;
+    ``explain_patch``: an image patch's side, a series window's steps), or None when no explanation is asked for."""
+    params = request.parameters
+    value = params.get("explain")
+    wanted = value is True or value == 1 or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
+    if not wanted and value not in (None, False) and not (isinstance(value, str) and value.lower() in ("false", "0",
+                                                                                                   "no")):
+        raise BadRequest(f"parameter 'explain' must be true or false, got {value!r}")
+    options: dict[str, Any] = {}
+    patch = params.get("explain_patch")
+    if patch is not None:
+        if isinstance(patch, bool) or not isinstance(patch, (int, str)) or not str(patch).isdigit() \
+                or not 0 < int(patch) <= 1 << 20:
+            raise BadRequest(f"parameter 'explain_patch' must be a positive whole number (pixels per side of an image "
+                             f"patch, steps per window of a series), got {patch!r}")
+        options["patch"] = int(patch)
+    name = params.get("explain_input")
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"parameter 'explain_input' must name one of the model's inputs, got {name!r}")
+        options["input"] = name
+    if options and not wanted:
+        raise BadRequest(f"parameter{'s' if len(options) > 1 else ''} "
+                         f"{', '.join(repr('explain_' + k) for k in options)} only apply with 'explain': true")
+    return options if wanted else None
 
 
 def _explanation_detail(explained: Explanation | None) -> str | None:
