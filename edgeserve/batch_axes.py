@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .dims import stand_in_shapes
 from .errors import EdgeserveError
 from .tensors import TensorSpec, stand_in
 
@@ -137,11 +138,9 @@ def stand_in_rows(inputs: Sequence[TensorSpec], rows: int = 3, seed: int = 0) ->
     as the converter's synthetic samples)."""
     rng = np.random.default_rng(seed)
     out = {}
+    shapes = stand_in_shapes(inputs, rows)
     for spec in inputs:
-        dims = [d if isinstance(d, int) else 8 for d in spec.shape]
-        if spec.batch_axis is not None:
-            dims[spec.batch_axis] = rows
-        value = stand_in(spec, dims, rng)
+        value = stand_in(spec, shapes[spec.name], rng)
         if value is None:
             raise EdgeserveError(f"input '{spec.name}' is {spec.dtype}: no stand-in rows")
         out[spec.name] = value

@@ -349,6 +349,8 @@ def _real_positions(inputs: Outputs, options: Mapping[str, str], shape: tuple[in
     if name not in inputs:
         raise MetricError(f"mask={name}: the model has no input '{name}'; it has {', '.join(inputs)}")
     mask = np.asarray(inputs[name])
+    if mask.ndim == 2 and len(shape) == 2 and mask.shape[0] == shape[0] and mask.shape[1] > shape[1]:
+        mask = mask[:, -shape[1]:]  # a KV-cache decoder's mask: the cache's positions, then the new tokens'
     if mask.shape != shape:
         raise MetricError(f"mask={name} is shaped {list(mask.shape)}, the per-token answers {list(shape)}")
     return mask != 0  # type: ignore[no-any-return]
@@ -390,9 +392,10 @@ IDS_NAME = re.compile(r"ids$|token", re.IGNORECASE)
 
 
 def find_mask(inputs: Outputs, hidden_shape: tuple[int, ...] | None = None, name: str | None = None) -> str | None:
-    """The attention-mask input: the given name, else a 2-D input named like a mask, else a 2-D 0/1 input whose
-    shape matches the hidden states' ``[batch, seq]`` and whose name does not say token ids (a decoder's ids drawn
-    from two tokens are no mask)."""
+    """The attention-mask input: the given name, else a 2-D input named like a mask (as long as the hidden states'
+    ``[batch, seq]``, or longer: a KV-cache decoder's mask over the cache and the new tokens, whose last ``seq``
+    positions are the new tokens'), else a 2-D 0/1 input whose shape matches ``[batch, seq]`` and whose name does
+    not say token ids (a decoder's ids drawn from two tokens are no mask)."""
     if name is not None:
         return name if name in inputs else None
     two_d = {k: np.asarray(v) for k, v in inputs.items() if np.asarray(v).ndim == 2}
@@ -400,6 +403,10 @@ def find_mask(inputs: Outputs, hidden_shape: tuple[int, ...] | None = None, name
     for k in matching:
         if MASK_NAME.search(k):
             return k
+    if hidden_shape is not None and len(hidden_shape) >= 2:
+        for k, v in two_d.items():  # a KV-cache decoder's mask covers the cache and then the new tokens
+            if MASK_NAME.search(k) and v.shape[0] == hidden_shape[0] and v.shape[1] > hidden_shape[1]:
+                return k
     for k, v in matching.items():
         if IDS_NAME.search(k):
             continue
@@ -419,7 +426,7 @@ def _pooled_cosine(options: Mapping[str, str]) -> MetricFn:
             if mask_name is None:
                 continue
             seen = True
-            m = np.asarray(inputs[mask_name], dtype=np.float64)[..., np.newaxis]
+            m = np.asarray(inputs[mask_name], dtype=np.float64)[:, -ref.shape[1]:, np.newaxis]  # see find_mask
             denom = np.maximum(m.sum(axis=1), 1.0)
             pooled_ref = (ref.astype(np.float64) * m).sum(axis=1) / denom
             pooled_cand = (cand.astype(np.float64) * m).sum(axis=1) / denom

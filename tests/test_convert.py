@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 import edgeserve
 from edgeserve import ConversionError, DataError, FidelityError, QuantizeConfig
@@ -463,11 +465,11 @@ def test_a_size_named_by_an_expression_follows_its_terms_when_sizes_are_probed()
     specs = [TensorSpec(n, "int64" if t == TensorProto.INT64 else "float32", tuple(shape), 0) for n, t, shape in inputs]
     feed = {"ids": np.ones((1, 3), np.int64), "mask": np.ones((1, 8), np.int64), "past": np.ones((1, 5, 4), np.float32)}
     assert fixed_sizes(Run(), specs, feed) == []
-    from edgeserve.converter.sizes import _evaluate
+    from edgeserve.dims import evaluate
 
-    assert [_evaluate(e, {"W": 10, "s": 3}) for e in ("ceil(W/4)", "floor(W/4)", "W//4", "2*s + 1")] == [3, 2, 2, 7]
+    assert [evaluate(e, {"W": 10, "s": 3}) for e in ("ceil(W/4)", "floor(W/4)", "W//4", "2*s + 1")] == [3, 2, 2, 7]
     with pytest.raises(ValueError):
-        _evaluate("W/4", {"W": 10})  # a fraction is no size
+        evaluate("W/4", {"W": 10})  # a fraction is no size
     untied = [*specs[:1], TensorSpec("mask", "int64", ("batch", "mask_length"), 0), specs[2]]
     assert {f["dim"] for f in fixed_sizes(Run(), untied, feed)} == {"sequence_length", "mask_length",
                                                                      "past_sequence_length"}
@@ -624,3 +626,40 @@ def test_batch_dependence_skips_outputs_whose_rows_answer_in_other_sizes_alone()
     specs_out = [TensorSpec("y", "float32", ("batch", "k"), 0), TensorSpec("z", "float32", ("batch", 1), 0)]
     rows_x = {"x": np.arange(8, dtype=np.float32).reshape(8, 1)}
     assert batch_dependence(run, specs_in, specs_out, rows_x) == 0.0
+
+
+def _cached_decoder() -> onnx.ModelProto:
+    """A decoder step's signature: new tokens [batch, sequence_length], a cache [batch, past_sequence_length] and a
+    mask over both, [batch, past_sequence_length + sequence_length] (as torch and optimum export a KV cache)."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["past", "x"], ["both"], axis=1),
+         helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["both", "maskf"], ["present"])],
+        "decoder_step",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", "sequence_length"]),
+         helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch_size", "past_sequence_length"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64,
+                                       ["batch_size", "past_sequence_length + sequence_length"])],
+        [helper.make_tensor_value_info("present", TensorProto.FLOAT,
+                                       ["batch_size", "past_sequence_length + sequence_length"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_stand_in_data_sizes_a_dim_named_by_an_expression_as_the_expression_says(tmp_path: Path) -> None:
+    """Without data, a KV-cache decoder's mask is as long as the cache and the new tokens together (it was 8 like
+    every other variable dim, and converting failed in the engine: "indices element out of data bounds")."""
+    from edgeserve.converter.data import synthetic_samples
+    from edgeserve.dims import stand_in_shapes
+    from edgeserve.tensors import TensorSpec
+
+    model = save(_cached_decoder(), tmp_path / "step.onnx")
+    specs = [TensorSpec("x", "float32", ("batch_size", "sequence_length"), 0),
+             TensorSpec("past", "float32", ("batch_size", "past_sequence_length"), 0),
+             TensorSpec("mask", "int64", ("batch_size", "past_sequence_length + sequence_length"), 0)]
+    assert stand_in_shapes(specs, rows=3) == {"x": [3, 8], "past": [3, 8], "mask": [3, 16]}
+    assert synthetic_samples(specs, rows=5).arrays["mask"].shape == (5, 16)
+    pkg = edgeserve.convert(model, tmp_path / "pkg", quantize="none")  # no data: stand-ins all the way
+    with edgeserve.load(pkg.path) as loaded:
+        out = loaded.predict({"x": np.ones((2, 3), np.float32), "past": np.ones((2, 0), np.float32),
+                              "mask": np.ones((2, 3), np.int64)})
+    assert out["present"].shape == (2, 3)

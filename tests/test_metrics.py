@@ -745,3 +745,27 @@ def test_outputs_no_task_is_recognised_in_are_judged_by_their_size_too() -> None
     assert doubled.scores["cosine"] > 0.999999 and not doubled.ok and doubled.missed[0].startswith("rel-l2")
     noisy = {"features": ref["features"] + rng.standard_normal((40, 16)).astype(np.float32) * 0.03}
     assert budget.judge(ref, noisy, {}).ok  # int8-like noise: within both
+
+
+def test_a_kv_cache_decoder_is_judged_at_its_new_tokens_that_are_not_padding() -> None:
+    """A decoder step with a cache: the mask covers the cache's 5 positions and then the 3 new tokens', so the
+    logits [batch, 3, vocab] are compared where the mask's last 3 positions are 1 (a left-padded batch's pad token
+    predicts nothing)."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 8), np.int64)
+    mask[1, 5] = 0  # the second sequence's first new position is padding
+    feed = {"input_ids": rng.integers(0, 50, (2, 3)), "attention_mask": mask,
+            "past_key_values.0.key": rng.standard_normal((2, 4, 5, 16)).astype(np.float32)}
+    ref = {"logits": rng.standard_normal((2, 3, 50)).astype(np.float32),
+           "present.0.key": rng.standard_normal((2, 4, 8, 16)).astype(np.float32)}
+    targets, why = infer_targets(feed, ref)
+    assert [t.metric.spec for t in targets] == ["top1,mask=attention_mask,output=logits"], why
+    top1 = targets[0].metric
+    flipped = {k: v.copy() for k, v in ref.items()}
+    flipped["logits"][1, 0] = -flipped["logits"][1, 0]  # another top class at the padded position only
+    assert top1.score(ref, flipped, feed) == 1.0
+    flipped["logits"][0, 2] = -flipped["logits"][0, 2]  # and at a real one: 1 of 5 real positions disagrees
+    assert top1.score(ref, flipped, feed) == pytest.approx(0.8)
+    hidden = {"last_hidden_state": rng.standard_normal((2, 3, 16)).astype(np.float32)}
+    pooled = metric("pooled-cosine")
+    assert pooled.score(hidden, hidden, feed) == pytest.approx(1.0)  # the mask's last 3 positions weigh the states

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..arrays import by_input
+from ..dims import stand_in_shapes
 from ..errors import DataError
 from ..metrics import ragged
 from ..tensors import BATCH_NAME, TensorSpec, format_shape, join_rows, stand_in
@@ -225,21 +226,16 @@ def batch_axes_from_data(specs: Sequence[TensorSpec], arrays: Mapping[str, np.nd
 
 def synthetic_samples(specs: Sequence[TensorSpec], rows: int = 32, seed: int = 0,
                       vocabularies: Mapping[str, int] | None = None) -> Samples:
-    """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8; token
+    """Seeded stand-in data when the caller gave none: normal floats, small non-negative integers, dims of 8 (and
+    dims named by expressions of others at what those make: :func:`~edgeserve.dims.stand_in_shapes`); token
     ids across their embedding table (``vocabularies``: input name to the table's rows), so a language model is
     measured on more than two tokens, and its ids are not taken for an attention mask."""
     rng = np.random.default_rng(seed)
     stacked = is_stacked(specs)
     arrays = {}
+    shapes = stand_in_shapes(specs, rows)
     for spec in specs:
-        dims = [d if isinstance(d, int) else 8 for d in spec.shape]
-        if stacked and spec.batch_axis is not None:
-            dims[spec.batch_axis] = rows
-            shape = dims
-        elif stacked:  # shared by every row
-            shape = dims
-        else:
-            shape = [rows, *dims]
+        shape = shapes[spec.name] if stacked else [rows, *shapes[spec.name]]  # stacked: the batch axis holds the rows
         value = stand_in(spec, shape, rng, (vocabularies or {}).get(spec.name))
         if value is None:
             raise DataError(f"input '{spec.name}' is {spec.dtype}: give sample data, edgeserve cannot invent it")

@@ -27,8 +27,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..dims import names_in
 from ..tensors import TensorSpec
-from .sizes import dim_groups, names_in
+from .sizes import dim_groups
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,13 @@ reports a size that takes neither.
 
 from __future__ import annotations
 
-import ast
 import logging
-import math
-import operator
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..dims import EXPRESSION, evaluate, names_in
 from ..errors import EdgeserveError, first_line
 from ..tensors import TensorSpec
 
@@ -58,7 +55,7 @@ def fixed_sizes(session: Any, specs: Sequence[TensorSpec], feed: Mapping[str, np
                 continue
             resize = [(members, other)]
             try:
-                resize += [(axes, _evaluate(expr, {**values, dim: other})) for expr, axes in derived.items()
+                resize += [(axes, evaluate(expr, {**values, dim: other})) for expr, axes in derived.items()
                            if dim in names_in(expr)]
             except ValueError:
                 errors = []
@@ -94,48 +91,6 @@ def dim_groups(specs: Sequence[TensorSpec]) -> tuple[dict[str, list[tuple[str, i
             key = dim if isinstance(dim, str) else f"{spec.name}[{axis}]"  # one unnamed dim varies alone
             groups.setdefault(key, []).append((spec.name, axis))
     return groups, derived
-
-
-EXPRESSION = re.compile(r"[-+*/%()]")
-"""What makes a dimension name an expression of others (``floor(W/4)``, ``past_sequence_length + sequence_length``);
-a name that is only not an identifier (paddle2onnx's ``p2o.DynamicDimension.0``) is a plain name."""
-
-
-def names_in(expr: str) -> set[str]:
-    """The dimension names an expression uses (``floor(W/4)``: W; ``s53*2``: s53)."""
-    try:
-        return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
-    except SyntaxError:  # an exporter's expression Python cannot read: the words in it
-        return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))
-
-
-_OPS: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def _evaluate(expr: str, values: Mapping[str, int]) -> int:
-    """An exporter's dimension expression (``past_sequence_length + sequence_length``, ``2*s53``, ``floor(W/4)``,
-    ``ceil(W/4)``) at these sizes; ValueError for anything else, a fraction, or a size below 1."""
-    def value(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in values:
-            return int(values[node.id])
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("floor", "ceil") \
-                and len(node.args) == 1:
-            return float((math.floor if node.func.id == "floor" else math.ceil)(value(node.args[0])))
-        raise ValueError(f"cannot evaluate {ast.dump(node)}")
-
-    try:
-        result = value(ast.parse(expr, mode="eval").body)
-    except (SyntaxError, ZeroDivisionError) as exc:
-        raise ValueError(str(exc)) from None
-    if result != int(result) or result < 1:
-        raise ValueError(f"{expr} = {result}")
-    return int(result)
 
 
 def _resized(feed: Mapping[str, np.ndarray], resize: Sequence[tuple[Sequence[tuple[str, int]], int]]) -> dict[str, np.ndarray]:

@@ -17,14 +17,15 @@ SHAP's KernelExplainer, by comparison, evaluates ``(2M + 2048) x background`` ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..tensors import TensorSpec, row_sets
+from ..tensors import CACHE_NAME, TensorSpec, row_sets
 from .reference import MAX_FEATURES, Layout
 
 MAX_ROWS_PER_RUN = 4096
@@ -167,18 +168,27 @@ def _rows_apart(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
 
 
 def _explained_input(inputs: tuple[TensorSpec, ...], feed: Mapping[str, np.ndarray]) -> str:
-    """The first float input with rows of features, pixels or steps; else the first token ids (not a mask)."""
-    for spec in inputs:
-        value = feed.get(spec.name)
-        if value is not None and np.issubdtype(value.dtype, np.floating) and value.ndim in (2, 3, 4):
-            return spec.name
+    """The first float input with rows of features, pixels or steps; else the first token ids (not a mask); else
+    a float input named like a state or cache (a decoder's ``past_key_values.0.key`` is its memory of earlier
+    tokens, not what it is asked about: GPT-2 with a cache is explained by its new tokens)."""
     from ..metrics import MASK_NAME
 
-    for spec in inputs:
-        value = feed.get(spec.name)
-        if value is not None and np.issubdtype(value.dtype, np.integer) and value.ndim == 2 \
-                and not MASK_NAME.search(spec.name) and "type" not in spec.name:
-            return spec.name
+    def floats(state: bool) -> Iterator[str]:
+        for spec in inputs:
+            value = feed.get(spec.name)
+            if value is not None and np.issubdtype(value.dtype, np.floating) and value.ndim in (2, 3, 4) \
+                    and bool(CACHE_NAME.search(spec.name)) == state:
+                yield spec.name
+
+    def tokens() -> Iterator[str]:
+        for spec in inputs:
+            value = feed.get(spec.name)
+            if value is not None and np.issubdtype(value.dtype, np.integer) and value.ndim == 2 \
+                    and not MASK_NAME.search(spec.name) and "type" not in spec.name:
+                yield spec.name
+
+    for name in itertools.chain(floats(False), tokens(), floats(True)):
+        return name
     raise InputError("no float [rows, features], signal, series or image input, and no token ids, to explain; "
                      "name one with input=")
 
@@ -343,7 +353,7 @@ def _tokens(req: _Request,
     def variants(i: int) -> dict[str, np.ndarray]:
         if mask_name is not None:
             mask = np.repeat(np.asarray(req.feed[mask_name])[i:i + 1], seq + 1, axis=0)
-            mask[1:][eye] = 0  # row j + 1: token j removed
+            mask[1:, mask.shape[1] - seq:][eye] = 0  # row j + 1: token j removed (a mask over a KV cache too)
             return {mask_name: mask}
         rows = np.repeat(ids[i:i + 1], seq + 1, axis=0)
         rows[1:][eye] = pad

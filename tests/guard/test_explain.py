@@ -339,3 +339,48 @@ def test_inputs_counted_apart_are_explained_against_the_others_whole(tmp_path: P
     att = by_text.attributions["logits_per_image"]  # [texts, features, images]
     np.testing.assert_allclose(att, text[:, :, None] * image.T[None, :, :], atol=1e-5)
     assert by_text.attributions["text_embeds"].shape == (2, 4, 4)
+
+
+def _cached_step(path: Path, table: np.ndarray) -> Path:
+    """A decoder step with a cache: logits [batch, seq, 3] = the new tokens' embeddings times the mask's last seq
+    positions (the mask covers the cache, then the new tokens); present = past then the new embeddings."""
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+        helper.make_node("Concat", ["past_key_values.0.key", "e"], ["present.0.key"], axis=1),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.DOUBLE),
+        helper.make_node("Shape", ["input_ids"], ["seq"], start=1, end=2),
+        helper.make_node("Neg", ["seq"], ["from_end"]),
+        helper.make_node("Slice", ["maskf", "from_end", "big", "one"], ["new"]),
+        helper.make_node("Unsqueeze", ["new", "two"], ["new3"]),
+        helper.make_node("Mul", ["e", "new3"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "step",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                       ["batch", "past_sequence_length + sequence_length"]),
+         helper.make_tensor_value_info("past_key_values.0.key", TensorProto.DOUBLE,
+                                       ["batch", "past_sequence_length", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", "sequence_length", 3]),
+         helper.make_tensor_value_info("present.0.key", TensorProto.DOUBLE,
+                                       ["batch", "past_sequence_length + sequence_length", 3])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1 << 30], np.int64), "big"),
+         numpy_helper.from_array(np.array([1], np.int64), "one"), numpy_helper.from_array(np.array([2], np.int64), "two")])
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_decoder_with_a_cache_is_explained_by_its_new_tokens_through_the_mask_over_both(tmp_path: Path) -> None:
+    """Not by its cache (a float input, which the first float input used to be chosen for: a GPT-2 step was
+    explained as an image of its past keys), and each new token is removed by zeroing its place at the end of the
+    mask, which also covers the cache (it failed on the longer mask)."""
+    table = np.random.default_rng(1).standard_normal((20, 3))
+    ids = np.array([[3, 7], [5, 9]], np.int64)
+    mask = np.ones((2, 6), np.int64)
+    mask[1, 4] = 0  # the second row's first new token is padding
+    feed = {"input_ids": ids, "attention_mask": mask,
+            "past_key_values.0.key": np.random.default_rng(2).standard_normal((2, 4, 3))}
+    with edgeserve.load(_cached_step(tmp_path / "step.onnx", table)) as model:
+        out = model.explain(feed)
+    assert out.kind == "tokens" and out.input == "input_ids"
+    np.testing.assert_allclose(out.attributions["logits"][:, :, :, :],
+                               np.einsum("rjc,rj,jk->rjkc", table[ids], mask[:, -2:], np.eye(2)), atol=1e-12)

@@ -9,6 +9,7 @@ import numpy as np
 
 import edgeserve
 from edgeserve import BatchConfig, ClosedError, InferenceError
+from edgeserve.runtime import model as model_module
 from edgeserve.runtime.batcher import Batcher
 from edgeserve.runtime.model import INLINE_PROBES
 from edgeserve.tensors import TensorSpec
@@ -114,7 +115,10 @@ def test_a_closing_batcher_takes_no_request_into_a_turn() -> None:
     assert isinstance(_turn(batcher, [_x(1)])[0], ClosedError)
 
 
-def test_a_models_turn_answers_as_predict_does_and_its_monitor_sees_every_row(tmp_path: Path) -> None:
+def test_a_models_turn_answers_as_predict_does_and_its_monitor_sees_every_row(tmp_path: Path, monkeypatch) -> None:
+    # NOTE: the probes' times decide whether the loop runs the model; on a slow or busy machine the MLP's took
+    # 119 us, over the batched bound (100 us): the bound is raised here, since this test is about turns, not timing
+    monkeypatch.setattr(model_module, "INLINE_BATCHED_S", 1.0)
     source = save(mlp_model(), tmp_path / "mlp.onnx")
     pkg = edgeserve.convert(source, tmp_path / "pkg", quantize="none", calibration={"x": rows(64)},
                             reference={"x": rows(400, seed=1)})  # enough rows for drift monitoring
