@@ -276,9 +276,9 @@ def test_a_candidate_whose_prepared_graph_fails_is_retried_from_the_exported_one
     monkeypatch.setenv("EDGESERVE_QUANTISE_IN_PROCESS", "1")  # the patch lives in this process
     np.savez(tmp_path / "cal.npz", x=rows(60))
     pkg = edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="auto", calibration=tmp_path / "cal.npz",
-                            min_cosine=0.9, time_budget=20)
+                            min_cosine=0.9, time_budget=600)  # NOTE: a slow machine under load took over 20 s
     dynamic = next(c for c in pkg.manifest.recipe["auto"]["candidates"] if c["name"] == "int8-dynamic")
-    assert dynamic["status"] == "ok" and dynamic["recipe"]["graph"] == "exported"
+    assert dynamic["status"] == "ok" and dynamic["recipe"]["graph"] == "exported", dynamic
 
 
 def test_the_repair_ranks_nodes_by_their_effect_on_the_metric(tmp_path: Path) -> None:

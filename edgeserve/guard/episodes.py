@@ -2,8 +2,8 @@
 run as several processes), so that the retraining trigger fires once per episode, not once per process.
 
 Each process watches its own share of the traffic and finds drift on its own (a few requests apart, since they all
-see the same stream). They meet in one small JSON file per model version in a folder they share, read and written
-under an exclusive lock (``flock``):
+see the same stream). They meet in one small JSON file per model version in a folder they share, read and replaced
+under an exclusive lock (``flock`` of a file beside it):
 
 - a process whose monitor finds drift *joins* the episode (the first to join opens a new one);
 - a process whose drift has held long enough *claims* the firing: only the first claim of an episode fires;
@@ -86,19 +86,23 @@ class SharedEpisodes:
         return self._update(lambda state: None)
 
     def _update(self, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        """Read, change and write the state under an exclusive lock (of a file beside it); the state is replaced
+        whole, so a reader without the lock (an operator's ``cat``) never sees half of it."""
         from ..runtime.repository import _lock, _unlock
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd)
             try:
-                with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as f:
-                    state = _parsed(f.read())
-                    state["members"] = {m: pid for m, pid in state["members"].items() if process_alive(pid)}
-                    change(state)
-                    f.seek(0)
-                    f.truncate()
-                    f.write(json.dumps(state, sort_keys=True))
+                try:
+                    state = _parsed(self.path.read_text(encoding="utf-8"))
+                except FileNotFoundError:
+                    state = _parsed("")
+                state["members"] = {m: pid for m, pid in state["members"].items() if process_alive(pid)}
+                change(state)
+                part = self.path.with_suffix(f".{os.getpid()}.part")
+                part.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+                os.replace(part, self.path)
                 return state
             finally:
                 _unlock(fd)
