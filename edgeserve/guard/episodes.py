@@ -50,33 +50,29 @@ class SharedEpisodes:
             raise ConfigError(f"cannot use {folder} for shared drift episodes: {exc}; give a writable folder") from None
         readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:60]
         self.path = folder / f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.episode"
-        self.key = key
         self.me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         """This participant (a process may load one model version twice, in two runtimes)."""
 
     def join(self) -> None:
-        def change(state: dict[str, Any]) -> None:
-            if not state["members"]:  # nobody drifting: a new episode
-                state["episode"] += 1
-                state["fired"] = False
-            state["members"][self.me] = os.getpid()
-
-        self._update(change)
+        self._update(self._enter)
 
     def claim(self) -> bool:
         """True for the first claim of the episode under way (which then fires), False for every later one."""
         won = []
 
         def change(state: dict[str, Any]) -> None:
-            if not state["members"]:
-                state["episode"] += 1
-                state["fired"] = False
-            state["members"][self.me] = os.getpid()
+            self._enter(state)
             won.append(not state["fired"])
             state["fired"] = True
 
         self._update(change)
         return won[0]
+
+    def _enter(self, state: dict[str, Any]) -> None:
+        if not state["members"]:  # nobody drifting: a new episode
+            state["episode"] += 1
+            state["fired"] = False
+        state["members"][self.me] = os.getpid()
 
     def leave(self) -> None:
         self._update(lambda state: state["members"].pop(self.me, None))

@@ -480,10 +480,10 @@ def _explanation_options(request: InferRequest) -> dict[str, Any] | None:
     ``explain_patch``: an image patch's side, a series window's steps), or None when no explanation is asked for."""
     params = request.parameters
     value = params.get("explain")
-    wanted = value is True or value == 1 or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
-    if not wanted and value not in (None, False) and not (isinstance(value, str) and value.lower() in ("false", "0",
-                                                                                                   "no")):
+    said = value.lower() if isinstance(value, str) else value
+    if said not in (None, True, False, 1, 0, "true", "1", "yes", "false", "0", "no"):
         raise BadRequest(f"parameter 'explain' must be true or false, got {value!r}")
+    wanted = said in (True, 1, "true", "1", "yes")
     options: dict[str, Any] = {}
     patch = params.get("explain_patch")
     if patch is not None:
