@@ -90,6 +90,8 @@ class Model:
         self.identity = identity or f"session-{uuid.uuid4().hex}"
         """What decides this model's answers (model file digest, engine, precision): the response cache's key.
         Without one given, a unique id: such a model shares cache entries with no other."""
+        self.digest: str | None = manifest.digests.get(manifest.model_file) if manifest else self.identity
+        """The model file's digest, as audit records name the model (without a manifest: its identity)."""
         self._session = session
         self._turn_session: Session | None = None
         """The session event-loop turns run on (see :meth:`answer_turns_with`), when it is not ``_session``."""

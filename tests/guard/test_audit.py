@@ -3,6 +3,7 @@ record lost to kill -9."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -125,6 +126,34 @@ def test_the_summary_names_each_rows_top_class_as_argmax_does(a: np.ndarray) -> 
     top = json.loads(output_summary({"scores": a}))["scores"]["top"]
     assert [t for t, _ in top] == a.argmax(axis=1).tolist()  # ties, NaN (argmax's pick) and infinities alike
     np.testing.assert_array_equal([s for _, s in top], a[np.arange(len(a)), a.argmax(axis=1)])  # NaN == NaN here
+
+
+OUTPUTS = st.dictionaries(
+    st.text(min_size=1, max_size=6),
+    st.one_of(SCORES, hnp.arrays(st.sampled_from([np.float32, np.int64, np.bool_]), hnp.array_shapes(max_dims=3)),
+              st.lists(st.text(max_size=3), max_size=4).map(lambda v: np.array(v, dtype=object))),
+    min_size=1, max_size=3)
+
+
+@given(OUTPUTS)
+def test_the_summary_is_the_json_of_its_fields(outputs: dict[str, np.ndarray]) -> None:
+    """The summary is written as text (every record pays for it): it must read back as the fields, in compact JSON
+    exactly as ``json`` writes them (NaN and infinity in its spelling, names escaped), so that stored records
+    stay one format."""
+    expected = {}
+    for name, a in outputs.items():
+        entry: dict[str, object] = {"shape": list(a.shape)}
+        if a.dtype.kind != "O":
+            h = hashlib.blake2b(digest_size=8)
+            h.update(np.ascontiguousarray(a).tobytes())
+            entry["digest"] = h.hexdigest()
+            if a.ndim == 2 and 1 < a.shape[1] and len(a) <= 8:
+                best = a.argmax(axis=1)
+                entry["top"] = [[int(t), a[i, t].item()] for i, t in enumerate(best)]
+            elif a.ndim == 1 and len(a) <= 8:
+                entry["values"] = a.tolist()
+        expected[name] = entry
+    assert output_summary(outputs) == json.dumps(expected, separators=(",", ":"))
 
 
 def test_the_summary_keeps_the_interpreter_lock() -> None:
