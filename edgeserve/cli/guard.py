@@ -80,6 +80,10 @@ def drift(target: str, name: str, data: Path | None, batch: int, token_file: Pat
         click.echo(f"first alarm after {report['first_alarm_request']} rows")
     for label, score in report["top"].items():
         click.echo(f"  {score:8.3f}  {label}")
+    for w in report.get("workers") or []:  # a server of several worker processes: each watches its own share
+        click.echo(f"worker {w['pid']} (version {w['version']}{'' if w['merged'] else ', not merged'}): "
+                   f"{'DRIFTING' if w['drifting'] else 'in distribution'}, score {float(w['score'] or 0):.3f} "
+                   f"over {w['requests']} rows")
 
 
 def _replayed_drift(repo: Path, name: str, data: Path, batch: int) -> dict[str, Any]:

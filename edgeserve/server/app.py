@@ -117,7 +117,8 @@ class Server:
         self.metrics.inflight.set_function(lambda: self.plane.inflight)
         if shared is not None:
             self.metrics.siblings = self.plane.siblings = Siblings(shared, self.metrics.own,
-                                                                   statistics=self.plane.own_statistics)
+                                                                   statistics=self.plane.own_statistics,
+                                                                   drift=self.plane.own_drift)
         self.app = RestApp(self.plane, self.metrics, tokens=self.tokens, max_body=config.max_body)
         self._grpc: Any = None
         self.grpc_port: int | None = None

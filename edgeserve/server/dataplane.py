@@ -176,8 +176,24 @@ class DataPlane:
                     raise BadRequest(f"drift is watched on the serving version of '{name}' (version {serving}) "
                                      f"only, not version {number}")
         with self._model(name, None):  # an unknown model is a 404
-            report = self.runtime.drift(name)
-        return json.loads(json.dumps(report, default=str))
+            report = json.loads(json.dumps(self.runtime.drift(name), default=str))
+        if self.siblings is not None:  # the other worker processes watch their own share (``--workers``)
+            from .fanin import merged_drift
+
+            report = merged_drift(report, self.siblings.drift_of_others(name), self.siblings.pid)
+        return report
+
+    def own_drift(self) -> dict[str, Any]:
+        """This process's drift report of every served model, by name (what a worker shares with the others)."""
+        reports = {}
+        for name, info in self.runtime.models().items():
+            if info.get("version") is None:
+                continue
+            try:
+                reports[name] = json.loads(json.dumps(self.runtime.drift(name), default=str))
+            except EdgeserveError:  # unloaded meanwhile
+                continue
+        return reports
 
     def _model(self, name: str, version: str | None) -> _Held:
         """``with self._model(name, version) as (model, number)``: the version held while the block runs, and

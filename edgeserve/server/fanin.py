@@ -7,7 +7,9 @@ that is scraped answers with its own live values and its siblings' latest, summe
 gauges add up; the gauges that say whether something holds (a model loaded, drift under way) take the largest.
 A sibling's part is at most ``INTERVAL_S`` old; of one whose process died, the counts it last shared stay in the sums
 (its gauges are left out), so no counter goes down. Triton's statistics
-(``/v2/models/stats``, gRPC's ModelStatistics) are shared and summed the same way.
+(``/v2/models/stats``, gRPC's ModelStatistics) are shared and summed the same way. Each worker watches drift on its own
+share of the traffic: the drift route (``GET /v2/models/{name}/drift``, ``edgeserve drift URL NAME``) answers with
+every live worker's report merged (see :func:`merged_drift`), each worker's own under ``workers``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,20 @@ class Siblings:
     """Writes this worker's metrics and statistics for the others, and adds theirs to its own when asked."""
 
     def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S,
-                 pid: int | None = None, statistics: Callable[[], dict[str, Any]] | None = None) -> None:
+                 pid: int | None = None, statistics: Callable[[], dict[str, Any]] | None = None,
+                 drift: Callable[[], dict[str, Any]] | None = None) -> None:
         """``own``: this worker's exposition; ``pid``: the process it is shared as (default: this one);
-        ``statistics``: its Triton statistics of every model (shared beside the exposition)."""
+        ``statistics``: its Triton statistics of every model (shared beside the exposition); ``drift``: its drift
+        reports, by model name (shared likewise)."""
         self.folder = Path(folder)
         self._own = own
         self._statistics = statistics
+        self._drift = drift
         self._interval = interval_s
         self._file = self.folder / f"{os.getpid() if pid is None else pid}.prom"
         self._stats_file = self._file.with_suffix(".stats")
+        self._drift_file = self._file.with_suffix(".drift")
+        self.pid = int(self._file.stem)
         self._stop = threading.Event()
         self._writing = threading.Lock()
         self._share()  # at once: a scrape of a sibling counts this worker from its start
@@ -82,11 +89,27 @@ class Siblings:
             merged[key] = _add(merged[key], entry) if key in merged else json.loads(json.dumps(entry))
         return list(merged.values())
 
+    def drift_of_others(self, name: str) -> list[dict[str, Any]]:
+        """The latest drift report of ``name`` of every other live worker (at most ``INTERVAL_S`` old), each with
+        its ``pid``. A worker that died is left out: its detectors watched traffic that no longer comes."""
+        reports = []
+        for text, alive, pid in self._theirs(".drift", with_pid=True):
+            if not alive:
+                continue
+            try:
+                report = json.loads(text).get(name)
+            except ValueError:
+                continue
+            if isinstance(report, dict):
+                reports.append({**report, "pid": pid})
+        return reports
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._file.unlink(missing_ok=True)
         self._stats_file.unlink(missing_ok=True)
+        self._drift_file.unlink(missing_ok=True)
 
     def _share_until_stopped(self) -> None:
         while not self._stop.wait(self._interval):
@@ -97,25 +120,64 @@ class Siblings:
         with self._writing:  # NOTE: taken and written in one go: the files only ever move to later snapshots
             own = self._own()
             stats = self._statistics() if self._statistics is not None else None
+            drift = self._drift() if self._drift is not None else None
             try:
                 _write(self._file, own)
                 if stats is not None:
                     _write(self._stats_file, json.dumps(stats).encode())
+                if drift is not None:
+                    _write(self._drift_file, json.dumps(drift, default=str).encode())
             except OSError as exc:  # NOTE: a full disk must not end the sharing for good, nor the worker
                 log.warning("edgeserve: cannot share this worker's metrics in %s: %s", self.folder, exc)
         return own, stats
 
-    def _theirs(self, suffix: str) -> Iterator[tuple[str, bool]]:
+    def _theirs(self, suffix: str, *, with_pid: bool = False) -> Iterator[Any]:
         """The other workers' shared files, and whether each one's process still runs (a worker that stopped
-        cleanly removed its own)."""
+        cleanly removed its own); ``with_pid``: and its pid."""
         mine = self._file.with_suffix(suffix)
         for path in self.folder.glob("*" + suffix):
             if path == mine:
                 continue
             try:
-                yield path.read_text(), process_alive(path.stem)
+                text = path.read_text()
             except OSError:  # gone between the listing and the read: that worker stopped
                 continue
+            alive = process_alive(path.stem)
+            yield (text, alive, int(path.stem)) if with_pid else (text, alive)
+
+
+SUMMED = ("requests", "skipped", "alarms", "triggered")
+"""Drift report counts that add up over the workers."""
+
+
+def merged_drift(own: dict[str, Any], others: list[dict[str, Any]], pid: int) -> dict[str, Any]:
+    """One drift report of a model version from each worker's: requests watched, alarms and firings summed,
+    drifting when any worker's detectors are, the score and each feature's the highest of any worker's; every
+    worker's own (``pid``, whether it drifts, its score, requests, onset and top features) under ``workers``
+    (``onset_request`` at the top stays this worker's: each counts its own requests). Workers
+    serving another version (a reload under way) are listed, not merged."""
+    if not own.get("enabled"):
+        return own
+    same = [r for r in others if r.get("enabled") and (r.get("version"), r.get("digest")) == (own.get("version"),
+                                                                                                own.get("digest"))]
+    merged = dict(own)
+    for key in SUMMED:
+        merged[key] = sum(int(r.get(key) or 0) for r in (own, *same))
+    merged["drifting"] = any(bool(r.get("drifting")) for r in (own, *same))
+    merged["score"] = max(float(r.get("score") or 0.0) for r in (own, *same))
+    top: dict[str, float] = {}
+    for r in (own, *same):
+        for feature, score in (r.get("top") or {}).items():
+            top[feature] = max(top.get(feature, float("-inf")), float(score))
+    shown = len(own.get("top") or {})
+    merged["top"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:shown])
+    merged["workers"] = [
+        {"pid": r.get("pid", pid), "version": r.get("version"), "merged": r is own or r in same,
+         "drifting": bool(r.get("drifting")), "score": r.get("score"), "requests": r.get("requests"),
+         "alarms": r.get("alarms"),
+         "onset_request": r.get("onset_request"), "top": dict(list((r.get("top") or {}).items())[:3])}
+        for r in (own, *(x for x in others if x.get("enabled")))]
+    return merged
 
 
 def _write(path: Path, data: bytes) -> None:

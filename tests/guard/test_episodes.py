@@ -114,6 +114,7 @@ def test_serve_workers_run_the_trigger_once_per_episode(digits_package: Path, di
         wait_for(lambda: len(parent.children()) == 2 and _ready(hp, call), timeout=120)
         folder = Path(parent.children()[0].environ()[FOLDER_ENV]) / "episodes"
         rng = np.random.default_rng(2)
+        sent = [0]
 
         def both_drifting() -> bool:
             for _ in range(8):  # a new connection each: the kernel spreads them over the workers
@@ -121,12 +122,37 @@ def test_serve_workers_run_the_trigger_once_per_episode(digits_package: Path, di
                 body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(rows.shape),
                                                "data": rows.ravel().tolist()}]}).encode()
                 assert call(hp, "POST", "/v2/models/digits/infer", body).status == 200
+                sent[0] += len(rows)
             states = [json.loads(p.read_text()) for p in folder.glob("*.episode")]
             return bool(states) and len(states[0]["members"]) == 2 and states[0]["fired"]
 
         wait_for(both_drifting, timeout=120)
         for _ in range(10):  # both far past the span: the second worker has made its claim too
             both_drifting()
+
+        def drift_report() -> dict:
+            return json.loads(call(hp, "GET", "/v2/models/digits/drift").body)
+
+        # the drift route answers for every worker, whichever the connection reaches: their rows add up (each
+        # shares its report every second), and each worker is listed with its own
+        reports: list[dict] = []
+
+        def merged() -> bool:  # NOTE: a sibling's part is up to a second old: until then it reads 0 rows
+            reports.append(drift_report())
+            return reports[-1]["requests"] == sent[0] and all(w["requests"] > 0 for w in reports[-1]["workers"])
+
+        wait_for(merged, timeout=30)
+        report = reports[-1]
+        assert report["drifting"] and len(report["workers"]) == 2
+        assert all(w["merged"] and w["drifting"] for w in report["workers"]), json.dumps(report["workers"])
+        assert report["score"] == max(w["score"] for w in report["workers"])
+        from click.testing import CliRunner
+
+        from edgeserve.cli import main
+
+        shown = CliRunner().invoke(main, ["drift", f"http://{hp}", "digits"])
+        assert shown.exit_code == 0, shown.output
+        assert shown.output.count("\nworker ") == 2 and "DRIFTING" in shown.output
         proc.send_signal(15)
         assert proc.wait(60) == 0  # each worker's trigger finishes what it has queued before it exits
     finally:

@@ -85,3 +85,39 @@ def test_triton_statistics_add_up_per_model_and_version(tmp_path: Path) -> None:
     assert merged["1"]["inference_count"] == 9 and merged["1"]["inference_stats"]["success"] == {"count": 9, "ns": 900}
     assert merged["1"]["last_inference"] == 60 and merged["1"]["name"] == "m"
     assert merged["2"] == stats("2", 1, 10, 70)
+
+
+def _drift(version: str, requests: int, drifting: bool, score: float, top: dict[str, float]) -> dict:
+    return {"enabled": True, "model": "m", "version": version, "digest": f"d{version}", "requests": requests,
+            "skipped": 0, "alarms": int(drifting), "triggered": 0, "drifting": drifting, "score": score,
+            "onset_request": 40 if drifting else None, "top": top}
+
+
+def test_the_drift_route_merges_the_live_workers_of_the_same_version(tmp_path: Path) -> None:
+    """Each worker watches its own share of the traffic: the route's report adds up the rows watched, drifts when
+    any worker does, takes each feature's worst score, and lists every worker. A worker that died is left out
+    (its detectors watched traffic that no longer comes); one serving another version is listed, not merged."""
+    from edgeserve.server.fanin import merged_drift
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"{gone.stdout.strip()}.drift").write_text(json.dumps({"m": _drift("1", 10_000, True, 9.0, {})}))
+    (tmp_path / f"{os.getppid()}.drift").write_text(json.dumps({"m": _drift("1", 300, True, 1.4,
+                                                                             {"feature 3": 1.4, "feature 9": 0.2})}))
+    own = _drift("1", 200, False, 0.5, {"feature 9": 0.5, "feature 1": 0.3})
+    siblings = Siblings(tmp_path, lambda: _worker(0, 1, 0, 0), interval_s=3600, drift=lambda: {"m": own})
+    try:
+        others = siblings.drift_of_others("m")
+        assert json.loads((tmp_path / f"{os.getpid()}.drift").read_text())["m"]["requests"] == 200  # shared
+        report = merged_drift(own, others, siblings.pid)
+        reloading = merged_drift(own, [{**others[0], "version": "2", "digest": "d2"}], siblings.pid)
+    finally:
+        siblings.close()
+    assert [o["pid"] for o in others] == [os.getppid()]
+    assert report["requests"] == 500 and report["alarms"] == 1 and report["drifting"]
+    assert report["score"] == 1.4
+    assert report["top"] == {"feature 3": 1.4, "feature 9": 0.5}
+    assert [(w["pid"], w["merged"], w["drifting"]) for w in report["workers"]] == [
+        (os.getpid(), True, False), (os.getppid(), True, True)]
+    assert reloading["requests"] == 200 and not reloading["drifting"]
+    assert [(w["version"], w["merged"]) for w in reloading["workers"]] == [("1", True), ("2", False)]
+    assert not (tmp_path / f"{os.getpid()}.drift").exists()
