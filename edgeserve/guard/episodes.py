@@ -84,26 +84,19 @@ class SharedEpisodes:
     def _update(self, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
         """Read, change and write the state under an exclusive lock (of a file beside it); the state is replaced
         whole, so a reader without the lock (an operator's ``cat``) never sees half of it."""
-        from ..runtime.repository import _lock, _unlock
+        from ..filelock import locked
 
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _lock(fd)
+        with locked(self.path.with_suffix(".lock")):
             try:
-                try:
-                    state = _parsed(self.path.read_text(encoding="utf-8"))
-                except FileNotFoundError:
-                    state = _parsed("")
-                state["members"] = {m: pid for m, pid in state["members"].items() if process_alive(pid)}
-                change(state)
-                part = self.path.with_suffix(f".{os.getpid()}.part")
-                part.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-                os.replace(part, self.path)
-                return state
-            finally:
-                _unlock(fd)
-        finally:
-            os.close(fd)
+                state = _parsed(self.path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                state = _parsed("")
+            state["members"] = {m: pid for m, pid in state["members"].items() if process_alive(pid)}
+            change(state)
+            part = self.path.with_suffix(f".{os.getpid()}.part")
+            part.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+            os.replace(part, self.path)
+            return state
 
 
 def _parsed(text: str) -> dict[str, Any]:

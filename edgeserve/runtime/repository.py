@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,19 +125,15 @@ class Repository:
     def locked(self) -> Iterator[None]:
         """Hold the repository's lock: one management action at a time, across threads and processes.
 
-        # NOTE: flock locks belong to an open file description, so each holder opens the lock file itself; that
-        # makes the lock exclusive between threads of one process as well as between processes."""
-        path = self.root / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as exc:
-            raise RepositoryError(f"cannot lock the repository {self.root} ({exc}); is it writable?") from None
-        try:
-            _lock(fd)
+        See :mod:`edgeserve.filelock`."""
+        from ..filelock import locked
+
+        with ExitStack() as held:
+            try:
+                held.enter_context(locked(self.root / LOCK_FILE))
+            except OSError as exc:
+                raise RepositoryError(f"cannot lock the repository {self.root} ({exc}); is it writable?") from None
             yield
-        finally:
-            _unlock(fd)
-            os.close(fd)
 
     # -- changing ------------------------------------------------------------------------------------------------------
     def publish(self, name: str, package: str | os.PathLike[str], *, golden: GoldenPolicy = "error") -> int:
@@ -223,24 +218,6 @@ class Repository:
             trash = self._inside(target.with_name(f".trash-{v}-{uuid.uuid4().hex[:8]}"))
             os.rename(target, trash)  # one atomic step out of sight, then the slow delete
         shutil.rmtree(trash, ignore_errors=True)
-
-
-if sys.platform == "win32":  # pragma: no cover
-    import msvcrt
-
-    def _lock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-
-    def _unlock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _no_cache():
