@@ -196,12 +196,16 @@ def within(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, hold: bool = False) ->
 
 def _inside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
     """NOTE: two comparisons and two counts, not ``((x >= lo) & (x <= hi)).all()``: a reduction is numpy's slowest
-    small call (3.5 -> 1.5 us for 64 values)."""
+    small call (3.5 -> 1.5 us for 64 values). The count is numpy's C function itself, not ``np.count_nonzero``,
+    whose two Python frames (its dispatcher and its body) were a third of this check's instructions."""
     above = x >= lo
-    if np.count_nonzero(above) != above.size:
+    if _count_nonzero(above) != above.size:
         return False
     below = x <= hi
-    return bool(np.count_nonzero(below) == below.size)
+    return bool(_count_nonzero(below) == below.size)
+
+
+_count_nonzero = np._core._multiarray_umath.count_nonzero  # type: ignore[attr-defined]
 
 
 def pieces(shape: tuple[int, ...], limit: int) -> Iterator[tuple[int | slice, ...]]:
