@@ -107,7 +107,8 @@ def input_digest(feed: Mapping[str, np.ndarray]) -> str:
 
 
 HEADS_KEPT = 4096
-"""Input signatures whose digest header :func:`input_digest` keeps encoded (sequences of many lengths fill it)."""
+"""Input signatures whose digest header :func:`input_digest` keeps encoded (sequences of many lengths fill it), and
+output names whose JSON spelling :func:`output_summary` keeps."""
 _HEADS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
 _NAMES: dict[str, str] = {}
 

@@ -176,7 +176,7 @@ class DataPlane:
                     raise BadRequest(f"drift is watched on the serving version of '{name}' (version {serving}) "
                                      f"only, not version {number}")
         with self._model(name, None):  # an unknown model is a 404
-            report = json.loads(json.dumps(self.runtime.drift(name), default=str))
+            report = _plain(self.runtime.drift(name))
         if self.siblings is not None:  # the other worker processes watch their own share (``--workers``)
             from .fanin import merged_drift
 
@@ -190,7 +190,7 @@ class DataPlane:
             if info.get("version") is None:
                 continue
             try:
-                reports[name] = json.loads(json.dumps(self.runtime.drift(name), default=str))
+                reports[name] = _plain(self.runtime.drift(name))
             except EdgeserveError:  # unloaded meanwhile
                 continue
         return reports
@@ -648,3 +648,8 @@ class _Accounted:
         version = str(served[0]) if served else (request.version or "")
         self._plane._leave(request.model, version, outcome, time.perf_counter() - self._started,
                            served[0] if served else None, served[1] if len(served) > 1 else 0)
+
+
+def _plain(report: dict[str, Any]) -> dict[str, Any]:
+    """A drift report as JSON holds it (numbers and strings only): what the route answers and a worker shares."""
+    return json.loads(json.dumps(report, default=str))  # type: ignore[no-any-return]

@@ -38,7 +38,8 @@ HIGHEST = frozenset({"edgeserve_model_loaded", "edgeserve_drift_score", "edgeser
 
 
 class Siblings:
-    """Writes this worker's metrics and statistics for the others, and adds theirs to its own when asked."""
+    """Writes this worker's metrics, statistics and drift reports for the others, and adds theirs to its own when
+    asked."""
 
     def __init__(self, folder: str | Path, own: Callable[[], bytes], *, interval_s: float = INTERVAL_S,
                  pid: int | None = None, statistics: Callable[[], dict[str, Any]] | None = None,
@@ -172,7 +173,7 @@ def merged_drift(own: dict[str, Any], others: list[dict[str, Any]], pid: int) ->
     shown = len(own.get("top") or {})
     merged["top"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:shown])
     merged["workers"] = [
-        {"pid": r.get("pid", pid), "version": r.get("version"), "merged": r is own or r in same,
+        {"pid": r.get("pid", pid), "version": r.get("version"), "merged": r is own or any(r is x for x in same),
          "drifting": bool(r.get("drifting")), "score": r.get("score"), "requests": r.get("requests"),
          "alarms": r.get("alarms"),
          "onset_request": r.get("onset_request"), "top": dict(list((r.get("top") or {}).items())[:3])}
