@@ -174,3 +174,32 @@ def test_manifest_fields_never_point_outside_the_package(name: str, version: str
         return
     for part in (manifest.name, manifest.version, manifest.model_file, manifest.golden["file"]):
         assert _inside(root, root / part) and root / part != root and (root / part).parent == root
+
+
+_DIMS = st.one_of(st.integers(0, 4), st.sampled_from(["batch", "n", None]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(declared=st.lists(_DIMS, min_size=0, max_size=4), shape=st.lists(st.integers(0, 4), min_size=0, max_size=5),
+       dtype=st.sampled_from(["float32", "float64", "int64", ">f4"]), batch_one=st.booleans())
+def test_the_contract_s_quick_check_agrees_with_its_long_one(declared, shape, dtype, batch_one: bool) -> None:
+    """A single input's common case is checked inline (dtype by identity, the dimensions past the rows as one
+    tuple); whatever it lets through, the full check must let through too, and everything else must still be
+    refused by the full check."""
+    from edgeserve.errors import InputError
+    from edgeserve.guard.contract import InputContract
+    from edgeserve.tensors import TensorSpec
+
+    spec = TensorSpec("x", "float32", tuple(declared), batch_axis=0 if declared else None)
+    contract = InputContract([spec], rows_on_batch_one=batch_one)
+    value = np.zeros(shape, dtype=np.dtype(dtype))
+    fits = (value.dtype == np.float32 and value.ndim == len(declared) and value.size > 0
+            and all(not isinstance(d, int) or value.shape[i] == d or (batch_one and i == 0)
+                    for i, d in enumerate(declared)))
+    try:
+        feed = contract.feed(value)
+    except InputError:
+        assert not fits, (declared, shape, dtype)
+    else:
+        assert fits, (declared, shape, dtype)
+        assert feed["x"] is value
