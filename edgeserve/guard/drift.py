@@ -43,6 +43,8 @@ GRID = 4096
 """Points of the quadrature over u that the thresholds are solved on."""
 RELATIVE_FLOOR = 1e-3
 """A feature's range counts as at least this fraction of its magnitude (and of 1)."""
+EXACT_ROWS = 1024
+"""Up to this many rows, a fold sums its scores in float32 (see ``FeatureRanks.sums``)."""
 CAP = 2.0
 """A detector's sum is capped at ``CAP x`` its threshold, so it comes back below the exit level in a bounded
 number of requests once the shift ends."""
@@ -145,8 +147,10 @@ class FeatureRanks:
     def sums(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per feature, the sums over the rows of ``[rows, features]`` ``x`` of the expected location and scale
         scores (float64)."""
-        both = self._mv.take(self.index(x), axis=0).sum(axis=0, dtype=np.float64)  # [features, 2]
-        return both[:, 0], both[:, 1]
+        # NOTE: summed in float32 over a chunk of up to EXACT_ROWS rows (row by row along axis 0, so the error grows
+        # with the rows: ~1e-5 of a threshold there), in float64 over more
+        both = self._mv.take(self.index(x), axis=0).sum(axis=0, dtype=None if len(x) <= EXACT_ROWS else np.float64)
+        return both[:, 0].astype(np.float64), both[:, 1].astype(np.float64)  # [features] each
 
 
 def expected_scores(lower: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
