@@ -36,9 +36,9 @@ from edgeserve.runtime.repository import Repository
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ("digits-mlp", "digits-cnn", "tiny-bert")
 CALLERS = (1, 4, 32)
-ROUNDS = 7
+ROUNDS = 9
 SECONDS = 0.3
-"""Seven short interleaved rounds per point, and the median of the rounds' own ratios: on this shared 2-core VM one
+"""Nine short interleaved rounds per point, and the median of the rounds' own ratios: on this shared 2-core VM one
 reading swings +-15% from the next, so a ratio of two medians over three long rounds moved by as much as the 10% the
 targets are about."""
 _lines: list[str] = []
@@ -84,10 +84,15 @@ def _rate(model, data: dict[str, np.ndarray], callers: int) -> float:
 
 def _interleaved(models: dict[str, object], data: dict[str, np.ndarray], callers: int,
                  rounds: int = ROUNDS) -> dict[str, list[float]]:
-    """Rows/s of each model in each of ``rounds`` interleaved rounds (the order flips each round)."""
+    """Rows/s of each model in each of ``rounds`` interleaved rounds. The order rotates each round, so that each
+    model runs first, in the middle and last alike. NOTE: it once only flipped, which kept the middle model (batching
+    on) always right after another model's session, whose threads were still spinning: the wide MLP at one caller
+    read 0.80-0.87 on/off there in three runs, against an A/A of 0.95-1.16 at the ends."""
     rates: dict[str, list[float]] = {k: [] for k in models}
+    names = list(models)
     for r in range(rounds):
-        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             rates[name].append(_rate(models[name], data, callers))
     return rates
 
