@@ -30,6 +30,7 @@ import edgeserve
 from edgeserve import AuditLog, GuardConfig, Runtime
 from edgeserve.bench.measure import concurrent
 from edgeserve.runtime.repository import Repository
+from edgeserve.timing import order
 from tests.factories import mlp_model, save
 
 _lines: list[str] = []
@@ -92,8 +93,9 @@ def test_everything_on_against_everything_off_at_32_callers(setup, tmp_path: Pat
     }
     rates: dict[str, list[float]] = {k: [] for k in setups}
     runtimes = {k: Runtime(repo, **v) for k, v in setups.items()}
-    for _ in range(ROUNDS):  # interleaved rounds: the machine's noise falls on every variant alike
-        for name, runtime in runtimes.items():
+    for r in range(ROUNDS):  # interleaved rounds: the machine's noise falls on every variant alike
+        for name in order(list(runtimes), r):  # each at every place in turn (see edgeserve.timing.order)
+            runtime = runtimes[name]
             counter = iter(range(1 << 62))
 
             def call(runtime: Runtime = runtime, counter=counter) -> None:

@@ -32,15 +32,16 @@ from edgeserve import BatchConfig, Runtime, SessionConfig
 from edgeserve.bench.measure import concurrent
 from edgeserve.examples import get_example
 from edgeserve.runtime.repository import Repository
+from edgeserve.timing import order
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = ("digits-mlp", "digits-cnn", "tiny-bert")
 CALLERS = (1, 4, 32)
-ROUNDS = 9
+ROUNDS = 6
 SECONDS = 0.3
-"""Nine short interleaved rounds per point, and the median of the rounds' own ratios: on this shared 2-core VM one
-reading swings +-15% from the next, so a ratio of two medians over three long rounds moved by as much as the 10% the
-targets are about."""
+"""Six short interleaved rounds per point (all six orders of three setups), and the median of the rounds' own
+ratios: on this shared 2-core VM one reading swings +-15% from the next, so a ratio of two medians over three long
+rounds moved by as much as the 10% the targets are about."""
 _lines: list[str] = []
 
 
@@ -84,15 +85,11 @@ def _rate(model, data: dict[str, np.ndarray], callers: int) -> float:
 
 def _interleaved(models: dict[str, object], data: dict[str, np.ndarray], callers: int,
                  rounds: int = ROUNDS) -> dict[str, list[float]]:
-    """Rows/s of each model in each of ``rounds`` interleaved rounds. The order rotates each round, so that each
-    model runs first, in the middle and last alike. NOTE: it once only flipped, which kept the middle model (batching
-    on) always right after another model's session, whose threads were still spinning: the wide MLP at one caller
-    read 0.80-0.87 on/off there in three runs, against an A/A of 0.95-1.16 at the ends."""
+    """Rows/s of each model in each of ``rounds`` interleaved rounds, in ``edgeserve.timing.order`` (each model first,
+    in the middle and last alike)."""
     rates: dict[str, list[float]] = {k: [] for k in models}
-    names = list(models)
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in order(list(models), r):
             rates[name].append(_rate(models[name], data, callers))
     return rates
 
@@ -206,7 +203,7 @@ def test_cold_start_against_a_bare_script(packages, tmp_path: Path) -> None:
             "edgeserve run": [str(exe), "run", str(path), "--input", str(x), "-o", str(tmp_path / "e.npz")]}
     samples: dict[str, list[tuple[float, int]]] = {k: [] for k in runs}
     for r in range(9):
-        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+        for name in order(list(runs), r):
             samples[name].append(_process(runs[name]))
     wall = {k: statistics.median(w for w, _ in v) for k, v in samples.items()}
     rss = {k: statistics.median(m for _, m in v) for k, v in samples.items()}

@@ -17,8 +17,16 @@ NOISY_SPREAD = 0.10
 
 
 def order(names: Sequence[str], round_index: int) -> list[str]:
-    """Forward on even rounds, backward on odd ones: each variant sits early and late equally often."""
-    return list(names) if round_index % 2 == 0 else list(reversed(names))
+    """Forward on even rounds, backward on odd ones, and for three or more variants rotated by one every two
+    rounds: over ``2 n`` rounds each variant sits at every place twice (three variants: all six orders, so each
+    runs after each other one).
+
+    NOTE: flipping alone left the middle one of three always right after another variant, whose engine threads
+    were still spinning: the wide MLP with batching on read 0.80-0.87 of off there, in three runs, and 1.04-1.07
+    rotated (the A/A pair 0.95-1.16)."""
+    shift = (round_index // 2) % len(names) if len(names) > 2 else 0
+    turned = list(names[shift:]) + list(names[:shift])
+    return turned if round_index % 2 == 0 else turned[::-1]
 
 
 def estimate_call_time(call: Call, *, warmup_s: float = 0.2, min_warmup: int = 5, probes: int = 5) -> float:

@@ -25,6 +25,21 @@ def test_interleaved_order_alternates() -> None:
     assert measure.order(["a", "b", "c"], 1) == ["c", "b", "a"]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_interleaved_order_puts_every_variant_at_every_place_and_after_every_other(n: int) -> None:
+    """Not only early and late: a variant kept in the middle always runs right after another one (whose threads
+    may still be spinning) and reads slower for it."""
+    names = [chr(ord("a") + i) for i in range(n)]
+    rounds = [measure.order(names, r) for r in range(2 * n)]
+    assert all(sorted(r) == names for r in rounds)
+    for name in names:
+        places = [r.index(name) for r in rounds]
+        assert sorted(places) == sorted(list(range(n)) * 2), (name, places)
+    if n <= 3:  # rotations of one order: each variant comes after each other one (beyond three, its neighbours)
+        follows = {(r[i - 1], r[i]) for r in rounds for i in range(1, n)}
+        assert follows == {(a, b) for a in names for b in names if a != b}
+
+
 def test_concurrent_setups_are_measured_in_alternating_rounds_and_reported_by_their_median(monkeypatch) -> None:
     seen: list[str] = []
     readings = {"off": iter([10.0, 50.0, 20.0, 30.0, 40.0]), "on": iter([5.0, 1.0, 2.0, 4.0, 3.0])}
