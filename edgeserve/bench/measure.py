@@ -1,7 +1,8 @@
 """Measurements: latency, throughput, concurrency (in process) and cold start, memory (in a fresh process).
 
-Variants are always measured round by round, interleaved (A B C, C B A, …), so that a machine that slows
-down or speeds up during the run favours none of them. Every function returns plain numbers in seconds/bytes.
+Variants are always measured round by round, interleaved (A B C, C B A, B C A, A C B, …: see ``timing.order``),
+so that a machine that slows down or speeds up during the run favours none of them. Every function returns plain
+numbers in seconds/bytes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def concurrent(call: Call, *, callers: int, duration_s: float, rows_per_call: in
 
 
 def interleaved(calls: dict[str, Call], *, callers: int, duration_s: float, rounds: int = 5) -> dict[str, dict[str, Any]]:
-    """:func:`concurrent` for several setups in ``rounds`` short rounds, interleaved (the order flips each round),
+    """:func:`concurrent` for several setups in ``rounds`` short rounds, interleaved (in ``timing.order``),
     ``duration_s`` each in all: per setup its median round (with ``round_values``, every round's rows/s). Setups
     compared side by side this way see the same moments of a noisy machine, where one long reading each would not."""
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in calls}
