@@ -53,7 +53,7 @@ class InputContract:
         only = self._only
         if only is not None and type(inputs) is np.ndarray and not named:  # the common case, checked inline
             # NOTE: dtypes compared by identity first (numpy's builtin dtypes are singletons), the dimensions past
-            # the rows as one tuple: 956 -> ~450 ns a call, on a path whose whole budget is about a microsecond
+            # the rows as one tuple: 11.1k -> 8.6k instructions a call (callgrind), on a path whose budget is ~1 us
             dtype, tail = self._only_dtype, self._only_tail
             if tail is not None:
                 if (inputs.shape[1:] == tail and inputs.ndim == self._only_rank and inputs.size
