@@ -626,3 +626,63 @@ def test_timings_count_every_run_its_rows_and_every_queued_wait() -> None:
         assert t["queue_s"]["counts"][bucket] == 3
     finally:
         batcher.close()
+
+
+def test_regather_waits_for_returning_callers_only_where_a_run_s_fixed_time_outweighs_the_queue() -> None:
+    from edgeserve.runtime.batcher import RunCost, regather
+
+    bound = RunCost()  # compute-bound: a run of 1 row costs nearly what a run of 32 does
+    linear = RunCost()  # every row costs the same: waiting buys nothing
+    for n in (1, 32, 4, 16):
+        bound.add(n, 0.004 + 0.0001 * n)
+        linear.add(n, 0.0001 * n)
+    assert regather(16, 10, 10, 32, bound) == 26  # the 16 callers just answered, and the 10 waiting
+    assert regather(16, 10, 10, 32, linear) == 0
+    assert regather(1, 10, 10, 32, bound) == 0  # a lone caller's answer: nobody else comes back
+    assert regather(16, 0, 0, 32, bound) == 0  # nothing queued: the idle engine's own gathering applies
+    assert regather(16, 32, 32, 32, bound) == 0  # the queue fills a batch already
+
+
+def test_a_queued_request_waits_for_the_callers_of_the_batch_just_answered_when_runs_cost_a_fixed_time() -> None:
+    """Two cohorts of callers must not alternate, each running while the other's callers return: after a batch of
+    two, the one request queued behind it waits (on the batcher's clock, which only the runs move here) until the
+    two callers are back, and the three run as one batch."""
+    now = [0.0]
+    sizes: list[int] = []
+    first, second = Gate(), Gate()
+
+    def run(feed):
+        now[0] += 0.001  # each run takes a millisecond of the batcher's clock; the wait for company uses it
+        sizes.append(len(feed["x"]))
+        if len(sizes) == 1:
+            return first(feed)
+        if len(sizes) == 2:
+            return second(feed)
+        return [feed["x"] * 2]
+
+    batcher = Batcher(run, [SPEC], [SPEC], BatchConfig(max_batch_size=32, adaptive=False), name="m",
+                      clock=lambda: now[0])
+    for n in (1, 32, 4, 16):  # a compute-bound engine, as measured runs would show
+        batcher._cost.add(n, 0.004 + 0.0001 * n)
+
+    def reach(condition, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():  # a condition to reach, not an ordering by sleeping
+            assert time.monotonic() < deadline, what
+            time.sleep(0.001)
+
+    with ThreadPoolExecutor(6, thread_name_prefix="caller") as pool:
+        lone = pool.submit(batcher.call, _x(0))
+        assert first.entered.wait(5)
+        pair = [pool.submit(batcher.call, _x(v)) for v in (1, 2)]
+        reach(lambda: batcher.queued == 2, "the pair never queued")
+        first.release.set()
+        assert second.entered.wait(5)
+        behind = pool.submit(batcher.call, _x(3))
+        reach(lambda: batcher.queued == 1, "the request behind never queued")
+        second.release.set()
+        assert [f.result(5)["x"][0, 0] for f in (lone, *pair)] == [0, 2, 4]
+        back = [pool.submit(batcher.call, _x(v)) for v in (4, 5)]  # the pair's callers, back with their next
+        assert [f.result(5)["x"][0, 0] for f in (behind, *back)] == [6, 8, 10]
+    assert sizes == [1, 2, 3]
+    batcher.close()
