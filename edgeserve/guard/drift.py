@@ -150,7 +150,8 @@ class FeatureRanks:
         # NOTE: summed in float32 over a chunk of up to EXACT_ROWS rows (row by row along axis 0, so the error grows
         # with the rows: ~1e-5 of a threshold there), in float64 over more
         both = self._mv.take(self.index(x), axis=0).sum(axis=0, dtype=None if len(x) <= EXACT_ROWS else np.float64)
-        return both[:, 0].astype(np.float64), both[:, 1].astype(np.float64)  # [features] each
+        both = both.astype(np.float64, copy=False)  # [features, 2]: one cast, none where summed in float64
+        return both[:, 0], both[:, 1]
 
 
 def expected_scores(lower: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
