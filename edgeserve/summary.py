@@ -68,9 +68,23 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
         acc = f"{c['accuracy']:.4f}" if c.get("accuracy") is not None else "-"
         reason = c.get("reason") or ""
         verdict = "in budget" if c.get("within_budget") else _short(reason) if c.get("status") == "failed" \
-            else reason[:70]
+            else _whole(reason, 70)
         kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
         yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>12} {cos:>8} {acc:>8}  {verdict}{kept}"
+
+
+def _whole(reason: str, width: int) -> str:
+    """A candidate's misses (``top1 0.96 < 0.99; prob-change 0.0501 > 0.05``) cut to the note column's width
+    between misses, never inside one, where a cut threshold would read as another number; what is left out is
+    counted (the whole text is in the manifest)."""
+    parts = reason.split("; ")
+    kept = [parts[0]]
+    for part in parts[1:]:
+        if len("; ".join([*kept, part])) > width:
+            break
+        kept.append(part)
+    more = len(parts) - len(kept)
+    return "; ".join(kept) + (f"; +{more} more" if more else "")
 
 
 def _short(reason: str) -> str:

@@ -663,3 +663,18 @@ def test_stand_in_data_sizes_a_dim_named_by_an_expression_as_the_expression_says
         out = loaded.predict({"x": np.ones((2, 3), np.float32), "past": np.ones((2, 0), np.float32),
                               "mask": np.ones((2, 3), np.int64)})
     assert out["present"].shape == (2, 3)
+
+
+def test_the_auto_table_cuts_a_candidates_misses_between_them_never_inside_a_number() -> None:
+    """A miss cut at the column's width read ``prob-change,output=logits 0.050091 > 0``: a threshold of 0.05
+    shown as 0."""
+    from edgeserve.summary import auto_lines
+
+    reason = "top1,output=logits 0.28 < 0.99; prob-change,output=logits 0.050091 > 0.05"
+    recipe = {"auto": {"chosen": "none", "reason": "r", "budget": {}, "candidates": [
+        {"name": "openvino-nncf-int8", "status": "ok", "reason": reason}]}}
+    line = list(auto_lines(recipe))[-1]
+    assert line.endswith("top1,output=logits 0.28 < 0.99; +1 more")
+    short = "top1 0.28 < 0.99; prob-change 0.0501 > 0.05"
+    recipe["auto"]["candidates"][0]["reason"] = short
+    assert list(auto_lines(recipe))[-1].endswith(short)
