@@ -70,6 +70,8 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
         verdict = "in budget" if c.get("within_budget") else _short(reason) if c.get("status") == "failed" \
             else _whole(reason, 70)
         kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
+        if c.get("speedup_final_round") is not None:
+            kept += f"; raced fp32 alone ({c['speedup_final_round']:.2f}x in the final round)"
         yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>12} {cos:>8} {acc:>8}  {verdict}{kept}"
 
 

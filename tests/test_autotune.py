@@ -383,6 +383,50 @@ def test_of_equally_fast_candidates_the_one_closest_to_fp32_is_chosen(tmp_path: 
     assert choose(cand("a", 1.5, 0.995), cand("b", 1.5, 0.999))[0] == "b"
 
 
+def test_a_pick_the_race_against_fp32_alone_does_not_confirm_is_not_kept(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final round races several candidates at once, and one can read fast there by luck (a small uint8 CNN's
+    static int8 read 1.25x there and ran at 0.8-0.9x head to head): every pick is raced against fp32 alone, takes
+    that speed, and the choice is made again; after ``CONFIRMATIONS`` races, only among the confirmed."""
+    import math
+
+    from edgeserve.converter import autotune
+    from edgeserve.converter.autotune import CONFIRMATIONS, Candidate, Graphs, Search
+    from edgeserve.metrics import target
+
+    class Raced(Search):
+        head_to_head: dict[str, float] = {}
+        raced: list[str] = []
+
+        def race(self, cand: Candidate) -> float:
+            self.raced.append(cand.name)
+            return self.head_to_head[cand.name]
+
+    def choose(head_to_head: dict[str, float], **final_round: float) -> tuple[str | None, list[str], str]:
+        plan = [Candidate(n, QuantizeConfig(mode="static"), status="ok", speedup=v, within_budget=True,
+                          scores={"cosine": 0.999}, path=tmp_path / n) for n, v in final_round.items()]
+        search = Raced(plan=plan, graphs=Graphs(tmp_path, tmp_path / "fp32.onnx", tmp_path),
+                       work=tmp_path, calibration=None, budget=Budget((target("cosine"),)), memory=None,  # type: ignore[arg-type]
+                       evaluator=None, deadline=math.inf, timing_s=0.1, step=lambda *a: None)  # type: ignore[arg-type]
+        search.head_to_head, search.raced = head_to_head, []
+        chosen, _, why = search.confirmed_choice()
+        return chosen.name if chosen else None, search.raced, why
+
+    monkeypatch.setattr(autotune, "quantised_ops", lambda path: False)
+    name, raced, why = choose({"lucky": 0.85, "real": 1.2}, lucky=1.25, real=1.15)
+    assert (name, raced) == ("real", ["lucky", "real"])
+    assert why == "fastest inside the budget: 1.20x fp32 head to head, 1.15x in the final round"
+    name, raced, why = choose({"lucky": 0.85, "real": 1.01}, lucky=1.25, real=1.15)
+    assert (name, raced) == (None, ["lucky", "real"])
+    assert why.startswith("no candidate inside the budget beat fp32 by 1.03x or more (lucky: 0.85x head to head, "
+                          "1.25x in the final round) (real: 1.01x head to head, 1.15x in the final round)")
+    assert choose({"a": 1.5}, a=1.4)[:2] == ("a", ["a"])  # confirmed faster still: kept
+    # each race lowers the pick below the next: after CONFIRMATIONS races the choice is among the raced only
+    finals = {f"c{i}": 2.0 - 0.1 * i for i in range(CONFIRMATIONS + 2)}
+    name, raced, _ = choose({n: v - 0.5 for n, v in finals.items()}, **finals)
+    assert raced == list(finals)[:CONFIRMATIONS] and name == "c0"
+
+
 def test_the_plan_tries_what_needs_no_calibration_before_what_does(tmp_path: Path) -> None:
     """A time budget cuts the end of the plan: OpenVINO's float recipes (no calibration to build, often the
     fastest on x86) come before the calibrated ones, so a big model's search still measures them."""

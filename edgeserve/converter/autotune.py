@@ -54,6 +54,9 @@ ADDS_ERROR = 1e-6
 none: float32 round-off of the same computation, not quantisation."""
 REPAIRABLE = ("static", "dynamic", "nncf")
 PROBE_NODES = 3
+CONFIRMATIONS = 3
+"""How many picks the head-to-head race may turn down before the choice is made among the confirmed ones only."""
+RACE_ROUNDS = 8
 """How many of the nodes with the largest activation error the repair tries alone, to rank them by the metric."""
 
 
@@ -71,6 +74,9 @@ class Candidate:
     speedup: float | None = None
     speedup_first: float | None = None
     """The speedup measured alone, before the final round re-timed the best candidates together."""
+    speedup_final_round: float | None = None
+    """The final round's speedup of a pick, before a race against fp32 alone confirmed it (``speedup`` is then the
+    race's)."""
     scores: dict[str, float] = field(default_factory=dict)
     """The budget's metrics, keyed by metric."""
     shortfall: float = 0.0
@@ -235,7 +241,7 @@ def search(
         s.try_every_candidate()
         s.repair_near_misses()
         s.final_round()
-    chosen, path, reason = s.choice()
+        chosen, path, reason = s.confirmed_choice()
     log.info("auto: %s", reason)
     recipe: dict[str, Any] = dict(chosen.recipe) if chosen else {"mode": "none"}
     recipe["auto"] = {
@@ -417,8 +423,43 @@ class Search:
             c.speedup = ratio[c.name]
             c.latency_p50_ms = stats[c.name]["p50"] * 1e3
 
-    def choice(self) -> tuple[Candidate | None, Path, str]:
-        fit = [c for c in self.plan if c.status == "ok" and c.within_budget and (c.speedup or 0) >= MIN_SPEEDUP]
+    def confirmed_choice(self) -> tuple[Candidate | None, Path, str]:
+        """The choice, its pick raced against fp32 alone before it is kept.
+
+        The final round times several candidates at once, and on a shared machine one of them can read fast there by
+        luck: a small uint8-image CNN's static int8 read 1.25x fp32 in it, ran at 0.8-0.9x head to head, and read
+        0.97x in a second search. A pick takes the race's speedup, and the choice is made again until it falls on a
+        confirmed candidate (or fp32), at most ``CONFIRMATIONS`` races; then among the confirmed ones only."""
+        confirmed: set[str] = set()
+        while True:
+            chosen, path, why = self.choice(among=confirmed if len(confirmed) >= CONFIRMATIONS else None)
+            if chosen is None or chosen.name in confirmed:
+                return chosen, path, why
+            confirmed.add(chosen.name)
+            self.step("auto: confirming " + chosen.name, 0, 1)
+            try:
+                speedup = self.race(chosen)
+            except EdgeserveError:
+                return chosen, path, why
+            chosen.speedup_final_round, chosen.speedup = chosen.speedup, speedup
+
+    def race(self, cand: Candidate) -> float:
+        """The candidate's speedup over fp32, the two timed alone in alternating rounds: the median of the rounds'
+        ratios."""
+        assert cand.path is not None
+        session = self.evaluator.open(cand.path, cand.backend, cand.precision)
+        try:
+            stats = latency({"fp32": self.evaluator.timing_call(self.evaluator.reference_session),
+                             cand.name: self.evaluator.timing_call(session)},
+                            rounds=RACE_ROUNDS, budget_s=2 * self.timing_s)
+        finally:
+            session.close()
+        return speedups(stats, "fp32")[cand.name]
+
+    def choice(self, among: set[str] | None = None) -> tuple[Candidate | None, Path, str]:
+        """The fastest candidate inside the budget that beats fp32 (of those ``among``, if named)."""
+        fit = [c for c in self.plan if c.status == "ok" and c.within_budget and (c.speedup or 0) >= MIN_SPEEDUP
+               and (among is None or c.name in among)]
         if fit:
             fastest = max(fit, key=lambda c: c.speedup or 0)
             # NOTE: among the equally fast, the one that uses least of the budget (resnet: OpenVINO's int8 QDQ at
@@ -426,7 +467,7 @@ class Search:
             chosen = min((c for c in fit if (c.speedup or 0) * SAME_SPEED >= (fastest.speedup or 0)),
                          key=lambda c: (self.budget.used(c.scores), -(c.speedup or 0)))
             assert chosen.path is not None
-            why = f"fastest inside the budget: {chosen.speedup:.2f}x fp32"
+            why = f"fastest inside the budget: {chosen.speedup:.2f}x fp32{_raced(chosen)}"
             if chosen is not fastest:
                 why = (f"{chosen.speedup:.2f}x fp32, as fast as the fastest inside the budget ({fastest.name}, "
                        f"{fastest.speedup:.2f}x, within {SAME_SPEED - 1:.0%}) and closer to fp32 "
@@ -435,10 +476,18 @@ class Search:
             return chosen, chosen.path, why
         in_budget = [c for c in self.plan if c.status == "ok" and c.within_budget]
         reason = ("no candidate met the budget" if not in_budget else
-                  f"no candidate inside the budget beat fp32 by {MIN_SPEEDUP:.2f}x or more")
+                  f"no candidate inside the budget beat fp32 by {MIN_SPEEDUP:.2f}x or more"
+                  + "".join(f" ({c.name}: {c.speedup:.2f}x{_raced(c)})" for c in in_budget
+                            if c.speedup_final_round is not None))
         kept = "the optimised source model (quantised already)" if quantised_ops(self.graphs.exported) \
             else "the optimised fp32 model"
         return None, self.graphs.fp32, f"{reason}; keeping {kept}"
+
+
+def _raced(cand: Candidate) -> str:
+    if cand.speedup_final_round is None:
+        return ""
+    return f" head to head, {cand.speedup_final_round:.2f}x in the final round"
 
 
 def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads: int) -> list[tuple[str, float]]:

@@ -20,6 +20,22 @@ def test_summarise_rounds_known_values() -> None:
     assert steady["noisy"] is False
 
 
+def test_a_speedup_is_the_median_of_paired_round_ratios_so_a_slow_spell_cancels() -> None:
+    """A slow spell of the machine falls on both variants' neighbouring rounds: paired round by round it cancels,
+    where pooling every call of each and comparing p50s reads the candidate faster than the baseline."""
+    from edgeserve.timing import speedups
+
+    def stats(*rounds: list[float]) -> dict:
+        return measure.summarise_rounds(rounds)
+
+    base = stats([1.0] * 4, [1.0] * 4, [3.0] * 6, [3.0] * 6)  # the spell hit more of fp32's calls than the other's
+    cand = stats([1.1] * 6, [1.1] * 6, [3.3] * 4, [3.3] * 4)
+    assert base["p50"] / cand["p50"] > 1.5  # pooled: 2.7x faster
+    assert speedups({"fp32": base, "c": cand}, "fp32") == {"fp32": 1.0, "c": pytest.approx(1 / 1.1)}
+    bare = {"fp32": {"p50": 2.0}, "c": {"p50": 1.0}}  # no rounds recorded: the ratio of p50s
+    assert speedups(bare, "fp32")["c"] == 2.0
+
+
 def test_interleaved_order_alternates() -> None:
     assert measure.order(["a", "b", "c"], 0) == ["a", "b", "c"]
     assert measure.order(["a", "b", "c"], 1) == ["c", "b", "a"]
