@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError
 from .metrics import Target, is_ragged, target
 
 _EPS = 1e-12
@@ -102,12 +103,15 @@ def summarise(per_output: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return summary
 
 
-def pick_prediction(outputs: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray | None:
-    """The class prediction per row: an integer label output shaped [N], else the argmax of a score output."""
+def pick_prediction(outputs: Mapping[str, np.ndarray], n_rows: int, *, text: bool = False) -> np.ndarray | None:
+    """The class prediction per row: an integer label output shaped [N], else the argmax of a score output; with
+    ``text``, a label output of strings shaped [N] (a scikit-learn classifier fit on class names)."""
     for values in outputs.values():
         v = np.asarray(values)
-        if v.shape == (n_rows,) and np.issubdtype(v.dtype, np.integer):
+        if v.shape == (n_rows,) and (_is_text(v) if text else np.issubdtype(v.dtype, np.integer)):
             return v
+    if text:
+        return None
     for values in outputs.values():
         v = np.asarray(values)
         if v.ndim == 2 and v.shape[0] == n_rows and has_classes(v):
@@ -115,13 +119,37 @@ def pick_prediction(outputs: Mapping[str, np.ndarray], n_rows: int) -> np.ndarra
     return None
 
 
+def _is_text(values: np.ndarray) -> bool:
+    return values.dtype.kind in "USO" and all(isinstance(v, (str, bytes)) for v in values.reshape(-1)[:8])
+
+
 def accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:
-    """Top-1 accuracy against integer labels, or None when no output looks like a class prediction."""
+    """Top-1 accuracy against the labels (class indexes, or class names for a model that answers names), or None
+    when no output looks like a class prediction.
+
+    Raises ``ConfigError`` when the labels cannot be what the model predicts: names against a model that answers
+    only class indexes (or the reverse), or names none of which the model ever answers. Compared anyway they match
+    nowhere, fp32 and every candidate score 0, and an accuracy budget then accepts whatever is converted."""
     labels = np.asarray(labels).reshape(-1)
-    pred = pick_prediction(outputs, len(labels))
+    text = labels.dtype.kind in "USO"
+    pred = pick_prediction(outputs, len(labels), text=text)
     if pred is None:
+        if text and pick_prediction(outputs, len(labels)) is not None:
+            raise ConfigError(f"the labels are class names ({_examples(labels)}), but the model answers class "
+                              "indexes: give the labels as the indexes of its classes")
         return None
-    return float(np.mean(pred.reshape(-1) == labels))
+    pred = pred.reshape(-1)
+    if text:
+        pred, labels = pred.astype(str), labels.astype(str)
+        if len(labels) and not np.isin(labels, pred).any():
+            raise ConfigError(f"none of the labels ({_examples(labels)}) is a class the model answers "
+                              f"({_examples(pred)}): give the labels as the model names its classes")
+    return float(np.mean(pred == labels))
+
+
+def _examples(values: np.ndarray, most: int = 3) -> str:
+    seen = list(dict.fromkeys(values.reshape(-1).tolist()))
+    return ", ".join(repr(v) for v in seen[:most]) + (", …" if len(seen) > most else "")
 
 
 def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float]:

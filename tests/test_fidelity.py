@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeserve.errors import ConfigError
 from edgeserve.fidelity import accuracy, compare_output, compare_outputs, cosine_per_row, percentiles
 
 
@@ -67,6 +68,42 @@ def test_accuracy_from_labels_or_scores() -> None:
     assert accuracy({"label": np.array([0, 1, 0, 0])}, labels) == 0.75
     assert accuracy({"scores": np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)}, labels) == 0.75
     assert accuracy({"embedding": np.ones((4, 1, 3), np.float32)}, labels) is None
+
+
+def test_accuracy_against_class_names_reads_the_models_label_output_of_names() -> None:
+    """A scikit-learn classifier fit on class names answers names: compared with the argmax of its probabilities,
+    fp32 and every candidate scored 0 and an accuracy budget held for anything."""
+    names = np.array(["cat", "dog", "dog", "cat"])
+    scores = np.array([[1, 0], [0, 1], [0, 1], [0, 1]], np.float32)
+    answers = {"label": np.array(["cat", "dog", "cat", "cat"], dtype=object), "probabilities": scores}
+    assert accuracy(answers, names) == 0.75
+    assert accuracy({"label": answers["label"].astype("U3"), "probabilities": scores}, names.astype(object)) == 0.75
+    with pytest.raises(ConfigError, match=r"the labels are class names \('cat', 'dog'\), but the model answers class "
+                                          r"indexes: give the labels as the indexes of its classes"):
+        accuracy({"label": np.array([0, 1, 0, 0]), "probabilities": scores}, names)
+    with pytest.raises(ConfigError, match=r"none of the labels \('a', 'b'\) is a class the model answers "
+                                          r"\('cat', 'dog'\)"):
+        accuracy(answers, np.array(["a", "b", "b", "a"]))
+    assert accuracy({"embedding": np.ones((4, 1, 3), np.float32)}, names) is None
+
+
+def test_a_classifier_fit_on_class_names_is_held_to_its_accuracy(tmp_path) -> None:
+    """End to end through skl2onnx: the accuracy recorded is the model's, not 0 for fp32 and converted alike."""
+    onnx = pytest.importorskip("onnx")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeserve
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    onnx.save(skl2onnx.to_onnx(LogisticRegression(max_iter=500).fit(x, names), x[:1]), str(tmp_path / "iris.onnx"))
+    pkg = edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "pkg", quantize="dynamic", calibration={"X": x[::2]},
+                            eval_data={"X": x[1::2], "names": names[1::2]}, labels="names")
+    acc = pkg.manifest.fidelity["accuracy"]
+    assert acc["fp32"] > 0.9 and acc["converted"] > 0.9
 
 
 def test_percentiles() -> None:
