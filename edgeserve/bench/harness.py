@@ -27,6 +27,7 @@ from ..environment import environment
 from ..errors import ConfigError, EdgeserveError, first_line
 from ..examples import example_names
 from ..names import check_name
+from ..timing import speedups
 from . import measure
 from .sources import ModelSource, cycling, data_label, load_samples, make_feeds, resolve_source
 from .variants import BASELINE, Variant, parse_variants
@@ -367,11 +368,14 @@ def _probe_ok(package: Path, inputs: Path, threads: int) -> bool:
 
 
 def _relate_to_baseline(results: dict[str, VariantResult]) -> None:
+    """Each variant's speedup over fp32 as ``auto`` reads it (:func:`edgeserve.timing.speedups`): paired round by
+    round, so a slow spell of the machine cancels."""
     base = results.get(BASELINE)
-    base_p50 = base.latency.get("p50") if base and base.status == "ok" else None
-    for r in results.values():
-        if base_p50 and r.latency.get("p50"):
-            r.speedup = base_p50 / r.latency["p50"]
+    if not (base and base.status == "ok" and base.latency.get("p50")):
+        return
+    timed = {name: r.latency for name, r in results.items() if r.latency.get("p50")}
+    for name, ratio in speedups(timed, BASELINE).items():
+        results[name].speedup = ratio
 
 
 def bench(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], config: BenchConfig | None = None, *,

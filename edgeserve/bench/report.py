@@ -86,8 +86,8 @@ def table(model: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread by more than 10%. speedup: fp32 p50 "
-          "over the variant's p50. rows/s@N: throughput at batch N; xC off/on: rows/s with C concurrent callers at batch 1, dynamic batching off and on. cold/cached: "
+LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread by more than 10%. speedup: fp32 over the "
+          "variant, the median over rounds of fp32's median latency over the variant's. rows/s@N: throughput at batch N; xC off/on: rows/s with C concurrent callers at batch 1, dynamic batching off and on. cold/cached: "
           "fresh process to first answer with an empty graph cache, then with the cached optimised graph; RSS: peak memory. accuracy and loss (points, fp32 minus variant) on the "
           "held-out labels; task metric: the variant's score, against fp32, in the metric that judged it (named with "
           "--metric, or inferred from the model's signature; `inspect` says which and why), or with labels, top1: the "

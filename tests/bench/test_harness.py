@@ -172,3 +172,16 @@ def test_without_evaluation_data_the_variants_run_on_the_held_out_calibration_ro
         np.testing.assert_array_equal(samples.arrays["x"], cal[32:])  # the rows the converter held out too
         assert "calibration" in data_label(source)
         assert load_samples(ModelSource("gru", src, None, None, None), {"fp32": model}).arrays["x"].shape[1] == 8
+
+
+def test_the_speedup_column_pairs_the_rounds_as_auto_does() -> None:
+    """Pooled p50s let a slow spell that hit more of fp32's calls read a candidate 2.7x faster; paired round by
+    round it is what it is."""
+    from edgeserve.bench.measure import summarise_rounds
+
+    results = {name: harness.VariantResult(name=name, status="ok") for name in ("fp32", "int8-static", "gone")}
+    results["fp32"].latency = summarise_rounds([[1.0] * 4, [1.0] * 4, [3.0] * 6, [3.0] * 6])
+    results["int8-static"].latency = summarise_rounds([[1.1] * 6, [1.1] * 6, [3.3] * 4, [3.3] * 4])
+    harness._relate_to_baseline(results)
+    assert results["fp32"].speedup == 1.0 and results["int8-static"].speedup == pytest.approx(1 / 1.1)
+    assert results["gone"].speedup is None
