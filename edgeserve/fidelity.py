@@ -147,6 +147,20 @@ def accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | N
     return float(np.mean(pred == labels))
 
 
+def label_error(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | None:
+    """A regressor's RMSE against numeric labels (its targets): of the one float output holding a value per row;
+    None when the labels are not numbers or no single output holds one value per row."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "fiu" or not len(labels):
+        return None
+    values = [v for v in map(np.asarray, outputs.values()) if v.dtype.kind == "f" and v.size == len(labels)
+              and v.shape[:1] == (len(labels),)]
+    if len(values) != 1:
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.sqrt(np.mean((values[0].reshape(-1).astype(np.float64) - labels) ** 2)))
+
+
 def _examples(values: np.ndarray, most: int = 3) -> str:
     seen = list(dict.fromkeys(values.reshape(-1).tolist()))
     return ", ".join(repr(v) for v in seen[:most]) + (", …" if len(seen) > most else "")
@@ -214,7 +228,7 @@ class Budget:
                 shortfall = max(shortfall, t.shortfall(score))
         if self.max_accuracy_drop is not None:
             if acc_fp32 is None or acc is None:
-                missed.append("accuracy unknown (no labels)")
+                missed.append("accuracy unknown (no labels, or no output predicts a class)")
                 shortfall = float("inf")
             else:
                 allowed = self.max_accuracy_drop * (acc_fp32 if self.relative else 1.0)

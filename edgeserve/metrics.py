@@ -14,6 +14,10 @@ name                      better  compares
                                   integer outputs by the fraction of equal values (lists of another length,
                                   such as kept indices, by the overlap of their entries)
 ``rel-l2``                lower   ‖candidate − reference‖ / ‖reference‖ per output (worst output)
+``nrmse``                 lower   RMSE of candidate − reference over the reference's standard deviation per
+                                  output (worst output): error against how much the predictions vary, which
+                                  an offset (values around 1000 ± 70) cannot hide as it does from ``rel-l2``;
+                                  predictions that do not vary are compared by ``rel-l2``
 ``max-abs``               lower   largest absolute difference of any value
 ``top1``                  higher  fraction of rows whose argmax class (or integer label) is the same
 ``prob-change``           lower   largest change of any class probability (softmax of logits first)
@@ -291,6 +295,29 @@ def _rel_l2(options: Mapping[str, str]) -> MetricFn:
         return worst
 
     return rel_l2
+
+
+def _nrmse(options: Mapping[str, str]) -> MetricFn:
+    @_guarded(math.inf)
+    def nrmse(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        worst = 0.0
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if not ref.size:
+                continue
+            r, c = ref.astype(np.float64), cand.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                rms, spread = math.sqrt(float(np.mean(r * r))), float(np.std(r))
+                scale = spread if spread > STILL * rms else rms  # NOTE: a constant answer: by its size, as rel-l2
+                err = math.sqrt(float(np.mean((c - r) ** 2))) / max(scale, _TINY)
+            worst = max(worst, err if math.isfinite(err) else math.inf)
+        return worst
+
+    return nrmse
+
+
+STILL = 1e-3
+"""``nrmse``: predictions whose standard deviation is below this share of their RMS do not vary (a constant
+answer on the data given) and are compared by their size instead."""
 
 
 def _max_abs(options: Mapping[str, str]) -> MetricFn:
@@ -692,6 +719,7 @@ BUILTINS: dict[str, _BuiltIn] = {
     # name: (factory, higher is better, default threshold, what it compares, its options)
     "cosine": (_cosine, True, 0.99, "per-row cosine, near-zero rows by absolute error", ("output", "floor")),
     "rel-l2": (_rel_l2, False, 0.05, "relative L2 error per output", ("output",)),
+    "nrmse": (_nrmse, False, 0.1, "RMSE over the reference's standard deviation per output", ("output",)),
     "max-abs": (_max_abs, False, 0.05, "largest absolute difference", ("output",)),
     "top1": (_top1, True, 0.99, "top-1 class agreement", ("output", "mask")),
     "prob-change": (_prob_change, False, 0.05, "largest change of a class probability", ("output",)),
@@ -853,7 +881,7 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     if state_outputs:
         others = [k for k in outs if k not in state_outputs]
         chosen, why = infer_targets(inputs, {k: outs[k] for k in others}, batch_axes)
-        if {t.metric.name for t in chosen} <= {"cosine", "rel-l2"}:  # no task but numbers: the answer's own error
+        if {t.metric.name for t in chosen} <= {"cosine", "rel-l2", "nrmse"}:  # no task but numbers: the answer's own error
             chosen = [target(metric("max-abs", output=k)) for k in others]
             why = f"the largest absolute error of {', '.join(others)}"
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
@@ -883,10 +911,12 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     values = [k for k, v in outs.items() if _one_value_per_row(v, (batch_axes or {}).get(k, 0))]
     if values and len(values) == sum(1 for v in outs.values() if np.issubdtype(np.asarray(v).dtype, np.floating)):
         ints = [k for k, v in outs.items() if not is_ragged(v) and np.issubdtype(np.asarray(v).dtype, np.integer)]
-        return [target(metric("rel-l2", output=k)) for k in values] + [target(metric("cosine", output=k))
-                                                                      for k in ints], (
-            f"one value per row in {', '.join(values)} (a regression's predictions, an anomaly score): the relative "
-            "L2 error over the rows, since a cosine of single values compares only their signs"
+        return [target(metric("nrmse", output=k)) for k in values] + [target(metric("cosine", output=k))
+                                                                     for k in ints], (
+            f"one value per row in {', '.join(values)} (a regression's predictions, an anomaly score): the RMS "
+            "error over the predictions' standard deviation (0.1: the converted model keeps 99% of their variance), "
+            "since a cosine of single values compares only their signs, and an error relative to their size "
+            "passes anything on values with an offset"
             + (f"; and the share of equal values in {', '.join(ints)}" if ints else ""))
     distances = _cluster_distances(outs)
     if distances is not None:

@@ -43,6 +43,9 @@ def fidelity_lines(fidelity: Mapping[str, Any]) -> Iterator[str]:
         yield f"judged by: {budget.get('because', 'named by the user')}{held}"
     for missed in fidelity.get("budget_missed", []):
         yield f"outside the inferred budget: {missed}"
+    error = fidelity.get("label_rmse")
+    if error and error.get("fp32") is not None:
+        yield f"RMSE against the labels: fp32 {error['fp32']:.5g}, converted {error['converted']:.5g}"
     acc = fidelity.get("accuracy")
     if acc and acc.get("fp32") is not None:
         drop = acc["fp32"] - acc["converted"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeserve.errors import ConfigError
-from edgeserve.fidelity import accuracy, compare_output, compare_outputs, cosine_per_row, percentiles
+from edgeserve.fidelity import accuracy, compare_output, compare_outputs, cosine_per_row, label_error, percentiles
 
 
 def test_cosine_known_values() -> None:
@@ -125,3 +125,45 @@ def test_a_budget_says_when_answers_are_non_finite() -> None:
     nan_where_fp32_is_nan = {"scores": reference["scores"].copy()}
     nan_where_fp32_is_nan["scores"][0, 1] = np.nan
     assert make_budget(["top1>=0.99"]).judge(nan_where_fp32_is_nan, nan_where_fp32_is_nan, {}).ok
+
+
+def test_a_regressors_targets_given_as_labels_are_its_error_not_an_accuracy(tmp_path) -> None:
+    """Labels were read as classes whatever they held: a regressor's targets gave no accuracy, every candidate
+    missed with 'accuracy unknown (no labels)', and auto could never choose. Now the inferred metric judges, the
+    RMSE against the targets is recorded, and an accuracy budget is refused at once, saying what fits."""
+    import warnings
+
+    onnx = pytest.importorskip("onnx")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_diabetes
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    import edgeserve
+
+    x, y = load_diabetes(return_X_y=True)
+    x, y = x.astype(np.float32), (y + 1000).astype(np.float32)  # an offset, as prices and kelvins have
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32,), max_iter=1000,
+                                                              learning_rate_init=0.05, random_state=0)).fit(x, y)
+    onnx.save(skl2onnx.to_onnx(fitted, x[:1]), str(tmp_path / "reg.onnx"))
+    data = {"X": x[300:], "target": y[300:]}
+    pkg = edgeserve.convert(tmp_path / "reg.onnx", tmp_path / "pkg", quantize="dynamic", calibration={"X": x[:300]},
+                            eval_data=data, labels="target")
+    fidelity = pkg.manifest.fidelity
+    assert [t["metric"] for t in fidelity["budget"]["targets"]] == ["nrmse,output=variable"]
+    assert "accuracy" not in fidelity
+    rmse = fidelity["label_rmse"]
+    assert rmse["fp32"] == pytest.approx(label_error({"v": edgeserve.load(tmp_path / "reg.onnx").predict(x[300:])["variable"]},
+                                                     y[300:]), rel=1e-5)
+    assert 0 < rmse["fp32"] < np.std(y[300:]) * 2 and rmse["converted"] > 0
+    with pytest.raises(ConfigError, match=r"max_accuracy_drop needs an output that predicts a class .* this model "
+                                          r"answers variable float32 .*--metric 'nrmse<=0.1'"):
+        edgeserve.convert(tmp_path / "reg.onnx", tmp_path / "pkg2", quantize="dynamic", calibration={"X": x[:300]},
+                          eval_data=data, labels="target", max_accuracy_drop=0.01)
+    assert label_error({"v": np.array([1.0, 2.0])}, np.array([1.0, 4.0])) == pytest.approx(np.sqrt(2))
+    assert label_error({"v": np.array([1.0, 2.0])}, np.array(["a", "b"])) is None
+    assert label_error({"v": np.ones(2), "w": np.ones(2)}, np.ones(2)) is None  # which one: not guessed

@@ -490,7 +490,7 @@ def test_thresholds_and_directions() -> None:
         metric("no_such_module_xyz:fn")
     nan = {"y": np.full((2, 3), np.nan, np.float32)}
     ok = {"y": np.ones((2, 3), np.float32)}
-    for name in ("cosine", "rel-l2", "max-abs", "top1", "prob-change"):
+    for name in ("cosine", "rel-l2", "nrmse", "max-abs", "top1", "prob-change"):
         t = target(name)
         assert not t.holds(t.metric.score(ok, nan, {})), name  # NaN never passes
 
@@ -710,7 +710,7 @@ def test_a_clusterers_distances_are_judged_by_its_labels() -> None:
 
 def test_a_regressions_single_values_are_judged_by_their_error_not_by_their_signs() -> None:
     """The cosine of two numbers is 1 whenever their signs agree: a regressor answering ten times its fp32 values
-    passed. One value a row is now judged by its relative error, and a regression's outputs by rel-l2."""
+    passed. One value a row is now judged by its relative error, and a regression's outputs by nrmse."""
     rng = np.random.default_rng(0)
     ref = {"variable": rng.uniform(1, 100, (60, 1)).astype(np.float32)}
     cosine = metric("cosine")
@@ -718,16 +718,34 @@ def test_a_regressions_single_values_are_judged_by_their_error_not_by_their_sign
     assert cosine.fn(ref, {"variable": ref["variable"] * 1.005}, {}) >= 0.99
     assert cosine.fn(ref, {"variable": ref["variable"] * 1.05}, {}) < 0.99
     targets, why = infer_targets({"x": np.zeros((60, 3), np.float32)}, ref, {"variable": 0})
-    assert [t.metric.spec for t in targets] == ["rel-l2,output=variable"] and "regression" in why
+    assert [t.metric.spec for t in targets] == ["nrmse,output=variable"] and "regression" in why
     assert not targets[0].holds(targets[0].metric.fn(ref, {"variable": ref["variable"] * 10}, {}))
     flat = {"y": ref["variable"].ravel()}  # [rows]: a torch regressor's squeezed answer
-    assert [t.metric.name for t in infer_targets({}, flat, {"y": 0})[0]] == ["rel-l2"]
+    assert [t.metric.name for t in infer_targets({}, flat, {"y": 0})[0]] == ["nrmse"]
     # one sample's vector, from a model without a batch axis: a vector, compared by its cosine
     assert [t.metric.name for t in infer_targets({}, flat, {"y": None})[0]] == ["cosine", "rel-l2"]
     # an anomaly detector's label beside its score: the labels must agree too
     scored = {"label": np.where(ref["variable"] > 50, 1, -1).astype(np.int64), "scores": ref["variable"]}
     specs = [t.metric.spec for t in infer_targets({}, scored, {"label": 0, "scores": 0})[0]]
-    assert specs == ["rel-l2,output=scores", "cosine,output=label"]
+    assert specs == ["nrmse,output=scores", "cosine,output=label"]
+
+
+def test_a_regression_with_an_offset_is_judged_against_the_spread_of_its_predictions() -> None:
+    """Predictions around 1000 +- 70 (a price, a temperature in kelvin): rel-l2 is the error over the values'
+    size, so a candidate off by 50 everywhere (most of the spread) read 0.05 and passed, and a constant answer
+    at the mean read 0.07. nrmse holds the error to the spread."""
+    rng = np.random.default_rng(0)
+    ref = {"y": (1000 + 70 * rng.standard_normal(200)).astype(np.float32)}
+    nrmse, rel = target("nrmse"), target("rel-l2")
+    assert rel.holds(rel.metric.score(ref, {"y": ref["y"] + 50}, {}))  # what slipped through
+    for broken in (ref["y"] + 50, np.full_like(ref["y"], ref["y"].mean()), ref["y"][::-1].copy()):
+        assert not nrmse.holds(nrmse.metric.score(ref, {"y": broken}, {}))
+    noise = ref["y"] + 0.05 * 70 * rng.standard_normal(200).astype(np.float32)  # 5% of the spread: kept
+    assert nrmse.metric.score(ref, {"y": noise}, {}) == pytest.approx(0.05, rel=0.15)
+    assert nrmse.holds(nrmse.metric.score(ref, {"y": noise}, {}))
+    assert nrmse.metric.score(ref, ref, {}) == 0.0
+    still = {"y": np.full(50, 3.0, np.float32)}  # no spread: by its size, as rel-l2
+    assert nrmse.metric.score(still, {"y": still["y"] * 1.01}, {}) == pytest.approx(0.01, rel=1e-4)
 
 
 def test_outputs_no_task_is_recognised_in_are_judged_by_their_size_too() -> None:

@@ -53,7 +53,7 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--per-channel", is_flag=True, help="Quantise weights per channel.")
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
 @click.option("--metric", "metric_names", multiple=True, metavar="NAME[,OPT=V…]",
-              help="Judge the result by this task metric (repeatable): cosine, rel-l2, max-abs, top1, prob-change, "
+              help="Judge the result by this task metric (repeatable): cosine, rel-l2, nrmse, max-abs, top1, prob-change, "
               "pooled-cosine, map-iou, ctc, detection, or module:function. Thresholds pair in order with --min "
               "(metrics better when higher) and --max (errors); or write top1>=0.98. Default: inferred from the "
               "model's signature, and printed.")

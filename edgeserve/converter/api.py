@@ -25,7 +25,7 @@ from ..batch_axes import batch_dependence, confirm_batch_axes
 from ..config import QuantizeConfig, SessionConfig
 from ..environment import environment
 from ..errors import ConfigError, ConversionError, DataError, EdgeserveError, FidelityError, PackageError
-from ..fidelity import Budget, accuracy, compare_outputs, make_budget
+from ..fidelity import Budget, accuracy, compare_outputs, label_error, make_budget
 from ..golden import tolerance_for
 from ..guard.envelope import envelope
 from ..metrics import MetricError, Target, generic_targets, infer_targets, is_ragged
@@ -347,11 +347,18 @@ def choose_budget(c: Conversion) -> None:
         fixed = fixed_sizes(c.reference, c.in_specs, next(c.held_out.feeds(1)))
         if fixed:
             c.recipe["fixed_sizes"] = fixed
+    classes = c.labels is not None and accuracy(c.ref_out, c.labels) is not None  # NOTE: refuses labels it cannot be
+    if c.labels is not None and not classes and c.budget.max_accuracy_drop is not None:
+        raise ConfigError("max_accuracy_drop needs an output that predicts a class (an integer label, class scores or "
+                          f"class names); this model answers {_signature(c.out_specs)}: hold it to a metric instead "
+                          "(--metric 'nrmse<=0.1' for a regressor; see edgeserve convert --help)")
     if c.budget.empty:
-        if c.labels is not None:
+        if classes:
             c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
         else:
             targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
+            if c.labels is not None:
+                why += " (the labels given are not classes of any output: their error is recorded, not held to)"
             c.budget = Budget(tuple(targets), because=f"inferred: {why}")
             vacuous = c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
             if vacuous and [t.metric.name for t in targets] != [t.metric.name for t in generic_targets()]:
@@ -477,6 +484,10 @@ def verify(c: Conversion) -> None:
     fidelity.update(reference="fp32 source", data=c.fidelity_data, rows=c.held_out.rows)
     if c.labels is not None:
         fidelity["accuracy"] = {"fp32": accuracy(ref_out, c.labels), "converted": accuracy(cand_out, c.labels)}
+        error = {"fp32": label_error(ref_out, c.labels), "converted": label_error(cand_out, c.labels)}
+        if error["fp32"] is not None and fidelity["accuracy"]["fp32"] is None:
+            fidelity.pop("accuracy")
+            fidelity["label_rmse"] = error
     acc = fidelity.get("accuracy") or {}
     verdict = c.budget.judge(ref_out, cand_out, c.held_out.arrays, acc.get("fp32"), acc.get("converted"))
     fidelity["metrics"] = verdict.scores
@@ -560,6 +571,10 @@ def _verify_fallback(c: Conversion, ref_out: dict[str, np.ndarray]) -> dict[str,
     if c.enforce and not verdict.ok:
         return None
     return {"backend": "onnxruntime", "precision": None, "metrics": verdict.scores}
+
+
+def _signature(specs: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"{s.name} {s.describe()}" for s in specs)
 
 
 def _samples(source: DataSource, specs: Sequence[TensorSpec], what: str, narrow: bool = False) -> Samples:
