@@ -331,7 +331,7 @@ def test_segmentation_is_judged_by_the_mean_iou_of_its_class_maps() -> None:
     assert metric("seg-miou,axis=-1").score(last, {"logits": lost.transpose(0, 2, 3, 1)}, {}) \
         == pytest.approx(seg.metric.score(ref, {"logits": lost}, {}))
     image_out = {"upscaled": rng.random((2, 3, 32, 32)).astype(np.float32)}  # a super-resolution's image: no classes
-    assert [t.metric.name for t in infer_targets({}, image_out)[0]] == ["cosine", "rel-l2"]
+    assert [t.metric.name for t in infer_targets({}, image_out)[0]] == ["cosine", "nrmse"]
 
 
 def test_inputs_named_like_token_ids_are_never_taken_for_a_mask() -> None:
@@ -358,7 +358,7 @@ def test_unnamed_per_pixel_scores_at_the_images_size_are_judged_as_segmentation(
     assert [t.metric.spec for t in targets] == ["seg-miou,output=out"] and "as tall and wide as the image" in why
     for name, shape in (("flow", (2, 2, 32, 24)), ("denoised", (2, 3, 32, 24)), ("features", (2, 64, 8, 6))):
         assert [t.metric.name for t in infer_targets(image, {name: rng.normal(0, 1, shape).astype(np.float32)})[0]] \
-            == ["cosine", "rel-l2"], name
+            == ["cosine", "nrmse"], name
 
 
 def test_detection_agreement_counts_classes_and_boxes() -> None:
@@ -461,7 +461,7 @@ def test_probabilities_from_a_quantised_softmax_are_still_class_scores() -> None
     assert [t.metric.name for t in targets] == ["top1", "prob-change"]
     # independent sigmoids in [0, 1] (multi-label) do not sum to one: not read as one distribution
     sigmoid = 1 / (1 + np.exp(-rng.standard_normal((50, 5)).astype(np.float32)))
-    assert [t.metric.name for t in infer_targets({}, {"out:0": sigmoid})[0]] == ["cosine", "rel-l2"]
+    assert [t.metric.name for t in infer_targets({}, {"out:0": sigmoid})[0]] == ["cosine", "nrmse"]
 
 
 def test_a_stateful_model_is_judged_by_absolute_error_of_its_output() -> None:
@@ -582,7 +582,7 @@ def test_per_step_logits_without_a_mask_are_judged_by_the_top_class_at_every_ste
     one_frame[2, 5] = -ref[2, 5]  # one frame of 48 changes its top class
     assert targets[0].metric.fn({"logits": ref}, {"logits": one_frame}, inputs) == pytest.approx(47 / 48)
     assert metric("cosine").score({"logits": ref}, {"logits": one_frame}, inputs) > 0.8
-    assert [t.metric.name for t in infer_targets(inputs, {"features": ref})[0]] == ["cosine", "rel-l2"]  # not named so
+    assert [t.metric.name for t in infer_targets(inputs, {"features": ref})[0]] == ["cosine", "nrmse"]  # not named so
 
 
 def test_kept_indices_of_another_count_are_judged_by_their_overlap_not_as_total_disagreement() -> None:
@@ -666,8 +666,8 @@ def test_an_inferred_metric_with_nothing_to_judge_gives_way_to_cosine(tmp_path: 
     monkeypatch.setattr(api, "infer_targets", lambda *a: ([target(anything, min=0.9)], "a detector, say"))
     pkg = edgeserve.convert(mlp_path, tmp_path / "pkg", quantize="dynamic", calibration={"x": rows(40)})
     budget = pkg.manifest.fidelity["budget"]
-    assert [t["metric"] for t in budget["targets"]] == ["cosine", "rel-l2"]
-    assert "fp32 finds nothing in this data for" in budget["because"] and "per-row cosine and the relative error judge" in budget["because"]
+    assert [t["metric"] for t in budget["targets"]] == ["cosine", "nrmse"]
+    assert "fp32 finds nothing in this data for" in budget["because"] and "per-row cosine and the error against the values' spread judge" in budget["because"]
     with caplog.at_level("WARNING"):
         named = edgeserve.convert(mlp_path, tmp_path / "named", quantize="dynamic", calibration={"x": rows(40)},
                                   metrics=[target(anything, min=0.9)])
@@ -723,7 +723,7 @@ def test_a_regressions_single_values_are_judged_by_their_error_not_by_their_sign
     flat = {"y": ref["variable"].ravel()}  # [rows]: a torch regressor's squeezed answer
     assert [t.metric.name for t in infer_targets({}, flat, {"y": 0})[0]] == ["nrmse"]
     # one sample's vector, from a model without a batch axis: a vector, compared by its cosine
-    assert [t.metric.name for t in infer_targets({}, flat, {"y": None})[0]] == ["cosine", "rel-l2"]
+    assert [t.metric.name for t in infer_targets({}, flat, {"y": None})[0]] == ["cosine", "nrmse"]
     # an anomaly detector's label beside its score: the labels must agree too
     scored = {"label": np.where(ref["variable"] > 50, 1, -1).astype(np.int64), "scores": ref["variable"]}
     specs = [t.metric.spec for t in infer_targets({}, scored, {"label": 0, "scores": 0})[0]]
@@ -750,19 +750,25 @@ def test_a_regression_with_an_offset_is_judged_against_the_spread_of_its_predict
 
 def test_outputs_no_task_is_recognised_in_are_judged_by_their_size_too() -> None:
     """A per-row cosine passes any scale: a feature extractor answering twice its fp32 values passed the generic
-    budget. The relative L2 error beside it (<= 0.15, about what the cosine allows in direction) refuses that,
-    and lets through what the cosine lets through."""
+    budget. The error against the values' spread beside it (nrmse <= 0.15, about what the cosine allows in
+    direction) refuses that, and lets through what the cosine lets through; and it sees an error an offset hides
+    from both the cosine and rel-l2 (a forecaster's static int8, off by 0.8 of its answers' spread)."""
     from edgeserve.fidelity import Budget
 
     rng = np.random.default_rng(0)
     ref = {"features": rng.standard_normal((40, 16)).astype(np.float32)}
     targets, why = infer_targets({}, ref, {"features": 0})
-    assert [t.metric.name for t in targets] == ["cosine", "rel-l2"] and "passes any scale" in why
+    assert [t.metric.name for t in targets] == ["cosine", "nrmse"] and "passes any scale" in why
     budget = Budget(tuple(targets))
     doubled = budget.judge(ref, {"features": ref["features"] * 2}, {})
-    assert doubled.scores["cosine"] > 0.999999 and not doubled.ok and doubled.missed[0].startswith("rel-l2")
+    assert doubled.scores["cosine"] > 0.999999 and not doubled.ok and doubled.missed[0].startswith("nrmse")
     noisy = {"features": ref["features"] + rng.standard_normal((40, 16)).astype(np.float32) * 0.03}
     assert budget.judge(ref, noisy, {}).ok  # int8-like noise: within both
+    forecast = {"forecast": (1000 + 1.2 * rng.standard_normal((40, 12))).astype(np.float32)}
+    off = {"forecast": forecast["forecast"] + rng.normal(0, 1.0, (40, 12)).astype(np.float32)}
+    verdict = Budget(tuple(infer_targets({}, forecast, {"forecast": 0})[0])).judge(forecast, off, {})
+    assert verdict.scores["cosine"] > 0.99999 and target("rel-l2").holds(target("rel-l2").metric.score(forecast, off, {}))
+    assert not verdict.ok and verdict.missed[0].startswith("nrmse")
 
 
 def test_a_kv_cache_decoder_is_judged_at_its_new_tokens_that_are_not_padding() -> None:

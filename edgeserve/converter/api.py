@@ -364,7 +364,7 @@ def choose_budget(c: Conversion) -> None:
             if vacuous and [t.metric.name for t in targets] != [t.metric.name for t in generic_targets()]:
                 c.budget = Budget(tuple(generic_targets()), because=(
                     f"inferred: {why}; but fp32 finds nothing in this data for {', '.join(vacuous)} to judge (a "
-                    "model answering zeros would pass it), so per-row cosine and the relative error judge instead: "
+                    "model answering zeros would pass it), so per-row cosine and the error against the values' spread judge instead: "
                     "give --data the model finds something in"))
             c.enforce = c.qconfig.mode == "auto"
         log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
