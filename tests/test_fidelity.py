@@ -167,3 +167,22 @@ def test_a_regressors_targets_given_as_labels_are_its_error_not_an_accuracy(tmp_
     assert label_error({"v": np.array([1.0, 2.0])}, np.array([1.0, 4.0])) == pytest.approx(np.sqrt(2))
     assert label_error({"v": np.array([1.0, 2.0])}, np.array(["a", "b"])) is None
     assert label_error({"v": np.ones(2), "w": np.ones(2)}, np.ones(2)) is None  # which one: not guessed
+
+
+def test_one_hot_labels_are_read_as_class_indexes_and_other_shapes_are_refused(tmp_path) -> None:
+    """Keras users keep labels one-hot: flattened, they were N*C labels for N rows."""
+    import edgeserve
+    from edgeserve.errors import DataError
+    from tests.factories import mlp_model, rows, save
+
+    save(mlp_model(), tmp_path / "mlp.onnx")
+    x = rows(40)
+    with edgeserve.load(tmp_path / "mlp.onnx") as m:
+        classes = next(v for v in m.predict(x).values() if v.ndim == 2).argmax(1)
+    one_hot = np.eye(int(classes.max()) + 2, dtype=np.float32)[classes]
+    pkg = edgeserve.convert(tmp_path / "mlp.onnx", tmp_path / "pkg", quantize="none", calibration={"x": x},
+                            eval_data={"x": x, "y": one_hot}, labels="y")
+    assert pkg.manifest.fidelity["accuracy"]["fp32"] == 1.0
+    with pytest.raises(DataError, match=r"labels 'y' are shaped \[40, 2, 2\]: give one label a row"):
+        edgeserve.convert(tmp_path / "mlp.onnx", tmp_path / "pkg2", quantize="none", calibration={"x": x},
+                          eval_data={"x": x, "y": np.zeros((40, 2, 2))}, labels="y")

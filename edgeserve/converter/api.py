@@ -595,8 +595,10 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
                 raise DataError(f"evaluation data has no array named '{labels}' for the labels; it has {', '.join(sorted(arrays))}")
             label_values = arrays.pop(labels)
         samples = check_samples(arrays, specs, what="evaluation data", narrow=narrow)
-        if label_values is not None and len(label_values) != samples.rows:
-            raise DataError(f"evaluation data: {len(label_values)} labels for {samples.rows} rows")
+        if label_values is not None:
+            label_values = _one_label_a_row(np.asarray(label_values), str(labels))
+            if len(label_values) != samples.rows:
+                raise DataError(f"evaluation data: {len(label_values)} labels for {samples.rows} rows")
         return samples, label_values, "evaluation"
     if labels is not None:
         raise DataError("labels name an array in the evaluation data; pass eval_data= (--data) too")
@@ -604,6 +606,21 @@ def _held_out(eval_data: DataSource | None, labels: str | None, cal: Samples | N
         return cal.split(HOLDOUT_FRACTION)[1], None, "calibration hold-out"
     log.warning("no calibration or evaluation data given: fidelity is measured on synthetic inputs")
     return synthetic_samples(specs, vocabularies=embedding_inputs(model)), None, "synthetic"
+
+
+def _one_label_a_row(values: np.ndarray, name: str) -> np.ndarray:
+    """The labels as one per row: one-hot rows (Keras' ``to_categorical``) as their class indexes, a column
+    ``[rows, 1]`` as its values; anything else is refused, naming what is read."""
+    if values.ndim == 2 and values.shape[1] == 1:
+        return values[:, 0]
+    if values.ndim == 2 and values.shape[1] > 1 and values.dtype.kind in "biuf" and len(values) \
+            and np.isin(values, (0, 1)).all() and (values.sum(axis=1) == 1).all():
+        log.info("labels '%s' are one-hot [rows, %d]: read as class indexes", name, values.shape[1])
+        return values.argmax(axis=1)
+    if values.ndim != 1:
+        raise DataError(f"labels '{name}' are shaped {list(values.shape)}: give one label a row, as class indexes "
+                        "[rows], class names [rows], one-hot rows [rows, classes], or a regressor's targets [rows]")
+    return values
 
 
 def _reference_statistics(c: Conversion) -> dict[str, Any]:
