@@ -580,10 +580,16 @@ def _statistics(name: str, version: int, counts: list[int], info: dict[str, Any]
 
 
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    """A tensor as Triton configures it. One value a row (a classifier's label ``[rows]``) with batching: dims
+    ``[1]`` and an empty ``reshape``, as Triton's model configuration documents for a tensor of the batch
+    dimension only (dims may not be empty there)."""
     datatype = datatype_of(spec.np_dtype)
     dims = _dims(spec)
-    return {"name": spec.name, "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype),
-            "dims": dims[1:] if batched else dims}
+    out: dict[str, Any] = {"name": spec.name, "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype),
+                           "dims": dims[1:] if batched else dims}
+    if batched and not out["dims"]:
+        out["dims"], out["reshape"] = [1], {"shape": []}
+    return out
 
 
 def _format(spec: TensorSpec) -> str:

@@ -106,9 +106,13 @@ class Servicer:
         out.config.max_batch_size = config["max_batch_size"]
         out.config.version_policy.latest.num_versions = 1
         for t in config["input"]:
-            out.config.input.add(name=t["name"], data_type=t["data_type"], format=t["format"], dims=t["dims"])
+            tensor = out.config.input.add(name=t["name"], data_type=t["data_type"], format=t["format"], dims=t["dims"])
+            if "reshape" in t:
+                tensor.reshape.SetInParent()  # NOTE: present with no dims: a tensor of the batch dimension only
         for t in config["output"]:
-            out.config.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
+            tensor = out.config.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
+            if "reshape" in t:
+                tensor.reshape.SetInParent()
         if "dynamic_batching" in config:
             out.config.dynamic_batching.max_queue_delay_microseconds = \
                 config["dynamic_batching"]["max_queue_delay_microseconds"]

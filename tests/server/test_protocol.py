@@ -431,6 +431,24 @@ def test_model_metadata_names_the_engine_that_answers(tmp_path) -> None:
         assert plane.model_metadata("ort", None)["platform"] == "onnxruntime_onnx"
 
 
+def _labelled_classifier():
+    """x [rows, 4] -> scores [rows, 3] and their argmax, label [rows]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)], "clf",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["n"])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: Path) -> None:
     """Triton's image_client reads the model configuration first: ``max_batch_size`` (above 0: the client adds the
     batch dimension itself, and the dims leave it out) and the input's dims and format. A model whose rows are not
@@ -445,6 +463,9 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
     repository = Repository(tmp_path / "repo", create=True)
     repository.publish("cnn", cnn.path)
     repository.publish("vad", vad.path)
+    clf = edgeserve.convert(save(_labelled_classifier(), tmp_path / "clf.onnx"), tmp_path / "clf-pkg", quantize="none",
+                            calibration={"x": images.reshape(24, -1)[:, :4].copy()})
+    repository.publish("clf", clf.path)
     with edgeserve.load(cnn.path) as model:
         want = model.predict(images[:2])["logits"]
     running = start(repository.root, ServeConfig(port=0, grpc_port=0), batching=edgeserve.BatchConfig(max_batch_size=8))
@@ -464,6 +485,12 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
             assert config.get("max_batch_size", 0) == 0
             dims = {t["name"]: [int(d) for d in t.get("dims", [])] for t in config["input"]}
             assert dims == {"input": [-1, 64], "state": [2, -1, 16], "sr": []}
+        for config in (http.get_model_config("clf"), grpc.get_model_config("clf", as_json=True)["config"]):
+            # one label a row: dims [1] with an empty reshape, as Triton configures a tensor of the batch only
+            label = next(t for t in config["output"] if t["name"] == "label")
+            assert [int(d) for d in label["dims"]] == [1] and label["reshape"] in ({}, {"shape": []})
+            scores = next(t for t in config["output"] if t["name"] == "scores")
+            assert [int(d) for d in scores["dims"]] == [3] and "reshape" not in scores
         with pytest.raises(tritonhttp.InferenceServerException, match="404"):
             http.get_model_config("nothing")
         assert "model_configuration" in http.get_server_metadata()["extensions"]
