@@ -435,6 +435,8 @@ class DataPlane:
             expected = datatype_of(specs[name].np_dtype)
             if datatype != expected:
                 raise BadRequest(f"input '{name}': expected datatype {expected} {_dims(specs[name])}, got {datatype}")
+            if _batch_only(specs[name]) and getattr(array, "shape", ())[1:] == (1,):
+                array = array.reshape(-1)  # NOTE: as the configuration's dims [1] with an empty reshape say
             feed[name] = array
         outputs = [s.name for s in model.outputs]
         if request.outputs is None:
@@ -587,9 +589,15 @@ def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     dims = _dims(spec)
     out: dict[str, Any] = {"name": spec.name, "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype),
                            "dims": dims[1:] if batched else dims}
-    if batched and not out["dims"]:
+    if batched and _batch_only(spec):
         out["dims"], out["reshape"] = [1], {"shape": []}
     return out
+
+
+def _batch_only(spec: TensorSpec) -> bool:
+    """A tensor of the batch dimension only (``[rows]``): Triton configures it as dims ``[1]`` reshaped to none, and
+    its clients send an input so configured as ``[rows, 1]``, which the model takes as ``[rows]``."""
+    return len(spec.shape) == 1 and spec.batch_axis == 0
 
 
 def _format(spec: TensorSpec) -> str:

@@ -449,6 +449,22 @@ def _labelled_classifier():
     return model
 
 
+def _halver():
+    """v [rows] -> w [rows], each value halved: tensors of the batch dimension only."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["v", "half"], ["w"])], "half",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n"])],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: Path) -> None:
     """Triton's image_client reads the model configuration first: ``max_batch_size`` (above 0: the client adds the
     batch dimension itself, and the dims leave it out) and the input's dims and format. A model whose rows are not
@@ -466,6 +482,9 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
     clf = edgeserve.convert(save(_labelled_classifier(), tmp_path / "clf.onnx"), tmp_path / "clf-pkg", quantize="none",
                             calibration={"x": images.reshape(24, -1)[:, :4].copy()})
     repository.publish("clf", clf.path)
+    half = edgeserve.convert(save(_halver(), tmp_path / "half.onnx"), tmp_path / "half-pkg", quantize="none",
+                             calibration={"v": np.arange(40, dtype=np.float32)})
+    repository.publish("half", half.path)
     with edgeserve.load(cnn.path) as model:
         want = model.predict(images[:2])["logits"]
     running = start(repository.root, ServeConfig(port=0, grpc_port=0), batching=edgeserve.BatchConfig(max_batch_size=8))
@@ -491,6 +510,13 @@ def test_model_config_tells_a_triton_client_how_to_batch_and_it_works(tmp_path: 
             assert [int(d) for d in label["dims"]] == [1] and label["reshape"] in ({}, {"shape": []})
             scores = next(t for t in config["output"] if t["name"] == "scores")
             assert [int(d) for d in scores["dims"]] == [3] and "reshape" not in scores
+        for config in (http.get_model_config("half"), grpc.get_model_config("half", as_json=True)["config"]):
+            (value,) = config["input"]
+            assert [int(d) for d in value["dims"]] == [1] and value["reshape"] in ({}, {"shape": []})
+            # a client of that configuration sends [rows, 1]; the model takes [rows]
+            sent = tritonhttp.InferInput("v", [3, *map(int, value["dims"])], "FP32")
+            sent.set_data_from_numpy(np.array([[1.0], [2.0], [4.0]], np.float32))
+            np.testing.assert_array_equal(http.infer("half", [sent]).as_numpy("w"), [0.5, 1.0, 2.0])
         with pytest.raises(tritonhttp.InferenceServerException, match="404"):
             http.get_model_config("nothing")
         assert "model_configuration" in http.get_server_metadata()["extensions"]
