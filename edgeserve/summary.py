@@ -58,8 +58,9 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
     if not auto:
         return
     budget = auto.get("budget", {})
-    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget_text(budget)}, threads={auto.get('threads')}, " \
-          f"{auto.get('search_s')} s)"
+    rows = f", {auto['timing_batch']} rows a call" if auto.get("timing_batch", 1) > 1 else ""
+    yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget_text(budget)}, threads={auto.get('threads')}" \
+          f"{rows}, {auto.get('search_s')} s)"
     main = (budget.get("targets") or [{}])[0].get("metric")
     head = (main or "metric")[:12]
     yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {head:>12} {'raw cos':>8} {'accuracy':>8}  note"

@@ -24,6 +24,7 @@ from edgeserve.converter.data import check_samples
 from edgeserve.converter.prepare import preprocess_for_quantization
 from edgeserve.converter.quantize import quantize
 from edgeserve.fidelity import Budget
+from edgeserve.metrics import target
 from tests.factories import cnn_opset11, example, mlp_model, rows, save
 
 
@@ -256,6 +257,40 @@ def test_budget_validation(tmp_path: Path, mlp_path: Path) -> None:
     assert Budget(max_accuracy_drop=0.1).judge({}, {}, {}, 0.5, 0.44).ok
 
 
+def test_auto_times_candidates_on_calls_of_the_rows_asked_for(tmp_path: Path, mlp_path: Path) -> None:
+    """``timing_batch`` rows a call, taken in turn and from the first again when the held-out rows run out; one
+    row a call by default; one sample a call for a model without a batch axis."""
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    from edgeserve.converter.autotune import _Evaluator, timing_feeds
+    from edgeserve.converter.data import Samples
+    from edgeserve.runtime.model import load
+
+    with load(mlp_path) as model:
+        specs = model.inputs
+    held_out = check_samples({"x": rows(10)}, specs, what="held-out rows")
+    assert [f["x"].shape[0] for f in timing_feeds(held_out, 1)] == [1] * 10
+    assert [f["x"].shape[0] for f in timing_feeds(held_out, 4)] == [4, 4]
+    (wide,) = timing_feeds(held_out, 32)
+    np.testing.assert_array_equal(wide["x"], held_out.arrays["x"][np.arange(32) % 10])
+    batchless = Samples(tuple(replace(s, batch_axis=None) for s in specs), {"x": rows(3)}, 3)
+    assert [f["x"].shape for f in timing_feeds(batchless, 8)] == [rows(1)[0].shape] * 3  # one sample a call
+
+    class Counting:
+        sizes: list[int] = []
+
+        def run(self, feed):
+            self.sizes.append(len(feed["x"]))
+
+    with ExitStack() as sessions:
+        evaluator = _Evaluator(mlp_path, held_out, None, Budget((target("cosine"),)), 1, sessions, timing_batch=4)
+        call = evaluator.timing_call(Counting())
+        for _ in range(3):
+            call()
+    assert Counting.sizes == [4, 4, 4]
+
+
 def test_cli_auto_and_inspect(tmp_path: Path, mlp_path: Path) -> None:
     np.savez(tmp_path / "cal.npz", x=rows(60))
     out = tmp_path / "pkg"
@@ -264,6 +299,13 @@ def test_cli_auto_and_inspect(tmp_path: Path, mlp_path: Path) -> None:
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "auto chose" in result.stdout and "int8-static-minmax" in result.stdout
+    assert "rows a call" not in result.stdout  # one row a call: the default, not said
+    batched = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(tmp_path / "b"), "-q", "auto",
+                                        "--calibration", str(tmp_path / "cal.npz"), "--time-budget", "5",
+                                        "--timing-batch", "8"], catch_exceptions=False)
+    assert batched.exit_code == 0, batched.output
+    assert "threads=" in batched.stdout and ", 8 rows a call," in batched.stdout
+    assert edgeserve.Package.open(tmp_path / "b").manifest.recipe["auto"]["timing_batch"] == 8
     shown = CliRunner().invoke(main, ["inspect", str(out)]).stdout
     assert "auto chose" in shown and "candidate" in shown
     bad = CliRunner().invoke(main, ["convert", str(mlp_path), "-o", str(tmp_path / "x"), "-q", "auto",

@@ -68,6 +68,9 @@ def _progress_printer() -> Callable[[str, int, int], None]:
               help="auto: seconds after which no new candidate is started (the first always is).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="auto: intra-op threads to time candidates with "
               "(default: all cores; use what you will deploy with).")
+@click.option("--timing-batch", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="auto: rows per timed call: 1 times a lone request's latency; the batch your server runs (e.g. "
+                   "32 with dynamic batching) chooses by throughput, where int8 often differs.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]),
               help="Verify and record the package for this engine (auto chooses it itself).")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), help="OpenVINO precision (default: bf16 where native).")
@@ -85,7 +88,7 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
             reference: Path | None, labels: str | None, name: str | None, version: str, per_channel: bool, calibration_method: str,
             metric_names: tuple[str, ...], min_values: tuple[float, ...], max_values: tuple[float, ...],
             min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: str | None,
-            time_budget: float, threads: int | None, backend: str | None, precision: str | None,
+            time_budget: float, threads: int | None, timing_batch: int, backend: str | None, precision: str | None,
             allow_domain: tuple[str, ...], max_memory: str | None, dynamic_axis: tuple[str, ...], trust_pickle: bool,
             force: bool) -> None:
     """Convert a model SRC (.onnx, or torch's .pt2 from torch.export.save or TorchScript .pt from torch.jit.save)
@@ -110,7 +113,8 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     pkg = do_convert(
         source, output, quantize=qconfig, calibration=calibration, eval_data=eval_data, labels=labels, name=name, reference=reference,
         version=version, metrics=targets, min_cosine=min_cosine, min_top1_agreement=min_top1_agreement, max_accuracy_drop=drop,
-        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, backend=backend, precision=precision,
+        accuracy_drop=drop_kind, time_budget=time_budget, threads=threads, timing_batch=timing_batch, backend=backend,
+        precision=precision,
         allowed_domains=allow_domain, max_memory=max_memory, dynamic_axes=dynamic_axes_option(dynamic_axis, source),
         overwrite=force, progress=_progress_printer(),
     )

@@ -85,6 +85,7 @@ def convert(
     accuracy_drop: str = "absolute",
     time_budget: float = 300.0,
     threads: int | None = None,
+    timing_batch: int = 1,
     backend: str | None = None,
     precision: str | None = None,
     allowed_domains: Sequence[str] = (),
@@ -110,7 +111,8 @@ def convert(
     :class:`FidelityError`. Without one, the metric is inferred from the signature (one point of accuracy when
     labels are given), recorded and, for ``auto``, held to; the reason is reported. With ``quantize="auto"`` the
     budget steers the search, which stops starting new candidates after ``time_budget`` seconds and times
-    candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with).
+    candidates with ``threads`` intra-op threads (default: all cores; use what you will deploy with) on calls of
+    ``timing_batch`` rows (default 1, a lone request; the batch a batching server runs, to choose by throughput).
     ``max_memory`` (bytes, ``"8G"``, ``"50%"``; default half the machine's memory) bounds the whole conversion:
     a quantiser that outgrows it is stopped (in ``auto``, that candidate is skipped with the reason).
     ``backend``/``precision`` (not with auto, which chooses them) verify and record the package for that engine,
@@ -121,6 +123,8 @@ def convert(
         raise ConfigError(f"accuracy_drop must be 'absolute' or 'relative', got {accuracy_drop!r}")
     if time_budget <= 0:
         raise ConfigError(f"time_budget must be positive seconds, got {time_budget}")
+    if not 1 <= timing_batch <= 65536:
+        raise ConfigError(f"timing_batch must be between 1 and 65536 rows, got {timing_batch}")
     if qconfig.mode == "auto" and (backend or precision):
         raise ConfigError("auto chooses the backend and precision itself; leave backend and precision unset")
     SessionConfig(backend=backend, precision=precision)  # validates both
@@ -133,7 +137,8 @@ def convert(
                       name=check_name(name or _default_name(source, output), what="package name", error=ConfigError),
                       version=check_name(version, what="package version", error=ConfigError),
                       example_inputs=example_inputs, input_names=input_names, output_names=output_names, opset=opset,
-                      dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads, backend=backend,
+                      dynamic_axes=dynamic_axes, time_budget=time_budget, threads=threads,
+                      timing_batch=timing_batch, backend=backend,
                       precision=precision, allowed_domains=allowed_domains)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     try:
@@ -211,6 +216,7 @@ class Options:
     dynamic_axes: Mapping[str, Mapping[int, str]] | None
     time_budget: float
     threads: int | None
+    timing_batch: int
     backend: str | None
     precision: str | None
     allowed_domains: Sequence[str]
@@ -419,7 +425,8 @@ def quantise(c: Conversion) -> None:
         graphs = Graphs(exported=c.src.path, fp32=work / "fp32.onnx", prepared=work / "int8-source.onnx")
         chosen, auto_recipe = search(graphs, work, held_out=c.held_out, labels=c.labels, calibration=c.calibration,
                                      budget=c.budget, memory=c.memory, time_budget=c.options.time_budget,
-                                     threads=c.options.threads, progress=c.step)
+                                     threads=c.options.threads, timing_batch=c.options.timing_batch,
+                                     progress=c.step)
         c.recipe.update(finalize_model(chosen, c.staging / MODEL_FILE))
         c.recipe.update(auto_recipe)
         c.recipe["mode"] = "auto"

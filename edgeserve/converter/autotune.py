@@ -13,6 +13,7 @@ beats fp32; otherwise the optimised fp32 model, and says why.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -169,8 +170,9 @@ class _Evaluator:
     """Runs a model file over the held-out rows and judges it against the fp32 reference by the budget."""
 
     def __init__(self, reference: Path, held_out: Samples, labels: np.ndarray | None, budget: Budget, threads: int,
-                 sessions: ExitStack) -> None:
+                 sessions: ExitStack, timing_batch: int = 1) -> None:
         self._threads = threads
+        self._timing_feeds = timing_feeds(held_out, timing_batch)
         self._sessions = sessions
         self.held_out = held_out
         self.labels = labels
@@ -198,7 +200,7 @@ class _Evaluator:
         return verdict, compare_outputs(out, self.reference)["summary"], acc
 
     def timing_call(self, session) -> Callable[[], object]:
-        feeds = list(self.held_out.feeds(1))[:16] or [next(self.held_out.feeds(1))]
+        feeds = self._timing_feeds
         state = {"i": 0}
 
         def call() -> object:
@@ -206,6 +208,16 @@ class _Evaluator:
             return session.run(feeds[state["i"] % len(feeds)])
 
         return call
+
+
+def timing_feeds(held_out: Samples, rows: int, most: int = 16) -> list[dict[str, np.ndarray]]:
+    """What a candidate is timed on: up to ``most`` calls of ``rows`` held-out rows each, the rows taken in turn
+    (and again from the first when there are fewer than that); one sample a call for a model without a batch
+    axis, whatever ``rows`` says."""
+    if rows == 1 or not held_out.stacked:
+        return list(itertools.islice(held_out.feeds(1), most)) or [next(held_out.feeds(1))]
+    calls = max(1, min(most, held_out.rows // rows))
+    return [held_out.select(np.arange(i * rows, (i + 1) * rows) % held_out.rows) for i in range(calls)]
 
 
 def search(
@@ -219,6 +231,7 @@ def search(
     memory: MemoryBudget,
     time_budget: float = 300.0,
     threads: int | None = None,
+    timing_batch: int = 1,
     progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run the search; returns the chosen model file and the recipe (with the whole search) for the manifest.
@@ -234,7 +247,7 @@ def search(
     plan = plan_candidates(graphs.prepared, has_calibration=calibration is not None)
     with ExitStack() as sessions:  # every session the search opens, closed however it ends
         s = Search(plan=plan, graphs=graphs, work=work, calibration=calibration, budget=budget, memory=memory,
-                   evaluator=_Evaluator(graphs.fp32, held_out, labels, budget, threads, sessions),
+                   evaluator=_Evaluator(graphs.fp32, held_out, labels, budget, threads, sessions, timing_batch),
                    deadline=started + time_budget,
                    timing_s=max(0.3, min(3.0, time_budget / (6 * (len(plan) + 4)))),
                    step=progress or (lambda stage, done, total: None))
@@ -249,6 +262,7 @@ def search(
         "reason": reason,
         "budget": budget.record(),
         "threads": threads,
+        "timing_batch": timing_batch if held_out.stacked else 1,
         "fp32_accuracy": s.evaluator.acc_fp32,
         "held_out_rows": held_out.rows,
         "search_s": round(time.monotonic() - started, 2),
