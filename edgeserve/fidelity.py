@@ -119,6 +119,14 @@ def pick_prediction(outputs: Mapping[str, np.ndarray], n_rows: int, *, text: boo
     return None
 
 
+def _thresholded(outputs: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray | None:
+    """A binary classifier's one probability a row (a sigmoid's ``[rows]`` or ``[rows, 1]``, in [0, 1]) read at 0.5,
+    for 0/1 labels; None unless exactly one output is such."""
+    found = [v for v in map(np.asarray, outputs.values()) if v.dtype.kind == "f" and v.size == n_rows
+             and v.shape[:1] == (n_rows,) and v.ndim <= 2 and np.isfinite(v).all() and v.min() >= 0 and v.max() <= 1]
+    return (found[0].reshape(-1) > 0.5).astype(np.int64) if len(found) == 1 else None
+
+
 def _is_text(values: np.ndarray) -> bool:
     return values.dtype.kind in "USO" and all(isinstance(v, (str, bytes)) for v in values.reshape(-1)[:8])
 
@@ -133,6 +141,8 @@ def accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray) -> float | N
     labels = np.asarray(labels).reshape(-1)
     text = labels.dtype.kind in "USO"
     pred = pick_prediction(outputs, len(labels), text=text)
+    if pred is None and not text and len(labels) and np.isin(labels, (0, 1)).all():
+        pred = _thresholded(outputs, len(labels))
     if pred is None:
         if text and pick_prediction(outputs, len(labels)) is not None:
             raise ConfigError(f"the labels are class names ({_examples(labels)}), but the model answers class "

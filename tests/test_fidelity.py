@@ -70,6 +70,16 @@ def test_accuracy_from_labels_or_scores() -> None:
     assert accuracy({"embedding": np.ones((4, 1, 3), np.float32)}, labels) is None
 
 
+def test_a_binary_classifiers_one_probability_a_row_is_read_at_one_half_against_0_1_labels() -> None:
+    """A sigmoid's [rows, 1] (Keras' binary classifier) had no class to compare: no accuracy at all."""
+    labels = np.array([0, 1, 1, 0])
+    assert accuracy({"p": np.array([[0.1], [0.9], [0.4], [0.2]], np.float32)}, labels) == 0.75
+    assert accuracy({"p": np.array([0.1, 0.9, 0.6, 0.2], np.float32)}, labels) == 1.0
+    assert accuracy({"p": np.array([0.1, 0.9, 0.6, 0.2], np.float32)}, np.array([0, 2, 1, 0])) is None  # not 0/1
+    assert accuracy({"score": np.array([-3.0, 2.0, 1.0, -1.0], np.float32)}, labels) is None  # not probabilities
+    assert accuracy({"a": np.full(4, 0.5, np.float32), "b": np.full(4, 0.5, np.float32)}, labels) is None
+
+
 def test_accuracy_against_class_names_reads_the_models_label_output_of_names() -> None:
     """A scikit-learn classifier fit on class names answers names: compared with the argmax of its probabilities,
     fp32 and every candidate scored 0 and an accuracy budget held for anything."""
