@@ -243,6 +243,9 @@ def search(
     if budget.max_accuracy_drop is not None and labels is None:
         raise ConfigError("max_accuracy_drop needs labelled evaluation data (eval_data= with labels=)")
     threads = threads or SessionConfig().threads
+    if timing_batch > 1 and not held_out.stacked:
+        log.warning("auto: the model takes one sample a call (no batch axis), so candidates are timed one sample a "
+                    "call, not %d rows", timing_batch)
     started = time.monotonic()
     plan = plan_candidates(graphs.prepared, has_calibration=calibration is not None)
     with ExitStack() as sessions:  # every session the search opens, closed however it ends
