@@ -435,7 +435,7 @@ class DataPlane:
             expected = datatype_of(specs[name].np_dtype)
             if datatype != expected:
                 raise BadRequest(f"input '{name}': expected datatype {expected} {_dims(specs[name])}, got {datatype}")
-            if _batch_only(specs[name]) and getattr(array, "shape", ())[1:] == (1,):
+            if array.ndim == 2 and array.shape[1] == 1 and _batch_only(specs[name]):
                 array = array.reshape(-1)  # NOTE: as the configuration's dims [1] with an empty reshape say
             feed[name] = array
         outputs = [s.name for s in model.outputs]
