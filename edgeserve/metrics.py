@@ -929,8 +929,16 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         chosen = []
         for k in scores:
             chosen += [target(metric("top1", output=k)), target(metric("prob-change", output=k))]
+        # NOTE: a multi-task head's other float outputs (an age beside gender logits, boxes beside classes) are
+        # judged too: held to nothing, a broken one passed
+        rest = [k for k, v in outs.items() if k not in scores and not is_ragged(v)
+                and np.issubdtype(np.asarray(v).dtype, np.floating) and np.asarray(v).size]
+        chosen += [target(metric("nrmse", output=k),
+                          max=None if _one_value_per_row(outs[k], (batch_axes or {}).get(k, 0)) else GENERIC_NRMSE)
+                   for k in rest]
         return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
-                        "probability, since scores are often thresholded")
+                        "probability, since scores are often thresholded"
+                        + (f"; and the RMS error over the values' spread of {', '.join(rest)}" if rest else ""))
     return generic_targets(), ("no task recognised from the signature: per-row cosine (near-zero rows by absolute "
                                f"error), and the RMS error over the values' spread (nrmse <= {GENERIC_NRMSE:g}), since "
                                "a cosine passes any scale and any error on values with an offset")

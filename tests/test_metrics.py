@@ -793,3 +793,25 @@ def test_a_kv_cache_decoder_is_judged_at_its_new_tokens_that_are_not_padding() -
     hidden = {"last_hidden_state": rng.standard_normal((2, 3, 16)).astype(np.float32)}
     pooled = metric("pooled-cosine")
     assert pooled.score(hidden, hidden, feed) == pytest.approx(1.0)  # the mask's last 3 positions weigh the states
+
+
+def test_a_multi_task_heads_other_outputs_are_judged_beside_its_class_scores() -> None:
+    """Gender logits beside an age: only the logits were held to anything, so a broken age passed."""
+    from edgeserve.fidelity import Budget
+
+    rng = np.random.default_rng(0)
+    ref = {"gender_logits": rng.standard_normal((50, 2)).astype(np.float32),
+           "age": (40 + 12 * rng.standard_normal((50, 1))).astype(np.float32),
+           "embedding": rng.standard_normal((50, 8)).astype(np.float32),
+           "label": rng.integers(0, 2, 50)}
+    targets, why = infer_targets({}, ref, {k: 0 for k in ref})
+    assert [t.metric.spec for t in targets] == ["top1,output=gender_logits", "prob-change,output=gender_logits",
+                                                "nrmse,output=age", "nrmse,output=embedding"]
+    assert [t.threshold for t in targets][2:] == [0.1, 0.15] and "age, embedding" in why
+    budget = Budget(tuple(targets))
+    assert budget.judge(ref, ref, {}).ok
+    aged = {**ref, "age": ref["age"] + 10}  # ten years off, every row
+    (missed,) = budget.judge(ref, aged, {}).missed
+    assert missed.startswith("nrmse,output=age ")
+    only = {"logits": ref["gender_logits"], "label": ref["label"]}  # a classifier: unchanged
+    assert [t.metric.name for t in infer_targets({}, only, {"logits": 0, "label": 0})[0]] == ["top1", "prob-change"]
