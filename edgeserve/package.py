@@ -50,6 +50,20 @@ class Manifest:
     golden: dict[str, Any] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own would print every section, the reference statistics' knots included):
+        ``<Manifest digits@1: x: float32 [batch, 64] -> probs: float32 [batch, 10]; static on onnxruntime>``."""
+        inputs = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
+        outputs = ", ".join(f"{s.name}: {s.describe()}" for s in self.outputs)
+        return f"<Manifest {self.name}@{self.version}: {inputs} -> {outputs}; {self.recipe_name} on {self.backend}>"
+
+    @property
+    def recipe_name(self) -> str:
+        """What the model is: ``fp32``, ``static``, ``dynamic``…; ``auto: int8-static-entropy`` for auto's choice."""
+        mode = self.recipe.get("mode") or "fp32"
+        chosen = (self.recipe.get("auto") or {}).get("chosen")
+        return f"{mode}: {chosen}" if chosen else "fp32" if mode == "none" else str(mode)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
@@ -269,6 +283,10 @@ class Package:
         if verify:
             verify_files(folder, manifest)
         return cls(folder, manifest)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"<Package {str(self.path)!r}: {repr(m)[len('<Manifest '):-1]}>"
 
     @property
     def model_path(self) -> Path:

@@ -35,6 +35,23 @@ def test_manifest_records_the_contract(mlp_package: Path) -> None:
     assert m.golden["count"] == 8
 
 
+def test_a_package_prints_as_one_short_line(mlp_package: Path) -> None:
+    """``print(pkg)`` in a notebook: name, signature, recipe and engine, not every section of the manifest (the
+    dataclass's own repr printed the reference statistics' quantile knots, thousands of numbers)."""
+    pkg = Package.open(mlp_package)
+    text = repr(pkg)
+    assert text == (f"<Package {str(mlp_package)!r}: mlp@1: x: float32 [batch, 16] -> logits: float32 [batch, 4]; "
+                    "fp32 on onnxruntime>")
+    assert repr(pkg.manifest) == "<Manifest mlp@1: x: float32 [batch, 16] -> logits: float32 [batch, 4]; fp32 on onnxruntime>"
+
+
+def test_the_recipe_name_says_what_auto_chose() -> None:
+    base = dict(name="m", version="2", inputs=(), outputs=())
+    assert Manifest(**base, recipe={"mode": "static"}).recipe_name == "static"
+    assert Manifest(**base, recipe={"mode": "auto", "auto": {"chosen": "int8-dynamic"}}).recipe_name == "auto: int8-dynamic"
+    assert Manifest(**base).recipe_name == "fp32"
+
+
 def test_envelope_comes_from_calibration_rows(mlp_package: Path) -> None:
     m = read_manifest(mlp_package)
     # 64 calibration rows, of which the tail (20%) is held out when no eval data is given; here eval data was given
