@@ -62,7 +62,7 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
     yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget_text(budget)}, threads={auto.get('threads')}" \
           f"{rows}, {auto.get('search_s')} s)"
     main = (budget.get("targets") or [{}])[0].get("metric")
-    head = (main or "metric")[:12]
+    head = (main or "metric").split(",")[0][-12:]  # the metric without its options (the budget line has them)
     yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {head:>12} {'raw cos':>8} {'accuracy':>8}  note"
     for c in auto.get("candidates", []):
         speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"

@@ -678,3 +678,14 @@ def test_the_auto_table_cuts_a_candidates_misses_between_them_never_inside_a_num
     short = "top1 0.28 < 0.99; prob-change 0.0501 > 0.05"
     recipe["auto"]["candidates"][0]["reason"] = short
     assert list(auto_lines(recipe))[-1].endswith(short)
+
+
+def test_the_auto_tables_metric_column_is_headed_by_the_metrics_name_not_a_cut_of_its_options() -> None:
+    """A CTC model's column read ``ctc,layout=t``, a tagger's ``top1,mask=at``."""
+    from edgeserve.summary import auto_lines
+
+    budget = {"targets": [{"metric": "ctc,layout=tbc,output=logprobs", "min": 0.98}]}
+    recipe = {"auto": {"chosen": "fp32", "reason": "r", "budget": budget, "candidates": [
+        {"name": "fp16", "status": "ok", "scores": {"ctc,layout=tbc,output=logprobs": 0.99}}]}}
+    head, row = list(auto_lines(recipe))[1:]
+    assert head.split()[3] == "ctc" and row.split()[3] == "0.99"
