@@ -95,6 +95,10 @@ class VariantResult:
     """The targets those metrics were held to, and why they were chosen."""
     accuracy: float | None = None
     accuracy_loss: float | None = None
+    label_rmse: float | None = None
+    """A regressor's RMS error against the held-out targets (``--labels`` that are values, not classes)."""
+    label_rmse_increase: float | None = None
+    """The variant's RMSE against the targets minus fp32's (positive: worse)."""
     speedup: float | None = None
 
     def fail(self, stage: str, exc: BaseException) -> None:
@@ -203,6 +207,10 @@ def _build_all(source: ModelSource, variants: Sequence[Variant], work: Path, res
         r.accuracy = acc.get("converted")
         if acc.get("fp32") is not None and acc.get("converted") is not None:
             r.accuracy_loss = acc["fp32"] - acc["converted"]
+        error = pkg.manifest.fidelity.get("label_rmse") or {}
+        r.label_rmse = error.get("converted")
+        if error.get("fp32") is not None and error.get("converted") is not None:
+            r.label_rmse_increase = error["converted"] - error["fp32"]
         packages[v.name] = pkg.path
     return packages
 

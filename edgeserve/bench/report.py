@@ -55,10 +55,21 @@ def rows(model: Mapping[str, Any]) -> list[list[str]]:
             label, _f(v["size_bytes"], ".0f", 1 / 1024), p50, _ms(lat.get("p99")),
             _f(v["speedup"], ".2f") + ("x" if v["speedup"] else ""), _f(thr and thr["rows_per_s"], ".0f"),
             _f(conc and conc["rows_per_s"], ".0f") + "/" + _f(conc_on and conc_on["rows_per_s"], ".0f"), _f(cold.get("process_to_first_answer_s"), ".0f", 1e3) + "/" + _f(cold.get("process_to_first_answer_cached_s"), ".0f", 1e3),
-            _f(cold.get("peak_rss_bytes"), ".0f", 1 / 2**20), _f(v["accuracy"], ".4f"),
-            _f(v["accuracy_loss"], "+.2f", 100), task_metric(v),
+            _f(cold.get("peak_rss_bytes"), ".0f", 1 / 2**20), *_accuracy_cells(v), task_metric(v),
         ])
     return out
+
+
+def _accuracy_cells(v: Mapping[str, Any]) -> tuple[str, str]:
+    """Accuracy and its loss in points against class labels; against a regressor's target values, its RMSE and
+    how much that grew over fp32's (the columns are headed so, see :func:`_headers`)."""
+    if _regressor(v):
+        return _f(v["label_rmse"], ".4g"), _f(v.get("label_rmse_increase"), "+.4g")
+    return _f(v["accuracy"], ".4f"), _f(v["accuracy_loss"], "+.2f", 100)
+
+
+def _regressor(v: Mapping[str, Any]) -> bool:
+    return v.get("accuracy") is None and v.get("label_rmse") is not None
 
 
 def _headers(model: Mapping[str, Any]) -> list[str]:
@@ -68,6 +79,8 @@ def _headers(model: Mapping[str, Any]) -> list[str]:
     headers = list(COLUMNS)
     headers[5] = f"rows/s@{bs}" if bs else "rows/s"
     headers[6] = f"x{callers} off/on" if callers else "conc rows/s"
+    if ok and all(_regressor(v) for v in ok):
+        headers[9:11] = ["label rmse", "rmse +"]
     return headers
 
 
@@ -89,7 +102,7 @@ def table(model: Mapping[str, Any]) -> str:
 LEGEND = ("p50/p99: latency at batch 1; ~ marks a p50 whose round medians spread by more than 10%. speedup: fp32 over the "
           "variant, the median over rounds of fp32's median latency over the variant's. rows/s@N: throughput at batch N; xC off/on: rows/s with C concurrent callers at batch 1, dynamic batching off and on. cold/cached: "
           "fresh process to first answer with an empty graph cache, then with the cached optimised graph; RSS: peak memory. accuracy and loss (points, fp32 minus variant) on the "
-          "held-out labels; task metric: the variant's score, against fp32, in the metric that judged it (named with "
+          "held-out labels (a regressor's label rmse and rmse +: its RMSE against the targets, and how much it grew over fp32's); task metric: the variant's score, against fp32, in the metric that judged it (named with "
           "--metric, or inferred from the model's signature; `inspect` says which and why), or with labels, top1: the "
           "share of rows whose predicted class agrees with fp32's.")
 
@@ -149,6 +162,8 @@ def loss_axis(model: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
     ok = [v for v in model["variants"] if v["status"] == "ok" and v["latency"].get("p50")]
     if ok and all(v["accuracy_loss"] is not None for v in ok):
         return "accuracy loss (points)", {v["name"]: 100 * v["accuracy_loss"] for v in ok}
+    if ok and all(v.get("label_rmse_increase") is not None for v in ok):
+        return "RMSE increase against the labels", {v["name"]: float(v["label_rmse_increase"]) for v in ok}
     firsts = {_first_target(v) for v in ok}
     only = next(iter(firsts)) if len(firsts) == 1 else None
     if only is not None:
@@ -214,6 +229,7 @@ METRICS = (
     ("cold start", lambda v: v["cold_start"].get("process_to_first_answer_s"), False, lambda v: 0.10),
     ("peak RSS", lambda v: v["cold_start"].get("peak_rss_bytes"), False, lambda v: 0.05),
     ("accuracy loss", lambda v: v["accuracy_loss"], False, None),
+    ("label RMSE", lambda v: v.get("label_rmse"), False, lambda v: 0.0),  # deterministic: MIN_NOISE applies
 )
 MIN_NOISE = 0.05
 ACCURACY_TOLERANCE = 0.005

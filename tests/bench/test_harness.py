@@ -185,3 +185,34 @@ def test_the_speedup_column_pairs_the_rounds_as_auto_does() -> None:
     harness._relate_to_baseline(results)
     assert results["fp32"].speedup == 1.0 and results["int8-static"].speedup == pytest.approx(1 / 1.1)
     assert results["gone"].speedup is None
+
+
+def test_a_regressors_variants_show_their_rmse_against_the_targets(tmp_path: Path) -> None:
+    """Targets given as labels to a regressor: the table showed '-' for accuracy and loss, so the benchmark said
+    nothing of how far each variant's predictions moved from the truth."""
+    from edgeserve.bench.report import loss_axis, rows
+    from tests.factories import mlp_model, save
+
+    model = save(mlp_model(n_in=16, hidden=32, n_out=1, seed=3), tmp_path / "reg.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 16)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x, y=rng.standard_normal(60) * 3 + 100)
+    np.savez(tmp_path / "cal.npz", x=rng.standard_normal((40, 16)).astype(np.float32))
+    config = BenchConfig(variants=("fp32", "int8-dynamic"), batch_sizes=(1,), concurrency=(), rounds=1,
+                         time_budget=0.5, cold_start_repeats=0)
+    result = bench([model], tmp_path / "out", config, data=tmp_path / "eval.npz", labels="y",
+                   calibration=tmp_path / "cal.npz")["models"][0]
+    report = (tmp_path / "out" / "report.md").read_text()
+    variants = {v["name"]: v for v in result["variants"]}
+    for v in variants.values():
+        assert v["status"] == "ok", v["error"]
+        assert v["accuracy"] is None and v["label_rmse"] > 90  # predictions near 0 against targets near 100
+    fp32, int8 = variants["fp32"], variants["int8-dynamic"]
+    assert fp32["label_rmse_increase"] == 0.0
+    assert int8["label_rmse_increase"] == pytest.approx(int8["label_rmse"] - fp32["label_rmse"])
+    assert int8["label_rmse_increase"] != 0.0
+    table = {r[0]: r for r in rows(result)}
+    assert table["int8-dynamic"][9:11] == [f"{int8['label_rmse']:.4g}", f"{int8['label_rmse_increase']:+.4g}"]
+    assert loss_axis(result) == ("RMSE increase against the labels",
+                                 {"fp32": 0.0, "int8-dynamic": int8["label_rmse_increase"]})
+    assert "| label rmse | rmse + |" in report and f"| {int8['label_rmse']:.4g} |" in report

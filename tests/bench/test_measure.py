@@ -98,7 +98,7 @@ def test_pareto_front() -> None:
     assert pareto_front(points) == {"a", "b", "d", "e"}  # c is beaten by b on both axes
 
 
-def _results(p50: float, spread: float, loss: float, rows: float = 1000.0) -> dict:
+def _results(p50: float, spread: float, loss: float | None, rows: float = 1000.0) -> dict:
     return {"models": [{"model": "m", "variants": [{
         "name": "fp32", "status": "ok", "latency": {"p50": p50, "spread": spread},
         "throughput": {"8": {"rows_per_s": rows, "spread": spread}}, "cold_start": {}, "accuracy_loss": loss}]}]}
@@ -116,6 +116,15 @@ def test_compare_flags_only_changes_beyond_the_noise() -> None:
     assert not any(c["regression"] for c in faster.values())
     worse_acc = {c["metric"]: c for c in compare(_results(1.0, 0.02, 0.02), old)}
     assert worse_acc["accuracy loss"]["regression"] is True
+
+
+def test_compare_flags_a_regressor_whose_rmse_against_the_targets_grew() -> None:
+    old, same, worse = (_results(1.0, 0.02, None), _results(1.0, 0.02, None), _results(1.0, 0.02, None))
+    for results, rmse in ((old, 10.0), (same, 10.2), (worse, 11.0)):
+        results["models"][0]["variants"][0]["label_rmse"] = rmse
+    assert {c["metric"]: c for c in compare(same, old)}["label RMSE"]["regression"] is False
+    grew = {c["metric"]: c for c in compare(worse, old)}["label RMSE"]
+    assert grew["regression"] is True and grew["change"] == pytest.approx(0.1)
 
 
 def test_a_child_that_floods_stderr_before_answering_does_not_deadlock() -> None:
