@@ -869,14 +869,16 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         if value.ndim == 3 and np.issubdtype(value.dtype, np.floating):
             mask = find_mask(inputs, value.shape)
             if mask is not None and SCORE_NAME.search(name):
-                return ([target(metric("top1", output=name, mask=mask))],
-                        f"per-token class scores in '{name}' ([batch, seq, classes], named like scores) with the "
-                        f"mask input '{mask}': the top-1 class at every position that is not padding is compared "
-                        "(a language model's next token, a tagger's label)")
+                return _with_the_rest([target(metric("top1", output=name, mask=mask))],
+                                      f"per-token class scores in '{name}' ([batch, seq, classes], named like scores) "
+                                      f"with the mask input '{mask}': the top-1 class at every position that is not "
+                                      "padding is compared (a language model's next token, a tagger's label)",
+                                      outs, batch_axes)
             if mask is not None:
-                return ([target(metric("pooled-cosine", output=name, mask=mask))],
-                        f"a [batch, seq, hidden] output '{name}' with the mask input '{mask}': padded positions "
-                        "are meaningless, so the mask-weighted mean-pooled embeddings are compared")
+                return _with_the_rest([target(metric("pooled-cosine", output=name, mask=mask))],
+                                      f"a [batch, seq, hidden] output '{name}' with the mask input '{mask}': padded "
+                                      "positions are meaningless, so the mask-weighted mean-pooled embeddings are "
+                                      "compared", outs, batch_axes)
     state_outputs = fed_back(inputs, outs)[1]
     if state_outputs:
         others = [k for k in outs if k not in state_outputs]
@@ -887,9 +889,10 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
     detections = [k for k, v in outs.items() if _looks_like_detections(v)]
     if detections:
-        return ([target(metric("detection", output=k)) for k in detections],
-                f"detections in {', '.join(detections)} ([batch, 4 + classes, anchors] with class scores in [0, 1]): "
-                "anchors scored above 0.25 by either model must keep their class and a box IoU >= 0.5")
+        return _with_the_rest([target(metric("detection", output=k)) for k in detections],
+                              f"detections in {', '.join(detections)} ([batch, 4 + classes, anchors] with class scores "
+                              "in [0, 1]): anchors scored above 0.25 by either model must keep their class and a box "
+                              "IoU >= 0.5", outs, batch_axes)
     sequences = [k for k, v in outs.items() if _looks_like_step_scores(v)]
     if sequences and len(sequences) == len(outs):
         time_first = {k for k in sequences if (batch_axes or {}).get(k) == 1}
@@ -929,16 +932,8 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         chosen = []
         for k in scores:
             chosen += [target(metric("top1", output=k)), target(metric("prob-change", output=k))]
-        # NOTE: a multi-task head's other float outputs (an age beside gender logits, boxes beside classes) are
-        # judged too: held to nothing, a broken one passed
-        rest = [k for k, v in outs.items() if k not in scores and not is_ragged(v)
-                and np.issubdtype(np.asarray(v).dtype, np.floating) and np.asarray(v).size]
-        chosen += [target(metric("nrmse", output=k),
-                          max=None if _one_value_per_row(outs[k], (batch_axes or {}).get(k, 0)) else GENERIC_NRMSE)
-                   for k in rest]
-        return chosen, (f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change of any class "
-                        "probability, since scores are often thresholded"
-                        + (f"; and the RMS error over the values' spread of {', '.join(rest)}" if rest else ""))
+        return _with_the_rest(chosen, f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change "
+                                      "of any class probability, since scores are often thresholded", outs, batch_axes)
     return generic_targets(), ("no task recognised from the signature: per-row cosine (near-zero rows by absolute "
                                f"error), and the RMS error over the values' spread (nrmse <= {GENERIC_NRMSE:g}), since "
                                "a cosine passes any scale and any error on values with an offset")
@@ -949,6 +944,21 @@ GENERIC_NRMSE = 0.15
 direction alone (2 sin(acos(0.99) / 2) = 0.14), so it binds on a wrong scale, which the cosine cannot see; against
 the spread of the values, not their size, so that an offset cannot hide an error either (a forecaster answering
 1000 +- 1.2, whose static int8 was off by 0.8 of that spread, read rel-l2 0.001 and cosine 0.999999)."""
+
+
+def _with_the_rest(chosen: list[Target], why: str, outs: Mapping[str, np.ndarray],
+                   batch_axes: Mapping[str, int | None] | None) -> tuple[list[Target], str]:
+    """``chosen`` (the task's targets), and the RMS error over the values' spread of every other float output.
+
+    NOTE: a model's other outputs are judged too: held to nothing, a broken one passed (an age beside gender
+    logits, a sentence encoder's pooler output beside its hidden states, a decoder's key/value cache beside its
+    logits, a segmenting detector's mask prototypes beside its detections)."""
+    judged = {dict(t.metric.options).get("output") for t in chosen}
+    rest = [k for k, v in outs.items() if k not in judged and not is_ragged(v)
+            and np.issubdtype(np.asarray(v).dtype, np.floating) and np.asarray(v).size]
+    chosen = chosen + [target(metric("nrmse", output=k), max=None if _one_value_per_row(
+        outs[k], (batch_axes or {}).get(k, 0)) else GENERIC_NRMSE) for k in rest]
+    return chosen, why + (f"; and the RMS error over the values' spread of {', '.join(rest)}" if rest else "")
 
 
 def generic_targets() -> list[Target]:

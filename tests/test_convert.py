@@ -681,7 +681,7 @@ def test_the_auto_table_cuts_a_candidates_misses_between_them_never_inside_a_num
 
 
 def test_the_auto_tables_metric_column_is_headed_by_the_metrics_name_not_a_cut_of_its_options() -> None:
-    """A CTC model's column read ``ctc,layout=t``, a tagger's ``top1,mask=at``."""
+    """A CTC model's column read ``ctc,layout=t``, a tagger's ``top1,mask=at``, an encoder's ``pooled-cosin``."""
     from edgeserve.summary import auto_lines
 
     budget = {"targets": [{"metric": "ctc,layout=tbc,output=logprobs", "min": 0.98}]}
@@ -689,3 +689,7 @@ def test_the_auto_tables_metric_column_is_headed_by_the_metrics_name_not_a_cut_o
         {"name": "fp16", "status": "ok", "scores": {"ctc,layout=tbc,output=logprobs": 0.99}}]}}
     head, row = list(auto_lines(recipe))[1:]
     assert head.split()[3] == "ctc" and row.split()[3] == "0.99"
+    budget["targets"][0]["metric"] = "pooled-cosine,mask=attention_mask"
+    recipe["auto"]["candidates"][0]["scores"] = {"pooled-cosine,mask=attention_mask": 0.99}
+    head, row = list(auto_lines(recipe))[1:]
+    assert head.split()[3] == "pooled-cosine" and head.index("pooled-cosine") + 13 == row.index("0.99") + 4

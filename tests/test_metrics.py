@@ -783,7 +783,9 @@ def test_a_kv_cache_decoder_is_judged_at_its_new_tokens_that_are_not_padding() -
     ref = {"logits": rng.standard_normal((2, 3, 50)).astype(np.float32),
            "present.0.key": rng.standard_normal((2, 4, 8, 16)).astype(np.float32)}
     targets, why = infer_targets(feed, ref)
-    assert [t.metric.spec for t in targets] == ["top1,mask=attention_mask,output=logits"], why
+    # the cache it answers is held to its spread too: a broken one garbles every later step
+    assert [t.metric.spec for t in targets] == ["top1,mask=attention_mask,output=logits",
+                                                "nrmse,output=present.0.key"], why
     top1 = targets[0].metric
     flipped = {k: v.copy() for k, v in ref.items()}
     flipped["logits"][1, 0] = -flipped["logits"][1, 0]  # another top class at the padded position only
@@ -815,3 +817,33 @@ def test_a_multi_task_heads_other_outputs_are_judged_beside_its_class_scores() -
     assert missed.startswith("nrmse,output=age ")
     only = {"logits": ref["gender_logits"], "label": ref["label"]}  # a classifier: unchanged
     assert [t.metric.name for t in infer_targets({}, only, {"logits": 0, "label": 0})[0]] == ["top1", "prob-change"]
+
+
+@pytest.mark.parametrize("task", ["pooled", "tagger", "detector"])
+def test_the_outputs_beside_a_recognised_task_are_judged_too(task: str) -> None:
+    """A sentence encoder's pooler output beside its hidden states, a tagger's second head, a segmenting
+    detector's mask prototypes beside its detections: held to nothing, a broken one passed."""
+    from edgeserve.fidelity import Budget
+
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(0, 50, (8, 6)), "attention_mask": np.ones((8, 6), np.int64)}
+    if task == "pooled":
+        main = {"last_hidden_state": rng.standard_normal((8, 6, 16)).astype(np.float32)}
+    elif task == "tagger":
+        main = {"logits": rng.standard_normal((8, 6, 9)).astype(np.float32)}
+    else:
+        feed = {}
+        scores = np.full((8, 3, 200), 0.01, np.float32)
+        scores[:, :, :5] = 0.9
+        boxes = rng.uniform(10, 200, (8, 4, 200)).astype(np.float32)
+        main = {"output0": np.concatenate([boxes, scores], axis=1)}
+    ref = {**main, "extra": np.tanh(rng.standard_normal((8, 16))).astype(np.float32)}
+    targets, why = infer_targets(feed, ref, {k: 0 for k in ref})
+    assert targets[-1].metric.spec == "nrmse,output=extra" and targets[-1].threshold == 0.15, why
+    assert len(targets) == 2 and "and the RMS error over the values' spread of extra" in why
+    assert targets[0].metric.name == {"pooled": "pooled-cosine", "tagger": "top1", "detector": "detection"}[task]
+    budget = Budget(tuple(targets))
+    assert budget.judge(ref, ref, feed).ok
+    broken = {**ref, "extra": -ref["extra"]}
+    (missed,) = budget.judge(ref, broken, feed).missed
+    assert missed.startswith("nrmse,output=extra ")
