@@ -69,7 +69,7 @@ def test_failing_variant_does_not_stop_the_run(tmp_path: Path, labelled, monkeyp
     variants = {v["name"]: v for v in results["models"][0]["variants"]}
     assert variants["int8-dynamic"]["status"] == "failed"
     assert "simulated quantiser crash" in variants["int8-dynamic"]["error"]
-    assert variants["int8-static"]["status"] == "failed" and "calibration" in variants["int8-static"]["error"]
+    assert variants["int8-static"]["status"] == "skipped" and "calibration" in variants["int8-static"]["error"]
     assert variants["fp32"]["status"] == "ok" and variants["fp32"]["latency"]["p50"] > 0
     assert "FAILED: build: simulated quantiser crash" in (tmp_path / "out" / "report.md").read_text()
 
@@ -216,3 +216,15 @@ def test_a_regressors_variants_show_their_rmse_against_the_targets(tmp_path: Pat
     assert loss_axis(result) == ("RMSE increase against the labels",
                                  {"fp32": 0.0, "int8-dynamic": int8["label_rmse_increase"]})
     assert "| label rmse | rmse + |" in report and f"| {int8['label_rmse']:.4g} |" in report
+
+
+def test_a_static_variant_without_calibration_data_is_skipped_not_failed(tmp_path: Path, mlp_path: Path) -> None:
+    """``edgeserve bench model.onnx`` with no data: int8-static read FAILED, as if edgeserve had broken."""
+    from edgeserve.bench.report import rows
+
+    config = BenchConfig(variants=("fp32", "int8-static"), batch_sizes=(1,), concurrency=(), rounds=1,
+                         time_budget=0.5, cold_start_repeats=0)
+    result = bench([mlp_path], tmp_path / "out", config)["models"][0]
+    static = {v["name"]: v for v in result["variants"]}["int8-static"]
+    assert static["status"] == "skipped" and static["error"] == "needs calibration data (--calibration CAL.npz)"
+    assert ["int8-static", "skipped: needs calibration data (--calibration CAL.npz)"] in rows(result)
