@@ -62,9 +62,10 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
     yield f"auto chose {auto['chosen']}: {auto['reason']} (budget {budget_text(budget)}, threads={auto.get('threads')}" \
           f"{rows}, {auto.get('search_s')} s)"
     main = (budget.get("targets") or [{}])[0].get("metric")
-    head = (main or "metric").split(",")[0]  # the metric without its options (the budget line has them)
-    width = max(12, len(head))
-    yield f"  {'candidate':<34} {'status':<8} {'speedup':>7} {head:>{width}} {'raw cos':>8} {'accuracy':>8}  note"
+    head = (main or "").split(",")[0]  # the metric without its options (the budget line has them)
+    width = max(12, len(head)) if main else 0  # an accuracy budget alone: no metric column, only its dashes
+    column = f" {head:>{width}}" if main else ""
+    yield f"  {'candidate':<34} {'status':<8} {'speedup':>7}{column} {'raw cos':>8} {'accuracy':>8}  note"
     for c in auto.get("candidates", []):
         speed = f"{c['speedup']:.2f}x" if c.get("speedup") else "-"
         score = (c.get("scores") or {}).get(main) if main else None
@@ -77,7 +78,8 @@ def auto_lines(recipe: Mapping[str, Any]) -> Iterator[str]:
         kept = f"; {len(c['nodes_kept_fp32'])} nodes kept fp32" if c.get("nodes_kept_fp32") else ""
         if c.get("speedup_final_round") is not None:
             kept += f"; raced fp32 alone ({c['speedup_final_round']:.2f}x in the final round)"
-        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7} {metric:>{width}} {cos:>8} {acc:>8}  {verdict}{kept}"
+        column = f" {metric:>{width}}" if main else ""
+        yield f"  {c['name']:<34} {c['status']:<8} {speed:>7}{column} {cos:>8} {acc:>8}  {verdict}{kept}"
 
 
 def _whole(reason: str, width: int) -> str:

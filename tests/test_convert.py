@@ -693,3 +693,13 @@ def test_the_auto_tables_metric_column_is_headed_by_the_metrics_name_not_a_cut_o
     recipe["auto"]["candidates"][0]["scores"] = {"pooled-cosine,mask=attention_mask": 0.99}
     head, row = list(auto_lines(recipe))[1:]
     assert head.split()[3] == "pooled-cosine" and head.index("pooled-cosine") + 13 == row.index("0.99") + 4
+
+
+def test_an_accuracy_budget_alone_has_no_metric_column_of_dashes() -> None:
+    from edgeserve.summary import auto_lines
+
+    recipe = {"auto": {"chosen": "fp32", "reason": "r", "budget": {"targets": [], "max_accuracy_drop": 0.01},
+                       "candidates": [{"name": "fp16", "status": "ok", "speedup": 0.9, "accuracy": 0.98,
+                                       "fidelity": {"cosine_min": 1.0}, "within_budget": True}]}}
+    head, row = list(auto_lines(recipe))[1:]
+    assert head.endswith("speedup  raw cos accuracy  note") and row.endswith("0.90x   1.0000   0.9800  in budget")
