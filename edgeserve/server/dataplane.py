@@ -65,6 +65,13 @@ class InferResponse:
     version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+    warnings: tuple[str, ...] = ()
+    """The envelope checks that warned (``("range:age", "category:city")``): sent back to the client as the
+    response parameter ``envelope_warnings``, so that an answer given to inputs unlike the reference says so."""
+
+
+WARNINGS = "envelope_warnings"
+"""The response parameter naming the envelope checks that warned (comma-separated ``check:input``)."""
 
 
 class DataPlane:
@@ -317,7 +324,7 @@ class DataPlane:
             if audit is not None:  # answered only once its audit record is committed
                 await audit.wait_async(self._record(model, version, feed, out, started, flags, request,
                                                     detail=_explanation_detail(explained)))
-            return self._response(model, request, version, out, wanted, explained)
+            return self._response(model, request, version, out, wanted, explained, flags)
 
     async def _alone(self, model: Model, feed: dict[str, np.ndarray],
                      timeout_ms: float | None) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
@@ -349,7 +356,7 @@ class DataPlane:
             if audit is not None:
                 audit.wait(self._record(model, version, feed, out, started, flags, request,
                                         detail=_explanation_detail(explained)))
-            return self._response(model, request, version, out, wanted, explained)
+            return self._response(model, request, version, out, wanted, explained, flags)
 
     @staticmethod
     def _explain(model: Model, feed: dict[str, np.ndarray], options: dict[str, Any]) -> Explanation:
@@ -449,7 +456,7 @@ class DataPlane:
 
     @staticmethod
     def _response(model: Model, request: InferRequest, version: int, out: dict[str, np.ndarray], wanted: list[str],
-                  explained: Explanation | None = None) -> InferResponse:
+                  explained: Explanation | None = None, flags: tuple[str, ...] = ()) -> InferResponse:
         outputs = {n: out[n] for n in wanted}
         if request.classes:
             batched = {s.name for s in model.outputs if s.batch_axis == 0}
@@ -458,7 +465,8 @@ class DataPlane:
         if explained is not None:  # one more output per output: [rows, features or patches, *output row shape]
             for name, values in explained.attributions.items():
                 outputs[f"{name}{ATTRIBUTIONS}"] = values.astype(np.float32)
-        return InferResponse(model=request.model, version=str(version), outputs=outputs, id=request.id)
+        return InferResponse(model=request.model, version=str(version), outputs=outputs, id=request.id,
+                             warnings=flags)
 
 
 def class_count(name: str, value: Any) -> int | None:

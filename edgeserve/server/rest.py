@@ -22,7 +22,7 @@ import orjson
 
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
-from .dataplane import DataPlane, InferRequest, InferResponse, class_count
+from .dataplane import WARNINGS, DataPlane, InferRequest, InferResponse, class_count
 from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
@@ -450,6 +450,8 @@ def encode_infer(response: InferResponse, binary: bool | frozenset[str], request
     if response.id is not None:
         doc["id"] = response.id
     passed = {k: v for k, v in request.parameters.items() if k not in RESERVED}
+    if response.warnings:
+        passed[WARNINGS] = ",".join(response.warnings)
     if passed:
         doc["parameters"] = passed
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -96,6 +96,29 @@ def test_drift_and_envelope_counters_are_scraped(guarded) -> None:
     assert rejected and rejected[0].value >= 1
 
 
+def test_an_answer_the_envelope_warned_about_says_so_to_the_client(guarded) -> None:
+    """A value past the reference's range (policy ``warn``) was answered, counted and audited, but the client
+    could not tell that answer from any other."""
+    running, _, x = guarded
+    far = x[:2].copy()
+    far[1, 5] = 100.0  # digits' pixels run 0-16
+    reply = infer_json(running.host_port, "digits", _tensor(far), token=TOKEN, parameters={"trace": "t-1"})
+    assert reply.status == 200
+    assert reply.json()["parameters"] == {"trace": "t-1", "envelope_warnings": "range:x"}
+    clean = infer_json(running.host_port, "digits", _tensor(x[:2]), token=TOKEN)
+    assert clean.status == 200 and "parameters" not in clean.json()
+    client = grpcclient.InferenceServerClient(running.grpc)
+    tensor = grpcclient.InferInput("x", [2, 64], "FP32")
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    tensor.set_data_from_numpy(far)
+    warned = client.infer("digits", [tensor], headers=headers).get_response()
+    tensor.set_data_from_numpy(x[:2])
+    quiet = client.infer("digits", [tensor], headers=headers).get_response()
+    client.close()
+    assert warned.parameters["envelope_warnings"].string_param == "range:x"
+    assert "envelope_warnings" not in quiet.parameters
+
+
 def test_explain_parameter_adds_attributions_and_keeps_them_in_the_audit_record(guarded) -> None:
     running, audit, x = guarded
     reply = infer_json(running.host_port, "digits", _tensor(x[:2]), token=TOKEN, id="why-1",
