@@ -703,3 +703,26 @@ def test_an_accuracy_budget_alone_has_no_metric_column_of_dashes() -> None:
                                        "fidelity": {"cosine_min": 1.0}, "within_budget": True}]}}
     head, row = list(auto_lines(recipe))[1:]
     assert head.endswith("speedup  raw cos accuracy  note") and row.endswith("0.90x   1.0000   0.9800  in budget")
+
+
+def test_weights_listed_as_graph_inputs_are_made_constants(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Older exporters list every weight as a graph input too: onnxruntime then folds no constant through them and
+    warned about each one on stderr from every session the quantisation tools built (four lines for this MLP)."""
+    import onnx
+    from onnx import helper
+
+    from tests.factories import mlp_model, save
+
+    model = mlp_model(n_in=16, hidden=32, n_out=4)
+    for weight in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
+    path = save(model, tmp_path / "old.onnx")
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    capfd.readouterr()
+    for source, out in ((path, "from-file"), (model, "from-proto")):
+        pkg = edgeserve.convert(source, tmp_path / out, quantize="static", calibration={"x": x})
+        assert pkg.manifest.source["initializer_inputs_dropped"] == 4
+        assert [s.name for s in pkg.manifest.inputs] == ["x"]
+        assert [i.name for i in onnx.load(str(pkg.model_path)).graph.input] == ["x"]
+    assert "appears in graph inputs" not in capfd.readouterr().err
+    assert len(model.graph.input) == 5  # the caller's model is left as it was

@@ -97,24 +97,45 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
     dst = workdir / "source.onnx"
     info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
     zipmaps = unzipped_outputs(model)
+    shadowed = constant_initializers(model)
     if uses_external_data(model):
         import onnx
 
         model = load_model(path, allowed_domains=allowed_domains)  # checked, then loaded from beside the model
         unzip(model)
+        constant_initializers(model)
         locales = portable_locales(model)
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
-    elif (locales := portable_locales(model)) or zipmaps:
+    elif (locales := portable_locales(model)) or zipmaps or shadowed:
         unzip(model)
         dst.write_bytes(model.SerializeToString())
     else:
         shutil.copyfile(path, dst)
+    if shadowed:
+        info["initializer_inputs_dropped"] = len(shadowed)
     if locales:
         info["locales_replaced"] = locales
     if zipmaps:
         info["zipmap_removed"] = zipmaps
         _say_unzipped(zipmaps)
     return SourceModel(dst, info)
+
+
+def constant_initializers(model: Any) -> list[str]:
+    """Drop the graph inputs that name an initializer, and return their names.
+
+    Older exporters (and the ONNX model zoo's older models) list every weight as a graph input too, which ONNX reads
+    as a default a caller may override: onnxruntime then treats the weights as inputs, folds no constants through
+    them, and warns about each one on stderr from every session the quantisation tools build. edgeserve's signature
+    never offered them as inputs (a request cannot feed a weight), so they are made the constants they are."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    shadowed = [v.name for v in graph.input if v.name in weights]
+    if shadowed:
+        kept = [v for v in graph.input if v.name not in weights]
+        del graph.input[:]
+        graph.input.extend(kept)
+    return shadowed
 
 
 PORTABLE_LOCALE = "C.UTF-8"
@@ -219,11 +240,15 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
 
     info: dict[str, Any] = {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()}
     zipmaps = unzipped_outputs(model)
-    if zipmaps or any(n.op_type == "StringNormalizer" for n in model.graph.node):
+    weights = {t.name for t in model.graph.initializer}
+    shadowed = any(v.name in weights for v in model.graph.input)
+    if zipmaps or shadowed or any(n.op_type == "StringNormalizer" for n in model.graph.node):
         import onnx
 
         model = onnx.ModelProto.FromString(data)  # the caller's model stays as it was
         unzip(model)
+        if shadowed:
+            info["initializer_inputs_dropped"] = len(constant_initializers(model))
         locales = portable_locales(model)
         data = model.SerializeToString()
         if locales:
