@@ -46,6 +46,31 @@ def test_torch_module_with_dynamic_batch(tmp_path: Path) -> None:
     np.testing.assert_allclose(out["value"], value, rtol=1e-4, atol=1e-5)
 
 
+def test_dynamic_axes_without_a_batch_axis_are_warned_about_and_the_data_error_says_how_to_fix_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``dynamic_axes={"x": {1: "width"}}`` (torch's form lists the batch's axis too) exported the model at the
+    example's 2 rows; the calibration data then failed with ``got [1, 40, 8]``, a shape nobody gave."""
+    from edgeserve.errors import DataError
+
+    class Sum(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sum(dim=1, keepdim=True) * 2
+
+    rows = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as caught:
+        edgeserve.convert(Sum(), tmp_path / "pkg", example_inputs=torch.randn(2, 8), input_names=["x"],
+                          dynamic_axes={"x": {1: "width"}}, calibration={"x": rows})
+    assert "dynamic_axes makes no batch axis of 'x' (2 rows)" in caplog.text
+    assert str(caught.value).startswith("calibration data: input 'x' has no batch axis: the model takes exactly "
+                                        "float32 [2, width] a call, got [40, 8] (dimension 0 must be 2)")
+    assert "dynamic_axes={'x': {0: 'batch', ...}}" in str(caught.value)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pkg = edgeserve.convert(Sum(), tmp_path / "fine", example_inputs=torch.randn(2, 8), input_names=["x"],
+                                dynamic_axes={"x": {0: "batch", 1: "width"}}, calibration={"x": rows})
+    assert "no batch axis" not in caplog.text and pkg.manifest.inputs[0].shape == ("batch", "width")
+
+
 def test_torch_needs_example_inputs(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="needs example_inputs"):
         edgeserve.convert(_TwoHeads(), tmp_path / "pkg")

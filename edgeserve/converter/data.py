@@ -184,9 +184,14 @@ def check_samples(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
         offset = 0 if stacked else 1
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, int) and arr.shape[axis + offset] != dim:
-                raise DataError(
-                    f"{what}: input '{spec.name}' expected {spec.describe()}, got {list(arr.shape)} "
-                    f"(dimension {axis} must be {dim})"
+                if stacked:
+                    raise DataError(f"{what}: input '{spec.name}' expected {spec.describe()}, got "
+                                    f"{list(arr.shape)} (dimension {axis} must be {dim})")
+                raise DataError(  # NOTE: the shape as given, not with the samples' axis this added
+                    f"{what}: input '{spec.name}' has no batch axis: the model takes exactly {spec.describe()} a "
+                    f"call, got {list(np.shape(arrays[spec.name]))} (dimension {axis} must be {dim}). If its "
+                    "first axis is the batch, export the model with it variable (torch: dynamic_axes="
+                    f"{{'{spec.name}': {{0: 'batch', ...}}}}); else stack samples of that shape on a new first axis"
                 )
         n = arr.shape[spec.batch_axis] if stacked and spec.batch_axis is not None else arr.shape[0]
         if rows is not None and n != rows:

@@ -260,6 +260,17 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
     return SourceModel(dst, info)
 
 
+def _say_fixed_batches(dynamic_axes: Mapping[str, Mapping[int, str]], names: Sequence[str], args: Sequence[Any]) -> None:
+    """Warn about inputs that ``dynamic_axes`` (torch's form: every axis that varies, the batch's too) leaves at
+    the example's batch of several rows: the model would take exactly that many, a slip more often than a wish
+    (``{"img": {3: "w"}}`` for variable-width images)."""
+    fixed = [f"'{n}' ({int(a.shape[0])} rows)" for n, a in zip(names, args)
+             if getattr(a, "dim", lambda: 0)() > 0 and a.shape[0] > 1 and 0 not in dynamic_axes.get(n, {})]
+    if fixed:
+        log.warning("dynamic_axes makes no batch axis of %s: the model is exported to take exactly that many rows "
+                    "(give every axis that varies, as torch does: {'name': {0: 'batch', ...}})", ", ".join(fixed))
+
+
 class ExtraAxes(dict):  # type: ignore[type-arg]
     """Axes that vary in size on top of the defaults (the CLI's ``--dynamic-axis x:1``: a TorchScript or pickled
     module traced on rows of one length), name -> {axis: its name}."""
@@ -319,6 +330,8 @@ def _from_torch(module: Any, workdir: Path, example_inputs: Any, input_names: Se
                                       f"inputs are {', '.join(input_names)} and its outputs {', '.join(output_names)}")
             for n, axes in extra.items():
                 dynamic_axes[n] = {**dynamic_axes.get(n, {}), **axes}
+    else:
+        _say_fixed_batches(dynamic_axes, input_names, args)
     dst = workdir / "source.onnx"
     exporter, opset = _export(module, label, args, dst, list(input_names), list(output_names),
                               {k: dict(v) for k, v in dynamic_axes.items()}, opset)
