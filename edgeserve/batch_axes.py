@@ -54,6 +54,11 @@ def confirm_batch_axes(run: Run, inputs: Sequence[TensorSpec], outputs: Sequence
         # hidden], exported without names: axis 0 guessed, the rows on axis 1)
         tried = [spec.batch_axis] if spec.batch_axis is not None else []
         tried += [i for i, d in enumerate(spec.shape) if not isinstance(d, int) and i not in tried]
+        # ... and last an axis declared of a fixed size that the answers do not keep: torch's exporter writes the
+        # traced size where dynamic_axes names no axis, so a time-major [steps, batch, classes] given {0: "batch"}
+        # is declared [batch, 2, classes] and answers [steps, 3, classes] for 3 rows
+        tried += [i for i in range(np.ndim(answers[2])) if i not in tried and i < len(spec.shape)
+                  and isinstance(spec.shape[i], int) and np.shape(answers[2])[i] != spec.shape[i]]
         axis = next((i for i in tried if _splits(*answers, i)), None)
         if axis is None and spec.batch_axis is not None:
             log.warning("%s: output '%s' does not split into rows along axis %d (its answer for 3 rows is not "

@@ -218,6 +218,25 @@ def test_a_time_major_ctc_output_is_judged_per_sequence(tmp_path: Path) -> None:
     assert ctc.metric.score(ref, {"log_probs": one_sequence_wrong}, feed) == pytest.approx(1 - 1 / rows)
 
 
+def test_a_time_major_output_misnamed_batch_first_is_measured_before_it_is_judged(tmp_path: Path) -> None:
+    """A traced CRNN's ``[steps, batch, classes]`` declared ``[batch, LogSoftmaxoutput_dim_1, 37]`` (edgeserve's
+    default for a TorchScript file names every output's axis 0 the batch): judged by its names, the held-out
+    answers were joined along the steps and the CTC metric decoded each step across the batch, so static int8 of a
+    CRNN read 0.97 where it decodes every sequence alike."""
+    model = ctc_model()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "steps"  # a line image's width: variable
+    model.graph.node.append(helper.make_node("Transpose", ["logits"], ["log_probs"], name="time_major", perm=[1, 0, 2]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["batch", "dim_1", 12]))
+    src = save(model, tmp_path / "ctc_misnamed.onnx")
+    feed = {"features": ctc_data()}
+    pkg = edgeserve.convert(src, tmp_path / "pkg", quantize="none", calibration=feed, eval_data=feed)
+    judged = pkg.manifest.fidelity["budget"]
+    assert "layout=tbc" in str(judged) and "[steps, batch, classes]" in judged["because"], judged
+    assert pkg.manifest.outputs[0].batch_axis == 1
+    assert pkg.manifest.fidelity["metrics"] == {"ctc,layout=tbc,output=log_probs": 1.0}
+
+
 def test_box_match_pairs_kept_boxes_one_to_one() -> None:
     """A detector's kept boxes, a list per sample: F1 of boxes matched by IoU and label, pooled over samples."""
     ref_boxes = [np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 30], [0, 50, 30, 60]], np.float32),

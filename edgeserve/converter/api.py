@@ -348,6 +348,14 @@ def choose_budget(c: Conversion) -> None:
     auto; for an explicit mode, measured and recorded). Every target is tried on fp32 against itself first, so
     a metric that does not fit the model fails now, naming what it needs, not after an hour of search."""
     assert c.held_out is not None
+    if c.held_out.stacked and c.held_out.rows:
+        # NOTE: measured on the source before its answers are joined and judged: an exporter's dimension names can
+        # put the batch on the wrong axis (a traced CRNN's [steps, batch, classes] named [batch, ?, 37]), and joined
+        # along it the held-out answers were mixed up, and the task metric read steps as rows
+        names = [o.name for o in c.out_specs]
+        reference = c.reference
+        c.out_specs = confirm_batch_axes(lambda feed: dict(zip(names, reference.run(feed, names))), c.in_specs,
+                                         c.out_specs, c.held_out.arrays, label="the source model")
     c.ref_out = _run_all(c.reference, c.held_out, c.out_specs)
     if c.held_out.stacked and c.held_out.rows:
         fixed = fixed_sizes(c.reference, c.in_specs, next(c.held_out.feeds(1)))

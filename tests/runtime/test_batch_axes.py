@@ -104,3 +104,20 @@ def test_rows_the_model_cannot_take_leave_the_guess_standing() -> None:
 
     x = np.zeros((3, 4), np.float32)
     assert confirm_batch_axes(refuses_everything, specs_in, specs_out, {"x": x})[0].batch_axis == 0
+
+
+def test_an_axis_declared_of_the_traced_size_that_the_answers_do_not_keep_is_measured_too() -> None:
+    """torch writes the traced size where dynamic_axes names no axis: a time-major ``[steps, batch, classes]`` given
+    ``{0: "batch"}`` is declared ``[batch, 2, 5]``; its rows are on axis 1, which the names say is fixed at 2."""
+    specs_in = (TensorSpec("x", "float32", ("batch", 6, 5), 0),)
+    specs_out = (TensorSpec("y", "float32", ("batch", 2, 5), 0),)
+    x = np.random.default_rng(0).standard_normal((3, 6, 5)).astype(np.float32)
+
+    def time_major(feed):
+        return {"y": np.ascontiguousarray(feed["x"].transpose(1, 0, 2))}
+
+    def really_fixed(feed):  # two values a row, on axis 0 per row... and a fixed axis that stays 2
+        return {"y": np.stack([feed["x"][:, :2].sum(axis=0)] * 6)}
+
+    assert confirm_batch_axes(time_major, specs_in, specs_out, {"x": x})[0].batch_axis == 1
+    assert confirm_batch_axes(really_fixed, specs_in, specs_out, {"x": x})[0].batch_axis is None
