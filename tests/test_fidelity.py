@@ -116,6 +116,35 @@ def test_a_classifier_fit_on_class_names_is_held_to_its_accuracy(tmp_path) -> No
     assert acc["fp32"] > 0.9 and acc["converted"] > 0.9
 
 
+def test_labels_fp32_gets_no_more_right_than_chance_do_not_judge_alone(tmp_path) -> None:
+    """Labels of other rows (here: the iris labels reversed) leave fp32 at chance, and every result within a point of
+    that: a static int8 ViT at a cosine of 0.82 to fp32 passed. The inferred task metric now judges beside them;
+    the same model with its own labels is judged by them alone."""
+    onnx = pytest.importorskip("onnx")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    import edgeserve
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    model = skl2onnx.to_onnx(LogisticRegression(max_iter=500).fit(x, y), x[:1], options={"zipmap": False})
+    onnx.save(model, str(tmp_path / "iris.onnx"))
+    held = {"X": x[1::2]}
+    wrong = edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "wrong", quantize="none", calibration={"X": x[::2]},
+                              eval_data={**held, "y": y[1::2][::-1]}, labels="y")
+    budget = wrong.manifest.fidelity["budget"]
+    assert budget["because"].startswith("labels given, but fp32 gets 0.")
+    assert "no better than always answering the most common one (0.3333)" in budget["because"]
+    assert [t["metric"] for t in budget["targets"]] == ["top1,output=probabilities", "prob-change,output=probabilities"]
+    assert budget["max_accuracy_drop"] == 0.01
+    right = edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "right", quantize="none", calibration={"X": x[::2]},
+                              eval_data={**held, "y": y[1::2]}, labels="y")
+    assert right.manifest.fidelity["budget"]["targets"] == []
+    assert right.manifest.fidelity["budget"]["because"] == "labels given: at most one point of accuracy lost"
+
+
 def test_percentiles() -> None:
     p = percentiles(list(range(1, 101)))
     assert p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1) and p["p99"] == pytest.approx(99.01)

@@ -367,8 +367,15 @@ def choose_budget(c: Conversion) -> None:
                           f"class names); this model answers {_signature(c.out_specs)}: hold it to a metric instead "
                           "(--metric 'nrmse<=0.1' for a regressor; see edgeserve convert --help)")
     if c.budget.empty:
-        if classes:
+        chance = _no_better_than_chance(c) if classes else None
+        if classes and chance is None:
             c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
+        elif chance is not None:
+            targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
+            c.budget = Budget(tuple(targets), max_accuracy_drop=0.01, because=f"{chance}; so the metric inferred "
+                              f"from the signature judges too: {why}")
+            log.warning("%s: the inferred task metric judges beside them", chance)
+            c.enforce = c.qconfig.mode == "auto"  # as an inferred budget is: held to by auto, else measured
         else:
             targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
             if c.labels is not None:
@@ -402,6 +409,25 @@ def choose_budget(c: Conversion) -> None:
     if missed:
         raise ConfigError(f"the fp32 model compared with itself misses the budget ({'; '.join(missed)}): "
                           "that threshold cannot be met by any result")
+
+
+def _no_better_than_chance(c: Conversion) -> str | None:
+    """Why the labels cannot judge a result, or None: fp32 gets no more of them right than always answering the
+    most common one would (to within one row). Then every result keeps within a point of that, however broken
+    (random labels, or labels in another order than the rows: a static int8 ViT at a cosine of 0.82 to fp32 passed
+    "one point of accuracy" at 0.13 against fp32's 0.12)."""
+    assert c.labels is not None and c.ref_out is not None
+    fp32 = accuracy(c.ref_out, c.labels)
+    labels = np.asarray(c.labels).reshape(len(c.labels), -1)
+    if fp32 is None or not len(labels):
+        return None
+    if labels.shape[1] > 1:  # one-hot rows: their classes
+        labels = labels.argmax(axis=1)
+    common = float(np.unique(labels, return_counts=True)[1].max()) / len(labels)
+    if fp32 > common + 1.0 / len(labels):
+        return None
+    return (f"labels given, but fp32 gets {fp32:.4f} of them right, no better than always answering the most common "
+            f"one ({common:.4f}): they say nothing of this model (labels of other data, or in another order?)")
 
 
 def prepare_graph(c: Conversion) -> None:
