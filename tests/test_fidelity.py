@@ -135,7 +135,7 @@ def test_labels_fp32_gets_no_more_right_than_chance_do_not_judge_alone(tmp_path)
     wrong = edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "wrong", quantize="none", calibration={"X": x[::2]},
                               eval_data={**held, "y": y[1::2][::-1]}, labels="y")
     budget = wrong.manifest.fidelity["budget"]
-    assert budget["because"].startswith("labels given, but fp32 gets 0.")
+    assert budget["because"].startswith("inferred: labels given, but fp32 gets 0.")
     assert "no better than always answering the most common one (0.3333)" in budget["because"]
     assert [t["metric"] for t in budget["targets"]] == ["top1,output=probabilities", "prob-change,output=probabilities"]
     assert budget["max_accuracy_drop"] == 0.01
@@ -143,6 +143,10 @@ def test_labels_fp32_gets_no_more_right_than_chance_do_not_judge_alone(tmp_path)
                               eval_data={**held, "y": y[1::2]}, labels="y")
     assert right.manifest.fidelity["budget"]["targets"] == []
     assert right.manifest.fidelity["budget"]["because"] == "labels given: at most one point of accuracy lost"
+    named = edgeserve.convert(tmp_path / "iris.onnx", tmp_path / "named", quantize="none", calibration={"X": x[::2]},
+                              eval_data={**held, "y": y[1::2][::-1]}, labels="y", max_accuracy_drop=0.02)
+    assert named.manifest.fidelity["budget"]["targets"] == []  # the user's budget, kept, and said to be blind:
+    assert "no better than always answering the most common one" in named.manifest.recipe["labels_at_chance"]
 
 
 def test_percentiles() -> None:

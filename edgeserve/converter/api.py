@@ -367,29 +367,47 @@ def choose_budget(c: Conversion) -> None:
                           f"class names); this model answers {_signature(c.out_specs)}: hold it to a metric instead "
                           "(--metric 'nrmse<=0.1' for a regressor; see edgeserve convert --help)")
     if c.budget.empty:
-        chance = _no_better_than_chance(c) if classes else None
-        if classes and chance is None:
-            c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
-        elif chance is not None:
-            targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
-            c.budget = Budget(tuple(targets), max_accuracy_drop=0.01, because=f"{chance}; so the metric inferred "
-                              f"from the signature judges too: {why}")
-            log.warning("%s: the inferred task metric judges beside them", chance)
-            c.enforce = c.qconfig.mode == "auto"  # as an inferred budget is: held to by auto, else measured
-        else:
-            targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
-            if c.labels is not None:
-                why += " (the labels given are not classes of any output: their error is recorded, not held to)"
-            c.budget = Budget(tuple(targets), because=f"inferred: {why}")
-            vacuous = c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
-            if vacuous and [t.metric.name for t in targets] != [t.metric.name for t in generic_targets()]:
-                c.budget = Budget(tuple(generic_targets()), because=(
-                    f"inferred: {why}; but fp32 finds nothing in this data for {', '.join(vacuous)} to judge (a "
-                    "model answering zeros would pass it), so per-row cosine and the error against the values' spread judge instead: "
-                    "give --data the model finds something in"))
-            c.enforce = c.qconfig.mode == "auto"
+        _infer_budget(c, classes)
         log.info("judging by %s (%s)", c.budget.describe(), c.budget.because)
         c.step(f"judging by {c.budget.describe()} ({c.budget.because})", 0, 1)
+    elif classes and c.budget.max_accuracy_drop is not None and (chance := _no_better_than_chance(c)):
+        c.recipe["labels_at_chance"] = chance
+        log.warning("%s; the accuracy budget named cannot tell a broken result from a good one: name the task's "
+                    "metric beside it (--metric; see edgeserve convert --help)", chance)
+    _check_the_budget_on_fp32(c)
+
+
+def _infer_budget(c: Conversion, classes: bool) -> None:
+    """The budget when none is named: one point of accuracy against labels of classes, with the task metric the
+    signature suggests beside it when fp32 does no better than chance on them; else that metric alone (held to by
+    auto; for an explicit mode, measured and recorded)."""
+    assert c.held_out is not None and c.ref_out is not None
+    chance = _no_better_than_chance(c) if classes else None
+    if classes and chance is None:
+        c.budget = Budget(max_accuracy_drop=0.01, because="labels given: at most one point of accuracy lost")
+        return
+    targets, why = infer_targets(c.held_out.arrays, c.ref_out, {s.name: s.batch_axis for s in c.out_specs})
+    c.enforce = c.qconfig.mode == "auto"
+    if chance is not None:
+        c.budget = Budget(tuple(targets), max_accuracy_drop=0.01,
+                          because=f"inferred: {chance}; so the signature's task metric judges too: {why}")
+        log.warning("%s: the inferred task metric judges beside them", chance)
+        return
+    if c.labels is not None:
+        why += " (the labels given are not classes of any output: their error is recorded, not held to)"
+    c.budget = Budget(tuple(targets), because=f"inferred: {why}")
+    vacuous = c.budget.passed_by_zeros(c.ref_out, c.held_out.arrays)
+    if vacuous and [t.metric.name for t in targets] != [t.metric.name for t in generic_targets()]:
+        c.budget = Budget(tuple(generic_targets()), because=(
+            f"inferred: {why}; but fp32 finds nothing in this data for {', '.join(vacuous)} to judge (a "
+            "model answering zeros would pass it), so per-row cosine and the error against the values' spread judge "
+            "instead: give --data the model finds something in"))
+
+
+def _check_the_budget_on_fp32(c: Conversion) -> None:
+    """Every target tried on fp32 against itself: a metric that does not fit the model fails now, naming what it
+    needs; one a model answering zeros would pass is said loudly."""
+    assert c.held_out is not None and c.ref_out is not None
     try:
         itself = c.budget.judge(c.ref_out, c.ref_out, c.held_out.arrays)
     except MetricError as exc:
