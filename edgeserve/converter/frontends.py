@@ -129,13 +129,19 @@ def constant_initializers(model: Any) -> list[str]:
     them, and warns about each one on stderr from every session the quantisation tools build. edgeserve's signature
     never offered them as inputs (a request cannot feed a weight), so they are made the constants they are."""
     graph = model.graph
-    weights = {t.name for t in graph.initializer}
-    shadowed = [v.name for v in graph.input if v.name in weights]
+    shadowed = weight_inputs(model)
     if shadowed:
-        kept = [v for v in graph.input if v.name not in weights]
+        dropped = set(shadowed)
+        kept = [v for v in graph.input if v.name not in dropped]
         del graph.input[:]
         graph.input.extend(kept)
     return shadowed
+
+
+def weight_inputs(model: Any) -> list[str]:
+    """The graph inputs that name an initializer (see :func:`constant_initializers`)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name in weights]
 
 
 PORTABLE_LOCALE = "C.UTF-8"
@@ -240,15 +246,15 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
 
     info: dict[str, Any] = {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()}
     zipmaps = unzipped_outputs(model)
-    weights = {t.name for t in model.graph.initializer}
-    shadowed = any(v.name in weights for v in model.graph.input)
+    shadowed = weight_inputs(model)
     if zipmaps or shadowed or any(n.op_type == "StringNormalizer" for n in model.graph.node):
         import onnx
 
         model = onnx.ModelProto.FromString(data)  # the caller's model stays as it was
         unzip(model)
         if shadowed:
-            info["initializer_inputs_dropped"] = len(constant_initializers(model))
+            constant_initializers(model)
+            info["initializer_inputs_dropped"] = len(shadowed)
         locales = portable_locales(model)
         data = model.SerializeToString()
         if locales:
