@@ -72,6 +72,9 @@ class InferResponse:
 
 WARNINGS = "envelope_warnings"
 """The response parameter naming the envelope checks that warned (comma-separated ``check:input``)."""
+NOT_ECHOED = frozenset({"binary_data_output", "timeout"})
+"""Request parameters that shape how the answer is sent or waited for; every other one is passed back with the
+answer (REST and gRPC alike)."""
 
 
 class DataPlane:

@@ -22,7 +22,7 @@ import orjson
 
 from .auth import ANONYMOUS, Caller, Tokens, require
 from .codec import from_bytes, from_json, header_length, split_binary, to_bytes, to_json
-from .dataplane import WARNINGS, DataPlane, InferRequest, InferResponse, class_count
+from .dataplane import NOT_ECHOED, WARNINGS, DataPlane, InferRequest, InferResponse, class_count
 from .encoding import accepted, check_coding, compress, inflate
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError, TooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
@@ -425,7 +425,6 @@ def _timeout_ms(parameters: dict[str, Any]) -> float | None:
     return float(timeout) / 1000.0
 
 
-RESERVED = {"binary_data_output", "timeout"}
 
 
 def encode_infer(response: InferResponse, binary: bool | frozenset[str], request: InferRequest,
@@ -449,7 +448,7 @@ def encode_infer(response: InferResponse, binary: bool | frozenset[str], request
     doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
     if response.id is not None:
         doc["id"] = response.id
-    passed = {k: v for k, v in request.parameters.items() if k not in RESERVED}
+    passed = {k: v for k, v in request.parameters.items() if k not in NOT_ECHOED}
     if response.warnings:
         passed[WARNINGS] = ",".join(response.warnings)
     if passed:

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from . import messages as pb
 from .auth import ANONYMOUS, Tokens, require
 from .codec import datatype_of, from_bytes, from_json, to_bytes
-from .dataplane import WARNINGS, DataPlane, InferRequest, class_count
+from .dataplane import NOT_ECHOED, WARNINGS, DataPlane, InferRequest, class_count
 from .errors import BadRequest, ProtocolError
 from .shm import SharedMemory, regions
 
@@ -182,6 +182,9 @@ class Servicer:
         decoded.caller = caller
         response = self.plane.infer_sync(decoded)
         out = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id or "")
+        for key, value in request.parameters.items():  # passed back, as REST does
+            if key not in NOT_ECHOED:
+                out.parameters[key].CopyFrom(value)
         if response.warnings:
             out.parameters[WARNINGS].string_param = ",".join(response.warnings)
         for name, value in response.outputs.items():

@@ -111,11 +111,12 @@ def test_an_answer_the_envelope_warned_about_says_so_to_the_client(guarded) -> N
     tensor = grpcclient.InferInput("x", [2, 64], "FP32")
     headers = {"authorization": f"Bearer {TOKEN}"}
     tensor.set_data_from_numpy(far)
-    warned = client.infer("digits", [tensor], headers=headers).get_response()
+    warned = client.infer("digits", [tensor], headers=headers, parameters={"trace": "t-2"}).get_response()
     tensor.set_data_from_numpy(x[:2])
     quiet = client.infer("digits", [tensor], headers=headers).get_response()
     client.close()
     assert warned.parameters["envelope_warnings"].string_param == "range:x"
+    assert warned.parameters["trace"].string_param == "t-2"  # the request's own parameters, passed back as REST does
     assert "envelope_warnings" not in quiet.parameters
 
 
