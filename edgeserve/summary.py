@@ -205,8 +205,8 @@ def manifest_lines(pkg: Package) -> Iterator[str]:
             yield f"  {key}: {_fmt(value)}"
     if m.recipe.get("batch_dependence"):
         yield (f"NOTE: an answer moves with the rows batched beside it, by up to {m.recipe['batch_dependence']:.2g} "
-               "of the output's range (dynamic int8 quantises a batch with one scale); serve it without batching "
-               "where answers must repeat exactly")
+               "of the output's range (dynamic int8 quantises a batch with one scale); BatchConfig(batch_dependent="
+               "False) runs each request alone where answers must not depend on other callers'")
     yield from auto_lines(m.recipe)
     yield from fidelity_lines(m.fidelity)
     if m.envelope.get("inputs"):

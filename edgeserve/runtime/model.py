@@ -110,7 +110,11 @@ class Model:
         self._closed = False
         self._lock = threading.Lock()
         self.batcher: Batcher | None = None
-        if batching is not None:
+        dependence = manifest.recipe.get("batch_dependence") if manifest is not None else None
+        if batching is not None and dependence and not batching.batch_dependent:
+            log.info("model %s: its answers move with the rows batched beside them (by up to %.2g of an output's "
+                     "range: dynamic int8), and batch_dependent is off: each request runs alone", name, dependence)
+        elif batching is not None:
             self.outputs = self._confirmed_batch_axes(manifest)
             if can_batch(self.inputs, self.outputs):
                 self.batcher = Batcher(self._run_feed, self.inputs, self.outputs, batching, name=self.name,

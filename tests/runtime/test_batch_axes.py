@@ -121,3 +121,23 @@ def test_an_axis_declared_of_the_traced_size_that_the_answers_do_not_keep_is_mea
 
     assert confirm_batch_axes(time_major, specs_in, specs_out, {"x": x})[0].batch_axis == 1
     assert confirm_batch_axes(really_fixed, specs_in, specs_out, {"x": x})[0].batch_axis is None
+
+
+def test_a_model_whose_answers_move_with_their_batch_can_run_each_request_alone(tmp_path: Path) -> None:
+    """Dynamic int8 quantises a run with one scale: batched, a caller's answer moves with what other callers sent
+    (a 2-layer GPT-2 over the server: 1 of 220 next tokens changed). ``batch_dependent=False`` runs each of its
+    requests alone; a model whose answers do not move is batched either way."""
+    x = rows(64)
+    pkg = edgeserve.convert(save(mlp_model(), tmp_path / "m.onnx"), tmp_path / "dyn", quantize="dynamic",
+                            calibration={"x": x})
+    assert pkg.manifest.recipe["batch_dependence"] > 0
+    with edgeserve.load(pkg.path, batching=BatchConfig(batch_dependent=False)) as alone:
+        assert alone.batcher is None
+        np.testing.assert_array_equal(alone.predict(x[:1])["logits"], alone.predict(x[:1])["logits"])
+    with edgeserve.load(pkg.path, batching=BatchConfig()) as batched:
+        assert batched.batcher is not None  # the default: batched, as Triton does
+    fp32 = edgeserve.convert(save(mlp_model(), tmp_path / "f.onnx"), tmp_path / "fp32", quantize="none",
+                             calibration={"x": x})
+    assert "batch_dependence" not in fp32.manifest.recipe
+    with edgeserve.load(fp32.path, batching=BatchConfig(batch_dependent=False)) as steady:
+        assert steady.batcher is not None

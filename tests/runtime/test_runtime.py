@@ -261,6 +261,9 @@ def test_serving_settings_per_model(repo: Repository) -> None:
     (repo.root / "mlp" / "serving.json").write_text("[1, 2]")
     with Runtime(repo) as rt:
         assert "expected a JSON object" in rt.models()["mlp"]["error"]
+    (repo.root / "mlp" / "serving.json").write_text(json.dumps({"batching": {"batch_dependent": "no"}}))
+    with Runtime(repo) as rt:  # a truthy string read as true batched what "no" meant to keep apart
+        assert "batch_dependent must be true or false, got 'no'" in rt.models()["mlp"]["error"]
 
 
 def test_close_drains_and_refuses_after(repo: Repository) -> None:
