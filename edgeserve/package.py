@@ -51,11 +51,15 @@ class Manifest:
     digests: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        """One line (the dataclass's own would print every section, the reference statistics' knots included):
-        ``<Manifest digits@1: x: float32 [batch, 64] -> probs: float32 [batch, 10]; static on onnxruntime>``."""
+        """One line (the dataclass's own would print every section, the reference statistics' knots included)."""
+        return f"<Manifest {self.summary}>"
+
+    @property
+    def summary(self) -> str:
+        """``digits@1: x: float32 [batch, 64] -> probs: float32 [batch, 10]; static on onnxruntime``."""
         inputs = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
         outputs = ", ".join(f"{s.name}: {s.describe()}" for s in self.outputs)
-        return f"<Manifest {self.name}@{self.version}: {inputs} -> {outputs}; {self.recipe_name} on {self.backend}>"
+        return f"{self.name}@{self.version}: {inputs} -> {outputs}; {self.recipe_name} on {self.backend}"
 
     @property
     def recipe_name(self) -> str:
@@ -285,8 +289,7 @@ class Package:
         return cls(folder, manifest)
 
     def __repr__(self) -> str:
-        m = self.manifest
-        return f"<Package {str(self.path)!r}: {repr(m)[len('<Manifest '):-1]}>"
+        return f"<Package {str(self.path)!r}: {self.manifest.summary}>"
 
     @property
     def model_path(self) -> Path:

@@ -425,8 +425,6 @@ def _timeout_ms(parameters: dict[str, Any]) -> float | None:
     return float(timeout) / 1000.0
 
 
-
-
 def encode_infer(response: InferResponse, binary: bool | frozenset[str], request: InferRequest,
                  shm: Callable[[], SharedMemory] | None = None) -> tuple[int, bytes, dict[str, str]]:
     """The response body: JSON, or the JSON header followed by the binary outputs; outputs asked for in shared
