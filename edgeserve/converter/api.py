@@ -709,7 +709,15 @@ def _reference_statistics(c: Conversion) -> dict[str, Any]:
     model = onnx.load(str(c.staging / MODEL_FILE), load_external_data=False)  # read once for both looks below
     return envelope(arrays, source=source, outputs=outputs, vocabularies=embedding_inputs(model),
                     sequences=sequences, feature_axes=series_feature_axes(in_specs, conv_inputs(model)),
-                    max_length=position_table(model, c.staging))
+                    max_length=position_table(model, c.staging),
+                    varying_outputs=[s.name for s in c.out_specs if _named_step_axis(s)])
+
+
+def _named_step_axis(spec: TensorSpec) -> bool:
+    """The output's rows are of a size the model declares variable by name (``frames``, ``sequence``): not an
+    unnamed axis (``None``) nor one an exporter left unknown (tf2onnx's ``unk__12``), which class scores may have."""
+    return any(isinstance(d, str) and not d.startswith("unk__")
+               for i, d in enumerate(spec.shape) if i != (spec.batch_axis or 0))
 
 
 def rows_first(arrays: Mapping[str, Any], specs: Sequence[TensorSpec]) -> dict[str, Any]:

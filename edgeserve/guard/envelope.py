@@ -60,13 +60,15 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[str, np.ndarray] | None = None,
              vocabularies: Mapping[str, int] | None = None, sequences: Collection[str] = (),
-             feature_axes: Mapping[str, int] | None = None, max_length: int | None = None) -> dict[str, Any]:
+             feature_axes: Mapping[str, int] | None = None, max_length: int | None = None,
+             varying_outputs: Collection[str] = ()) -> dict[str, Any]:
     """Statistics per numeric input over all its values, per feature for 2-D tabular inputs, and what the guard
     needs: each input's layout, value range and per-feature quantile knots; token-id frequencies and lengths for
     sequences (``vocabularies``: inputs that index an embedding table, with its size; ``sequences``: 2-D inputs
     whose second axis varies in size; ``feature_axes``: the features' axis of ``[rows, a, b]`` inputs, 2 unless
     given; ``max_length``: the longest sequence the model's position table holds); and for ``outputs`` (the
-    package's answers on the same rows) the distribution of confidence or norm.
+    package's answers on the same rows) the distribution of confidence, norm or RMS (``varying_outputs``: those
+    whose rows the model declares of variable size, see ``output_layout``).
 
     A state fed back (an RNN's ``h0`` and the ``hn`` it is given next) gets neither a range nor a drift reference:
     calibration rows hold the first state of a stream (zeros, most often), served ones whatever the stream has
@@ -132,7 +134,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS \
                     or name in state_out:
                 continue
-            layout = output_layout(arr, name)
+            layout = output_layout(arr, name, varying=name in varying_outputs)
             summary = row_features(layout, arr)
             out["outputs"][name] = {"layout": layout.to_dict(), **_stats(summary.reshape(-1)),
                                     "drift": feature_reference(summary)}

@@ -13,8 +13,10 @@ Every tensor gets a *layout* that says what one row's features are:
   mean and standard deviation;
 - for outputs, ``confidence`` (top-class probability of ``[rows, classes]``; logits go through a softmax),
   ``step-confidence`` (of ``[rows, steps, classes]`` distributions, a recogniser's: averaged over the steps),
-  ``norm`` (the row's L2 norm: an embedding, named so or of unit rows, and outputs of more dimensions),
-  or ``value`` (one number per row, e.g. a predicted label).
+  ``norm`` (the row's L2 norm: an embedding, named so or of unit rows), ``rms`` (the root mean square of the
+  row's values, for outputs of more dimensions: a sequence's hidden states or frame scores, a map; unlike a norm it
+  does not grow with a longer sequence or a larger image, which would read as drift), or ``value`` (one number per
+  row, e.g. a predicted label). Packages written before ``rms`` keep ``norm`` for those outputs.
 
 Per feature the reference keeps fixed quantile *knots* (``KNOTS`` levels from min to max): the drift detector builds
 from them the probability of each of its fixed buckets and maps a live value to its probability under the
@@ -96,7 +98,7 @@ class Layout:
             return ["mean", "std"]
         if self.kind == "categories":
             return [f"share of {v!r}" for v in self.values]
-        if self.kind in ("confidence", "step-confidence", "value", "norm"):
+        if self.kind in ("confidence", "step-confidence", "value", "norm", "rms"):
             return [self.kind]
         word = {"tabular": "feature", "channels": "channel", "series": "feature"}[self.kind]
         return [f"{word} {i}" for i in range(count)]
@@ -142,12 +144,15 @@ EMBEDDING_NAME = re.compile(r"embed|hidden|pool|feature|vector|encod|latent", re
 """Output names that say a ``[rows, k]`` output is a vector to compare, not class scores."""
 
 
-def output_layout(arr: np.ndarray, name: str = "") -> Layout:
-    """How an output's rows are summarised: confidence of class scores, the value itself, or a norm.
+def output_layout(arr: np.ndarray, name: str = "", *, varying: bool = False) -> Layout:
+    """How an output's rows are summarised: confidence of class scores, the value itself, a norm or an RMS.
 
     A ``[rows, k]`` float output holds class scores unless its name says embedding (``sentence_embedding``,
     ``pooler_output``) or its rows all have unit length (a normalised embedding): those get the norm, as a
-    softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding)."""
+    softmax over an embedding's components measures nothing (0.0030 +- 0.0001 for a 384-d sentence embedding).
+    Outputs of more dimensions get the RMS, and so does a ``[rows, k]`` output that the model declares ``varying``
+    (``[batch, frames]``, a question answerer's ``[batch, tokens]`` start scores): its values are steps, not
+    classes, and its summary must not change with the length (a norm grows with it, a softmax's top falls)."""
     if arr.ndim == 1:
         return Layout("value")
     # NOTE: imported here, at conversion: a guarded load need not import metrics
@@ -156,12 +161,12 @@ def output_layout(arr: np.ndarray, name: str = "") -> Layout:
     steps = step_distribution(arr)  # a recogniser's characters per step, or their log-probabilities
     if steps is not None:
         return Layout("step-confidence", 2, probabilities=steps == "probabilities")
-    if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating):
+    if arr.ndim == 2 and arr.shape[1] >= 2 and np.issubdtype(arr.dtype, np.floating) and not varying:
         a = arr.astype(np.float64)
         probs = bool(a.size and a.min() >= 0 and a.max() <= 1 and sums_to_one(a))
         if probs or not (EMBEDDING_NAME.search(name) or _unit_rows(a)):
             return Layout("confidence", 1, probabilities=probs)
-    return Layout("norm")
+    return Layout("norm" if arr.ndim == 2 and not varying else "rms")  # NOTE: [rows, k] is all a norm is kept for
 
 
 def _unit_rows(a: np.ndarray) -> bool:
@@ -206,6 +211,8 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
     flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
     if kind == "norm":
         return np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(-1, 1)
+    if kind == "rms":
+        return np.sqrt(np.einsum("ij,ij->i", flat, flat) / max(flat.shape[1], 1)).reshape(-1, 1)
     return np.stack([flat.mean(axis=1), flat.std(axis=1)], axis=1)
 
 

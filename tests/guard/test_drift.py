@@ -9,6 +9,7 @@ import math
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -637,3 +638,53 @@ def test_the_hot_path_s_float32_features_are_the_reference_s(layout: Layout, dty
     assert hot.shape == reference.shape
     assert np.allclose(hot, reference, rtol=1e-6, atol=1e-6)
     assert not np.allclose(reference, 0)  # features that mean something, so a zeroed path shows
+
+
+def _frames_model() -> Any:
+    """Audio-like: ``x [batch, samples]`` cut into frames of 8 → per-frame scores ``[batch, frames, 4]`` and a
+    per-frame value ``[batch, frames]`` (a recogniser's logits, a detector of speech per frame)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([0, -1, 8], np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["frames"]),
+         helper.make_node("MatMul", ["frames", "w"], ["scores"]),
+         helper.make_node("ReduceMean", ["scores", "axes"], ["energy"], keepdims=0)],
+        "frames", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "frames", 4]),
+         helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["batch", "frames"])],
+        initializer=[w, shape, axes])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _tones(rng: np.random.Generator, rows: int, samples: int, gain: float = 1.0) -> np.ndarray:
+    """Clips of a tone of a random pitch in noise, each scaled to mean 0 and standard deviation 1 (wav2vec2's
+    feature extractor does so): rows differ by their sound, not by their length."""
+    t = np.arange(samples)
+    x = np.sin(2 * np.pi * rng.uniform(0.02, 0.45, (rows, 1)) * t) + 0.3 * rng.standard_normal((rows, samples))
+    x = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+    return (gain * x).astype(np.float32)
+
+
+def test_answers_of_another_length_are_not_drift_but_a_change_of_their_scale_is(tmp_path: Path) -> None:
+    """A recogniser's frame scores for a shorter clip: a norm over the row shrinks with the frames and read as
+    drift (wav2vec2 with 1 s of reference audio, 0.75 s and 0.5 s requests: an alarm within 100); their RMS does
+    not, and still moves when the answers' scale does."""
+    rng = np.random.default_rng(1)
+    pkg = edgeserve.convert(save(_frames_model(), tmp_path / "frames.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": _tones(rng, 600, 256)})
+    layouts = {k: v["layout"]["kind"] for k, v in pkg.manifest.envelope["outputs"].items()}
+    assert layouts == {"scores": "rms", "energy": "rms"}
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for samples in (192, 128, 320):
+            for _ in range(100):
+                model.predict(_tones(rng, 4, samples))
+        report = model.monitor.report()
+        assert report["alarms"] == 0, report["top"]
+        for _ in range(100):
+            model.predict(_tones(rng, 4, 256, gain=1.5))
+        report = model.monitor.report(features=5)
+    assert report["alarms"] == 1
+    assert report["top"]["output:scores: rms"] >= 1 and report["top"]["output:energy: rms"] >= 1

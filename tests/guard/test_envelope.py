@@ -62,7 +62,7 @@ def test_a_recognisers_per_step_distribution_is_watched_by_its_confidence() -> N
     assert log_layout.kind == "step-confidence" and not log_layout.probabilities
     np.testing.assert_allclose(row_features(log_layout, np.log(probs)), expected)
     assert row_features(layout, probs[:, :5]).shape == (8, 1)  # a narrower image: fewer steps, one summary
-    assert output_layout(rng.normal(size=(8, 12, 30)), "last_hidden_state").kind == "norm"  # not a distribution
+    assert output_layout(rng.normal(size=(8, 12, 30)), "last_hidden_state").kind == "rms"  # not a distribution
 
 
 def test_no_false_rejection_on_the_reference_itself(digits_package: Path, digits) -> None:
