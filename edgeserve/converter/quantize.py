@@ -184,6 +184,10 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
     return recipe
 
 
+_SAID_NOTHING: set[str] = set()
+"""Graphs that static quantisation was found to have nothing to calibrate in, said once each."""
+
+
 def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -> dict[str, str]:
     """onnxruntime's calibrator, fed one batch per pass (bounded memory, see :class:`_Reader`), with a guard on
     its session: a tensor holding non-finite or sentinel-sized values (an attention mask adding -inf or
@@ -203,8 +207,10 @@ def calibrate(src: Path, reader: _Reader, method: Any, cache: Path, tmp: Path) -
         # NOTE: nothing added to calibrate: the operators the quantiser takes are all inside control flow, which it
         # does not reach (silero-VAD's export, in an If). Min-max went on to quantise nothing; the histogram
         # methods failed with onnxruntime's "Histogram has not been collected". Both now write no ranges.
-        log.warning("static quantisation finds nothing to calibrate in the main graph (%s): the model stays float",
-                    _why_nothing_to_calibrate(src))
+        if str(src) not in _SAID_NOTHING:  # NOTE: once per graph: auto calibrates it for each static recipe
+            _SAID_NOTHING.add(str(src))
+            log.warning("static quantisation finds nothing to calibrate in the main graph (%s): the model stays float",
+                        _why_nothing_to_calibrate(src))
         from onnxruntime.quantization.calibrate import TensorsData
 
         save_tensors_data(TensorsData(method, {}), cache)
