@@ -54,8 +54,6 @@ ADDS_ERROR = 1e-6
 """A node whose quantisation raises the relative error of its output over its input's by no more than this adds
 none: float32 round-off of the same computation, not quantisation."""
 REPAIRABLE = ("static", "dynamic", "nncf")
-INT_MODES = ("static", "dynamic", "nncf", "int4")
-"""Recipes that make a graph integer: one that holds no quantisation operator after them changed nothing."""
 PROBE_NODES = 3
 """How many of the nodes with the largest activation error the repair tries alone, to rank them by the metric."""
 CONFIRMATIONS = 3
@@ -341,13 +339,11 @@ class Search:
             return first_line(exc)
         except EdgeserveError as exc:
             return first_line(exc)
-        if config.mode in INT_MODES and not quantised_ops(dst):
+        if recipe.get("nothing_quantised"):
             # NOTE: the fp32 model under another name (a tree ensemble has no operator an int8 quantiser takes):
             # timed against fp32 it read 1.03-1.21x by noise alone, and auto then chose "int8-static" for a
             # HistGradientBoostingClassifier that held not one int8 value
-            cand.status = "skipped"
-            cand.reason = recipe.get("nothing_quantised") or (
-                f"{config.mode} quantisation found no operator to quantise: the same model as fp32")
+            cand.status, cand.reason = "skipped", f"{recipe['nothing_quantised']} (the same model as fp32)"
             return None
         try:
             session = self.evaluator.open(dst, cand.backend, cand.precision)

@@ -85,6 +85,19 @@ def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Sampl
     if config.mode == "none":
         shutil.copyfile(src, dst)
         return {"mode": "none"}
+    recipe = _quantized(src, dst, config, calibration, progress, calibration_cache)
+    if config.mode != "fp16" and "nothing_quantised" not in recipe:
+        from .prepare import quantised_ops
+
+        if not quantised_ops(dst):  # a tree ensemble's operators have no integer form: the fp32 model, renamed
+            recipe["nothing_quantised"] = (f"{config.mode} quantisation found no operator to quantise in the main "
+                                           "graph: the model stays float")
+    return recipe
+
+
+def _quantized(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples | None,
+               progress: Progress | None, calibration_cache: Path | None) -> dict[str, Any]:
+    """:func:`quantize`'s work, by mode, its tools' errors said in a sentence."""
     try:
         with quiet_tools():
             if config.mode == "dynamic":

@@ -156,6 +156,29 @@ def test_an_engine_without_the_models_operators_is_skipped_not_failed(tmp_path: 
     assert ["openvino-f32", "skipped: openvino has no ai.onnx.ml operators (Scaler)"] in rows(result)
 
 
+def test_a_variant_that_quantised_nothing_is_skipped_not_measured(tmp_path: Path) -> None:
+    """An ONNX-ML graph has no operator an int8 quantiser takes: its int8-dynamic variant is the fp32 model under
+    another name, and timing it against fp32 would report noise as a speedup."""
+    from onnx import TensorProto, helper
+
+    from edgeserve.bench.report import rows
+    from tests.factories import save
+
+    scaler = helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.5] * 4, scale=[2.0] * 4)
+    graph = helper.make_graph([scaler], "scaler", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    config = BenchConfig(variants=("fp32", "int8-dynamic"), batch_sizes=(1,), concurrency=(), rounds=1,
+                         time_budget=0.5, cold_start_repeats=0)
+    result = bench([save(model, tmp_path / "scaler.onnx")], tmp_path / "out", config)["models"][0]
+    variants = {v["name"]: v for v in result["variants"]}
+    assert variants["fp32"]["status"] == "ok"
+    assert variants["int8-dynamic"]["status"] == "skipped" and variants["int8-dynamic"]["speedup"] is None
+    assert "found no operator to quantise" in variants["int8-dynamic"]["error"]
+    assert any(r[0] == "int8-dynamic" and r[1].startswith("skipped: ") for r in rows(result))
+
+
 def test_without_evaluation_data_the_variants_run_on_the_held_out_calibration_rows(tmp_path: Path) -> None:
     """Timing a recurrent model on stand-in sequences 8 steps long says nothing about its 30-step inputs."""
     import edgeserve
