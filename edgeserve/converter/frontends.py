@@ -585,7 +585,9 @@ def _over_columns(model: Any, example_inputs: Any, columns: list[str]) -> Any:
 def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **kwargs: Any) -> Any:
     """``to_onnx``, at the ``ai.onnx.ml`` opset a converter asks for when it supports no later one (an
     IsolationForest's: 'You need to specify target_opset={'ai.onnx.ml': 3}')."""
-    _tree_fixes()
+    from .trees import mend
+
+    mend()  # skl2onnx's tree converters: NaN routing, HistGradientBoosting's flags and thresholds
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -596,46 +598,6 @@ def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **
                 raise
             opsets = {"": target_opset or DEFAULT_OPSET, "ai.onnx.ml": int(asked.group(1))}
             return to_onnx(model, *args, target_opset=opsets, **kwargs)
-
-
-def _tree_fixes() -> None:
-    """Mend two faults of skl2onnx's HistGradientBoosting converter (1.20; installed once, in its own modules,
-    where its converters look the functions up):
-
-    - a leaf's missing-value flag is the Python ``False`` beside the branches' numpy ``uint8``, and onnx refuses a
-      bool among the ints of an attribute ('Expected an int, got a boolean'): every HistGradientBoostingClassifier
-      and Regressor failed to convert (onnx 1.23). Flags are written as ints;
-    - its thresholds are the float64 ones rounded to float32, where scikit-learn compares a float32 value with the
-      float64 threshold: a value between the two took the other branch (a 100-tree regressor on the diabetes data:
-      18 of 442 rows off by up to 9.7). Thresholds are moved as skl2onnx does for every other tree ensemble
-      (``adjust_threshold_for_sklearn``): then every row agrees to float32 rounding, rows with NaN included."""
-    try:
-        import inspect
-
-        from skl2onnx.common import tree_ensemble
-        from skl2onnx.operator_converters import random_forest
-    except ImportError:
-        return
-    add_node = getattr(tree_ensemble, "add_node", None)
-    if add_node is not None and not getattr(add_node, "edgeserve_mended", False):
-
-        def int_flags(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
-            return add_node(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
-
-        int_flags.edgeserve_mended = True  # type: ignore[attr-defined]
-        tree_ensemble.add_node = int_flags
-    add_tree = getattr(random_forest, "add_tree_to_attribute_pairs_hist_gradient_boosting", None)
-    if add_tree is not None and not getattr(add_tree, "edgeserve_mended", False):
-        signature = inspect.signature(add_tree)
-        if "adjust_threshold_for_sklearn" in signature.parameters:
-
-            def sklearn_thresholds(*args: Any, **kwargs: Any) -> Any:
-                bound = signature.bind(*args, **kwargs)
-                bound.arguments["adjust_threshold_for_sklearn"] = True
-                return add_tree(*bound.args, **bound.kwargs)
-
-            sklearn_thresholds.edgeserve_mended = True  # type: ignore[attr-defined]
-            random_forest.add_tree_to_attribute_pairs_hist_gradient_boosting = sklearn_thresholds
 
 
 def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> SourceModel:
