@@ -721,3 +721,22 @@ def test_a_tree_fit_on_missing_values_sends_them_where_the_estimator_does(tmp_pa
         np.testing.assert_allclose(out["probabilities"], est.predict_proba(x), atol=1e-5)
     else:
         np.testing.assert_allclose(out["variable"].reshape(-1), est.predict(x), rtol=1e-5)
+
+
+def test_a_pipeline_ending_in_a_linear_svc_converts(tmp_path: Path) -> None:
+    """skl2onnx's pipeline parser gave the LinearSVC a ``zipmap`` option its converter does not declare, and every
+    such pipeline (TF-IDF + LinearSVC, the classic text classifier) failed to convert."""
+    from sklearn.datasets import load_wine
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    x, y = load_wine(return_X_y=True)
+    x = x.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), LinearSVC()).fit(x, y)
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", quantize="none", calibration=x)
+    assert pkg.manifest.source["estimator_check"]["ok"]
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x)
+    np.testing.assert_array_equal(out["label"], pipe.predict(x))
+    np.testing.assert_allclose(out["probabilities"], pipe.decision_function(x), atol=1e-4)

@@ -585,9 +585,9 @@ def _over_columns(model: Any, example_inputs: Any, columns: list[str]) -> Any:
 def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **kwargs: Any) -> Any:
     """``to_onnx``, at the ``ai.onnx.ml`` opset a converter asks for when it supports no later one (an
     IsolationForest's: 'You need to specify target_opset={'ai.onnx.ml': 3}')."""
-    from .trees import mend
+    from .mends import mend
 
-    mend()  # skl2onnx's tree converters: NaN routing, HistGradientBoosting's flags and thresholds
+    mend()  # skl2onnx's tree converters (NaN routing, HistGradientBoosting), a LinearSVC in a pipeline
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

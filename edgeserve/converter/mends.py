@@ -1,4 +1,6 @@
-"""Mends to skl2onnx's tree-ensemble converters (1.20), so that a converted tree answers as scikit-learn's does.
+"""Mends to skl2onnx (1.20), so that what it converts answers as the scikit-learn estimator does.
+
+Its tree-ensemble converters:
 
 - **Missing values.** scikit-learn (1.3 on) learns per split where a NaN goes (``tree_.missing_go_to_left``);
   skl2onnx writes every node's ``nodes_missing_value_tracks_true`` as 0, so onnxruntime sends every NaN right: a
@@ -11,6 +13,11 @@
   value with the float64 threshold: a value between the two took the other branch (a 100-tree regressor on the
   diabetes data: 18 of 442 rows off by up to 9.7). They are moved as skl2onnx does for every other tree ensemble
   (``adjust_threshold_for_sklearn``).
+
+And a ``LinearSVC`` at the end of a pipeline: the pipeline's parser asks every classifier for its ``zipmap``
+option, which skl2onnx's LinearSVC converter does not declare ("Option 'zipmap' not in ['nocl', …]"), so a
+``make_pipeline(StandardScaler(), LinearSVC())`` or a TF-IDF + LinearSVC text classifier did not convert. The option
+is declared (the converter answers a tensor of scores either way, as it does alone).
 
 :func:`mend` installs them once, in skl2onnx's own modules (its converters look the functions up there by name).
 Each leaves what skl2onnx already gets right as it was: an int flag stays what it is, a tree without
@@ -47,6 +54,7 @@ def mend() -> None:
             module = _converter(name)
             if module is not None and getattr(module, "add_tree_to_attribute_pairs", None) is add_tree:
                 module.add_tree_to_attribute_pairs = routed
+    _declare_zipmap("SklearnLinearSVC")
     random_forest = _converter("random_forest")
     hist = getattr(random_forest, "add_tree_to_attribute_pairs_hist_gradient_boosting", None)
     if hist is not None and not getattr(hist, _MENDED, False):
@@ -106,3 +114,17 @@ def _adjusting_thresholds(add_tree: Any) -> Any:
 
     setattr(add, _MENDED, True)
     return add
+
+
+def _declare_zipmap(name: str) -> None:
+    """Let the converter registered as ``name`` take the ``zipmap`` option a pipeline's parser gives it."""
+    try:
+        from skl2onnx.common._registration import _converter_pool, register_converter
+    except ImportError:
+        return
+    registered = _converter_pool.get(name)
+    allowed = getattr(registered, "get_allowed_options", lambda: None)()
+    if registered is None or allowed is None or "zipmap" in allowed:
+        return
+    register_converter(name, registered._fct, overwrite=True,  # noqa: SLF001 - re-registered as it was, plus zipmap
+                       options={**allowed, "zipmap": [True, False, "columns"]})
