@@ -504,8 +504,6 @@ def quantise(c: Conversion) -> None:
     quantized = work / "quantized.onnx"
     c.recipe.update(c.memory.run(f"{mode} quantisation", quantize, to_quantize, quantized, c.qconfig,
                                  calibration=c.calibration, progress=c.step))
-    if c.recipe.get("nothing_quantised") and mode != "static":  # static said so as it calibrated
-        log.warning("%s", c.recipe["nothing_quantised"])
     c.recipe.update(finalize_model(quantized, c.staging / MODEL_FILE))
     c.backend, c.precision = c.options.backend or "onnxruntime", c.options.precision
 

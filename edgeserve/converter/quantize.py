@@ -86,12 +86,12 @@ def quantize(src: Path, dst: Path, config: QuantizeConfig, *, calibration: Sampl
         shutil.copyfile(src, dst)
         return {"mode": "none"}
     recipe = _quantized(src, dst, config, calibration, progress, calibration_cache)
-    if config.mode != "fp16" and "nothing_quantised" not in recipe:
+    if config.mode != "fp16":
         from .prepare import quantised_ops
 
         if not quantised_ops(dst):  # a tree ensemble's operators have no integer form: the fp32 model, renamed
             recipe["nothing_quantised"] = (f"{config.mode} quantisation found no operator to quantise in the main "
-                                           "graph: the model stays float")
+                                           f"graph ({_why_nothing_to_calibrate(src)}): the model stays float")
     return recipe
 
 
@@ -189,11 +189,6 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
                         "batch_size": batch_size or config.calibration_batch_size, "left_float": left_float},
         "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
     }
-    from .prepare import quantised_ops
-
-    if not quantised_ops(dst):
-        recipe["nothing_quantised"] = (f"no operator the quantiser takes is in the main graph "
-                                       f"({_why_nothing_to_calibrate(src)}): the model stays float")
     return recipe
 
 
@@ -501,7 +496,7 @@ def _why_nothing_to_calibrate(path: Path | str) -> str:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return "what it would quantise is inside If/Loop subgraphs, which onnxruntime's quantiser does not reach"
     ops = sorted({n.op_type for n in graph.node})
-    return f"its operators, {', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}, have no int8 form there"
+    return f"its operators, {', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}, have no integer form there"
 
 
 def _has_op(path: Path, op_type: str) -> bool:
