@@ -740,3 +740,28 @@ def test_a_pipeline_ending_in_a_linear_svc_converts(tmp_path: Path) -> None:
         out = model.predict(x)
     np.testing.assert_array_equal(out["label"], pipe.predict(x))
     np.testing.assert_allclose(out["probabilities"], pipe.decision_function(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("voting", ["soft", "hard"])
+def test_a_voting_classifier_converts_and_is_left_as_it_was(tmp_path: Path, voting: str) -> None:
+    """skl2onnx converts a VotingClassifier only with ``flatten_transform=False`` (the default is True), a setting
+    of ``transform()`` alone: a copy is converted, the caller's estimator keeps its setting."""
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_wine(return_X_y=True)
+    x = x.astype(np.float32)
+    vote = VotingClassifier([("lr", make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))),
+                             ("nb", GaussianNB())], voting=voting).fit(x, y)
+    pkg = edgeserve.convert(vote, tmp_path / "pkg", quantize="none", calibration=x)
+    assert vote.flatten_transform is True
+    assert pkg.manifest.source["estimator_check"]["ok"]
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x)
+    np.testing.assert_array_equal(out["label"], vote.predict(x))
+    if voting == "soft":
+        np.testing.assert_allclose(out["probabilities"], vote.predict_proba(x), atol=1e-5)

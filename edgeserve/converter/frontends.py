@@ -508,9 +508,11 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
     if example_inputs is None:
         raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array, or a "
                               "DataFrame for a pipeline of named columns), or calibration data holding X")
-    options = {id(est): {"zipmap": False} for est in _estimators(model) if hasattr(est, "predict_proba")}
+    converted = _convertible(model)
+    options = {id(est): {"zipmap": False} for est in _estimators(converted)
+               if hasattr(est, "predict_proba") or type(est).__name__ == "VotingClassifier"}  # a hard vote's too
     if is_frame(example_inputs) or isinstance(example_inputs, Mapping):
-        return _from_sklearn_columns(model, workdir, example_inputs, opset, options)
+        return _from_sklearn_columns(model, workdir, example_inputs, opset, options, converted)
     x = np.asarray(example_inputs)
     if x.ndim != 2:
         raise DataError(f"example_inputs for a scikit-learn model must be 2-D [rows, features], got {list(x.shape)}")
@@ -520,14 +522,14 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
         raise DataError("example_inputs mix text and numbers in one array; give a DataFrame (or a dict of column "
                         "name to values) so that each column becomes an input of its own type")
     try:
-        onx = _skl2onnx(to_onnx, model, x[:1], options=options or None, target_opset=opset)
+        onx = _skl2onnx(to_onnx, converted, x[:1], options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, {onx.graph.input[0].name: x})
 
 
 def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset: int | None,
-                          options: dict[int, Any]) -> SourceModel:
+                          options: dict[int, Any], convertible: Any) -> SourceModel:
     """A pipeline fit on named columns (a ColumnTransformer of text categories and numbers): one ``[rows, 1]``
     input per column, typed after the column, as skl2onnx maps them to the columns by name."""
     from skl2onnx import to_onnx
@@ -537,13 +539,35 @@ def _from_sklearn_columns(model: Any, workdir: Path, example_inputs: Any, opset:
         str(k): column(str(k), v) for k, v in example_inputs.items()}
     kinds = {"f": FloatTensorType, "i": Int64TensorType, "b": BooleanTensorType, "U": StringTensorType}
     initial = [(name, kinds[values.dtype.kind]([None, 1])) for name, values in columns.items()]
-    converted = model if _takes_columns(model) else _over_columns(model, example_inputs, list(columns))
+    converted = convertible if _takes_columns(model) else _over_columns(convertible, example_inputs, list(columns))
     try:
         onx = _skl2onnx(to_onnx, converted, initial_types=initial, options=options or None, target_opset=opset)
     except Exception as exc:
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__} over the columns "
                               f"{', '.join(columns)}: {_why(exc)}") from exc
     return _sklearn_source(model, workdir, onx, example_inputs, columns)
+
+
+def _convertible(model: Any) -> Any:
+    """The model as skl2onnx converts it: a ``VotingClassifier`` at its end (the model, or a pipeline's last step)
+    only with ``flatten_transform=False`` ("flatten_transform==True is not implemented yet", the default), a setting
+    that shapes ``transform()`` alone, never ``predict`` or ``predict_proba``: such a model is converted from a copy
+    with it off (the estimator check then compares the graph with the estimator as it was)."""
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.pipeline import Pipeline
+
+    def last(m: Any) -> Any:
+        while isinstance(m, Pipeline):
+            m = m.steps[-1][1]
+        return m
+
+    if not (isinstance(last(model), VotingClassifier) and last(model).flatten_transform):
+        return model
+    import copy
+
+    convertible = copy.deepcopy(model)
+    last(convertible).flatten_transform = False
+    return convertible
 
 
 def _takes_columns(model: Any) -> bool:
