@@ -745,7 +745,8 @@ def test_a_pipeline_ending_in_a_linear_svc_converts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("voting", ["soft", "hard"])
 def test_a_voting_classifier_converts_and_is_left_as_it_was(tmp_path: Path, voting: str) -> None:
     """skl2onnx converts a VotingClassifier only with ``flatten_transform=False`` (the default is True), a setting
-    of ``transform()`` alone: a copy is converted, the caller's estimator keeps its setting."""
+    of ``transform()`` alone: a copy is converted, the caller's estimator keeps its setting. A hard vote has no
+    ``predict_proba``, so skl2onnx gives it a ZipMap, unzipped as for an ONNX file (an ``SVC()`` likewise)."""
     from sklearn.datasets import load_wine
     from sklearn.ensemble import VotingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -762,6 +763,8 @@ def test_a_voting_classifier_converts_and_is_left_as_it_was(tmp_path: Path, voti
     assert pkg.manifest.source["estimator_check"]["ok"]
     with edgeserve.load(pkg.path) as model:
         out = model.predict(x)
-    np.testing.assert_array_equal(out["label"], vote.predict(x))
+    labels, scores = (next(v for v in out.values() if v.dtype == dtype) for dtype in (np.int64, np.float32))
+    np.testing.assert_array_equal(labels, vote.predict(x))  # a hard vote's outputs keep skl2onnx's names
+    assert scores.shape == (len(x), 3)  # [rows, classes], not a ZipMap's list of maps
     if voting == "soft":
-        np.testing.assert_allclose(out["probabilities"], vote.predict_proba(x), atol=1e-5)
+        np.testing.assert_allclose(scores, vote.predict_proba(x), atol=1e-5)

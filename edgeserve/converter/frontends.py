@@ -509,8 +509,7 @@ def _from_sklearn(model: Any, workdir: Path, example_inputs: Any, opset: int | N
         raise ConversionError("a scikit-learn model needs example_inputs (a few rows of X, as a numpy array, or a "
                               "DataFrame for a pipeline of named columns), or calibration data holding X")
     converted = _convertible(model)
-    options = {id(est): {"zipmap": False} for est in _estimators(converted)
-               if hasattr(est, "predict_proba") or type(est).__name__ == "VotingClassifier"}  # a hard vote's too
+    options = {id(est): {"zipmap": False} for est in _estimators(converted) if hasattr(est, "predict_proba")}
     if is_frame(example_inputs) or isinstance(example_inputs, Mapping):
         return _from_sklearn_columns(model, workdir, example_inputs, opset, options, converted)
     x = np.asarray(example_inputs)
@@ -630,6 +629,7 @@ def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: di
     from .prepare import dedupe_opset_imports
 
     dedupe_opset_imports(onx)
+    unzip(onx)  # NOTE: a classifier without predict_proba (an SVC, a hard vote) still gets skl2onnx's ZipMap
     locales = portable_locales(onx)
     check = _against_estimator(model, onx, examples, feed)
     if check is not None and check.get("repair") is not None:
