@@ -286,6 +286,11 @@ def _serve_fd(fd: int) -> None:
         # the worker is edgeserve's own process: the tools' sessions (opened with default options) keep their C++
         # warnings ("Removing initializer ... not used by any node") to themselves; errors still come through
         onnxruntime.set_default_logger_severity(3)
+        import warnings
+
+        # and numpy's warnings from inside the tools ("All-NaN axis encountered" in the calibrator's nanmin, when a
+        # batch of calibration rows leaves a tensor all NaN: a column of missing values the model imputes)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnxruntime\.quantization")
     _serve(Connection(fd))
 
 

@@ -237,15 +237,24 @@ def feature_reference(values: np.ndarray) -> dict[str, Any]:
 
 
 def value_range(layout: Layout, arr: np.ndarray) -> dict[str, Any] | None:
-    """Per-feature (or whole-tensor) min and max of the reference, for the envelope's range check."""
+    """Per-feature (or whole-tensor) min and max of the reference, for the envelope's range check. NaN and
+    infinity are left out; a feature with no finite value in the reference (a column always missing there) gets
+    the whole tensor's range (None when the tensor has no finite value at all): a NaN bound would fail every
+    request, and numpy's ``nanmin`` warned about the empty slice on the user's terminal."""
     if not np.issubdtype(arr.dtype, np.number) or arr.size == 0 or layout.kind == "tokens":
         return None
-    a = np.where(np.isfinite(arr), arr, np.nan) if np.issubdtype(arr.dtype, np.floating) else arr
-    if layout.axis is not None:
-        other = tuple(i for i in range(arr.ndim) if i != layout.axis)
-        lo, hi = np.nanmin(a, axis=other), np.nanmax(a, axis=other)
-    else:
-        lo, hi = np.atleast_1d(np.nanmin(a)), np.atleast_1d(np.nanmax(a))
+    low = high = arr
+    finite = None
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.any():
+            return None
+        low, high = np.where(finite, arr, np.inf), np.where(finite, arr, -np.inf)
+    other = tuple(i for i in range(arr.ndim) if i != layout.axis) if layout.axis is not None else None
+    lo, hi = np.atleast_1d(low.min(axis=other)), np.atleast_1d(high.max(axis=other))
+    if finite is not None:
+        empty = lo > hi  # +inf and -inf: no finite value of this feature
+        lo[empty], hi[empty] = arr[finite].min(), arr[finite].max()
     return {"min": [float(v) for v in lo], "max": [float(v) for v in hi]}
 
 

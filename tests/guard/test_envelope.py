@@ -495,3 +495,27 @@ def test_positions_computed_from_the_input_set_no_limit(tmp_path: Path) -> None:
         np.arange(16, dtype=np.int64)[None, ::-1].copy(), "buffer_0"))  # not 0 .. P-1
     assert position_table(model) is None
     assert position_table(_positions_model(counted="one_s")) is None  # a range that does not start at 0
+
+
+def test_a_feature_always_missing_in_the_reference_bounds_no_request_out(tmp_path: Path) -> None:
+    """A column the reference never fills (its model imputes it) had NaN as its range: numpy warned on the user's
+    terminal while converting, and a range check that rejects refused every request with a value there."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    x[:, 2] = np.nan
+    pipe = make_pipeline(SimpleImputer(strategy="constant", fill_value=0.0, keep_empty_features=True),
+                         LogisticRegression()).fit(x, (x[:, 0] > 0).astype(int))
+    pkg = edgeserve.convert(pipe, tmp_path / "pkg", quantize="none", calibration=x)  # a numpy warning fails here
+    bounds = pkg.manifest.envelope["inputs"]["X"]["range"]
+    assert np.isfinite(bounds["min"]).all() and np.isfinite(bounds["max"]).all()
+    with edgeserve.load(pkg.path, guard=GuardConfig(range="reject")) as model:
+        request = x[:3].copy()
+        request[:, 2] = 0.5
+        model.predict(request)  # inside the tensor's range: no reason to refuse it
+        request[:, 2] = 50.0
+        with pytest.raises(edgeserve.EnvelopeError, match="range"):
+            model.predict(request)
