@@ -26,6 +26,7 @@ Each leaves what skl2onnx already gets right as it was: an int flag stays what i
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import threading
 from typing import Any
@@ -65,7 +66,7 @@ def mend() -> None:
 
 def _converter(name: str) -> Any:
     try:
-        return __import__(f"skl2onnx.operator_converters.{name}", fromlist=["_"])
+        return importlib.import_module(f"skl2onnx.operator_converters.{name}")
     except ImportError:
         return None
 

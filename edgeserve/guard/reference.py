@@ -209,10 +209,9 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
     if kind == "value":
         return x.astype(np.float64, copy=False).reshape(-1, 1)
     flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
-    if kind == "norm":
-        return np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(-1, 1)
-    if kind == "rms":
-        return np.sqrt(np.einsum("ij,ij->i", flat, flat) / max(flat.shape[1], 1)).reshape(-1, 1)
+    if kind in ("norm", "rms"):  # the RMS: the norm over the square root of the row's size
+        squares = np.einsum("ij,ij->i", flat, flat) / (max(flat.shape[1], 1) if kind == "rms" else 1)
+        return np.sqrt(squares).reshape(-1, 1)
     return np.stack([flat.mean(axis=1), flat.std(axis=1)], axis=1)
 
 
