@@ -388,6 +388,43 @@ def test_a_quantised_source_is_not_quantised_twice(tmp_path: Path) -> None:
     assert "fp16" not in {c["name"] for c in auto.manifest.recipe["auto"]["candidates"]}  # it would cast the scales
 
 
+
+
+@pytest.mark.parametrize("form", ["dynamic", "qoperator", "qdq"])
+def test_fp16_of_a_quantised_source_keeps_its_quantised_operators_in_float32(tmp_path: Path, form: str) -> None:
+    """fp16 casts what is float around a quantised graph; the quantised operators' scales and float inputs stay
+    float32 (QLinearConv and DynamicQuantizeLinear take no float16: such a graph did not load)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    data = {"x": rows(64)}
+    src = save(mlp_model(), tmp_path / "mlp.onnx")
+    if form == "dynamic":
+        quantised_path = edgeserve.convert(src, tmp_path / "int8", quantize="dynamic", calibration=data).model_path
+    else:
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.rows = iter([{"x": r[None]} for r in data["x"][:16]])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.rows, None)
+
+        quantised_path = tmp_path / "int8.onnx"
+        quantize_static(src, quantised_path, Reader(),
+                        quant_format=QuantFormat.QOperator if form == "qoperator" else QuantFormat.QDQ)
+    pkg = edgeserve.convert(quantised_path, tmp_path / "fp16", quantize="fp16", calibration=data)
+    graph = onnx.load(str(pkg.model_path)).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    quantised = [n for n in graph.node if n.op_type in ("DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear",
+                                                           "DequantizeLinear", "MatMulInteger")]
+    assert quantised
+    for node in quantised:
+        assert TensorProto.FLOAT16 not in {types.get(name) for name in node.input}, node.name
+    with edgeserve.load(pkg.path) as fp16, edgeserve.load(quantised_path) as source:
+        got, want = fp16.predict(data["x"])["logits"], source.predict(data["x"])["logits"]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # a step of the int8 grid at most
+
+
 def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -> None:
     """The signature says [batch, n]; the graph reshapes to a constant, as traced exports do. The converter tries
     n - 1 and 2n, finds neither runs, and says so (the package still converts: it is right at the traced size)."""

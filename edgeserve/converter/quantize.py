@@ -436,7 +436,7 @@ def _default_domain_first(model: Any) -> None:
 
 def _fp16(src: Path, dst: Path) -> dict[str, Any]:
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
     kinds = {t.data_type for t in model.graph.initializer}
@@ -447,10 +447,32 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
         onnx.save_model(model, str(dst))
         return {"mode": "fp16", "keep_io_types": True, "already_float16": True}
     # keep_io_types: callers still send and receive float32; the casts sit inside the graph
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    blocked = _float32_only(model.graph)
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked])
     _casts_into_their_subgraphs(converted.graph)
     onnx.save_model(converted, str(dst))
     return {"mode": "fp16", "keep_io_types": True}
+
+
+def _float32_only(graph: Any) -> list[str]:
+    """The operators of a graph quantised already (QOperator, dynamic int8, int4 weights, QDQ), which stay float32
+    around their casts: their scales and float inputs are float32 only (``QLinearConv``, ``DynamicQuantizeLinear``,
+    ``MatMulNBits`` on this CPU) or only from opset 19 (``QuantizeLinear``). Cast to float16 they made a graph that
+    does not load ("Type 'tensor(float16)' of input parameter (image_scale) of operator (QLinearConv) is invalid")."""
+    from .prepare import QUANTISED_OPS
+
+    ops: set[str] = set()
+
+    def walk(g: Any) -> None:  # NOTE: and inside If/Loop branches, where the float16 tool reaches too
+        for node in g.node:
+            ops.add(node.op_type)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub)
+
+    walk(graph)
+    return sorted(op for op in ops if op in QUANTISED_OPS or op.startswith("QLinear"))
 
 
 def _casts_into_their_subgraphs(graph: Any) -> None:
