@@ -99,7 +99,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             entry["features"] = [_stats(arr[:, j]) for j in range(arr.shape[1])]
         if arr.ndim >= 1 and arr.dtype != bool:
             layout = input_layout(arr, vocabulary=vocabularies.get(name), sequence=name in sequences,
-                                  feature_axis=(feature_axes or {}).get(name, 2))
+                                  feature_axis=(feature_axes or {}).get(name, 2)).sized(arr)
             entry["layout"] = layout.to_dict()
             if name in state_in:
                 entry["state"] = True
@@ -134,7 +134,7 @@ def envelope(data: Mapping[str, np.ndarray], *, source: str, outputs: Mapping[st
             if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0 or len(arr) < MIN_DRIFT_ROWS \
                     or name in state_out:
                 continue
-            layout = output_layout(arr, name, varying=name in varying_outputs)
+            layout = output_layout(arr, name, varying=name in varying_outputs).sized(arr)
             summary = row_features(layout, arr)
             out["outputs"][name] = {"layout": layout.to_dict(), **_stats(summary.reshape(-1)),
                                     "drift": feature_reference(summary)}

@@ -45,7 +45,7 @@ from ..pools import LazyPool
 from ..tensors import TensorSpec
 from .drift import Cusum, describe_thresholds
 from .episodes import LocalEpisodes, SharedEpisodes
-from .reference import Layout, row_features
+from .reference import SIZE_TOLERANCE, Layout, averaged, row_features
 from .trigger import Trigger
 
 SHOWN = 10
@@ -82,7 +82,10 @@ class DriftMonitor:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         """Called with every episode event (onset, firing, end) on the folding thread."""
         self._clock = clock
-        self._pending: deque[list[np.ndarray]] = deque()
+        self._starts = np.cumsum([0] + [t[3] for t in self._tensors])
+        """Where each tensor's features start in a row of :attr:`labels`."""
+        self._pending: deque[tuple[list[np.ndarray], tuple[int, ...]]] = deque()
+        """Each request's summaries, and which of its tensors are of another size than the reference's."""
         self._pending_rows = 0
         self._pending_bytes = 0
         self._pending_big = False
@@ -90,6 +93,10 @@ class DriftMonitor:
         self._sample = config.sample
         self.skipped = 0
         """Requests not watched: features unlike the reference's (another sequence length), or a failed fold."""
+        self.resized = 0
+        """Requests with an image, series or summarised output of another size than the reference's rows (beyond
+        ``SIZE_TOLERANCE``): such inputs are watched for a change of location only, such outputs not (see
+        :meth:`_fold_items`)."""
         self._warned = False
         self._draw = random.Random().random
         self._lock = threading.Lock()
@@ -148,8 +155,9 @@ class DriftMonitor:
             with self._lock:  # NOTE: backpressure: a caller that outruns its monitor waits for it
                 self._fold()
         kept = []
+        resized: tuple[int, ...] = ()
         size = nbytes = 0  # NOTE: summed here, not by two generator expressions after (2.2-2.3 -> 2.0 us a call)
-        for side, name, layout, n, axis in self._tensors:
+        for i, (side, name, layout, n, axis) in enumerate(self._tensors):
             value = (feed if side == "input" else outputs)[name]
             if axis:
                 value = np.moveaxis(value, axis, 0)  # rows first, as the reference was built
@@ -160,6 +168,10 @@ class DriftMonitor:
                     return
                 value = held.copy(value)
             else:  # images, series, sequences: summarised now (a few numbers per row, of a fixed width)
+                if layout.averaged:
+                    count = averaged(layout, value)
+                    if not layout.averaged <= count * SIZE_TOLERANCE or not count <= layout.averaged * SIZE_TOLERANCE:
+                        resized += (i,)
                 value = row_features(layout, value)
                 if value.shape[1] != n:
                     self.skipped += 1
@@ -167,7 +179,9 @@ class DriftMonitor:
             kept.append(value)
             size += value.size
             nbytes += value.nbytes
-        self._pending.append(kept)
+        self._pending.append((kept, resized))
+        if resized:
+            self.resized += 1
         self._pending_rows += rows  # NOTE: racy counters only decide when and where to fold; the fold counts exactly
         self._pending_bytes += nbytes
         if defer and size > held.NUMPY_HOLDS:
@@ -210,12 +224,42 @@ class DriftMonitor:
         if not items:
             return
         try:
-            self.update(self._features(items))
+            self._fold_items(items)
         except Exception:  # noqa: BLE001 - watching must never fail the requests it watches
             self.skipped += len(items)
             if not self._warned:
                 self._warned = True
                 log.exception("drift monitor of %s: could not fold requests in; they are skipped", self.identity)
+
+    def _fold_items(self, items: list[tuple[list[np.ndarray], tuple[int, ...]]]) -> None:
+        """One step of the detectors for the requests ``items``. Tensors of another size than the reference's rows
+        count for less: an input's features for location only (their scale scores taken as 0, what the reference
+        expects), an output's not at all. Over i.i.d. pixels a 128x160 image's channel means spread a third as much as
+        a 64x96 one's (a drift alarm on the scale of every channel within 150 requests, on nothing but the size); a
+        detector's maps at a third of the reference's size hold twice the share of border cells (an alarm on their
+        RMS within 400 requests of smooth images like the reference's). The mean of an input's channels or steps
+        does not move with the size; what is derived from a map's cells may."""
+        if not any(resized for _, resized in items):  # the common case: every request at the reference's size
+            self.update(self._features([kept for kept, _ in items]))
+            return
+        groups: dict[tuple[int, ...], list[list[np.ndarray]]] = {}
+        for kept, resized in items:
+            groups.setdefault(resized, []).append(kept)
+        ms, vs = np.zeros(len(self.labels)), np.zeros(len(self.labels))
+        rows = 0
+        for resized, group in groups.items():
+            x = self._features(group)
+            m, v = self.detector.ranks.sums(x)
+            if resized:
+                m, v = m.copy(), v.copy()
+                for i in resized:
+                    v[self._starts[i]:self._starts[i + 1]] = 0.0
+                    if self._tensors[i][0] == "output":
+                        m[self._starts[i]:self._starts[i + 1]] = 0.0
+            ms += m
+            vs += v
+            rows += len(x)
+        self._advance(ms, vs, rows)
 
     def _features(self, items: list[list[np.ndarray]]) -> np.ndarray:
         """``[rows, features]`` float32 of the requests ``items`` (in :attr:`labels` order), written into one array.
@@ -320,6 +364,7 @@ class DriftMonitor:
             "score": round(self.score, 4),
             "requests": self.rows,
             "skipped": self.skipped,
+            "resized": self.resized,
             "alarms": self.alarms,
             "triggered": self.fired,
             "onset_request": self._onset if self.drifting else None,

@@ -25,9 +25,10 @@ reference (see :mod:`.drift`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,11 @@ class Layout:
     """confidence: the output already holds probabilities (no softmax)."""
     values: tuple[str, ...] = ()
     """categories: the text values whose share of the rows is watched (the reference's most frequent)."""
+    averaged: int = 0
+    """Summaries (``AVERAGING``): how many values each feature of a reference row is taken over (an image's pixels
+    per channel, a series' steps, a flat row's size); 0 where not recorded (packages written before). Such a
+    summary spreads less over bigger rows (a mean of more values), so rows of another size are compared with the
+    reference on location alone (see :mod:`.monitor`)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "axis": self.axis}
@@ -81,6 +87,8 @@ class Layout:
             out["values"] = list(self.values)
         if self.kind in ("confidence", "step-confidence"):
             out["probabilities"] = self.probabilities
+        if self.averaged:
+            out["averaged"] = self.averaged
         return out
 
     @classmethod
@@ -88,7 +96,11 @@ class Layout:
         return cls(kind=str(data["kind"]), axis=data.get("axis"), pad=int(data.get("pad", 0)),
                    common=tuple(int(t) for t in data.get("common", ())),
                    probabilities=bool(data.get("probabilities", False)),
-                   values=tuple(str(v) for v in data.get("values", ())))
+                   values=tuple(str(v) for v in data.get("values", ())), averaged=int(data.get("averaged", 0)))
+
+    def sized(self, arr: np.ndarray) -> Layout:
+        """This layout with :attr:`averaged` set from reference rows ``arr``."""
+        return replace(self, averaged=averaged(self, arr))
 
     def labels(self, count: int) -> list[str]:
         """Names of the features :func:`row_features` returns, for reports."""
@@ -213,6 +225,29 @@ def row_features(layout: Layout, x: np.ndarray) -> np.ndarray:
         squares = np.einsum("ij,ij->i", flat, flat) / (max(flat.shape[1], 1) if kind == "rms" else 1)
         return np.sqrt(squares).reshape(-1, 1)
     return np.stack([flat.mean(axis=1), flat.std(axis=1)], axis=1)
+
+
+AVERAGING = frozenset({"channels", "series", "flat", "rms", "step-confidence"})
+"""Layouts whose features summarise many values of a row, and whose rows may differ in size (an image's height and
+width, a clip's length)."""
+SIZE_TOLERANCE = 1.25
+"""Rows at most this many times bigger or smaller than the reference's are compared with it in full. Over i.i.d.
+values the spread of a mean moves by the square root of the size ratio (0.89x here), a change the detectors,
+tuned to half a standard deviation, do not take for drift."""
+
+
+def averaged(layout: Layout, x: np.ndarray) -> int:
+    """How many values each feature of one of ``x``'s rows (rows on axis 0) is taken over; 0 for a layout that
+    keeps values as they are."""
+    if layout.kind not in AVERAGING or x.ndim < 2:
+        return 0
+    if layout.kind == "channels":
+        return math.prod(x.shape[1:]) // max(x.shape[layout.axis or 1], 1)
+    if layout.kind == "series":
+        return int(x.shape[1 if layout.axis != 1 else 2])
+    if layout.kind == "step-confidence":
+        return int(x.shape[1])
+    return math.prod(x.shape[1:])
 
 
 def knots_for(features: int) -> int:

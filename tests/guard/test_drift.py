@@ -688,3 +688,41 @@ def test_answers_of_another_length_are_not_drift_but_a_change_of_their_scale_is(
         report = model.monitor.report(features=5)
     assert report["alarms"] == 1
     assert report["top"]["output:scores: rms"] >= 1 and report["top"]["output:energy: rms"] >= 1
+
+
+def _map_model() -> Any:
+    """A detector's head: ``x [batch, 3, h, w]`` → a zero-padded 3x3 convolution → ``heat [batch, 4, h, w]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.02,
+                                "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["z"], ["heat"])],
+        "map", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("heat", TensorProto.FLOAT, ["batch", 4, "h", "w"])], initializer=[w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_images_of_another_size_are_not_drift_but_a_change_of_their_brightness_is(tmp_path: Path) -> None:
+    """The reference's images are 24x32; requests come at 48x64 and 12x16, from the same pixels. A channel's mean
+    over four times the pixels spreads half as much (an alarm on the scale of every channel before), and a map of
+    a quarter the cells holds twice the share of border cells: such rows are compared on the location of their
+    inputs alone. Darker images of another size still alarm."""
+    rng = np.random.default_rng(1)
+    pkg = edgeserve.convert(save(_map_model(), tmp_path / "map.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": rng.uniform(0, 1, (600, 3, 24, 32)).astype(np.float32)})
+    assert pkg.manifest.envelope["inputs"]["x"]["layout"] == {"kind": "channels", "axis": 1, "averaged": 24 * 32}
+    assert pkg.manifest.envelope["outputs"]["heat"]["layout"]["averaged"] == 4 * 24 * 32
+    with edgeserve.load(pkg.path, guard=GuardConfig()) as model:
+        for h, w in ((48, 64), (12, 16), (26, 36)):  # the last within SIZE_TOLERANCE: compared in full
+            for _ in range(100):
+                model.predict(rng.uniform(0, 1, (4, 3, h, w)).astype(np.float32))
+        report = model.monitor.report(features=7)
+        assert report["alarms"] == 0, report["top"]
+        assert report["resized"] == 200
+        for _ in range(100):
+            model.predict(rng.uniform(0, 0.8, (4, 3, 48, 64)).astype(np.float32))
+        report = model.monitor.report(features=7)
+    assert report["alarms"] == 1
+    assert all(report["top"][f"input:x: channel {c}"] >= 1 for c in range(3)), report["top"]
+    assert report["top"]["output:heat: rms"] == 0  # not compared at another size

@@ -316,7 +316,7 @@ def test_a_spectrogram_read_by_a_convolution_has_its_mel_bins_as_features(tmp_pa
     pkg = edgeserve.convert(_spectrogram_model(tmp_path / "conv.onnx", mel, frames, conv=True), tmp_path / "pkg",
                             quantize="none", calibration={"x": reference})
     entry = read_manifest(pkg.path).envelope["inputs"]["x"]
-    assert entry["layout"] == {"kind": "series", "axis": 1}
+    assert entry["layout"] == {"kind": "series", "axis": 1, "averaged": frames}  # a mean over the frames
     from edgeserve.summary import manifest_lines
 
     assert any(line.startswith("  x [series, features on axis 1]:") for line in manifest_lines(pkg))
