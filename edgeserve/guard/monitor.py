@@ -94,7 +94,7 @@ class DriftMonitor:
         self.skipped = 0
         """Requests not watched: features unlike the reference's (another sequence length), or a failed fold."""
         self.resized = 0
-        """Requests with an image, series or summarised output of another size than the reference's rows (beyond
+        """Rows of requests with an image, series or summarised output of another size than the reference's (beyond
         ``SIZE_TOLERANCE``): such inputs are watched for a change of location only, such outputs not (see
         :meth:`_fold_items`)."""
         self._warned = False
@@ -181,7 +181,7 @@ class DriftMonitor:
             nbytes += value.nbytes
         self._pending.append((kept, resized))
         if resized:
-            self.resized += 1
+            self.resized += rows
         self._pending_rows += rows  # NOTE: racy counters only decide when and where to fold; the fold counts exactly
         self._pending_bytes += nbytes
         if defer and size > held.NUMPY_HOLDS:

@@ -719,7 +719,7 @@ def test_images_of_another_size_are_not_drift_but_a_change_of_their_brightness_i
                 model.predict(rng.uniform(0, 1, (4, 3, h, w)).astype(np.float32))
         report = model.monitor.report(features=7)
         assert report["alarms"] == 0, report["top"]
-        assert report["resized"] == 200
+        assert report["resized"] == 200 * 4  # rows, as "requests" counts them
         for _ in range(100):
             model.predict(rng.uniform(0, 0.8, (4, 3, 48, 64)).astype(np.float32))
         report = model.monitor.report(features=7)
