@@ -78,6 +78,9 @@ def drift(target: str, name: str, data: Path | None, batch: int, token_file: Pat
                f"({report['features']} features, {report['detector']['false_alarm_budget']})")
     if report.get("first_alarm_request") is not None:
         click.echo(f"first alarm after {report['first_alarm_request']} rows")
+    if report.get("resized"):
+        click.echo(f"{report['resized']} rows of another size than the reference's: their inputs compared on location "
+                   "only, their outputs not")
     for label, score in report["top"].items():
         click.echo(f"  {score:8.3f}  {label}")
     for w in report.get("workers") or []:  # a server of several worker processes: each watches its own share

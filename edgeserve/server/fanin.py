@@ -147,7 +147,7 @@ class Siblings:
             yield (text, alive, int(path.stem)) if with_pid else (text, alive)
 
 
-SUMMED = ("requests", "skipped", "alarms", "triggered")
+SUMMED = ("requests", "skipped", "resized", "alarms", "triggered")
 """Drift report counts that add up over the workers."""
 
 

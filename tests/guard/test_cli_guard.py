@@ -78,3 +78,19 @@ def test_audit_lists_exports_and_verifies(digits_package: Path, digits, tmp_path
     db.close()
     bad = runner.invoke(main, ["audit", "verify", str(repo)])
     assert bad.exit_code == 1 and "TAMPERED" in bad.output and "contents were changed" in bad.output
+
+
+def test_drift_says_how_many_rows_were_of_another_size(tmp_path: Path) -> None:
+    from tests.factories import save
+    from tests.guard.test_drift import _map_model
+
+    rng = np.random.default_rng(0)
+    pkg = edgeserve.convert(save(_map_model(), tmp_path / "map.onnx"), tmp_path / "pkg", quantize="none",
+                            calibration={"x": rng.uniform(0, 1, (200, 3, 24, 32)).astype(np.float32)})
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("m", pkg.path)
+    np.savez(tmp_path / "big.npz", x=rng.uniform(0, 1, (64, 3, 48, 64)).astype(np.float32))
+    result = CliRunner().invoke(main, ["drift", str(repo.root), "m", "--data", str(tmp_path / "big.npz")])
+    assert result.exit_code == 0, result.output
+    assert "in distribution" in result.output
+    assert "64 rows of another size than the reference's: their inputs compared on location only" in result.output

@@ -89,7 +89,8 @@ def test_triton_statistics_add_up_per_model_and_version(tmp_path: Path) -> None:
 
 def _drift(version: str, requests: int, drifting: bool, score: float, top: dict[str, float]) -> dict:
     return {"enabled": True, "model": "m", "version": version, "digest": f"d{version}", "requests": requests,
-            "skipped": 0, "alarms": int(drifting), "triggered": 0, "drifting": drifting, "score": score,
+            "skipped": 0, "resized": requests // 10, "alarms": int(drifting), "triggered": 0, "drifting": drifting,
+            "score": score,
             "onset_request": 40 if drifting else None, "top": top}
 
 
@@ -114,6 +115,7 @@ def test_the_drift_route_merges_the_live_workers_of_the_same_version(tmp_path: P
         siblings.close()
     assert [o["pid"] for o in others] == [os.getppid()]
     assert report["requests"] == 500 and report["alarms"] == 1 and report["drifting"]
+    assert report["resized"] == 50
     assert report["score"] == 1.4
     assert report["top"] == {"feature 3": 1.4, "feature 9": 0.5}
     assert [(w["pid"], w["merged"], w["drifting"]) for w in report["workers"]] == [
