@@ -746,7 +746,8 @@ def test_a_pipeline_ending_in_a_linear_svc_converts(tmp_path: Path) -> None:
 def test_a_voting_classifier_converts_and_is_left_as_it_was(tmp_path: Path, voting: str) -> None:
     """skl2onnx converts a VotingClassifier only with ``flatten_transform=False`` (the default is True), a setting
     of ``transform()`` alone: a copy is converted, the caller's estimator keeps its setting. A hard vote has no
-    ``predict_proba``, so skl2onnx gives it a ZipMap, unzipped as for an ONNX file (an ``SVC()`` likewise)."""
+    ``predict_proba``, so skl2onnx gives it a ZipMap, unzipped as for an ONNX file (an ``SVC()`` likewise), its
+    outputs named as a soft vote's: ``label`` and ``probabilities``."""
     from sklearn.datasets import load_wine
     from sklearn.ensemble import VotingClassifier
     from sklearn.linear_model import LogisticRegression
@@ -763,8 +764,27 @@ def test_a_voting_classifier_converts_and_is_left_as_it_was(tmp_path: Path, voti
     assert pkg.manifest.source["estimator_check"]["ok"]
     with edgeserve.load(pkg.path) as model:
         out = model.predict(x)
-    labels, scores = (next(v for v in out.values() if v.dtype == dtype) for dtype in (np.int64, np.float32))
-    np.testing.assert_array_equal(labels, vote.predict(x))  # a hard vote's outputs keep skl2onnx's names
+    assert [o.name for o in pkg.manifest.outputs] == ["label", "probabilities"]
+    labels, scores = out["label"], out["probabilities"]
+    np.testing.assert_array_equal(labels, vote.predict(x))
     assert scores.shape == (len(x), 3)  # [rows, classes], not a ZipMap's list of maps
     if voting == "soft":
         np.testing.assert_allclose(scores, vote.predict_proba(x), atol=1e-5)
+
+
+def test_a_classifier_without_predict_proba_answers_under_the_names_the_others_do(tmp_path: Path) -> None:
+    """``SVC()`` has no ``predict_proba``: skl2onnx zips its scores into a ZipMap and names the outputs
+    ``output_label`` and ``output_probability`` (and a value inside the graph ``label``), where every classifier with
+    ``predict_proba`` answers ``label`` and ``probabilities``. Its package answers under those names too."""
+    from sklearn.datasets import load_iris
+    from sklearn.svm import SVC
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    svc = SVC().fit(x, y)
+    pkg = edgeserve.convert(svc, tmp_path / "pkg", quantize="none", calibration=x)
+    assert [o.name for o in pkg.manifest.outputs] == ["label", "probabilities"]
+    with edgeserve.load(pkg.path) as model:
+        out = model.predict(x)
+    np.testing.assert_array_equal(out["label"], svc.predict(x))
+    assert out["probabilities"].shape == (len(x), 3)

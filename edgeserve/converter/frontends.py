@@ -623,13 +623,55 @@ def _skl2onnx(to_onnx: Any, model: Any, *args: Any, target_opset: int | None, **
             return to_onnx(model, *args, target_opset=opsets, **kwargs)
 
 
+SKLEARN_NAMES = {"output_label": "label", "output_probability": "probabilities"}
+"""skl2onnx's names for a classifier's outputs behind a ZipMap, and the ones it gives them without (``zipmap``
+off, as every classifier with ``predict_proba`` is converted): one package's outputs are named as another's."""
+
+
+def _rename_outputs(model: Any, names: Mapping[str, str]) -> None:
+    """Rename graph outputs, in every node that makes or reads them; a value inside the graph that holds a new name
+    already (skl2onnx calls the SVC's own label ``label``) is renamed out of the way first. A new name that is a
+    graph input or output already is left alone."""
+    outer = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    names = {old: new for old, new in names.items() if old in outer and new not in outer}
+    if not names:
+        return
+    inner = {v for n in model.graph.node for v in (*n.input, *n.output)} | {t.name for t in model.graph.initializer}
+    moved = {new: _free_name(f"{new}_inner", inner) for new in names.values() if new in inner}
+    renames = {**moved, **names}
+    for node in model.graph.node:
+        for values in (node.input, node.output):
+            for i, value in enumerate(values):
+                if value in renames:
+                    values[i] = renames[value]
+    for init in model.graph.initializer:
+        if init.name in moved:
+            init.name = moved[init.name]
+    for info in model.graph.value_info:
+        if info.name in renames:
+            info.name = renames[info.name]
+    for out in model.graph.output:
+        if out.name in names:
+            out.name = names[out.name]
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}_{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
 def _sklearn_source(model: Any, workdir: Path, onx: Any, examples: Any, feed: dict[str, np.ndarray]) -> SourceModel:
     import sklearn
 
     from .prepare import dedupe_opset_imports
 
     dedupe_opset_imports(onx)
-    unzip(onx)  # NOTE: a classifier without predict_proba (an SVC, a hard vote) still gets skl2onnx's ZipMap
+    if unzipped_outputs(onx):  # NOTE: a classifier without predict_proba (an SVC, a hard vote) still gets a ZipMap
+        unzip(onx)
+        _rename_outputs(onx, SKLEARN_NAMES)
     locales = portable_locales(onx)
     check = _against_estimator(model, onx, examples, feed)
     if check is not None and check.get("repair") is not None:
