@@ -134,7 +134,11 @@ class RestApp:
         if route.handler == "metrics":
             if self.metrics is None:
                 raise NotFound("metrics are off")
-            return 200, self.metrics.render(), {"content-type": CONTENT_TYPE}
+            text, extra = self.metrics.render(), {"content-type": CONTENT_TYPE}
+            coding = accepted(headers.get("accept-encoding"))  # NOTE: Prometheus asks for gzip on every scrape
+            if coding is not None:
+                text, extra["content-encoding"] = compress(text, coding), coding
+            return 200, text, extra
         return 200, orjson.dumps(getattr(self, "_" + route.handler)(params)), {}
 
     # -- routes -------------------------------------------------------------------------------------------------------

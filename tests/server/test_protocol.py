@@ -312,6 +312,9 @@ def test_metrics_count_requests_by_model_version_and_outcome(served) -> None:
     assert not [k for k in samples if any(v.startswith("nope") for _, v in k[1])]
     assert value("edgeserve_inference_requests_total", model="mlp", version="", outcome="not_found") >= 2
     assert not [k for k in samples if ("version", "9") in k[1] or ("version", "10") in k[1]]
+    scraped = call(hp, "GET", "/metrics", headers={"Accept-Encoding": "gzip"})  # as Prometheus scrapes
+    assert scraped.headers["content-encoding"] == "gzip"
+    assert b"edgeserve_inference_requests_total" in gzip.decompress(scraped.body)
 
 
 def test_text_sent_as_bytes_reaches_a_string_model_as_the_same_text(tmp_path: Path) -> None:
