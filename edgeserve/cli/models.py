@@ -53,10 +53,13 @@ def models_list(repo: Path) -> None:
 @models.command("publish")
 @click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("name")
-@click.argument("package", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
 def models_publish(repo: Path, name: str, package: Path) -> None:
     """Copy PACKAGE into REPO as the next version of NAME (verified, atomic); it serves unless NAME is pinned (a
     running edgeserve serve switches within its --poll seconds)."""
+    if package.is_file():  # NOTE: a model file, the most common mistake: say how to make a package of it
+        raise click.ClickException(f"{package} is a file; PACKAGE is the folder 'edgeserve convert' writes. Make one "
+                                   f"with: edgeserve convert {package} -o {package.stem}-pkg, then publish that")
     repository = _repo(repo, create=True)
     version = repository.publish(name, package)
     _audit(repo, "publish", name, version, package=str(package))

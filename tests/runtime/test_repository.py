@@ -172,5 +172,8 @@ def test_models_cli(tmp_path: Path, mlp_package: Path) -> None:
     assert "pinned mlp to version 2" in run(main, ["models", "pin", str(root), "mlp", "2"]).stdout
     bad = run(main, ["models", "publish", str(root), "../x", str(mlp_package)])
     assert bad.exit_code == 1 and "invalid model name" in bad.stderr
+    model_file = run(main, ["models", "publish", str(root), "mlp", str(mlp_package / "model.onnx")])
+    assert model_file.exit_code == 1 and "is a file" in model_file.stderr and "edgeserve convert" in model_file.stderr
+    assert "3" not in run(main, ["models", "list", str(root)]).stdout  # nothing published
     removed = run(main, ["models", "remove", str(root), "mlp", "1"])
     assert removed.exit_code == 0 and "removed mlp version 1" in removed.stdout
