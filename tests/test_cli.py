@@ -43,6 +43,16 @@ def test_convert_inspect_run(tmp_path: Path, mlp_path: Path, mlp_data) -> None:
         assert saved["logits"].shape == (3, 4)
 
 
+def test_convert_takes_a_bundled_example_by_name_with_its_data(tmp_path: Path) -> None:
+    """As bench does: ``edgeserve convert digits-mlp`` converts the bundled model, calibrated and judged on the
+    example's own data and labels (it said 'model file not found: digits-mlp')."""
+    result = invoke("convert", "digits-mlp", "-o", tmp_path / "pkg")
+    assert result.exit_code == 0, result.output
+    assert "the bundled example digits-mlp" in result.stderr
+    assert "of evaluation data" in result.stdout and "accuracy: fp32" in result.stdout  # its labels were used
+    assert "digits_mlp@1" in result.stdout
+
+
 def test_run_takes_one_array_for_a_one_input_model_whatever_its_name(tmp_path: Path, mlp_package: Path) -> None:
     np.savez(tmp_path / "in.npz", features=rows(3))  # the model's input is 'x'
     result = invoke("run", mlp_package, "-i", tmp_path / "in.npz", "-o", tmp_path / "out.npz")

@@ -92,13 +92,15 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
             allow_domain: tuple[str, ...], max_memory: str | None, dynamic_axis: tuple[str, ...], trust_pickle: bool,
             force: bool) -> None:
     """Convert a model SRC (.onnx, or torch's .pt2 from torch.export.save or TorchScript .pt from torch.jit.save)
-    into a verified package.
+    into a verified package. SRC may name a bundled example (digits-mlp, digits-cnn, tiny-bert): its calibration
+    and evaluation data come with it.
 
     --quantize auto tries every recipe that fits the model, measures each on the held-out data, and keeps the
     fastest inside the budget (--metric with --min/--max, --max-accuracy-drop).
     """
     from ..config import QuantizeConfig
     from ..converter.api import convert as do_convert
+    from ..examples import example_names, get_example
     from . import quiet_engine_logs
 
     quiet_engine_logs()
@@ -107,6 +109,13 @@ def convert(src: Path, output: Path, quantize: str, calibration: Path | None, ev
     qconfig = QuantizeConfig(mode=quantize, per_channel=per_channel, calibration_method=calibration_method)  # type: ignore[arg-type]
     drop, drop_kind = _parse_drop(max_accuracy_drop)
     click.echo(f"converting {src} ({quantize}) → {output}", err=True)
+    if not src.exists() and str(src) in example_names():  # a bundled example by name, as bench takes it
+        ex = get_example(str(src))
+        src, calibration = ex.model, calibration or ex.calibration
+        if eval_data is None:
+            eval_data, labels = ex.evaluation, labels or ex.labels
+        click.echo(f"  the bundled example {ex.name}: {src}, calibration {calibration.name}, evaluation "
+                   f"{eval_data.name}", err=True)
     source = open_source(src, trust_pickle)
     if source is not src:
         name = name or src.stem

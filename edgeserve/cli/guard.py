@@ -25,13 +25,20 @@ def doctor(target: Path, as_json: bool) -> None:
     from ..runtime.repository import Repository
 
     if is_package(target):
-        folders = [target]
+        folders: list[tuple[Path, str | None]] = [(target, None)]
     else:
         repo = Repository(target)
-        folders = [repo.version_dir(name, repo.current(name)) for name in repo.names()]
+        folders = []
+        for name in repo.names():
+            version = repo.current(name)
+            folders.append((repo.version_dir(name, version), f"{name}@{version}"))
         if not folders:
             raise click.ClickException(f"{target} is neither a package nor a repository with models")
-    results = [check(folder) for folder in folders]
+    results = []
+    for folder, served_as in folders:
+        result = check(folder)
+        result.served_as = served_as
+        results.append(result)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     else:

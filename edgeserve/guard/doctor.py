@@ -36,6 +36,8 @@ class Parity:
     golden: dict[str, Any] = field(default_factory=dict)
     """``checked`` rows, ``ok``, ``tolerance``, ``problems``, and ``task_metrics_hold`` when raw values differ."""
     integrity: str = "ok"
+    served_as: str | None = None
+    """``name@version`` in the repository it was checked in (the package's own name may be another)."""
 
     @property
     def ok(self) -> bool:
@@ -43,10 +45,13 @@ class Parity:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "ok": self.ok, "integrity": self.integrity,
-                "differences": self.differences, "golden": self.golden}
+                "differences": self.differences, "golden": self.golden,
+                **({"served_as": self.served_as} if self.served_as else {})}
 
     def lines(self) -> list[str]:
-        out = [f"{self.name}@{self.version}: {'OK' if self.ok else 'PROBLEM'}",
+        own = f"{self.name}@{self.version}"
+        shown = own if self.served_as in (None, own) else f"{self.served_as} (package {own})"
+        out = [f"{shown}: {'OK' if self.ok else 'PROBLEM'}",
                f"  files: {self.integrity}"]
         if not self.differences:
             out.append("  environment: same libraries, CPU flags and engine as when verified")

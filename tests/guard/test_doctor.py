@@ -90,3 +90,19 @@ def test_a_golden_mismatch_accepted_at_load_is_in_the_audit_log(digits_package: 
     assert "MISMATCH accepted" in json.loads(record["detail"])["parity"]["golden"]
     with edgeserve.Runtime(repo.root, golden="error") as runtime:  # refused by default: not served, reason given
         assert "differ" in runtime.models()["digits"]["error"]
+
+
+def test_a_repository_is_checked_under_the_names_it_serves(digits_package: Path, tmp_path: Path) -> None:
+    """Each serving model is named as the repository serves it (``scores@2``), with its package's own name beside
+    it when that differs; the JSON carries both."""
+    from edgeserve.runtime.repository import Repository
+
+    repo = Repository(tmp_path / "repo", create=True)
+    repo.publish("scores", digits_package)
+    repo.publish("scores", digits_package)
+    own = read_manifest(digits_package)
+    result = CliRunner().invoke(main, ["doctor", str(repo.root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == f"scores@2 (package {own.name}@{own.version}): OK"
+    listed = json.loads(CliRunner().invoke(main, ["doctor", str(repo.root), "--json"]).output)
+    assert [(r["name"], r["served_as"]) for r in listed] == [(own.name, "scores@2")]
