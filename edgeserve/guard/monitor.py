@@ -180,8 +180,6 @@ class DriftMonitor:
             size += value.size
             nbytes += value.nbytes
         self._pending.append((kept, resized))
-        if resized:
-            self.resized += rows
         self._pending_rows += rows  # NOTE: racy counters only decide when and where to fold; the fold counts exactly
         self._pending_bytes += nbytes
         if defer and size > held.NUMPY_HOLDS:
@@ -251,6 +249,7 @@ class DriftMonitor:
             x = self._features(group)
             m, v = self.detector.ranks.sums(x)
             if resized:
+                self.resized += len(x)  # NOTE: counted here, under the fold's lock: exact
                 m, v = m.copy(), v.copy()
                 for i in resized:
                     v[self._starts[i]:self._starts[i + 1]] = 0.0
