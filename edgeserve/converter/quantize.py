@@ -457,9 +457,9 @@ def _fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 def _float32_only(graph: Any) -> list[str]:
     """The operators of a graph quantised already (QOperator, dynamic int8, int4 weights, QDQ), which stay float32
-    around their casts: their scales and float inputs are float32 only (``QLinearConv``, ``DynamicQuantizeLinear``,
-    ``MatMulNBits`` on this CPU) or only from opset 19 (``QuantizeLinear``). Cast to float16 they made a graph that
-    does not load ("Type 'tensor(float16)' of input parameter (image_scale) of operator (QLinearConv) is invalid")."""
+    inside casts: ``QLinearConv``'s scales and ``DynamicQuantizeLinear``'s input are float32 only, and
+    ``QuantizeLinear`` takes float16 only from opset 19. Cast to float16 they made a graph that does not load
+    ("Type 'tensor(float16)' of input parameter (image_scale) of operator (QLinearConv) is invalid")."""
     from .prepare import QUANTISED_OPS
 
     ops: set[str] = set()

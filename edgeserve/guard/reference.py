@@ -76,8 +76,8 @@ class Layout:
     averaged: int = 0
     """Summaries (``AVERAGING``): how many values each feature of a reference row is taken over (an image's pixels
     per channel, a series' steps, a flat row's size); 0 where not recorded (packages written before). Such a
-    summary spreads less over bigger rows (a mean of more values), so rows of another size are compared with the
-    reference on location alone (see :mod:`.monitor`)."""
+    summary spreads less over bigger rows (a mean of more values), so an input of another size is compared with the
+    reference on location alone, and an output of another size not at all (see :mod:`.monitor`)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "axis": self.axis}
