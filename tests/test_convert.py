@@ -425,6 +425,31 @@ def test_fp16_of_a_quantised_source_keeps_its_quantised_operators_in_float32(tmp
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # a step of the int8 grid at most
 
 
+@pytest.mark.parametrize("mode", ["static", "nncf"])
+def test_a_model_at_the_newest_opset_quantises_to_what_the_engine_runs(tmp_path: Path, mode: str) -> None:
+    """onnx writes models at the newest opset it knows (28 with onnx 1.23), whose QuantizeLinear onnxruntime 1.32 has
+    no kernel for: static int8 and NNCF wrote graphs that did not load ("Could not find an implementation for
+    QuantizeLinear(28)"). Their Q/DQ become onnxruntime's own there, which it still fuses into integer kernels."""
+    pytest.importorskip("nncf") if mode == "nncf" else None
+    model = mlp_model()
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", onnx.defs.onnx_opset_version()))
+    model.ir_version = onnx.IR_VERSION
+    data = {"x": rows(200)}
+    pkg = edgeserve.convert(save(model, tmp_path / "latest.onnx"), tmp_path / mode, quantize=mode, calibration=data)
+    ops = {n.op_type for n in onnx.load(str(pkg.model_path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(pkg.model_path), options, providers=["CPUExecutionProvider"])
+    assert {"QLinearMatMul", "QGemm"} & {n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node}
+    usual = edgeserve.convert(save(mlp_model(), tmp_path / "opset17.onnx"), tmp_path / f"{mode}-17", quantize=mode,
+                              calibration=data)
+    with edgeserve.load(pkg.path) as quantised, edgeserve.load(usual.path) as at_opset_17:
+        np.testing.assert_allclose(quantised.predict(data["x"])["logits"], at_opset_17.predict(data["x"])["logits"],
+                                   atol=1e-5)  # quantised as the same model at opset 17 is
+
+
 def test_a_size_declared_variable_but_traced_fixed_is_reported(tmp_path: Path) -> None:
     """The signature says [batch, n]; the graph reshapes to a constant, as traced exports do. The converter tries
     n - 1 and 2n, finds neither runs, and says so (the package still converts: it is right at the traced size)."""

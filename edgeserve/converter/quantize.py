@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -179,7 +180,8 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
             str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
             reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=excluded or None,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8"},
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8",
+                           **({"UseQDQContribOps": True} if newer_qdq_than_engine(src) else {})},
             calibration_cache_path=str(cache),
         )
     recipe: dict[str, Any] = {
@@ -190,6 +192,89 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
         "nodes_excluded": list(config.nodes_to_exclude), "cpu_vnni": defaults["cpu_vnni"],
     }
     return recipe
+
+
+def newer_qdq_than_engine(path: Path | str) -> bool:
+    """The graph's opset defines QuantizeLinear in a version this onnxruntime has no kernel for (onnx 1.23 makes
+    models at opset 28; onnxruntime 1.32's kernels stop at QuantizeLinear-25: "Could not find an implementation for
+    QuantizeLinear(28)"). Static int8 then writes onnxruntime's own Q/DQ operators (com.microsoft), which its QDQ
+    fusions take alike."""
+    import onnx
+
+    return _qdq_past_engine(onnx.load(str(path), load_external_data=False)) is not None
+
+
+def _qdq_past_engine(model: Any) -> Any:
+    """The default-domain opset import of ``model`` when its QuantizeLinear is newer than onnxruntime's kernels,
+    else None."""
+    import onnx
+
+    opset_import = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset_import is None:
+        return None
+    try:
+        wanted = onnx.defs.get_schema("QuantizeLinear", opset_import.version).since_version
+    except onnx.defs.SchemaError:
+        return None
+    return opset_import if wanted > _engine_qdq_version() else None
+
+
+def _engine_opset(model: Any) -> None:
+    """Where onnxruntime has no kernel for the graph's QuantizeLinear version, label the graph with the newest
+    opset it has one for, if every operator of the graph means the same there (its schema's version is the same):
+    NNCF runs its partly quantised graphs on onnxruntime, and failed on QuantizeLinear(28)."""
+    import onnx
+
+    opset_import = _qdq_past_engine(model)
+    if opset_import is None:
+        return
+    opset, target = opset_import.version, _engine_qdq_version()
+    try:
+        same = all(onnx.defs.get_schema(op, opset).since_version == onnx.defs.get_schema(op, target).since_version
+                   for op in _graph_ops(model.graph, standard_only=True))
+    except onnx.defs.SchemaError:
+        return
+    if same:
+        opset_import.version = target
+
+
+def _engine_qdq(model: Any) -> None:
+    """Where onnxruntime has no kernel for the graph's QuantizeLinear version (see :func:`newer_qdq_than_engine`),
+    its Q/DQ nodes become onnxruntime's own (com.microsoft: the same inputs, and an ``axis``), as static int8 writes
+    them there; a node with attributes those lack is left as it is."""
+    import onnx
+
+    if _qdq_past_engine(model) is None:
+        return
+    moved = False
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx") \
+                and {a.name for a in node.attribute} <= {"axis"}:
+            node.domain, moved = "com.microsoft", True
+    if moved and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+
+
+def _graph_ops(graph: Any, *, standard_only: bool = False) -> set[str]:
+    """The operators of ``graph`` and of its If/Loop branches (``standard_only``: of the default domain alone)."""
+    ops: set[str] = set()
+    for node in graph.node:
+        if not standard_only or node.domain in ("", "ai.onnx"):
+            ops.add(node.op_type)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                ops |= _graph_ops(sub, standard_only=standard_only)
+    return ops
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_qdq_version() -> int:
+    """The newest QuantizeLinear version onnxruntime's CPU kernels implement."""
+    from onnxruntime.capi import _pybind_state
+
+    return max((k.version_range[0] for k in _pybind_state.get_all_opkernel_def()
+                if k.op_name == "QuantizeLinear" and k.domain in ("", "ai.onnx")
+                and k.provider == "CPUExecutionProvider"), default=0)
 
 
 _SAID_NOTHING: set[str] = set()
@@ -392,6 +477,7 @@ def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibrati
 
     model = onnx.load(str(src))
     _default_domain_first(model)
+    _engine_opset(model)
     ops = {n.op_type for n in model.graph.node}
     transformer = {"Softmax", "MatMul"} <= ops
     items = list(calibration.feeds(1))
@@ -401,6 +487,7 @@ def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibrati
     if config.nodes_to_exclude:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.nodes_to_exclude), validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(items), **kwargs)
+    _engine_qdq(quantized)
     onnx.save_model(quantized, str(dst))
     return {"mode": "nncf", "preset": "transformer" if transformer else "default", "calibration":
             {"method": "nncf", "samples": calibration.rows}, "nodes_excluded": list(config.nodes_to_exclude)}
@@ -462,16 +549,7 @@ def _float32_only(graph: Any) -> list[str]:
     ("Type 'tensor(float16)' of input parameter (image_scale) of operator (QLinearConv) is invalid")."""
     from .prepare import QUANTISED_OPS
 
-    ops: set[str] = set()
-
-    def walk(g: Any) -> None:  # NOTE: and inside If/Loop branches, where the float16 tool reaches too
-        for node in g.node:
-            ops.add(node.op_type)
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    walk(sub)
-
-    walk(graph)
+    ops = _graph_ops(graph)  # NOTE: and inside If/Loop branches, where the float16 tool reaches too
     return sorted(op for op in ops if op in QUANTISED_OPS or op.startswith("QLinear"))
 
 
