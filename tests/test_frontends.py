@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 import edgeserve
@@ -788,3 +790,47 @@ def test_a_classifier_without_predict_proba_answers_under_the_names_the_others_d
         out = model.predict(x)
     np.testing.assert_array_equal(out["label"], svc.predict(x))
     assert out["probabilities"].shape == (len(x), 3)
+
+
+def _function_model() -> Any:
+    """x → Block(w1) → Block(w2) → y, each Block a local function (MatMul, Relu), as onnxscript writes models."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    block = helper.make_function("local", "Block", ["a", "w"], ["b"],
+                                 [helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["b"])],
+                                 [helper.make_opsetid("", 17)])
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+               for name, shape in (("w1", (32, 32)), ("w2", (32, 8)))]
+    graph = helper.make_graph([helper.make_node("Block", ["x", "w1"], ["h"], domain="local"),
+                               helper.make_node("Block", ["h", "w2"], ["y"], domain="local")], "blocks",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                             functions=[block])
+
+
+@pytest.mark.parametrize("given", ["file", "proto"])
+def test_local_functions_are_written_out_so_every_quantiser_sees_their_operators(tmp_path: Path, given: str) -> None:
+    """onnxruntime inlines a model's local functions when it loads one, but the source graph that OpenVINO's int8
+    candidates of auto quantise kept the function calls: they found nothing to quantise ("its operators, Block,
+    have no integer form there") and were skipped. The source is written out with the functions inlined, and
+    answers as the model does."""
+    import onnxruntime as ort
+
+    from edgeserve.converter.frontends import load_source
+
+    model = _function_model()
+    source: Any = model
+    if given == "file":
+        source = tmp_path / "blocks.onnx"
+        source.write_bytes(model.SerializeToString())
+    (tmp_path / "work").mkdir()
+    loaded = load_source(source, tmp_path / "work")
+    written = onnx.load(str(loaded.path))
+    assert loaded.info["functions_inlined"] == 1
+    assert not written.functions and {n.op_type for n in written.graph.node} == {"MatMul", "Relu"}
+    x = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
+    got = ort.InferenceSession(str(loaded.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

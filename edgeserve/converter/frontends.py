@@ -98,6 +98,7 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
     info: dict[str, Any] = {"framework": "onnx", "file": path.name, "sha256": sha256_file(path)}
     zipmaps = unzipped_outputs(model)
     shadowed = constant_initializers(model)
+    functions = len(model.functions)
     if uses_external_data(model):
         import onnx
 
@@ -105,12 +106,15 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
         unzip(model)
         constant_initializers(model)
         locales = portable_locales(model)
+        model = inlined(model)
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location="source.onnx.data")
-    elif (locales := portable_locales(model)) or zipmaps or shadowed:
+    elif (locales := portable_locales(model)) or zipmaps or shadowed or functions:
         unzip(model)
-        dst.write_bytes(model.SerializeToString())
+        dst.write_bytes(inlined(model).SerializeToString())
     else:
         shutil.copyfile(path, dst)
+    if functions:
+        info["functions_inlined"] = functions
     if shadowed:
         info["initializer_inputs_dropped"] = len(shadowed)
     if locales:
@@ -119,6 +123,17 @@ def _from_onnx_file(path: Path, workdir: Path, allowed_domains: Sequence[str]) -
         info["zipmap_removed"] = zipmaps
         _say_unzipped(zipmaps)
     return SourceModel(dst, info)
+
+
+def inlined(model: Any) -> Any:
+    """``model`` with its local functions (an exporter's blocks: onnxscript, torch's dynamo exporter) written out
+    in the graph. onnxruntime inlines them when it loads a model, but its quantisers and OpenVINO's do not look
+    inside: static int8 and NNCF for OpenVINO found "no operator to quantise" in a graph of function calls."""
+    if not model.functions:
+        return model
+    from onnx import inliner
+
+    return inliner.inline_local_functions(model)
 
 
 def constant_initializers(model: Any) -> list[str]:
@@ -247,7 +262,8 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
     info: dict[str, Any] = {"framework": "onnx", "file": None, "sha256": hashlib.sha256(data).hexdigest()}
     zipmaps = unzipped_outputs(model)
     shadowed = weight_inputs(model)
-    if zipmaps or shadowed or any(n.op_type == "StringNormalizer" for n in model.graph.node):
+    functions = len(model.functions)
+    if zipmaps or shadowed or functions or any(n.op_type == "StringNormalizer" for n in model.graph.node):
         import onnx
 
         model = onnx.ModelProto.FromString(data)  # the caller's model stays as it was
@@ -256,6 +272,9 @@ def _from_onnx_proto(model: Any, workdir: Path, allowed_domains: Sequence[str]) 
             constant_initializers(model)
             info["initializer_inputs_dropped"] = len(shadowed)
         locales = portable_locales(model)
+        if functions:
+            model = inlined(model)
+            info["functions_inlined"] = functions
         data = model.SerializeToString()
         if locales:
             info["locales_replaced"] = locales
