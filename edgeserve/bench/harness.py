@@ -28,7 +28,7 @@ from ..errors import ConfigError, EdgeserveError, first_line
 from ..examples import example_names
 from ..names import check_name
 from ..timing import speedups
-from . import measure
+from . import machine, measure
 from .sources import ModelSource, cycling, data_label, load_samples, make_feeds, resolve_source
 from .variants import BASELINE, Variant, parse_variants
 
@@ -129,10 +129,11 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
     packages = _build_all(source, variants, work, results, say, threads=threads, auto_budget=config.auto_time_budget,
                           metrics=config.metrics)
     models = _load_all(packages, threads, results)
+    reference: dict[str, Any] | None = None
     try:
         samples = load_samples(source, models)
         if samples is not None and models:
-            _measure_in_process(models, samples, config, results, say)
+            reference = _measure_in_process(models, samples, config, results, say)
             if config.cold_start_repeats:
                 _measure_cold_start(packages, models, samples, work, threads, config, results, say)
     finally:
@@ -146,6 +147,7 @@ def bench_model(src: str | os.PathLike[str], out: Path, config: BenchConfig, *, 
         "labels": source.labels,
         "threads": threads,
         "variants": [asdict(r) for r in results.values()],
+        **({"machine": reference} if reference else {}),
     }
 
 
@@ -270,13 +272,18 @@ def _guarded(names: Sequence[str], results: dict[str, VariantResult], stage: str
 
 
 def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchConfig,
-                        results: dict[str, VariantResult], say: Progress) -> None:
+                        results: dict[str, VariantResult], say: Progress) -> dict[str, Any]:
+    """Latency, throughput and concurrency of every variant; returns the machine reference's own timings, measured
+    in the same rounds (see :mod:`.machine`)."""
     names = list(models)
     budget = config.time_budget
+    reference = machine.Reference(config.threads or available_cores())
     say(f"latency at batch 1 ({config.rounds} interleaved rounds)")
     feeds1 = make_feeds(samples, 1)
     lat = _guarded(names, results, "latency", lambda alive: measure.latency(
-        {n: _safe_call(n, models[n], feeds1) for n in alive}, rounds=config.rounds, budget_s=0.45 * budget))
+        {**{n: _safe_call(n, models[n], feeds1) for n in alive}, machine.NAME: reference.call(1)},
+        rounds=config.rounds, budget_s=0.45 * budget))
+    own: dict[str, Any] = {"latency": lat.pop(machine.NAME, {}), "throughput": {}}
     for n, stats in lat.items():
         results[n].latency = stats
     sizes = [b for b in config.batch_sizes if samples.stacked or b == 1]
@@ -285,10 +292,13 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
         feeds = make_feeds(samples, bs, count=4)
 
         def run(alive: list[str], feeds: list[dict[str, np.ndarray]] = feeds, bs: int = bs) -> dict[str, Any]:
-            return measure.throughput({n: _safe_call(n, models[n], feeds) for n in alive}, bs, rounds=config.rounds,
+            return measure.throughput({**{n: _safe_call(n, models[n], feeds) for n in alive},
+                                       machine.NAME: reference.call(bs)}, bs, rounds=config.rounds,
                                       budget_s=0.35 * budget / len(sizes))
 
         thr = _guarded(names, results, "throughput", run)
+        if machine.NAME in thr:
+            own["throughput"][str(bs)] = thr.pop(machine.NAME)
         for n, stats in thr.items():
             results[n].throughput[str(bs)] = stats
     for callers in config.concurrency:
@@ -315,6 +325,8 @@ def _measure_in_process(models: dict[str, Any], samples: Samples, config: BenchC
                 results[n].concurrency_batched[str(callers)] = both["on"]
             except EdgeserveError as exc:
                 results[n].fail("concurrency", exc)
+    return {"latency_p50": own["latency"].get("p50"),
+            "throughput": {bs: t.get("rows_per_s") for bs, t in own["throughput"].items()}}
 
 
 def _batched_twin(model: Any, threads: int | None) -> Any:

@@ -127,6 +127,12 @@ def markdown(results: Mapping[str, Any], *, has_plot: bool = True) -> str:
         for r in body:
             out.append("| " + " | ".join(r + [""] * (len(headers) - len(r))) + " |")
         out.append("")
+        reference = model.get("machine") or {}
+        if reference.get("latency_p50"):
+            rates = ", ".join(f"{r:.0f} rows/s at batch {bs}" for bs, r in (reference.get("throughput") or {}).items()
+                              if r)
+            out += [f"Machine reference (a fixed MLP timed in the same rounds; `--compare` judges timings against "
+                    f"it): p50 {reference['latency_p50'] * 1e3:.4g} ms{', ' + rates if rates else ''}.", ""]
     out += [LEGEND, ""]
     if results.get("comparison"):
         out += ["## Compared with the previous run", ""] + [f"- {line}" for line in comparison_lines(results["comparison"])]
@@ -236,11 +242,17 @@ ACCURACY_TOLERANCE = 0.005
 
 
 def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per model, variant and metric: old, new, relative change, and whether it is a regression beyond the noise."""
-    old_models = {m["model"]: {v["name"]: v for v in m["variants"] if v["status"] == "ok"} for m in old.get("models", [])}
+    """Per model, variant and metric: old, new, relative change, and whether it is a regression beyond the noise.
+
+    Latency and throughput are judged against the machine's own change between the runs where both runs timed the
+    reference workload (:mod:`.machine`): a variant 30% slower on a machine that is 30% slower is no regression.
+    ``machine`` in a change is that factor (the new run's time for the same work over the old run's)."""
+    old_models = {m["model"]: m for m in old.get("models", [])}
     changes = []
     for model in new["models"]:
-        before = old_models.get(model["model"], {})
+        before_model = old_models.get(model["model"], {})
+        before = {v["name"]: v for v in before_model.get("variants", []) if v["status"] == "ok"}
+        slower = _machine_factors(before_model.get("machine"), model.get("machine"))
         for v in model["variants"]:
             if v["status"] != "ok" or v["name"] not in before:
                 continue
@@ -249,17 +261,37 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[dict[str, An
                 a, b = get(o), get(v)
                 if a is None or b is None:
                     continue
+                factor = None
                 if noise is None:  # accuracy: absolute points
                     worse = (b - a) > ACCURACY_TOLERANCE
                     rel = b - a
                     threshold = ACCURACY_TOLERANCE
                 else:
-                    rel = (b - a) / a if a else 0.0
+                    factor = slower.get(metric if metric != "throughput" else f"throughput@{_largest(v['throughput'])[0]}")
+                    expected = a * factor if metric == "p50 latency" and factor else \
+                        a / factor if metric == "throughput" and factor else a
+                    rel = (b - expected) / expected if expected else 0.0
                     threshold = max(MIN_NOISE, noise(o) or 0.0, noise(v) or 0.0)
                     worse = (-rel if higher_better else rel) > threshold
                 changes.append({"model": model["model"], "variant": v["name"], "metric": metric, "old": a, "new": b,
-                                "change": rel, "threshold": threshold, "regression": bool(worse)})
+                                "change": rel, "threshold": threshold, "regression": bool(worse),
+                                **({"machine": factor} if factor else {})})
     return changes
+
+
+def _machine_factors(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> dict[str, float]:
+    """How much slower the machine ran the reference workload in the new run than in the old: for ``p50 latency``
+    (time over time) and ``throughput@B`` at each batch size both timed (rows/s over rows/s, inverted)."""
+    if not old or not new:
+        return {}
+    out = {}
+    if old.get("latency_p50") and new.get("latency_p50"):
+        out["p50 latency"] = float(new["latency_p50"]) / float(old["latency_p50"])
+    for bs, rate in (new.get("throughput") or {}).items():
+        before = (old.get("throughput") or {}).get(bs)
+        if rate and before:
+            out[f"throughput@{bs}"] = float(before) / float(rate)
+    return out
 
 
 def comparison_lines(changes: Sequence[Mapping[str, Any]]) -> Iterator[str]:
@@ -268,6 +300,9 @@ def comparison_lines(changes: Sequence[Mapping[str, Any]]) -> Iterator[str]:
             delta = f"{c['change'] * 100:+.2f} points"
         else:
             delta = f"{c['change'] * 100:+.1f}% (noise {c['threshold'] * 100:.0f}%)"
+            if c.get("machine"):
+                pace = c["machine"] - 1
+                delta += f"; judged against the machine, {abs(pace) * 100:.0f}% {'slower' if pace > 0 else 'faster'} this run"
         flag = "  REGRESSION" if c["regression"] else ""
         yield f"{c['model']} {c['variant']} {c['metric']}: {delta}{flag}"
 

@@ -115,6 +115,11 @@ def test_cli_bench_and_compare(tmp_path: Path, labelled) -> None:
     assert "changes against" in second.stdout and "p50 latency" in second.stdout
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert {c["variant"] for c in saved["comparison"]} == {"fp32", "int8-dynamic"}
+    machine = saved["models"][0]["machine"]  # the reference workload, timed in the same rounds as the variants
+    assert machine["latency_p50"] > 0 and set(machine["throughput"]) == {"1", "2"}
+    assert all(c["machine"] > 0 for c in saved["comparison"] if c["metric"] in ("p50 latency", "throughput"))
+    assert "judged against the machine" in second.stdout
+    assert "Machine reference" in (tmp_path / "b" / "report.md").read_text()
 
 
 def test_bad_settings_are_refused(tmp_path: Path) -> None:

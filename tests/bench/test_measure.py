@@ -7,7 +7,7 @@ import time
 import pytest
 
 from edgeserve.bench import measure
-from edgeserve.bench.report import compare, pareto_front
+from edgeserve.bench.report import compare, comparison_lines, pareto_front
 
 
 def test_summarise_rounds_known_values() -> None:
@@ -116,6 +116,28 @@ def test_compare_flags_only_changes_beyond_the_noise() -> None:
     assert not any(c["regression"] for c in faster.values())
     worse_acc = {c["metric"]: c for c in compare(_results(1.0, 0.02, 0.02), old)}
     assert worse_acc["accuracy loss"]["regression"] is True
+
+
+def test_compare_judges_timings_against_the_machine_reference_timed_in_each_run() -> None:
+    """A run on a machine a third slower (its reference workload, timed in the same rounds, says so) is no
+    regression; the same timings on a machine as fast as before are one."""
+    def run(p50: float, rows: float, machine_p50: float, machine_rows: float) -> dict:
+        results = _results(p50, 0.02, 0.0, rows=rows)
+        results["models"][0]["machine"] = {"latency_p50": machine_p50, "throughput": {"8": machine_rows}}
+        return results
+
+    old = run(1.0, 1000.0, 0.5, 4000.0)
+    slow_machine = {c["metric"]: c for c in compare(run(1.3, 770.0, 0.65, 3080.0), old)}
+    assert not any(c["regression"] for c in slow_machine.values()), slow_machine
+    assert slow_machine["p50 latency"]["machine"] == pytest.approx(1.3)
+    assert slow_machine["p50 latency"]["change"] == pytest.approx(0.0)
+    assert slow_machine["throughput"]["machine"] == pytest.approx(4000 / 3080)
+    same_machine = {c["metric"]: c for c in compare(run(1.3, 770.0, 0.5, 4000.0), old)}
+    assert same_machine["p50 latency"]["regression"] and same_machine["throughput"]["regression"]
+    lines = "\n".join(comparison_lines(list(slow_machine.values())))
+    assert "judged against the machine, 30% slower this run" in lines
+    unmarked = compare(_results(1.3, 0.02, 0.0), old)  # an older results.json without the reference: as before
+    assert {c["metric"]: c for c in unmarked}["p50 latency"]["regression"]
 
 
 def test_compare_flags_a_regressor_whose_rmse_against_the_targets_grew() -> None:
