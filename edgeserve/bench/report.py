@@ -267,9 +267,9 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[dict[str, An
                     rel = b - a
                     threshold = ACCURACY_TOLERANCE
                 else:
-                    factor = slower.get(metric if metric != "throughput" else f"throughput@{_largest(v['throughput'])[0]}")
-                    expected = a * factor if metric == "p50 latency" and factor else \
-                        a / factor if metric == "throughput" and factor else a
+                    key = f"throughput@{_largest(v['throughput'])[0]}" if metric == "throughput" else metric
+                    factor = slower.get(key)  # only the timings the reference measures: latency, throughput
+                    expected = a if not factor else a / factor if higher_better else a * factor
                     rel = (b - expected) / expected if expected else 0.0
                     threshold = max(MIN_NOISE, noise(o) or 0.0, noise(v) or 0.0)
                     worse = (-rel if higher_better else rel) > threshold

@@ -181,7 +181,7 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
             reduce_range=defaults["reduce_range"], activation_type=types[defaults["activation_type"]],
             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=excluded or None,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": defaults["activation_type"] == "int8",
-                           **({"UseQDQContribOps": True} if newer_qdq_than_engine(src) else {})},
+                           **({"UseQDQContribOps": True} if _newer_qdq_than_engine(src) else {})},
             calibration_cache_path=str(cache),
         )
     recipe: dict[str, Any] = {
@@ -194,7 +194,7 @@ def _static(src: Path, dst: Path, config: QuantizeConfig, calibration: Samples, 
     return recipe
 
 
-def newer_qdq_than_engine(path: Path | str) -> bool:
+def _newer_qdq_than_engine(path: Path | str) -> bool:
     """The graph's opset defines QuantizeLinear in a version this onnxruntime has no kernel for (onnx 1.23 makes
     models at opset 28; onnxruntime 1.32's kernels stop at QuantizeLinear-25: "Could not find an implementation for
     QuantizeLinear(28)"). Static int8 then writes onnxruntime's own Q/DQ operators (com.microsoft), which its QDQ
@@ -236,23 +236,6 @@ def _engine_opset(model: Any) -> None:
         return
     if same:
         opset_import.version = target
-
-
-def _engine_qdq(model: Any) -> None:
-    """Where onnxruntime has no kernel for the graph's QuantizeLinear version (see :func:`newer_qdq_than_engine`),
-    its Q/DQ nodes become onnxruntime's own (com.microsoft: the same inputs, and an ``axis``), as static int8 writes
-    them there; a node with attributes those lack is left as it is."""
-    import onnx
-
-    if _qdq_past_engine(model) is None:
-        return
-    moved = False
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx") \
-                and {a.name for a in node.attribute} <= {"axis"}:
-            node.domain, moved = "com.microsoft", True
-    if moved and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
 
 
 def _graph_ops(graph: Any, *, standard_only: bool = False) -> set[str]:
@@ -487,7 +470,6 @@ def _nncf_run(nncf: Any, src: Path, dst: Path, config: QuantizeConfig, calibrati
     if config.nodes_to_exclude:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(config.nodes_to_exclude), validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(items), **kwargs)
-    _engine_qdq(quantized)
     onnx.save_model(quantized, str(dst))
     return {"mode": "nncf", "preset": "transformer" if transformer else "default", "calibration":
             {"method": "nncf", "samples": calibration.rows}, "nodes_excluded": list(config.nodes_to_exclude)}
