@@ -858,7 +858,9 @@ def infer_targets(inputs: Outputs, reference: Outputs,
     where ``batch_axes`` puts the output's batch on axis 1, as CTC losses take it). Per-step scores named like
     scores (a wav2vec2's raw logits): top-1 agreement at every step. A sparse probability map:
     thresholded-map IoU. Per-pixel class scores: mean IoU of the class maps. Class scores or probabilities: top-1
-    agreement and the largest probability change, since scores get thresholded. Otherwise: the robust per-row
+    agreement and the largest probability change, since scores get thresholded. A ``[batch, N]`` output of an
+    image model named for nothing (a classifier's ``output``, or an embedding): top-1 agreement besides the cosine
+    and the RMS error. Otherwise: the robust per-row
     cosine.
     """
     outs = {k: np.asarray(v) for k, v in reference.items()}
@@ -934,6 +936,17 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             chosen += [target(metric("top1", output=k)), target(metric("prob-change", output=k))]
         return _with_the_rest(chosen, f"class scores in {', '.join(scores)}: top-1 agreement, and the largest change "
                                       "of any class probability, since scores are often thresholded", outs, batch_axes)
+    heads = [k for k, v in outs.items() if _head_of_an_image(inputs, k, v)]
+    if heads:
+        chosen = []
+        for k in heads:
+            chosen += [target(metric("top1", output=k)), target(metric("cosine", output=k)),
+                       target(metric("nrmse", output=k), max=GENERIC_NRMSE)]
+        return _with_the_rest(chosen, (
+            f"a [batch, N] output of an image model in {', '.join(heads)}, not named for what it holds (an image "
+            "classifier's class scores, or an image embedding): top-1 agreement as for a classifier, with the per-row "
+            "cosine and the RMS error over the values' spread (name --metric cosine --metric nrmse for an embedding)"),
+            outs, batch_axes)
     return generic_targets(), ("no task recognised from the signature: per-row cosine (near-zero rows by absolute "
                                f"error), and the RMS error over the values' spread (nrmse <= {GENERIC_NRMSE:g}), since "
                                "a cosine passes any scale and any error on values with an offset")
@@ -1106,6 +1119,31 @@ def _pixel_scores_of_an_image(inputs: Outputs, values: np.ndarray) -> bool:
     return any(v.ndim == 4 and np.issubdtype(v.dtype, np.floating) and v.shape[2:] == values.shape[2:]
                and v.shape[1] < values.shape[1] for v in map(np.asarray, inputs.values()))
 
+
+def _head_of_an_image(inputs: Outputs, name: str, values: np.ndarray) -> bool:
+    """``[batch, N]`` floats of a model with an image input (``[batch, 1..4 channels, H, W]`` or channels last,
+    float or uint8), named neither like scores nor like features: torchvision's and timm's exports name their class
+    scores ``output``, the ONNX model zoo's ``resnetv17_dense0_fwd``. An embedding looks the same, so rows of unit
+    length (a normalised embedding) do not count."""
+    if not (values.ndim == 2 and values.shape[1] >= 2 and np.issubdtype(values.dtype, np.floating)
+            and np.isfinite(values).all() and not FEATURE_NAME.search(name)):
+        return False
+    if np.allclose(np.linalg.norm(values.astype(np.float64), axis=1), 1.0, atol=1e-3):
+        return False
+    return any(_is_image(np.asarray(v)) for v in inputs.values())
+
+
+def _is_image(values: np.ndarray) -> bool:
+    """A batch of images: 4-D floats or uint8 with 1 to 4 channels first or last, at least 8 pixels a side."""
+    if not (values.ndim == 4 and (np.issubdtype(values.dtype, np.floating) or values.dtype == np.uint8)):
+        return False
+    first, last = values.shape[1] <= 4 and min(values.shape[2:]) >= 8, values.shape[3] <= 4 and min(values.shape[1:3]) >= 8
+    return bool(first or last)
+
+
+FEATURE_NAME = re.compile(r"embed|feature|hidden|pool|vector|encod|proj|latent|descriptor|token|box|landmark|"
+                          r"keypoint|point|coord|regress|depth|pose|age", re.IGNORECASE)
+"""Output names that say the values are features or measurements, not class scores."""
 
 SEG_NAME = re.compile(r"seg|semantic|mask", re.IGNORECASE)
 """Output names that say the values are per-pixel classes."""

@@ -15,7 +15,7 @@ import edgeserve
 from edgeserve.cli import main
 from edgeserve.converter.data import check_samples, run_samples
 from edgeserve.fidelity import Budget, compare_outputs
-from edgeserve.metrics import infer_targets, is_ragged, metric, ragged, robust_cosine_rows, target
+from edgeserve.metrics import generic_targets, infer_targets, is_ragged, metric, ragged, robust_cosine_rows, target
 from tests.factories import (
     ctc_data,
     ctc_model,
@@ -866,3 +866,29 @@ def test_the_outputs_beside_a_recognised_task_are_judged_too(task: str) -> None:
     broken = {**ref, "extra": -ref["extra"]}
     (missed,) = budget.judge(ref, broken, feed).missed
     assert missed.startswith("nrmse,output=extra ")
+
+
+def test_an_unnamed_output_of_an_image_model_is_judged_by_its_top1_as_well() -> None:
+    """torchvision's and timm's exports call a classifier's logits 'output': judged by the cosine alone, an int8
+    model that changes the class of near-tied images passes. An embedding, a landmark regressor or a tabular model's
+    vector is judged as before."""
+    rng = np.random.default_rng(0)
+    image = {"input": rng.normal(0, 1, (64, 3, 32, 32)).astype(np.float32)}
+    logits = rng.normal(0, 2, (64, 1000)).astype(np.float32)
+    logits[:, 7] = logits.max(1) + 0.01  # every image's top two classes nearly tied
+    ref = {"output": logits}
+    flipped = logits.copy()
+    flipped[:8, 7] -= 0.05  # 8 images change class; every row's cosine stays near 1
+    cand = {"output": flipped}
+    targets, why = infer_targets(image, ref)
+    assert [t.metric.spec for t in targets] == ["top1,output=output", "cosine,output=output", "nrmse,output=output"]
+    assert "image classifier's class scores" in why
+    assert all(t.holds(t.metric.score(ref, ref, image)) for t in targets)
+    assert all(t.holds(t.metric.score(ref, cand, image)) for t in generic_targets())  # the cosine cannot see it
+    assert not all(t.holds(t.metric.score(ref, cand, image)) for t in targets)
+    uint8_nhwc = {"images": rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)}
+    assert [t.metric.name for t in infer_targets(uint8_nhwc, ref)[0]] == ["top1", "cosine", "nrmse"]
+    unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
+    for inputs, outs in ((image, {"embeddings": logits}), (image, {"output": unit}), (image, {"landmarks": logits}),
+                         ({"x": rng.normal(0, 1, (64, 20)).astype(np.float32)}, ref)):
+        assert [t.metric.name for t in infer_targets(inputs, outs)[0]] == ["cosine", "nrmse"], list(outs)
