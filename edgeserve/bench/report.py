@@ -176,9 +176,9 @@ def loss_axis(model: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
         spec, higher = only
         name = spec.split(",")[0]
         if higher:
-            return f"1 - {name} to fp32 (x1000)", {v["name"]: 1000 * (1 - v["metrics"][spec]) for v in ok}
+            return f"(1 - {name} to fp32) x 1000", {v["name"]: 1000 * (1 - v["metrics"][spec]) for v in ok}
         return f"{name} to fp32", {v["name"]: float(v["metrics"][spec]) for v in ok}
-    return "1 - min cosine to fp32 (x1000)", {v["name"]: 1000 * (1 - v["fidelity"].get("cosine_min", 0.0)) for v in ok}
+    return "(1 - min cosine to fp32) x 1000", {v["name"]: 1000 * (1 - v["fidelity"].get("cosine_min", 0.0)) for v in ok}
 
 
 def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
@@ -191,6 +191,29 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
         if not dominated:
             front.add(name)
     return front
+
+
+LABEL_CLOSENESS = 0.03
+"""Points nearer than this share of the axes' spans on both axes share one label (two int8 variants of one file
+sit on the same spot, and their names written over each other read as neither)."""
+
+
+def label_groups(points: Mapping[str, tuple[float, float]]) -> list[tuple[tuple[float, float], list[str]]]:
+    """One label per group of points close together on the plot: the first point's position and every name in
+    the group, in order of latency."""
+    if not points:
+        return []
+    xs, ys = zip(*points.values())
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[tuple[tuple[float, float], list[str]]] = []
+    for name, (x, y) in sorted(points.items(), key=lambda item: item[1]):
+        near = next((g for g in groups if abs(g[0][0] - x) <= LABEL_CLOSENESS * dx
+                     and abs(g[0][1] - y) <= LABEL_CLOSENESS * dy), None)
+        if near is None:
+            groups.append(((x, y), [name]))
+        else:
+            near[1].append(name)
+    return groups
 
 
 def plot(results: Mapping[str, Any], path: Path) -> bool:
@@ -212,10 +235,17 @@ def plot(results: Mapping[str, Any], path: Path) -> bool:
         for name, (x, y) in points.items():
             on = name in front
             ax.scatter([x], [y], s=60, marker="o", facecolors="tab:blue" if on else "none", edgecolors="tab:blue")
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for (x, y), names in label_groups(points):
+            ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                        va="bottom")
+        losses_shown = [y for _, y in points.values()]
+        if losses_shown and min(losses_shown) >= 0:  # no variant better than fp32: the axis starts at no loss
+            top = max(losses_shown) or 1.0
+            ax.set_ylim(-0.05 * top, 1.2 * top)
         if len(front) > 1:
             xs, ys = zip(*sorted(points[n] for n in front))
             ax.step(xs, ys, where="post", color="tab:blue", alpha=0.4, linewidth=1)
+        ax.margins(x=0.15)  # room for the labels of the slowest variants
         ax.set_title(model["model"])
         ax.set_xlabel("p50 latency at batch 1 (ms)")
         ax.set_ylabel(label)

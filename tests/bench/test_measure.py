@@ -7,7 +7,7 @@ import time
 import pytest
 
 from edgeserve.bench import measure
-from edgeserve.bench.report import compare, comparison_lines, pareto_front
+from edgeserve.bench.report import compare, comparison_lines, label_groups, pareto_front
 
 
 def test_summarise_rounds_known_values() -> None:
@@ -96,6 +96,16 @@ def test_concurrency_reports_errors() -> None:
 def test_pareto_front() -> None:
     points = {"a": (1.0, 5.0), "b": (2.0, 1.0), "c": (3.0, 3.0), "d": (1.0, 5.0), "e": (0.5, 9.0)}
     assert pareto_front(points) == {"a", "b", "d", "e"}  # c is beaten by b on both axes
+
+
+def test_variants_on_the_same_spot_share_one_label() -> None:
+    """Two int8 variants of one file answer alike at the same speed: their names drawn at one spot read as
+    neither, so they are written one under the other; points apart keep their own labels."""
+    points = {"fp32": (26.9, 0.0), "int8-static": (15.30, 0.0), "openvino-int8": (15.31, 0.0), "fp16": (37.8, 0.0),
+              "int8-dynamic": (15.3, 4.0)}
+    assert label_groups(points) == [((15.3, 0.0), ["int8-static", "openvino-int8"]), ((15.3, 4.0), ["int8-dynamic"]),
+                                    ((26.9, 0.0), ["fp32"]), ((37.8, 0.0), ["fp16"])]
+    assert label_groups({}) == []
 
 
 def _results(p50: float, spread: float, loss: float | None, rows: float = 1000.0) -> dict:
