@@ -26,6 +26,9 @@ name                      better  compares
 ``map-iou``               higher  mean per-row IoU of the maps thresholded at ``threshold`` (default 0.5)
 ``ctc``                   higher  fraction of rows whose greedy CTC decode (argmax, merge repeats, drop
                                   ``blank``) is the same string
+``slots``                 higher  ``[batch, slots, 6]`` (x1, y1, x2, y2, score, class id), an end-to-end
+                                  detector's kept detections: slots scored above ``conf`` by either model
+                                  matched one-to-one by class and IoU ≥ ``iou``, F1 (``format=cxcywh``)
 ``detection``             higher  YOLO-style ``[batch, 4 + classes, anchors]``: of the anchors either model
                                   scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``;
                                   ``classes=N`` when more values follow the class scores (mask coefficients,
@@ -715,9 +718,45 @@ def _box_list(values: Any) -> bool:
                and (p.ndim == 2 or p.shape[0] == 1) for p in parts)
 
 
+def _slots(options: Mapping[str, str]) -> MetricFn:
+    conf, iou_min, layout = float(options.get("conf", 0.25)), float(options.get("iou", 0.5)), options.get("format",
+                                                                                                         "xyxy")
+
+    @_guarded(0.0)
+    def slots(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        matched = total = 0
+        seen = False
+        for _, ref, cand in _pairs(reference, candidate, options):
+            if ref.ndim != 3 or ref.shape[-1] != 6:
+                continue
+            seen = True
+            for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [slots, 6]
+                r, c = r[r[:, 4] >= conf], c[c[:, 4] >= conf]
+                matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min, r[:, 5], c[:, 5],
+                                    r[:, 4])
+                total += len(r) + len(c)
+        if not seen:
+            raise MetricError("slots needs a [batch, slots, 6] output: x1, y1, x2, y2 (format=cxcywh for centres), "
+                              "score, class per slot")
+        return 1.0 if total == 0 else 2.0 * matched / total
+
+    return slots
+
+
+def slot_detections(values: np.ndarray) -> bool:
+    """``[batch, slots, 6]`` floats of (box, score in [0, 1], class id): an end-to-end detector's kept detections
+    in a fixed number of slots (YOLOv10's 300, an export with NMS inside), unused slots scored 0."""
+    if not (values.ndim == 3 and values.shape[-1] == 6 and values.shape[1] >= 2
+            and np.issubdtype(values.dtype, np.floating) and values.size and np.isfinite(values).all()):
+        return False
+    scores, ids = values[..., 4], values[..., 5]
+    return bool(scores.min() >= 0.0 and scores.max() <= 1.0 and ids.min() >= 0.0 and np.all(ids == np.round(ids))
+                and np.any(scores > 0.0))
+
+
 LIST_METRICS = frozenset({"box-match"})
 """Metrics that compare outputs kept per sample (:func:`ragged`) themselves, pooled over the samples."""
-SHARE_METRICS = frozenset({"top1", "ctc", "map-iou", "detection", "query-detection"})
+SHARE_METRICS = frozenset({"top1", "ctc", "map-iou", "detection", "query-detection", "slots"})
 """Metrics that are a share of rows (or of pixels, detections) that agree: over outputs kept per sample, the
 mean of the samples' scores, as over rows (the worst sample would make one wrong string of 40 read as 0)."""
 
@@ -741,6 +780,8 @@ BUILTINS: dict[str, _BuiltIn] = {
     "seg-miou": (_seg_miou, True, 0.95, "mean IoU over classes of the per-pixel argmax maps", ("output", "axis")),
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
+    "slots": (_slots, True, 0.95, "detections kept in fixed slots matched one-to-one by IoU and class, F1",
+              ("output", "conf", "iou", "format")),
 }
 
 
@@ -899,6 +940,13 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             chosen = [target(metric("max-abs", output=k)) for k in others]
             why = f"the largest absolute error of {', '.join(others)}"
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
+    kept = [k for k, v in outs.items() if slot_detections(v)]
+    if kept:
+        return _with_the_rest([target(metric("slots", output=k)) for k in kept],
+                              f"detections kept in fixed slots in {', '.join(kept)} ([batch, slots, 6]: box, score in "
+                              "[0, 1], class id; an end-to-end detector's or an export with NMS inside): the slots "
+                              "scored above 0.25 by either model are matched one-to-one by class and box IoU >= 0.5 "
+                              "(corners x1, y1, x2, y2; name slots,format=cxcywh for centres), F1", outs, batch_axes)
     detections = {k: n for k, v in outs.items() if (n := detection_classes(v)) is not None}
     if detections:
         chosen, more = [], []

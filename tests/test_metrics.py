@@ -436,6 +436,45 @@ def test_a_detector_with_more_values_after_its_class_scores_is_judged_on_the_cla
         metric("detection,classes=90").score(plain, plain, image)
 
 
+def _slot_outputs(rows: int = 4, slots: int = 300, found: int = 5, seed: int = 0) -> np.ndarray:
+    """YOLOv10-like ``[rows, slots, 6]``: ``found`` detections (x1, y1, x2, y2, score, class id) first, the other
+    slots low-scored leftovers."""
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(0, 500, (rows, slots, 2))
+    out = np.concatenate([lo, lo + rng.uniform(20, 120, (rows, slots, 2)), rng.uniform(0, 0.1, (rows, slots, 1)),
+                          rng.integers(0, 80, (rows, slots, 1))], -1)
+    out[:, :found, 4] = rng.uniform(0.5, 0.95, (rows, found))
+    return out.astype(np.float32)
+
+
+def test_an_end_to_end_detectors_slots_are_matched_by_class_and_box() -> None:
+    """YOLOv10 (or an export with NMS inside) answers [batch, 300, 6]: box corners, score, class id per slot. Its
+    class ids are no scores in [0, 1], so it was judged by the cosine, which a candidate relabelling every
+    detection passed."""
+    image = {"images": np.zeros((4, 3, 64, 64), np.float32)}
+    ref = {"output0": _slot_outputs()}
+    targets, why = infer_targets(image, ref)
+    assert [t.metric.spec for t in targets] == ["slots,output=output0"] and "fixed slots" in why
+    slots = targets[0]
+    assert slots.metric.score(ref, ref, image) == 1.0
+    relabelled = ref["output0"].copy()
+    relabelled[..., 5] = (relabelled[..., 5] + 1) % 80
+    assert slots.metric.score(ref, {"output0": relabelled}, image) == 0.0
+    assert all(t.holds(t.metric.score(ref, {"output0": relabelled}, image)) for t in generic_targets())
+    reordered = ref["output0"][:, ::-1].copy()  # the same detections in other slots
+    jitter = reordered.copy()
+    jitter[..., :4] += np.random.default_rng(1).normal(0, 1.0, jitter[..., :4].shape)
+    assert slots.holds(slots.metric.score(ref, {"output0": jitter}, image))
+    one_lost = ref["output0"].copy()
+    one_lost[0, 0, 4] = 0.05  # 1 of 20 detections dropped below the threshold: F1 = 2 * 19 / 39
+    assert slots.metric.score(ref, {"output0": one_lost}, image) == pytest.approx(38 / 39)
+    moved = ref["output0"].copy()
+    moved[..., [0, 2]] += 200.0
+    assert slots.metric.score(ref, {"output0": moved}, image) == 0.0
+    probabilities = {"probs": np.full((4, 10, 6), 1 / 6, np.float32)}  # six classes per step: no slots
+    assert [t.metric.name for t in infer_targets({}, probabilities)[0]] != ["slots"]
+
+
 def _detr_outputs(rows: int = 6, queries: int = 100, classes: int = 20, found: int = 4,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """DETR-like answers: per query ``classes`` + 1 logits (the last "no object", top for most queries) and

@@ -54,7 +54,8 @@ def _progress_printer() -> Callable[[str, int, int], None]:
 @click.option("--calibration-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True)
 @click.option("--metric", "metric_names", multiple=True, metavar="NAME[,OPT=V…]",
               help="Judge the result by this task metric (repeatable): cosine, rel-l2, nrmse, max-abs, top1, prob-change, "
-              "pooled-cosine, map-iou, ctc, detection, or module:function. Thresholds pair in order with --min "
+              "pooled-cosine, map-iou, ctc, detection, slots, query-detection, seg-miou, box-match, or module:function. "
+              "Thresholds pair in order with --min "
               "(metrics better when higher) and --max (errors); or write top1>=0.98. Default: inferred from the "
               "model's signature, and printed.")
 @click.option("--min", "min_values", multiple=True, type=float, help="Threshold of a higher-is-better --metric.")
