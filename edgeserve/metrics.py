@@ -566,26 +566,40 @@ def _detection(options: Mapping[str, str]) -> MetricFn:
     return detection
 
 
-def _query_scores(logits: np.ndarray, scoring: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's best class and its probability: ``softmax`` over the classes with the last one "no object"
-    (DETR, YOLOS, Table Transformer), ``sigmoid`` per class (RT-DETR, Deformable DETR, DINO, OWL-ViT)."""
+def _query_scores(logits: np.ndarray, scoring: str, background: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best class and its probability. ``scoring``: ``softmax`` over the classes, ``sigmoid`` per
+    class (RT-DETR, Deformable DETR, DINO, OWL-ViT), or ``probabilities`` already (an SSD-style face detector's
+    softmaxed ``scores``). ``background``: the class that is no object, ``last`` (DETR, YOLOS, Table Transformer),
+    ``first`` (SSD, UltraFace, RetinaFace) or ``none``."""
     x = logits.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         if scoring == "softmax":
             e = np.exp(x - x.max(-1, keepdims=True))
-            p = (e / e.sum(-1, keepdims=True))[..., :-1]
-        else:
+            p = e / e.sum(-1, keepdims=True)
+        elif scoring == "sigmoid":
             p = 1.0 / (1.0 + np.exp(-x))
+        else:
+            p = x
+    p = p[..., :-1] if background == "last" else p[..., 1:] if background == "first" else p
     return np.nan_to_num(p, nan=-1.0).max(-1), p.argmax(-1)
+
+
+def _background(logits: np.ndarray) -> str:
+    """``last`` or ``first`` where most queries' top class is that one (a "no object" class), else ``none``."""
+    top = np.asarray(logits).argmax(-1)
+    if np.mean(top == np.asarray(logits).shape[-1] - 1) > 0.5:
+        return "last"
+    return "first" if np.mean(top == 0) > 0.5 else "none"
 
 
 def background_last(logits: np.ndarray) -> bool:
     """Most queries' top class is the last one: a "no object" class, as DETR's softmax has."""
-    return bool(np.mean(np.asarray(logits).argmax(-1) == np.asarray(logits).shape[-1] - 1) > 0.5)
+    return _background(logits) == "last"
 
 
 def _query_detection(options: Mapping[str, str]) -> MetricFn:
     conf, iou_min, scoring = float(options.get("conf", 0.5)), float(options.get("iou", 0.5)), options.get("scores")
+    background, layout = options.get("background"), options.get("format", "cxcywh")
 
     @_guarded(0.0)
     def query_detection(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
@@ -600,10 +614,12 @@ def _query_detection(options: Mapping[str, str]) -> MetricFn:
         if cand_l.shape != ref_l.shape or cand_b.shape != ref_b.shape:
             raise _ShapeChanged(name)
         mode = scoring or ("softmax" if background_last(ref_l) else "sigmoid")
-        (r_p, r_cls), (c_p, c_cls) = _query_scores(ref_l, mode), _query_scores(cand_l, mode)
+        none = background or ("last" if mode == "softmax" else "none")
+        (r_p, r_cls), (c_p, c_cls) = _query_scores(ref_l, mode, none), _query_scores(cand_l, mode, none)
         r_on, c_on = r_p > conf, c_p > conf  # as transformers post_process_object_detection
         both = r_on & c_on & (r_cls == c_cls)
-        ious = _boxes_iou(ref_b[both].astype(np.float64), cand_b[both].astype(np.float64))
+        r_box, c_box = (_centres(b[both].astype(np.float64), layout) for b in (ref_b, cand_b))
+        ious = _boxes_iou(r_box, c_box)
         union = int(np.sum(r_on | c_on))
         return 1.0 if union == 0 else int(np.sum(ious >= iou_min)) / union
 
@@ -647,6 +663,13 @@ def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         iou = np.nan_to_num(inter / (area_a[:, None] + area_b[None, :] - inter), nan=0.0, posinf=0.0, neginf=0.0)
     return np.where(np.all(a[:, None] == b[None, :], axis=-1), 1.0, iou)  # equal boxes agree, even degenerate ones
+
+
+def _centres(boxes: np.ndarray, layout: str) -> np.ndarray:
+    """``[n, 4]`` boxes as (cx, cy, w, h), from corners where ``layout`` is ``xyxy``."""
+    if layout != "xyxy":
+        return boxes
+    return np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
 def _corners(boxes: np.ndarray, layout: str) -> np.ndarray:
@@ -775,8 +798,9 @@ BUILTINS: dict[str, _BuiltIn] = {
     "ctc": (_ctc, True, 0.98, "greedy CTC decoded string agreement", ("output", "blank", "layout")),
     "detection": (_detection, True, 0.95, "detections with the same class and box",
                   ("output", "conf", "iou", "classes")),
-    "query-detection": (_query_detection, True, 0.95, "a set-prediction detector's queries with the same class "
-                        "and box", ("output", "boxes", "conf", "iou", "scores")),
+    "query-detection": (_query_detection, True, 0.95, "a set-prediction detector's queries (an anchor "
+                        "detector's anchors) with the same class and box",
+                        ("output", "boxes", "conf", "iou", "scores", "background", "format")),
     "seg-miou": (_seg_miou, True, 0.95, "mean IoU over classes of the per-pixel argmax maps", ("output", "axis")),
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
@@ -823,6 +847,10 @@ def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
                 raise ConfigError(f"metric {name}: {key}={opts[key]!r} is not a number") from None
     if opts.get("format", "xyxy") not in ("xyxy", "cxcywh"):
         raise ConfigError(f"metric {name}: format must be xyxy or cxcywh, got {opts['format']!r}")
+    if name == "query-detection" and opts.get("scores", "softmax") not in ("softmax", "sigmoid", "probabilities"):
+        raise ConfigError(f"metric {name}: scores must be softmax, sigmoid or probabilities, got {opts['scores']!r}")
+    if opts.get("background", "none") not in ("first", "last", "none"):
+        raise ConfigError(f"metric {name}: background must be first, last or none, got {opts['background']!r}")
     if opts.get("layout", "btc") not in ("btc", "tbc"):
         raise ConfigError(f"metric {name}: layout must be btc or tbc, got {opts['layout']!r}")
     return Metric(name, factory(opts), higher, default, compares, tuple(sorted(opts.items())))
@@ -1104,10 +1132,22 @@ def _infer_query_detection(outs: Mapping[str, np.ndarray]) -> tuple[list[Target]
                    and v.shape[-1] >= 2), None)
     if logits is None:
         return None
-    scoring = "softmax" if background_last(floats[logits]) else "sigmoid"
-    return ([target(metric("query-detection", output=logits, boxes=boxes, scores=scoring))],
-            f"a set-prediction detector: boxes '{boxes}' [batch, queries, 4] and class logits '{logits}' ("
-            + ("softmax, the last class 'no object'" if scoring == "softmax" else "sigmoid per class")
+    scores, box_values = floats[logits], floats[boxes]
+    background = _background(scores)
+    finite = bool(np.isfinite(scores).all())
+    scoring = ("probabilities" if finite and scores.min() >= 0.0 and scores.max() <= 1.0 and sums_to_one(scores)
+               else "sigmoid" if background == "none" else "softmax")
+    options = {"output": logits, "boxes": boxes, "scores": scoring}
+    if background != ("last" if scoring == "softmax" else "none"):
+        options["background"] = background
+    corners = bool(box_values.size and np.all(box_values[..., 2:] >= box_values[..., :2]))
+    if corners:
+        options["format"] = "xyxy"
+    kinds = {"softmax": "softmax", "sigmoid": "a sigmoid per class", "probabilities": "probabilities"}
+    return ([target(metric("query-detection", **options))],
+            f"a set-prediction or anchor detector: boxes '{boxes}' [batch, queries, 4] "
+            f"({'corners' if corners else 'centres and sizes'}) and class scores '{logits}' ({kinds[scoring]}"
+            + {"last": ", the last class 'no object'", "first": ", the first class background", "none": ""}[background]
             + "): queries scored above 0.5 by either model must keep their class and a box IoU >= 0.5")
 
 

@@ -524,6 +524,38 @@ def test_a_set_prediction_detector_is_judged_by_its_queries_classes_and_boxes() 
     assert det.metric.score(ref, zeros, {}) == 0.0  # a model answering nothing finds none of the objects
 
 
+def test_an_anchor_detector_with_background_first_is_judged_by_its_anchors_found() -> None:
+    """UltraFace, RetinaFace and SSD answer softmaxed ``scores [batch, anchors, 2]`` (background first) beside
+    corner ``boxes [batch, anchors, 4]``. Read as DETR's sigmoid logits, every anchor scored above 0.5 with class
+    "background", so a candidate that lost every face kept its score of 1."""
+    rng = np.random.default_rng(0)
+    anchors, faces = 4420, 6
+    face = np.full((4, anchors), 0.02)
+    for r in range(4):
+        face[r, rng.choice(anchors, faces, replace=False)] = rng.uniform(0.8, 0.99, faces)
+    scores = np.stack([1 - face, face], -1).astype(np.float32)
+    lo = rng.uniform(0, 0.9, (4, anchors, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.02, 0.08, (4, anchors, 2))], -1).astype(np.float32)
+    ref = {"scores": scores, "boxes": boxes}
+    targets, why = infer_targets({"input": np.zeros((4, 3, 240, 320), np.float32)}, ref)
+    assert [t.metric.spec for t in targets] == [
+        "query-detection,background=first,boxes=boxes,format=xyxy,output=scores,scores=probabilities"]
+    assert "the first class background" in why and "corners" in why
+    det = targets[0]
+    assert det.metric.score(ref, ref, {}) == 1.0
+    unsure = np.minimum(face, 0.3)  # every face now scored 0.3: under the threshold, none found
+    no_faces = {**ref, "scores": np.stack([1 - unsure, unsure], -1).astype(np.float32)}
+    assert det.metric.score(ref, no_faces, {}) == 0.0
+    shifted = boxes.copy()
+    shifted[..., [0, 2]] += 0.04  # about a face's width: corners read as centres would keep an IoU near 0.9
+    assert not det.holds(det.metric.score(ref, {**ref, "boxes": shifted}, {}))
+    nudged = boxes.copy()
+    nudged[..., [0, 2]] += 0.002
+    assert det.holds(det.metric.score(ref, {**ref, "boxes": nudged}, {}))
+    with pytest.raises(edgeserve.ConfigError, match="background must be"):
+        metric("query-detection,background=middle")
+
+
 def test_scores_are_judged_by_top1_and_the_largest_probability_change() -> None:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((50, 4)).astype(np.float32) * 3
