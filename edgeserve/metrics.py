@@ -28,7 +28,8 @@ name                      better  compares
                                   ``blank``) is the same string
 ``slots``                 higher  ``[batch, slots, 6]`` (x1, y1, x2, y2, score, class id), an end-to-end
                                   detector's kept detections: slots scored above ``conf`` by either model
-                                  matched one-to-one by class and IoU ≥ ``iou``, F1 (``format=cxcywh``)
+                                  matched one-to-one by class and IoU ≥ ``iou``, F1 (``format=cxcywh``);
+                                  or ``boxes=``, ``scores=`` and ``labels=`` outputs apart
 ``detection``             higher  YOLO-style ``[batch, 4 + classes, anchors]``: of the anchors either model
                                   scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``;
                                   ``classes=N`` when more values follow the class scores (mask coefficients,
@@ -742,28 +743,47 @@ def _box_list(values: Any) -> bool:
 
 
 def _slots(options: Mapping[str, str]) -> MetricFn:
-    conf, iou_min, layout = float(options.get("conf", 0.25)), float(options.get("iou", 0.5)), options.get("format",
-                                                                                                         "xyxy")
+    conf, iou_min = float(options.get("conf", 0.25)), float(options.get("iou", 0.5))
+    layout, apart = options.get("format", "xyxy"), "boxes" in options
 
     @_guarded(0.0)
     def slots(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
+        tables = [_slot_table(reference, options), _slot_table(candidate, options)] if apart else [
+            (ref, cand) for _, ref, cand in _pairs(reference, candidate, options) if ref.ndim == 3 and ref.shape[-1] == 6]
+        if apart:
+            if tables[0].shape != tables[1].shape:
+                raise _ShapeChanged(options["boxes"])
+            tables = [(tables[0], tables[1])]
+        if not tables:
+            raise MetricError("slots needs a [batch, slots, 6] output (x1, y1, x2, y2, score, class per slot; "
+                              "format=cxcywh for centres), or boxes=NAME [batch, slots, 4] with scores=NAME [batch, "
+                              "slots] (and labels=NAME)")
         matched = total = 0
-        seen = False
-        for _, ref, cand in _pairs(reference, candidate, options):
-            if ref.ndim != 3 or ref.shape[-1] != 6:
-                continue
-            seen = True
+        for ref, cand in tables:
             for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [slots, 6]
                 r, c = r[r[:, 4] >= conf], c[c[:, 4] >= conf]
                 matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min, r[:, 5], c[:, 5],
                                     r[:, 4])
                 total += len(r) + len(c)
-        if not seen:
-            raise MetricError("slots needs a [batch, slots, 6] output: x1, y1, x2, y2 (format=cxcywh for centres), "
-                              "score, class per slot")
         return 1.0 if total == 0 else 2.0 * matched / total
 
     return slots
+
+
+def _slot_table(outputs: Outputs, options: Mapping[str, str]) -> np.ndarray:
+    """``[batch, slots, 6]`` from separate ``boxes``, ``scores`` and (optional) ``labels`` outputs, as TensorFlow's
+    detection API answers them (``detection_boxes``, ``detection_scores``, ``detection_classes``)."""
+    names = [options["boxes"], options.get("scores", ""), options.get("labels")]
+    missing = [n for n in names if n is not None and n not in outputs]
+    if missing:
+        raise MetricError(f"slots: the model has no output {', '.join(map(repr, missing))}; it has "
+                          f"{', '.join(outputs)} (name boxes=, scores= and labels=)")
+    boxes, scores = np.asarray(outputs[names[0]], np.float64), np.asarray(outputs[names[1]], np.float64)
+    labels = np.zeros_like(scores) if names[2] is None else np.asarray(outputs[names[2]], np.float64)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2] or labels.shape != scores.shape:
+        raise MetricError(f"slots: boxes {list(boxes.shape)}, scores {list(scores.shape)} and labels "
+                          f"{list(labels.shape)} are not [batch, slots, 4], [batch, slots] and [batch, slots]")
+    return np.concatenate([boxes, scores[..., None], labels[..., None]], axis=-1)
 
 
 def slot_detections(values: np.ndarray) -> bool:
@@ -773,8 +793,29 @@ def slot_detections(values: np.ndarray) -> bool:
             and np.issubdtype(values.dtype, np.floating) and values.size and np.isfinite(values).all()):
         return False
     scores, ids = values[..., 4], values[..., 5]
-    return bool(scores.min() >= 0.0 and scores.max() <= 1.0 and ids.min() >= 0.0 and np.all(ids == np.round(ids))
-                and np.any(scores > 0.0))
+    return bool(scores.min() >= 0.0 and scores.max() <= 1.0 and _class_ids(ids) and np.any(scores > 0.0))
+
+
+def _class_ids(values: np.ndarray) -> bool:
+    return bool(values.size and np.isfinite(values).all() and values.min() >= 0 and np.all(values == np.round(values)))
+
+
+def _infer_slots_apart(outs: Mapping[str, np.ndarray]) -> dict[str, str] | None:
+    """``boxes``, ``scores`` and ``labels`` of a detector answering its kept detections in separate outputs of a
+    fixed number of slots (TensorFlow's detection API: ``detection_boxes [batch, 100, 4]``, ``detection_scores
+    [batch, 100]``, ``detection_classes [batch, 100]``)."""
+    boxes = next((k for k, v in outs.items() if not is_ragged(v) and v.ndim == 3 and v.shape[-1] == 4
+                  and np.issubdtype(v.dtype, np.floating) and BOX_NAME.search(k)), None)
+    if boxes is None:
+        return None
+    slots = outs[boxes].shape[:2]
+    per_slot = {k: v for k, v in outs.items() if k != boxes and not is_ragged(v) and v.shape == slots}
+    scores = next((k for k, v in per_slot.items() if np.issubdtype(v.dtype, np.floating) and SCORE_NAME.search(k)
+                   and v.size and np.isfinite(v).all() and v.min() >= 0.0 and v.max() <= 1.0), None)
+    if scores is None:
+        return None
+    labels = next((k for k, v in per_slot.items() if k != scores and _class_ids(v)), None)
+    return {"boxes": boxes, "scores": scores, **({"labels": labels} if labels else {})}
 
 
 LIST_METRICS = frozenset({"box-match"})
@@ -805,7 +846,7 @@ BUILTINS: dict[str, _BuiltIn] = {
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
     "slots": (_slots, True, 0.95, "detections kept in fixed slots matched one-to-one by IoU and class, F1",
-              ("output", "conf", "iou", "format")),
+              ("output", "conf", "iou", "format", "boxes", "scores", "labels")),
 }
 
 
@@ -968,6 +1009,14 @@ def infer_targets(inputs: Outputs, reference: Outputs,
             chosen = [target(metric("max-abs", output=k)) for k in others]
             why = f"the largest absolute error of {', '.join(others)}"
         return chosen, f"a stateful model (state fed back through {', '.join(sorted(state_outputs))}): {why}"
+    apart = _infer_slots_apart(outs)
+    if apart is not None:
+        shown = ", ".join(f"{k} '{v}'" for k, v in apart.items())
+        return _with_the_rest([target(metric("slots", **apart))],
+                              f"detections kept in fixed slots, in separate outputs ({shown}; TensorFlow's detection "
+                              "API answers so): the slots scored above 0.25 by either model are matched one-to-one "
+                              "by class and box IoU >= 0.5, F1", {k: v for k, v in outs.items()
+                                                                  if k not in apart.values()}, batch_axes)
     kept = [k for k, v in outs.items() if slot_detections(v)]
     if kept:
         return _with_the_rest([target(metric("slots", output=k)) for k in kept],

@@ -471,6 +471,17 @@ def test_an_end_to_end_detectors_slots_are_matched_by_class_and_box() -> None:
     moved = ref["output0"].copy()
     moved[..., [0, 2]] += 200.0
     assert slots.metric.score(ref, {"output0": moved}, image) == 0.0
+    tf = {"detection_boxes": np.ascontiguousarray(ref["output0"][..., [1, 0, 3, 2]] / 640),  # (y1, x1, y2, x2)
+          "detection_scores": np.ascontiguousarray(ref["output0"][..., 4]),
+          "detection_classes": np.ascontiguousarray(ref["output0"][..., 5]), "num_detections": np.full(4, 5.0, np.float32)}
+    targets, why = infer_targets(image, tf)  # TensorFlow's detection API: the same slots in separate outputs
+    assert [t.metric.spec for t in targets] == [
+        "slots,boxes=detection_boxes,labels=detection_classes,scores=detection_scores", "nrmse,output=num_detections"]
+    assert targets[0].metric.score(tf, tf, image) == 1.0
+    assert targets[0].metric.score(tf, {**tf, "detection_classes": (tf["detection_classes"] + 1) % 80}, image) == 0.0
+    assert targets[0].metric.score(tf, {**tf, "detection_scores": tf["detection_scores"] / 10}, image) == 0.0
+    with pytest.raises(edgeserve.MetricError, match="has no output 'boxes'"):
+        metric("slots,boxes=boxes,scores=detection_scores").score(tf, tf, image)
     probabilities = {"probs": np.full((4, 10, 6), 1 / 6, np.float32)}  # six classes per step: no slots
     assert [t.metric.name for t in infer_targets({}, probabilities)[0]] != ["slots"]
 
