@@ -342,6 +342,15 @@ def _max_abs(options: Mapping[str, str]) -> MetricFn:
     return max_abs
 
 
+def classes_last(values: np.ndarray) -> np.ndarray:
+    """``[rows, classes, 1, 1]`` as ``[rows, classes]``: a classifier ending in a 1x1 convolution (the ONNX model
+    zoo's densenet-121 and squeezenet answer so), whose last axis would otherwise be read as one class."""
+    v = np.asarray(values)
+    while v.ndim > 2 and v.shape[-1] == 1:
+        v = v[..., 0]
+    return v
+
+
 def is_class_scores(values: np.ndarray) -> bool:
     """A float output with a class axis last: ``[rows, classes]`` (or more leading axes), classes > 1."""
     return values.ndim >= 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)
@@ -355,6 +364,7 @@ def _top1(options: Mapping[str, str]) -> MetricFn:
             cand = np.asarray(candidate[name])
             if cand.shape != ref.shape:
                 return 0.0
+            ref, cand = classes_last(ref), classes_last(cand)
             if is_class_scores(ref):
                 seen = True
                 # a row the candidate filled with NaN/Inf (where fp32 is finite) has no class: it disagrees
@@ -405,6 +415,7 @@ def _prob_change(options: Mapping[str, str]) -> MetricFn:
     def prob_change(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
         worst, seen = 0.0, False
         for _, ref, cand in _pairs(reference, candidate, options):
+            ref, cand = classes_last(ref), classes_last(cand)
             if not is_class_scores(ref) and not (options.get("output") and ref.ndim >= 1):
                 continue
             seen = True
@@ -1289,6 +1300,7 @@ def _head_of_an_image(inputs: Outputs, name: str, values: np.ndarray) -> bool:
     float or uint8), named neither like scores nor like features: torchvision's and timm's exports name their class
     scores ``output``, the ONNX model zoo's ``resnetv17_dense0_fwd``. An embedding looks the same, so rows of unit
     length (a normalised embedding) do not count."""
+    values = classes_last(values)
     if not (values.ndim == 2 and values.shape[1] >= 2 and np.issubdtype(values.dtype, np.floating)
             and np.isfinite(values).all() and not FEATURE_NAME.search(name)):
         return False
@@ -1332,6 +1344,7 @@ def _cluster_distances(outs: Outputs) -> tuple[str, str] | None:
 
 
 def _looks_like_scores(name: str, values: np.ndarray) -> bool:
+    values = classes_last(values)
     if not (values.ndim == 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)):
         return False
     if SCORE_NAME.search(name):

@@ -1002,6 +1002,13 @@ def test_an_unnamed_output_of_an_image_model_is_judged_by_its_top1_as_well() -> 
     assert all(t.holds(t.metric.score(ref, ref, image)) for t in targets)
     assert all(t.holds(t.metric.score(ref, cand, image)) for t in generic_targets())  # the cosine cannot see it
     assert not all(t.holds(t.metric.score(ref, cand, image)) for t in targets)
+    square = {"fc6_1": logits[:, :, None, None]}  # the ONNX model zoo's densenet: [batch, 1000, 1, 1]
+    targets = infer_targets(image, square)[0]
+    assert [t.metric.spec for t in targets] == ["top1,output=fc6_1", "cosine,output=fc6_1", "nrmse,output=fc6_1"]
+    assert targets[0].metric.score(square, {"fc6_1": flipped[:, :, None, None]}, image) == pytest.approx(56 / 64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    named = {"prob": (probs / probs.sum(1, keepdims=True))[:, :, None, None]}
+    assert [t.metric.name for t in infer_targets(image, named)[0]] == ["top1", "prob-change"]
     uint8_nhwc = {"images": rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)}
     assert [t.metric.name for t in infer_targets(uint8_nhwc, ref)[0]] == ["top1", "cosine", "nrmse"]
     unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
