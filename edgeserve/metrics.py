@@ -757,20 +757,24 @@ def _slots(options: Mapping[str, str]) -> MetricFn:
     conf, iou_min = float(options.get("conf", 0.25)), float(options.get("iou", 0.5))
     layout, apart = options.get("format", "xyxy"), "boxes" in options
 
+    def tables(reference: Outputs, candidate: Outputs) -> list[tuple[np.ndarray, np.ndarray]]:
+        if not apart:
+            return [(ref, cand) for _, ref, cand in _pairs(reference, candidate, options)
+                    if ref.ndim == 3 and ref.shape[-1] == 6]
+        ref, cand = _slot_table(reference, options), _slot_table(candidate, options)
+        if ref.shape != cand.shape:
+            raise _ShapeChanged(options["boxes"])
+        return [(ref, cand)]
+
     @_guarded(0.0)
     def slots(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
-        tables = [_slot_table(reference, options), _slot_table(candidate, options)] if apart else [
-            (ref, cand) for _, ref, cand in _pairs(reference, candidate, options) if ref.ndim == 3 and ref.shape[-1] == 6]
-        if apart:
-            if tables[0].shape != tables[1].shape:
-                raise _ShapeChanged(options["boxes"])
-            tables = [(tables[0], tables[1])]
-        if not tables:
+        pairs = tables(reference, candidate)
+        if not pairs:
             raise MetricError("slots needs a [batch, slots, 6] output (x1, y1, x2, y2, score, class per slot; "
                               "format=cxcywh for centres), or boxes=NAME [batch, slots, 4] with scores=NAME [batch, "
                               "slots] (and labels=NAME)")
         matched = total = 0
-        for ref, cand in tables:
+        for ref, cand in pairs:
             for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [slots, 6]
                 r, c = r[r[:, 4] >= conf], c[c[:, 4] >= conf]
                 matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min, r[:, 5], c[:, 5],
@@ -784,13 +788,13 @@ def _slots(options: Mapping[str, str]) -> MetricFn:
 def _slot_table(outputs: Outputs, options: Mapping[str, str]) -> np.ndarray:
     """``[batch, slots, 6]`` from separate ``boxes``, ``scores`` and (optional) ``labels`` outputs, as TensorFlow's
     detection API answers them (``detection_boxes``, ``detection_scores``, ``detection_classes``)."""
-    names = [options["boxes"], options.get("scores", ""), options.get("labels")]
-    missing = [n for n in names if n is not None and n not in outputs]
+    box_name, score_name, label_name = options["boxes"], options.get("scores", ""), options.get("labels")
+    missing = [n for n in (box_name, score_name, label_name) if n is not None and n not in outputs]
     if missing:
         raise MetricError(f"slots: the model has no output {', '.join(map(repr, missing))}; it has "
                           f"{', '.join(outputs)} (name boxes=, scores= and labels=)")
-    boxes, scores = np.asarray(outputs[names[0]], np.float64), np.asarray(outputs[names[1]], np.float64)
-    labels = np.zeros_like(scores) if names[2] is None else np.asarray(outputs[names[2]], np.float64)
+    boxes, scores = np.asarray(outputs[box_name], np.float64), np.asarray(outputs[score_name], np.float64)
+    labels = np.zeros_like(scores) if label_name is None else np.asarray(outputs[label_name], np.float64)
     if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2] or labels.shape != scores.shape:
         raise MetricError(f"slots: boxes {list(boxes.shape)}, scores {list(scores.shape)} and labels "
                           f"{list(labels.shape)} are not [batch, slots, 4], [batch, slots] and [batch, slots]")
