@@ -135,6 +135,26 @@ def test_run_imports_no_converter_tools(mlp_package: Path, tmp_path: Path) -> No
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_converting_an_onnx_model_never_imports_torch(mlp_path: Path, tmp_path: Path) -> None:
+    """onnxruntime's ``tools`` package imports torch whenever it is installed (3.4 s on this project's machine)
+    for a helper the converter never uses; its shape inference is read without it, in the converter's process
+    and in its quantising worker alike."""
+    pytest.importorskip("torch")
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=rows(32))
+    code = (
+        "import os, sys\n"
+        "from edgeserve.converter.memory import IN_PROCESS_ENV\n"
+        "os.environ[IN_PROCESS_ENV] = '1'\n"
+        "import edgeserve\n"
+        f"edgeserve.convert({str(mlp_path)!r}, {str(tmp_path / 'pkg')!r}, quantize='static', "
+        f"calibration={str(calibration)!r})\n"
+        "print('TORCH', 'torch' in sys.modules, 'onnxruntime.tools' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "TORCH False False" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_import_prints_nothing_and_stays_light() -> None:
     code = "import sys, edgeserve; print(sorted(m for m in ('onnxruntime', 'onnx', 'torch') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

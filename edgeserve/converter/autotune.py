@@ -302,14 +302,23 @@ class Search:
     step: Callable[[str, int, int], None]
 
     def try_every_candidate(self) -> None:
+        nothing: dict[tuple[str, str], Candidate] = {}
+        """The first candidate of each engine and quantisation mode that found nothing to quantise: its variants
+        (per channel, another calibration method) would quantise the same nothing, a model build each."""
         for i, cand in enumerate(list(self.plan)):
             # NOTE: the first candidate always runs: a budget spent before the search began (loading, calibrating a
             # big model) would otherwise leave nothing tried, and whether it did depended on the machine's speed
             if i and time.monotonic() > self.deadline:
                 cand.status, cand.reason = "skipped", "time budget exhausted"
                 continue
+            kind = (cand.backend, cand.config.mode)
+            if kind in nothing:
+                cand.status, cand.reason = "skipped", f"as {nothing[kind].name}: {nothing[kind].reason}"
+                continue
             self.step(f"auto: {cand.name}", i, len(self.plan))
             self.trial(cand)
+            if cand.recipe.get("nothing_quantised"):
+                nothing[kind] = cand
 
     def trial(self, cand: Candidate) -> None:
         """Build the candidate from the first graph that works on its engine, then measure it against fp32."""
@@ -344,6 +353,7 @@ class Search:
             # timed against fp32 it read 1.03-1.21x by noise alone, and auto then chose "int8-static" for a
             # HistGradientBoostingClassifier that held not one int8 value
             cand.status, cand.reason = "skipped", f"{recipe['nothing_quantised']} (the same model as fp32)"
+            cand.recipe = recipe
             return None
         try:
             session = self.evaluator.open(dst, cand.backend, cand.precision)

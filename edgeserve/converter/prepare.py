@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Iterator, Mapping
@@ -137,6 +138,30 @@ def _has_external_data(path: Path) -> bool:
     return uses_external_data(read_model(path.read_bytes()))
 
 
+@functools.lru_cache(maxsize=1)
+def _symbolic_shape_inference() -> Any:
+    """onnxruntime's ``SymbolicShapeInference`` class, without importing torch.
+
+    NOTE: the package ``onnxruntime.tools`` imports torch in its ``__init__`` whenever torch is installed (for a
+    PyTorch export helper nothing here uses): 3.4 s on this project's machine, paid by every conversion of a
+    scikit-learn or ONNX model and again in each ``auto`` candidate's subprocess. The module is read from its file
+    under a private name instead; ``onnxruntime.tools`` is left unimported, as a host application would expect."""
+    import importlib.util
+    import sys
+
+    if "onnxruntime.tools.symbolic_shape_infer" in sys.modules:
+        return sys.modules["onnxruntime.tools.symbolic_shape_infer"].SymbolicShapeInference
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("edgeserve._symbolic_shape_infer", path)
+    if spec is None or spec.loader is None:
+        raise ConversionError(f"symbolic shape inference is not available in this onnxruntime (no {path})")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def symbolic_shapes(model: Any) -> Any:
     """onnxruntime's symbolic shape inference, without the file it leaves behind.
 
@@ -144,9 +169,7 @@ def symbolic_shapes(model: Any) -> Any:
     # into the current directory when inference is incomplete. This is its loop without that save; the current
     # directory is the whole process's, so a converter inside a host application must never write there.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+    inference = _symbolic_shape_inference()(2**31 - 1, False, False, 0)
     try:
         inference._preprocess(model)
         done = False
