@@ -1303,10 +1303,13 @@ def _head_of_an_image(inputs: Outputs, name: str, values: np.ndarray) -> bool:
     """``[batch, N]`` floats of a model with an image input (``[batch, 1..4 channels, H, W]`` or channels last,
     float or uint8), named neither like scores nor like features: torchvision's and timm's exports name their class
     scores ``output``, the ONNX model zoo's ``resnetv17_dense0_fwd``. An embedding looks the same, so rows of unit
-    length (a normalised embedding) do not count."""
+    length (a normalised embedding) do not count, nor do widths that are a multiple of 128: embeddings are so wide
+    (ArcFace's and CLIP's 512, DINO's 384, a ResNet's pooled 2048), class counts seldom are (1000, 1001, 21843, 10)."""
     values = classes_last(values)
     if not (values.ndim == 2 and values.shape[1] >= 2 and np.issubdtype(values.dtype, np.floating)
             and np.isfinite(values).all() and not FEATURE_NAME.search(name)):
+        return False
+    if values.shape[1] % EMBEDDING_WIDTH == 0:
         return False
     if np.allclose(np.linalg.norm(values.astype(np.float64), axis=1), 1.0, atol=1e-3):
         return False
@@ -1320,6 +1323,9 @@ def _is_image(values: np.ndarray) -> bool:
     first, last = values.shape[1] <= 4 and min(values.shape[2:]) >= 8, values.shape[3] <= 4 and min(values.shape[1:3]) >= 8
     return bool(first or last)
 
+
+EMBEDDING_WIDTH = 128
+"""Widths that are a multiple of this read as an embedding, not as class scores (see :func:`_head_of_an_image`)."""
 
 FEATURE_NAME = re.compile(r"embed|feature|hidden|pool|vector|encod|proj|latent|descriptor|token|box|landmark|"
                           r"keypoint|point|coord|regress|depth|pose|age", re.IGNORECASE)

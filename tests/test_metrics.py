@@ -1012,6 +1012,8 @@ def test_an_unnamed_output_of_an_image_model_is_judged_by_its_top1_as_well() -> 
     uint8_nhwc = {"images": rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)}
     assert [t.metric.name for t in infer_targets(uint8_nhwc, ref)[0]] == ["top1", "cosine", "nrmse"]
     unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
+    arcface = {"fc1": rng.normal(0, 1, (64, 512)).astype(np.float32)}  # a face embedding, not normalised
     for inputs, outs in ((image, {"embeddings": logits}), (image, {"output": unit}), (image, {"landmarks": logits}),
+                         (image, arcface),
                          ({"x": rng.normal(0, 1, (64, 20)).astype(np.float32)}, ref)):
         assert [t.metric.name for t in infer_targets(inputs, outs)[0]] == ["cosine", "nrmse"], list(outs)
