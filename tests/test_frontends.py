@@ -483,6 +483,41 @@ def test_a_file_torch_saved_converts_from_the_command_line(tmp_path: Path, saved
     np.testing.assert_allclose(out["output"], want, rtol=1e-4, atol=1e-5)
 
 
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores, self.boxes = torch.nn.Linear(6, 3), torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return {"scores": torch.softmax(self.scores(x), -1), "boxes": torch.sigmoid(self.boxes(x))}
+
+
+class _Pair(_TwoHeads):
+    def forward(self, x):
+        return torch.softmax(self.scores(x), -1), torch.sigmoid(self.boxes(x))
+
+
+@pytest.mark.parametrize(("net", "names"), [(_TwoHeads, ["scores", "boxes"]), (_Pair, ["output_0", "output_1"])],
+                         ids=["dict", "tuple"])
+def test_a_saved_programs_outputs_keep_the_names_its_forward_gives_them(tmp_path: Path, net: type, names: list[str]) -> None:
+    """A torch.export program answering a dict keeps its keys as output names, a tuple is numbered as a module's
+    is: left to the exporter they were named after their last operator ('softmax', 'sigmoid')."""
+    torch.manual_seed(0)
+    module = net().eval()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(module, (torch.as_tensor(x[:2]),),
+                                          dynamic_shapes=({0: torch.export.Dim("rows")},)), str(path))
+    pkg = edgeserve.convert(path, tmp_path / "pkg", calibration={"x": x})
+    with edgeserve.load(pkg.path) as model:
+        assert [s.name for s in model.outputs] == names
+        out = model.predict({"x": x})
+    with torch.no_grad():
+        want = module(torch.as_tensor(x))
+    for name, value in zip(names, want.values() if isinstance(want, dict) else want):
+        np.testing.assert_allclose(out[name], value.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_torchscript_file_without_rows_to_trace_it_asks_for_them(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.script(_Tokens().eval()), str(path))

@@ -372,8 +372,7 @@ def _from_exported(path: Path, workdir: Path, output_names: Sequence[str] | None
 
     program = saved.open_exported(path)
     user = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    outputs = list(output_names) if output_names else (
-        ["output"] if len(program.graph_signature.user_outputs) == 1 else None)
+    outputs = list(output_names) if output_names else _exported_output_names(program)
     dst = workdir / "source.onnx"
     used = max(opset, 18)  # see _export: torch.export's exporter writes opset 18
     try:
@@ -387,6 +386,27 @@ def _from_exported(path: Path, workdir: Path, output_names: Sequence[str] | None
     return SourceModel(dst, {"framework": "torch", "torch": torch.__version__, "file": path.name,
                              "sha256": sha256_file(path), "saved_as": saved.EXPORTED, "opset": used,
                              "exporter": "torch.export"})
+
+
+def _exported_output_names(program: Any) -> list[str]:
+    """What a saved program's outputs are called where its ``forward`` returns them: a dict's keys (a
+    transformers ``ModelOutput``'s fields), else ``output`` or ``output_0``…, as a module's are (see
+    :func:`_output_keys`). Left to the exporter they were named after their last operator (``softmax``,
+    ``sigmoid``), the names the user's code knows them by lost."""
+    from torch.utils import _pytree as pytree
+
+    count = len(program.graph_signature.user_outputs)
+    try:
+        spec = program.call_spec.out_spec
+        tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+        paths = [path for path, _ in pytree.tree_flatten_with_path(tree)[0]]
+    except Exception:  # noqa: BLE001 - a program without a readable output structure: numbered names
+        paths = []
+    keys = [str(p[0].key) if isinstance(p[0], pytree.MappingKey) else p[0].name if isinstance(p[0], pytree.GetAttrKey)
+            else None for p in paths if len(p) == 1]
+    if len(keys) == len(paths) == count and None not in keys and len(set(keys)) == count:
+        return [k for k in keys if k is not None]
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 def _from_torchscript(path: Path, workdir: Path, example_inputs: Any, output_names: Sequence[str] | None,
