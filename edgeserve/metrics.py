@@ -777,8 +777,9 @@ def _slots(options: Mapping[str, str]) -> MetricFn:
         for ref, cand in pairs:
             for r, c in zip(ref.astype(np.float64), cand.astype(np.float64)):  # [slots, 6]
                 r, c = r[r[:, 4] >= conf], c[c[:, 4] >= conf]
-                matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min, r[:, 5], c[:, 5],
-                                    r[:, 4])
+                # NOTE: class ids as the nearest whole number: an int8 output step rounds 1.0 to 1.022, still class 1
+                matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min,
+                                    np.round(r[:, 5]), np.round(c[:, 5]), r[:, 4])
                 total += len(r) + len(c)
         return 1.0 if total == 0 else 2.0 * matched / total
 

@@ -460,6 +460,9 @@ def test_an_end_to_end_detectors_slots_are_matched_by_class_and_box() -> None:
     relabelled = ref["output0"].copy()
     relabelled[..., 5] = (relabelled[..., 5] + 1) % 80
     assert slots.metric.score(ref, {"output0": relabelled}, image) == 0.0
+    rounded = ref["output0"].copy()
+    rounded[..., 5] += 0.022  # an int8 output's step: still the same class
+    assert slots.metric.score(ref, {"output0": rounded}, image) == 1.0
     assert all(t.holds(t.metric.score(ref, {"output0": relabelled}, image)) for t in generic_targets())
     reordered = ref["output0"][:, ::-1].copy()  # the same detections in other slots
     jitter = reordered.copy()
