@@ -28,8 +28,9 @@ name                      better  compares
                                   ``blank``) is the same string
 ``slots``                 higher  ``[batch, slots, 6]`` (x1, y1, x2, y2, score, class id), an end-to-end
                                   detector's kept detections: slots scored above ``conf`` by either model
-                                  matched one-to-one by class and IoU ≥ ``iou``, F1 (``format=cxcywh``);
-                                  or ``boxes=``, ``scores=`` and ``labels=`` outputs apart
+                                  matched one-to-one by class, IoU ≥ ``iou`` and a score within
+                                  ``score_change`` (0.05), F1 (``format=cxcywh``); or ``boxes=``,
+                                  ``scores=`` and ``labels=`` outputs apart
 ``detection``             higher  YOLO-style ``[batch, 4 + classes, anchors]``: of the anchors either model
                                   scores above ``conf``, the fraction with the same class and box IoU ≥ ``iou``;
                                   ``classes=N`` when more values follow the class scores (mask coefficients,
@@ -692,14 +693,19 @@ def _corners(boxes: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _matched(ref: np.ndarray, cand: np.ndarray, iou_min: float, ref_labels: np.ndarray | None,
-             cand_labels: np.ndarray | None, ref_scores: np.ndarray | None) -> int:
-    """Reference boxes matched one-to-one by a candidate box with IoU >= ``iou_min`` (and the same label), the
+             cand_labels: np.ndarray | None, ref_scores: np.ndarray | None,
+             scores_within: tuple[np.ndarray, float] | None = None) -> int:
+    """Reference boxes matched one-to-one by a candidate box with IoU >= ``iou_min`` (and the same label; and
+    with ``scores_within`` = (candidate scores, tolerance), a score that moved by at most the tolerance), the
     reference's most confident first, as an evaluator's greedy matching does."""
     if not len(ref) or not len(cand):
         return 0
     iou = _pairwise_iou(ref, cand)
     if ref_labels is not None and cand_labels is not None:
         iou = np.where(ref_labels[:, None] == cand_labels[None, :], iou, 0.0)
+    if scores_within is not None and ref_scores is not None:
+        cand_scores, tolerance = scores_within
+        iou = np.where(np.abs(ref_scores[:, None] - cand_scores[None, :]) <= tolerance, iou, 0.0)
     order = np.argsort(-ref_scores, kind="stable") if ref_scores is not None else range(len(ref))
     free = np.ones(len(cand), dtype=bool)
     matched = 0
@@ -756,6 +762,7 @@ def _box_list(values: Any) -> bool:
 def _slots(options: Mapping[str, str]) -> MetricFn:
     conf, iou_min = float(options.get("conf", 0.25)), float(options.get("iou", 0.5))
     layout, apart = options.get("format", "xyxy"), "boxes" in options
+    moved = float(options.get("score_change", 0.05))
 
     def tables(reference: Outputs, candidate: Outputs) -> list[tuple[np.ndarray, np.ndarray]]:
         if not apart:
@@ -779,7 +786,7 @@ def _slots(options: Mapping[str, str]) -> MetricFn:
                 r, c = r[r[:, 4] >= conf], c[c[:, 4] >= conf]
                 # NOTE: class ids as the nearest whole number: an int8 output step rounds 1.0 to 1.022, still class 1
                 matched += _matched(_corners(r[:, :4], layout), _corners(c[:, :4], layout), iou_min,
-                                    np.round(r[:, 5]), np.round(c[:, 5]), r[:, 4])
+                                    np.round(r[:, 5]), np.round(c[:, 5]), r[:, 4], (c[:, 4], moved))
                 total += len(r) + len(c)
         return 1.0 if total == 0 else 2.0 * matched / total
 
@@ -862,7 +869,7 @@ BUILTINS: dict[str, _BuiltIn] = {
     "box-match": (_box_match, True, 0.95, "kept boxes matched one-to-one by IoU (and label), F1 over the samples",
                   ("output", "labels", "scores", "iou", "format")),
     "slots": (_slots, True, 0.95, "detections kept in fixed slots matched one-to-one by IoU and class, F1",
-              ("output", "conf", "iou", "format", "boxes", "scores", "labels")),
+              ("output", "conf", "iou", "format", "boxes", "scores", "labels", "score_change")),
 }
 
 
@@ -896,7 +903,7 @@ def metric(spec: str | Metric | Callable[..., float], **options: Any) -> Metric:
         raise ConfigError(f"metric {name}: axis={opts['axis']!r} is not a whole number")
     if "classes" in opts and not re.fullmatch(r"[1-9]\d*", opts["classes"]):
         raise ConfigError(f"metric {name}: classes={opts['classes']!r} is not a whole number of 1 or more")
-    for key in ("floor", "threshold", "conf", "iou", "blank"):
+    for key in ("floor", "threshold", "conf", "iou", "blank", "score_change"):
         if key in opts:
             try:
                 float(opts[key])
@@ -1031,15 +1038,16 @@ def infer_targets(inputs: Outputs, reference: Outputs,
         return _with_the_rest([target(metric("slots", **apart))],
                               f"detections kept in fixed slots, in separate outputs ({shown}; TensorFlow's detection "
                               "API answers so): the slots scored above 0.25 by either model are matched one-to-one "
-                              "by class and box IoU >= 0.5, F1", {k: v for k, v in outs.items()
+                              "by class, box IoU >= 0.5 and a score within 0.05, F1", {k: v for k, v in outs.items()
                                                                   if k not in apart.values()}, batch_axes)
     kept = [k for k, v in outs.items() if slot_detections(v)]
     if kept:
         return _with_the_rest([target(metric("slots", output=k)) for k in kept],
                               f"detections kept in fixed slots in {', '.join(kept)} ([batch, slots, 6]: box, score in "
                               "[0, 1], class id; an end-to-end detector's or an export with NMS inside): the slots "
-                              "scored above 0.25 by either model are matched one-to-one by class and box IoU >= 0.5 "
-                              "(corners x1, y1, x2, y2; name slots,format=cxcywh for centres), F1", outs, batch_axes)
+                              "scored above 0.25 by either model are matched one-to-one by class, box IoU >= 0.5 and "
+                              "a score within 0.05 (corners x1, y1, x2, y2; name slots,format=cxcywh for centres), "
+                              "F1", outs, batch_axes)
     detections = {k: n for k, v in outs.items() if (n := detection_classes(v)) is not None}
     if detections:
         chosen, more = [], []

@@ -462,7 +462,12 @@ def test_an_end_to_end_detectors_slots_are_matched_by_class_and_box() -> None:
     assert slots.metric.score(ref, {"output0": relabelled}, image) == 0.0
     rounded = ref["output0"].copy()
     rounded[..., 5] += 0.022  # an int8 output's step: still the same class
+    rounded[..., 4] -= 0.03  # and a confidence a little lower
     assert slots.metric.score(ref, {"output0": rounded}, image) == 1.0
+    unsure = ref["output0"].copy()
+    unsure[..., 4] -= 0.07  # every confidence lower by more than 0.05: to a user thresholding them, other detections
+    assert slots.metric.score(ref, {"output0": unsure}, image) == 0.0
+    assert metric("slots,score_change=0.1").score(ref, {"output0": unsure}, image) == 1.0
     assert all(t.holds(t.metric.score(ref, {"output0": relabelled}, image)) for t in generic_targets())
     reordered = ref["output0"][:, ::-1].copy()  # the same detections in other slots
     jitter = reordered.copy()
