@@ -387,6 +387,13 @@ def test_the_repair_ranks_nodes_by_their_effect_on_the_metric(tmp_path: Path) ->
     ranking = [("loud", 0.9), ("quiet", 0.5), ("middling", 0.4), ("untried", 0.1)]
     assert [n for n, _ in search._by_effect_on_the_metric(cand, ranking)] == ["quiet", "middling", "loud", "untried"]
     assert [c.name for c in search.plan] == [f"int8-static-minmax+fp32[{n}]" for n in ("loud", "quiet", "middling")]
+    # the node writing an answer is probed wherever it ranks: a detector's last Concat showed little activation
+    # error, and was what broke the task
+    left_after["answer"] = 0.0
+    search.plan = []
+    ranked = search._by_effect_on_the_metric(cand, [*ranking, ("answer", 0.01)], writers=frozenset({"answer"}))
+    assert [n for n, _ in ranked] == ["answer", "quiet", "middling", "loud", "untried"]
+    assert search.plan[-1].name == "int8-static-minmax+fp32[answer]"
 
 
 def test_a_repair_of_a_node_named_like_a_path_builds(tmp_path: Path) -> None:
