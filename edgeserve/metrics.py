@@ -627,8 +627,8 @@ def _query_detection(options: Mapping[str, str]) -> MetricFn:
         if cand_l.shape != ref_l.shape or cand_b.shape != ref_b.shape:
             raise _ShapeChanged(name)
         mode = scoring or ("softmax" if background_last(ref_l) else "sigmoid")
-        none = background or ("last" if mode == "softmax" else "none")
-        (r_p, r_cls), (c_p, c_cls) = _query_scores(ref_l, mode, none), _query_scores(cand_l, mode, none)
+        no_object = background or ("last" if mode == "softmax" else "none")
+        (r_p, r_cls), (c_p, c_cls) = _query_scores(ref_l, mode, no_object), _query_scores(cand_l, mode, no_object)
         r_on, c_on = r_p > conf, c_p > conf  # as transformers post_process_object_detection
         both = r_on & c_on & (r_cls == c_cls)
         r_box, c_box = (_centres(b[both].astype(np.float64), layout) for b in (ref_b, cand_b))
@@ -1206,10 +1206,13 @@ def _infer_query_detection(outs: Mapping[str, np.ndarray]) -> tuple[list[Target]
     if logits is None:
         return None
     scores, box_values = floats[logits], floats[boxes]
-    background = _background(scores)
-    finite = bool(np.isfinite(scores).all())
-    scoring = ("probabilities" if finite and scores.min() >= 0.0 and scores.max() <= 1.0 and sums_to_one(scores)
-               else "sigmoid" if background == "none" else "softmax")
+    if np.isfinite(scores).all() and scores.min() >= 0.0 and scores.max() <= 1.0 and sums_to_one(scores):
+        # NOTE: a softmax already taken, background first (SSD, UltraFace) or last; only here is a first class
+        # that most queries score highest a background: among sigmoid logits it is a common class (COCO's person)
+        scoring, background = "probabilities", _background(scores)
+    else:
+        scoring = "softmax" if background_last(scores) else "sigmoid"
+        background = "last" if scoring == "softmax" else "none"
     options = {"output": logits, "boxes": boxes, "scores": scoring}
     if background != ("last" if scoring == "softmax" else "none"):
         options["background"] = background

@@ -573,6 +573,12 @@ def test_an_anchor_detector_with_background_first_is_judged_by_its_anchors_found
     assert det.holds(det.metric.score(ref, {**ref, "boxes": nudged}, {}))
     with pytest.raises(edgeserve.ConfigError, match="background must be"):
         metric("query-detection,background=middle")
+    # RT-DETR's sigmoid logits where most queries' best class is the first (COCO's person): no background
+    logits = rng.normal(-4, 1, (2, 300, 80)).astype(np.float32)
+    logits[..., 0] += 3
+    centres = np.concatenate([rng.uniform(0.2, 0.8, (2, 300, 2)), rng.uniform(0.05, 0.3, (2, 300, 2))], -1)
+    assert [t.metric.spec for t in infer_targets({}, {"logits": logits, "pred_boxes": centres.astype(np.float32)})[0]] \
+        == ["query-detection,boxes=pred_boxes,output=logits,scores=sigmoid"]
 
 
 def test_scores_are_judged_by_top1_and_the_largest_probability_change() -> None:
