@@ -343,7 +343,7 @@ def _max_abs(options: Mapping[str, str]) -> MetricFn:
     return max_abs
 
 
-def classes_last(values: np.ndarray) -> np.ndarray:
+def _classes_last(values: np.ndarray) -> np.ndarray:
     """``[rows, classes, 1, 1]`` as ``[rows, classes]``: a classifier ending in a 1x1 convolution (the ONNX model
     zoo's densenet-121 and squeezenet answer so), whose last axis would otherwise be read as one class."""
     v = np.asarray(values)
@@ -365,7 +365,7 @@ def _top1(options: Mapping[str, str]) -> MetricFn:
             cand = np.asarray(candidate[name])
             if cand.shape != ref.shape:
                 return 0.0
-            ref, cand = classes_last(ref), classes_last(cand)
+            ref, cand = _classes_last(ref), _classes_last(cand)
             if is_class_scores(ref):
                 seen = True
                 # a row the candidate filled with NaN/Inf (where fp32 is finite) has no class: it disagrees
@@ -416,7 +416,7 @@ def _prob_change(options: Mapping[str, str]) -> MetricFn:
     def prob_change(reference: Outputs, candidate: Outputs, inputs: Outputs) -> float:
         worst, seen = 0.0, False
         for _, ref, cand in _pairs(reference, candidate, options):
-            ref, cand = classes_last(ref), classes_last(cand)
+            ref, cand = _classes_last(ref), _classes_last(cand)
             if not is_class_scores(ref) and not (options.get("output") and ref.ndim >= 1):
                 continue
             seen = True
@@ -809,7 +809,7 @@ def _slot_table(outputs: Outputs, options: Mapping[str, str]) -> np.ndarray:
     return np.concatenate([boxes, scores[..., None], labels[..., None]], axis=-1)
 
 
-def slot_detections(values: np.ndarray) -> bool:
+def _slot_detections(values: np.ndarray) -> bool:
     """``[batch, slots, 6]`` floats of (box, score in [0, 1], class id): an end-to-end detector's kept detections
     in a fixed number of slots (YOLOv10's 300, an export with NMS inside), unused slots scored 0."""
     if not (values.ndim == 3 and values.shape[-1] == 6 and values.shape[1] >= 2
@@ -1040,7 +1040,7 @@ def infer_targets(inputs: Outputs, reference: Outputs,
                               "API answers so): the slots scored above 0.25 by either model are matched one-to-one "
                               "by class, box IoU >= 0.5 and a score within 0.05, F1", {k: v for k, v in outs.items()
                                                                   if k not in apart.values()}, batch_axes)
-    kept = [k for k, v in outs.items() if slot_detections(v)]
+    kept = [k for k, v in outs.items() if _slot_detections(v)]
     if kept:
         return _with_the_rest([target(metric("slots", output=k)) for k in kept],
                               f"detections kept in fixed slots in {', '.join(kept)} ([batch, slots, 6]: box, score in "
@@ -1048,7 +1048,7 @@ def infer_targets(inputs: Outputs, reference: Outputs,
                               "scored above 0.25 by either model are matched one-to-one by class, box IoU >= 0.5 and "
                               "a score within 0.05 (corners x1, y1, x2, y2; name slots,format=cxcywh for centres), "
                               "F1", outs, batch_axes)
-    detections = {k: n for k, v in outs.items() if (n := detection_classes(v)) is not None}
+    detections = {k: n for k, v in outs.items() if (n := _detection_classes(v)) is not None}
     if detections:
         chosen, more = [], []
         for k, n in detections.items():
@@ -1230,7 +1230,7 @@ def _infer_query_detection(outs: Mapping[str, np.ndarray]) -> tuple[list[Target]
 BOX_NAME = re.compile(r"box", re.IGNORECASE)
 
 
-def detection_classes(values: np.ndarray) -> int | None:
+def _detection_classes(values: np.ndarray) -> int | None:
     """How many class scores a YOLO-style ``[batch, 4 + classes + extra, anchors]`` output (or channels last)
     holds after its box, or None if it is not one: many anchors, class scores in [0, 1]. The class scores are the
     channels in [0, 1] right after the box; what follows them is more per anchor, not classes (a segmenting
@@ -1317,7 +1317,7 @@ def _head_of_an_image(inputs: Outputs, name: str, values: np.ndarray) -> bool:
     scores ``output``, the ONNX model zoo's ``resnetv17_dense0_fwd``. An embedding looks the same, so rows of unit
     length (a normalised embedding) do not count, nor do widths that are a multiple of 128: embeddings are so wide
     (ArcFace's and CLIP's 512, DINO's 384, a ResNet's pooled 2048), class counts seldom are (1000, 1001, 21843, 10)."""
-    values = classes_last(values)
+    values = _classes_last(values)
     if not (values.ndim == 2 and values.shape[1] >= 2 and np.issubdtype(values.dtype, np.floating)
             and np.isfinite(values).all() and not FEATURE_NAME.search(name)):
         return False
@@ -1366,7 +1366,7 @@ def _cluster_distances(outs: Outputs) -> tuple[str, str] | None:
 
 
 def _looks_like_scores(name: str, values: np.ndarray) -> bool:
-    values = classes_last(values)
+    values = _classes_last(values)
     if not (values.ndim == 2 and values.shape[-1] > 1 and np.issubdtype(values.dtype, np.floating)):
         return False
     if SCORE_NAME.search(name):

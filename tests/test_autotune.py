@@ -391,7 +391,8 @@ def test_the_repair_ranks_nodes_by_their_effect_on_the_metric(tmp_path: Path) ->
     # error, and was what broke the task
     left_after["answer"] = 0.0
     search.plan = []
-    ranked = search._by_effect_on_the_metric(cand, [*ranking, ("answer", 0.01)], writers=frozenset({"answer"}))
+    search.writers = frozenset({"answer"})
+    ranked = search._by_effect_on_the_metric(cand, [*ranking, ("answer", 0.01)])
     assert [n for n, _ in ranked] == ["answer", "quiet", "middling", "loud", "untried"]
     assert search.plan[-1].name == "int8-static-minmax+fp32[answer]"
 

@@ -254,7 +254,7 @@ def search(
                    evaluator=_Evaluator(graphs.fp32, held_out, labels, budget, threads, sessions, timing_batch),
                    deadline=started + time_budget,
                    timing_s=max(0.3, min(3.0, time_budget / (6 * (len(plan) + 4)))),
-                   step=progress or (lambda stage, done, total: None))
+                   step=progress or (lambda stage, done, total: None), writers=_answer_writers(graphs.prepared))
         s.try_every_candidate()
         s.repair_near_misses()
         s.final_round()
@@ -300,6 +300,8 @@ class Search:
     deadline: float
     timing_s: float
     step: Callable[[str, int, int], None]
+    writers: frozenset[str] = frozenset()
+    """The nodes that write the model's answers: the repair probes them wherever they rank."""
 
     def try_every_candidate(self) -> None:
         nothing: dict[tuple[str, str], Candidate] = {}
@@ -394,7 +396,7 @@ class Search:
             assert cand.path is not None
             ranking = rank_sensitivity(self.graphs.prepared, cand.path, self.evaluator.held_out,
                                        threads=SessionConfig().threads)
-            ranking = self._by_effect_on_the_metric(cand, ranking, writers=answer_writers(self.graphs.prepared))
+            ranking = self._by_effect_on_the_metric(cand, ranking)
             k = 2 if len(ranking) > 1 else 1
             left = cand.shortfall
             while ranking and k <= max(1, len(ranking) // 2) and time.monotonic() < self.deadline:
@@ -417,15 +419,14 @@ class Search:
                 k *= 2
 
     def _by_effect_on_the_metric(self, cand: Candidate, ranking: list[tuple[str, float]],
-                                 probes: int = PROBE_NODES, writers: frozenset[str] = frozenset()
-                                 ) -> list[tuple[str, float]]:
+                                 probes: int = PROBE_NODES) -> list[tuple[str, float]]:
         """Re-rank the nodes with the largest activation error by what keeping each alone in fp32 does to the
         budget's metrics (the smaller the remaining shortfall, the earlier): a node whose error the task never
         sees is not worth its speed. Each probe is a real candidate, recorded, and wins if it fits the budget."""
         # NOTE: and the nodes that write an answer, wherever they rank: their error is the task's own, keeping
         # them in fp32 costs little (a detector's last Concat), and the activation error cannot tell how much a
         # task minds it (a score column's 12% in a Concat of pixels read 0.004, under three Convs' 0.005-0.007)
-        chosen = ranking[:probes] + [(n, s) for n, s in ranking[probes:] if n in writers]
+        chosen = ranking[:probes] + [(n, s) for n, s in ranking[probes:] if n in self.writers]
         measured: list[tuple[str, float, float]] = []
         for name, score in chosen:
             if time.monotonic() > self.deadline:
@@ -564,7 +565,7 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     return sorted((s for s in scores if s[1] > ADDS_ERROR), key=lambda s: -s[1])
 
 
-def answer_writers(path: Path) -> frozenset[str]:
+def _answer_writers(path: Path) -> frozenset[str]:
     """The names of the nodes that write one of the model's answers (its graph outputs)."""
     import onnx
 
