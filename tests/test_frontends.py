@@ -483,7 +483,7 @@ def test_a_file_torch_saved_converts_from_the_command_line(tmp_path: Path, saved
     np.testing.assert_allclose(out["output"], want, rtol=1e-4, atol=1e-5)
 
 
-class _TwoHeads(torch.nn.Module):
+class _DetectionHeads(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scores, self.boxes = torch.nn.Linear(6, 3), torch.nn.Linear(6, 4)
@@ -492,12 +492,12 @@ class _TwoHeads(torch.nn.Module):
         return {"scores": torch.softmax(self.scores(x), -1), "boxes": torch.sigmoid(self.boxes(x))}
 
 
-class _Pair(_TwoHeads):
+class _DetectionPair(_DetectionHeads):
     def forward(self, x):
         return torch.softmax(self.scores(x), -1), torch.sigmoid(self.boxes(x))
 
 
-@pytest.mark.parametrize(("net", "names"), [(_TwoHeads, ["scores", "boxes"]), (_Pair, ["output_0", "output_1"])],
+@pytest.mark.parametrize(("net", "names"), [(_DetectionHeads, ["scores", "boxes"]), (_DetectionPair, ["output_0", "output_1"])],
                          ids=["dict", "tuple"])
 def test_a_saved_programs_outputs_keep_the_names_its_forward_gives_them(tmp_path: Path, net: type, names: list[str]) -> None:
     """A torch.export program answering a dict keeps its keys as output names, a tuple is numbered as a module's
