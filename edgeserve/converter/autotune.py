@@ -247,6 +247,8 @@ def search(
     if timing_batch > 1 and not held_out.stacked:
         log.warning("auto: the model takes one sample a call (no batch axis), so candidates are timed one sample a "
                     "call, not %d rows", timing_batch)
+    import onnx
+
     started = time.monotonic()
     plan = plan_candidates(graphs.prepared, has_calibration=calibration is not None)
     with ExitStack() as sessions:  # every session the search opens, closed however it ends
@@ -254,7 +256,8 @@ def search(
                    evaluator=_Evaluator(graphs.fp32, held_out, labels, budget, threads, sessions, timing_batch),
                    deadline=started + time_budget,
                    timing_s=max(0.3, min(3.0, time_budget / (6 * (len(plan) + 4)))),
-                   step=progress or (lambda stage, done, total: None), writers=_answer_writers(graphs.prepared))
+                   step=progress or (lambda stage, done, total: None),
+                   writers=_writers_of_answers(onnx.load(str(graphs.prepared), load_external_data=False).graph))
         s.try_every_candidate()
         s.repair_near_misses()
         s.final_round()
@@ -542,8 +545,8 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     import onnx
 
     model = onnx.load(str(fp32), load_external_data=False)
-    answers = {o.name for o in model.graph.output}
-    nodes = [n for n in model.graph.node if (n.op_type in QUANTISABLE_OPS or answers & set(n.output)) and n.name
+    writers = _writers_of_answers(model.graph)
+    nodes = [n for n in model.graph.node if (n.op_type in QUANTISABLE_OPS or n.name in writers) and n.name
              and n.output]
     if not nodes:
         return []
@@ -565,11 +568,8 @@ def rank_sensitivity(fp32: Path, quantised: Path, held_out: Samples, *, threads:
     return sorted((s for s in scores if s[1] > ADDS_ERROR), key=lambda s: -s[1])
 
 
-def _answer_writers(path: Path) -> frozenset[str]:
+def _writers_of_answers(graph: Any) -> frozenset[str]:
     """The names of the nodes that write one of the model's answers (its graph outputs)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
     answers = {o.name for o in graph.output}
     return frozenset(n.name for n in graph.node if n.name and answers & set(n.output))
 
